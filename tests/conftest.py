@@ -1,0 +1,41 @@
+"""Test configuration: make the single-file modules importable and locate real images."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for sub in ("traiNNer/archs", "traiNNer/losses", "scripts"):
+    p = str(ROOT / sub)
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+TEST_DATA = ROOT / "tests" / "data"
+
+
+def shared_data_dir() -> Path | None:
+    """The full image collection (``HYBRIDMOE_DATA`` or ``../shared/data``), if present."""
+    env = os.environ.get("HYBRIDMOE_DATA")
+    cands = [Path(env)] if env else []
+    cands.append(ROOT.parent / "shared" / "data")
+    for c in cands:
+        if (c / "benchmark" / "Set5" / "HR").is_dir():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def set5_dir() -> Path:
+    """Set5 (HR + canonical MATLAB bicubic LR), always available: bundled with the tests."""
+    return TEST_DATA / "Set5"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    import torch
+
+    torch.manual_seed(0)
