@@ -1,0 +1,393 @@
+"""Evaluate a super-resolution model on the standard benchmarks (PSNR / SSIM on Y).
+
+Usage::
+
+    python scripts/evaluate.py MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
+        [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json] [--limit N]
+    python scripts/evaluate.py --bicubic-only --scale 4 [--sets ...]
+
+MODEL is any checkpoint spandrel can load (HybridMoE included). For every HR image of every set
+the protocol of the super-resolution literature is followed: mod-crop the HR image to a multiple
+of the scale, make the LR image with MATLAB-compatible bicubic downscaling, super-resolve it,
+round to 8 bits, and measure PSNR and SSIM on the BT.601 Y channel with ``scale`` border pixels
+cropped (see ``srmetrics``). A "bicubic" row (MATLAB bicubic upscaling of the LR image) is
+reported beside the model as a baseline.
+
+Data layout: ``<data>/benchmark/<Set>/HR/*.png`` (or ``<data>/<Set>/HR/*.png``). Where a set ships
+its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``, as Set5 does), the generated LR
+images are checked against them bit for bit.
+
+Greyscale images (Set14's ``bridge``) given to a 3-channel model are replicated to RGB, and the
+RGB output is turned back to grey with BT.601 luma weights, so that its Y is exactly the Y of the
+RGB output. A 1-channel model processes each colour channel separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import srmetrics
+import torch
+from _bootstrap import REPO_ROOT, load_model
+from PIL import Image
+from tqdm import tqdm
+
+DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TILE_CONTEXT = 16  # LR pixels of context added around each tile, cropped from its output
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # BT.601, = (65.481, 128.553, 24.966) / 219
+
+
+class EvaluationError(Exception):
+    """A user-facing problem (missing file, unusable model, bad data); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+def default_data_dir() -> Path:
+    """``../shared/data`` beside the repository if present, else the bundled ``tests/data``."""
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else REPO_ROOT / "tests" / "data"
+
+
+def find_set(data_dir: Path, name: str) -> Path:
+    """The folder of set ``name`` (holding ``HR/``) under ``data_dir``.
+
+    Looks for ``<data>/benchmark/<name>/HR`` then ``<data>/<name>/HR``.
+    """
+    candidates = [data_dir / "benchmark" / name, data_dir / name]
+    for cand in candidates:
+        if (cand / "HR").is_dir() and any((cand / "HR").glob("*.png")):
+            return cand
+    looked = ", ".join(str(c / "HR") for c in candidates)
+    raise EvaluationError(
+        f"set {name!r} not found: looked for PNG images in {looked}. "
+        f"Pass the folder holding benchmark/<Set>/HR with --data DIR, or choose sets with --sets."
+    )
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 ``(H, W)`` (greyscale modes) or ``(H, W, 3)`` (anything else, RGB)."""
+    with Image.open(path) as im:
+        if im.mode in ("1", "L", "LA"):
+            return np.asarray(im.convert("L"), dtype=np.uint8)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB bicubic downscaling: mod-cropped uint8 HR ``(s·h, s·w[, C])`` → ``(h, w[, C])``."""
+    return srmetrics.imresize_matlab_uint8(hr, 1.0 / scale)
+
+
+def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -> None:
+    """Compare a generated LR image with the set's canonical LR file, where one exists."""
+    shipped = set_dir / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
+    if shipped.is_file() and not np.array_equal(read_image(shipped), lr):
+        raise EvaluationError(f"generated LR image differs from the canonical {shipped}")
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+def load_descriptor(path: Path, device: str, dtype: str) -> Any:
+    """Load an SR checkpoint as a spandrel ``ImageModelDescriptor`` on ``device`` / ``dtype``.
+
+    Any checkpoint spandrel supports loads, HybridMoE included (through the project loader).
+    """
+    import spandrel
+
+    if not path.is_file():
+        raise EvaluationError(f"model file not found: {path}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda requested but CUDA is not available")
+    try:
+        descriptor = load_model(path, device)
+    except SystemExit as exc:  # the loader's readable refusal
+        raise EvaluationError(str(exc.code)) from None
+    except (spandrel.UnsupportedModelError, ValueError, RuntimeError, OSError) as exc:
+        msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        raise EvaluationError(f"cannot load the model: {msg}") from exc
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise EvaluationError(
+            f"{path} is not an image-to-image model ({type(descriptor).__name__})"
+        )
+    if descriptor.scale == 1:
+        raise EvaluationError(
+            f"{path} is a scale-1 ({descriptor.purpose}) model. This evaluation measures "
+            "super-resolution of bicubic-downscaled images and needs a model with scale >= 2; "
+            "running a scale-1 model on undegraded HR images measures nothing."
+        )
+    try:
+        descriptor.to(device, DTYPES[dtype])
+    except spandrel.UnsupportedDtypeError as exc:
+        raise EvaluationError(f"{path}: {exc}; use --dtype fp32") from exc
+    descriptor.eval()
+    return descriptor
+
+
+def model_info(descriptor: Any, path: Path, device: str, dtype: str) -> dict[str, Any]:
+    """Architecture name/id, scale, channels and parameter count of a loaded descriptor."""
+    return {
+        "path": str(path),
+        "arch": descriptor.architecture.name,
+        "arch_id": str(descriptor.architecture.id),
+        "scale": descriptor.scale,
+        "params": sum(p.numel() for p in descriptor.model.parameters()),
+        "input_channels": descriptor.input_channels,
+        "output_channels": descriptor.output_channels,
+        "device": device,
+        "dtype": dtype,
+    }
+
+
+def forward(descriptor: Any, x: torch.Tensor, tile: int | None) -> torch.Tensor:
+    """Run the model on ``x`` ``(1, C, h, w)`` in [0, 1] → ``(1, C_out, s·h, s·w)`` in [0, 1].
+
+    With ``tile``, the image is processed in ``tile × tile`` LR tiles, each padded with
+    ``TILE_CONTEXT`` pixels of surrounding image that are cropped from its output.
+    """
+    _, _, h, w = x.shape
+    if tile is None or (h <= tile and w <= tile):
+        return descriptor(x)
+    s, m = descriptor.scale, TILE_CONTEXT
+    out = x.new_zeros((1, descriptor.output_channels, h * s, w * s))
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            py0, px0 = max(y0 - m, 0), max(x0 - m, 0)
+            patch = descriptor(x[..., py0 : min(y1 + m, h), px0 : min(x1 + m, w)])
+            oy, ox = (y0 - py0) * s, (x0 - px0) * s
+            out[..., y0 * s : y1 * s, x0 * s : x1 * s] = patch[
+                ..., oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s
+            ]
+    return out
+
+
+def super_resolve(descriptor: Any, lr: np.ndarray, tile: int | None) -> np.ndarray:
+    """Upscale a uint8 LR image ``(h, w[, C])`` → uint8 ``(s·h, s·w[, C])`` with the model.
+
+    Greyscale input to a 3-channel model is replicated to RGB and the output reduced to grey by
+    BT.601 luma; a 1-channel model is applied to each channel separately.
+    """
+    img = lr[:, :, None] if lr.ndim == 2 else lr
+    channels, in_ch = img.shape[2], descriptor.input_channels
+    if in_ch == channels:
+        groups = [img]
+    elif in_ch == 3 and channels == 1:
+        groups = [np.repeat(img, 3, axis=2)]
+    elif in_ch == 1:
+        groups = [img[:, :, c : c + 1] for c in range(channels)]
+    else:
+        raise EvaluationError(f"cannot feed a {channels}-channel image to a {in_ch}-channel model")
+    outs = []
+    with torch.inference_mode():
+        for g in groups:
+            x = torch.from_numpy(np.ascontiguousarray(g.transpose(2, 0, 1))).float() / 255.0
+            x = x[None].to(descriptor.device, descriptor.dtype)
+            y = forward(descriptor, x, tile)[0].float().cpu().numpy()
+            outs.append(y.transpose(1, 2, 0).astype(np.float64))
+    out = np.concatenate(outs, axis=2)
+    if channels == 1 and out.shape[2] == 3:
+        out = out @ LUMA_WEIGHTS[:, None]
+    elif out.shape[2] != channels:
+        raise EvaluationError(f"model returned {out.shape[2]} channels for {channels}")
+    out = srmetrics.to_uint8(out * 255.0)
+    return out[:, :, 0] if lr.ndim == 2 else out
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+def _scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
+    """PSNR (dB) and SSIM on Y, border ``scale``, of uint8 ``sr`` against ``hr`` (same shape)."""
+    return {
+        "psnr": srmetrics.calculate_psnr(sr, hr, scale),
+        "ssim": srmetrics.calculate_ssim(sr, hr, scale),
+    }
+
+
+def _mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Average of per-image ``{"psnr", "ssim"}`` dicts."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
+
+
+def evaluate_set(
+    set_dir: Path,
+    scale: int,
+    descriptor: Any | None,
+    tile: int | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Bicubic (and model, unless ``descriptor`` is None) scores on one set.
+
+    Returns ``{"images": n, "bicubic": {"psnr", "ssim"}, "model": {...}, "per_image":
+    {name: {"bicubic": {...}, "model": {...}}}}`` (``model`` keys only with a descriptor).
+    """
+    paths = sorted((set_dir / "HR").glob("*.png"))[:limit]
+    per_image: dict[str, dict[str, dict[str, float]]] = {}
+    for path in tqdm(paths, desc=f"{set_dir.name} x{scale}", unit="img", file=sys.stderr):
+        hr = srmetrics.mod_crop(read_image(path), scale)
+        lr = make_lr(hr, scale)
+        check_shipped_lr(set_dir, path, scale, lr)
+        row = {"bicubic": _scores(srmetrics.imresize_matlab_uint8(lr, scale), hr, scale)}
+        if descriptor is not None:
+            row["model"] = _scores(super_resolve(descriptor, lr, tile), hr, scale)
+        per_image[path.stem] = row
+    result: dict[str, Any] = {"images": len(paths)}
+    for method in ("bicubic", "model") if descriptor is not None else ("bicubic",):
+        result[method] = _mean_scores([r[method] for r in per_image.values()])
+    result["per_image"] = per_image
+    return result
+
+
+def evaluate(
+    model: Path | None,
+    data_dir: Path,
+    sets: Sequence[str] = DEFAULT_SETS,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    tile: int | None = None,
+    limit: int | None = None,
+    bicubic_only: bool = False,
+    scale: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (and the bicubic baseline) on ``sets`` under ``data_dir``.
+
+    ``scale`` is taken from the model; it is needed (and only allowed) for a bicubic-only run
+    without a model. All sets are located before any work starts.
+
+    Returns ``{"model": info or None, "scale": s, "data": str, "sets": {name: evaluate_set(...)}}``.
+    """
+    if model is None and not bicubic_only:
+        raise EvaluationError("a model is required unless bicubic_only is set")
+    if model is not None and scale is not None:
+        raise EvaluationError("the scale comes from the model; do not pass a scale with a model")
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"limit must be >= 1, got {limit}")
+    if tile is not None and tile < 1:
+        raise EvaluationError(f"tile must be >= 1, got {tile}")
+    set_dirs = {name: find_set(data_dir, name) for name in sets}
+    descriptor, info = None, None
+    if model is not None:
+        descriptor = load_descriptor(model, device, dtype)
+        info = model_info(descriptor, model, device, dtype)
+        scale = descriptor.scale
+    if scale is None or scale < 2:
+        raise EvaluationError(f"a bicubic-only run needs a scale >= 2, got {scale}")
+    run_model = None if bicubic_only else descriptor
+    return {
+        "model": info,
+        "scale": scale,
+        "data": str(data_dir),
+        "sets": {
+            name: evaluate_set(d, scale, run_model, tile=tile, limit=limit)
+            for name, d in set_dirs.items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table: one bicubic row and one model row per set."""
+    info = results["model"]
+    name = info["arch"] if info else "-"
+    lines = []
+    if info:
+        lines.append(
+            f"model: {info['path']} ({info['arch']}, x{info['scale']}, "
+            f"{info['params']:,} params, {info['device']}/{info['dtype']})"
+        )
+    lines.append(f"scale x{results['scale']}, PSNR/SSIM on Y, border {results['scale']}")
+    lines.append(f"{'set':<10} {'images':>6}  {'method':<24} {'PSNR':>8} {'SSIM':>7}")
+    for set_name, r in results["sets"].items():
+        rows = [("bicubic", r["bicubic"])] + ([(name, r["model"])] if "model" in r else [])
+        for method, s in rows:
+            lines.append(
+                f"{set_name:<10} {r['images']:>6}  {method:<24} {s['psnr']:>8.3f} {s['ssim']:>7.4f}"
+            )
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats (PSNR of identical images is inf) by None, recursively."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    """Write ``results`` as JSON (non-finite numbers as null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", nargs="?", type=Path, help="spandrel-loadable SR checkpoint")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder holding benchmark/<Set>/HR (default: ../shared/data, else tests/data)",
+    )
+    p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), help="sets to evaluate")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--tile", type=int, default=None, help="LR tile size (default: whole image)")
+    p.add_argument("--json", type=Path, default=None, help="write all numbers to this file")
+    p.add_argument("--limit", type=int, default=None, help="first N images of each set only")
+    p.add_argument("--bicubic-only", action="store_true", help="skip the model")
+    p.add_argument("--scale", type=int, default=None, help="scale of a --bicubic-only run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model is None and not args.bicubic_only:
+        parser.error("MODEL is required (or use --bicubic-only --scale S)")
+    if args.model is None and args.scale is None:
+        parser.error("--bicubic-only without MODEL needs --scale S")
+    if args.model is not None and args.scale is not None:
+        parser.error("--scale is read from MODEL; drop --scale")
+    try:
+        results = evaluate(
+            args.model,
+            args.data if args.data is not None else default_data_dir(),
+            args.sets,
+            device=args.device,
+            dtype=args.dtype,
+            tile=args.tile,
+            limit=args.limit,
+            bicubic_only=args.bicubic_only,
+            scale=args.scale,
+        )
+    except EvaluationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.json is not None:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""SR evaluation tooling: MATLAB-exact bicubic resizing, PSNR/SSIM, and scripts/evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import pytest
+import srmetrics
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from spandrel.architectures.Compact import Compact
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+SET5 = DATA / "Set5"
+SET5_NAMES = ("baby", "bird", "butterfly", "head", "woman")
+
+
+def _png(path: Path) -> np.ndarray:
+    """A PNG as a uint8 array ``(H, W[, C])``."""
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _compact(tmp: Path, scale: int, name: str) -> Path:
+    """A tiny random-weight Compact (SRVGGNetCompact) checkpoint saved as .safetensors."""
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale)
+    path = tmp / name
+    save_file(net.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compact_x2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return _compact(tmp_path_factory.mktemp("models"), 2, "compact_x2.safetensors")
+
+
+# --------------------------------------------------------------------------------------------
+# imresize
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("name", SET5_NAMES)
+def test_imresize_reproduces_matlab_bicubic_lr(name: str, scale: int) -> None:
+    hr = srmetrics.mod_crop(_png(SET5 / "HR" / f"{name}.png"), scale)
+    expected = _png(SET5 / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png")
+    lr = srmetrics.imresize_matlab_uint8(hr, 1 / scale)
+    assert lr.dtype == np.uint8
+    assert lr.shape == expected.shape
+    np.testing.assert_array_equal(lr, expected)
+
+
+def test_imresize_shapes_and_constant_image() -> None:
+    img = np.full((10, 7, 3), 0.25)
+    assert srmetrics.imresize_matlab(img, 0.5).shape == (5, 4, 3)  # ceil(7 / 2) = 4
+    assert srmetrics.imresize_matlab(img[..., 0], 3).shape == (30, 21)
+    out = srmetrics.imresize_matlab(img, output_shape=(4, 13))
+    assert out.shape == (4, 13, 3)
+    np.testing.assert_allclose(out, 0.25, atol=1e-12)  # weights sum to one
+    with pytest.raises(ValueError):
+        srmetrics.imresize_matlab(img)
+    with pytest.raises(ValueError):
+        srmetrics.imresize_matlab(img, 2, output_shape=(20, 14))
+
+
+def test_imresize_float_is_linear_and_upscale_interpolates() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.random((12, 9))
+    a = srmetrics.imresize_matlab(img, 1 / 3)
+    np.testing.assert_allclose(srmetrics.imresize_matlab(img * 255, 1 / 3), a * 255, rtol=1e-12)
+    # Keys' cubic interpolates: every ×3 output pixel centred on an input pixel reproduces it.
+    up = srmetrics.imresize_matlab(img, 3)
+    np.testing.assert_allclose(up[1::3, 1::3], img, atol=1e-12)
+
+
+def test_matlab_round_and_to_uint8() -> None:
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 0.49999999999999994, 254.5, 300.0, -3.0])
+    np.testing.assert_array_equal(srmetrics.matlab_round(x), [1, 2, 3, -1, -2, 0, 255, 300, -3])
+    np.testing.assert_array_equal(srmetrics.to_uint8(x), [1, 2, 3, 0, 0, 0, 255, 255, 0])
+
+
+def test_mod_crop() -> None:
+    assert srmetrics.mod_crop(np.zeros((11, 10, 3)), 3).shape == (9, 9, 3)
+    assert srmetrics.mod_crop(np.zeros((11, 10)), 2).shape == (10, 10)
+    img = np.arange(35).reshape(5, 7)
+    np.testing.assert_array_equal(srmetrics.mod_crop(img, 4), img[:4, :4])  # top-left kept
+
+
+# --------------------------------------------------------------------------------------------
+# Colour and metrics
+# --------------------------------------------------------------------------------------------
+def test_rgb_to_y_known_colours() -> None:
+    colours = np.array(
+        [[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], dtype=np.uint8
+    )
+    y = srmetrics.rgb_to_y(colours)
+    np.testing.assert_allclose(y[0], [16, 235, 16 + 65.481, 16 + 128.553, 16 + 24.966])
+    grey = np.array([[0, 128, 255]], dtype=np.uint8)
+    expected = 16 + 219 * grey.astype(np.float64) / 255  # greyscale is treated as R = G = B
+    np.testing.assert_allclose(srmetrics.rgb_to_y(grey), expected)
+    np.testing.assert_allclose(srmetrics.rgb_to_y(grey[..., None]), expected)
+    np.testing.assert_allclose(srmetrics.rgb_to_y(np.repeat(grey[..., None], 3, 2)), expected)
+
+
+def test_psnr_hand_computed() -> None:
+    a = np.zeros((4, 4), dtype=np.uint8)
+    b = a.copy()
+    b[1, 2] = 10  # MSE = 100 / 16
+    expected = 10 * math.log10(255**2 / 6.25)
+    assert srmetrics.calculate_psnr(a, b, 0, y_channel=False) == pytest.approx(expected)
+    # on Y the difference is scaled by 219 / 255
+    expected_y = 10 * math.log10(255**2 / (6.25 * (219 / 255) ** 2))
+    assert srmetrics.calculate_psnr(a, b, 0) == pytest.approx(expected_y)
+    assert srmetrics.calculate_psnr(a, a, 0) == math.inf
+    c = a.copy()
+    c[0, 0] = 200  # only in the cropped border
+    assert srmetrics.calculate_psnr(a, c, 1) == math.inf
+
+
+def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM with an explicit 11×11 window (no separable filtering), for cross-checking."""
+    x = np.arange(11) - 5.0
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    win_a = np.lib.stride_tricks.sliding_window_view(a, (11, 11))
+    win_b = np.lib.stride_tricks.sliding_window_view(b, (11, 11))
+    mu_a, mu_b = (win_a * w).sum((-2, -1)), (win_b * w).sum((-2, -1))
+    var_a = (win_a**2 * w).sum((-2, -1)) - mu_a**2
+    var_b = (win_b**2 * w).sum((-2, -1)) - mu_b**2
+    cov = (win_a * win_b * w).sum((-2, -1)) - mu_a * mu_b
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
+    return float(ssim_map.mean())
+
+
+def test_ssim_identical_perturbed_and_reference() -> None:
+    hr = _png(SET5 / "HR" / "butterfly.png")[:64, :64]
+    assert srmetrics.calculate_ssim(hr, hr, 2) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(hr + rng.normal(0, 10, hr.shape), 0, 255).astype(np.uint8)
+    s = srmetrics.calculate_ssim(hr, noisy, 2)
+    assert 0.3 < s < 0.99
+    assert srmetrics.calculate_ssim(noisy, hr, 2) == pytest.approx(s)
+    ya, yb = srmetrics.rgb_to_y(hr)[2:-2, 2:-2], srmetrics.rgb_to_y(noisy)[2:-2, 2:-2]
+    assert s == pytest.approx(_ssim_direct(ya, yb), abs=1e-12)
+
+
+def test_metrics_on_greyscale() -> None:
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    other = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    rgb, other_rgb = np.repeat(grey[..., None], 3, 2), np.repeat(other[..., None], 3, 2)
+    assert srmetrics.calculate_psnr(grey, other, 2) == pytest.approx(
+        srmetrics.calculate_psnr(rgb, other_rgb, 2)
+    )
+    assert srmetrics.calculate_ssim(grey, other, 2) == pytest.approx(
+        srmetrics.calculate_ssim(rgb, other_rgb, 2)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# scripts/evaluate.py
+# --------------------------------------------------------------------------------------------
+def test_bicubic_baseline_set5_x2_matches_literature() -> None:
+    results = evaluate.evaluate(None, DATA, ["Set5"], bicubic_only=True, scale=2)
+    r = results["sets"]["Set5"]
+    assert r["images"] == 5
+    assert "model" not in r
+    assert abs(r["bicubic"]["psnr"] - 33.66) < 0.05
+    assert abs(r["bicubic"]["ssim"] - 0.930) < 0.002
+
+
+def test_evaluate_compact_json(compact_x2: Path, tmp_path: Path) -> None:
+    results = evaluate.evaluate(compact_x2, DATA, ["Set5"], limit=2)
+    out = tmp_path / "res.json"
+    evaluate.write_json(results, out)
+    data = json.loads(out.read_text())
+    assert data["model"]["arch_id"] == "Compact"
+    assert data["model"]["scale"] == data["scale"] == 2
+    assert data["model"]["params"] == sum(
+        p.numel() for p in Compact(num_feat=8, num_conv=2, upscale=2).parameters()
+    )
+    s5 = data["sets"]["Set5"]
+    assert s5["images"] == 2
+    assert list(s5["per_image"]) == ["baby", "bird"]
+    for method in ("bicubic", "model"):
+        assert set(s5[method]) == {"psnr", "ssim"}
+        psnrs = [img[method]["psnr"] for img in s5["per_image"].values()]
+        assert s5[method]["psnr"] == pytest.approx(np.mean(psnrs))
+    assert s5["bicubic"]["psnr"] > s5["model"]["psnr"]  # random weights lose to bicubic
+    table = evaluate.format_table(results)
+    assert "bicubic" in table
+    assert "RealESRGAN Compact" in table
+
+
+def test_super_resolve_greyscale_and_tiles(compact_x2: Path) -> None:
+    model = evaluate.load_descriptor(compact_x2, "cpu", "fp32")
+    lr = _png(SET5 / "LR_bicubic" / "X2" / "birdx2.png")[:40, :50]
+    whole = evaluate.super_resolve(model, lr, None)
+    assert whole.shape == (80, 100, 3)
+    assert whole.dtype == np.uint8
+    # Compact's receptive field is far smaller than the tile context: tiling changes nothing.
+    np.testing.assert_array_equal(evaluate.super_resolve(model, lr, 16), whole)
+    grey = lr[..., 1]
+    out = evaluate.super_resolve(model, grey, None)
+    assert out.shape == (80, 100)
+    rgb = evaluate.super_resolve(model, np.repeat(grey[..., None], 3, 2), None)
+    luma = rgb.astype(np.float64) @ evaluate.LUMA_WEIGHTS
+    assert np.abs(out.astype(np.float64) - luma).max() <= 1.0
+
+
+def test_cli_runs_and_prints_table(compact_x2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(compact_x2)]
+    cmd += ["--data", str(DATA), "--sets", "Set5", "--limit", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Set5" in proc.stdout
+    assert "bicubic" in proc.stdout
+    assert "PSNR" in proc.stdout
+    assert json.loads(out.read_text())["sets"]["Set5"]["images"] == 1
+
+
+def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no_such_model.pth"
+    assert evaluate.main([str(missing), "--data", str(DATA), "--sets", "Set5"]) != 0
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_cli_corrupt_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert evaluate.main([str(bad), "--data", str(DATA), "--sets", "Set5"]) != 0
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_cli_missing_set(compact_x2: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main([str(compact_x2), "--data", str(DATA), "--sets", "Urban100"]) != 0
+    err = capsys.readouterr().err
+    assert str(DATA / "benchmark" / "Urban100" / "HR") in err
+    assert "--data" in err
+
+
+def test_scale_one_model_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _compact(tmp_path, 1, "compact_x1.safetensors")
+    assert evaluate.main([str(path), "--data", str(DATA), "--sets", "Set5"]) != 0
+    assert "scale-1" in capsys.readouterr().err
+
+
+def test_cli_usage_errors() -> None:
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(DATA)])  # neither MODEL nor --bicubic-only
+    with pytest.raises(SystemExit):
+        evaluate.main(["--bicubic-only"])  # no scale
