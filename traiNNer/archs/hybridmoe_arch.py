@@ -1,0 +1,1556 @@
+"""HybridMoE-FreqNet: an efficient super-resolution / restoration network.
+
+The whole network lives in this one file. It imports with nothing but PyTorch, registers its
+factories into traiNNer-redux's ``ARCH_REGISTRY`` when it sits at
+``traiNNer/archs/hybridmoe_arch.py`` inside a traiNNer-redux checkout, and registers itself with
+spandrel through :func:`register_spandrel`.
+
+Data flow (``s`` = scale, ``c1 = dim``, ``c2 = 2·dim``, ``c3 = 4·dim``)::
+
+    x ─┬─ base: fixed upsampler (Magic Kernel Sharp 2021 | bicubic | none) ───────────┐
+       └─ detail: pad → stem → frequency split (LF, HF)                              (+) → SR
+           level 1 (×1): LF gated-conv blocks  | HF partial-large-kernel blocks → fusion
+           level 2 (×½): LF window attention   | HF blocks → fusion
+           level 3 (×¼): LF attention + global mixer (fourier | ssm) | HF blocks → fusion
+           bottleneck (×¼): window attention + MoE FFN (token-wise top-k)
+           decoder ×¼ → ×½ → ×1 fed by the skips of both paths
+           (+ stem) → detail MoE (optional) → texture head → upsampler → crop
+
+    x: (N, C, H, W) in [0, 1]; SR: (N, C, s·H, s·W).
+
+Training form vs deploy form: re-parameterizable convolutions (:class:`RepConv`) train as several
+parallel branches and :meth:`HybridMoE.fuse` folds them into one convolution each.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MOE_AUX",
+    "VARIANTS",
+    "CheckpointError",
+    "HybridMoE",
+    "MoEAuxChannel",
+    "hybridmoe",
+    "hybridmoe_from_state_dict",
+    "hybridmoe_l",
+    "hybridmoe_m",
+    "hybridmoe_nano",
+    "hybridmoe_s",
+    "load_checkpoint",
+    "register_spandrel",
+]
+
+META_VERSION = 1
+"""Version of the layout of the ``hmoe_meta`` buffer (and of the state-dict key layout)."""
+
+BASE_CHOICES = ("mks2021", "bicubic", "none")
+SPLIT_CHOICES = ("laplacian", "fft")
+MIXER_CHOICES = ("fourier", "ssm", "none")
+UPSAMPLER_CHOICES = ("pixelshuffle", "dysample")
+PAD_MULTIPLE = 4  # two stride-2 downsamplings
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyper-parameter bookkeeping (same contract as spandrel.util.store_hyperparameters)
+# ---------------------------------------------------------------------------------------------
+
+_C = TypeVar("_C", bound=type)
+
+
+def store_hyperparameters(cls: _C) -> _C:
+    """Record every keyword argument (defaults included) of ``cls.__init__`` in
+    ``self.hyperparameters``. traiNNer-redux writes this dict into checkpoint metadata."""
+    old_init = cls.__init__
+    spec = inspect.getfullargspec(old_init)
+    if spec.args != ["self"] or spec.varargs or spec.varkw:
+        raise TypeError(f"{cls.__name__}.__init__ must take keyword-only arguments")
+    defaults = dict(spec.kwonlydefaults or {})
+
+    @functools.wraps(old_init)
+    def new_init(self: Any, **kwargs: Any) -> None:
+        self.hyperparameters = {**defaults, **kwargs}
+        old_init(self, **kwargs)
+
+    cls.__init__ = new_init  # type: ignore[method-assign]
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise ValueError(
+            f"HybridMoE: {name}={value!r} is not supported; allowed values: "
+            + ", ".join(repr(a) for a in allowed)
+        )
+    return value.lower()
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"HybridMoE: {name} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"HybridMoE: {name} must be an integer >= {minimum}, got {value!r}")
+    ivalue = int(value)
+    if ivalue < minimum:
+        raise ValueError(f"HybridMoE: {name} must be an integer >= {minimum}, got {value!r}")
+    return ivalue
+
+
+def _check_blocks(name: str, value: object, minimum: int = 0) -> tuple[int, int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ValueError(
+            f"HybridMoE: {name} must list 3 block counts (levels x1, x1/2, x1/4), got {value!r}"
+        )
+    return tuple(_check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))  # type: ignore[return-value]
+
+
+def _heads_for(channels: int, head_dim: int = 16) -> int:
+    """Largest head count <= channels // head_dim that divides ``channels`` (at least 1)."""
+    for heads in range(max(1, channels // head_dim), 0, -1):
+        if channels % heads == 0:
+            return heads
+    return 1
+
+
+def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Replicate-pad (N,C,H,W) on the bottom/right so H and W are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+def _export_mode() -> bool:
+    """True while tracing for ONNX or compiling with dynamo: use static-shape code paths."""
+    if torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+# ---------------------------------------------------------------------------------------------
+# Side channel for the MoE load-balance loss
+# ---------------------------------------------------------------------------------------------
+
+
+class MoEAuxChannel:
+    """Carries router statistics of the latest *training* forward to the balance loss.
+
+    traiNNer-redux calls losses as ``loss(output, target)`` only, so the MoE layers publish
+    their load-balance terms here during ``net.train()`` forwards with autograd enabled; the
+    ``hybridmoebalanceloss`` consumes them once. Evaluation, validation, EMA and inference
+    forwards never write to it.
+    """
+
+    def __init__(self) -> None:
+        self._terms: list[Tensor] = []
+        self.usage: list[Tensor] = []
+        """Per MoE layer: fraction of routed token slots each expert received, shape (E,),
+        detached, from the latest training forward."""
+        self.training_forwards = 0
+
+    def begin_forward(self) -> None:
+        """Start a new training forward: drop terms a previous forward left unconsumed."""
+        self._terms = []
+        self.usage = []
+        self.training_forwards += 1
+
+    def record(self, balance: Tensor, usage: Tensor) -> None:
+        """Store one layer's balance term (0-dim, in the graph) and its usage (E,)."""
+        self._terms.append(balance)
+        self.usage.append(usage.detach())
+
+    def has_terms(self) -> bool:
+        """Whether a training forward recorded terms that were not consumed yet."""
+        return bool(self._terms)
+
+    def take_balance_loss(self) -> Tensor | None:
+        """Mean balance term over the MoE layers of the latest training forward, consumed
+        once; ``None`` when no MoE training forward ran since the last call."""
+        if not self._terms:
+            return None
+        terms, self._terms = self._terms, []
+        return torch.stack([t.float() for t in terms]).mean()
+
+
+MOE_AUX = MoEAuxChannel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Base path: fixed (non-learned) upsamplers
+# ---------------------------------------------------------------------------------------------
+
+
+def _separable_blur(x: Tensor, taps: Tensor) -> Tensor:
+    """Depthwise separable filter of (N,C,H,W) with a 1-D odd-length kernel, replicate padding."""
+    n, c, h, w = x.shape
+    k = taps.numel()
+    y = x.reshape(n * c, 1, h, w)
+    y = F.pad(y, (k // 2, k // 2, k // 2, k // 2), mode="replicate")
+    t = taps.to(dtype=x.dtype, device=x.device)
+    y = F.conv2d(y, t.view(1, 1, 1, k))
+    y = F.conv2d(y, t.view(1, 1, k, 1))
+    return y.reshape(n, c, h, w)
+
+
+class MagicKernelSharpUpsample(nn.Module):
+    """Magic Kernel Sharp 2021 upsampler: (N,C,H,W) -> (N,C,sH,sW), identity at s = 1.
+
+    Sharpen at the low resolution with the 7-tap MKS2021 filter
+    ``[-1, 6, -35, 204, -35, 6, -1] / 144``, replicate every pixel ``s × s`` times (nearest),
+    then blur with the ``2s-1``-tap triangle (two box filters of width ``s``); nearest + triangle
+    is the quadratic B-spline "magic kernel" at factor ``s``.
+    """
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        sharp = torch.tensor([-1.0, 6.0, -35.0, 204.0, -35.0, 6.0, -1.0]) / 144.0
+        tri = torch.cat([torch.arange(1, scale + 1), torch.arange(scale - 1, 0, -1)]).float()
+        self.register_buffer("sharp", sharp, persistent=False)
+        self.register_buffer("blur", tri / tri.sum(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale == 1:
+            return x
+        y = _separable_blur(x, self.sharp)
+        y = F.interpolate(y, scale_factor=self.scale, mode="nearest")
+        return _separable_blur(y, self.blur)
+
+
+class BicubicUpsample(nn.Module):
+    """Bicubic interpolation (N,C,H,W) -> (N,C,sH,sW); identity at s = 1."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale == 1:
+            return x
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class RMSNorm2d(nn.Module):
+    """RMS normalization over channels, computed in float32: (N,C,H,W) -> (N,C,H,W)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(1, keepdim=True) + self.eps)
+        return (y * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale: ``x + gamma * y`` for (N,C,H,W) tensors."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), init))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return torch.addcmul(x, y, self.gamma.to(y.dtype))
+
+
+class RepConv(nn.Module):
+    """Re-parameterizable ``k×k`` convolution: (N,Cin,H,W) -> (N,Cout,H,W).
+
+    Training form: ``k×k`` + ``3×3`` (when ``k > 3``) + ``1×1`` branches, plus identity when
+    ``Cin == Cout``. Deploy form (:meth:`fuse`): one ``k×k`` convolution with the summed kernel,
+    which gives the same output up to float rounding.
+    """
+
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int, *, groups: int = 1, deploy: bool = False
+    ) -> None:
+        super().__init__()
+        self.cin, self.cout, self.k, self.groups = cin, cout, kernel_size, groups
+        self.identity = cin == cout
+        pad = kernel_size // 2
+        if deploy:
+            self.fused: nn.Conv2d | None = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups)
+            self.lk = self.sk = self.pw = None
+        else:
+            self.fused = None
+            self.lk = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups)
+            self.sk = nn.Conv2d(cin, cout, 3, 1, 1, groups=groups) if kernel_size > 3 else None
+            self.pw = nn.Conv2d(cin, cout, 1, 1, 0, groups=groups)
+            nn.init.trunc_normal_(self.lk.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused is not None:
+            return self.fused(x)
+        assert self.lk is not None and self.pw is not None
+        y = self.lk(x) + self.pw(x)
+        if self.sk is not None:
+            y = y + self.sk(x)
+        if self.identity:
+            y = y + x
+        return y
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold all branches into ``self.fused`` (in place)."""
+        if self.fused is not None:
+            return
+        assert self.lk is not None and self.pw is not None
+        k = self.k
+        weight = self.lk.weight.detach().clone()
+        bias = self.lk.bias.detach().clone()  # type: ignore[union-attr]
+        c = k // 2
+        weight[:, :, c : c + 1, c : c + 1] += self.pw.weight
+        bias += self.pw.bias  # type: ignore[operator]
+        if self.sk is not None:
+            weight[:, :, c - 1 : c + 2, c - 1 : c + 2] += self.sk.weight
+            bias += self.sk.bias  # type: ignore[operator]
+        if self.identity:
+            per_group = self.cin // self.groups
+            for o in range(self.cout):
+                weight[o, o % per_group, c, c] += 1.0
+        fused = nn.Conv2d(self.cin, self.cout, k, 1, k // 2, groups=self.groups)
+        fused = fused.to(device=weight.device, dtype=weight.dtype)
+        fused.weight.copy_(weight)
+        fused.bias.copy_(bias)  # type: ignore[union-attr]
+        self.fused = fused
+        self.lk = self.sk = self.pw = None
+
+
+class GatedFFN(nn.Module):
+    """Gated feed-forward with a depthwise 3×3 (GDFN-style): (N,C,H,W) -> (N,C,H,W)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden * 2, 1)
+        self.dw = nn.Conv2d(hidden * 2, hidden * 2, 3, 1, 1, groups=hidden * 2)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g, v = self.dw(self.fc1(x)).chunk(2, dim=1)
+        return self.fc2(F.gelu(g) * v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frequency split
+# ---------------------------------------------------------------------------------------------
+
+
+def _dft_mats(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Orthonormal DFT factors for length ``n``, frequencies ``0..m-1``.
+
+    Returns cos and sin matrices (n, m) of the angle 2π·i·j/n, both scaled by 1/√n, and the
+    frequency index row (1, m). Built with tensor ops only, so traced graphs stay dynamic.
+    """
+    i = torch.arange(n, device=device, dtype=torch.float32)
+    j = torch.arange(m, device=device, dtype=torch.float32)
+    nt = i[-1:] + 1.0  # n as a (1,) tensor
+    ang = torch.outer(i, j) * (2.0 * math.pi) / nt
+    s = torch.rsqrt(nt)
+    return torch.cos(ang) * s, torch.sin(ang) * s, j.view(1, -1) / nt
+
+
+def rfft2_real(x: Tensor, use_matmul: bool = False) -> tuple[Tensor, Tensor]:
+    """Orthonormal 2-D real FFT of float32 (N,C,H,W) -> real, imag parts (N,C,H,W//2+1).
+
+    ``use_matmul`` evaluates the same transform with DFT matrices (plain matmuls; exportable
+    to ONNX and traceable with dynamic shapes)."""
+    if not use_matmul:
+        spec = torch.fft.rfft2(x, norm="ortho")
+        return spec.real, spec.imag
+    h, w = x.shape[-2:]
+    cw, sw, _ = _dft_mats(w, w // 2 + 1, x.device)  # (W, Wf)
+    ch, sh, _ = _dft_mats(h, h, x.device)  # (H, H), symmetric
+    r1, i1 = x @ cw, -(x @ sw)  # along W: x · (cos - i sin)
+    return ch @ r1 + sh @ i1, ch @ i1 - sh @ r1  # along H: (cos - i sin) · X1
+
+
+def irfft2_real(re: Tensor, im: Tensor, size: tuple[int, int], use_matmul: bool = False) -> Tensor:
+    """Inverse of :func:`rfft2_real`: (N,C,H,W//2+1) x2 -> float32 (N,C,H,W)."""
+    h, w = size
+    if not use_matmul:
+        return torch.fft.irfft2(torch.complex(re, im), s=(h, w), norm="ortho")
+    ch, sh, _ = _dft_mats(h, h, re.device)
+    r1, i1 = ch @ re - sh @ im, ch @ im + sh @ re  # inverse along H: (cos + i sin) · X
+    cw, sw, fw = _dft_mats(w, re.shape[-1], re.device)  # (W, Wf)
+    # Hermitian weights: the DC and (even W) Nyquist bins count once, the others twice
+    wts = torch.where((fw == 0) | (fw * 2 == 1), 1.0, 2.0)
+    return r1 @ (cw * wts).t() - i1 @ (sw * wts).t()
+
+
+class FrequencySplit(nn.Module):
+    """Split features into low and high frequencies: (N,C,H,W) -> LF, HF with LF + HF = x.
+
+    ``laplacian``: LF is a fixed 5×5 binomial blur. ``fft``: LF keeps the spectrum under a
+    Gaussian low-pass with a learned per-channel cut-off (FFT in float32 under autocast).
+    """
+
+    def __init__(self, channels: int, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        if mode == "fft":
+            # σ in cycles/pixel; 0.1 ≈ a spatial Gaussian blur of std 1.6 px
+            self.log_sigma = nn.Parameter(torch.full((channels,), math.log(0.1)))
+        else:
+            self.register_buffer(
+                "taps", torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0, persistent=False
+            )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mode == "laplacian":
+            lf = _separable_blur(x, self.taps)
+            return lf, x - lf
+        h, w = x.shape[-2:]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.float()
+            matmul = _export_mode()
+            re, im = rfft2_real(xf, matmul)
+            fy = _fftfreq(h, x.device)
+            fx = _dft_mats(w, re.shape[-1], x.device)[2].view(-1)  # (Wf,) cycles/pixel
+            f2 = fy.square().view(-1, 1) + fx.square().view(1, -1)  # (H, Wf)
+            sigma = self.log_sigma.float().exp().view(1, -1, 1, 1)
+            mask = torch.exp(-f2.view(1, 1, h, -1) / (2 * sigma.square()))
+            lf = irfft2_real(re * mask, im * mask, (h, w), matmul).to(x.dtype)
+        return lf, x - lf
+
+
+def _fftfreq(n: int, device: torch.device) -> Tensor:
+    """|frequency| in cycles/pixel of the ``n`` FFT bins, as ``torch.fft.fftfreq`` (traceable)."""
+    k = torch.arange(n, device=device, dtype=torch.float32)
+    nt = k[-1:] + 1.0
+    return torch.where(k * 2 < nt, k, nt - k) / nt
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutional blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class GatedConvBlock(nn.Module):
+    """NAF-style conv-gated block (no normalization, no global pooling): (N,C,H,W) -> same.
+
+    ``x += β·P2(SG(DW(P1 x)))`` then ``x += γ·P4(SG(P3 x))`` with SimpleGate SG(a,b) = a·b.
+    """
+
+    def __init__(self, channels: int, expand: int = 2, ls_init: float = 0.1) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.pw1 = nn.Conv2d(channels, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.pw2 = nn.Conv2d(hidden // 2, channels, 1)
+        self.ls1 = LayerScale(channels, ls_init)
+        self.pw3 = nn.Conv2d(channels, hidden, 1)
+        self.pw4 = nn.Conv2d(hidden // 2, channels, 1)
+        self.ls2 = LayerScale(channels, ls_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.dw(self.pw1(x)).chunk(2, dim=1)
+        x = self.ls1(x, self.pw2(a * b))
+        a, b = self.pw3(x).chunk(2, dim=1)
+        return self.ls2(x, self.pw4(a * b))
+
+
+class PartialLargeKernel(nn.Module):
+    """Re-parameterizable large-kernel conv on the first ``c_lk`` channels, identity on the
+    rest: (N,C,H,W) -> (N,C,H,W)."""
+
+    def __init__(self, channels: int, kernel_size: int, ratio: float, deploy: bool) -> None:
+        super().__init__()
+        self.c_lk = max(1, round(channels * ratio))
+        self.conv = RepConv(self.c_lk, self.c_lk, kernel_size, deploy=deploy)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.c_lk == x.shape[1]:
+            return self.conv(x)
+        a, b = x.split([self.c_lk, x.shape[1] - self.c_lk], dim=1)
+        return torch.cat([self.conv(a), b], dim=1)
+
+
+class HFBlock(nn.Module):
+    """High-frequency block (conv only): re-param 3×3 → partial large kernel → gated 1×1 mix.
+    (N,C,H,W) -> (N,C,H,W)."""
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool, ls_init: float = 0.1) -> None:
+        super().__init__()
+        self.local = RepConv(channels, channels, 3, deploy=deploy)
+        self.plk = PartialLargeKernel(channels, kernel_size, 0.25, deploy)
+        self.mix = nn.Conv2d(channels, channels * 2, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        self.ls = LayerScale(channels, ls_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.plk(self.local(x))
+        g, v = self.mix(y).chunk(2, dim=1)
+        return self.ls(x, self.proj(F.gelu(g) * v))
+
+
+class CrossFrequencyFusion(nn.Module):
+    """Gated exchange between the paths: ``LF' = LF + σ(a)·b``, ``HF' = HF + σ(c)·d`` with
+    ``[a, b, c, d] = W·[LF; HF]``. Two (N,C,H,W) tensors in, two out."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels * 2, channels * 4, 1)
+        nn.init.trunc_normal_(self.conv.weight, std=0.02)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, lf: Tensor, hf: Tensor) -> tuple[Tensor, Tensor]:
+        a, b, c, d = self.conv(torch.cat([lf, hf], dim=1)).chunk(4, dim=1)
+        return torch.addcmul(lf, torch.sigmoid(a), b), torch.addcmul(hf, torch.sigmoid(c), d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention and long-range mixers
+# ---------------------------------------------------------------------------------------------
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention in non-overlapping ``w×w`` windows: (N,C,H,W) -> same.
+
+    Uses ``F.scaled_dot_product_attention``. Any H, W: the q/k/v maps are replicate-padded to a
+    window multiple; a shifted block offsets the window grid by ``w/2`` through asymmetric
+    padding (no roll, so nothing wraps around the image). A depthwise 3×3 on v (LePE) gives
+    position information.
+    """
+
+    def __init__(self, channels: int, window: int, shift: bool) -> None:
+        super().__init__()
+        self.heads = _heads_for(channels)
+        self.window = window
+        self.shift = window // 2 if shift else 0
+        self.qkv = nn.Conv2d(channels, channels * 3, 1)
+        self.lepe = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        ws, s = self.window, self.shift
+        qkv = self.qkv(x)
+        v_img = qkv[:, 2 * c :]
+        ph, pw = (-(h + s)) % ws, (-(w + s)) % ws
+        if s or ph or pw:
+            qkv = F.pad(qkv, (s, pw, s, ph), mode="replicate")
+        hp, wp = qkv.shape[-2:]
+        nh, nw = hp // ws, wp // ws
+        d = c // self.heads
+        t = qkv.reshape(n, 3, self.heads, d, nh, ws, nw, ws)
+        t = t.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, n * nh * nw, self.heads, ws * ws, d)
+        o = F.scaled_dot_product_attention(t[0], t[1], t[2])
+        o = o.reshape(n, nh, nw, self.heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5)
+        o = o.reshape(n, c, hp, wp)[:, :, s : s + h, s : s + w]
+        return self.proj(o + self.lepe(v_img))
+
+
+class DepthwiseMixer(nn.Module):
+    """Attention-free token mixer (ablation ``use_attn=False``): depthwise 7×7 + 1×1."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 7, 1, 3, groups=channels)
+        self.pw = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pw(self.dw(x))
+
+
+class FourierMixer(nn.Module):
+    """Global mixing in the Fourier domain (float32): (N,C,H,W) -> (N,C,H,W).
+
+    ``rfft2`` → 1×1 conv over [Re; Im] → GELU → 1×1 conv → ``irfft2``. O(HW log HW).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels * 2, channels * 2, 1)
+        self.fc2 = nn.Conv2d(channels * 2, channels * 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        c = x.shape[1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            matmul = _export_mode()
+            re, im = rfft2_real(x.float(), matmul)
+            z = torch.cat([re, im], dim=1)
+            z = F.conv2d(z, self.fc1.weight.float(), self.fc1.bias.float())  # type: ignore[union-attr]
+            z = F.conv2d(F.gelu(z), self.fc2.weight.float(), self.fc2.bias.float())  # type: ignore[union-attr]
+            y = irfft2_real(z[:, :c], z[:, c:], (h, w), matmul)
+        return y.to(x.dtype)
+
+
+def ssd_scan(  # noqa: PLR0917 (the scan's operands)
+    x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int = 64
+) -> Tensor:
+    """Selective state-space scan with a scalar decay per head (Mamba-2 "SSD"), chunked.
+
+    Computes, for every sequence and head, ``h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t ⊗ b_t`` and
+    ``y_t = h_t · c_t`` with matmuls inside chunks and a short recurrence across chunks.
+
+    Shapes: x (B,L,H,P), dt (B,L,H) (positive), a (H,) (negative), b and c (B,L,S).
+    Returns y (B,L,H,P). All float32.
+    """
+    bsz, length, heads, p = x.shape
+    pad = (-length) % chunk
+    if pad:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        b = F.pad(b, (0, 0, 0, pad))
+        c = F.pad(c, (0, 0, 0, pad))
+    nc = x.shape[1] // chunk
+    xs = (x * dt.unsqueeze(-1)).reshape(bsz, nc, chunk, heads, p)
+    la = (dt * a).reshape(bsz, nc, chunk, heads).permute(0, 3, 1, 2)  # (B,H,nc,T) log-decay
+    bs = b.reshape(bsz, nc, chunk, -1)
+    cs = c.reshape(bsz, nc, chunk, -1)
+    cum = torch.cumsum(la, dim=-1)  # (B,H,nc,T)
+    # 1) within each chunk: y_t = Σ_{s<=t} (c_t·b_s) exp(cum_t - cum_s) x_s
+    seg = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (B,H,nc,T,T) [t, s]
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
+    scores = torch.einsum("bnts,bnus->bntu", cs, bs)  # (B,nc,T,T)
+    y = torch.einsum("bntu,bhntu,bnuhp->bnthp", scores, decay, xs)
+    # 2) state at the end of each chunk: Σ_s exp(cum_T - cum_s) b_s ⊗ x_s
+    tail = torch.exp(cum[..., -1:] - cum)  # (B,H,nc,T)
+    states = torch.einsum("bnts,bhnt,bnthp->bnhps", bs, tail, xs)  # (B,nc,H,P,S)
+    # 3) carry states across chunks (sequential over chunks, cheap)
+    chunk_decay = torch.exp(cum[..., -1])  # (B,H,nc)
+    carried = []
+    run = torch.zeros_like(states[:, 0])
+    for i in range(nc):
+        carried.append(run)
+        run = run * chunk_decay[:, :, i, None, None] + states[:, i]
+    prev = torch.stack(carried, dim=1)  # (B,nc,H,P,S): state entering chunk i
+    # 4) contribution of the carried state: exp(cum_t) c_t · prev
+    y = y + torch.einsum("bnts,bnhps,bhnt->bnthp", cs, prev, torch.exp(cum))
+    return y.reshape(bsz, nc * chunk, heads, p)[:, :length]
+
+
+_MAMBA_SCAN: Callable[..., Tensor] | bool | None = False  # False: not probed yet
+
+
+def _mamba_kernel() -> Callable[..., Tensor] | None:
+    """mamba-ssm's fused chunked scan, if the optional package is importable."""
+    global _MAMBA_SCAN  # noqa: PLW0603
+    if _MAMBA_SCAN is False:
+        try:
+            from mamba_ssm.ops.triton.ssd_combined import (  # type: ignore[import-not-found]
+                mamba_chunk_scan_combined,
+            )
+
+            _MAMBA_SCAN = mamba_chunk_scan_combined
+        except Exception:
+            _MAMBA_SCAN = None
+    return _MAMBA_SCAN  # type: ignore[return-value]
+
+
+class SelectiveScan2D(nn.Module):
+    """2-D Mamba-style selective-scan mixer: (N,C,H,W) -> (N,C,H,W).
+
+    in-proj → depthwise 3×3 + SiLU → input-dependent (dt, B, C) → selective scan along the
+    raster order in both directions → gate with SiLU(z) → out-proj. The scan uses mamba-ssm's
+    kernel when importable on CUDA, else :func:`ssd_scan` (pure PyTorch, same parameters, same
+    function). Runs in float32 under autocast. O(HW).
+    """
+
+    def __init__(self, channels: int, state: int = 16, head_dim: int = 16) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.head_dim = channels // self.heads
+        if self.heads * self.head_dim != channels:
+            self.heads, self.head_dim = 1, channels
+        self.state = state
+        self.in_proj = nn.Conv2d(channels, channels * 2, 1)
+        self.dw = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels)
+        self.x_proj = nn.Conv2d(channels, self.heads + 2 * state, 1)
+        dt = torch.exp(torch.empty(self.heads).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+        self.a_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1.0, 16.0)))
+        self.d_skip = nn.Parameter(torch.ones(self.heads))
+        self.out_proj = nn.Conv2d(channels, channels, 1)
+        self.use_kernel = True
+        """Use mamba-ssm's kernel when available (CUDA). Same weights, same function."""
+
+    def _scan(self, x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        kernel = _mamba_kernel() if (self.use_kernel and x.is_cuda) else None
+        if kernel is not None and not _export_mode():
+            return kernel(x, dt, a, b.unsqueeze(2), c.unsqueeze(2), chunk_size=64)
+        return ssd_scan(x, dt, a, b, c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, ch, h, w = x.shape
+        xs, z = self.in_proj(x).chunk(2, dim=1)
+        xs = F.silu(self.dw(xs))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xs = xs.float()
+            p = F.conv2d(xs, self.x_proj.weight.float(), self.x_proj.bias.float())  # type: ignore[union-attr]
+            dt_raw, b, c = p.split([self.heads, self.state, self.state], dim=1)
+            length = h * w
+            dt = F.softplus(dt_raw + self.dt_bias.float().view(1, -1, 1, 1))
+            dt = dt.reshape(n, self.heads, length).transpose(1, 2)  # (N,L,H)
+            b = b.reshape(n, self.state, length).transpose(1, 2)  # (N,L,S)
+            c = c.reshape(n, self.state, length).transpose(1, 2)
+            seq = xs.reshape(n, self.heads, self.head_dim, length).permute(0, 3, 1, 2)  # (N,L,H,P)
+            a = -torch.exp(self.a_log.float())
+            fwd = self._scan(seq, dt, a, b, c)
+            bwd = self._scan(seq.flip(1), dt.flip(1), a, b.flip(1), c.flip(1)).flip(1)
+            y = fwd + bwd + seq * self.d_skip.float().view(1, 1, -1, 1)
+            y = y.permute(0, 2, 3, 1).reshape(n, ch, h, w)
+        y = y.to(x.dtype) * F.silu(z)
+        return self.out_proj(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture of experts
+# ---------------------------------------------------------------------------------------------
+
+
+class MoEFFN(nn.Module):
+    """Token-wise top-k mixture of gated-MLP experts: (N,C,H,W) -> (N,C,H,W).
+
+    Every pixel is a token. A linear router (float32) picks ``top_k`` of ``E`` experts; their
+    outputs are mixed with the renormalized router probabilities. Dispatch is vectorized: the
+    token slots are sorted by expert and each expert runs one matmul chain on its contiguous
+    slice (a loop over experts, never over tokens). Under ONNX export / ``torch.compile`` a
+    static-shape dense path computes the same function. Deterministic in eval; ``top_k`` may
+    be changed at inference. In training forwards with autograd the Switch-style balance term
+    ``E · Σ_e f_e P_e`` is published to :data:`MOE_AUX`.
+    """
+
+    def __init__(self, channels: int, hidden: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.router = nn.Parameter(torch.randn(num_experts, channels) * 0.02)
+        self.w_in = nn.Parameter(torch.randn(num_experts, channels, hidden * 2) * 0.02)
+        self.b_in = nn.Parameter(torch.zeros(num_experts, hidden * 2))
+        self.w_out = nn.Parameter(torch.randn(num_experts, hidden, channels) * 0.02)
+        self.b_out = nn.Parameter(torch.zeros(num_experts, channels))
+        self.force_dense = False
+        """Compute every expert densely (static shapes; used for export)."""
+
+    def route(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """tokens (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
+        logits = F.linear(tokens.float(), self.router.float())
+        probs = torch.softmax(logits, dim=-1)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)
+        gates = top_p / top_p.sum(dim=-1, keepdim=True)
+        return probs, top_i, gates
+
+    def _expert(self, x: Tensor, e: int) -> Tensor:
+        g, v = torch.addmm(self.b_in[e].to(x.dtype), x, self.w_in[e].to(x.dtype)).chunk(2, -1)
+        return torch.addmm(self.b_out[e].to(x.dtype), F.gelu(g) * v, self.w_out[e].to(x.dtype))
+
+    def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
+        flat = top_i.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        tok = order // self.top_k
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = tokens.index_select(0, tok)
+        outs: list[Tensor] = []
+        start = 0
+        for e, cnt in enumerate(counts):
+            if cnt:
+                outs.append(self._expert(xs[start : start + cnt], e))
+            start += cnt
+        ys = torch.cat(outs, dim=0) * gates.reshape(-1)[order].unsqueeze(-1).to(tokens.dtype)
+        return torch.zeros_like(tokens).index_add_(0, tok, ys)
+
+    def _dense(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
+        dt = tokens.dtype
+        h = torch.einsum("tc,ecd->etd", tokens, self.w_in.to(dt)) + self.b_in.to(dt).unsqueeze(1)
+        g, v = h.chunk(2, dim=-1)
+        y = torch.bmm(F.gelu(g) * v, self.w_out.to(dt)) + self.b_out.to(dt).unsqueeze(1)
+        comb = torch.zeros(tokens.shape[0], self.num_experts, device=tokens.device)
+        comb = comb.scatter(1, top_i, gates).to(dt)
+        return torch.einsum("etc,te->tc", y, comb)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 1).reshape(-1, c)
+        probs, top_i, gates = self.route(tokens)
+        if self.training and torch.is_grad_enabled():
+            counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts).float()
+            frac = counts / counts.sum()
+            MOE_AUX.record(self.num_experts * (frac * probs.mean(0)).sum(), frac)
+        if self.force_dense or _export_mode():
+            y = self._dense(tokens, top_i, gates)
+        else:
+            y = self._sparse(tokens, top_i, gates)
+        return y.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer-style blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class AttnBlock(nn.Module):
+    """Pre-norm window attention (or depthwise mixer) + gated FFN or MoE FFN, with an optional
+    global mixer (Fourier / selective scan) as a third residual branch. (N,C,H,W) -> same."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        window: int,
+        shift: bool,
+        mlp_ratio: float,
+        use_attn: bool,
+        mixer: str = "none",
+        moe: tuple[int, int] | None = None,
+        ls_init: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm2d(channels)
+        self.attn: nn.Module = (
+            WindowAttention(channels, window, shift) if use_attn else DepthwiseMixer(channels)
+        )
+        self.ls1 = LayerScale(channels, ls_init)
+        self.mixer: nn.Module | None = None
+        if mixer != "none":
+            self.norm_g = RMSNorm2d(channels)
+            self.mixer = FourierMixer(channels) if mixer == "fourier" else SelectiveScan2D(channels)
+            self.ls_g = LayerScale(channels, ls_init)
+        self.norm2 = RMSNorm2d(channels)
+        hidden = max(8, round(channels * mlp_ratio))
+        self.ffn: nn.Module = (
+            MoEFFN(channels, hidden, moe[0], moe[1]) if moe else GatedFFN(channels, hidden)
+        )
+        self.ls2 = LayerScale(channels, ls_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.ls1(x, self.attn(self.norm1(x)))
+        if self.mixer is not None:
+            x = self.ls_g(x, self.mixer(self.norm_g(x)))
+        return self.ls2(x, self.ffn(self.norm2(x)))
+
+
+class MoERefine(nn.Module):
+    """Full-resolution detail refinement with a token-wise MoE: (N,C,H,W) -> same."""
+
+    def __init__(self, channels: int, hidden: int, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm2d(channels)
+        self.moe = MoEFFN(channels, hidden, num_experts, top_k)
+        self.ls = LayerScale(channels, 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ls(x, self.moe(self.norm(x)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Head and upsamplers
+# ---------------------------------------------------------------------------------------------
+
+
+class TextureHead(nn.Module):
+    """Re-param large-kernel depthwise conv + pointwise refinement, with optional noise
+    injection (StyleGAN2-style, learned per-channel strength). (N,C,H,W) -> same.
+
+    Noise is added in training; in eval only when ``inject_noise_in_eval`` is set.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, noise: bool, deploy: bool) -> None:
+        super().__init__()
+        self.lk = RepConv(channels, channels, kernel_size, groups=channels, deploy=deploy)
+        self.pw = nn.Conv2d(channels, channels, 1)
+        self.ls = LayerScale(channels, 0.1)
+        self.noise_strength = nn.Parameter(torch.zeros(1, channels, 1, 1)) if noise else None
+        self.inject_noise_in_eval = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.ls(x, self.pw(F.gelu(self.lk(x))))
+        if self.noise_strength is not None and (self.training or self.inject_noise_in_eval):
+            n, _, h, w = y.shape
+            noise = torch.randn(n, 1, h, w, device=y.device, dtype=y.dtype)
+            y = y + self.noise_strength.to(y.dtype) * noise
+        return y
+
+
+class PixelShuffleUpsampler(nn.Module):
+    """3×3 conv to ``out·s²`` channels + PixelShuffle: (N,C,H,W) -> (N,out,sH,sW)."""
+
+    def __init__(self, channels: int, out_ch: int, scale: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_ch * scale * scale, 3, 1, 1)
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return F.pixel_shuffle(y, self.scale) if self.scale > 1 else y
+
+
+class DySampleUpsampler(nn.Module):
+    """Dynamic point-sampling upsampler: (N,C,H,W) -> (N,out,sH,sW).
+
+    A 3×3 conv predicts the image at low resolution; content-dependent sub-pixel offsets
+    (bounded by a learned dynamic scope, zero at init) move each output pixel's sampling
+    point, and the prediction is sampled bilinearly there. At init this is bilinear upsampling.
+    """
+
+    def __init__(self, channels: int, out_ch: int, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.conv = nn.Conv2d(channels, out_ch, 3, 1, 1)
+        self.offset = nn.Conv2d(channels, 2 * scale * scale, 1)
+        self.scope = nn.Conv2d(channels, 2 * scale * scale, 1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        nn.init.zeros_(self.scope.weight)
+        nn.init.zeros_(self.scope.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.scale
+        h, w = x.shape[-2:]
+        img = self.conv(x)
+        off = self.offset(x) * torch.sigmoid(self.scope(x)) * 0.5
+        off = F.pixel_shuffle(off, s).float()  # (N,2,sH,sW) in low-res pixel units
+        ys = (torch.arange(h * s, device=x.device, dtype=torch.float32) + 0.5) / s
+        xs = (torch.arange(w * s, device=x.device, dtype=torch.float32) + 0.5) / s
+        gx = (xs.view(1, 1, -1) + off[:, 0]) * (2.0 / w) - 1.0
+        gy = (ys.view(1, -1, 1) + off[:, 1]) * (2.0 / h) - 1.0
+        grid = torch.stack([gx, gy], dim=-1).to(img.dtype)
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+
+
+@store_hyperparameters
+class HybridMoE(nn.Module):
+    """HybridMoE-FreqNet super-resolution / restoration network.
+
+    Input (N, in_ch, H, W) in [0, 1] (any N, H, W ≥ 1); output (N, in_ch, H·scale, W·scale).
+
+    Args (keyword only):
+        scale: integer upscaling factor (1 = restoration).
+        in_ch: image channels (1 or 3 typically); the output has the same channels.
+        dim: width of level 1; levels 2 and 3 use 2·dim and 4·dim.
+        enc_blocks: LF-path blocks per level (gated-conv, attention, attention + mixer).
+        hf_blocks: HF-path blocks per level (partial large kernel).
+        mid_blocks: bottleneck attention + MoE blocks.
+        dec_blocks: decoder blocks per level (gated-conv, attention, attention).
+        window_size: attention window (tokens per side).
+        mlp_ratio: FFN hidden width / channels (also per MoE expert).
+        kernel_size: large-kernel size of the HF path, stem and texture head.
+        use_moe: MoE FFN at the bottleneck (False: dense gated FFN).
+        num_experts, top_k: MoE size and routing (top_k may be changed later with set_top_k).
+        refine_moe: add a full-resolution detail-refinement MoE before the head.
+        use_hf: keep the high-frequency path (False: single LF stream, no split).
+        use_attn: window attention (False: depthwise-conv token mixer).
+        freq_split: "laplacian" or "fft".
+        global_mixer: "fourier", "ssm" or "none" (level-3 long-range branch).
+        stem_lk: add a re-param large-kernel conv to the stem.
+        noise: learned noise injection in the texture head.
+        upsampler: "pixelshuffle" or "dysample" (a plain conv at scale 1).
+        base: fixed base upsampler "mks2021", "bicubic" or "none".
+        deploy: build the fused (re-parameterized) form, as produced by fuse().
+    """
+
+    hyperparameters: dict[str, Any] = {}  # noqa: RUF012 (filled per instance)
+
+    def __init__(
+        self,
+        *,
+        scale: int = 4,
+        in_ch: int = 3,
+        dim: int = 32,
+        enc_blocks: Sequence[int] = (2, 2, 2),
+        hf_blocks: Sequence[int] = (2, 1, 1),
+        mid_blocks: int = 2,
+        dec_blocks: Sequence[int] = (1, 1, 1),
+        window_size: int = 8,
+        mlp_ratio: float = 2.0,
+        kernel_size: int = 13,
+        use_moe: bool = True,
+        num_experts: int = 4,
+        top_k: int = 2,
+        refine_moe: bool = False,
+        use_hf: bool = True,
+        use_attn: bool = True,
+        freq_split: str = "laplacian",
+        global_mixer: str = "fourier",
+        stem_lk: bool = False,
+        noise: bool = False,
+        upsampler: str = "pixelshuffle",
+        base: str = "mks2021",
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        scale = _check_int("scale", scale, 1)
+        in_ch = _check_int("in_ch", in_ch, 1)
+        dim = _check_int("dim", dim, 4)
+        enc = _check_blocks("enc_blocks", enc_blocks)
+        hfb = _check_blocks("hf_blocks", hf_blocks)
+        dec = _check_blocks("dec_blocks", dec_blocks)
+        mid_blocks = _check_int("mid_blocks", mid_blocks, 0)
+        window_size = _check_int("window_size", window_size, 1)
+        kernel_size = _check_int("kernel_size", kernel_size, 3)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"HybridMoE: kernel_size must be odd, got {kernel_size}")
+        if not isinstance(mlp_ratio, numbers.Real) or mlp_ratio <= 0:
+            raise ValueError(f"HybridMoE: mlp_ratio must be a positive number, got {mlp_ratio!r}")
+        freq_split = _check_choice("freq_split", freq_split, SPLIT_CHOICES)
+        global_mixer = _check_choice("global_mixer", global_mixer, MIXER_CHOICES)
+        upsampler = _check_choice("upsampler", upsampler, UPSAMPLER_CHOICES)
+        base = _check_choice("base", base, BASE_CHOICES)
+        num_experts = _check_int("num_experts", num_experts, 1)
+        top_k = _check_int("top_k", top_k, 1)
+        if top_k > num_experts:
+            raise ValueError(
+                f"HybridMoE: top_k={top_k} exceeds num_experts={num_experts}; "
+                f"choose 1 <= top_k <= num_experts"
+            )
+
+        self.scale, self.in_ch, self.dim = scale, in_ch, dim
+        self.use_hf, self.use_moe, self.refine = bool(use_hf), bool(use_moe), bool(refine_moe)
+        self.deploy = bool(deploy)
+        self.num_experts = num_experts if (use_moe or refine_moe) else 0
+        self.top_k = top_k if self.num_experts else 0
+        c1, c2, c3 = dim, dim * 2, dim * 4
+
+        meta = [
+            META_VERSION,
+            scale,
+            in_ch,
+            top_k,
+            BASE_CHOICES.index(base),
+            SPLIT_CHOICES.index(freq_split),
+            MIXER_CHOICES.index(global_mixer),
+            UPSAMPLER_CHOICES.index(upsampler),
+            window_size,
+            int(use_moe) | int(refine_moe) << 1 | int(use_hf) << 2 | int(use_attn) << 3,
+            int(noise) | int(stem_lk) << 1,
+        ]
+        self.register_buffer("hmoe_meta", torch.tensor(meta, dtype=torch.int32))
+
+        self.base: nn.Module | None
+        if base == "mks2021":
+            self.base = MagicKernelSharpUpsample(scale)
+        elif base == "bicubic":
+            self.base = BicubicUpsample(scale)
+        else:
+            self.base = None
+
+        self.stem = nn.Conv2d(in_ch, c1, 3, 1, 1)
+        self.stem_lk = RepConv(c1, c1, kernel_size, groups=c1, deploy=deploy) if stem_lk else None
+        self.split = FrequencySplit(c1, freq_split) if use_hf else None
+
+        def attn(
+            c: int, i: int, mixer: str = "none", moe: tuple[int, int] | None = None
+        ) -> nn.Module:
+            return AttnBlock(
+                c,
+                window=window_size,
+                shift=i % 2 == 1,
+                mlp_ratio=mlp_ratio,
+                use_attn=use_attn,
+                mixer=mixer,
+                moe=moe,
+            )
+
+        # encoder, LF path
+        self.lf1 = nn.Sequential(*[GatedConvBlock(c1) for _ in range(enc[0])])
+        self.lf2 = nn.Sequential(*[attn(c2, i) for i in range(enc[1])])
+        self.lf3 = nn.Sequential(*[attn(c3, i, global_mixer) for i in range(enc[2])])
+        self.lf_down1 = nn.Conv2d(c1, c2, 2, 2)
+        self.lf_down2 = nn.Conv2d(c2, c3, 2, 2)
+        # encoder, HF path + fusion
+        if use_hf:
+            self.hf1 = nn.Sequential(*[HFBlock(c1, kernel_size, deploy) for _ in range(hfb[0])])
+            self.hf2 = nn.Sequential(*[HFBlock(c2, kernel_size, deploy) for _ in range(hfb[1])])
+            self.hf3 = nn.Sequential(*[HFBlock(c3, kernel_size, deploy) for _ in range(hfb[2])])
+            self.hf_down1 = nn.Conv2d(c1, c2, 2, 2)
+            self.hf_down2 = nn.Conv2d(c2, c3, 2, 2)
+            self.fuse1 = CrossFrequencyFusion(c1)
+            self.fuse2 = CrossFrequencyFusion(c2)
+            self.fuse3 = CrossFrequencyFusion(c3)
+        paths = 2 if use_hf else 1
+        # bottleneck
+        self.mid_in = nn.Conv2d(c3 * paths, c3, 1)
+        moe_cfg = (num_experts, top_k) if use_moe else None
+        self.mid = nn.Sequential(*[attn(c3, i, moe=moe_cfg) for i in range(mid_blocks)])
+        # decoder
+        self.dec3_in = nn.Conv2d(c3 * (1 + paths), c3, 1)
+        self.dec3 = nn.Sequential(*[attn(c3, i) for i in range(dec[2])])
+        self.up2 = nn.ConvTranspose2d(c3, c2, 2, 2)
+        self.dec2_in = nn.Conv2d(c2 * (1 + paths), c2, 1)
+        self.dec2 = nn.Sequential(*[attn(c2, i) for i in range(dec[1])])
+        self.up1 = nn.ConvTranspose2d(c2, c1, 2, 2)
+        self.dec1_in = nn.Conv2d(c1 * (1 + paths), c1, 1)
+        self.dec1 = nn.Sequential(*[GatedConvBlock(c1) for _ in range(dec[0])])
+        # reconstruction
+        hidden = max(8, round(c1 * mlp_ratio))
+        self.refine_moe = MoERefine(c1, hidden, num_experts, top_k) if refine_moe else None
+        self.head = TextureHead(c1, kernel_size, noise, deploy)
+        self.up: nn.Module = (
+            DySampleUpsampler(c1, in_ch, scale)
+            if upsampler == "dysample" and scale > 1
+            else PixelShuffleUpsampler(c1, in_ch, scale)
+        )
+
+    # -- runtime controls --------------------------------------------------------------------
+
+    def moe_layers(self) -> list[MoEFFN]:
+        """All MoE layers of the network."""
+        return [m for m in self.modules() if isinstance(m, MoEFFN)]
+
+    def set_top_k(self, k: int) -> HybridMoE:
+        """Change how many experts each token uses (speed/quality dial); returns self."""
+        if not self.num_experts:
+            raise ValueError("HybridMoE.set_top_k: this model has no MoE layers")
+        k = _check_int("top_k", k, 1)
+        if k > self.num_experts:
+            raise ValueError(
+                f"HybridMoE.set_top_k: top_k={k} exceeds num_experts={self.num_experts}"
+            )
+        for m in self.moe_layers():
+            m.top_k = k
+        self.top_k = k
+        self.hmoe_meta[3] = k
+        self.hyperparameters = {**self.hyperparameters, "top_k": k}
+        return self
+
+    @torch.no_grad()
+    def fuse(self) -> HybridMoE:
+        """Re-parameterize every :class:`RepConv` into a single conv (deploy form), in place.
+
+        Outputs are unchanged up to float rounding; the parameter count drops; the fused
+        state dict loads into ``HybridMoE(deploy=True, ...)``. Returns self.
+        """
+        for m in self.modules():
+            if isinstance(m, RepConv):
+                m.fuse()
+        self.deploy = True
+        self.hyperparameters = {**self.hyperparameters, "deploy": True}
+        return self
+
+    def _load_from_state_dict(  # noqa: PLR0917 (signature fixed by nn.Module)
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # The meta buffer describes *this* module's configuration: keep it when loading
+        # weights (e.g. a pretrain of another scale with strict_load_g: false).
+        key = prefix + "hmoe_meta"
+        if key in state_dict:
+            incoming = state_dict[key]
+            if int(incoming.reshape(-1)[0]) > META_VERSION:
+                error_msgs.append(
+                    f"checkpoint was written by a newer HybridMoE (layout version "
+                    f"{int(incoming.reshape(-1)[0])} > {META_VERSION}); update hybridmoe_arch.py"
+                )
+            state_dict = {**state_dict, key: self.hmoe_meta.clone()}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_ch:
+            raise ValueError(
+                f"HybridMoE expects an (N, {self.in_ch}, H, W) image tensor, got shape "
+                f"{tuple(x.shape)}; convert the image to {self.in_ch} channel(s) or use a model "
+                f"built with in_ch={x.shape[1] if x.ndim == 4 else '?'}"
+            )
+        if self.training and torch.is_grad_enabled() and self.num_experts:
+            MOE_AUX.begin_forward()
+        h, w = x.shape[-2:]
+        base = self.base(x) if self.base is not None else None
+
+        f = self.stem(_pad_to_multiple(x, PAD_MULTIPLE))
+        if self.stem_lk is not None:
+            f = self.stem_lk(f)
+
+        if self.split is not None:
+            lf, hf = self.split(f)
+            lf, hf = self.fuse1(self.lf1(lf), self.hf1(hf))
+            s1 = (lf, hf)
+            lf, hf = self.fuse2(self.lf2(self.lf_down1(lf)), self.hf2(self.hf_down1(hf)))
+            s2 = (lf, hf)
+            lf, hf = self.fuse3(self.lf3(self.lf_down2(lf)), self.hf3(self.hf_down2(hf)))
+            s3 = (lf, hf)
+            m = self.mid_in(torch.cat([lf, hf], dim=1))
+        else:
+            lf = self.lf1(f)
+            s1 = (lf,)
+            lf = self.lf2(self.lf_down1(lf))
+            s2 = (lf,)
+            lf = self.lf3(self.lf_down2(lf))
+            s3 = (lf,)
+            m = self.mid_in(lf)
+
+        d = self.mid(m)
+        d = self.dec3(self.dec3_in(torch.cat([d, *s3], dim=1)))
+        d = self.dec2(self.dec2_in(torch.cat([self.up2(d), *s2], dim=1)))
+        d = self.dec1(self.dec1_in(torch.cat([self.up1(d), *s1], dim=1)))
+        d = d + f
+        if self.refine_moe is not None:
+            d = self.refine_moe(d)
+        out = self.up(self.head(d))
+        out = out[..., : h * self.scale, : w * self.scale]
+        if base is not None:
+            out = out + base
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants and factories (traiNNer-redux registers these names)
+# ---------------------------------------------------------------------------------------------
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "hybridmoe_nano": {
+        "dim": 16,
+        "enc_blocks": (1, 1, 1),
+        "hf_blocks": (1, 1, 0),
+        "mid_blocks": 1,
+        "dec_blocks": (1, 1, 0),
+        "num_experts": 4,
+        "top_k": 1,
+    },
+    "hybridmoe_s": {
+        "dim": 32,
+        "enc_blocks": (2, 2, 2),
+        "hf_blocks": (2, 1, 1),
+        "mid_blocks": 2,
+        "dec_blocks": (1, 1, 1),
+        "num_experts": 4,
+        "top_k": 2,
+    },
+    "hybridmoe_m": {
+        "dim": 48,
+        "enc_blocks": (3, 3, 3),
+        "hf_blocks": (2, 2, 1),
+        "mid_blocks": 3,
+        "dec_blocks": (2, 2, 1),
+        "num_experts": 6,
+        "top_k": 2,
+    },
+    "hybridmoe_l": {
+        "dim": 64,
+        "enc_blocks": (4, 4, 6),
+        "hf_blocks": (3, 2, 2),
+        "mid_blocks": 4,
+        "dec_blocks": (3, 3, 2),
+        "num_experts": 8,
+        "top_k": 2,
+        "window_size": 16,
+        "refine_moe": True,
+    },
+}
+"""Named configurations; any constructor option can be overridden per factory call."""
+
+_OPTION_NAMES = tuple(inspect.signature(HybridMoE.__init__).parameters)[1:]
+
+
+def _build(variant: str | None, scale: int, overrides: dict[str, Any]) -> HybridMoE:
+    unknown = sorted(set(overrides) - set(_OPTION_NAMES))
+    if unknown:
+        raise TypeError(
+            f"{variant or 'hybridmoe'}: unknown option(s) {', '.join(unknown)}; valid options: "
+            + ", ".join(n for n in _OPTION_NAMES if n != "scale")
+        )
+    cfg = {**(VARIANTS[variant] if variant else {}), **overrides}
+    return HybridMoE(scale=scale, **cfg)
+
+
+def hybridmoe(scale: int = 4, **options: Any) -> HybridMoE:
+    """General constructor: every :class:`HybridMoE` option, defaults = the ``s`` size."""
+    return _build(None, scale, options)
+
+
+def hybridmoe_nano(scale: int = 4, **overrides: Any) -> HybridMoE:
+    """Real-time size (dim 16, shallow, top-1 MoE)."""
+    return _build("hybridmoe_nano", scale, overrides)
+
+
+def hybridmoe_s(scale: int = 4, **overrides: Any) -> HybridMoE:
+    """Small size (dim 32)."""
+    return _build("hybridmoe_s", scale, overrides)
+
+
+def hybridmoe_m(scale: int = 4, **overrides: Any) -> HybridMoE:
+    """Medium size (dim 48)."""
+    return _build("hybridmoe_m", scale, overrides)
+
+
+def hybridmoe_l(scale: int = 4, **overrides: Any) -> HybridMoE:
+    """Large, quality-first size (dim 64, window 16, detail MoE)."""
+    return _build("hybridmoe_l", scale, overrides)
+
+
+FACTORIES: dict[str, Callable[..., HybridMoE]] = {
+    "hybridmoe": hybridmoe,
+    "hybridmoe_nano": hybridmoe_nano,
+    "hybridmoe_s": hybridmoe_s,
+    "hybridmoe_m": hybridmoe_m,
+    "hybridmoe_l": hybridmoe_l,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading from a state dict (spandrel-independent)
+# ---------------------------------------------------------------------------------------------
+
+
+class CheckpointError(ValueError):
+    """A file or state dict that is not a loadable model, with the reason and the fix."""
+
+
+def _seq_len(sd: dict[str, Tensor], prefix: str) -> int:
+    idx = {
+        int(k[len(prefix) :].split(".", 1)[0])
+        for k in sd
+        if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
+    }
+    return max(idx) + 1 if idx else 0
+
+
+def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
+    """Build the :class:`HybridMoE` that ``state_dict`` belongs to (weights not loaded).
+
+    Every option that changes the output is recovered from tensor shapes, key presence and the
+    versioned ``hmoe_meta`` buffer.
+    """
+    sd = state_dict
+    if "hmoe_meta" not in sd or "stem.weight" not in sd:
+        raise CheckpointError("not a HybridMoE state dict (no 'hmoe_meta' / 'stem.weight' keys)")
+    meta = [int(v) for v in sd["hmoe_meta"].reshape(-1).tolist()]
+    if meta[0] > META_VERSION or meta[0] < 1 or len(meta) < 11:
+        raise CheckpointError(
+            f"HybridMoE checkpoint layout version {meta[0]} is not supported by this "
+            f"hybridmoe_arch.py (supports 1..{META_VERSION}); update the file"
+        )
+    (_, scale, in_ch, top_k, base_i, split_i, mixer_i, up_i, window, flags, flags2) = meta[:11]
+    dim, in_ch_w = sd["stem.weight"].shape[:2]
+    if in_ch_w != in_ch:
+        raise CheckpointError(
+            f"inconsistent HybridMoE checkpoint: meta says in_ch={in_ch}, stem has {in_ch_w}"
+        )
+    use_hf = "split.log_sigma" in sd or _seq_len(sd, "hf1.") > 0 or "fuse1.conv.weight" in sd
+    deploy = any(k.endswith(".fused.weight") for k in sd)
+    kernel_size = 13
+    for k in ("head.lk.lk.weight", "head.lk.fused.weight"):
+        if k in sd:
+            kernel_size = int(sd[k].shape[-1])
+    use_moe = bool(flags & 1)
+    num_experts = 4
+    for k, v in sd.items():
+        if k.endswith(".router"):
+            num_experts = int(v.shape[0])
+            break
+    hidden_src = None
+    for k in ("lf2.0.ffn.fc2.weight", "mid.0.ffn.w_out", "dec2.0.ffn.fc2.weight"):
+        if k in sd:
+            hidden_src = (k, sd[k])
+            break
+    mlp_ratio = 2.0
+    if hidden_src is not None:
+        k, v = hidden_src
+        hidden = int(v.shape[1])
+        c = int(v.shape[0]) if k.endswith("fc2.weight") else int(v.shape[2])
+        mlp_ratio = hidden / c
+    cfg: dict[str, Any] = {
+        "scale": scale,
+        "in_ch": in_ch,
+        "dim": int(dim),
+        "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),
+        "hf_blocks": (
+            (_seq_len(sd, "hf1."), _seq_len(sd, "hf2."), _seq_len(sd, "hf3."))
+            if use_hf
+            else (2, 1, 1)
+        ),
+        "mid_blocks": _seq_len(sd, "mid."),
+        "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2."), _seq_len(sd, "dec3.")),
+        "window_size": window,
+        "mlp_ratio": mlp_ratio,
+        "kernel_size": kernel_size,
+        "use_moe": use_moe,
+        "num_experts": num_experts,
+        "top_k": top_k if (use_moe or flags & 2) else 2,
+        "refine_moe": bool(flags & 2),
+        "use_hf": bool(use_hf),
+        "use_attn": bool(flags & 8),
+        "freq_split": SPLIT_CHOICES[split_i],
+        "global_mixer": MIXER_CHOICES[mixer_i],
+        "stem_lk": bool(flags2 & 2),
+        "noise": bool(flags2 & 1),
+        "upsampler": UPSAMPLER_CHOICES[up_i],
+        "base": BASE_CHOICES[base_i],
+        "deploy": deploy,
+    }
+    if not cfg["num_experts"] or cfg["top_k"] > cfg["num_experts"]:
+        cfg["top_k"] = min(max(1, cfg["top_k"]), cfg["num_experts"])
+    return HybridMoE(**cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# spandrel integration
+# ---------------------------------------------------------------------------------------------
+
+SPANDREL_DETECT_KEYS = (
+    "hmoe_meta",
+    "stem.weight",
+    "lf_down1.weight",
+    "mid_in.weight",
+    "dec1_in.weight",
+    "head.pw.weight",
+)
+
+
+def _make_spandrel_arch() -> Any:
+    """Create the spandrel ``Architecture`` for HybridMoE (spandrel imported lazily)."""
+    from spandrel import Architecture, ImageModelDescriptor, ModelTiling
+    from spandrel.util import KeyCondition
+
+    class HybridMoEArch(Architecture[HybridMoE]):  # type: ignore[misc]
+        """spandrel support for every HybridMoE variant, option and form."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                id="HybridMoE",
+                name="HybridMoE-FreqNet",
+                detect=KeyCondition.has_all(*SPANDREL_DETECT_KEYS),
+            )
+
+        def load(self, state_dict: dict[str, Tensor]) -> Any:
+            model = hybridmoe_from_state_dict(state_dict)
+            hp = model.hyperparameters
+            tags = [f"{hp['dim']}dim"]
+            for name in ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l"):
+                if all(
+                    hp.get(k) == (tuple(v) if isinstance(v, list) else v)
+                    for k, v in VARIANTS[name].items()
+                ):
+                    tags.insert(0, name.split("_", 1)[1])
+                    break
+            if model.num_experts:
+                tags.append(f"{model.num_experts}e-top{model.top_k}")
+            tags.append(hp["global_mixer"])
+            if hp["deploy"]:
+                tags.append("fused")
+            global_ops = hp["global_mixer"] != "none" or (
+                hp["use_hf"] and hp["freq_split"] == "fft"
+            )
+            return ImageModelDescriptor(
+                model,
+                state_dict,
+                architecture=self,
+                purpose="Restoration" if model.scale == 1 else "SR",
+                tags=tags,
+                supports_half=True,
+                supports_bfloat16=True,
+                scale=model.scale,
+                input_channels=model.in_ch,
+                output_channels=model.in_ch,
+                tiling=ModelTiling.DISCOURAGED if global_ops else ModelTiling.SUPPORTED,
+            )
+
+    return HybridMoEArch()
+
+
+def register_spandrel() -> bool:
+    """Make spandrel's ``ModelLoader`` recognize HybridMoE checkpoints. Idempotent.
+
+    Returns True if this call added the architecture, False if it was already registered.
+    """
+    from spandrel import MAIN_REGISTRY, ArchSupport
+
+    if "HybridMoE" in MAIN_REGISTRY:
+        return False
+    added = MAIN_REGISTRY.add(
+        ArchSupport.from_architecture(_make_spandrel_arch()), ignore_duplicates=True
+    )
+    return bool(added)
+
+
+_CHECKPOINT_EXTS = (".pth", ".pt", ".ckpt", ".safetensors")
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
+    """Load any spandrel-supported checkpoint (HybridMoE included) as an
+    ``ImageModelDescriptor`` in eval mode.
+
+    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
+    corrupt or unsupported files.
+    """
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file not found: {p}")
+    if p.suffix.lower() not in _CHECKPOINT_EXTS:
+        raise CheckpointError(
+            f"{p.name}: unsupported model file type {p.suffix!r}; expected one of "
+            + ", ".join(_CHECKPOINT_EXTS)
+        )
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: the file is empty (0 bytes); re-download or re-export it")
+    register_spandrel()
+    loader = ModelLoader(device=device)
+    try:
+        sd = loader.load_state_dict_from_file(p)
+    except Exception as e:  # pickle, zip and safetensors errors all mean an unreadable file
+        raise CheckpointError(
+            f"{p}: cannot read the checkpoint ({type(e).__name__}: {e}); the file is corrupt, "
+            f"truncated or not a PyTorch/safetensors model"
+        ) from e
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(f"{p}: the checkpoint holds no tensors")
+    try:
+        desc = loader.load_from_state_dict(sd)
+    except UnsupportedModelError as e:
+        keys = ", ".join(list(sd)[:5])
+        raise CheckpointError(
+            f"{p}: no known architecture matches this state dict (first keys: {keys}); it is "
+            f"not a HybridMoE checkpoint nor one spandrel supports"
+        ) from e
+    except (RuntimeError, KeyError, IndexError) as e:
+        raise CheckpointError(
+            f"{p}: the state dict looks like {'HybridMoE' if 'hmoe_meta' in sd else 'a known'}"
+            f" model but does not load ({e}); the file is damaged or was edited"
+        ) from e
+    desc.model.eval()
+    return desc
+
+
+# ---------------------------------------------------------------------------------------------
+# traiNNer-redux registration (only when imported as traiNNer.archs.hybridmoe_arch)
+# ---------------------------------------------------------------------------------------------
+
+if __name__ == "traiNNer.archs.hybridmoe_arch":
+    from traiNNer.utils.registry import ARCH_REGISTRY
+
+    for _fn in FACTORIES.values():
+        ARCH_REGISTRY.register()(_fn)
