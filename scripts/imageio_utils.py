@@ -1,0 +1,309 @@
+"""Image reading and writing for the command-line scripts: PNG (8/16-bit), JPEG, WebP.
+
+Images are handled as float32 arrays of shape (H, W, C) in ``[0, 1]`` with ``C`` = 1 (grey),
+2 (grey + alpha), 3 (RGB) or 4 (RGBA). Bit depth, format and ICC profile travel alongside so that
+an image can be written back the way it came in.
+
+Pillow narrows 16-bit colour PNGs to 8 bits, so 16-bit PNGs are decoded by :func:`decode_png` and
+encoded by :func:`encode_png16` (numpy + zlib); everything else goes through Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "png": (".png",),
+    "jpg": (".jpg", ".jpeg"),
+    "webp": (".webp",),
+}
+"""Output formats and their file suffixes (the first one is used for new names)."""
+
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}
+_PIL_SAVE_NAMES = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+_GREY_MODES = ("1", "L", "LA", "La")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+_FILTER_BLOCK_ROWS = 64
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+class ImageReadError(Exception):
+    """An image file could not be read (missing, corrupt or of an unsupported kind)."""
+
+
+@dataclass
+class ImageData:
+    """A decoded image.
+
+    ``pixels``: float32 (H, W, C) in [0, 1], C ∈ {1, 2, 3, 4} (L, LA, RGB, RGBA).
+    ``format``: "png", "jpg" or "webp". ``bit_depth``: 8 or 16 (16 only for PNG).
+    """
+
+    pixels: np.ndarray
+    format: str
+    bit_depth: int = 8
+    icc_profile: bytes | None = None
+
+
+def format_from_suffix(path: Path) -> str | None:
+    """The format key of ``FORMATS`` matching the file suffix of ``path``, if any."""
+    suffix = path.suffix.lower()
+    for fmt, suffixes in FORMATS.items():
+        if suffix in suffixes:
+            return fmt
+    return None
+
+
+def is_png16(data: bytes) -> bool:
+    """Whether ``data`` is a PNG file whose header declares 16 bits per sample."""
+    return data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24:25] == b"\x10"
+
+
+def read_image(path: Path) -> ImageData:
+    """Read a PNG, JPEG or WebP file; raise :class:`ImageReadError` with the path on failure.
+
+    The EXIF orientation is applied; palette images become RGB(A); transparency given as a
+    colour key (tRNS) becomes an alpha channel.
+    """
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = _PIL_FORMATS.get(img.format or "")
+            if fmt is None:
+                raise ImageReadError(
+                    f"cannot read image {path}: unsupported format {img.format} "
+                    "(PNG, JPEG or WebP expected)"
+                )
+            icc = img.info.get("icc_profile") or None
+            if is_png16(data):
+                return ImageData(_decode_png16(data, img.info), "png", 16, icc)
+            return ImageData(_pil_to_array(img), fmt, 8, icc)
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, SyntaxError, zlib.error, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+
+
+def _pil_to_array(img: Image.Image) -> np.ndarray:
+    """Decode an 8-bit Pillow image into float32 (H, W, C) in [0, 1]."""
+    img = ImageOps.exif_transpose(img)
+    alpha = img.has_transparency_data
+    if img.mode in _GREY_MODES:
+        img = img.convert("LA" if alpha else "L")
+    else:
+        img = img.convert("RGBA" if alpha else "RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return arr.astype(np.float32) / 255.0
+
+
+def _decode_png16(data: bytes, info: dict) -> np.ndarray:
+    """Decode a 16-bit PNG into float32 (H, W, C) in [0, 1]; a tRNS colour key becomes alpha."""
+    arr = decode_png(data)
+    pixels = arr.astype(np.float32) / 65535.0
+    key = info.get("transparency")
+    if key is not None and arr.shape[-1] in (1, 3):
+        key_arr = np.atleast_1d(np.asarray(key, dtype=np.uint16))
+        alpha = np.where((arr == key_arr).all(axis=-1, keepdims=True), 0.0, 1.0)
+        pixels = np.concatenate([pixels, alpha.astype(np.float32)], axis=-1)
+    return pixels
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, payload) of each chunk of PNG file ``data``, CRC-checked, up to IEND."""
+    if data[:8] != _PNG_SIGNATURE:
+        raise ValueError("not a PNG file")
+    pos = 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        kind, payload = data[pos + 4 : pos + 8], data[pos + 8 : end - 4]
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(kind + payload) & 0xFFFFFFFF != crc:
+            raise ValueError(f"corrupt PNG chunk {kind.decode('latin-1')!r}")
+        yield kind, payload
+        if kind == b"IEND":
+            return
+        pos = end
+    raise ValueError("truncated PNG file")
+
+
+def _unfilter(rows: np.ndarray, width: int, bpp: int) -> np.ndarray:
+    """Undo PNG row filters: uint8 (h, 1 + width·bpp) → uint8 (h, width, bpp).
+
+    Pixel (r, j) depends on its left, upper and upper-left neighbours only, so all pixels of an
+    anti-diagonal ``r + j = d`` are reconstructed at once (h + width - 1 vectorised steps).
+    """
+    h = rows.shape[0]
+    kinds = rows[:, 0].astype(np.int16)
+    if kinds.size and kinds.max() > 4:
+        raise ValueError(f"invalid PNG filter type {kinds.max()}")
+    filt = rows[:, 1:].reshape(h, width, bpp).astype(np.int16)
+    out = np.zeros((h + 1, width + 1, bpp), dtype=np.int16)  # zero row above, column left
+    for d in range(h + width - 1):
+        r = np.arange(max(0, d - width + 1), min(h - 1, d) + 1)
+        j = d - r
+        a, b, c = out[r + 1, j], out[r, j + 1], out[r, j]
+        k = kinds[r][:, None]
+        pred = np.select([k == 1, k == 2, k == 3, k == 4], [a, b, (a + b) >> 1, _paeth(a, b, c)], 0)
+        out[r + 1, j + 1] = (filt[r, j] + pred) & 0xFF
+    return out[1:, 1:].astype(np.uint8)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode an 8- or 16-bit grey/grey+alpha/RGB/RGBA PNG (interlaced or not).
+
+    Returns uint8 or uint16 (H, W, C), C ∈ {1, 2, 3, 4}. Palette and sub-byte PNGs are refused
+    (Pillow reads those).
+    """
+    chunks = list(_png_chunks(data))
+    if not chunks or chunks[0][0] != b"IHDR":
+        raise ValueError("PNG file does not start with IHDR")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    channels = {v: k for k, v in _PNG_COLOUR_TYPES.items()}.get(colour)
+    if channels is None or depth not in (8, 16):
+        raise ValueError(f"unsupported PNG layout (bit depth {depth}, colour type {colour})")
+    raw = zlib.decompress(b"".join(p for k, p in chunks if k == b"IDAT"))
+    bpp = channels * depth // 8
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    planes = np.zeros((height, width, bpp), dtype=np.uint8)
+    pos = 0
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w <= 0 or h <= 0:
+            continue
+        size = h * (1 + w * bpp)
+        if pos + size > len(raw):
+            raise ValueError("truncated PNG image data")
+        rows = np.frombuffer(raw, dtype=np.uint8, count=size, offset=pos).reshape(h, -1)
+        planes[y0::dy, x0::dx] = _unfilter(rows, w, bpp)
+        pos += size
+    if depth == 8:
+        return planes
+    return planes.view(">u2").astype(np.uint16)
+
+
+def split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split (H, W, C) into colour (H, W, 1 or 3) and alpha (H, W, 1), or None if C is 1 or 3."""
+    if pixels.shape[-1] in (2, 4):
+        return pixels[..., :-1], pixels[..., -1:]
+    return pixels, None
+
+
+def adapt_channels(pixels: np.ndarray, fmt: str) -> np.ndarray:
+    """Make (H, W, C) storable in ``fmt``: JPEG drops alpha, WebP stores grey as RGB."""
+    colour, alpha = split_alpha(pixels)
+    if fmt == "jpg":
+        return colour
+    if fmt == "webp" and colour.shape[-1] == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    return colour if alpha is None else np.concatenate([colour, alpha], axis=-1)
+
+
+def quantize(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float (H, W, C) in [0, 1] to uint8 or uint16 (H, W, C), rounding to nearest."""
+    top = (1 << bit_depth) - 1
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    return np.clip(np.rint(pixels * top), 0, top).astype(dtype)
+
+
+def write_image(
+    path: Path,
+    pixels: np.ndarray,
+    fmt: str,
+    *,
+    bit_depth: int = 8,
+    quality: int = 95,
+    icc_profile: bytes | None = None,
+) -> None:
+    """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``.
+
+    16-bit output only exists for PNG; JPEG and WebP are always 8-bit. ``quality`` applies to
+    JPEG and WebP.
+    """
+    pixels = adapt_channels(pixels, fmt)
+    if fmt == "png" and bit_depth == 16:
+        Path(path).write_bytes(encode_png16(quantize(pixels, 16), icc_profile))
+        return
+    arr = quantize(pixels, 8)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    options: dict[str, object] = {}
+    if fmt in ("jpg", "webp"):
+        options["quality"] = quality
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    img.save(path, format=_PIL_SAVE_NAMES[fmt], **options)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC."""
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """PNG Paeth predictor of int16 arrays (left ``a``, up ``b``, up-left ``c``)."""
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def _filter_rows(raw: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG-filter uint8 rows (n, stride) given the row above them (stride,).
+
+    Each row gets the filter type (0–4) with the smallest sum of absolute signed residuals.
+    Returns uint8 (n, 1 + stride): filter byte then filtered row.
+    """
+    x = raw.astype(np.int16)
+    up = np.vstack([prev[None].astype(np.int16), x[:-1]])
+    left = np.zeros_like(x)
+    left[:, bpp:] = x[:, :-bpp]
+    up_left = np.zeros_like(x)
+    up_left[:, bpp:] = up[:, :-bpp]
+    preds = (left, up, (left + up) >> 1, _paeth(left, up, up_left))
+    cands = np.stack([raw, *(raw - p.astype(np.uint8) for p in preds)])  # (5, n, stride)
+    magnitude = np.minimum(cands, -cands)  # |residual| of the signed byte, wrapping in uint8
+    cost = magnitude.sum(axis=-1, dtype=np.int64)  # (5, n)
+    best = cost.argmin(axis=0)  # (n,)
+    rows = cands[best, np.arange(x.shape[0])]
+    return np.hstack([best.astype(np.uint8)[:, None], rows])
+
+
+def encode_png16(arr: np.ndarray, icc_profile: bytes | None = None) -> bytes:
+    """Encode uint16 (H, W, C), C ∈ {1, 2, 3, 4}, as a 16-bit PNG (adaptive row filters)."""
+    h, w, c = arr.shape
+    raw = np.ascontiguousarray(arr, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
+    compressor = zlib.compressobj(6)
+    idat = []
+    prev = np.zeros(raw.shape[1], dtype=np.uint8)
+    for r0 in range(0, h, _FILTER_BLOCK_ROWS):
+        block = raw[r0 : r0 + _FILTER_BLOCK_ROWS]
+        idat.append(compressor.compress(_filter_rows(block, prev, 2 * c).tobytes()))
+        prev = block[-1]
+    idat.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", w, h, 16, _PNG_COLOUR_TYPES[c], 0, 0, 0)
+    chunks = [_png_chunk(b"IHDR", header)]
+    if icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+    chunks += [_png_chunk(b"IDAT", b"".join(idat)), _png_chunk(b"IEND", b"")]
+    return _PNG_SIGNATURE + b"".join(chunks)

@@ -1,0 +1,501 @@
+"""Upscale an image or a folder of images with any spandrel-loadable model.
+
+    python scripts/upscale.py MODEL INPUT OUTPUT [options]
+
+Run with ``--help`` for the options and for how alpha, greyscale images, bit depth and tiling
+are handled. Exit status: 0 on success, 2 on a usage error, an unreadable model or input, an
+unsupported ``--dtype`` or running out of memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from _bootstrap import load_model
+from imageio_utils import (
+    FORMATS,
+    ImageReadError,
+    format_from_suffix,
+    read_image,
+    split_alpha,
+    write_image,
+)
+from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
+from tiling import count_tiles, effective_tile, upscale_tiled
+from tqdm import tqdm
+
+AUTO_PIXEL_BUDGET = 512 * 512
+"""Auto tiling: images with more input pixels than this are processed in tiles."""
+AUTO_TILE = 512
+"""Auto tiling: tile side used above the pixel budget."""
+MIN_SUGGESTED_TILE = 16
+"""Out of memory with tiles smaller than twice this: no smaller tile is suggested."""
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+"""ITU-R BT.601 weights used to turn an RGB model output back into one channel."""
+
+ArrayFn = Callable[[np.ndarray], np.ndarray]
+"""Maps float32 (H, W, M) to (H·scale, W·scale, M), M = the model's channel count."""
+
+DESCRIPTION = f"""\
+Upscale an image or a folder of images with a model checkpoint that spandrel can load
+(HybridMoE-FreqNet included).
+
+Formats: PNG (8/16-bit, grey, grey+alpha, RGB, RGBA), JPEG and WebP are read. The output keeps
+the input's format (as named by its file suffix) unless --format is given or, for a single
+file, OUTPUT ends in a known suffix. A 16-bit PNG gives a 16-bit PNG; JPEG and WebP are 8-bit.
+The ICC profile is carried over; JPEG orientation (EXIF) is applied.
+
+Channels:
+  * greyscale through an RGB model: the grey channel is replicated to RGB and the output is
+    turned back to grey with BT.601 luma weights;
+  * RGB through a 1-channel model: each of R, G, B is upscaled separately (3 model passes);
+  * alpha is upscaled by the model as a greyscale image (same rule as above), so its edges
+    follow the colour edges; a constant alpha (e.g. a fully opaque RGBA file) is simply kept
+    constant without running the model. JPEG output drops alpha (with a warning).
+
+Tiling: the image is cut into overlapping windows of --tile pixels. Around each seam the
+outer --tile-overlap pixels of a window's output are discarded and the next --tile-overlap
+pixels are cross-faded linearly with the neighbour, so windows overlap by 3 x --tile-overlap
+and --tile must be larger than that. For a model whose receptive field is at most
+--tile-overlap pixels the result is identical to untiled inference. Windows are padded to the
+model's size requirements and the output is cropped to exactly H*scale x W*scale.
+Auto (default): the whole image in one pass up to {AUTO_PIXEL_BUDGET} input pixels
+({AUTO_TILE} x {AUTO_TILE}), tiles of {AUTO_TILE} above. Models that tile internally are never
+tiled; models that discourage tiling are tiled only when --tile is given (with a warning).
+
+Exit status: 0 on success; 2 on a missing or unreadable model or input, an unsupported
+--dtype or --device, or out of memory (the message suggests a smaller --tile). In folder mode
+unreadable images are skipped with a warning.
+"""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line without traceback, exit status 2."""
+
+
+@dataclass
+class Job:
+    """One image to upscale: ``fmt`` None means "the format the input turns out to have"."""
+
+    src: Path
+    dst: Path
+    fmt: str | None
+
+
+@dataclass
+class Settings:
+    """Inference settings shared by all images of a run."""
+
+    descriptor: ImageModelDescriptor
+    device: torch.device
+    dtype: torch.dtype
+    tile: int | None
+    overlap: int
+    quality: int
+
+
+def warn(message: str) -> None:
+    """Print a warning to stderr without breaking the progress bars."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def _non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _quality(text: str) -> int:
+    """argparse type: an integer in [1, 100]."""
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(
+        prog="upscale.py",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", type=Path, help="checkpoint file (.safetensors, .pth, .pt, .ckpt)")
+    p.add_argument("input", type=Path, help="image file or folder of images")
+    p.add_argument(
+        "output",
+        type=Path,
+        help="output file (single input; an existing folder receives INPUT's name) "
+        "or folder (folder input; created if missing)",
+    )
+    p.add_argument(
+        "--recursive", action="store_true", help="also process sub-folders of a folder INPUT"
+    )
+    p.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        help="output format (default: the input's format)",
+    )
+    p.add_argument(
+        "--quality",
+        type=_quality,
+        default=95,
+        help="JPEG/WebP quality, 1-100 (default: 95)",
+    )
+    p.add_argument(
+        "--tile",
+        type=_non_negative,
+        default=None,
+        help=f"tile side in input pixels, 0 = whole image (default: auto, whole image up to "
+        f"{AUTO_PIXEL_BUDGET} pixels, else {AUTO_TILE})",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=_non_negative,
+        default=16,
+        help="context/cross-fade width in input pixels at each seam (default: 16)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="fp32",
+        help="inference precision; refused if the model does not support it (default: fp32)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="inference device; auto = cuda when available (default: auto)",
+    )
+    return p
+
+
+def load_descriptor(path: Path) -> ImageModelDescriptor:
+    """Load ``path`` on the CPU as an image-to-image model with 1 or 3 channels in and out."""
+    if not path.exists():
+        raise CliError(f"model not found: {path}")
+    if not path.is_file():
+        raise CliError(f"model is not a file: {path}")
+    try:
+        descriptor = load_model(path, "cpu")
+    except SystemExit as e:
+        detail = e.code if isinstance(e.code, str) else "not a loadable model"
+        raise CliError(_name_path(detail, path)) from None
+    except Exception as e:
+        raise CliError(_name_path(str(e) or type(e).__name__, path)) from None
+    if not isinstance(descriptor, ImageModelDescriptor):
+        raise CliError(f"{path}: {type(descriptor).__name__} is not an image-to-image model")
+    cin, cout = descriptor.input_channels, descriptor.output_channels
+    if cin != cout or cin not in (1, 3):
+        raise CliError(
+            f"{path}: models with {cin} input / {cout} output channels are not supported "
+            "(1 or 3 channels in and out expected)"
+        )
+    return descriptor
+
+
+def _name_path(message: str, path: Path) -> str:
+    """``message`` prefixed with the model path unless it already names it."""
+    return message if str(path) in message else f"cannot load model {path}: {message}"
+
+
+def supported_dtypes(descriptor: ImageModelDescriptor) -> list[str]:
+    """The ``--dtype`` names the model supports."""
+    names = ["fp32"]
+    if descriptor.supports_half:
+        names.append("fp16")
+    if descriptor.supports_bfloat16:
+        names.append("bf16")
+    return names
+
+
+def check_dtype(descriptor: ImageModelDescriptor, name: str) -> torch.dtype:
+    """The torch dtype for ``name``; :class:`CliError` if the model does not support it."""
+    supported = supported_dtypes(descriptor)
+    if name not in supported:
+        raise CliError(
+            f"model {descriptor.architecture.name} does not support --dtype {name}; "
+            f"supported: {', '.join(supported)}"
+        )
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda if available else cpu; :class:`CliError` for cuda without CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def check_tiling(descriptor: ImageModelDescriptor, tile: int | None, overlap: int) -> None:
+    """Warn about tiling the model's descriptor advises against; reject too small tiles."""
+    if descriptor.tiling is ModelTiling.INTERNAL:
+        if tile:
+            warn(f"model {descriptor.architecture.name} tiles internally; --tile ignored")
+        return
+    if descriptor.tiling is ModelTiling.DISCOURAGED:
+        if not tile:
+            return
+        warn(f"model {descriptor.architecture.name} discourages tiling; seams may show")
+    candidate = AUTO_TILE if tile is None else tile
+    if candidate and effective_tile(candidate, descriptor.size_requirements) <= 3 * overlap:
+        raise CliError(
+            f"tile {candidate} must be larger than 3 x --tile-overlap ({3 * overlap}); "
+            "use a larger --tile or a smaller --tile-overlap"
+        )
+
+
+def plan_tile(descriptor: ImageModelDescriptor, tile: int | None, height: int, width: int) -> int:
+    """Tile side for an ``height × width`` image, 0 = whole image."""
+    if descriptor.tiling is ModelTiling.INTERNAL:
+        return 0
+    if tile is not None:
+        return tile
+    if descriptor.tiling is ModelTiling.DISCOURAGED or height * width <= AUTO_PIXEL_BUDGET:
+        return 0
+    return AUTO_TILE
+
+
+def _output_suffix(src: Path, src_fmt: str | None, fmt: str | None) -> str:
+    """Suffix of the output file: the input's own suffix when the format is unchanged."""
+    if fmt is None or fmt == src_fmt:
+        return src.suffix
+    return FORMATS[fmt][0]
+
+
+def plan_single(src: Path, output: Path, fmt: str | None) -> Job:
+    """The job for a single input file (see ``--help`` for how the format is chosen)."""
+    src_fmt = format_from_suffix(src)
+    if output.is_dir():
+        return Job(src, output / (src.stem + _output_suffix(src, src_fmt, fmt)), fmt or src_fmt)
+    out_fmt = format_from_suffix(output)
+    if fmt and out_fmt and fmt != out_fmt:
+        raise CliError(f"--format {fmt} conflicts with the output name {output}")
+    return Job(src, output, fmt or out_fmt or src_fmt)
+
+
+def _folder_images(folder: Path, recursive: bool, output: Path) -> Iterator[Path]:
+    """Image files (known suffix) in ``folder``, sorted, skipping earlier results in ``output``.
+
+    ``output`` is skipped only when it is a sub-folder of ``folder``.
+    """
+    out = output.resolve()
+    skip = out if out != folder.resolve() else None
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    for path in sorted(entries):
+        if path.is_file() and format_from_suffix(path) and skip not in path.resolve().parents:
+            yield path
+
+
+def plan_folder(src: Path, output: Path, recursive: bool, fmt: str | None) -> list[Job]:
+    """Jobs for every image of folder ``src``, mirrored under folder ``output``."""
+    if output.exists() and not output.is_dir():
+        raise CliError(f"output {output} is a file, but input {src} is a folder")
+    jobs: list[Job] = []
+    targets: dict[Path, Path] = {}
+    for path in _folder_images(src, recursive, output):
+        src_fmt = format_from_suffix(path)
+        rel = path.relative_to(src)
+        dst = output / rel.parent / (rel.stem + _output_suffix(path, src_fmt, fmt))
+        key = dst.resolve()
+        if key == path.resolve():
+            raise CliError(f"output {dst} would overwrite its input; choose another OUTPUT")
+        if key in targets:
+            raise CliError(f"{targets[key]} and {path} would both be written to {dst}")
+        targets[key] = path
+        jobs.append(Job(path, dst, fmt or src_fmt))
+    if not jobs:
+        raise CliError(f"no PNG, JPEG or WebP images in {src}")
+    return jobs
+
+
+def plan_jobs(src: Path, output: Path, recursive: bool, fmt: str | None) -> list[Job]:
+    """All jobs for INPUT ``src``; :class:`CliError` if it does not exist."""
+    if not src.exists():
+        raise CliError(f"input not found: {src}")
+    if src.is_dir():
+        return plan_folder(src, output, recursive, fmt)
+    job = plan_single(src, output, fmt)
+    if job.dst.resolve() == src.resolve():
+        raise CliError(f"output {job.dst} would overwrite the input")
+    return [job]
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) → (H, W, 1) with BT.601 luma weights."""
+    return rgb @ LUMA[:, None]
+
+
+def upscale_plane(plane: np.ndarray, run: ArrayFn, channels: int) -> np.ndarray:
+    """Upscale one channel (H, W, 1) with a ``channels``-channel model → (sH, sW, 1)."""
+    if channels == 1:
+        return run(plane)
+    return to_grey(run(np.repeat(plane, 3, axis=-1)))
+
+
+def upscale_pixels(pixels: np.ndarray, run: ArrayFn, channels: int) -> np.ndarray:
+    """Upscale an image (H, W, C), C ∈ {1, 2, 3, 4}, with a 1- or 3-channel model.
+
+    Returns (H·scale, W·scale, C). Grey goes through the model as replicated RGB (3-channel
+    models); RGB goes through a 1-channel model channel by channel; alpha is upscaled like a
+    grey image, unless it is constant.
+    """
+    colour, alpha = split_alpha(pixels)
+    if colour.shape[-1] == 1:
+        out = upscale_plane(colour, run, channels)
+    elif channels == 3:
+        out = run(colour)
+    else:
+        out = np.concatenate([upscale_plane(colour[..., i : i + 1], run, 1) for i in range(3)], -1)
+    if alpha is None:
+        return out
+    if alpha.min() == alpha.max():
+        alpha_out = np.full((*out.shape[:2], 1), alpha.flat[0], dtype=np.float32)
+    else:
+        alpha_out = upscale_plane(alpha, run, channels)
+    return np.concatenate([out, alpha_out], axis=-1)
+
+
+def make_runner(settings: Settings, tile: int, bar: tqdm) -> ArrayFn:
+    """An :data:`ArrayFn` running the model tile by tile, counting tiles on ``bar``."""
+    desc = settings.descriptor
+
+    def model_fn(x: torch.Tensor) -> torch.Tensor:
+        """(1, M, h, w) float32 CPU → (1, M, h·s, w·s) float32 CPU through the descriptor."""
+        y = desc(x.to(device=settings.device, dtype=settings.dtype))
+        return y.to(device="cpu", dtype=torch.float32)
+
+    def run(arr: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+        h, w = arr.shape[:2]
+        bar.total = (bar.total or 0) + count_tiles(
+            h, w, tile, settings.overlap, desc.size_requirements
+        )
+        bar.refresh()
+        y = upscale_tiled(
+            model_fn,
+            x,
+            desc.scale,
+            tile,
+            settings.overlap,
+            desc.size_requirements,
+            on_tile=lambda: bar.update(1),
+        )
+        return y[0].permute(1, 2, 0).numpy()
+
+    return run
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` reports a failed GPU or CPU allocation."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def out_of_memory_message(settings: Settings, src: Path, tile: int, height: int, width: int) -> str:
+    """Explain an out-of-memory failure and suggest a tile size that uses less memory."""
+    where = f"with --tile {tile}" if tile else "on the whole image"
+    head = f"out of memory upscaling {src} ({width}x{height}) {where} on {settings.device}"
+    side = min(tile, max(height, width)) if tile else max(height, width)
+    suggestion = min(AUTO_TILE, side // 2)
+    if settings.descriptor.tiling is ModelTiling.INTERNAL or suggestion < MIN_SUGGESTED_TILE:
+        return f"{head}; try another --dtype or --device"
+    hint = f"--tile {suggestion}"
+    if suggestion <= 3 * settings.overlap:
+        hint += f" --tile-overlap {suggestion // 4}"
+    return f"{head}; try a smaller tile, e.g. {hint}"
+
+
+def process(job: Job, settings: Settings) -> None:
+    """Read, upscale and write one image (:class:`ImageReadError` if it cannot be read)."""
+    image = read_image(job.src)
+    fmt = job.fmt or image.format
+    pixels = image.pixels
+    if fmt == "jpg" and pixels.shape[-1] in (2, 4):
+        warn(f"{job.src}: JPEG has no alpha channel; alpha dropped")
+        pixels = split_alpha(pixels)[0]
+    h, w = pixels.shape[:2]
+    desc = settings.descriptor
+    tile = plan_tile(desc, settings.tile, h, w)
+    with tqdm(total=0, desc=job.src.name, unit="tile", leave=False, file=sys.stderr) as bar:
+        try:
+            out = upscale_pixels(pixels, make_runner(settings, tile, bar), desc.input_channels)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise CliError(out_of_memory_message(settings, job.src, tile, h, w)) from None
+            raise
+    bit_depth = image.bit_depth if fmt == "png" else 8
+    job.dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_image(
+            job.dst,
+            out,
+            fmt,
+            bit_depth=bit_depth,
+            quality=settings.quality,
+            icc_profile=image.icc_profile,
+        )
+    except OSError as e:
+        raise CliError(f"cannot write {job.dst}: {e}") from None
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
+    """Check the arguments, plan the jobs and load the model (:class:`CliError` on problems)."""
+    jobs = plan_jobs(args.input, args.output, args.recursive, args.format)
+    device = resolve_device(args.device)
+    descriptor = load_descriptor(args.model)
+    dtype = check_dtype(descriptor, args.dtype)
+    check_tiling(descriptor, args.tile, args.tile_overlap)
+    try:
+        descriptor.to(device=device, dtype=dtype)
+    except UnsupportedDtypeError as e:
+        raise CliError(str(e)) from None
+    descriptor.eval()
+    return jobs, Settings(descriptor, device, dtype, args.tile, args.tile_overlap, args.quality)
+
+
+def run_jobs(jobs: list[Job], settings: Settings, single: bool) -> int:
+    """Process all jobs; unreadable images abort a single-file run and are skipped otherwise."""
+    skipped = 0
+    with torch.inference_mode():
+        for job in tqdm(jobs, desc="images", unit="img", file=sys.stderr):
+            try:
+                process(job, settings)
+            except ImageReadError as e:
+                if single:
+                    raise CliError(str(e)) from None
+                warn(f"{e}; skipped")
+                skipped += 1
+    if skipped:
+        warn(f"{skipped} of {len(jobs)} images skipped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        jobs, settings = prepare(args)
+        return run_jobs(jobs, settings, single=not args.input.is_dir())
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+"""Tests of the upscale CLI, its tiling and its image I/O (CPU, tiny random Compact ×2 models)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import imageio_utils
+import numpy as np
+import pytest
+import tiling
+import torch
+import torch.nn.functional as F
+import upscale
+from PIL import Image
+from safetensors.torch import save_file
+from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling, SizeRequirements
+from spandrel.architectures.Compact import Compact
+
+RECEPTIVE_RADIUS = 4  # Compact with num_conv=2: four 3×3 convolutions in LR space
+
+
+def compact(identity: bool = False, channels: int = 3) -> Compact:
+    """A tiny Compact ×2; ``identity``: zero last conv, so the output is the nearest upsample."""
+    net = Compact(num_in_ch=channels, num_out_ch=channels, num_feat=8, num_conv=2, upscale=2)
+    if identity:
+        with torch.no_grad():
+            net.body[-1].weight.zero_()
+            net.body[-1].bias.zero_()
+    return net
+
+
+def save_model(net: torch.nn.Module, path: Path) -> Path:
+    """Save ``net``'s weights (.safetensors or .pth by suffix) and return ``path``."""
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def descriptor_of(net: torch.nn.Module, tmp_path: Path) -> ImageModelDescriptor:
+    """Round-trip ``net`` through spandrel's loader, as the CLI does."""
+    d = ModelLoader().load_from_file(save_model(net, tmp_path / "m.safetensors"))
+    assert isinstance(d, ImageModelDescriptor)
+    return d.eval()
+
+
+@pytest.fixture(autouse=True)
+def spandrel_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load checkpoints with spandrel's built-in architectures (independent of HybridMoE)."""
+    monkeypatch.setattr(upscale, "load_model", lambda p, d="cpu": ModelLoader(d).load_from_file(p))
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    """Random Compact ×2 checkpoint."""
+    return save_model(compact(), tmp_path / "compact.safetensors")
+
+
+@pytest.fixture
+def identity_model(tmp_path: Path) -> Path:
+    """Compact ×2 checkpoint computing exactly the nearest-neighbour upsample."""
+    return save_model(compact(identity=True), tmp_path / "identity.pth")
+
+
+def rand_image(h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
+    """Smooth-ish random float image (H, W, C) in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    return rng.random((h, w, c)).astype(np.float32)
+
+
+def nearest2(a: np.ndarray) -> np.ndarray:
+    """(H, W, C) → (2H, 2W, C) nearest-neighbour upsample."""
+    return a.repeat(2, axis=0).repeat(2, axis=1)
+
+
+def save_png(path: Path, arr: np.ndarray) -> Path:
+    """Save uint8 (H, W, C) with Pillow."""
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------- tiling
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(24, RECEPTIVE_RADIUS), (20, 5), (32, 8)])
+def test_tiled_equals_untiled_when_overlap_covers_receptive_field(
+    tmp_path: Path, tile: int, overlap: int
+) -> None:
+    d = descriptor_of(compact(), tmp_path)
+    x = torch.rand(1, 3, 45, 37)
+    ref = d(x)
+    calls = []
+    out = tiling.upscale_tiled(
+        d, x, 2, tile, overlap, d.size_requirements, on_tile=lambda: calls.append(1)
+    )
+    assert len(calls) == tiling.count_tiles(45, 37, tile, overlap) > 1
+    assert out.shape == ref.shape == (1, 3, 90, 74)
+    assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_too_small_overlap_shows_seams(tmp_path: Path) -> None:
+    """Sanity check of the test above: with overlap < receptive field, tiles differ."""
+    d = descriptor_of(compact(), tmp_path)
+    x = torch.rand(1, 3, 45, 37)
+    out = tiling.upscale_tiled(d, x, 2, 24, 1, d.size_requirements)
+    assert (out - d(x)).abs().max().item() > 1e-4
+
+
+def test_feathered_blending_on_constant_image() -> None:
+    x = torch.full((1, 3, 50, 41), 0.3)
+
+    def nearest(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, scale_factor=2, mode="nearest")
+
+    out = tiling.upscale_tiled(nearest, x, 2, 20, 4)
+    assert torch.allclose(out, torch.full_like(out, 0.3), atol=1e-6)
+
+    # Every tile outputs its own constant: the result stays within the tile values and
+    # cross-fades monotonically and linearly across the seam of two side-by-side tiles.
+    values = iter([0.0, 1.0])
+
+    def constant(t: torch.Tensor) -> torch.Tensor:
+        v = next(values)
+        return torch.full((1, 1, t.shape[2] * 2, t.shape[3] * 2), v)
+
+    row = tiling.upscale_tiled(constant, torch.zeros(1, 3, 8, 28), 2, 20, 4)[0, 0, 0]
+    assert row.shape == (56,)
+    assert torch.all(row[1:] >= row[:-1])
+    ramp = row[(row > 0) & (row < 1)]
+    assert len(ramp) == 8  # overlap × scale output pixels
+    steps = ramp[1:] - ramp[:-1]
+    assert torch.allclose(steps, steps.mean().expand_as(steps), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap"),
+    [(31, 17, 16, 4), (33, 50, 23, 5), (7, 9, 16, 2), (64, 21, 17, 0), (40, 40, 0, 8)],
+)
+def test_output_size_exact_with_size_requirements(h: int, w: int, tile: int, overlap: int) -> None:
+    req = SizeRequirements(minimum=8, multiple_of=4)
+    seen: list[tuple[int, int]] = []
+
+    def model_fn(t: torch.Tensor) -> torch.Tensor:
+        th, tw = t.shape[-2:]
+        assert req.check(tw, th), (th, tw)
+        seen.append((th, tw))
+        return torch.ones(1, 3, th * 3, tw * 3)
+
+    out = tiling.upscale_tiled(model_fn, torch.rand(1, 3, h, w), 3, tile, overlap, req)
+    assert out.shape == (1, 3, h * 3, w * 3)
+    assert torch.allclose(out, torch.ones_like(out))  # full weight coverage, no holes
+    assert len(seen) == tiling.count_tiles(h, w, tile, overlap, req)
+
+
+def test_too_small_tile_is_rejected() -> None:
+    with pytest.raises(ValueError, match="3 × overlap"):
+        tiling.upscale_tiled(lambda t: t, torch.rand(1, 3, 40, 40), 1, 12, 4)
+
+
+# ------------------------------------------------------------------------------- image I/O
+
+
+def png16_bytes(arr: np.ndarray, trns: bytes = b"") -> bytes:
+    """Minimal 16-bit PNG of uint16 (H, W, 3), unfiltered rows (independent of the encoder).
+
+    ``trns``: payload of an optional tRNS (colour key) chunk.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    h, w, _ = arr.shape
+    rows = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + (chunk(b"tRNS", trns) if trns else b"")
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_read_16bit_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 65536, (9, 7), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")  # Pillow writes mode I;16 as 16-bit
+    img = imageio_utils.read_image(tmp_path / "g16.png")
+    assert img.bit_depth == 16 and img.pixels.shape == (9, 7, 1)
+    assert np.array_equal(imageio_utils.quantize(img.pixels, 16)[..., 0], grey)
+
+    rgb = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    (tmp_path / "c16.png").write_bytes(png16_bytes(rgb))
+    img = imageio_utils.read_image(tmp_path / "c16.png")
+    assert img.bit_depth == 16 and np.array_equal(imageio_utils.quantize(img.pixels, 16), rgb)
+
+
+def test_16bit_colour_key_becomes_alpha(tmp_path: Path) -> None:
+    arr = np.full((3, 4, 3), 1000, np.uint16)
+    arr[1, 2] = (7, 8, 9)
+    (tmp_path / "k.png").write_bytes(png16_bytes(arr, trns=struct.pack(">3H", 7, 8, 9)))
+    img = imageio_utils.read_image(tmp_path / "k.png")
+    assert img.pixels.shape == (3, 4, 4)
+    expected = np.ones((3, 4), np.float32)
+    expected[1, 2] = 0.0
+    assert np.array_equal(img.pixels[..., 3], expected)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png16_encoder_round_trip(tmp_path: Path, channels: int) -> None:
+    rng = np.random.default_rng(channels)
+    arr = rng.integers(0, 65536, (70, 13, channels), dtype=np.uint16)
+    arr[40:] = arr[40:41]  # flat rows exercise the other filter types
+    path = tmp_path / "x.png"
+    path.write_bytes(imageio_utils.encode_png16(arr))
+    assert np.array_equal(imageio_utils.quantize(imageio_utils.read_image(path).pixels, 16), arr)
+    if channels == 1:  # cross-check with Pillow's own 16-bit greyscale decoder
+        assert np.array_equal(np.asarray(Image.open(path)), arr[..., 0])
+
+
+def adam7_png16(arr: np.ndarray) -> bytes:
+    """Interlaced (Adam7) 16-bit RGB PNG of uint16 (H, W, 3), unfiltered rows."""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2))
+    rows = b""
+    for x0, y0, dx, dy in (*passes, (0, 1, 1, 2)):
+        sub = arr[y0::dy, x0::dx]
+        if sub.size:
+            rows += b"".join(b"\x00" + r.astype(">u2").tobytes() for r in sub)
+    plain = png16_bytes(arr)
+    h, w, _ = arr.shape
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 1)
+    start = plain.index(b"IHDR") - 4
+    head = plain[:start] + struct.pack(">I", 13) + b"IHDR" + ihdr
+    head += struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    idat = zlib.compress(rows)
+    idat_chunk = struct.pack(">I", len(idat)) + b"IDAT" + idat
+    idat_chunk += struct.pack(">I", zlib.crc32(b"IDAT" + idat) & 0xFFFFFFFF)
+    return head + idat_chunk + plain[plain.index(b"IEND") - 4 :]
+
+
+def test_read_interlaced_16bit_png(tmp_path: Path) -> None:
+    arr = np.random.default_rng(3).integers(0, 65536, (11, 13, 3), dtype=np.uint16)
+    (tmp_path / "i16.png").write_bytes(adam7_png16(arr))
+    img = imageio_utils.read_image(tmp_path / "i16.png")
+    assert np.array_equal(imageio_utils.quantize(img.pixels, 16), arr)
+
+
+def test_png_decoder_matches_pillow_on_filtered_images(set5_dir: Path) -> None:
+    """Pillow's adaptively filtered 8-bit PNGs exercise all five row filters."""
+    for path in sorted((set5_dir / "LR_bicubic" / "X4").glob("*.png")):
+        ours = imageio_utils.decode_png(path.read_bytes())
+        assert np.array_equal(ours, np.asarray(Image.open(path)))
+
+
+def test_corrupt_png_is_a_read_error(tmp_path: Path) -> None:
+    data = bytearray(png16_bytes(np.zeros((4, 4, 3), np.uint16)))
+    data[-20] ^= 0xFF  # inside IDAT: CRC mismatch
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(imageio_utils.ImageReadError, match=r"bad\.png"):
+        imageio_utils.read_image(tmp_path / "bad.png")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    """Run ``upscale.main`` with string arguments; return (exit status, stderr)."""
+    code = upscale.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_png_8bit_round_trip(tmp_path: Path, identity_model: Path, capsys) -> None:
+    src = save_png(tmp_path / "a.png", (rand_image(13, 11, 3) * 255).astype(np.uint8))
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "out.png")
+    assert code == 0, err
+    out = Image.open(tmp_path / "out.png")
+    assert out.mode == "RGB" and out.size == (22, 26)
+    assert np.array_equal(np.asarray(out), nearest2(np.asarray(Image.open(src))))
+
+
+def test_png_16bit_round_trip(tmp_path: Path, identity_model: Path, capsys) -> None:
+    arr = np.random.default_rng(2).integers(0, 65536, (12, 9, 3), dtype=np.uint16)
+    src = tmp_path / "a16.png"
+    src.write_bytes(png16_bytes(arr))
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "out.png", "--tile", "0")
+    assert code == 0, err
+    data = (tmp_path / "out.png").read_bytes()
+    assert imageio_utils.is_png16(data)
+    out = imageio_utils.quantize(imageio_utils.read_image(tmp_path / "out.png").pixels, 16)
+    assert np.array_equal(out, nearest2(arr))  # full 16-bit precision survives
+
+
+def test_rgba_keeps_alpha(tmp_path: Path, model: Path, identity_model: Path, capsys) -> None:
+    arr = (rand_image(10, 14, 4) * 255).astype(np.uint8)
+    arr[..., 3] = 128
+    src = save_png(tmp_path / "const.png", arr)
+    code, err = run_cli(capsys, model, src, tmp_path / "const_out.png")
+    assert code == 0, err
+    out = np.asarray(Image.open(tmp_path / "const_out.png"))
+    assert out.shape == (20, 28, 4) and np.all(out[..., 3] == 128)
+
+    arr[:, 7:, 3] = 255  # a step: goes through the (identity) model like a grey image
+    src = save_png(tmp_path / "step.png", arr)
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "step_out.png")
+    assert code == 0, err
+    out = np.asarray(Image.open(tmp_path / "step_out.png"))
+    assert np.abs(out[..., 3].astype(int) - nearest2(arr)[..., 3]).max() <= 1
+
+
+def test_greyscale_in_greyscale_out(tmp_path: Path, identity_model: Path, capsys) -> None:
+    src = save_png(tmp_path / "g.png", (rand_image(9, 12, 1) * 255).astype(np.uint8))
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "g_out.png")
+    assert code == 0, err
+    out = Image.open(tmp_path / "g_out.png")
+    assert out.mode == "L" and out.size == (24, 18)
+    expected = nearest2(np.asarray(Image.open(src))[..., None])[..., 0]
+    assert np.abs(np.asarray(out).astype(int) - expected).max() <= 1
+
+
+def test_rgb_through_one_channel_model(tmp_path: Path, capsys) -> None:
+    grey_model = save_model(compact(identity=True, channels=1), tmp_path / "grey.safetensors")
+    arr = (rand_image(7, 10, 3) * 255).astype(np.uint8)
+    src = save_png(tmp_path / "c.png", arr)
+    code, err = run_cli(capsys, grey_model, src, tmp_path / "c_out.png")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "c_out.png")), nearest2(arr))
+
+
+@pytest.mark.parametrize(("suffix", "pil_format"), [(".jpg", "JPEG"), (".webp", "WEBP")])
+def test_lossy_formats_keep_format(
+    tmp_path: Path, model: Path, capsys, suffix: str, pil_format: str
+) -> None:
+    src = tmp_path / f"a{suffix}"
+    Image.fromarray((rand_image(16, 12, 3) * 255).astype(np.uint8)).save(src)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, err = run_cli(capsys, model, src, out_dir, "--quality", "80")
+    assert code == 0, err
+    out = Image.open(out_dir / f"a{suffix}")
+    assert out.format == pil_format and out.size == (24, 32)
+
+
+def test_format_override_and_jpeg_drops_alpha(tmp_path: Path, model: Path, capsys) -> None:
+    src = save_png(tmp_path / "a.png", (rand_image(8, 8, 4) * 255).astype(np.uint8))
+    code, err = run_cli(capsys, model, src, tmp_path / "o", "--format", "jpg")
+    assert code == 0, err
+    assert "alpha dropped" in err
+    assert Image.open(tmp_path / "o").format == "JPEG"
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--format", "webp")
+    assert code == 2 and "conflicts" in err
+
+
+def test_folder_mode(tmp_path: Path, model: Path, capsys) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.png", "sub/c.png"):
+        save_png(src / name, (rand_image(8, 10, 3) * 255).astype(np.uint8))
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(src / "d.jpg")
+    (src / "broken.png").write_bytes(b"not an image")
+    (src / "notes.txt").write_text("ignored")
+
+    code, err = run_cli(capsys, model, src, tmp_path / "out")
+    assert code == 0, err
+    assert "broken.png" in err and "skipped" in err
+    written = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+    )
+    assert written == ["a.png", "b.png", "d.jpg"]
+    assert Image.open(tmp_path / "out" / "a.png").size == (20, 16)
+
+    code, err = run_cli(capsys, model, src, tmp_path / "out2", "--recursive", "--format", "webp")
+    assert code == 0, err
+    assert (tmp_path / "out2" / "sub" / "c.webp").is_file()
+    assert Image.open(tmp_path / "out2" / "d.webp").format == "WEBP"
+
+
+def test_folder_input_with_file_output(tmp_path: Path, model: Path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    save_png(tmp_path / "in" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "out.png").write_bytes(b"x")
+    code, err = run_cli(capsys, model, tmp_path / "in", tmp_path / "out.png")
+    assert code == 2 and str(tmp_path / "out.png") in err and "is a file" in err
+
+
+def test_missing_files(tmp_path: Path, model: Path, capsys) -> None:
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    code, err = run_cli(capsys, model, tmp_path / "nope.png", tmp_path / "o.png")
+    assert code == 2 and str(tmp_path / "nope.png") in err
+    code, err = run_cli(capsys, tmp_path / "nope.pth", src, tmp_path / "o.png")
+    assert code == 2 and str(tmp_path / "nope.pth") in err and "Traceback" not in err
+
+
+def test_unreadable_single_image(tmp_path: Path, model: Path, capsys) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code, err = run_cli(capsys, model, bad, tmp_path / "o.png")
+    assert code == 2 and str(bad) in err
+
+
+def test_model_load_error_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+
+    def failing(path: Path, device: str = "cpu") -> None:
+        raise SystemExit(f"{path}: not a model checkpoint")
+
+    monkeypatch.setattr(upscale, "load_model", failing)
+    code, err = run_cli(capsys, junk, src, tmp_path / "o.png")
+    assert code == 2 and err.strip() == f"error: {junk}: not a model checkpoint"
+
+
+def test_real_loader_rejects_junk_and_loads_compact(tmp_path: Path, model: Path, capsys) -> None:
+    pytest.importorskip("hybridmoe_arch")
+    import _bootstrap
+
+    upscale.load_model = _bootstrap.load_model  # undone by the autouse monkeypatch fixture
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"junk")
+    code, err = run_cli(capsys, junk, src, tmp_path / "o.png")
+    assert code == 2 and "Traceback" not in err and str(junk) in err
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png")
+    assert code == 0, err
+
+
+def test_dtype_refusal(tmp_path: Path, model: Path, monkeypatch, capsys) -> None:
+    d = descriptor_of(compact(), tmp_path)
+    d.supports_half = False
+    with pytest.raises(
+        upscale.CliError, match=r"does not support --dtype fp16; supported: fp32, bf16"
+    ):
+        upscale.check_dtype(d, "fp16")
+    assert upscale.check_dtype(d, "bf16") == torch.bfloat16
+
+    monkeypatch.setattr(upscale, "load_model", lambda p, dev="cpu": d)
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--dtype", "fp16")
+    assert code == 2 and "fp16" in err and "fp32, bf16" in err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.cuda.OutOfMemoryError("CUDA out of memory."), RuntimeError("CUDA out of memory.")],
+)
+def test_out_of_memory_suggests_smaller_tile(
+    tmp_path: Path, model: Path, monkeypatch, capsys, error: Exception
+) -> None:
+    d = descriptor_of(compact(), tmp_path)
+
+    def boom(x: torch.Tensor) -> torch.Tensor:
+        raise error
+
+    d.model.forward = boom
+    monkeypatch.setattr(upscale, "load_model", lambda p, dev="cpu": d)
+    src = save_png(tmp_path / "a.png", np.zeros((100, 90, 3), np.uint8))
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--tile", "64")
+    assert code == 2 and "out of memory" in err and "--tile 32" in err
+    assert "Traceback" not in err
+    wide = save_png(tmp_path / "w.png", np.zeros((4, 1200, 3), np.uint8))
+    code, err = run_cli(capsys, model, wide, tmp_path / "o.png", "--tile", "0")
+    assert code == 2 and "--tile 512" in err
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--tile", "0")
+    assert code == 2 and err.rstrip().endswith("e.g. --tile 50")
+    code, err = run_cli(
+        capsys, model, src, tmp_path / "o.png", "--tile", "64", "--tile-overlap", "20"
+    )
+    assert code == 2 and "--tile 32 --tile-overlap 8" in err  # 32 <= 3 × 20: overlap too
+
+
+def test_tiling_policy(tmp_path: Path, capsys) -> None:
+    d = descriptor_of(compact(), tmp_path)
+    assert upscale.plan_tile(d, None, 100, 100) == 0
+    assert upscale.plan_tile(d, None, 1000, 1000) == upscale.AUTO_TILE
+    assert upscale.plan_tile(d, 128, 100, 100) == 128
+    d.tiling = ModelTiling.DISCOURAGED
+    assert upscale.plan_tile(d, None, 1000, 1000) == 0
+    assert upscale.plan_tile(d, 128, 1000, 1000) == 128
+    upscale.check_tiling(d, 128, 16)
+    assert "discourages tiling" in capsys.readouterr().err
+    d.tiling = ModelTiling.INTERNAL
+    assert upscale.plan_tile(d, 128, 1000, 1000) == 0
+    with pytest.raises(upscale.CliError, match="larger than 3 x --tile-overlap"):
+        d.tiling = ModelTiling.SUPPORTED
+        upscale.check_tiling(d, 40, 16)
+
+
+def test_help_documents_options(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        upscale.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--tile", "--tile-overlap", "--dtype", "--device", "--format", "--quality"):
+        assert option in text
+    assert "alpha" in text and str(upscale.AUTO_PIXEL_BUDGET) in text
