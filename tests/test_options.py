@@ -1,0 +1,225 @@
+"""The traiNNer-redux option files under options/: generated, consistent, and loadable.
+
+Always: every file parses with PyYAML, has the keys traiNNer-redux needs, uses our arch and
+loss types with consistent scales, and equals what scripts/make_options.py generates.
+With ``TRAINNER_REDUX_DIR`` set: every file also loads with traiNNer-redux's own strict
+config loader (``traiNNer.utils.options.yaml_load``: msgspec, unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import hybridmoe_arch
+import hybridmoe_loss
+import make_options
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = ROOT / "options"
+ALL_FILES = sorted(OPTIONS.rglob("*.yml"))
+NAME_RE = re.compile(r"^(?P<scale>[1-4])x_HybridMoE_(?P<variant>Nano|S|M|L)(?P<rest>.*)\.yml$")
+OUR_LOSSES = {
+    hybridmoe_loss.FREQ_LOSS_NAME: hybridmoe_loss.HybridMoEFreqLoss,
+    hybridmoe_loss.BALANCE_LOSS_NAME: hybridmoe_loss.HybridMoEBalanceLoss,
+}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    assert isinstance(data, dict), path
+    return data
+
+
+def _kind(path: Path) -> str:
+    rel = path.relative_to(OPTIONS).parts
+    if rel[0] == "train":
+        if "gpu_bench" in rel:
+            return "bench"
+        return "gan" if path.stem.endswith("_gan") else "fidelity"
+    return rel[0]  # test | onnx
+
+
+def _id(path: Path) -> str:
+    return path.relative_to(OPTIONS).as_posix()
+
+
+def test_the_expected_files_exist() -> None:
+    rel = {_id(p) for p in ALL_FILES}
+    for v in ("Nano", "S", "M", "L"):
+        for s in (1, 2, 3, 4):
+            stem = f"{s}x_HybridMoE_{v}"
+            assert f"train/HybridMoE/{stem}_fidelity.yml" in rel
+            assert f"train/HybridMoE/{stem}_gan.yml" in rel
+            assert f"test/HybridMoE/{stem}.yml" in rel
+            assert f"onnx/HybridMoE/{stem}.yml" in rel
+    for v in ("Nano", "S"):
+        for s in (2, 4):
+            assert f"train/HybridMoE/gpu_bench/{s}x_HybridMoE_{v}_bench.yml" in rel
+    assert len(rel) == 16 * 4 + 4
+
+
+def test_generator_output_equals_committed_files(tmp_path: Path) -> None:
+    assert make_options.diff(OPTIONS) == []
+    # and a fresh write produces exactly the committed bytes
+    make_options.write(tmp_path)
+    for p in ALL_FILES:
+        assert (tmp_path / _id(p)).read_bytes() == p.read_bytes(), _id(p)
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=_id)
+def test_option_file_is_consistent(path: Path) -> None:
+    cfg = _load(path)
+    kind = _kind(path)
+    m = NAME_RE.match(path.name)
+    assert m, f"unexpected file name {path.name}"
+    scale = int(m["scale"])
+    arch = f"hybridmoe_{m['variant'].lower()}"
+
+    # first line: the schema comment traiNNer-redux templates carry
+    assert path.read_text(encoding="utf-8").startswith("# yaml-language-server: $schema=")
+    assert cfg["scale"] == scale
+    assert cfg["name"].startswith(f"{scale}x_HybridMoE_{m['variant']}")
+    assert cfg["network_g"]["type"] == arch
+    assert arch in hybridmoe_arch.FACTORIES
+    assert set(cfg["network_g"]) == {"type"}  # defaults only: every variant builds with them
+    assert "path" in cfg
+
+    if kind in ("test", "onnx"):
+        assert "train" not in cfg
+        assert cfg["path"]["pretrain_network_g"].endswith(
+            f"{scale}x_HybridMoE_{m['variant']}/models/net_g_ema_latest.safetensors"
+        )
+        if kind == "onnx":
+            assert cfg["onnx"]["dtype"] in ("fp32", "fp16", "bf16")
+        else:
+            assert cfg["datasets"]["val"]["dataroot_lq"]
+            assert cfg["val"]["val_enabled"] is True
+        return
+
+    # training configs
+    assert cfg["use_amp"] is True
+    assert cfg["amp_bf16"] is True
+    assert cfg["use_channels_last"] is True
+    train_ds = cfg["datasets"]["train"]
+    assert ("lq_size" in train_ds) != ("gt_size" in train_ds)  # train.py requires exactly one
+    assert train_ds["lq_size"] % 8 == 0
+    assert train_ds["batch_size_per_gpu"] > 0
+    assert train_ds["dataroot_gt"]
+    assert train_ds["dataroot_lq"]
+    assert cfg["datasets"]["val"]["type"] == "pairedimagedataset"
+    assert cfg["val"]["val_enabled"] is True
+    assert cfg["val"]["val_freq"] > 0
+    metrics = cfg["val"]["metrics"]
+    assert metrics["psnr"]["type"] == "calculate_psnr"
+    assert metrics["ssim"]["type"] == "calculate_ssim"
+    assert metrics["psnr"]["crop_border"] == scale
+    assert cfg["logger"]["save_checkpoint_format"] == "safetensors"
+    train = cfg["train"]
+    assert train["ema_decay"] > 0
+    assert train["optim_g"]["type"] == "AdamW"
+    assert isinstance(train["optim_g"]["lr"], float)
+    assert 0 < train["optim_g"]["lr"] < 1e-2
+    assert train["scheduler"]["type"] == "MultiStepLR"
+    assert all(0 < ms < train["total_iter"] for ms in train["scheduler"]["milestones"])
+
+    losses = train["losses"]
+    types = [entry["type"] for entry in losses]
+    assert len(types) == len(set(types)), "a repeated loss type replaces the earlier entry"
+    for entry in losses:
+        assert "type" in entry
+        assert "loss_weight" in entry
+    active = {e["type"]: e for e in losses if float(e["loss_weight"]) != 0}
+    assert hybridmoe_loss.FREQ_LOSS_NAME in active
+    assert hybridmoe_loss.BALANCE_LOSS_NAME in active
+    assert "fftloss" not in types
+    assert "ffloss" not in types
+    # our entries construct with exactly these keyword arguments
+    for name, cls in OUR_LOSSES.items():
+        kwargs = {k: v for k, v in active[name].items() if k != "type"}
+        assert set(kwargs) <= set(inspect.signature(cls.__init__).parameters)
+        assert cls(**kwargs).loss_weight == kwargs["loss_weight"]
+
+    if kind == "gan":
+        assert cfg["name"].endswith("_GAN")  # never reuses (and archives) the pretrain's folder
+        assert cfg["network_d"]["type"] == "dunet"
+        assert "optim_d" in train
+        assert "ganloss" in active
+        assert "perceptualloss" in active
+        pretrain = cfg["path"]["pretrain_network_g"]
+        assert pretrain == (
+            f"experiments/{scale}x_HybridMoE_{m['variant']}/models/net_g_ema_latest.safetensors"
+        )
+    else:
+        assert "network_d" not in cfg
+        assert "pretrain_network_g" not in cfg["path"]
+        assert "charbonnierloss" in active
+        assert train["ema_power"] > 0
+    if kind == "bench":
+        assert train_ds["batch_size_per_gpu"] == 16
+        assert train_ds["lq_size"] == 64
+        assert all(p.startswith("datasets/data/") for p in train_ds["dataroot_gt"])
+        assert all(p.startswith("datasets/data/") for p in cfg["datasets"]["val"]["dataroot_gt"])
+        assert cfg["val"]["tile_size"] > 0
+        assert cfg["val"]["val_freq"] == 1000
+
+
+def test_yaml_float_formatting() -> None:
+    assert make_options.yaml_float(5e-4) == "!!float 5e-4"
+    assert make_options.yaml_float(2.5e-4) == "!!float 2.5e-4"
+    assert make_options.yaml_float(1e-3) == "!!float 1e-3"
+    assert yaml.safe_load(f"lr: {make_options.yaml_float(2.5e-4)}")["lr"] == 2.5e-4
+
+
+STRICT_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    from traiNNer.utils.options import yaml_load
+    out = {}
+    for path in sys.argv[2:]:
+        try:
+            opt, _ = yaml_load(path)
+            out[path] = {"ok": True, "scale": opt.scale, "type": opt.network_g["type"]}
+        except Exception as e:
+            out[path] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TRAINNER_REDUX_DIR"),
+    reason="TRAINNER_REDUX_DIR is not set: traiNNer-redux's strict loader is not available",
+)
+def test_every_file_loads_with_trainner_strict_loader() -> None:
+    trainner = Path(os.environ["TRAINNER_REDUX_DIR"]).resolve()
+    assert (trainner / "traiNNer" / "utils" / "options.py").is_file(), trainner
+    proc = subprocess.run(
+        [sys.executable, "-c", STRICT_LOADER, str(trainner), *map(str, ALL_FILES)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=trainner,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    failures = {_id(Path(p)): r["error"] for p, r in results.items() if not r["ok"]}
+    assert not failures, json.dumps(failures, indent=1)
+    for p, r in results.items():
+        m = NAME_RE.match(Path(p).name)
+        assert m
+        assert r["scale"] == int(m["scale"])
+        assert r["type"] == f"hybridmoe_{m['variant'].lower()}"
+    assert len(results) == len(ALL_FILES)
