@@ -1,0 +1,297 @@
+"""scripts/install_trainner.py against a fake traiNNer-redux checkout (and, when
+``TRAINNER_REDUX_DIR`` is set, against a temporary copy of a real one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import install_trainner as it
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCH = "traiNNer/archs/hybridmoe_arch.py"
+LOSS = "traiNNer/losses/hybridmoe_loss.py"
+TEMPLATE = "options/_templates/train/HybridMoE/2x_HybridMoE_Nano_fidelity.yml"
+
+
+def make_checkout(path: Path) -> Path:
+    """The smallest tree the installer accepts as a traiNNer-redux checkout."""
+    for rel in it.CHECKOUT_MARKERS:
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text("# traiNNer-redux stand-in\n")
+    (path / "traiNNer" / "losses").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_source(path: Path, n_templates: int = 2) -> Path:
+    """A small project tree: the two code files and a few templates of each kind."""
+    for rel in it.CODE_FILES:
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, path / rel)
+    for kind in it.TEMPLATE_KINDS:
+        src = sorted((ROOT / "options" / kind / "HybridMoE").glob("*.yml"))[:n_templates]
+        dst = path / "options" / kind / "HybridMoE"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src:
+            shutil.copyfile(f, dst / f.name)
+    bench = path / "options" / "train" / "HybridMoE" / "gpu_bench"
+    bench.mkdir()
+    (bench / "2x_HybridMoE_Nano_bench.yml").write_text("name: bench\n")
+    return path
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    return make_checkout(tmp_path / "trainner")
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return make_source(tmp_path / "project")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "install_trainner.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file under root (symlinks as their target)."""
+    out: dict[str, bytes | str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = p.read_bytes()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Install / check / uninstall through the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_install_check_uninstall_cycle(checkout: Path) -> None:
+    before = snapshot(checkout)
+    r = run("install", str(checkout))
+    assert r.returncode == 0, r.stderr
+    entries = it.plan()
+    assert len(entries) == 2 + 16 * 4  # code + train (fidelity, gan), test, onnx templates
+    for e in entries:
+        dest = checkout / e.dest
+        assert dest.is_file()
+        assert not dest.is_symlink()
+        assert dest.read_bytes() == e.source.read_bytes()
+    assert not any("gpu_bench" in e.dest for e in entries)
+    assert (checkout / ARCH).is_file()
+    assert (checkout / LOSS).is_file()
+    assert (checkout / TEMPLATE).is_file()
+
+    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
+    assert set(manifest["files"]) == {e.dest for e in entries}
+    for e in entries:
+        rec = manifest["files"][e.dest]
+        assert rec["sha256"] == it.sha256_of(e.source)
+        assert rec["mode"] == "copy"
+
+    r = run("check", str(checkout))
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.count("matches") == len(entries)
+    assert "all files match" in r.stdout
+
+    r = run("uninstall", str(checkout))
+    assert r.returncode == 0, r.stderr
+    assert snapshot(checkout) == before  # every file and the manifest gone, nothing else touched
+    assert not (checkout / "options" / "_templates" / "train" / "HybridMoE").exists()
+
+
+def test_install_is_idempotent(checkout: Path, source: Path) -> None:
+    first = it.install(checkout, source_root=source)
+    assert all(line.startswith("installed") for line in first)
+    snap = snapshot(checkout)
+    second = it.install(checkout, source_root=source)
+    assert all(line.startswith("unchanged") for line in second)
+    assert len(second) == len(first)
+    assert snapshot(checkout) == snap
+
+
+def test_refuses_files_it_did_not_write(checkout: Path, source: Path) -> None:
+    (checkout / ARCH).write_text("# somebody else's network\n")
+    before = snapshot(checkout)
+    with pytest.raises(
+        it.InstallError, match=r"traiNNer/archs/hybridmoe_arch\.py: exists and was not written"
+    ):
+        it.install(checkout, source_root=source)
+    assert snapshot(checkout) == before  # nothing written, no manifest
+    r = run("install", str(checkout))
+    assert r.returncode == 1
+    assert "traiNNer/archs/hybridmoe_arch.py" in r.stderr
+    assert "Nothing was changed" in r.stderr
+
+
+def test_refuses_to_overwrite_an_edited_installed_file(checkout: Path, source: Path) -> None:
+    it.install(checkout, source_root=source)
+    tpl = next(e.dest for e in it.plan(source) if e.dest.startswith("options/_templates/test"))
+    (checkout / tpl).write_text("edited by the user\n")
+    (source / LOSS).write_text((source / LOSS).read_text() + "\n# newer version\n")
+    before = snapshot(checkout)
+    with pytest.raises(it.InstallError, match="edited since"):
+        it.install(checkout, source_root=source)
+    assert snapshot(checkout) == before
+
+    report, warnings = it.uninstall(checkout)
+    assert any(tpl in w and "edited" in w for w in warnings)
+    assert (checkout / tpl).read_text() == "edited by the user\n"  # kept
+    assert not (checkout / ARCH).exists()
+    assert not (checkout / it.MANIFEST_NAME).exists()
+    assert any(line.startswith("removed") for line in report)
+
+
+def test_uninstall_warns_on_the_command_line(checkout: Path) -> None:
+    assert run("install", str(checkout)).returncode == 0
+    (checkout / LOSS).write_text("# edited\n")
+    r = run("uninstall", str(checkout))
+    assert r.returncode == 0
+    assert f"WARNING: {LOSS} was edited after installation; kept" in r.stderr
+    assert (checkout / LOSS).read_text() == "# edited\n"
+    assert not (checkout / ARCH).exists()
+
+
+def test_updates_unmodified_files_and_removes_stale_ones(checkout: Path, source: Path) -> None:
+    it.install(checkout, source_root=source)
+    (source / ARCH).write_text((source / ARCH).read_text() + "\n# newer version\n")
+    dropped = next((source / "options" / "onnx" / "HybridMoE").glob("*.yml"))
+    dropped.unlink()
+    report = it.install(checkout, source_root=source)
+    assert f"updated    {ARCH}" in report
+    assert any(line.startswith("removed") and dropped.name in line for line in report)
+    assert not (checkout / "options/_templates/onnx/HybridMoE" / dropped.name).exists()
+    assert (checkout / ARCH).read_bytes() == (source / ARCH).read_bytes()
+    lines, ok = it.check(checkout, source_root=source)
+    assert ok, lines
+
+
+def test_link_mode(checkout: Path, source: Path) -> None:
+    it.install(checkout, link=True, source_root=source)
+    for e in it.plan(source):
+        dest = checkout / e.dest
+        assert dest.is_symlink()
+        assert dest.resolve() == e.source.resolve()
+    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
+    assert {r["mode"] for r in manifest["files"].values()} == {"link"}
+    # an edit of the project is seen through the link: still ours, still matching
+    (source / LOSS).write_text((source / LOSS).read_text() + "\n# edit\n")
+    lines, ok = it.check(checkout, source_root=source)
+    assert ok, lines
+    assert all(line.startswith("unchanged") for line in it.install(checkout, True, source))
+    # switching to copies replaces the links
+    report = it.install(checkout, link=False, source_root=source)
+    assert all(line.startswith("updated") for line in report)
+    assert not (checkout / ARCH).is_symlink()
+    it.install(checkout, link=True, source_root=source)
+    it.uninstall(checkout)
+    assert not (checkout / ARCH).exists()
+    assert (source / ARCH).is_file()  # the project's files are never touched
+
+
+def test_check_reports_missing_and_differing_files(checkout: Path, source: Path) -> None:
+    lines, ok = it.check(checkout, source_root=source)
+    assert not ok
+    assert all(line.startswith("missing") for line in lines)
+    it.install(checkout, source_root=source)
+    first_tpl = next(e.dest for e in it.plan(source) if e.dest.endswith(".yml"))
+    (checkout / first_tpl).write_text("different\n")
+    (checkout / LOSS).unlink()
+    lines, ok = it.check(checkout, source_root=source)
+    assert not ok
+    status = {line.split()[1]: line.split()[0] for line in lines}
+    assert status[first_tpl] == "differs"
+    assert status[LOSS] == "missing"
+    assert status[ARCH] == "matches"
+    r = run("check", str(checkout))  # against the real project: everything else is missing
+    assert r.returncode == 1
+    assert "missing" in r.stdout
+
+
+def test_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("")
+    for cmd in ("install", "uninstall", "check"):
+        r = run(cmd, str(tmp_path))
+        assert r.returncode == 2
+        assert "is not a traiNNer-redux checkout" in r.stderr
+        assert "traiNNer/archs/__init__.py" in r.stderr
+    r = run("install", str(tmp_path / "nope"))
+    assert r.returncode == 2
+    assert "no such directory" in r.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "train.py"]
+    r = run("check", str(tmp_path), "--link")
+    assert r.returncode == 2
+
+
+def test_a_broken_manifest_is_reported(checkout: Path) -> None:
+    (checkout / it.MANIFEST_NAME).write_text("{not json")
+    r = run("install", str(checkout))
+    assert r.returncode == 1
+    assert "unreadable install manifest" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A real traiNNer-redux checkout (copied to a temporary folder)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TRAINNER_REDUX_DIR"),
+    reason="TRAINNER_REDUX_DIR is not set: no traiNNer-redux checkout to install into",
+)
+def test_real_checkout_copy(tmp_path: Path) -> None:
+    src = Path(os.environ["TRAINNER_REDUX_DIR"]).resolve()
+    dst = tmp_path / "trainner"
+    shutil.copytree(
+        src,
+        dst,
+        ignore=shutil.ignore_patterns(".git", "datasets", "experiments", "docs", "__pycache__"),
+    )
+    before = snapshot(dst)
+    r = run("install", str(dst))
+    assert r.returncode == 0, r.stderr
+    r = run("check", str(dst))
+    assert r.returncode == 0, r.stdout
+    # traiNNer-redux itself imports the installed files and registers our names
+    probe = (
+        "import sys; sys.path.insert(0, '.');"
+        "from traiNNer.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY;"
+        "import traiNNer.archs, traiNNer.losses;"
+        "from traiNNer.losses import build_loss;"
+        "assert 'hybridmoe_nano' in ARCH_REGISTRY and 'hybridmoe_l' in ARCH_REGISTRY;"
+        "l = build_loss({'type': 'hybridmoefreqloss', 'loss_weight': 0.05});"
+        "b = build_loss({'type': 'HybridMoEBalanceLoss', 'loss_weight': 0.01});"
+        "import traiNNer.archs.hybridmoe_arch as a, traiNNer.losses.hybridmoe_loss as m;"
+        "assert m.arch_module() is a;"
+        "print('OK', type(l).__name__, type(b).__name__)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=dst,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK HybridMoEFreqLoss HybridMoEBalanceLoss" in proc.stdout
+    r = run("uninstall", str(dst))
+    assert r.returncode == 0, r.stderr
+    after = {k: v for k, v in snapshot(dst).items() if "__pycache__" not in k}
+    assert after == {k: v for k, v in before.items() if "__pycache__" not in k}
