@@ -1,0 +1,169 @@
+"""CPU checks of ``scripts/benchmark.py``: JSON layout, reference ratios and error handling."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import benchmark
+import pytest
+import torch
+from torch import nn
+
+CPU_ARGS = [
+    "--device", "cpu", "--out-size", "64x48", "--scales", "2", "--dtypes", "fp32",
+    "--repeat", "2", "--warmup", "1", "--flops-size", "32",
+]  # fmt: skip
+
+
+def hybridmoe_available() -> bool:
+    """Whether ``hybridmoe_arch`` imports and provides the nano factory."""
+    try:
+        arch = benchmark.import_arch()
+    except Exception:
+        return False
+    return hasattr(arch, "hybridmoe_nano")
+
+
+def rows_of(result: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """Inference rows of one model."""
+    return [r for r in result["rows"] if r["model"] == model]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny CPU convolutions only slow down with more (and timings jitter)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One small CPU run of three models, read back from the JSON file."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    models = ["compact", "span", "hybridmoe_nano"]
+    train = ["--train-batch", "2", "--train-size", "16"]
+    returned = benchmark.main([*CPU_ARGS, "--models", *models, *train, "--json", str(path)])
+    on_disk = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
+    assert on_disk == json.loads(json.dumps(returned))
+    return on_disk
+
+
+def test_environment_and_config(run: dict[str, Any]) -> None:
+    env = run["environment"]
+    for key in ("torch", "cuda", "device", "date", "command"):
+        assert key in env
+    assert env["torch"] == torch.__version__
+    assert "benchmark.py" in env["command"]
+    assert "--models compact span hybridmoe_nano" in env["command"]
+    assert run["config"]["reference"] == {"model": "span", "variant": "eager"}
+    assert run["config"]["out_size"] == [64, 48]
+
+
+@pytest.mark.parametrize("model", ["compact", "span"])
+def test_peer_rows(run: dict[str, Any], model: str) -> None:
+    rows = rows_of(run, model)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "ok", row["error"]
+    assert (row["variant"], row["dtype"], row["precision"]) == ("eager", "fp32", "fp32")
+    assert row["lr_size"] == [32, 24]
+    assert row["params"] > 0
+    assert row["latency_median_ms"] > 0
+    assert row["iterations"] == 2
+    assert row["latency_iqr_ms"] >= 0
+    assert row["gflops_per_out_mp"] > 0
+    assert row["nonfinite"] is False
+    assert row["peak_mem_mib"] is None  # CPU
+
+
+def test_ratio_to_reference(run: dict[str, Any]) -> None:
+    (ref,) = rows_of(run, "span")
+    assert ref["ratio_to_ref"] == pytest.approx(1.0)
+    for row in run["rows"]:
+        if row["status"] == "ok":
+            expected = row["latency_median_ms"] / ref["latency_median_ms"]
+            assert row["ratio_to_ref"] == pytest.approx(expected)
+
+
+def test_hybridmoe_rows(run: dict[str, Any]) -> None:
+    rows = {r["variant"]: r for r in rows_of(run, "hybridmoe_nano")}
+    if not hybridmoe_available():
+        assert [r["status"] for r in rows.values()] == ["skipped"]
+        pytest.skip("hybridmoe_arch is not importable yet")
+    assert set(rows) == {"eager", "fused"}
+    for row in rows.values():
+        assert row["status"] == "ok", row["error"]
+        assert row["params"] > 0
+        assert row["latency_median_ms"] > 0
+    assert rows["fused"]["params"] < rows["eager"]["params"]
+
+
+def test_train_steps(run: dict[str, Any]) -> None:
+    steps = {t["model"]: t for t in run["train_steps"]}
+    ours = {"hybridmoe_nano"} if hybridmoe_available() else set()
+    assert set(steps) == {"compact", "span", *ours}  # no step for a model that cannot be built
+    for step in steps.values():
+        assert step["status"] == "ok", step["error"]
+        assert (step["scale"], step["batch"], step["lr_size"]) == (2, 2, 16)
+        assert step["step_median_ms"] > 0
+        assert step["iterations"] == 2
+        assert step["params"] > 0
+        assert step["loss_finite"] is True
+    assert steps["span"]["ratio_to_ref"] == pytest.approx(1.0)
+
+
+def test_unknown_model_lists_valid_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(["--device", "cpu", "--models", "compact", "no_such_net"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no_such_net" in err
+    for name in ("hybridmoe_s", "span", "plksr_tiny", "hat_s", "compact"):
+        assert name in err
+
+
+class Broken(nn.Module):
+    """A network whose forward always fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("simulated failure")
+
+
+def cannot_build(scale: int) -> nn.Module:
+    """A builder that rejects every scale."""
+    raise ValueError(f"scale {scale} unsupported")
+
+
+def test_failures_become_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        benchmark.MODELS, "broken", benchmark.ModelSpec("broken", lambda s: Broken(), False, "")
+    )
+    monkeypatch.setitem(
+        benchmark.MODELS, "unbuildable", benchmark.ModelSpec("unbuildable", cannot_build, False, "")
+    )
+    path = tmp_path / "out.json"
+    models = ["broken", "unbuildable", "compact"]
+    args = [*CPU_ARGS, "--models", *models, "--ref", "compact", "--json", str(path)]
+    result = benchmark.main([*args, "--no-train-step"])
+
+    (broken,) = rows_of(result, "broken")
+    assert broken["status"] == "error"
+    assert "simulated failure" in broken["error"]
+    assert broken["params"] > 0  # measured before the failing forward
+    (unbuildable,) = rows_of(result, "unbuildable")
+    assert unbuildable["status"] == "skipped"
+    assert "unsupported" in unbuildable["error"]
+    (compact,) = rows_of(result, "compact")
+    assert compact["status"] == "ok"
+    assert compact["ratio_to_ref"] == pytest.approx(1.0)
+    assert result["train_steps"] == []
+    assert json.loads(path.read_text())["rows"][0]["status"] == "error"
