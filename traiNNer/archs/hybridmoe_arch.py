@@ -255,7 +255,11 @@ class BicubicUpsample(nn.Module):
 
 
 class RMSNorm2d(nn.Module):
-    """RMS normalization over channels, computed in float32: (N,C,H,W) -> (N,C,H,W)."""
+    """RMS normalization over channels: (N,C,H,W) -> (N,C,H,W).
+
+    One fused ``F.rms_norm`` over the channel axis (accumulated in float32 for half inputs);
+    the output is a channels-last view, which the following 1×1 convolutions consume as is.
+    """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -263,9 +267,9 @@ class RMSNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.square().mean(1, keepdim=True) + self.eps)
-        return (y * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
+        w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        y = F.rms_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 class LayerScale(nn.Module):
@@ -276,7 +280,8 @@ class LayerScale(nn.Module):
         self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), init))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        return torch.addcmul(x, y, self.gamma.to(y.dtype))
+        g = self.gamma if self.gamma.dtype == y.dtype else self.gamma.to(y.dtype)
+        return torch.addcmul(x, y, g)
 
 
 class RepConv(nn.Module):
@@ -696,7 +701,8 @@ class SelectiveScan2D(nn.Module):
     def _scan(self, x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         kernel = _mamba_kernel() if (self.use_kernel and x.is_cuda) else None
         if kernel is not None and not _export_mode():
-            return kernel(x, dt, a, b.unsqueeze(2), c.unsqueeze(2), chunk_size=64)
+            b, c = b.unsqueeze(2).contiguous(), c.unsqueeze(2).contiguous()
+            return kernel(x.contiguous(), dt.contiguous(), a, b, c, chunk_size=64)
         return ssd_scan(x, dt, a, b, c)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -730,7 +736,8 @@ class SelectiveScan2D(nn.Module):
 class MoEFFN(nn.Module):
     """Token-wise top-k mixture of gated-MLP experts: (N,C,H,W) -> (N,C,H,W).
 
-    Every pixel is a token. A linear router (float32) picks ``top_k`` of ``E`` experts; their
+    Every pixel is a token. A linear router (float32) on the token's local contrast (feature
+    minus its 7×7 mean) picks ``top_k`` of ``E`` experts; their
     outputs are mixed with the renormalized router probabilities. Dispatch is vectorized: the
     token slots are sorted by expert and each expert runs one matmul chain on its contiguous
     slice (a loop over experts, never over tokens). Under ONNX export / ``torch.compile`` a
@@ -751,19 +758,18 @@ class MoEFFN(nn.Module):
         self.force_dense = False
         """Compute every expert densely (static shapes; used for export)."""
 
-    def route(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """tokens (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
-        logits = F.linear(tokens.float(), self.router.float())
+    def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Router input (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
+        logits = F.linear(feats.float(), self.router.float())
         probs = torch.softmax(logits, dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         gates = top_p / top_p.sum(dim=-1, keepdim=True)
         return probs, top_i, gates
 
-    def _expert(self, x: Tensor, e: int) -> Tensor:
-        g, v = torch.addmm(self.b_in[e].to(x.dtype), x, self.w_in[e].to(x.dtype)).chunk(2, -1)
-        return torch.addmm(self.b_out[e].to(x.dtype), F.gelu(g) * v, self.w_out[e].to(x.dtype))
-
     def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
+        dt = tokens.dtype
+        w_in, b_in = self.w_in.to(dt), self.b_in.to(dt)
+        w_out, b_out = self.w_out.to(dt), self.b_out.to(dt)
         flat = top_i.reshape(-1)
         order = torch.argsort(flat, stable=True)
         tok = order // self.top_k
@@ -773,9 +779,10 @@ class MoEFFN(nn.Module):
         start = 0
         for e, cnt in enumerate(counts):
             if cnt:
-                outs.append(self._expert(xs[start : start + cnt], e))
+                g, v = torch.addmm(b_in[e], xs[start : start + cnt], w_in[e]).chunk(2, -1)
+                outs.append(torch.addmm(b_out[e], F.gelu(g) * v, w_out[e]))
             start += cnt
-        ys = torch.cat(outs, dim=0) * gates.reshape(-1)[order].unsqueeze(-1).to(tokens.dtype)
+        ys = torch.cat(outs, dim=0) * gates.reshape(-1)[order].unsqueeze(-1).to(dt)
         return torch.zeros_like(tokens).index_add_(0, tok, ys)
 
     def _dense(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
@@ -790,7 +797,11 @@ class MoEFFN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, c)
-        probs, top_i, gates = self.route(tokens)
+        # Route by local structure: features minus their 7×7 neighbourhood mean. Without the
+        # centering, all tokens of an image share one dominant direction and pick the same
+        # experts (routing collapse); with it, routing follows edges/texture vs. flat areas.
+        local = F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, 1)
+        probs, top_i, gates = self.route((x - local).permute(0, 2, 3, 1).reshape(-1, c))
         if self.training and torch.is_grad_enabled():
             counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts).float()
             frac = counts / counts.sum()
@@ -907,8 +918,9 @@ class DySampleUpsampler(nn.Module):
     """Dynamic point-sampling upsampler: (N,C,H,W) -> (N,out,sH,sW).
 
     A 3×3 conv predicts the image at low resolution; content-dependent sub-pixel offsets
-    (bounded by a learned dynamic scope, zero at init) move each output pixel's sampling
-    point, and the prediction is sampled bilinearly there. At init this is bilinear upsampling.
+    (bounded by a learned dynamic scope) move each output pixel's sampling
+    point, and the prediction is sampled bilinearly there. With zero offsets this is bilinear
+    upsampling (the offsets start near zero).
     """
 
     def __init__(self, channels: int, out_ch: int, scale: int) -> None:
@@ -917,7 +929,7 @@ class DySampleUpsampler(nn.Module):
         self.conv = nn.Conv2d(channels, out_ch, 3, 1, 1)
         self.offset = nn.Conv2d(channels, 2 * scale * scale, 1)
         self.scope = nn.Conv2d(channels, 2 * scale * scale, 1)
-        nn.init.zeros_(self.offset.weight)
+        nn.init.normal_(self.offset.weight, std=1e-3)  # near-zero offsets at init
         nn.init.zeros_(self.offset.bias)
         nn.init.zeros_(self.scope.weight)
         nn.init.zeros_(self.scope.bias)
