@@ -1,0 +1,339 @@
+"""HybridMoE inside a real traiNNer-redux checkout (CPU).
+
+Skipped unless ``TRAINNER_REDUX_DIR`` points at a traiNNer-redux checkout whose Python
+dependencies are installed in this interpreter. The checkout is never modified: it is copied
+to a temporary folder and our files are installed there with scripts/install_trainner.py.
+
+(a) traiNNer-redux's own ``tests/test_archs/test_archs.py`` for every registered HybridMoE
+    name (scales 1-4, inference + one training step), one subprocess per name.
+(b) traiNNer-redux's real ``train.py`` / ``test.py`` on a tiny data set: hybridmoe_nano ×2
+    from our fidelity template (Charbonnier + frequency + balance losses, EMA, tiled
+    validation on Set5 ``bird``), then resuming from the training state, then ``test.py`` on
+    the produced checkpoint. The CPU runs go through ``train_shim.py`` of the traiNNer-redux
+    run tools (folder ``TRAINNER_TOOLS``, default ``.ref/tools``; it lets train.py run without
+    CUDA and turns a crash inside the training loop, which train.py exits 0 from, into exit 3);
+    the data set is built with that folder's ``make_tiny_dataset.py`` from tests/data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA = ROOT / "tests" / "data"
+TRAINNER = os.environ.get("TRAINNER_REDUX_DIR", "")
+TIMEOUT = 170  # seconds per subprocess: every test stays under 3 minutes on 2 cores
+
+pytestmark = pytest.mark.skipif(
+    not TRAINNER,
+    reason="TRAINNER_REDUX_DIR is not set: no traiNNer-redux checkout to integrate with",
+)
+
+ARCH_NAMES = ("hybridmoe", "hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l")
+SMOKE_NAME = "hmoe_nano_x2_cpu_smoke"
+FIRST_ITERS = 4
+RESUMED_ITERS = 6
+
+
+def tools_dir() -> Path | None:
+    """The folder with train_shim.py and make_tiny_dataset.py, if available."""
+    env = os.environ.get("TRAINNER_TOOLS")
+    cand = Path(env) if env else ROOT / ".ref" / "tools"
+    if (cand / "train_shim.py").is_file() and (cand / "make_tiny_dataset.py").is_file():
+        return cand.resolve()
+    return None
+
+
+def need_tools() -> Path:
+    tools = tools_dir()
+    if tools is None:
+        pytest.skip(
+            "train_shim.py / make_tiny_dataset.py not found: set TRAINNER_TOOLS to the "
+            "traiNNer-redux run tools folder (default .ref/tools)"
+        )
+    return tools
+
+
+def sh(
+    cmd: list[str], cwd: Path, timeout: int = TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, return it (output captured)."""
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def tail(proc: subprocess.CompletedProcess[str], n: int = 4000) -> str:
+    return (proc.stdout + "\n" + proc.stderr)[-n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a temporary traiNNer-redux copy with HybridMoE installed, and a tiny data set
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workcopy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = Path(TRAINNER).resolve()
+    assert (src / "train.py").is_file(), f"{src} is not a traiNNer-redux checkout"
+    dst = tmp_path_factory.mktemp("trainner") / "trainner"
+    shutil.copytree(
+        src,
+        dst,
+        ignore=shutil.ignore_patterns(
+            ".git", "datasets", "docs", "experiments", "results", "tb_logger", "__pycache__"
+        ),
+    )
+    proc = sh(
+        [sys.executable, str(ROOT / "scripts" / "install_trainner.py"), "install", str(dst)], ROOT
+    )
+    assert proc.returncode == 0, tail(proc)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def smoke_data(workcopy: Path) -> Path:
+    tools = need_tools()
+    out = workcopy / "datasets" / "data"
+    proc = sh(
+        [
+            sys.executable,
+            str(tools / "make_tiny_dataset.py"),
+            str(out),
+            "--train-hr-dir", str(TEST_DATA / "T91_sample"),
+            "--n-train", "16",
+            "--crop", "96",
+            "--val-hr-dir", str(TEST_DATA / "Set5" / "HR"),
+            "--val-names", "bird",
+            "--scale", "2",
+            "--check-against", str(TEST_DATA / "Set5" / "LR_bicubic" / "X2"),
+        ],
+        ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, tail(proc)
+    assert "worst max abs diff = 0" in proc.stdout  # LR identical to Set5's canonical bicubic
+    return out
+
+
+def smoke_config(total_iter: int) -> dict[str, Any]:
+    """Our ×2 nano fidelity template, made CPU-sized."""
+    cfg = yaml.safe_load(
+        (ROOT / "options/train/HybridMoE/2x_HybridMoE_Nano_fidelity.yml").read_text()
+    )
+    cfg.update(
+        name=SMOKE_NAME,
+        use_amp=False,
+        amp_bf16=False,
+        use_channels_last=False,
+        manual_seed=1024,
+    )
+    cfg["datasets"]["train"].update(
+        dataroot_gt=["datasets/data/train/hr"],
+        dataroot_lq=["datasets/data/train/lr"],
+        lq_size=32,
+        batch_size_per_gpu=2,
+        num_worker_per_gpu=0,
+        pin_memory=False,
+        persistent_workers=False,
+        prefetch_factor=None,
+    )
+    cfg["datasets"]["val"].update(
+        dataroot_gt=["datasets/data/val/hr"], dataroot_lq=["datasets/data/val/lr"], pin_memory=False
+    )
+    cfg["train"].update(total_iter=total_iter, warmup_iter=-1)
+    cfg["train"]["scheduler"]["milestones"] = [1000]
+    # validation: once, after training (val_freq beyond total_iter), tiled
+    cfg["val"].update(val_freq=1000, tile_size=48, tile_overlap=8, save_img=False)
+    cfg["logger"].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
+    return cfg
+
+
+def write_config(workcopy: Path, cfg: dict[str, Any], name: str) -> str:
+    rel = f"options/train/HybridMoE/{name}.yml"
+    path = workcopy / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return rel
+
+
+def run_shim(workcopy: Path, script: str, cfg_rel: str, *extra: str) -> tuple[Any, dict[str, Any]]:
+    tools = need_tools()
+    stats = workcopy / f"shim_{script}_{Path(cfg_rel).stem}.json"
+    proc = sh(
+        [sys.executable, str(tools / "train_shim.py"), script, "-opt", cfg_rel, *extra],
+        workcopy,
+        env={"TRAINNER_SHIM_STATS": str(stats)},
+    )
+    info = json.loads(stats.read_text()) if stats.is_file() else {}
+    return proc, info
+
+
+def newest(paths: list[Path]) -> Path:
+    assert paths, "no file"
+    return max(paths, key=lambda p: p.stat().st_mtime)
+
+
+@pytest.fixture(scope="module")
+def trained(workcopy: Path, smoke_data: Path) -> dict[str, Any]:
+    """One real train.py run: FIRST_ITERS iterations, checkpoints every 2."""
+    cfg_rel = write_config(workcopy, smoke_config(FIRST_ITERS), "cpu_smoke")
+    proc, info = run_shim(workcopy, "train.py", cfg_rel)
+    exp = workcopy / "experiments" / SMOKE_NAME
+    logs = sorted(exp.glob("train_*.log"))
+    return {"proc": proc, "info": info, "exp": exp, "log": logs[-1].read_text() if logs else ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) traiNNer-redux's own arch tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_trainner_arch_tests(workcopy: Path, name: str) -> None:
+    # test ids look like test_<name>_<s>x_{} / train_<name>_<s>x_{}
+    expr = " or ".join(f"{name}_{s}x" for s in (1, 2, 3, 4))
+    proc = sh(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_archs/test_archs.py",
+            "-k",
+            expr,
+        ],
+        workcopy,
+    )
+    assert proc.returncode == 0, tail(proc)
+    m = re.search(r"(\d+) passed", proc.stdout)
+    assert m, tail(proc)
+    assert int(m[1]) == 8, tail(proc)  # 4 scales × (inference, training)
+    assert "failed" not in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) train.py, resume, test.py
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_py_cpu_smoke(trained: dict[str, Any]) -> None:
+    proc, info, exp, log = trained["proc"], trained["info"], trained["exp"], trained["log"]
+    assert proc.returncode == 0, tail(proc)
+    assert info.get("exit_code") == 0, info
+    assert info.get("exceptions_logged") == 0, info
+    assert "End of training" in log
+    assert "Network [bold]HybridMoE[/bold]" in log
+    assert "Loss [bold]HybridMoEFreqLoss[/bold]" in log
+    assert "Loss [bold]HybridMoEBalanceLoss[/bold]" in log
+    # the per-iteration loss lines carry both labels, with finite values
+    for label in ("l_g_hybridmoebalance", "l_g_hybridmoefreq", "l_g_charbonnier"):
+        values = [float(v) for v in re.findall(rf"{label}: ([0-9.eE+-]+)", log)]
+        assert len(values) >= FIRST_ITERS, label
+        assert all(0 < v < 10 for v in values), (label, values)  # finite, positive
+    balance = [float(v) for v in re.findall(r"l_g_hybridmoebalance: ([0-9.eE+-]+)", log)]
+    assert all(0.009 < v < 0.04 for v in balance), balance  # 0.01 × (1 … E)
+    psnr = re.findall(r"# psnr : ([0-9.]+)", log)
+    assert psnr, "no validation PSNR in the log"
+    assert 15.0 < float(psnr[-1]) < 50.0
+
+    # checkpoints in traiNNer-redux's layout: EMA release model + online weights + states
+    models = exp / "models"
+    for it in (2, FIRST_ITERS):
+        assert (models / f"net_g_ema_{it}.safetensors").is_file()
+        assert (models / "resume_models" / f"net_g_{it}.safetensors").is_file()
+        assert (exp / "training_states" / f"{it}.state").is_file()
+    assert (models / "net_g_ema_latest.safetensors").is_file()
+
+
+def test_checkpoint_is_safetensors_with_metadata(trained: dict[str, Any]) -> None:
+    import hybridmoe_arch
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = trained["exp"] / "models" / "net_g_ema_latest.safetensors"
+    assert path.is_file(), tail(trained["proc"])
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta is not None
+    assert "metadata" in meta
+    hp = json.loads(meta["metadata"])
+    assert hp["scale"] == 2
+    assert hp["dim"] == 16
+    assert hp["use_moe"] is True
+    sd = load_file(str(path))
+    net = hybridmoe_arch.hybridmoe_nano(scale=2)
+    net.load_state_dict(sd, strict=True)
+    desc = hybridmoe_arch.load_checkpoint(path)  # through spandrel
+    assert desc.scale == 2
+    with torch.no_grad():
+        out = desc.model(torch.rand(1, 3, 12, 10))
+    assert out.shape == (1, 3, 24, 20)
+
+
+def test_resume_from_training_state(workcopy: Path, trained: dict[str, Any]) -> None:
+    assert trained["proc"].returncode == 0, tail(trained["proc"])
+    cfg_rel = write_config(workcopy, smoke_config(RESUMED_ITERS), "cpu_smoke_resume")
+    proc, info = run_shim(workcopy, "train.py", cfg_rel, "--auto_resume")
+    assert proc.returncode == 0, tail(proc)
+    assert info.get("exceptions_logged") == 0, info
+    exp = trained["exp"]
+    log = newest(list(exp.glob("train_*.log"))).read_text()
+    assert f"Resuming training from epoch: 0, iter: {FIRST_ITERS}" in log
+    assert "End of training" in log
+    iters = [int(v) for v in re.findall(r"iter:\s+(\d+),", log)]
+    assert iters
+    assert min(iters) > FIRST_ITERS
+    assert max(iters) == RESUMED_ITERS
+    assert "l_g_hybridmoebalance" in log
+    assert (exp / "models" / f"net_g_ema_{RESUMED_ITERS}.safetensors").is_file()
+    assert (exp / "training_states" / f"{RESUMED_ITERS}.state").is_file()
+
+
+def test_test_py_on_the_checkpoint(workcopy: Path, trained: dict[str, Any]) -> None:
+    assert trained["proc"].returncode == 0, tail(trained["proc"])
+    cfg = yaml.safe_load((ROOT / "options/test/HybridMoE/2x_HybridMoE_Nano.yml").read_text())
+    cfg.update(name="hmoe_nano_x2_cpu_test", use_amp=False, amp_bf16=False, use_channels_last=False)
+    cfg["datasets"]["val"] = {
+        "name": "bird",
+        "type": "pairedimagedataset",
+        "dataroot_gt": ["datasets/data/val/hr"],
+        "dataroot_lq": ["datasets/data/val/lr"],
+        "pin_memory": False,
+    }
+    cfg["path"]["pretrain_network_g"] = (
+        f"experiments/{SMOKE_NAME}/models/net_g_ema_{FIRST_ITERS}.safetensors"
+    )
+    cfg["val"].update(tile_size=48, tile_overlap=8, save_img=True, metrics_enabled=True)
+    rel = "options/test/HybridMoE/cpu_smoke_test.yml"
+    (workcopy / rel).parent.mkdir(parents=True, exist_ok=True)
+    (workcopy / rel).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc, info = run_shim(workcopy, "test.py", rel)
+    assert proc.returncode == 0, tail(proc)
+    assert info.get("exceptions_logged") == 0, info
+    results = workcopy / "results" / "hmoe_nano_x2_cpu_test"
+    log = newest(list(results.glob("test_*.log"))).read_text()
+    assert "Loading HybridMoE model from" in log
+    assert f"net_g_ema_{FIRST_ITERS}.safetensors" in log
+    psnr = re.findall(r"# psnr : ([0-9.]+)", log)
+    assert psnr, log[-2000:]
+    assert 15.0 < float(psnr[-1]) < 50.0
+    assert list(results.rglob("*.png")), "test.py wrote no image"
