@@ -13,7 +13,7 @@ Data flow (``s`` = scale, ``c1 = dim``, ``c2 = 2·dim``, ``c3 = 4·dim``)::
            level 2 (×½): LF window attention   | HF blocks → fusion
            level 3 (×¼): LF attention + global mixer (fourier | ssm) | HF blocks → fusion
            bottleneck (×¼): window attention + MoE FFN (token-wise top-k)
-           decoder ×¼ → ×½ → ×1 fed by the skips of both paths
+           decoder ×½ → ×1 fed by the skips of both paths
            (+ stem) → detail MoE (optional) → texture head → upsampler → crop
 
     x: (N, C, H, W) in [0, 1]; SR: (N, C, s·H, s·W).
@@ -61,6 +61,8 @@ SPLIT_CHOICES = ("laplacian", "fft")
 MIXER_CHOICES = ("fourier", "ssm", "none")
 UPSAMPLER_CHOICES = ("pixelshuffle", "dysample")
 PAD_MULTIPLE = 4  # two stride-2 downsamplings
+HEAD_KERNEL = 5  # depthwise re-param kernel of the texture head (fast path in cuDNN)
+DENSE_MOE_MAX_SLOTS = 1 << 18  # "auto" MoE dispatch: dense below tokens × experts = 262144
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,12 +115,14 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return ivalue
 
 
-def _check_blocks(name: str, value: object, minimum: int = 0) -> tuple[int, int, int]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3:
+def _check_blocks(name: str, value: object, levels: int = 3) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != levels:
+        where = ("x1", "x1/2", "x1/4")[:levels]
         raise ValueError(
-            f"HybridMoE: {name} must list 3 block counts (levels x1, x1/2, x1/4), got {value!r}"
+            f"HybridMoE: {name} must list {levels} block counts (levels {', '.join(where)}), "
+            f"got {value!r}"
         )
-    return tuple(_check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))  # type: ignore[return-value]
+    return tuple(_check_int(f"{name}[{i}]", v, 0) for i, v in enumerate(value))
 
 
 def _heads_for(channels: int, head_dim: int = 16) -> int:
@@ -411,7 +415,8 @@ def irfft2_real(re: Tensor, im: Tensor, size: tuple[int, int], use_matmul: bool 
 class FrequencySplit(nn.Module):
     """Split features into low and high frequencies: (N,C,H,W) -> LF, HF with LF + HF = x.
 
-    ``laplacian``: LF is a fixed 5×5 binomial blur. ``fft``: LF keeps the spectrum under a
+    ``laplacian``: LF is a fixed separable 5×5 binomial blur (zero padding; the split stays
+    exact, LF + HF = x, at the borders too). ``fft``: LF keeps the spectrum under a
     Gaussian low-pass with a learned per-channel cut-off (FFT in float32 under autocast).
     """
 
@@ -422,13 +427,15 @@ class FrequencySplit(nn.Module):
             # σ in cycles/pixel; 0.1 ≈ a spatial Gaussian blur of std 1.6 px
             self.log_sigma = nn.Parameter(torch.full((channels,), math.log(0.1)))
         else:
-            self.register_buffer(
-                "taps", torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0, persistent=False
-            )
+            taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+            self.register_buffer("taps_h", taps.view(1, 1, 1, 5).repeat(channels, 1, 1, 1), False)
+            self.register_buffer("taps_v", taps.view(1, 1, 5, 1).repeat(channels, 1, 1, 1), False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.mode == "laplacian":
-            lf = _separable_blur(x, self.taps)
+            c = x.shape[1]
+            lf = F.conv2d(x, self.taps_h.to(x.dtype), padding=(0, 2), groups=c)
+            lf = F.conv2d(lf, self.taps_v.to(x.dtype), padding=(2, 0), groups=c)
             return lf, x - lf
         h, w = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -539,8 +546,8 @@ class WindowAttention(nn.Module):
 
     Uses ``F.scaled_dot_product_attention``. Any H, W: the q/k/v maps are replicate-padded to a
     window multiple; a shifted block offsets the window grid by ``w/2`` through asymmetric
-    padding (no roll, so nothing wraps around the image). A depthwise 3×3 on v (LePE) gives
-    position information.
+    padding (no roll, so nothing wraps around the image). Position information comes from the
+    depthwise convolutions of the surrounding blocks (the FFN's 3×3).
     """
 
     def __init__(self, channels: int, window: int, shift: bool) -> None:
@@ -549,14 +556,12 @@ class WindowAttention(nn.Module):
         self.window = window
         self.shift = window // 2 if shift else 0
         self.qkv = nn.Conv2d(channels, channels * 3, 1)
-        self.lepe = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels)
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         ws, s = self.window, self.shift
         qkv = self.qkv(x)
-        v_img = qkv[:, 2 * c :]
         ph, pw = (-(h + s)) % ws, (-(w + s)) % ws
         if s or ph or pw:
             qkv = F.pad(qkv, (s, pw, s, ph), mode="replicate")
@@ -565,10 +570,12 @@ class WindowAttention(nn.Module):
         d = c // self.heads
         t = qkv.reshape(n, 3, self.heads, d, nh, ws, nw, ws)
         t = t.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, n * nh * nw, self.heads, ws * ws, d)
-        o = F.scaled_dot_product_attention(t[0], t[1], t[2])
+        o = F.scaled_dot_product_attention(*t.unbind(0))
         o = o.reshape(n, nh, nw, self.heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5)
-        o = o.reshape(n, c, hp, wp)[:, :, s : s + h, s : s + w]
-        return self.proj(o + self.lepe(v_img))
+        o = o.reshape(n, c, hp, wp)
+        if s or ph or pw:
+            o = o[:, :, s : s + h, s : s + w]
+        return self.proj(o)
 
 
 class DepthwiseMixer(nn.Module):
@@ -737,12 +744,12 @@ class MoEFFN(nn.Module):
     """Token-wise top-k mixture of gated-MLP experts: (N,C,H,W) -> (N,C,H,W).
 
     Every pixel is a token. A linear router (float32) on the token's local contrast (feature
-    minus its 7×7 mean) picks ``top_k`` of ``E`` experts; their
-    outputs are mixed with the renormalized router probabilities. Dispatch is vectorized: the
-    token slots are sorted by expert and each expert runs one matmul chain on its contiguous
-    slice (a loop over experts, never over tokens). Under ONNX export / ``torch.compile`` a
-    static-shape dense path computes the same function. Deterministic in eval; ``top_k`` may
-    be changed at inference. In training forwards with autograd the Switch-style balance term
+    minus its 7×7 mean) picks ``top_k`` of ``E`` experts; their outputs are mixed with the
+    renormalized router probabilities. Dispatch is vectorized: the token slots are sorted by
+    expert and each expert runs one matmul chain on its contiguous slice (a loop over experts,
+    never over tokens); see :attr:`dispatch` for the dense static-shape path used for export,
+    compile and small GPU workloads. Deterministic in eval; ``top_k`` may be changed at
+    inference. In training forwards with autograd the Switch-style balance term
     ``E · Σ_e f_e P_e`` is published to :data:`MOE_AUX`.
     """
 
@@ -755,8 +762,12 @@ class MoEFFN(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(num_experts, hidden * 2))
         self.w_out = nn.Parameter(torch.randn(num_experts, hidden, channels) * 0.02)
         self.b_out = nn.Parameter(torch.zeros(num_experts, channels))
-        self.force_dense = False
-        """Compute every expert densely (static shapes; used for export)."""
+        self.dispatch = "auto"
+        """"sparse": sorted per-expert dispatch (computes only the selected experts);
+        "dense": every expert on every token, mixed by the sparse gates (static shapes, used
+        for ONNX export and torch.compile); "auto": dense for small CUDA workloads, where
+        launching one matmul chain per expert costs more than the skipped arithmetic, sparse
+        otherwise. All three compute the same function."""
 
     def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router input (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
@@ -794,6 +805,13 @@ class MoEFFN(nn.Module):
         comb = comb.scatter(1, top_i, gates).to(dt)
         return torch.einsum("etc,te->tc", y, comb)
 
+    def _use_dense(self, tokens: Tensor) -> bool:
+        if self.dispatch == "dense" or _export_mode():
+            return True
+        if self.dispatch == "sparse":
+            return False
+        return tokens.is_cuda and tokens.shape[0] * self.num_experts < DENSE_MOE_MAX_SLOTS
+
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, c)
@@ -806,7 +824,7 @@ class MoEFFN(nn.Module):
             counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts).float()
             frac = counts / counts.sum()
             MOE_AUX.record(self.num_experts * (frac * probs.mean(0)).sum(), frac)
-        if self.force_dense or _export_mode():
+        if self._use_dense(tokens):
             y = self._dense(tokens, top_i, gates)
         else:
             y = self._sparse(tokens, top_i, gates)
@@ -819,8 +837,8 @@ class MoEFFN(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Pre-norm window attention (or depthwise mixer) + gated FFN or MoE FFN, with an optional
-    global mixer (Fourier / selective scan) as a third residual branch. (N,C,H,W) -> same."""
+    """Pre-norm window attention (or depthwise mixer) + gated FFN or MoE FFN.
+    (N,C,H,W) -> (N,C,H,W)."""
 
     def __init__(
         self,
@@ -830,7 +848,6 @@ class AttnBlock(nn.Module):
         shift: bool,
         mlp_ratio: float,
         use_attn: bool,
-        mixer: str = "none",
         moe: tuple[int, int] | None = None,
         ls_init: float = 0.1,
     ) -> None:
@@ -840,11 +857,6 @@ class AttnBlock(nn.Module):
             WindowAttention(channels, window, shift) if use_attn else DepthwiseMixer(channels)
         )
         self.ls1 = LayerScale(channels, ls_init)
-        self.mixer: nn.Module | None = None
-        if mixer != "none":
-            self.norm_g = RMSNorm2d(channels)
-            self.mixer = FourierMixer(channels) if mixer == "fourier" else SelectiveScan2D(channels)
-            self.ls_g = LayerScale(channels, ls_init)
         self.norm2 = RMSNorm2d(channels)
         hidden = max(8, round(channels * mlp_ratio))
         self.ffn: nn.Module = (
@@ -854,9 +866,20 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.ls1(x, self.attn(self.norm1(x)))
-        if self.mixer is not None:
-            x = self.ls_g(x, self.mixer(self.norm_g(x)))
         return self.ls2(x, self.ffn(self.norm2(x)))
+
+
+class GlobalBlock(nn.Module):
+    """Pre-norm residual long-range mixer (Fourier or selective scan): (N,C,H,W) -> same."""
+
+    def __init__(self, channels: int, mixer: str, ls_init: float = 0.1) -> None:
+        super().__init__()
+        self.norm = RMSNorm2d(channels)
+        self.mixer = FourierMixer(channels) if mixer == "fourier" else SelectiveScan2D(channels)
+        self.ls = LayerScale(channels, ls_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ls(x, self.mixer(self.norm(x)))
 
 
 class MoERefine(nn.Module):
@@ -963,10 +986,12 @@ class HybridMoE(nn.Module):
         scale: integer upscaling factor (1 = restoration).
         in_ch: image channels (1 or 3 typically); the output has the same channels.
         dim: width of level 1; levels 2 and 3 use 2·dim and 4·dim.
-        enc_blocks: LF-path blocks per level (gated-conv, attention, attention + mixer).
+        enc_blocks: LF-path blocks per level (gated-conv, attention, attention); level 3
+            ends with the long-range mixer block.
         hf_blocks: HF-path blocks per level (partial large kernel).
         mid_blocks: bottleneck attention + MoE blocks.
-        dec_blocks: decoder blocks per level (gated-conv, attention, attention).
+        dec_blocks: decoder blocks at ×1 (gated-conv) and ×½ (attention); the bottleneck is
+            the decoder's ×¼ level.
         window_size: attention window (tokens per side).
         mlp_ratio: FFN hidden width / channels (also per MoE expert).
         kernel_size: large-kernel size of the HF path, stem and texture head.
@@ -995,7 +1020,7 @@ class HybridMoE(nn.Module):
         enc_blocks: Sequence[int] = (2, 2, 2),
         hf_blocks: Sequence[int] = (2, 1, 1),
         mid_blocks: int = 2,
-        dec_blocks: Sequence[int] = (1, 1, 1),
+        dec_blocks: Sequence[int] = (1, 1),
         window_size: int = 8,
         mlp_ratio: float = 2.0,
         kernel_size: int = 13,
@@ -1019,7 +1044,7 @@ class HybridMoE(nn.Module):
         dim = _check_int("dim", dim, 4)
         enc = _check_blocks("enc_blocks", enc_blocks)
         hfb = _check_blocks("hf_blocks", hf_blocks)
-        dec = _check_blocks("dec_blocks", dec_blocks)
+        dec = _check_blocks("dec_blocks", dec_blocks, levels=2)
         mid_blocks = _check_int("mid_blocks", mid_blocks, 0)
         window_size = _check_int("window_size", window_size, 1)
         kernel_size = _check_int("kernel_size", kernel_size, 3)
@@ -1058,6 +1083,8 @@ class HybridMoE(nn.Module):
             window_size,
             int(use_moe) | int(refine_moe) << 1 | int(use_hf) << 2 | int(use_attn) << 3,
             int(noise) | int(stem_lk) << 1,
+            kernel_size,
+            round(float(mlp_ratio) * 1000),
         ]
         self.register_buffer("hmoe_meta", torch.tensor(meta, dtype=torch.int32))
 
@@ -1073,23 +1100,21 @@ class HybridMoE(nn.Module):
         self.stem_lk = RepConv(c1, c1, kernel_size, groups=c1, deploy=deploy) if stem_lk else None
         self.split = FrequencySplit(c1, freq_split) if use_hf else None
 
-        def attn(
-            c: int, i: int, mixer: str = "none", moe: tuple[int, int] | None = None
-        ) -> nn.Module:
+        def attn(c: int, i: int, moe: tuple[int, int] | None = None) -> nn.Module:
             return AttnBlock(
                 c,
                 window=window_size,
                 shift=i % 2 == 1,
                 mlp_ratio=mlp_ratio,
                 use_attn=use_attn,
-                mixer=mixer,
                 moe=moe,
             )
 
         # encoder, LF path
         self.lf1 = nn.Sequential(*[GatedConvBlock(c1) for _ in range(enc[0])])
         self.lf2 = nn.Sequential(*[attn(c2, i) for i in range(enc[1])])
-        self.lf3 = nn.Sequential(*[attn(c3, i, global_mixer) for i in range(enc[2])])
+        self.lf3 = nn.Sequential(*[attn(c3, i) for i in range(enc[2])])
+        self.lf3_global = GlobalBlock(c3, global_mixer) if global_mixer != "none" else None
         self.lf_down1 = nn.Conv2d(c1, c2, 2, 2)
         self.lf_down2 = nn.Conv2d(c2, c3, 2, 2)
         # encoder, HF path + fusion
@@ -1108,8 +1133,6 @@ class HybridMoE(nn.Module):
         moe_cfg = (num_experts, top_k) if use_moe else None
         self.mid = nn.Sequential(*[attn(c3, i, moe=moe_cfg) for i in range(mid_blocks)])
         # decoder
-        self.dec3_in = nn.Conv2d(c3 * (1 + paths), c3, 1)
-        self.dec3 = nn.Sequential(*[attn(c3, i) for i in range(dec[2])])
         self.up2 = nn.ConvTranspose2d(c3, c2, 2, 2)
         self.dec2_in = nn.Conv2d(c2 * (1 + paths), c2, 1)
         self.dec2 = nn.Sequential(*[attn(c2, i) for i in range(dec[1])])
@@ -1119,7 +1142,7 @@ class HybridMoE(nn.Module):
         # reconstruction
         hidden = max(8, round(c1 * mlp_ratio))
         self.refine_moe = MoERefine(c1, hidden, num_experts, top_k) if refine_moe else None
-        self.head = TextureHead(c1, kernel_size, noise, deploy)
+        self.head = TextureHead(c1, HEAD_KERNEL, noise, deploy)
         self.up: nn.Module = (
             DySampleUpsampler(c1, in_ch, scale)
             if upsampler == "dysample" and scale > 1
@@ -1189,6 +1212,11 @@ class HybridMoE(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
+    def level3(self, x: Tensor) -> Tensor:
+        """LF path at ×¼: attention blocks, then the long-range mixer."""
+        x = self.lf3(x)
+        return self.lf3_global(x) if self.lf3_global is not None else x
+
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_ch:
             raise ValueError(
@@ -1211,20 +1239,16 @@ class HybridMoE(nn.Module):
             s1 = (lf, hf)
             lf, hf = self.fuse2(self.lf2(self.lf_down1(lf)), self.hf2(self.hf_down1(hf)))
             s2 = (lf, hf)
-            lf, hf = self.fuse3(self.lf3(self.lf_down2(lf)), self.hf3(self.hf_down2(hf)))
-            s3 = (lf, hf)
+            lf, hf = self.fuse3(self.level3(self.lf_down2(lf)), self.hf3(self.hf_down2(hf)))
             m = self.mid_in(torch.cat([lf, hf], dim=1))
         else:
             lf = self.lf1(f)
             s1 = (lf,)
             lf = self.lf2(self.lf_down1(lf))
             s2 = (lf,)
-            lf = self.lf3(self.lf_down2(lf))
-            s3 = (lf,)
-            m = self.mid_in(lf)
+            m = self.mid_in(self.level3(self.lf_down2(lf)))
 
         d = self.mid(m)
-        d = self.dec3(self.dec3_in(torch.cat([d, *s3], dim=1)))
         d = self.dec2(self.dec2_in(torch.cat([self.up2(d), *s2], dim=1)))
         d = self.dec1(self.dec1_in(torch.cat([self.up1(d), *s1], dim=1)))
         d = d + f
@@ -1245,36 +1269,36 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hybridmoe_nano": {
         "dim": 16,
         "enc_blocks": (1, 1, 1),
-        "hf_blocks": (1, 1, 0),
+        "hf_blocks": (1, 0, 0),
         "mid_blocks": 1,
-        "dec_blocks": (1, 1, 0),
+        "dec_blocks": (1, 1),
         "num_experts": 4,
         "top_k": 1,
     },
     "hybridmoe_s": {
         "dim": 32,
-        "enc_blocks": (2, 2, 2),
-        "hf_blocks": (2, 1, 1),
-        "mid_blocks": 2,
-        "dec_blocks": (1, 1, 1),
+        "enc_blocks": (2, 1, 1),
+        "hf_blocks": (2, 1, 0),
+        "mid_blocks": 1,
+        "dec_blocks": (1, 1),
         "num_experts": 4,
         "top_k": 2,
     },
     "hybridmoe_m": {
         "dim": 48,
-        "enc_blocks": (3, 3, 3),
-        "hf_blocks": (2, 2, 1),
-        "mid_blocks": 3,
-        "dec_blocks": (2, 2, 1),
+        "enc_blocks": (3, 2, 2),
+        "hf_blocks": (3, 2, 1),
+        "mid_blocks": 2,
+        "dec_blocks": (2, 2),
         "num_experts": 6,
         "top_k": 2,
     },
     "hybridmoe_l": {
         "dim": 64,
-        "enc_blocks": (4, 4, 6),
-        "hf_blocks": (3, 2, 2),
+        "enc_blocks": (4, 4, 4),
+        "hf_blocks": (4, 3, 2),
         "mid_blocks": 4,
-        "dec_blocks": (3, 3, 2),
+        "dec_blocks": (3, 3),
         "num_experts": 8,
         "top_k": 2,
         "window_size": 16,
@@ -1359,12 +1383,13 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
     if "hmoe_meta" not in sd or "stem.weight" not in sd:
         raise CheckpointError("not a HybridMoE state dict (no 'hmoe_meta' / 'stem.weight' keys)")
     meta = [int(v) for v in sd["hmoe_meta"].reshape(-1).tolist()]
-    if meta[0] > META_VERSION or meta[0] < 1 or len(meta) < 11:
+    if meta[0] > META_VERSION or meta[0] < 1 or len(meta) < 13:
         raise CheckpointError(
             f"HybridMoE checkpoint layout version {meta[0]} is not supported by this "
             f"hybridmoe_arch.py (supports 1..{META_VERSION}); update the file"
         )
     (_, scale, in_ch, top_k, base_i, split_i, mixer_i, up_i, window, flags, flags2) = meta[:11]
+    kernel_size, mlp_ratio = meta[11], meta[12] / 1000
     dim, in_ch_w = sd["stem.weight"].shape[:2]
     if in_ch_w != in_ch:
         raise CheckpointError(
@@ -1372,27 +1397,12 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
         )
     use_hf = "split.log_sigma" in sd or _seq_len(sd, "hf1.") > 0 or "fuse1.conv.weight" in sd
     deploy = any(k.endswith(".fused.weight") for k in sd)
-    kernel_size = 13
-    for k in ("head.lk.lk.weight", "head.lk.fused.weight"):
-        if k in sd:
-            kernel_size = int(sd[k].shape[-1])
     use_moe = bool(flags & 1)
     num_experts = 4
     for k, v in sd.items():
         if k.endswith(".router"):
             num_experts = int(v.shape[0])
             break
-    hidden_src = None
-    for k in ("lf2.0.ffn.fc2.weight", "mid.0.ffn.w_out", "dec2.0.ffn.fc2.weight"):
-        if k in sd:
-            hidden_src = (k, sd[k])
-            break
-    mlp_ratio = 2.0
-    if hidden_src is not None:
-        k, v = hidden_src
-        hidden = int(v.shape[1])
-        c = int(v.shape[0]) if k.endswith("fc2.weight") else int(v.shape[2])
-        mlp_ratio = hidden / c
     cfg: dict[str, Any] = {
         "scale": scale,
         "in_ch": in_ch,
@@ -1404,7 +1414,7 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
             else (2, 1, 1)
         ),
         "mid_blocks": _seq_len(sd, "mid."),
-        "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2."), _seq_len(sd, "dec3.")),
+        "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2.")),
         "window_size": window,
         "mlp_ratio": mlp_ratio,
         "kernel_size": kernel_size,
