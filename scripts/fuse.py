@@ -1,0 +1,212 @@
+"""Fuse a HybridMoE checkpoint into its deploy form (re-parameterized convolutions).
+
+    python scripts/fuse.py CHECKPOINT OUTPUT [--time] [--device cpu|cuda] [--size H W]
+
+CHECKPOINT is any file spandrel loads (``.safetensors``, ``.pth`` with or without the
+traiNNer-redux ``params`` / ``params_ema`` wrappers, ``.ckpt``); OUTPUT's extension picks the
+format: ``.safetensors`` (flat, with the hyperparameters as JSON in the ``metadata`` header
+field, as traiNNer-redux writes it) or ``.pth`` (``{"metadata": ..., "params": ...}``).
+
+Before writing, the fused network is checked against the original on a random image and on a
+real one (a Set5 image downscaled by the model's scale): the maximum absolute difference must
+stay within ``--tol`` (1e-4, fp32). The written file is loaded back and compared once more.
+Exit status: 0 on success, 1 when the fused outputs differ, 2 for a usage or loading error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _bootstrap import REPO_ROOT, import_arch
+from PIL import Image
+
+DEFAULT_IMAGE = REPO_ROOT / "tests" / "data" / "Set5" / "HR" / "butterfly.png"
+OUTPUT_EXTS = (".safetensors", ".pth")
+
+
+class FuseError(Exception):
+    """A usage or loading problem, reported as one line and exit status 2."""
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Number of parameter elements."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_hybridmoe(path: str | Path, device: str = "cpu") -> Any:
+    """Load ``path`` through spandrel and return the descriptor; refuse other architectures."""
+    arch = import_arch()
+    try:
+        desc = arch.load_checkpoint(path, device=device)
+    except arch.CheckpointError as e:
+        raise FuseError(str(e)) from e
+    if not isinstance(desc.model, arch.HybridMoE):
+        raise FuseError(
+            f"{path}: this is a {desc.architecture.name} model, not HybridMoE; only HybridMoE "
+            f"checkpoints can be fused by this script"
+        )
+    desc.model.eval()
+    return desc
+
+
+def real_image(
+    path: Path, scale: int, channels: int, max_side: int = 96, device: str = "cpu"
+) -> torch.Tensor | None:
+    """The image at ``path`` downscaled by ``scale`` (bicubic) and centre-cropped to at most
+    ``max_side`` pixels per side: (1, channels, h, w) float32 in [0, 1]; None if missing."""
+    if not path.is_file():
+        return None
+    img = Image.open(path).convert("L" if channels == 1 else "RGB")
+    if scale > 1:
+        img = img.resize((img.width // scale, img.height // scale), Image.Resampling.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    h, w = arr.shape[:2]
+    top, left = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+    arr = arr[top : top + max_side, left : left + max_side]
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+    if x.shape[1] != channels:  # e.g. a 2-channel model: repeat grey
+        x = x[:, :1].repeat(1, channels, 1, 1)
+    return x.to(device)
+
+
+@torch.no_grad()
+def max_abs_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
+    """max |a(x) - b(x)| for x (N,C,H,W)."""
+    return (a(x).float() - b(x).float()).abs().max().item()
+
+
+@torch.no_grad()
+def median_latency(
+    model: torch.nn.Module, x: torch.Tensor, repeats: int = 5, warmup: int = 1
+) -> float:
+    """Median wall time in seconds of ``model(x)`` over ``repeats`` runs (after ``warmup``)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Write ``model``'s state dict as traiNNer-redux does, format by ``path``'s suffix."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = json.loads(json.dumps(getattr(model, "hyperparameters", {})))  # tuples -> lists
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path), metadata={"metadata": json.dumps(meta)})
+    else:
+        torch.save({"metadata": meta, "params": sd}, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", type=Path, help="HybridMoE checkpoint (any spandrel form)")
+    p.add_argument("output", type=Path, help="fused checkpoint to write (.safetensors or .pth)")
+    p.add_argument("--device", default="cpu", help="device for verification/timing (cpu, cuda)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed (fp32)")
+    p.add_argument(
+        "--image", type=Path, default=DEFAULT_IMAGE, help="real image for the verification"
+    )
+    p.add_argument("--time", action="store_true", help="measure latency before/after fusing")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(128, 128),
+        metavar=("H", "W"),
+        help="input size for --time (default 128 128)",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed runs for --time (median)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except FuseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.output
+    if out.suffix.lower() not in OUTPUT_EXTS:
+        raise FuseError(f"{out}: unsupported output type {out.suffix!r}; use .safetensors or .pth")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise FuseError("--device cuda requested but CUDA is not available")
+    desc = load_hybridmoe(args.checkpoint, args.device)
+    original = desc.model
+    if original.deploy:
+        print("note: the checkpoint is already fused; writing it again in the deploy form")
+    fused = copy.deepcopy(original).fuse().eval()
+    n_before, n_after = count_params(original), count_params(fused)
+
+    scale, ch = original.scale, original.in_ch
+    g = torch.Generator().manual_seed(0)
+    checks: list[tuple[str, torch.Tensor]] = [
+        (f"random 1x{ch}x37x29", torch.rand(1, ch, 37, 29, generator=g).to(args.device))
+    ]
+    img = real_image(args.image, scale, ch, device=args.device)
+    if img is not None:
+        checks.append((f"{args.image.name} /{scale} {tuple(img.shape[-2:])}", img))
+    else:
+        print(f"note: {args.image} not found; verifying on the random image only")
+
+    print(f"model: {desc.architecture.name} x{scale}, tags {', '.join(desc.tags)}")
+    print(f"parameters: {n_before:,} -> {n_after:,} ({n_after - n_before:+,})")
+    worst = 0.0
+    for name, x in checks:
+        d = max_abs_diff(original, fused, x)
+        worst = max(worst, d)
+        print(f"max abs diff fused vs original, {name}: {d:.3e}")
+    if worst > args.tol:
+        print(f"error: fused outputs differ by {worst:.3e} > {args.tol:g}", file=sys.stderr)
+        return 1
+
+    if args.time:
+        h, w = args.size
+        x = torch.rand(1, ch, h, w, generator=g).to(args.device)
+        t0 = median_latency(original, x, args.repeats)
+        t1 = median_latency(fused, x, args.repeats)
+        print(
+            f"latency {args.device} 1x{ch}x{h}x{w} (median of {args.repeats}): "
+            f"{t0 * 1e3:.1f} ms -> {t1 * 1e3:.1f} ms ({t0 / t1:.2f}x)"
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(fused, out)
+    reloaded = load_hybridmoe(out, args.device).model
+    d = max_abs_diff(fused, reloaded, checks[0][1])
+    if not reloaded.deploy or d > 0.0:
+        print(f"error: {out} does not reload as the fused model (diff {d:.3e})", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, deploy form)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
