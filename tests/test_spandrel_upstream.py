@@ -1,0 +1,260 @@
+"""``scripts/spandrel_upstream.py``: HybridMoE written into a spandrel checkout in spandrel's
+layout. A minimal fake checkout checks the layout, idempotency and refusals; the generated
+network and loader are imported and compared with the project's own; with ``SPANDREL_SRC_DIR``
+pointing at a real spandrel checkout, the generated spandrel test runs there too."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import hybridmoe_arch as A
+import pytest
+import spandrel_upstream as U
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REGISTRY_STUB = """from __future__ import annotations
+
+from ..architectures import (
+    ATD,
+    HAT,
+    AuraSR,
+    Compact,
+    HVICIDNet,
+    KBNet,
+)
+from .registry import ArchRegistry, ArchSupport
+
+MAIN_REGISTRY = ArchRegistry()
+
+MAIN_REGISTRY.add(
+    ArchSupport.from_architecture(Compact.CompactArch()),
+    ArchSupport.from_architecture(AuraSR.AuraSRArch()),
+)
+"""
+
+TINY: dict[str, Any] = {
+    "dim": 8,
+    "enc_blocks": (1, 1, 1),
+    "hf_blocks": (1, 1, 1),
+    "mid_blocks": 1,
+    "dec_blocks": (1, 1),
+    "window_size": 4,
+    "kernel_size": 5,
+    "num_experts": 3,
+    "top_k": 2,
+}
+CONFIGS: list[dict[str, Any]] = [
+    {},
+    {"scale": 1, "in_ch": 1},
+    {"scale": 3, "freq_split": "fft", "global_mixer": "ssm"},
+    {"global_mixer": "none", "use_attn": False, "use_hf": False, "hf_blocks": (2, 1, 1)},
+    {"refine_moe": True, "stem_lk": True, "noise": True, "upsampler": "dysample"},
+    {"base": "bicubic", "mlp_ratio": 2.66, "kernel_size": 7},
+    {"deploy": True, "stem_lk": True},
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_checkout(root: Path) -> Path:
+    """The files that make a directory a spandrel checkout, with a stub registry."""
+    (root / "libs/spandrel/spandrel/architectures").mkdir(parents=True)
+    (root / "libs/spandrel/spandrel/util").mkdir(parents=True)
+    (root / "libs/spandrel/spandrel/__helpers").mkdir(parents=True)
+    (root / "libs/spandrel/spandrel/util/__init__.py").write_text("")
+    (root / "libs/spandrel/spandrel/__helpers/main_registry.py").write_text(REGISTRY_STUB)
+    (root / "tests").mkdir()
+    (root / "tests/util.py").write_text("")
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = fake_checkout(tmp_path_factory.mktemp("spandrel"))
+    report = U.export(root, fmt=False)
+    assert len(report.written) == 5 and not report.unchanged
+    return root
+
+
+def test_layout(exported: Path) -> None:
+    arch = exported / U.ARCH_REL
+    assert (arch / "__arch" / "hybridmoe.py").is_file()
+    assert (arch / "__arch" / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
+    assert "MIT License" in (arch / "__arch" / "LICENSE").read_text()
+    init = (arch / "__init__.py").read_text()
+    assert "class HybridMoEArch(Architecture[HybridMoE]):" in init
+    assert '__all__ = ["HybridMoE", "HybridMoEArch"]' in init
+    assert "@override" in init and "StateDict" in init
+    for key in A.SPANDREL_DETECT_KEYS:
+        assert f'"{key}",' in init
+    test = (exported / U.TEST_REL).read_text()
+    assert "assert_loads_correctly(" in test and "assert_size_requirements(" in test
+    assert "No pretrained HybridMoE model is published" in test
+    assert "TODO" not in test
+
+
+def test_registry_entry(exported: Path) -> None:
+    text = (exported / U.REGISTRY_REL).read_text()
+    assert text.count("ArchSupport.from_architecture(HybridMoE.HybridMoEArch()),") == 1
+    names = text.split("from ..architectures import (\n")[1].split(")")[0].split()
+    assert names.count("HybridMoE,") == 1
+    # the existing order is kept: all-caps names, then the others case-insensitively
+    assert names == ["ATD,", "HAT,", "AuraSR,", "Compact,", "HVICIDNet,", "HybridMoE,", "KBNet,"]
+    # detected after every built-in: the entry is the last one, without `before=`
+    entries = [ln.strip() for ln in text.splitlines() if "from_architecture" in ln]
+    assert entries[-1] == "ArchSupport.from_architecture(HybridMoE.HybridMoEArch()),"
+
+
+def test_idempotent(exported: Path) -> None:
+    before = {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()}
+    report = U.export(exported, fmt=False)
+    assert not report.written and len(report.unchanged) == 5
+    assert {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()} == before
+
+
+def test_refuses_non_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert U.main([str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "util.py").write_text("")
+    assert U.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a spandrel checkout" in err and "main_registry.py" in err
+    assert not (tmp_path / "libs").exists()
+
+
+def test_network_code_is_stripped(exported: Path) -> None:
+    code = (exported / U.ARCH_REL / "__arch" / "hybridmoe.py").read_text()
+    for gone in (
+        "def register_spandrel",
+        "def load_checkpoint",
+        "def _make_spandrel_arch",
+        "def hybridmoe_nano",
+        "FACTORIES",
+        "ARCH_REGISTRY",
+        "mamba_ssm",
+        "import os",
+        "from pathlib",
+        "def store_hyperparameters",
+    ):
+        assert gone not in code, gone
+    assert "from spandrel.util import store_hyperparameters" in code
+    assert "@store_hyperparameters()\nclass HybridMoE(nn.Module):" in code
+    assert "def hybridmoe_from_state_dict" in code  # the loader's single source
+    compile(code, "hybridmoe.py", "exec")
+
+
+def _import_file(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generated(exported: Path) -> ModuleType:
+    return _import_file(exported / U.ARCH_REL / "__arch" / "hybridmoe.py", "_gen_hybridmoe")
+
+
+@pytest.mark.parametrize("options", CONFIGS, ids=range(len(CONFIGS)))
+def test_generated_network_matches(options: dict[str, Any], generated: ModuleType) -> None:
+    """Same keys, shapes, hyperparameters and outputs as the project's network."""
+    ours = A.HybridMoE(**{**TINY, **options})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.03)
+    theirs = generated.HybridMoE(**{**TINY, **options})
+    sd = ours.state_dict()
+    assert {k: v.shape for k, v in theirs.state_dict().items()} == {
+        k: v.shape for k, v in sd.items()
+    }
+    theirs.load_state_dict(sd)
+    assert theirs.hyperparameters == ours.hyperparameters
+    x = torch.rand(2, ours.in_ch, 13, 18, generator=g)
+    with torch.no_grad():
+        assert torch.equal(theirs.eval()(x), ours.eval()(x))
+
+
+@pytest.fixture(scope="module")
+def generated_arch(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The generated ``HybridMoEArch`` imported inside a stand-in package whose
+    ``__helpers.model_descriptor`` is the installed spandrel's."""
+    pkg = tmp_path_factory.mktemp("pkg") / "spandrel_standin"
+    (pkg / "__helpers").mkdir(parents=True)
+    (pkg / "architectures").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "architectures" / "__init__.py").write_text("")
+    (pkg / "__helpers" / "__init__.py").write_text("")
+    (pkg / "__helpers" / "model_descriptor.py").write_text(
+        "from spandrel.__helpers.model_descriptor import (  # noqa: F401\n"
+        "    Architecture, ImageModelDescriptor, ModelTiling, StateDict,\n)\n"
+    )
+    shutil.copytree(exported / U.ARCH_REL, pkg / "architectures" / "HybridMoE")
+    sys.path.insert(0, str(pkg.parent))
+    try:
+        module = importlib.import_module("spandrel_standin.architectures.HybridMoE")
+    finally:
+        sys.path.remove(str(pkg.parent))
+    return module.HybridMoEArch()
+
+
+@pytest.mark.parametrize("options", CONFIGS, ids=range(len(CONFIGS)))
+def test_generated_loader_matches(options: dict[str, Any], generated_arch: Any) -> None:
+    """The generated loader detects and rebuilds what the project's loader rebuilds."""
+    import spandrel
+
+    A.register_spandrel()
+    ours_arch = spandrel.MAIN_REGISTRY["HybridMoE"].architecture
+    sd = A.HybridMoE(**{**TINY, **options}).state_dict()
+    assert generated_arch.id == "HybridMoE" and generated_arch.detect(sd)
+    theirs = generated_arch.load(sd)
+    ours = ours_arch.load(sd)
+    assert type(theirs.model).__name__ == "HybridMoE"
+    assert theirs.model.hyperparameters == ours.model.hyperparameters
+    for attr in ("scale", "purpose", "tags", "tiling", "input_channels", "output_channels"):
+        assert getattr(theirs, attr) == getattr(ours, attr), attr
+    assert theirs.supports_half == ours.supports_half
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SPANDREL_SRC_DIR"),
+    reason="set SPANDREL_SRC_DIR to a spandrel checkout to run the generated spandrel test",
+)
+def test_generated_spandrel_test_passes_in_a_checkout(tmp_path: Path) -> None:
+    """Export into a copy of the checkout and run its ``tests/test_HybridMoE.py`` there (with
+    spandrel's own helpers, which need syrupy, opencv, requests and beautifulsoup4)."""
+    src = Path(os.environ["SPANDREL_SRC_DIR"])
+    dst = tmp_path / "spandrel"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git", "models", "__pycache__"))
+    assert U.main([str(dst)]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(U.TEST_REL)],
+        cwd=dst,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout
