@@ -289,7 +289,7 @@ class LayerScale(nn.Module):
 
 
 class RepConv(nn.Module):
-    """Re-parameterizable ``k×k`` convolution: (N,Cin,H,W) -> (N,Cout,H,W).
+    """Re-parameterizable ``k×k`` convolution without bias: (N,Cin,H,W) -> (N,Cout,H,W).
 
     Training form: ``k×k`` + ``3×3`` (when ``k > 3``) + ``1×1`` branches, plus identity when
     ``Cin == Cout``. Deploy form (:meth:`fuse`): one ``k×k`` convolution with the summed kernel,
@@ -304,13 +304,19 @@ class RepConv(nn.Module):
         self.identity = cin == cout
         pad = kernel_size // 2
         if deploy:
-            self.fused: nn.Conv2d | None = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups)
+            self.fused: nn.Conv2d | None = nn.Conv2d(
+                cin, cout, kernel_size, 1, pad, groups=groups, bias=False
+            )
             self.lk = self.sk = self.pw = None
         else:
             self.fused = None
-            self.lk = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups)
-            self.sk = nn.Conv2d(cin, cout, 3, 1, 1, groups=groups) if kernel_size > 3 else None
-            self.pw = nn.Conv2d(cin, cout, 1, 1, 0, groups=groups)
+            self.lk = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups, bias=False)
+            self.sk = (
+                nn.Conv2d(cin, cout, 3, 1, 1, groups=groups, bias=False)
+                if kernel_size > 3
+                else None
+            )
+            self.pw = nn.Conv2d(cin, cout, 1, 1, 0, groups=groups, bias=False)
             nn.init.trunc_normal_(self.lk.weight, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -332,21 +338,17 @@ class RepConv(nn.Module):
         assert self.lk is not None and self.pw is not None
         k = self.k
         weight = self.lk.weight.detach().clone()
-        bias = self.lk.bias.detach().clone()  # type: ignore[union-attr]
         c = k // 2
         weight[:, :, c : c + 1, c : c + 1] += self.pw.weight
-        bias += self.pw.bias  # type: ignore[operator]
         if self.sk is not None:
             weight[:, :, c - 1 : c + 2, c - 1 : c + 2] += self.sk.weight
-            bias += self.sk.bias  # type: ignore[operator]
         if self.identity:
             per_group = self.cin // self.groups
             for o in range(self.cout):
                 weight[o, o % per_group, c, c] += 1.0
-        fused = nn.Conv2d(self.cin, self.cout, k, 1, k // 2, groups=self.groups)
+        fused = nn.Conv2d(self.cin, self.cout, k, 1, k // 2, groups=self.groups, bias=False)
         fused = fused.to(device=weight.device, dtype=weight.dtype)
         fused.weight.copy_(weight)
-        fused.bias.copy_(bias)  # type: ignore[union-attr]
         self.fused = fused
         self.lk = self.sk = self.pw = None
 
@@ -356,9 +358,9 @@ class GatedFFN(nn.Module):
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden * 2, 1)
-        self.dw = nn.Conv2d(hidden * 2, hidden * 2, 3, 1, 1, groups=hidden * 2)
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
+        self.fc1 = nn.Conv2d(channels, hidden * 2, 1, bias=False)
+        self.dw = nn.Conv2d(hidden * 2, hidden * 2, 3, 1, 1, groups=hidden * 2, bias=False)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         g, v = self.dw(self.fc1(x)).chunk(2, dim=1)
@@ -472,12 +474,12 @@ class GatedConvBlock(nn.Module):
     def __init__(self, channels: int, expand: int = 2, ls_init: float = 0.1) -> None:
         super().__init__()
         hidden = channels * expand
-        self.pw1 = nn.Conv2d(channels, hidden, 1)
-        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
-        self.pw2 = nn.Conv2d(hidden // 2, channels, 1)
+        self.pw1 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False)
+        self.pw2 = nn.Conv2d(hidden // 2, channels, 1, bias=False)
         self.ls1 = LayerScale(channels, ls_init)
-        self.pw3 = nn.Conv2d(channels, hidden, 1)
-        self.pw4 = nn.Conv2d(hidden // 2, channels, 1)
+        self.pw3 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.pw4 = nn.Conv2d(hidden // 2, channels, 1, bias=False)
         self.ls2 = LayerScale(channels, ls_init)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -511,8 +513,8 @@ class HFBlock(nn.Module):
         super().__init__()
         self.local = RepConv(channels, channels, 3, deploy=deploy)
         self.plk = PartialLargeKernel(channels, kernel_size, 0.25, deploy)
-        self.mix = nn.Conv2d(channels, channels * 2, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.mix = nn.Conv2d(channels, channels * 2, 1, bias=False)
+        self.proj = nn.Conv2d(channels, channels, 1, bias=False)
         self.ls = LayerScale(channels, ls_init)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -555,8 +557,8 @@ class WindowAttention(nn.Module):
         self.heads = _heads_for(channels)
         self.window = window
         self.shift = window // 2 if shift else 0
-        self.qkv = nn.Conv2d(channels, channels * 3, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=False)
+        self.proj = nn.Conv2d(channels, channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -583,8 +585,8 @@ class DepthwiseMixer(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.dw = nn.Conv2d(channels, channels, 7, 1, 3, groups=channels)
-        self.pw = nn.Conv2d(channels, channels, 1)
+        self.dw = nn.Conv2d(channels, channels, 7, 1, 3, groups=channels, bias=False)
+        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pw(self.dw(x))
@@ -910,7 +912,7 @@ class TextureHead(nn.Module):
     def __init__(self, channels: int, kernel_size: int, noise: bool, deploy: bool) -> None:
         super().__init__()
         self.lk = RepConv(channels, channels, kernel_size, groups=channels, deploy=deploy)
-        self.pw = nn.Conv2d(channels, channels, 1)
+        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
         self.ls = LayerScale(channels, 0.1)
         self.noise_strength = nn.Parameter(torch.zeros(1, channels, 1, 1)) if noise else None
         self.inject_noise_in_eval = False
