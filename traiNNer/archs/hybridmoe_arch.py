@@ -926,12 +926,20 @@ class TextureHead(nn.Module):
         return y
 
 
+def _init_detail_output(conv: nn.Conv2d) -> None:
+    """Near-zero init of the image-producing conv: training starts from the base upsampler's
+    output (the detail path learns the residual) while gradients still reach every layer."""
+    nn.init.trunc_normal_(conv.weight, std=1e-3)
+    nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+
+
 class PixelShuffleUpsampler(nn.Module):
     """3×3 conv to ``out·s²`` channels + PixelShuffle: (N,C,H,W) -> (N,out,sH,sW)."""
 
     def __init__(self, channels: int, out_ch: int, scale: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, out_ch * scale * scale, 3, 1, 1)
+        _init_detail_output(self.conv)
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
@@ -952,6 +960,7 @@ class DySampleUpsampler(nn.Module):
         super().__init__()
         self.scale = scale
         self.conv = nn.Conv2d(channels, out_ch, 3, 1, 1)
+        _init_detail_output(self.conv)
         self.offset = nn.Conv2d(channels, 2 * scale * scale, 1)
         self.scope = nn.Conv2d(channels, 2 * scale * scale, 1)
         nn.init.normal_(self.offset.weight, std=1e-3)  # near-zero offsets at init

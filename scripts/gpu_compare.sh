@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# gpu_compare.sh — run the same-budget training comparison on one GPU machine (no network).
+#
+# usage: scripts/gpu_compare.sh ITERS TIMEOUT_S SCALE MODEL [MODEL ...]
+#
+# Runs every MODEL at SCALE concurrently with traiNNer-redux's real train.py (through the run
+# harness in .ref/tools: gpu_train.sh + train_shim.py), all with the config of
+# `scripts/compare_training.py configs` (identical recipe). Expects, in the repository root:
+#   .ref/hr/{T91,BSDS200,Set5}  HR images (training pairs and Set5 validation pairs are made
+#                               here with MATLAB-compatible bicubic, scripts/make_pairs.py)
+#   .ref/trainner-src, .whl-tr  traiNNer-redux source and its wheels; .ref/tools the harness
+# Writes to $OUT: every run's logs, summary and the results table (logs_x<S>.tar.gz) and one
+# archive of EMA checkpoints per run (cmp_<model>_x<S>.tar: every 1000 iterations + latest).
+set -u
+ITERS=$1; TIMEOUT=$2; SCALE=$3; shift 3; MODELS=("$@")
+OUT=${OUT:-./compare-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+[[ ${SKIP_WHEELS:-0} == 1 ]] || "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site-tr .whl-tr/*.whl 2>&1 | grep -v "root" || true
+[[ ${SKIP_WHEELS:-0} == 1 ]] || export PYTHONPATH=/tmp/site-tr
+
+D=/tmp/cmpdata/x$SCALE
+LQ=$("$PY" -c "import sys; sys.path.insert(0, 'scripts'); import compare_training as c; print(c.LQ_SIZE[$SCALE])")
+"$PY" scripts/make_pairs.py .ref/hr/T91 .ref/hr/BSDS200 --out "$D/train" --scale "$SCALE" \
+  --min-lr-size "$LQ" || exit 2
+"$PY" scripts/make_pairs.py .ref/hr/Set5 --out "$D/val" --scale "$SCALE" || exit 2
+"$PY" scripts/compare_training.py configs --models "${MODELS[@]}" --scales "$SCALE" \
+  --iters "$ITERS" --out /tmp/cmpcfg > /dev/null || exit 2
+P=/tmp/cmpplugin; mkdir -p $P/traiNNer/archs $P/traiNNer/losses
+cp traiNNer/archs/hybridmoe_arch.py $P/traiNNer/archs/
+cp traiNNer/losses/hybridmoe_loss.py $P/traiNNer/losses/
+
+R=/tmp/cmpruns; mkdir -p $R
+for m in "${MODELS[@]}"; do
+  n=cmp_${m}_x$SCALE
+  bash .ref/tools/gpu_train.sh --python "$PY" --wheels none --plugin $P --data "$D" --work /tmp/cmpwork/$n \
+    --out $R/$n --timeout "$TIMEOUT" /tmp/cmpcfg/$n.yml > $R/$n.runner.txt 2>&1 &
+done
+wait
+"$PY" scripts/compare_training.py collect $R --json $R/compare_x$SCALE.json | tee $R/compare_x$SCALE.txt
+tar -czf "$OUT/logs_x$SCALE.tar.gz" -C $R . 2>/dev/null
+# EMA checkpoints of every 1000 iterations and the last one, one archive per run
+for m in "${MODELS[@]}"; do
+  n=cmp_${m}_x$SCALE
+  (cd /tmp/cmpwork/$n/trainner/experiments/$n/models 2>/dev/null && \
+    ls net_g_ema_*000.safetensors net_g_ema_latest.safetensors 2>/dev/null | \
+    tar -cf "$OUT/$n.tar" -T -)
+done
+ls -la "$OUT"
