@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size for --time (default 128 128)",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed runs for --time (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     return p
 
 
@@ -156,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     if out.suffix.lower() not in OUTPUT_EXTS:
         raise FuseError(f"{out}: unsupported output type {out.suffix!r}; use .safetensors or .pth")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise FuseError("--device cuda requested but CUDA is not available")
     desc = load_hybridmoe(args.checkpoint, args.device)
