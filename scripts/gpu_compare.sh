@@ -9,8 +9,8 @@
 #   .ref/hr/{T91,BSDS200,Set5}  HR images (training pairs and Set5 validation pairs are made
 #                               here with MATLAB-compatible bicubic, scripts/make_pairs.py)
 #   .ref/trainner-src, .whl-tr  traiNNer-redux source and its wheels; .ref/tools the harness
-# Writes to $OUT: every run's logs, summary and the results table (logs_x<S>.tar.gz) and one
-# archive of EMA checkpoints per run (cmp_<model>_x<S>.tar: every 1000 iterations + latest).
+# Writes to $OUT: every run's logs, summary and the results table (logs_x<S>.tar.gz) and the
+# final EMA checkpoints of all runs (ckpt_x<S>.tar.partNN; `cat` the parts to untar).
 set -u
 ITERS=$1; TIMEOUT=$2; SCALE=$3; shift 3; MODELS=("$@")
 OUT=${OUT:-./compare-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -39,12 +39,14 @@ for m in "${MODELS[@]}"; do
 done
 wait
 "$PY" scripts/compare_training.py collect $R --json $R/compare_x$SCALE.json | tee $R/compare_x$SCALE.txt
-tar -czf "$OUT/logs_x$SCALE.tar.gz" -C $R . 2>/dev/null
-# EMA checkpoints of every 1000 iterations and the last one, one archive per run
+tar -czf "$OUT/logs_x$SCALE.tar.gz" -C $R --exclude='*.safetensors' . 2>/dev/null
+# the final EMA checkpoint of every run, in one archive (split if over 15 MiB: the device
+# tool returns files of at most 16 MiB)
+CK=/tmp/cmpckpt_x$SCALE; mkdir -p $CK
 for m in "${MODELS[@]}"; do
   n=cmp_${m}_x$SCALE
-  (cd /tmp/cmpwork/$n/trainner/experiments/$n/models 2>/dev/null && \
-    ls net_g_ema_*000.safetensors net_g_ema_latest.safetensors 2>/dev/null | \
-    tar -cf "$OUT/$n.tar" -T -)
+  f=/tmp/cmpwork/$n/trainner/experiments/$n/models/net_g_ema_latest.safetensors
+  [[ -f $f ]] && cp "$f" "$CK/$n.safetensors"
 done
+tar -cf - -C $CK . | split -b 15m -d - "$OUT/ckpt_x$SCALE.tar.part"
 ls -la "$OUT"

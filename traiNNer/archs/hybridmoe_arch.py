@@ -53,8 +53,12 @@ __all__ = [
     "register_spandrel",
 ]
 
-META_VERSION = 1
-"""Version of the layout of the ``hmoe_meta`` buffer (and of the state-dict key layout)."""
+META_VERSION = 2
+"""Version of the layout of the ``hmoe_meta`` int32 buffer. Version 2 (17 values):
+version, scale, in_ch, top_k, base, freq_split, global_mixer, upsampler, window_size,
+flags (use_moe | refine_moe<<1 | use_hf<<2 | use_attn<<3), flags2 (noise | stem_lk<<1),
+kernel_size, mlp_ratio·1000, hf_blocks (3), num_experts. Version 1 had the first 13."""
+META_LENGTHS = {1: 13, 2: 17}
 
 BASE_CHOICES = ("mks2021", "bicubic", "none")
 SPLIT_CHOICES = ("laplacian", "fft")
@@ -271,6 +275,10 @@ class RMSNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():  # ONNX has RMSNormalization only from opset 23
+            xf = x.float()
+            y = xf * torch.rsqrt(xf.square().mean(1, keepdim=True) + self.eps)
+            return (y * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
         w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
         y = F.rms_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, self.eps)
         return y.permute(0, 3, 1, 2)
@@ -285,6 +293,8 @@ class LayerScale(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         g = self.gamma if self.gamma.dtype == y.dtype else self.gamma.to(y.dtype)
+        if torch.onnx.is_in_onnx_export():  # addcmul exports with mixed types; same math
+            return x + y * g
         return torch.addcmul(x, y, g)
 
 
@@ -380,7 +390,7 @@ def _dft_mats(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor, Ten
     """
     i = torch.arange(n, device=device, dtype=torch.float32)
     j = torch.arange(m, device=device, dtype=torch.float32)
-    nt = i[-1:] + 1.0  # n as a (1,) tensor
+    nt = i.amax(0, keepdim=True) + 1.0  # n as a (1,) tensor
     ang = torch.outer(i, j) * (2.0 * math.pi) / nt
     s = torch.rsqrt(nt)
     return torch.cos(ang) * s, torch.sin(ang) * s, j.view(1, -1) / nt
@@ -456,7 +466,7 @@ class FrequencySplit(nn.Module):
 def _fftfreq(n: int, device: torch.device) -> Tensor:
     """|frequency| in cycles/pixel of the ``n`` FFT bins, as ``torch.fft.fftfreq`` (traceable)."""
     k = torch.arange(n, device=device, dtype=torch.float32)
-    nt = k[-1:] + 1.0
+    nt = k.amax(0, keepdim=True) + 1.0
     return torch.where(k * 2 < nt, k, nt - k) / nt
 
 
@@ -616,47 +626,59 @@ class FourierMixer(nn.Module):
         return y.to(x.dtype)
 
 
+def _segsum(la: Tensor) -> Tensor:
+    """Segment sums of log-decays: (..., T) -> (..., T, T) with ``[i, j] = Σ_{j<k<=i} la_k``
+    for ``j <= i`` and ``-inf`` above the diagonal (so ``exp`` gives a causal decay matrix).
+
+    Each entry is a masked cumulative sum of its own terms (no difference of two large prefix
+    sums), which keeps long sequences accurate in float32.
+    """
+    t = la.shape[-1]
+    idx = torch.arange(t, device=la.device)
+    strictly_below = idx.view(-1, 1) > idx.view(1, -1)  # [i, j]: i > j
+    rows = la.unsqueeze(-1).expand(*la.shape, t)  # [i, j] = la_i
+    seg = torch.cumsum(rows.masked_fill(~strictly_below, 0.0), dim=-2)
+    return seg.masked_fill(idx.view(-1, 1) < idx.view(1, -1), float("-inf"))
+
+
 def ssd_scan(  # noqa: PLR0917 (the scan's operands)
     x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int = 64
 ) -> Tensor:
     """Selective state-space scan with a scalar decay per head (Mamba-2 "SSD"), chunked.
 
     Computes, for every sequence and head, ``h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t ⊗ b_t`` and
-    ``y_t = h_t · c_t`` with matmuls inside chunks and a short recurrence across chunks.
+    ``y_t = h_t · c_t``: masked matmuls within chunks of ``chunk`` tokens, and the states
+    passed between chunks with one more masked matmul over the chunk axis. No Python loop and
+    no size-dependent branch, so traced graphs (ONNX, torch.compile) keep dynamic lengths.
 
     Shapes: x (B,L,H,P), dt (B,L,H) (positive), a (H,) (negative), b and c (B,L,S).
     Returns y (B,L,H,P). All float32.
     """
     bsz, length, heads, p = x.shape
     pad = (-length) % chunk
-    if pad:
-        x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        dt = F.pad(dt, (0, 0, 0, pad))
-        b = F.pad(b, (0, 0, 0, pad))
-        c = F.pad(c, (0, 0, 0, pad))
+    x = F.pad(x, (0, 0, 0, 0, 0, pad))
+    dt = F.pad(dt, (0, 0, 0, pad))
+    b = F.pad(b, (0, 0, 0, pad))
+    c = F.pad(c, (0, 0, 0, pad))
     nc = x.shape[1] // chunk
     xs = (x * dt.unsqueeze(-1)).reshape(bsz, nc, chunk, heads, p)
     la = (dt * a).reshape(bsz, nc, chunk, heads).permute(0, 3, 1, 2)  # (B,H,nc,T) log-decay
     bs = b.reshape(bsz, nc, chunk, -1)
     cs = c.reshape(bsz, nc, chunk, -1)
     cum = torch.cumsum(la, dim=-1)  # (B,H,nc,T)
-    # 1) within each chunk: y_t = Σ_{s<=t} (c_t·b_s) exp(cum_t - cum_s) x_s
-    seg = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (B,H,nc,T,T) [t, s]
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
+    # 1) within each chunk: y_t = Σ_{s<=t} (c_t·b_s) exp(Σ_{s<k<=t} la_k) x_s
+    decay = torch.exp(_segsum(la))  # (B,H,nc,T,T) [t, s]
     scores = torch.einsum("bnts,bnus->bntu", cs, bs)  # (B,nc,T,T)
     y = torch.einsum("bntu,bhntu,bnuhp->bnthp", scores, decay, xs)
-    # 2) state at the end of each chunk: Σ_s exp(cum_T - cum_s) b_s ⊗ x_s
+    # 2) state at the end of each chunk: Σ_s exp(Σ_{s<k<=T} la_k) b_s ⊗ x_s
     tail = torch.exp(cum[..., -1:] - cum)  # (B,H,nc,T)
     states = torch.einsum("bnts,bhnt,bnthp->bnhps", bs, tail, xs)  # (B,nc,H,P,S)
-    # 3) carry states across chunks (sequential over chunks, cheap)
-    chunk_decay = torch.exp(cum[..., -1])  # (B,H,nc)
-    carried = []
-    run = torch.zeros_like(states[:, 0])
-    for i in range(nc):
-        carried.append(run)
-        run = run * chunk_decay[:, :, i, None, None] + states[:, i]
-    prev = torch.stack(carried, dim=1)  # (B,nc,H,P,S): state entering chunk i
+    # 3) state entering chunk i: Σ_{j<i} exp(Σ_{j<k<i} L_k) states_j, with L_k the total
+    #    log-decay of chunk k — a causal decay matrix over [zero state, chunk 0, ..., nc-1]
+    chunk_la = F.pad(cum[..., -1], (1, 0))  # (B,H,nc+1)
+    carry = torch.exp(_segsum(chunk_la))  # (B,H,nc+1,nc+1)
+    start = F.pad(states, (0, 0, 0, 0, 0, 0, 1, 0))  # (B,nc+1,H,P,S), a zero state first
+    prev = torch.einsum("bhij,bjhps->bihps", carry, start)[:, :nc]  # (B,nc,H,P,S)
     # 4) contribution of the carried state: exp(cum_t) c_t · prev
     y = y + torch.einsum("bnts,bnhps,bhnt->bnthp", cs, prev, torch.exp(cum))
     return y.reshape(bsz, nc * chunk, heads, p)[:, :length]
@@ -1078,8 +1100,9 @@ class HybridMoE(nn.Module):
         self.scale, self.in_ch, self.dim = scale, in_ch, dim
         self.use_hf, self.use_moe, self.refine = bool(use_hf), bool(use_moe), bool(refine_moe)
         self.deploy = bool(deploy)
-        self.num_experts = num_experts if (use_moe or refine_moe) else 0
-        self.top_k = top_k if self.num_experts else 0
+        has_moe = (use_moe and mid_blocks > 0) or refine_moe
+        self.num_experts = num_experts if has_moe else 0
+        self.top_k = top_k if has_moe else 0
         c1, c2, c3 = dim, dim * 2, dim * 4
 
         meta = [
@@ -1096,6 +1119,8 @@ class HybridMoE(nn.Module):
             int(noise) | int(stem_lk) << 1,
             kernel_size,
             round(float(mlp_ratio) * 1000),
+            *hfb,
+            num_experts,
         ]
         self.register_buffer("hmoe_meta", torch.tensor(meta, dtype=torch.int32))
 
@@ -1211,10 +1236,11 @@ class HybridMoE(nn.Module):
         key = prefix + "hmoe_meta"
         if key in state_dict:
             incoming = state_dict[key]
-            if int(incoming.reshape(-1)[0]) > META_VERSION:
+            version = int(incoming.reshape(-1)[0]) if incoming.numel() else 0
+            if version > META_VERSION:
                 error_msgs.append(
                     f"checkpoint was written by a newer HybridMoE (layout version "
-                    f"{int(incoming.reshape(-1)[0])} > {META_VERSION}); update hybridmoe_arch.py"
+                    f"{version} > {META_VERSION}); update hybridmoe_arch.py"
                 )
             state_dict = {**state_dict, key: self.hmoe_meta.clone()}
         super()._load_from_state_dict(
@@ -1394,10 +1420,16 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
     if "hmoe_meta" not in sd or "stem.weight" not in sd:
         raise CheckpointError("not a HybridMoE state dict (no 'hmoe_meta' / 'stem.weight' keys)")
     meta = [int(v) for v in sd["hmoe_meta"].reshape(-1).tolist()]
-    if meta[0] > META_VERSION or meta[0] < 1 or len(meta) < 13:
+    version = meta[0] if meta else 0
+    if version > META_VERSION:
         raise CheckpointError(
-            f"HybridMoE checkpoint layout version {meta[0]} is not supported by this "
-            f"hybridmoe_arch.py (supports 1..{META_VERSION}); update the file"
+            f"HybridMoE checkpoint layout version {version} is newer than this hybridmoe_arch.py "
+            f"understands (up to {META_VERSION}); update hybridmoe_arch.py"
+        )
+    if version not in META_LENGTHS or len(meta) != META_LENGTHS[version]:
+        raise CheckpointError(
+            f"malformed HybridMoE 'hmoe_meta' buffer (version {version}, {len(meta)} values); "
+            f"the checkpoint is damaged"
         )
     (_, scale, in_ch, top_k, base_i, split_i, mixer_i, up_i, window, flags, flags2) = meta[:11]
     kernel_size, mlp_ratio = meta[11], meta[12] / 1000
@@ -1406,34 +1438,35 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
         raise CheckpointError(
             f"inconsistent HybridMoE checkpoint: meta says in_ch={in_ch}, stem has {in_ch_w}"
         )
-    use_hf = "split.log_sigma" in sd or _seq_len(sd, "hf1.") > 0 or "fuse1.conv.weight" in sd
-    deploy = any(k.endswith(".fused.weight") for k in sd)
-    use_moe = bool(flags & 1)
-    num_experts = 4
-    for k, v in sd.items():
-        if k.endswith(".router"):
-            num_experts = int(v.shape[0])
-            break
+    use_hf = bool(flags & 4)
+    routers = [int(v.shape[0]) for k, v in sd.items() if k.endswith(".router")]
+    if version >= 2:
+        hf_blocks = tuple(meta[13:16])
+        num_experts = meta[16]
+    else:  # version 1 did not record these; read them from the keys
+        hf_blocks = (_seq_len(sd, "hf1."), _seq_len(sd, "hf2."), _seq_len(sd, "hf3."))
+        num_experts = routers[0] if routers else 4
+    if routers and routers[0] != num_experts:
+        raise CheckpointError(
+            f"inconsistent HybridMoE checkpoint: meta says {num_experts} experts, the router "
+            f"has {routers[0]}"
+        )
     cfg: dict[str, Any] = {
         "scale": scale,
         "in_ch": in_ch,
         "dim": int(dim),
         "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),
-        "hf_blocks": (
-            (_seq_len(sd, "hf1."), _seq_len(sd, "hf2."), _seq_len(sd, "hf3."))
-            if use_hf
-            else (2, 1, 1)
-        ),
+        "hf_blocks": hf_blocks,
         "mid_blocks": _seq_len(sd, "mid."),
         "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2.")),
         "window_size": window,
         "mlp_ratio": mlp_ratio,
         "kernel_size": kernel_size,
-        "use_moe": use_moe,
+        "use_moe": bool(flags & 1),
         "num_experts": num_experts,
-        "top_k": top_k if (use_moe or flags & 2) else 2,
+        "top_k": top_k,
         "refine_moe": bool(flags & 2),
-        "use_hf": bool(use_hf),
+        "use_hf": use_hf,
         "use_attn": bool(flags & 8),
         "freq_split": SPLIT_CHOICES[split_i],
         "global_mixer": MIXER_CHOICES[mixer_i],
@@ -1441,10 +1474,8 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
         "noise": bool(flags2 & 1),
         "upsampler": UPSAMPLER_CHOICES[up_i],
         "base": BASE_CHOICES[base_i],
-        "deploy": deploy,
+        "deploy": any(k.endswith(".fused.weight") for k in sd),
     }
-    if not cfg["num_experts"] or cfg["top_k"] > cfg["num_experts"]:
-        cfg["top_k"] = min(max(1, cfg["top_k"]), cfg["num_experts"])
     return HybridMoE(**cfg)
 
 
@@ -1559,20 +1590,23 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             f"{p}: cannot read the checkpoint ({type(e).__name__}: {e}); the file is corrupt, "
             f"truncated or not a PyTorch/safetensors model"
         ) from e
-    if not isinstance(sd, dict) or not sd:
-        raise CheckpointError(f"{p}: the checkpoint holds no tensors")
+    if not isinstance(sd, dict) or not any(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointError(f"{p}: the checkpoint holds no tensors (no model weights)")
     try:
         desc = loader.load_from_state_dict(sd)
     except UnsupportedModelError as e:
         keys = ", ".join(list(sd)[:5])
         raise CheckpointError(
             f"{p}: no known architecture matches this state dict (first keys: {keys}); it is "
-            f"not a HybridMoE checkpoint nor one spandrel supports"
+            f"neither a HybridMoE checkpoint nor a model spandrel supports"
         ) from e
-    except (RuntimeError, KeyError, IndexError) as e:
+    except CheckpointError as e:
+        raise CheckpointError(f"{p}: {e}") from e
+    except (RuntimeError, KeyError, IndexError, ValueError) as e:
+        kind = "a HybridMoE" if "hmoe_meta" in sd else "a known"
         raise CheckpointError(
-            f"{p}: the state dict looks like {'HybridMoE' if 'hmoe_meta' in sd else 'a known'}"
-            f" model but does not load ({e}); the file is damaged or was edited"
+            f"{p}: the state dict looks like {kind} model but does not load ({e}); the file is "
+            f"damaged or was edited"
         ) from e
     desc.model.eval()
     return desc
