@@ -801,6 +801,17 @@ class MoEFFN(nn.Module):
         gates = top_p / top_p.sum(dim=-1, keepdim=True)
         return probs, top_i, gates
 
+    def route_image(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Route every pixel of (N,C,H,W): :meth:`route` of the features minus their 7×7
+        neighbourhood mean, token order (n, h, w).
+
+        Without the centering, all tokens of an image share one dominant direction and pick
+        the same experts (routing collapse); with it, routing follows local structure
+        (edges, texture, flat areas).
+        """
+        local = F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, 1)
+        return self.route((x - local).permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
+
     def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
         dt = tokens.dtype
         w_in, b_in = self.w_in.to(dt), self.b_in.to(dt)
@@ -839,11 +850,7 @@ class MoEFFN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, c)
-        # Route by local structure: features minus their 7×7 neighbourhood mean. Without the
-        # centering, all tokens of an image share one dominant direction and pick the same
-        # experts (routing collapse); with it, routing follows edges/texture vs. flat areas.
-        local = F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, 1)
-        probs, top_i, gates = self.route((x - local).permute(0, 2, 3, 1).reshape(-1, c))
+        probs, top_i, gates = self.route_image(x)
         if self.training and torch.is_grad_enabled():
             counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts).float()
             frac = counts / counts.sum()

@@ -1,0 +1,119 @@
+"""Small command-line tools: expert-usage histogram, dataset pairs, comparison configs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import compare_training
+import hybridmoe_arch as A
+import make_pairs
+import moe_usage
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+
+def tiny_model(scale: int = 2) -> A.HybridMoE:
+    return A.HybridMoE(
+        scale=scale,
+        dim=8,
+        enc_blocks=(1, 1, 1),
+        hf_blocks=(1, 0, 0),
+        mid_blocks=1,
+        dec_blocks=(1, 1),
+        window_size=4,
+        kernel_size=5,
+        num_experts=4,
+        top_k=1,
+    )
+
+
+def test_moe_usage_histogram_sums_to_one(set5_dir: Path) -> None:
+    torch.set_num_threads(1)
+    model = tiny_model().eval()
+    img = np.asarray(Image.open(set5_dir / "HR" / "bird.png").convert("RGB"))[:48, :48]
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    hist = moe_usage.usage_histograms(model, [x])
+    assert list(hist) == ["mid.0.ffn"]
+    assert len(hist["mid.0.ffn"]) == 4
+    assert abs(sum(hist["mid.0.ffn"]) - 1.0) < 1e-6
+
+
+def test_moe_usage_cli(tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.safetensors"
+    save_file(tiny_model().state_dict(), str(path))
+    assert moe_usage.main([str(path), str(set5_dir / "HR" / "bird.png")]) == 0
+    assert "mid.0.ffn" in capsys.readouterr().out
+    no_moe = A.HybridMoE(scale=2, dim=8, use_moe=False, window_size=4)
+    save_file(no_moe.state_dict(), str(tmp_path / "d.safetensors"))
+    assert moe_usage.main([str(tmp_path / "d.safetensors"), str(set5_dir / "HR")]) == 2
+    assert "no MoE layers" in capsys.readouterr().err
+
+
+def test_make_pairs_reproduces_set5_lr(tmp_path: Path, set5_dir: Path) -> None:
+    rc = make_pairs.main(
+        [
+            str(set5_dir / "HR"),
+            "--out",
+            str(tmp_path / "p"),
+            "--scale",
+            "4",
+            "--check-against",
+            str(set5_dir / "LR_bicubic" / "X4"),
+            "--workers",
+            "1",
+        ]
+    )
+    assert rc == 0
+    assert len(list((tmp_path / "p" / "lr").glob("*.png"))) == 5
+    assert (
+        make_pairs.main(
+            [
+                str(set5_dir / "HR"),
+                "--out",
+                str(tmp_path / "q"),
+                "--scale",
+                "2",
+                "--min-lr-size",
+                "200",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    # only baby (512x512 -> 256) has an LR side >= 200
+    assert [p.name for p in (tmp_path / "q" / "lr").glob("*.png")] == ["baby.png"]
+
+
+def test_comparison_configs_differ_only_in_network(tmp_path: Path) -> None:
+    import yaml
+
+    out = tmp_path / "cfg"
+    compare_training.main(
+        [
+            "configs",
+            "--models",
+            "span",
+            "hybridmoe_s",
+            "--scales",
+            "4",
+            "--iters",
+            "100",
+            "--out",
+            str(out),
+        ]
+    )
+    a = yaml.safe_load((out / "cmp_span_x4.yml").read_text())
+    b = yaml.safe_load((out / "cmp_hybridmoe_s_x4.yml").read_text())
+    assert a["network_g"] == {"type": "span"} and b["network_g"] == {"type": "hybridmoe_s"}
+    assert a["train"]["losses"] == b["train"]["losses"][:1]
+    assert b["train"]["losses"][1]["type"] == "hybridmoebalanceloss"
+    for key in ("datasets", "val", "logger", "scale"):
+        assert a[key] == b[key]
+    assert a["train"]["scheduler"]["milestones"] == [50, 75]
+    assert a["datasets"]["train"]["lq_size"] == compare_training.LQ_SIZE[4]
+    assert sys.modules["compare_training"] is compare_training
