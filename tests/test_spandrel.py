@@ -79,9 +79,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "experts-5-top3": {"num_experts": 5, "top_k": 3},
     "experts-1": {"num_experts": 1, "top_k": 1},
     "deeper": {"enc_blocks": (2, 1, 2), "hf_blocks": (1, 2, 0), "mid_blocks": 2},
-    # no bottleneck blocks: use_moe=True without MoE layers (num_experts is then not
-    # recoverable and the loader tags its default 4 experts, so keep 4 here)
-    "no-mid-no-dec2": {"mid_blocks": 0, "dec_blocks": (1, 0), "num_experts": 4},
+    # no bottleneck blocks: use_moe=True without MoE layers (hmoe_meta keeps the expert
+    # count; the model has none, so no "…e-top…" tag)
+    "no-mid-no-dec2": {"mid_blocks": 0, "dec_blocks": (1, 0), "num_experts": 5},
+    "moe-off-6e-top1": {"use_moe": False, "num_experts": 6, "top_k": 1},
     "everything": {
         "freq_split": "fft",
         "global_mixer": "ssm",
@@ -177,21 +178,28 @@ def load(path: Path) -> ImageModelDescriptor[Any]:
     return desc
 
 
-def normalize(hp: dict[str, Any], *, effective: bool) -> dict[str, Any]:
+def has_moe_layers(hp: dict[str, Any]) -> bool:
+    """Whether a configuration builds any MoE layer (bottleneck MoE blocks or refine MoE)."""
+    return bool((hp["use_moe"] and hp["mid_blocks"]) or hp["refine_moe"])
+
+
+def normalize(hp: dict[str, Any], *, effective: bool = False) -> dict[str, Any]:
     """Lists for tuples; with ``effective``, drop options that have no effect on the model
-    (HF block counts without the HF path, expert counts without any MoE layer)."""
+    (HF block counts without the HF path, expert counts without any MoE layer: what an
+    ``hmoe_meta`` version 1 checkpoint could not record)."""
     out = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in hp.items()}
     if effective:
         if not out["use_hf"]:
             out.pop("hf_blocks")
-        if not ((out["use_moe"] and out["mid_blocks"]) or out["refine_moe"]):
+        if not has_moe_layers(out):
             out.pop("num_experts")
             out.pop("top_k")
     return out
 
 
-def assert_same_hyperparameters(a: A.HybridMoE, b: A.HybridMoE, effective: bool = True) -> None:
-    """spandrel's ``assert_loads_correctly`` comparison (``_get_diff``), as a readable diff."""
+def assert_same_hyperparameters(a: A.HybridMoE, b: A.HybridMoE, effective: bool = False) -> None:
+    """spandrel's ``assert_loads_correctly`` comparison (``_get_diff``), as a readable diff;
+    exact unless ``effective`` (see :func:`normalize`)."""
     ha, hb = (
         normalize(a.hyperparameters, effective=effective),
         normalize(b.hyperparameters, effective=effective),
@@ -205,7 +213,7 @@ def expected_tags(model: A.HybridMoE, variant: str | None = None) -> list[str]:
     hp = model.hyperparameters
     tags = [variant] if variant else []
     tags.append(f"{hp['dim']}dim")
-    if hp["use_moe"] or hp["refine_moe"]:
+    if has_moe_layers(hp):  # a model without MoE layers has no expert tag
         tags.append(f"{hp['num_experts']}e-top{model.top_k}")
     tags.append(hp["global_mixer"])
     if hp["deploy"]:
@@ -294,7 +302,7 @@ def test_round_trip_file_forms(form: str, tmp_path: Path) -> None:
         form = "safetensors-meta" if form.endswith("safetensors") else "pth-meta-params"
     path = save(model, tmp_path / "net", form, ema=ema)
     desc = load(path)
-    assert_same_hyperparameters(model, desc.model, effective=False)
+    assert_same_hyperparameters(model, desc.model)
     assert_descriptor(desc, model)
     x = image(model, 19, 11, n=2)
     assert_same_outputs(desc, model, x)
@@ -305,9 +313,7 @@ def test_round_trip_file_forms(form: str, tmp_path: Path) -> None:
 
         with safe_open(str(path), "pt") as f:
             header = json.loads(f.metadata()["metadata"])
-        assert normalize(header, effective=False) == normalize(
-            desc.model.hyperparameters, effective=False
-        )
+        assert normalize(header) == normalize(desc.model.hyperparameters)
 
 
 @pytest.mark.parametrize("variant", ["hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l"])
@@ -318,7 +324,7 @@ def test_round_trip_variants(variant: str, tmp_path: Path) -> None:
     model.eval()
     form = "safetensors-meta" if variant in ("hybridmoe_nano", "hybridmoe_l") else "pth-meta-params"
     desc = load(save(model, tmp_path / variant, form))
-    assert_same_hyperparameters(model, desc.model, effective=False)
+    assert_same_hyperparameters(model, desc.model)
     assert_descriptor(desc, model, variant=variant.split("_", 1)[1])
     assert_same_outputs(desc, model, image(model, 12, 10))
 
@@ -336,7 +342,7 @@ def test_round_trip_set_top_k(tmp_path: Path) -> None:
         assert desc.model.hyperparameters["top_k"] == 3
         assert all(m.top_k == 3 for m in desc.model.moe_layers())
         assert "4e-top3" in desc.tags
-        assert_same_hyperparameters(model, desc.model, effective=False)
+        assert_same_hyperparameters(model, desc.model)
         assert_same_outputs(desc, model, x)
     # and after fusing
     model.fuse()
@@ -390,27 +396,62 @@ def test_size_requirements_probe() -> None:
 def _hp_exact_round_trip(**options: Any) -> None:
     model = build(**options)
     desc = ModelLoader().load_from_state_dict(model.state_dict())
-    assert_same_hyperparameters(model, desc.model, effective=False)
+    assert_same_hyperparameters(model, desc.model)
     assert_same_outputs(desc, model, image(model))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hybridmoe_from_state_dict: hf_blocks cannot be recovered without the HF path "
-    "(falls back to (2, 1, 1)); no effect on the model, but spandrel's assert_loads_correctly "
-    "compares every hyperparameter",
-)
 def test_hyperparameters_exact_without_hf_path() -> None:
+    """hmoe_meta (version 2) records hf_blocks: recovered without any HF key, as spandrel's
+    ``assert_loads_correctly`` (which compares every hyperparameter) requires."""
     _hp_exact_round_trip(use_hf=False, hf_blocks=(1, 1, 0))
+    _hp_exact_round_trip(use_hf=False, hf_blocks=(3, 0, 2), freq_split="fft")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hybridmoe_from_state_dict: without MoE layers num_experts/top_k fall back to "
-    "(4, 2) although hmoe_meta stores top_k; no effect on the model",
-)
 def test_hyperparameters_exact_without_moe() -> None:
+    """hmoe_meta records num_experts and top_k: recovered without any MoE layer; such a model
+    reports ``num_experts == 0`` and gets no expert tag."""
     _hp_exact_round_trip(use_moe=False, num_experts=6, top_k=1)
+    model = build(use_moe=False, num_experts=6, top_k=1)
+    desc = ModelLoader().load_from_state_dict(model.state_dict())
+    assert desc.model.hyperparameters["num_experts"] == 6
+    assert desc.model.hyperparameters["top_k"] == 1
+    assert desc.model.num_experts == desc.model.top_k == 0 and not desc.model.moe_layers()
+    assert not any("e-top" in t for t in desc.tags)
+    with pytest.raises(ValueError, match="no MoE layers"):
+        desc.model.set_top_k(1)
+
+
+def _as_version1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict as an hmoe_meta version 1 checkpoint wrote it (13 values: no hf_blocks,
+    no num_experts)."""
+    meta = sd["hmoe_meta"].clone()[:13]
+    meta[0] = 1
+    return {**sd, "hmoe_meta": meta}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"refine_moe": True, "num_experts": 5}, {"use_hf": False, "use_moe": False}],
+    ids=["default", "refine-5e", "no-hf-no-moe"],
+)
+def test_version1_checkpoints_still_load(options: dict[str, Any], tmp_path: Path) -> None:
+    """Checkpoints written before hmoe_meta version 2 load with identical outputs: hf_blocks
+    and num_experts come from the keys (exact whenever the model has the HF path and MoE
+    layers; otherwise they have no effect on the model)."""
+    model = build(**options)
+    path = tmp_path / "v1.safetensors"
+    safetensors.torch.save_file(_as_version1(model.state_dict()), str(path))
+    desc = load(path)
+    assert int(desc.model.hmoe_meta[0]) == A.META_VERSION  # rebuilt in the current layout
+    exact = model.hyperparameters["use_hf"] and has_moe_layers(model.hyperparameters)
+    assert_same_hyperparameters(model, desc.model, effective=not exact)
+    assert desc.tags == expected_tags(model)
+    assert_same_outputs(desc, model, image(model))
+    # and a damaged version 1 buffer is still refused
+    bad = _as_version1(model.state_dict())
+    bad["hmoe_meta"] = bad["hmoe_meta"][:12]
+    with pytest.raises(A.CheckpointError, match="malformed"):
+        A.hybridmoe_from_state_dict(bad)
 
 
 def test_non_exact_mlp_ratio_loads() -> None:
@@ -423,8 +464,8 @@ def test_mlp_ratio_without_level2_blocks_loads() -> None:
     _hp_exact_round_trip(
         mlp_ratio=3.0,
         use_moe=False,
-        num_experts=4,  # the defaults: not recoverable without MoE layers (see the xfail)
-        top_k=2,
+        num_experts=5,  # recorded in hmoe_meta although the model has no MoE layer
+        top_k=3,
         enc_blocks=(1, 0, 1),
         dec_blocks=(1, 0),
         mid_blocks=1,

@@ -58,7 +58,8 @@ CONFIGS: list[dict[str, Any]] = [
     {},
     {"scale": 1, "in_ch": 1},
     {"scale": 3, "freq_split": "fft", "global_mixer": "ssm"},
-    {"global_mixer": "none", "use_attn": False, "use_hf": False, "hf_blocks": (2, 1, 1)},
+    {"global_mixer": "none", "use_attn": False, "use_hf": False, "hf_blocks": (1, 0, 2)},
+    {"use_moe": False, "num_experts": 6, "top_k": 1},
     {"refine_moe": True, "stem_lk": True, "noise": True, "upsampler": "dysample"},
     {"base": "bicubic", "mlp_ratio": 2.66, "kernel_size": 7},
     {"deploy": True, "stem_lk": True},
@@ -220,17 +221,20 @@ def generated_arch(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=range(len(CONFIGS)))
 def test_generated_loader_matches(options: dict[str, Any], generated_arch: Any) -> None:
-    """The generated loader detects and rebuilds what the project's loader rebuilds."""
+    """The generated loader detects and rebuilds what the project's loader rebuilds: every
+    hyperparameter of the original model (hf_blocks without the HF path and the expert count
+    without MoE layers too)."""
     import spandrel
 
     A.register_spandrel()
     ours_arch = spandrel.MAIN_REGISTRY["HybridMoE"].architecture
-    sd = A.HybridMoE(**{**TINY, **options}).state_dict()
+    model = A.HybridMoE(**{**TINY, **options})
+    sd = model.state_dict()
     assert generated_arch.id == "HybridMoE" and generated_arch.detect(sd)
     theirs = generated_arch.load(sd)
     ours = ours_arch.load(sd)
     assert type(theirs.model).__name__ == "HybridMoE"
-    assert theirs.model.hyperparameters == ours.model.hyperparameters
+    assert theirs.model.hyperparameters == ours.model.hyperparameters == model.hyperparameters
     for attr in ("scale", "purpose", "tags", "tiling", "input_channels", "output_channels"):
         assert getattr(theirs, attr) == getattr(ours, attr), attr
     assert theirs.supports_half == ours.supports_half
