@@ -1,53 +1,61 @@
 """Export a HybridMoE checkpoint to ONNX with dynamic batch, height and width.
 
-    python scripts/export_onnx.py CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--export-safe]
-                                  [--dynamo | --no-dynamo] [--verify] [--no-fuse]
+    python scripts/export_onnx.py CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--dynamo]
+                                  [--verify] [--export-safe] [--no-fuse] [--allow-static]
+    python scripts/export_onnx.py --matrix DIR [--dynamo] [--export-safe] [--only TEXT]
+                                  [--matrix-fp16 all|variants|none]
 
 The checkpoint is loaded through spandrel (any form: ``.safetensors``, ``.pth`` with the
 traiNNer-redux wrappers, ...), fused into its deploy form (``--no-fuse`` keeps the training
 form) and exported with the input ``input`` (N, C, H, W) and the output ``output``
 (N, C, H·scale, W·scale), all of N, H, W dynamic.
 
-While exporting, the network switches by itself to export-friendly code paths: FFTs become DFT
-matmuls, the MoE layers compute every expert densely (same output) and the selective scan is
-plain torch ops. Both exporters give graphs with dynamic N, H, W: the TorchScript-based one
-(default, ``--no-dynamo``; fast) and the ``torch.export``-based one (``--dynamo``; slower). The
-network pads to multiples of 4 and of the attention window under Python ``if``s on the
-shape; an exporter records only the branch the dummy input takes, so the dummy size is chosen
-to take every padding branch (:func:`dummy_size`; zero pads are valid, so that branch is right
-at every size), and its batch is 2 (torch.export would specialize a batch of 1). Should an
-exporter still fix a dim to the dummy's value, the script stops with an error instead of
-writing a fixed-size graph (``--allow-static`` writes it anyway).
+While exporting, the network switches by itself to static-shape code: FFTs become DFT
+matmuls, the MoE layers compute every expert densely (same output), the selective scan is the
+loop-free pure-PyTorch one, RMS norm and layer scale are written with plain ops. The script
+patches nothing; it only gives the TorchScript exporter a type-preserving ``aten::addcmul``
+(:func:`_addcmul_symbolic`, for fp16 graphs). Both exporters give graphs with dynamic N, H, W
+in the default ONNX domain: the TorchScript-based one (default, ``--no-dynamo``; seconds) and
+the ``torch.export``-based one (``--dynamo``; minutes). The network pads to
+multiples of 4 and of the attention window under Python ``if``s on the shape; an exporter
+records only the branch the dummy input takes, so the dummy size is chosen to take every
+padding branch (:func:`dummy_size`; zero pads are valid, so that branch is right at every
+size), and its batch is 2 (torch.export would specialize a batch of 1). Should an exporter
+still fix an input dim to the dummy's value, the script stops with an error instead of writing
+a fixed-size graph (``--allow-static`` writes it anyway).
 
-``--export-safe`` replaces the chunk loop of the selective scan (``ssm`` global mixer), which
-both exporters unroll for the dummy's number of 64-token chunks, with a loop-free equivalent
-(:func:`ssd_scan_loop_free`, same function); it is on by default for models with an ``ssm``
-mixer (``--no-export-safe`` shows what breaks without it).
+``--export-safe`` checks that the written graph is portable and free of the dummy's size:
+every node in the default ONNX domain (no contrib, ATen-fallback or custom-function ops), the
+ONNX checker in full mode, symbolic N/H/W on the input and output, and the graph traced a
+second time at another dummy size and batch identical to the first, node for node (any value
+fixed to the dummy size, e.g. a baked-in pad amount or a loop unrolled for the dummy's chunk
+count, makes them differ). It doubles the export time.
 
-``--verify`` runs the graph in onnxruntime on CPU at a size that is not a multiple of the
-window, at another size and at batch 2, and prints the max abs difference to PyTorch (fp32).
-Exit status: 0 on success, 1 when verification fails, 2 for a usage or loading error.
+``--verify`` runs the graph in onnxruntime on CPU at sizes other than the dummy's (not a
+multiple of the window; a window multiple with more scan chunks; batch 2) and prints the max
+abs difference to PyTorch (fp32).
+Exit status: 0 on success, 1 when verification or the export-safe check fails, 2 for a usage
+or loading error.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import difflib
+import hashlib
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _bootstrap import import_arch
-from torch import Tensor
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -56,6 +64,9 @@ FP32_TOL = 1e-4
 """Max abs difference allowed between onnxruntime (fp32 graph) and PyTorch."""
 FP16_TOL = 5e-2
 """Max abs difference allowed between an fp16 graph and PyTorch fp32 (outputs in [0, 1])."""
+SCAN_CHUNK = 64
+"""Tokens per chunk of the network's selective scan (``ssd_scan``)."""
+DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 class ExportError(Exception):
@@ -63,102 +74,18 @@ class ExportError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Export-friendly replacements
+# TorchScript exporter: one symbolic the network still needs
 # ---------------------------------------------------------------------------------------------
 
 
-def ssd_scan_loop_free(  # noqa: PLR0917 (same operands as the network's scan)
-    x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int = 64
-) -> Tensor:
-    """Selective scan without a Python loop over chunks (same function as the network's).
-
-    Shapes: x (B,L,H,P), dt (B,L,H), a (H,), b and c (B,L,S) -> y (B,L,H,P), float32.
-
-    Within a chunk the scan is a masked matmul. The state entering chunk ``i`` is
-    ``Σ_{j<i} exp(Σ_{j<k<i} ℓ_k) · state_j`` with ``ℓ_k`` the log-decay of chunk ``k``: the
-    segment sums come from a reversed cumulative sum over a masked (chunks × chunks) matrix
-    (each entry sums only its own terms, no differences of large prefix sums), so the number
-    of chunks is a graph dimension instead of an unrolled loop count. The padding to a chunk
-    multiple is unconditional (a zero-width pad is valid), so no branch depends on the size.
-    """
-    bsz, length, heads, p = x.shape
-    pad = (-length) % chunk
-    x = F.pad(x, (0, 0, 0, 0, 0, pad))
-    dt = F.pad(dt, (0, 0, 0, pad))
-    b = F.pad(b, (0, 0, 0, pad))
-    c = F.pad(c, (0, 0, 0, pad))
-    nc = x.shape[1] // chunk
-    xs = (x * dt.unsqueeze(-1)).reshape(bsz, nc, chunk, heads, p)
-    la = (dt * a).reshape(bsz, nc, chunk, heads).permute(0, 3, 1, 2)  # (B,H,nc,T)
-    bs = b.reshape(bsz, nc, chunk, -1)
-    cs = c.reshape(bsz, nc, chunk, -1)
-    cum = torch.cumsum(la, dim=-1)
-    seg = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (B,H,nc,T,T)
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(seg.masked_fill(~causal, float("-inf")))
-    scores = torch.einsum("bnts,bnus->bntu", cs, bs)
-    y = torch.einsum("bntu,bhntu,bnuhp->bnthp", scores, decay, xs)
-    tail = torch.exp(cum[..., -1:] - cum)
-    states = torch.einsum("bnts,bhnt,bnthp->bnhps", bs, tail, xs)  # (B,nc,H,P,S)
-    # state passing: weights W[i, j] = exp(Σ_{j<k<i} ℓ_k) for j < i, else 0
-    lc = cum[..., -1]  # (B,H,nc) log-decay of each chunk
-    idx = torch.arange(nc, device=x.device)
-    before = idx.view(1, -1) < idx.view(-1, 1)  # [i, k]: k < i
-    rows = torch.where(before, lc.unsqueeze(-2), torch.zeros_like(lc).unsqueeze(-2))
-    rev = rows.flip(-1).cumsum(-1).flip(-1)  # [i, j] = Σ_{j<=k<i} ℓ_k
-    rev = torch.cat([rev[..., 1:], torch.zeros_like(rev[..., :1])], dim=-1)  # Σ_{j<k<i}
-    weights = torch.where(before, torch.exp(rev), torch.zeros_like(rev))  # (B,H,nc,nc)
-    prev = torch.einsum("bhij,bjhps->bihps", weights, states)
-    y = y + torch.einsum("bnts,bnhps,bhnt->bnthp", cs, prev, torch.exp(cum))
-    return y.reshape(bsz, nc * chunk, heads, p)[:, :length]
-
-
-@contextlib.contextmanager
-def export_safe_patches(arch: Any, enabled: bool) -> Iterator[None]:
-    """Swap the network's chunk-loop scan for :func:`ssd_scan_loop_free` while exporting."""
-    if not enabled:
-        yield
-        return
-    original = arch.ssd_scan
-    arch.ssd_scan = ssd_scan_loop_free
-    try:
-        yield
-    finally:
-        arch.ssd_scan = original
-
-
-def _rms_norm_symbolic(g: Any, x: Any, normalized_shape: Any, weight: Any, eps: Any) -> Any:
-    """TorchScript-exporter symbolic for ``aten::rms_norm`` (the ONNX op exists only from
-    opset 23): ``x / sqrt(mean(x², last dims) + eps) · weight``, accumulated in float32."""
-    from torch.onnx import symbolic_helper as sh
-
-    node = normalized_shape.node()
-    if node.kind() == "prim::ListConstruct":  # traced sizes, e.g. (x.shape[1],)
-        n_dims = len(list(node.inputs()))
-    else:
-        n_dims = len(sh._get_const(normalized_shape, "is", "normalized_shape"))
-    axes = list(range(-n_dims, 0))
-    eps_v = sh._maybe_get_const(eps, "f")
-    if eps_v is None or sh._is_value(eps_v):
-        eps_v = float(torch.finfo(torch.float32).eps)
-    xf = g.op("Cast", x, to_i=1)  # FLOAT
-    sq = g.op("Mul", xf, xf)
-    if g.opset >= 18:
-        axes_c = g.op("Constant", value_t=torch.tensor(axes, dtype=torch.long))
-        ms = g.op("ReduceMean", sq, axes_c, keepdims_i=1)
-    else:
-        ms = g.op("ReduceMean", sq, axes_i=axes, keepdims_i=1)
-    denom = g.op("Sqrt", g.op("Add", ms, g.op("Constant", value_t=torch.tensor(float(eps_v)))))
-    y = g.op("Div", xf, denom)
-    y = g.op("CastLike", y, x)  # back to the input's type (opset >= 15)
-    if not sh._is_none(weight):
-        y = g.op("Mul", y, weight)
-    return y
-
-
 def _addcmul_symbolic(g: Any, x: Any, t1: Any, t2: Any, value: Any) -> Any:
-    """``aten::addcmul`` as ``x + t1·t2·value`` in the input's type. The built-in symbolic
-    turns the scalar ``value`` into a float32 constant, which promotes half graphs to float."""
+    """``aten::addcmul`` as ``x + t1·t2·value`` in the input's type.
+
+    The TorchScript exporter's built-in symbolic makes the scalar ``value`` a float32
+    constant, which promotes everything after it to float32 in an fp16 graph (onnxruntime then
+    rejects the first float16 convolution fed with it). ``CrossFrequencyFusion`` calls
+    ``torch.addcmul`` on every path, also while exporting.
+    """
     from torch.onnx import symbolic_helper as sh
 
     prod = g.op("Mul", t1, t2)
@@ -170,8 +97,7 @@ def _addcmul_symbolic(g: Any, x: Any, t1: Any, t2: Any, value: Any) -> Any:
 
 
 def register_torchscript_symbolics(opset: int) -> None:
-    """Teach the TorchScript exporter the ops it lacks at ``opset`` (idempotent)."""
-    torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm_symbolic, opset)
+    """Give the TorchScript exporter the type-preserving ``aten::addcmul`` (idempotent)."""
     torch.onnx.register_custom_op_symbolic("aten::addcmul", _addcmul_symbolic, opset)
 
 
@@ -182,6 +108,11 @@ def register_torchscript_symbolics(opset: int) -> None:
 
 def _window_sizes(model: torch.nn.Module) -> set[int]:
     return {m.window for m in model.modules() if hasattr(m, "window") and hasattr(m, "shift")}
+
+
+def _chunks(h: int, w: int) -> int:
+    """Number of scan chunks at the ×¼ level for an (h, w) input (padded to multiples of 4)."""
+    return -(-(-(-h // 4) * -(-w // 4)) // SCAN_CHUNK)
 
 
 def is_generic_size(h: int, w: int, windows: set[int], pad_multiple: int = 4) -> bool:
@@ -207,24 +138,39 @@ def is_generic_size(h: int, w: int, windows: set[int], pad_multiple: int = 4) ->
     return True
 
 
-def dummy_size(model: torch.nn.Module, start: int = 40) -> tuple[int, int]:
-    """The smallest generic (H, W), H < W (see :func:`is_generic_size`), whose selective-scan
-    sequence length (H/4·W/4 after padding) is also not a multiple of the 64-token chunk."""
+def dummy_size(model: torch.nn.Module, start: int = 40, avoid_chunks: int = 0) -> tuple[int, int]:
+    """The smallest generic (H, W), H < W, from ``start`` on (see :func:`is_generic_size`)
+    whose selective-scan sequence (H/4·W/4 tokens after padding) is not a multiple of the
+    64-token chunk and, if ``avoid_chunks`` is set, spans a different number of chunks."""
     windows = _window_sizes(model)
     for h in range(start, start + 200):
         for w in range(h + 1, h + 200):
-            if is_generic_size(h, w, windows) and (-(-h // 4) * -(-w // 4)) % 64:
+            tokens = -(-h // 4) * -(-w // 4)
+            if (
+                is_generic_size(h, w, windows)
+                and tokens % SCAN_CHUNK
+                and _chunks(h, w) != avoid_chunks
+            ):
                 return h, w
     raise ExportError(f"no generic dummy size found for windows {sorted(windows)}")
 
 
+def second_dummy(model: torch.nn.Module, first: tuple[int, int]) -> tuple[int, int]:
+    """Another generic dummy size for the export-safe re-trace: larger, other chunk count."""
+    return dummy_size(model, start=first[0] + 13, avoid_chunks=_chunks(*first))
+
+
 def verify_sizes(model: torch.nn.Module, dummy: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """(N, H, W) checks: a non-window-multiple size other than the dummy, a size that is a
-    multiple of every window (the padding-free path) and batch 2 at a third size."""
+    """(N, H, W) checks, all other than the dummy: a size that is a multiple of neither 4 nor
+    the window; a multiple of 4·every window (the padding-free path) with more than four
+    64-token scan chunks (the dummy has two); batch 2 at a third size."""
     windows = [w for w in _window_sizes(model) if w > 1] or [1]
     mult = 4 * math.lcm(*windows)
     generic = (dummy[0] + 7, dummy[1] - 5) if dummy[1] > 20 else (dummy[0] + 7, dummy[1] + 9)
-    return [(1, *generic), (1, 2 * mult, mult), (2, dummy[0] // 2 + 3, dummy[1] + 13)]
+    a, b = 2, 1
+    while (a * mult // 4) * (b * mult // 4) <= 4 * SCAN_CHUNK:
+        a, b = (a + 1, b) if a <= b else (a, b + 1)
+    return [(1, *generic), (1, a * mult, b * mult), (2, dummy[0] // 2 + 3, dummy[1] + 13)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +180,9 @@ def verify_sizes(model: torch.nn.Module, dummy: tuple[int, int]) -> list[tuple[i
 
 @dataclass
 class ExportResult:
+    """What :func:`export` wrote: the file, how (exporter, opset, dtype), the dummy (H, W)
+    it traced with, the export time and whether N/H/W of the input are dynamic."""
+
     path: Path
     exporter: str
     opset: int
@@ -241,11 +190,6 @@ class ExportResult:
     dummy: tuple[int, int]
     seconds: float
     dynamic_dims: bool
-
-
-def has_ssm(model: torch.nn.Module) -> bool:
-    """Whether the model contains a selective-scan mixer."""
-    return any(type(m).__name__ == "SelectiveScan2D" for m in model.modules())
 
 
 def onnx_dims(path: Path) -> tuple[list[str | int], list[str | int]]:
@@ -260,36 +204,13 @@ def onnx_dims(path: Path) -> tuple[list[str | int], list[str | int]]:
     return dims(m.graph.input[0]), dims(m.graph.output[0])
 
 
-def export(
-    model: torch.nn.Module,
-    path: Path,
-    *,
-    fp16: bool = False,
-    opset: int = DEFAULT_OPSET,
-    dynamo: bool = False,
-    export_safe: bool = True,
-    allow_static: bool = False,
-) -> ExportResult:
-    """Export ``model`` (eval, CPU) to ``path`` with dynamic N, H, W.
-
-    fp16 graphs are traced from a half-precision copy of the model (the network keeps its FFT
-    / scan / router math in float32 internally, so those parts stay float32 in the graph).
-    """
-    arch = import_arch()
-    net = copy.deepcopy(model).eval().cpu()
-    net = net.half() if fp16 else net.float()
-    dtype = torch.float16 if fp16 else torch.float32
-    h, w = dummy_size(net)
-    # batch 2: a batch of 1 lets torch.export specialize N to 1 (its 0/1 specialization)
-    x = torch.rand(2, net.in_ch, h, w, generator=torch.Generator().manual_seed(0)).to(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with export_safe_patches(arch, export_safe), warnings.catch_warnings(), torch.no_grad():
+def _trace(net: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
+    """Write ``net`` traced on ``x`` (N,C,H,W) to ``path`` with N, H, W declared dynamic."""
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if dynamo:
             from torch.export import Dim
 
-            dyn = {"x": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
             torch.onnx.export(
                 net,
                 (x,),
@@ -298,7 +219,7 @@ def export(
                 output_names=[OUTPUT_NAME],
                 opset_version=opset,
                 dynamo=True,
-                dynamic_shapes=dyn,
+                dynamic_shapes={"x": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}},
                 external_data=False,
                 verbose=False,
             )
@@ -317,6 +238,44 @@ def export(
                     OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
                 },
             )
+
+
+def _prepare(model: torch.nn.Module, fp16: bool) -> tuple[torch.nn.Module, torch.dtype]:
+    net = copy.deepcopy(model).eval().cpu()
+    return (net.half(), torch.float16) if fp16 else (net.float(), torch.float32)
+
+
+def _dummy_input(
+    net: torch.nn.Module, size: tuple[int, int], batch: int, dtype: torch.dtype
+) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(batch, net.in_ch, *size, generator=g).to(dtype)
+
+
+def export(
+    model: torch.nn.Module,
+    path: Path,
+    *,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+    allow_static: bool = False,
+    dummy: tuple[int, int] | None = None,
+    batch: int = 2,
+) -> ExportResult:
+    """Export ``model`` (eval, CPU) to ``path`` with dynamic N, H, W.
+
+    ``dummy`` (H, W) defaults to :func:`dummy_size`; ``batch`` must be ≥ 2 (torch.export
+    specializes a batch of 1). fp16 graphs are traced from a half-precision copy of the model
+    (the network keeps its FFT / scan / router / norm math in float32 internally, so those
+    parts stay float32 in the graph).
+    """
+    net, dtype = _prepare(model, fp16)
+    h, w = dummy if dummy is not None else dummy_size(net)
+    x = _dummy_input(net, (h, w), batch, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _trace(net, x, path, opset, dynamo)
     seconds = time.perf_counter() - t0
     in_dims, _ = onnx_dims(path)
     dynamic = all(isinstance(d, str) for d in (in_dims[0], in_dims[2], in_dims[3]))
@@ -325,9 +284,8 @@ def export(
         raise ExportError(
             f"the {'dynamo' if dynamo else 'TorchScript'} exporter fixed the input dims to "
             f"{in_dims} (the dummy size): the graph would only accept that size. HybridMoE "
-            f"branches on H/W in Python (padding to multiples of 4 and of the window), which "
-            f"torch.export specializes; use the TorchScript exporter (--no-dynamo) or "
-            f"--allow-static for a fixed-size graph"
+            f"branches on H/W in Python (padding to multiples of 4 and of the window); use "
+            f"the other exporter or --allow-static for a fixed-size graph"
         )
     return ExportResult(
         path,
@@ -341,11 +299,181 @@ def export(
 
 
 # ---------------------------------------------------------------------------------------------
+# Export-safe check
+# ---------------------------------------------------------------------------------------------
+
+
+def foreign_ops(model: Any) -> list[str]:
+    """``domain::op`` of every node outside the default ONNX domain (subgraphs and local
+    functions included), sorted and unique. ``model`` is an ``onnx.ModelProto``."""
+    import onnx
+
+    found: set[str] = set()
+
+    def walk(nodes: Any) -> None:
+        for node in nodes:
+            if node.domain not in DEFAULT_DOMAINS:
+                found.add(f"{node.domain}::{node.op_type}")
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g.node)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        walk(sub.node)
+
+    walk(model.graph.node)
+    for fn in model.functions:
+        found.add(f"{fn.domain}::{fn.name} (local function)")
+        walk(fn.node)
+    return sorted(found)
+
+
+def fixed_io_dims(model: Any) -> list[str]:
+    """Input/output N, H, W dims that are fixed numbers instead of names
+    (``onnx.ModelProto`` in; e.g. ``["input dim 2 = 40"]``)."""
+    out = []
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for v in values:
+            dims = v.type.tensor_type.shape.dim
+            for i in (0, 2, 3):
+                if i < len(dims) and not dims[i].dim_param:
+                    out.append(f"{kind} {v.name} dim {i} = {dims[i].dim_value or '?'}")
+    return out
+
+
+def _type_str(value_info: Any) -> str:
+    t = value_info.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in t.shape.dim] if t.HasField("shape") else None
+    return f"{t.elem_type}{dims}"
+
+
+def graph_signature(model: Any) -> list[str]:
+    """A name-free, line-per-item description of an ``onnx.ModelProto``'s graph: declared
+    types and shapes, every node (domain, op, wiring, attributes) and a hash of every constant
+    and initializer. Two exports of one model differ in it only where a value depended on the
+    traced input."""
+    import onnx
+    from onnx import numpy_helper
+
+    ids: dict[str, int] = {}
+
+    def ref(name: str) -> str:
+        return "-" if not name else f"%{ids.setdefault(name, len(ids))}"
+
+    def tensor(t: Any) -> str:
+        arr = numpy_helper.to_array(t)
+        if arr.size <= 8:  # small constants (shapes, pads, axes) by value: readable diffs
+            return f"tensor<{t.data_type}{list(t.dims)}:{arr.reshape(-1).tolist()}>"
+        digest = hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
+        return f"tensor<{t.data_type}{list(t.dims)}:{digest}>"
+
+    def attr_str(a: Any) -> str:
+        if a.type == onnx.AttributeProto.TENSOR:
+            return tensor(a.t)
+        if a.type == onnx.AttributeProto.GRAPH:
+            return "{" + "; ".join(graph(a.g)) + "}"
+        if a.type == onnx.AttributeProto.GRAPHS:
+            return "[" + ", ".join("{" + "; ".join(graph(g)) + "}" for g in a.graphs) + "]"
+        return repr(onnx.helper.get_attribute_value(a))
+
+    def graph(g: Any) -> list[str]:
+        lines = [f"input {ref(v.name)} {_type_str(v)}" for v in g.input]
+        lines += [f"init {ref(t.name)} {tensor(t)}" for t in g.initializer]
+        for node in g.node:
+            ins = ",".join(ref(i) for i in node.input)
+            outs = ",".join(ref(o) for o in node.output)
+            attrs = " ".join(f"{a.name}={attr_str(a)}" for a in sorted(node.attribute, key=str))
+            lines.append(f"{node.domain}::{node.op_type}({ins}) -> {outs} {attrs}".rstrip())
+        lines += [f"shape {ref(v.name)} {_type_str(v)}" for v in g.value_info]
+        lines += [f"output {ref(v.name)} {_type_str(v)}" for v in g.output]
+        return lines
+
+    return graph(model.graph)
+
+
+def static_problems(model: Any) -> list[str]:
+    """The checks of an ``onnx.ModelProto`` that need no second trace: ops outside the
+    default domain, the ONNX checker (full mode: strict shape inference), fixed N/H/W."""
+    import onnx
+
+    problems: list[str] = []
+    foreign = foreign_ops(model)
+    if foreign:
+        problems.append("ops outside the default ONNX domain: " + ", ".join(foreign))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # checker and strict shape inference errors alike
+        problems.append(f"ONNX checker: {type(e).__name__}: {str(e).strip()[:300]}")
+    fixed = fixed_io_dims(model)
+    if fixed:
+        problems.append("fixed input/output dims: " + ", ".join(fixed))
+    return problems
+
+
+@dataclass
+class SafetyReport:
+    """Outcome of :func:`check_export_safe`: problems found (empty: safe), the second dummy
+    (N, H, W) and the time of the re-trace."""
+
+    problems: list[str]
+    second: tuple[int, int, int]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_export_safe(
+    model: torch.nn.Module, result: ExportResult, max_diff_lines: int = 12
+) -> SafetyReport:
+    """Check the graph at ``result.path`` (see the module doc, ``--export-safe``): default-
+    domain ops only, the full ONNX checker, symbolic I/O dims, and an identical graph when
+    ``model`` (the module that was exported) is traced again at a second dummy size and batch.
+    """
+    import tempfile
+
+    import onnx
+
+    first = onnx.load(str(result.path))
+    problems = static_problems(first)
+    net, dtype = _prepare(model, result.dtype == "fp16")
+    h2, w2 = second_dummy(net, result.dummy)
+    second = (3, h2, w2)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path2 = Path(tmp) / "second.onnx"
+        _trace(
+            net,
+            _dummy_input(net, (h2, w2), 3, dtype),
+            path2,
+            result.opset,
+            result.exporter == "dynamo",
+        )
+        other = onnx.load(str(path2))
+    seconds = time.perf_counter() - t0
+    sig1, sig2 = graph_signature(first), graph_signature(other)
+    if sig1 != sig2:
+        diff = [
+            line
+            for line in difflib.unified_diff(sig1, sig2, "dummy", "second dummy", n=0, lineterm="")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        problems.append(
+            f"the graph depends on the dummy size: traced at 2x{result.dummy[0]}x"
+            f"{result.dummy[1]} and at 3x{h2}x{w2}, {len(diff)} line(s) differ, e.g.\n    "
+            + "\n    ".join(s[:200] for s in diff[:max_diff_lines])
+        )
+    return SafetyReport(problems, second, seconds)
+
+
+# ---------------------------------------------------------------------------------------------
 # Verification
 # ---------------------------------------------------------------------------------------------
 
 
 def ort_session(path: Path) -> Any:
+    """An onnxruntime CPU session for the graph at ``path``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -385,11 +513,10 @@ def verify(
 # ---------------------------------------------------------------------------------------------
 
 
-def matrix(out_dir: Path, dynamo: bool = False, fp16: bool = True) -> int:
-    """Export and verify fresh (perturbed) models of every variant at ×2 and ×4, every
-    ``global_mixer`` × ``freq_split`` combination at ×2, and a few extra options on nano.
-    Prints one line per export; returns the number of failures."""
-    arch = import_arch()
+def matrix_cases() -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(label, variant, scale, options) of the matrix: every variant at ×2 and ×4, every
+    ``global_mixer`` × ``freq_split`` combination of every variant at ×2, extra options on
+    nano, and nano at ×1 / ×3."""
     cases: list[tuple[str, str, int, dict[str, Any]]] = []
     for variant in ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l"):
         for scale in (2, 4):
@@ -411,29 +538,57 @@ def matrix(out_dir: Path, dynamo: bool = False, fp16: bool = True) -> int:
         cases.append((f"hybridmoe_nano x2 {opts}", "hybridmoe_nano", 2, opts))
     cases.append(("hybridmoe_nano x1", "hybridmoe_nano", 1, {}))
     cases.append(("hybridmoe_nano x3", "hybridmoe_nano", 3, {}))
+    return cases
+
+
+def matrix(
+    out_dir: Path,
+    dynamo: bool = False,
+    fp16: str = "all",
+    export_safe: bool = False,
+    only: str | None = None,
+) -> int:
+    """Export and verify fresh (perturbed) models of :func:`matrix_cases` (those whose label
+    contains ``only``) as fp32 graphs, and as fp16 graphs too for ``fp16`` "all" cases or the
+    plain "variants" (at ×2 and ×4; "none": no fp16). Every graph must hold default-domain
+    ops only with symbolic N/H/W; with ``export_safe`` the full :func:`check_export_safe`
+    (second trace) runs too. Prints one line per export; returns the number of failures."""
+    import onnx
+
+    arch = import_arch()
+    cases = [c for c in matrix_cases() if only is None or only in c[0]]
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
-    g = torch.Generator().manual_seed(0)
     for i, (name, variant, scale, opts) in enumerate(cases):
+        g = torch.Generator().manual_seed(i)
         model = arch.FACTORIES[variant](scale=scale, **opts)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.01)
         model.eval()
         fused = copy.deepcopy(model).fuse().eval()
-        for half in (False, True) if fp16 and not opts else (False,):
+        with_half = fp16 == "all" or (fp16 == "variants" and not opts and scale in (2, 4))
+        for half in (False, True) if with_half else (False,):
             path = out_dir / f"case{i:02d}{'_fp16' if half else ''}.onnx"
             label = f"{name} {'fp16' if half else 'fp32'}"
             try:
-                res = export(fused, path, fp16=half, dynamo=dynamo, export_safe=has_ssm(fused))
+                res = export(fused, path, fp16=half, dynamo=dynamo)
                 lines: list[str] = []
                 worst = verify(model, res, log=lines.append)
                 tol = FP16_TOL if half else FP32_TOL
                 ok = math.isfinite(worst) and worst <= tol
+                if export_safe:
+                    problems = check_export_safe(fused, res).problems
+                    safe = ", export-safe " + ("FAILED" if problems else "ok")
+                else:
+                    problems = static_problems(onnx.load(str(path)))
+                    safe = ", default domain " + ("FAILED" if problems else "ok")
+                ok = ok and not problems
+                lines += problems
                 failures += not ok
                 print(
                     f"{'ok  ' if ok else 'FAIL'} {label}: {res.exporter}, dummy {res.dummy}, "
-                    f"export {res.seconds:.1f} s, max abs diff {worst:.2e}"
+                    f"export {res.seconds:.1f} s, max abs diff {worst:.2e}{safe}"
                     + ("" if ok else "\n" + "\n".join(lines)),
                     flush=True,
                 )
@@ -481,13 +636,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="instead: export + verify random models of every variant/scale/option in DIR",
     )
+    p.add_argument(
+        "--only", metavar="TEXT", help="with --matrix: only the cases whose label contains TEXT"
+    )
+    p.add_argument(
+        "--matrix-fp16",
+        choices=("all", "variants", "none"),
+        default="all",
+        help="with --matrix: fp16 graphs for every case (default), the plain variants, none",
+    )
     p.add_argument("--fp16", action="store_true", help="export a float16 graph")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument(
         "--export-safe",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="loop-free selective scan (default: on for models with an ssm mixer)",
+        action="store_true",
+        help="check the graph: default ONNX domain only, no value fixed to the dummy size "
+        "(re-traced at a second size and compared); exit 1 if not",
     )
     p.add_argument(
         "--dynamo",
@@ -517,7 +681,14 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.matrix is not None:
-        return int(matrix(args.matrix, dynamo=args.dynamo) > 0)
+        failures = matrix(
+            args.matrix,
+            dynamo=args.dynamo,
+            fp16=args.matrix_fp16,
+            export_safe=args.export_safe,
+            only=args.only,
+        )
+        return int(failures > 0)
     if args.checkpoint is None or args.output is None:
         raise ExportError("CHECKPOINT and OUTPUT are required (or --matrix DIR)")
     if args.output.suffix.lower() != ".onnx":
@@ -533,7 +704,6 @@ def run(args: argparse.Namespace) -> int:
     model = desc.model.eval()
     if not args.no_fuse:
         model = copy.deepcopy(model).fuse().eval()
-    export_safe = has_ssm(model) if args.export_safe is None else args.export_safe
     print(f"model: {desc.architecture.name} x{desc.scale}, tags {', '.join(desc.tags)}")
     result = export(
         model,
@@ -541,16 +711,27 @@ def run(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         opset=args.opset,
         dynamo=args.dynamo,
-        export_safe=export_safe,
         allow_static=args.allow_static,
     )
+    ins, outs = onnx_dims(result.path)
     print(
         f"exported {result.path} ({result.dtype}, opset {result.opset}, {result.exporter} "
-        f"exporter{', export-safe' if export_safe else ''}, dummy {result.dummy[0]}x"
-        f"{result.dummy[1]}, {result.seconds:.1f} s, "
-        f"{result.path.stat().st_size / 2**20:.2f} MiB); "
-        f"dims {onnx_dims(result.path)[0]} -> {onnx_dims(result.path)[1]}"
+        f"exporter, dummy {result.dummy[0]}x{result.dummy[1]}, {result.seconds:.1f} s, "
+        f"{result.path.stat().st_size / 2**20:.2f} MiB); dims {ins} -> {outs}"
     )
+    status = 0
+    if args.export_safe:
+        rep = check_export_safe(model, result)
+        if rep.ok:
+            print(
+                f"export-safe: default ONNX domain only, dims symbolic, graph identical when "
+                f"traced at {rep.second[0]}x{rep.second[1]}x{rep.second[2]} "
+                f"({rep.seconds:.1f} s)"
+            )
+        else:
+            for problem in rep.problems:
+                print(f"error: export-safe: {problem}", file=sys.stderr)
+            status = 1
     if args.verify:
         tol = FP16_TOL if args.fp16 else FP32_TOL
         worst = verify(desc.model, result)
@@ -558,7 +739,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: max abs diff {worst:.3e} > {tol:g}", file=sys.stderr)
             return 1
         print(f"verified: max abs diff {worst:.3e} <= {tol:g}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

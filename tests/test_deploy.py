@@ -259,7 +259,7 @@ def test_onnx_fp16(nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path) -> None:
 )
 def test_onnx_options_tiny(options: dict[str, Any], tmp_path: Path) -> None:
     """Mixers and splits export with dynamic shapes; the ssm scan is checked at a size whose
-    chunk count differs from the dummy's (the loop-free scan is switched on automatically)."""
+    chunk count differs from the dummy's (the network's scan has no loop over chunks)."""
     model = tiny(scale=2, **options)
     ckpt = save_trainer_pth(model, tmp_path / "net.pth")
     out = tmp_path / "net.onnx"
@@ -269,75 +269,191 @@ def test_onnx_options_tiny(options: dict[str, Any], tmp_path: Path) -> None:
         assert np.abs(ort_run(out, x.numpy()) - run(model, x).numpy()).max() < 1e-4
 
 
-def test_onnx_ssm_without_export_safe_breaks_at_new_chunk_count(tmp_path: Path) -> None:
-    """Why --export-safe exists: the tracer unrolls the scan's loop over chunks, so without it
-    the graph fails (or is wrong) once H/4·W/4 spans another number of 64-token chunks."""
+def test_onnx_graph_is_plain_onnx(nano_onnx: Path) -> None:
+    """No custom-domain op, no ATen fallback: the graph runs on any ONNX runtime."""
+    import onnx
+
+    model = onnx.load(str(nano_onnx))
+    assert export_onnx.foreign_ops(model) == []
+    assert not export_onnx.fixed_io_dims(model)
+    assert {n.op_type for n in model.graph.node}.isdisjoint({"ATen", "RMSNormalization", "DFT"})
+
+
+# ---------------------------------------------------------------------- --export-safe
+
+
+def test_export_safe_passes_fp32_and_fp16(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The network exports without dummy-dependent values: ssm scan, fft split, MoE."""
+    model = tiny(scale=2, global_mixer="ssm", freq_split="fft", refine_moe=True)
+    ckpt = save_trainer_pth(model, tmp_path / "net.pth")
+    for extra in ([], ["--fp16"]):
+        out = tmp_path / f"safe{len(extra)}.onnx"
+        assert export_onnx.main([str(ckpt), str(out), "--export-safe", *extra]) == 0
+        log = capsys.readouterr().out
+        assert "export-safe: default ONNX domain only, dims symbolic, graph identical" in log
+
+
+def _baked_pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``_pad_to_multiple`` with the pad amounts turned into Python ints (constants when
+    traced): the kind of size dependence --export-safe has to catch."""
+    h, w = x.shape[-2:]
+    ph, pw = int((-h) % multiple), int((-w) % multiple)
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+_NETWORK_SCAN = A.ssd_scan
+
+
+def _chunk_loop_scan(  # noqa: PLR0917 (same operands as the network's scan)
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """The selective scan with its state carried across chunks by a Python loop (exporters
+    unroll it for the dummy's chunk count). Shapes as ``ssd_scan``: x (B,L,H,P), dt (B,L,H),
+    a (H,), b and c (B,L,S) -> (B,L,H,P)."""
+    bsz, length, heads, p = x.shape
+    state = x.new_zeros(bsz, heads, p, b.shape[-1])
+    outs = []
+    for i in range(0, length, chunk):
+        xs, dts, bs, cs = (t[:, i : i + chunk] for t in (x, dt, b, c))
+        y = _NETWORK_SCAN(xs, dts, a, bs, cs, chunk)  # zero initial state within the chunk
+        cum = torch.cumsum(dts * a, dim=1)  # (B,T,H)
+        y = y + torch.einsum("bts,bhps,bth->bthp", cs, state, torch.exp(cum))
+        tail = torch.exp(cum[:, -1:] - cum)
+        upd = torch.einsum("bts,bth,bthp->bhps", bs, tail, xs * dts.unsqueeze(-1))
+        state = state * torch.exp(cum[:, -1]).unsqueeze(-1).unsqueeze(-1) + upd
+        outs.append(y)
+    return torch.cat(outs, dim=1)
+
+
+def test_chunk_loop_scan_is_the_scan() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 150, 3, 4, generator=g)
+    dt = torch.rand(2, 150, 3, generator=g) * 0.05
+    a = -torch.rand(3, generator=g) * 8 - 1
+    b, c = torch.randn(2, 2, 150, 16, generator=g).unbind(0)
+    ref = A.ssd_scan(x, dt, a, b, c)
+    assert (_chunk_loop_scan(x, dt, a, b, c) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("case", ["baked-pad", "unrolled-scan"])
+def test_export_safe_catches_dummy_dependence(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value fixed at the dummy's size makes the graph wrong at other sizes although the
+    export itself succeeds; --export-safe finds it by tracing at a second size (exit 1; the
+    graph is kept for inspection)."""
     model = tiny(scale=2, global_mixer="ssm")
     ckpt = save_trainer_pth(model, tmp_path / "net.pth")
-    out = tmp_path / "unsafe.onnx"
-    assert export_onnx.main([str(ckpt), str(out), "--no-export-safe"]) == 0
-    dummy = export_onnx.dummy_size(model)
-    same = torch.rand(1, 3, *dummy)
-    assert np.abs(ort_run(out, same.numpy()) - run(model, same).numpy()).max() < 1e-4
-    x = torch.rand(1, 3, 72, 64)
+    if case == "baked-pad":
+        monkeypatch.setattr(A, "_pad_to_multiple", _baked_pad)
+    else:
+        monkeypatch.setattr(A, "ssd_scan", _chunk_loop_scan)
+    out = tmp_path / "net.onnx"
+    assert export_onnx.main([str(ckpt), str(out), "--export-safe"]) == 1
+    err = capsys.readouterr().err
+    assert "export-safe: the graph depends on the dummy size" in err
+    if case == "baked-pad":  # the stem's pad amounts are shown by value
+        assert "[0, 3, 0, 0]" in err
+    # and indeed: the graph is wrong (or rejected) at a size of another padding / chunk count
+    # (73x62: pads 3 and 2, 19x16 = 304 tokens, 5 chunks); the unpatched model is the reference
+    assert out.is_file()
+    monkeypatch.undo()
+    x = torch.rand(1, 3, 73, 62, generator=torch.Generator().manual_seed(5))
     try:
-        diff = np.abs(ort_run(out, x.numpy()) - run(model, x).numpy()).max()
+        diff = float(np.abs(ort_run(out, x.numpy()) - run(model, x).numpy()).max())
     except Exception:  # onnxruntime rejects the shapes
         diff = float("inf")
     assert not diff < 1e-4
 
 
-def test_loop_free_scan_equals_network_scan() -> None:
-    g = torch.Generator().manual_seed(0)
-    for length in (5, 64, 300):
-        x = torch.randn(2, length, 3, 4, generator=g)
-        dt = torch.rand(2, length, 3, generator=g) * 0.02
-        a = -torch.rand(3, generator=g) * 8 - 1
-        b, c = torch.randn(2, 2, length, 16, generator=g).unbind(0)
-        ref = A.ssd_scan(x, dt, a, b, c)
-        got = export_onnx.ssd_scan_loop_free(x, dt, a, b, c)
-        assert (got - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
+def test_export_safe_helpers_on_handmade_graphs() -> None:
+    """Custom-domain nodes (also in subgraphs and local functions) and fixed dims are found."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", 40])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 80, "w"])
+    sub = helper.make_graph(
+        [helper.make_node("Gelu", ["t"], ["u"], domain="com.microsoft")],
+        "sub",
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("u", TensorProto.FLOAT, None)],
+    )
+    nodes = [
+        helper.make_node("Relu", ["input"], ["r"]),
+        helper.make_node("ATen", ["r"], ["s"], domain="org.pytorch.aten", operator="rms_norm"),
+        helper.make_node("Loop", ["", "", "s"], ["output"], body=sub),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out]))
+    assert export_onnx.foreign_ops(model) == ["com.microsoft::Gelu", "org.pytorch.aten::ATen"]
+    assert export_onnx.fixed_io_dims(model) == [
+        "input input dim 0 = 1",
+        "input input dim 3 = 40",
+        "output output dim 2 = 80",
+    ]
+    fn = helper.make_function("custom", "Fn", ["a"], ["b"], [nodes[0]], [])
+    model.functions.append(fn)
+    assert "custom::Fn (local function)" in export_onnx.foreign_ops(model)
+    # signatures ignore value names but see constants
+    same = onnx.ModelProto()
+    same.CopyFrom(model)
+    same.graph.node[0].output[0] = "renamed"
+    same.graph.node[1].input[0] = "renamed"
+    assert export_onnx.graph_signature(same) == export_onnx.graph_signature(model)
+    same.graph.node[0].op_type = "Sigmoid"
+    assert export_onnx.graph_signature(same) != export_onnx.graph_signature(model)
 
 
-def test_dummy_size_takes_every_padding_branch() -> None:
+def test_dummy_sizes() -> None:
+    """The dummy takes every padding branch; the export-safe re-trace size is generic too and
+    spans another number of scan chunks; a verification size has more than four chunks."""
     for window in (1, 2, 4, 8, 16):
         model = A.hybridmoe_nano(scale=2, window_size=window)
         h, w = export_onnx.dummy_size(model)
         assert h != w and (h % 4 or w % 4)
         assert export_onnx.is_generic_size(h, w, {window})
         assert (-(-h // 4) * -(-w // 4)) % 64
+        h2, w2 = export_onnx.second_dummy(model, (h, w))
+        assert export_onnx.is_generic_size(h2, w2, {window}) and (h2, w2) != (h, w)
+        assert export_onnx._chunks(h2, w2) != export_onnx._chunks(h, w)
+        sizes = export_onnx.verify_sizes(model, (h, w))
+        assert all((sh, sw) != (h, w) for _, sh, sw in sizes)
+        _, ph, pw = sizes[1]  # the padding-free size
+        assert ph % (4 * window) == 0 and pw % (4 * window) == 0
+        assert export_onnx._chunks(ph, pw) > 4
     assert not export_onnx.is_generic_size(64, 48, {8})  # no padding at all
     # 45x61 -> 48x64: levels 24x32 and 12x16, all window multiples: unshifted blocks skip
     assert not export_onnx.is_generic_size(45, 61, {8})
     assert export_onnx.is_generic_size(41, 42, {8})  # 44x44: levels 22x22 and 11x11
 
 
-def _dynamo_round_trip(tmp_path: Path, **options: Any) -> None:
-    model = tiny(scale=2, **options)
+# ------------------------------------------------------------------------- dynamo exporter
+
+
+def test_onnx_dynamo_fft_split_and_fourier_mixer(tmp_path: Path) -> None:
+    """The torch.export-based exporter keeps N/H/W dynamic with the generic dummy (batch 2,
+    every padding branch taken), through the DFT matmuls of the fft split and of the Fourier
+    mixer (their lengths are traced, ``_fftfreq`` / ``_dft_mats``); checked at batch 1 and at
+    sizes other than the dummy's, and the graph holds default-domain ops only."""
+    import onnx
+
+    model = tiny(scale=2, freq_split="fft", global_mixer="fourier")
     ckpt = save_trainer_pth(model, tmp_path / "net.pth")
     out = tmp_path / "dyn.onnx"
     assert export_onnx.main([str(ckpt), str(out), "--dynamo"]) == 0
     ins, _ = export_onnx.onnx_dims(out)
     assert isinstance(ins[0], str) and isinstance(ins[2], str) and isinstance(ins[3], str)
+    assert export_onnx.foreign_ops(onnx.load(str(out))) == []
     for shape in ((1, 3, 13, 22), (1, 3, 32, 32), (2, 3, 20, 9)):
         x = torch.rand(*shape, generator=torch.Generator().manual_seed(2))
         assert np.abs(ort_run(out, x.numpy()) - run(model, x).numpy()).max() < 1e-4
-
-
-def test_onnx_dynamo_dynamic_shapes(tmp_path: Path) -> None:
-    """The torch.export-based exporter also keeps N/H/W dynamic with the generic dummy (batch
-    2, every padding branch taken); checked at batch 1 and at sizes other than the dummy's."""
-    _dynamo_round_trip(tmp_path, global_mixer="fourier", freq_split="laplacian")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="hybridmoe_arch._fftfreq / _dft_mats take n as k[-1:] + 1; under torch.export the "
-    "slice has the symbolic length Min(1, n) and broadcasting it trips an internal "
-    "symbolic-shape assertion (k.amax(0, keepdim=True) + 1 exports with both exporters)",
-)
-def test_onnx_dynamo_fft_split(tmp_path: Path) -> None:
-    _dynamo_round_trip(tmp_path, freq_split="fft", global_mixer="none")
 
 
 def test_onnx_usage_errors(
