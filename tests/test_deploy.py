@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +279,28 @@ def test_onnx_graph_is_plain_onnx(nano_onnx: Path) -> None:
     assert export_onnx.foreign_ops(model) == []
     assert not export_onnx.fixed_io_dims(model)
     assert {n.op_type for n in model.graph.node}.isdisjoint({"ATen", "RMSNormalization", "DFT"})
+
+
+def test_addcmul_symbolic_still_needed(tmp_path: Path) -> None:
+    """Why the script keeps one TorchScript symbolic: ``CrossFrequencyFusion`` calls
+    ``torch.addcmul`` while exporting, and the built-in symbolic makes its scalar a float32
+    constant, so an fp16 graph turns float32 after the first fusion and onnxruntime refuses
+    it. When this fails, the network writes the fusion with plain ops under export and
+    ``_addcmul_symbolic`` can go."""
+    model = tiny(scale=2)
+    net = copy.deepcopy(model).half()
+    x = torch.rand(2, 3, 40, 41).half()
+    out = tmp_path / "builtin.onnx"
+    torch.onnx.unregister_custom_op_symbolic("aten::addcmul", export_onnx.DEFAULT_OPSET)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (x,), str(out), opset_version=export_onnx.DEFAULT_OPSET, dynamo=False
+        )
+    with pytest.raises(Exception, match=r"tensor\(float\) and tensor\(float16\)"):
+        export_onnx.ort_session(out)
+    ours = export_onnx.export(model, tmp_path / "ours.onnx", fp16=True)  # registers it again
+    assert export_onnx.ort_session(ours.path) is not None
 
 
 # ---------------------------------------------------------------------- --export-safe
