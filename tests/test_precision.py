@@ -1,0 +1,215 @@
+"""``scripts/check_precision.py``: fp16/bf16 (autocast and cast) against fp32 on real images,
+on CPU with tiny models, small crops and one or two images per set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import check_precision as cp
+import hybridmoe_arch as A
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+TINY: dict[str, Any] = {
+    "dim": 8,
+    "enc_blocks": (1, 1, 1),
+    "hf_blocks": (1, 1, 1),
+    "mid_blocks": 1,
+    "dec_blocks": (1, 1),
+    "window_size": 4,
+    "kernel_size": 5,
+    "num_experts": 3,
+    "top_k": 2,
+}
+QUICK = ["--data", str(DATA), "--sets", "Set5", "--limit", "2", "--crop", "24", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Small tensors: one intra-op thread is faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save_tiny(path: Path, scale: int = 2, std: float = 0.01, **options: Any) -> Path:
+    """A tiny HybridMoE (weights perturbed off their init) as traiNNer-redux's ``.pth``."""
+    model = A.HybridMoE(**{**TINY, "scale": scale, **options})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    torch.save({"metadata": dict(model.hyperparameters), "params": model.state_dict()}, path)
+    return path
+
+
+def save_overflowing_compact(path: Path) -> Path:
+    """A spandrel Compact ×2 whose weights are so large that float16 overflows (Inf) while
+    float32 and bfloat16 (float32's exponent range) stay finite."""
+    from spandrel.architectures.Compact import Compact
+
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(40.0)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("prec") / "tiny_x2.pth")
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """Precision -> the table columns of its row (one model)."""
+    out = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[1] in cp.PRECISIONS:
+            out[parts[1]] = parts
+    return out
+
+
+def test_every_precision_on_a_tiny_model(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.json"
+    assert cp.main([str(tiny_ckpt), *QUICK, "--json", str(out)]) in (0, 1)
+    table = rows(capsys.readouterr().out)
+    assert set(table) == set(cp.PRECISIONS)  # fp16 and bf16 both run on this CPU
+    report = json.loads(out.read_text())
+    (entry,) = report["models"]
+    assert entry["info"]["arch"] == "HybridMoE-FreqNet" and entry["info"]["scale"] == 2
+    res = {r["precision"]: r for r in entry["results"]}
+    ref = res["fp32"]
+    assert ref["ok"] and ref["delta_psnr_mean"] == 0 and ref["max_abs_diff"] == 0
+    assert len(ref["per_image"]) == 2 and all(k.startswith("Set5/") for k in ref["per_image"])
+    assert 15 < ref["psnr"] < 50 and 0 < ref["ssim"] <= 1
+    for name in cp.PRECISIONS[1:]:
+        r = res[name]
+        assert r["skipped"] is None and r["nonfinite"] == 0
+        assert 0 < r["max_abs_diff"] < 0.1  # reduced precision, not another model
+        assert abs(r["delta_psnr_mean"]) <= abs(r["delta_psnr_worst"]) + 1e-12
+        assert r["ok"] == (abs(r["delta_psnr_worst"]) <= cp.DEFAULT_TOL_DB)
+        assert table[name][2] == ("ok" if r["ok"] else "FAIL")
+    # fp16 keeps 3 more mantissa bits than bf16: closer to fp32
+    assert res["fp16-cast"]["max_abs_diff"] < res["bf16-cast"]["max_abs_diff"]
+
+
+def test_infinite_outputs_are_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fp16 overflow (Inf before spandrel's clamp) fails the precision; exit 1. Other
+    architectures than HybridMoE are checked too."""
+    ckpt = save_overflowing_compact(tmp_path / "compact.pth")
+    args = [str(ckpt), *QUICK, "--precisions", "fp16-cast", "bf16-cast"]
+    assert cp.main(args) == 1
+    table = rows(capsys.readouterr().out)
+    assert set(table) == {"fp32", "fp16-cast", "bf16-cast"}
+    assert table["fp16-cast"][2] == "FAIL" and int(table["fp16-cast"][3]) > 0
+    assert int(table["fp32"][3]) == 0 and int(table["bf16-cast"][3]) == 0
+
+
+def test_unsupported_precisions_are_skipped(
+    tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the device has no fp16 autocast the precision is skipped with the reason, as is a
+    cast the model declares unsupported."""
+    real = cp.autocast_supported
+    monkeypatch.setattr(cp, "autocast_supported", lambda d, t: t != torch.float16 and real(d, t))
+    args = [str(tiny_ckpt), *QUICK, "--limit", "1", "--precisions", "fp16-autocast"]
+    assert cp.main([*args, "bf16-autocast"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "fp16-autocast skip   torch.autocast('cpu', fp16) is not supported here" in out
+    assert rows(out)["bf16-autocast"][2] in ("ok", "FAIL")
+
+    class NoHalf:
+        supports_half = False
+        supports_bfloat16 = True
+
+    assert cp.precision_setup(NoHalf(), "fp16-cast", "cpu") == (
+        None,
+        "the model declares no fp16 support (spandrel)",
+    )
+
+
+def test_autocast_probe() -> None:
+    """The probe agrees with what autocast does to a matmul on this CPU."""
+    assert cp.autocast_supported("cpu", torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.float16):
+        fp16_works = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+    assert cp.autocast_supported("cpu", torch.float16) == fp16_works
+
+
+def test_full_images_and_shipped_lr(tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --crop the LR images are checked against Set5's shipped bicubic LR files (an
+    uncropped ×4 image)."""
+    ckpt = save_tiny(tiny_ckpt.parent / "tiny_x4.pth", scale=4)
+    args = [str(ckpt), "--data", str(DATA), "--sets", "Set5", "--limit", "1", "--threads", "1"]
+    assert cp.main([*args, "--precisions", "bf16-cast"]) in (0, 1)
+    assert set(rows(capsys.readouterr().out)) == {"fp32", "bf16-cast"}
+
+
+def test_usage_errors(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cp.main(["hybridmoe_xl", *QUICK]) == 2
+    assert "neither a file nor a variant" in capsys.readouterr().err
+    assert cp.main([str(tmp_path / "missing.pth"), *QUICK]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cp.main([str(tiny_ckpt), *QUICK, "--sets", "Nope"]) == 2
+    assert "set 'Nope' not found" in capsys.readouterr().err
+    assert cp.main([str(tiny_ckpt), *QUICK, "--limit", "0"]) == 2
+    if not torch.cuda.is_available():
+        assert cp.main([str(tiny_ckpt), *QUICK, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_several_models_and_a_variant(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The command a GPU run uses (shell-expanded checkpoints, variant names, --json), here on
+    CPU: one table for all models."""
+    other = save_tiny(tmp_path / "other_x2.pth", std=0.02, global_mixer="ssm")
+    out = tmp_path / "precision.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "check_precision.py"),
+            str(tiny_ckpt),
+            str(other),
+            "hybridmoe_nano",
+            "--scale",
+            "2",
+            *QUICK,
+            "--limit",
+            "1",
+            "--crop",
+            "16",
+            "--precisions",
+            "fp16-cast",
+            "bf16-autocast",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    names = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.split()[1:2] == ["fp32"]]
+    assert names == ["tiny_x2.pth", "other_x2.pth", "hybridmoe_nano"]
+    report = json.loads(out.read_text())
+    assert [m["info"]["model"] for m in report["models"]] == [
+        str(tiny_ckpt),
+        str(other),
+        "hybridmoe_nano",
+    ]
+    assert report["models"][2]["info"]["source"].startswith("hybridmoe_nano x2, random weights")
+    for m in report["models"]:
+        assert [r["precision"] for r in m["results"]] == ["fp32", "fp16-cast", "bf16-autocast"]
