@@ -545,6 +545,8 @@ class CrossFrequencyFusion(nn.Module):
 
     def forward(self, lf: Tensor, hf: Tensor) -> tuple[Tensor, Tensor]:
         a, b, c, d = self.conv(torch.cat([lf, hf], dim=1)).chunk(4, dim=1)
+        if torch.onnx.is_in_onnx_export():  # addcmul exports with mixed types; same math
+            return lf + torch.sigmoid(a) * b, hf + torch.sigmoid(c) * d
         return torch.addcmul(lf, torch.sigmoid(a), b), torch.addcmul(hf, torch.sigmoid(c), d)
 
 
@@ -1588,8 +1590,11 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         )
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: the file is empty (0 bytes); re-download or re-export it")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
     register_spandrel()
-    loader = ModelLoader(device=device)
+    loader = ModelLoader(device=dev)
     try:
         sd = loader.load_state_dict_from_file(p)
     except Exception as e:  # pickle, zip and safetensors errors all mean an unreadable file
