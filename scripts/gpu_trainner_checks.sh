@@ -17,7 +17,7 @@ check() { if [[ $1 -eq 0 ]]; then echo "   ok: $2" | tee -a "$OUT/steps.txt"; el
 
 if [[ ${SKIP_WHEELS:-0} != 1 ]]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site-tr .whl-tr/*.whl $(ls .whl-onnx/*.whl 2>/dev/null) 2>&1 | grep -v "root" || true
+    --target /tmp/site-tr ${WHEELS:-.whl-tr}/*.whl $(ls .whl-onnx/*.whl 2>/dev/null) 2>&1 | grep -v "root" || true
   export PYTHONPATH=/tmp/site-tr
 fi
 

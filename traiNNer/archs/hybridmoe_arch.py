@@ -137,6 +137,17 @@ def _heads_for(channels: int, head_dim: int = 16) -> int:
     return 1
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, returning ``t`` itself when the dtype already matches (no kernel, and
+    no Cast node in traced/exported graphs, which fp16 ONNX converters mishandle)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _f32(t: Tensor) -> Tensor:
+    """``t`` in float32 (see :func:`_cast`)."""
+    return _cast(t, torch.float32)
+
+
 def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Replicate-pad (N,C,H,W) on the bottom/right so H and W are multiples of ``multiple``."""
     h, w = x.shape[-2:]
@@ -276,10 +287,10 @@ class RMSNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.onnx.is_in_onnx_export():  # ONNX has RMSNormalization only from opset 23
-            xf = x.float()
+            xf = _f32(x)
             y = xf * torch.rsqrt(xf.square().mean(1, keepdim=True) + self.eps)
-            return (y * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
-        w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+            return _cast(y * _f32(self.weight).view(1, -1, 1, 1), x.dtype)
+        w = _cast(self.weight, x.dtype)
         y = F.rms_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, self.eps)
         return y.permute(0, 3, 1, 2)
 
@@ -292,7 +303,7 @@ class LayerScale(nn.Module):
         self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), init))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        g = self.gamma if self.gamma.dtype == y.dtype else self.gamma.to(y.dtype)
+        g = _cast(self.gamma, y.dtype)
         if torch.onnx.is_in_onnx_export():  # addcmul exports with mixed types; same math
             return x + y * g
         return torch.addcmul(x, y, g)
@@ -446,20 +457,20 @@ class FrequencySplit(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.mode == "laplacian":
             c = x.shape[1]
-            lf = F.conv2d(x, self.taps_h.to(x.dtype), padding=(0, 2), groups=c)
-            lf = F.conv2d(lf, self.taps_v.to(x.dtype), padding=(2, 0), groups=c)
+            lf = F.conv2d(x, _cast(self.taps_h, x.dtype), padding=(0, 2), groups=c)
+            lf = F.conv2d(lf, _cast(self.taps_v, x.dtype), padding=(2, 0), groups=c)
             return lf, x - lf
         h, w = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.float()
+            xf = _f32(x)
             matmul = _export_mode()
             re, im = rfft2_real(xf, matmul)
             fy = _fftfreq(h, x.device)
             fx = _dft_mats(w, re.shape[-1], x.device)[2].view(-1)  # (Wf,) cycles/pixel
             f2 = fy.square().view(-1, 1) + fx.square().view(1, -1)  # (H, Wf)
-            sigma = self.log_sigma.float().exp().view(1, -1, 1, 1)
+            sigma = _f32(self.log_sigma).exp().view(1, -1, 1, 1)
             mask = torch.exp(-f2.view(1, 1, h, -1) / (2 * sigma.square()))
-            lf = irfft2_real(re * mask, im * mask, (h, w), matmul).to(x.dtype)
+            lf = _cast(irfft2_real(re * mask, im * mask, (h, w), matmul), x.dtype)
         return lf, x - lf
 
 
@@ -569,6 +580,7 @@ class WindowAttention(nn.Module):
         self.heads = _heads_for(channels)
         self.window = window
         self.shift = window // 2 if shift else 0
+        self.scale = (channels // self.heads) ** -0.5
         self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=False)
         self.proj = nn.Conv2d(channels, channels, 1, bias=False)
 
@@ -584,7 +596,11 @@ class WindowAttention(nn.Module):
         d = c // self.heads
         t = qkv.reshape(n, 3, self.heads, d, nh, ws, nw, ws)
         t = t.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, n * nh * nw, self.heads, ws * ws, d)
-        o = F.scaled_dot_product_attention(*t.unbind(0))
+        q, k, v = t.unbind(0)
+        if torch.onnx.is_in_onnx_export():  # plain ops: the exporter's SDPA adds Cast nodes
+            o = torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1) @ v
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)
         o = o.reshape(n, nh, nw, self.heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5)
         o = o.reshape(n, c, hp, wp)
         if s or ph or pw:
@@ -620,12 +636,12 @@ class FourierMixer(nn.Module):
         c = x.shape[1]
         with torch.autocast(device_type=x.device.type, enabled=False):
             matmul = _export_mode()
-            re, im = rfft2_real(x.float(), matmul)
+            re, im = rfft2_real(_f32(x), matmul)
             z = torch.cat([re, im], dim=1)
-            z = F.conv2d(z, self.fc1.weight.float(), self.fc1.bias.float())  # type: ignore[union-attr]
-            z = F.conv2d(F.gelu(z), self.fc2.weight.float(), self.fc2.bias.float())  # type: ignore[union-attr]
+            z = F.conv2d(z, _f32(self.fc1.weight), _f32(self.fc1.bias))  # type: ignore[union-attr]
+            z = F.conv2d(F.gelu(z), _f32(self.fc2.weight), _f32(self.fc2.bias))  # type: ignore[union-attr]
             y = irfft2_real(z[:, :c], z[:, c:], (h, w), matmul)
-        return y.to(x.dtype)
+        return _cast(y, x.dtype)
 
 
 def _segsum(la: Tensor) -> Tensor:
@@ -743,21 +759,21 @@ class SelectiveScan2D(nn.Module):
         xs, z = self.in_proj(x).chunk(2, dim=1)
         xs = F.silu(self.dw(xs))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xs = xs.float()
-            p = F.conv2d(xs, self.x_proj.weight.float(), self.x_proj.bias.float())  # type: ignore[union-attr]
+            xs = _f32(xs)
+            p = F.conv2d(xs, _f32(self.x_proj.weight), _f32(self.x_proj.bias))  # type: ignore[union-attr]
             dt_raw, b, c = p.split([self.heads, self.state, self.state], dim=1)
             length = h * w
-            dt = F.softplus(dt_raw + self.dt_bias.float().view(1, -1, 1, 1))
+            dt = F.softplus(dt_raw + _f32(self.dt_bias).view(1, -1, 1, 1))
             dt = dt.reshape(n, self.heads, length).transpose(1, 2)  # (N,L,H)
             b = b.reshape(n, self.state, length).transpose(1, 2)  # (N,L,S)
             c = c.reshape(n, self.state, length).transpose(1, 2)
             seq = xs.reshape(n, self.heads, self.head_dim, length).permute(0, 3, 1, 2)  # (N,L,H,P)
-            a = -torch.exp(self.a_log.float())
+            a = -torch.exp(_f32(self.a_log))
             fwd = self._scan(seq, dt, a, b, c)
             bwd = self._scan(seq.flip(1), dt.flip(1), a, b.flip(1), c.flip(1)).flip(1)
-            y = fwd + bwd + seq * self.d_skip.float().view(1, 1, -1, 1)
+            y = fwd + bwd + seq * _f32(self.d_skip).view(1, 1, -1, 1)
             y = y.permute(0, 2, 3, 1).reshape(n, ch, h, w)
-        y = y.to(x.dtype) * F.silu(z)
+        y = _cast(y, x.dtype) * F.silu(z)
         return self.out_proj(y)
 
 
@@ -797,7 +813,7 @@ class MoEFFN(nn.Module):
 
     def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router input (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
-        logits = F.linear(feats.float(), self.router.float())
+        logits = F.linear(_f32(feats), _f32(self.router))
         probs = torch.softmax(logits, dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         gates = top_p / top_p.sum(dim=-1, keepdim=True)
@@ -816,8 +832,8 @@ class MoEFFN(nn.Module):
 
     def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
         dt = tokens.dtype
-        w_in, b_in = self.w_in.to(dt), self.b_in.to(dt)
-        w_out, b_out = self.w_out.to(dt), self.b_out.to(dt)
+        w_in, b_in = _cast(self.w_in, dt), _cast(self.b_in, dt)
+        w_out, b_out = _cast(self.w_out, dt), _cast(self.b_out, dt)
         flat = top_i.reshape(-1)
         order = torch.argsort(flat, stable=True)
         tok = order // self.top_k
@@ -830,16 +846,19 @@ class MoEFFN(nn.Module):
                 g, v = torch.addmm(b_in[e], xs[start : start + cnt], w_in[e]).chunk(2, -1)
                 outs.append(torch.addmm(b_out[e], F.gelu(g) * v, w_out[e]))
             start += cnt
-        ys = torch.cat(outs, dim=0) * gates.reshape(-1)[order].unsqueeze(-1).to(dt)
+        ys = torch.cat(outs, dim=0) * _cast(gates.reshape(-1)[order].unsqueeze(-1), dt)
         return torch.zeros_like(tokens).index_add_(0, tok, ys)
 
     def _dense(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
         dt = tokens.dtype
-        h = torch.einsum("tc,ecd->etd", tokens, self.w_in.to(dt)) + self.b_in.to(dt).unsqueeze(1)
+        h = (
+            torch.einsum("tc,ecd->etd", tokens, _cast(self.w_in, dt))
+            + _cast(self.b_in, dt)[:, None]
+        )
         g, v = h.chunk(2, dim=-1)
-        y = torch.bmm(F.gelu(g) * v, self.w_out.to(dt)) + self.b_out.to(dt).unsqueeze(1)
+        y = torch.bmm(F.gelu(g) * v, _cast(self.w_out, dt)) + _cast(self.b_out, dt)[:, None]
         comb = torch.zeros(tokens.shape[0], self.num_experts, device=tokens.device)
-        comb = comb.scatter(1, top_i, gates).to(dt)
+        comb = _cast(comb.scatter(1, top_i, gates), dt)
         return torch.einsum("etc,te->tc", y, comb)
 
     def _use_dense(self, tokens: Tensor) -> bool:
@@ -953,7 +972,7 @@ class TextureHead(nn.Module):
         if self.noise_strength is not None and (self.training or self.inject_noise_in_eval):
             n, _, h, w = y.shape
             noise = torch.randn(n, 1, h, w, device=y.device, dtype=y.dtype)
-            y = y + self.noise_strength.to(y.dtype) * noise
+            y = y + _cast(self.noise_strength, y.dtype) * noise
         return y
 
 
@@ -1004,12 +1023,12 @@ class DySampleUpsampler(nn.Module):
         h, w = x.shape[-2:]
         img = self.conv(x)
         off = self.offset(x) * torch.sigmoid(self.scope(x)) * 0.5
-        off = F.pixel_shuffle(off, s).float()  # (N,2,sH,sW) in low-res pixel units
+        off = _f32(F.pixel_shuffle(off, s))  # (N,2,sH,sW) in low-res pixel units
         ys = (torch.arange(h * s, device=x.device, dtype=torch.float32) + 0.5) / s
         xs = (torch.arange(w * s, device=x.device, dtype=torch.float32) + 0.5) / s
         gx = (xs.view(1, 1, -1) + off[:, 0]) * (2.0 / w) - 1.0
         gy = (ys.view(1, -1, 1) + off[:, 1]) * (2.0 / h) - 1.0
-        grid = torch.stack([gx, gy], dim=-1).to(img.dtype)
+        grid = _cast(torch.stack([gx, gy], dim=-1), img.dtype)
         return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
