@@ -1,0 +1,42 @@
+"""The shipped pretrained weights load through spandrel and restore real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hybridmoe_arch as A
+import pytest
+import torch
+from evaluate import evaluate_set
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = sorted((ROOT / "experiments" / "pretrained_models").glob("*.safetensors"))
+# Set5 Y-PSNR gain over MATLAB bicubic measured with scripts/evaluate.py (docs/BENCHMARKS.md);
+# the assertion keeps a margin below it
+MIN_GAIN_DB = {2: 2.0, 4: 1.0}
+
+
+def test_all_four_models_are_shipped() -> None:
+    names = {p.stem for p in WEIGHTS}
+    assert names == {
+        "2x_HybridMoE_Nano",
+        "4x_HybridMoE_Nano",
+        "2x_HybridMoE_S",
+        "4x_HybridMoE_S",
+    }
+    for p in WEIGHTS:
+        assert (p.parent / f"{p.stem}.md").is_file(), f"model card missing for {p.name}"
+
+
+@pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
+    torch.set_num_threads(1)
+    desc = A.load_checkpoint(path)
+    scale = int(path.stem[0])
+    variant = "nano" if "Nano" in path.stem else "s"
+    assert desc.architecture.id == "HybridMoE"
+    assert desc.scale == scale and desc.purpose == "SR"
+    assert variant in desc.tags
+    res = evaluate_set(set5_dir, scale, desc, limit=2)  # baby, bird
+    gain = res["model"]["psnr"] - res["bicubic"]["psnr"]
+    assert gain > MIN_GAIN_DB[scale], (path.name, res["model"], res["bicubic"])
