@@ -16,8 +16,7 @@ from this project                           into the traiNNer-redux checkout
 ``options/{train,test,onnx}/HybridMoE/*``   ``options/_templates/{train,test,onnx}/HybridMoE/*``
 ==========================================  =====================================================
 
-(The short GPU benchmark configs under ``options/train/HybridMoE/gpu_bench`` are not
-installed.) traiNNer-redux refuses to train from ``options/_templates``: copy a template to
+traiNNer-redux refuses to train from ``options/_templates``: copy a template to
 ``options/train/HybridMoE/`` first and edit the dataset paths there.
 
 Everything written is recorded, with SHA-256 content hashes, in the manifest
@@ -107,7 +106,7 @@ def plan(source_root: Path = REPO_ROOT) -> list[Entry]:
         entries.append(Entry(src, rel))
     for kind in TEMPLATE_KINDS:
         folder = source_root / "options" / kind / TEMPLATE_FOLDER
-        for src in sorted(folder.glob("*.yml")):  # not recursive: gpu_bench stays out
+        for src in sorted(folder.glob("*.yml")):
             entries.append(Entry(src, f"options/_templates/{kind}/{TEMPLATE_FOLDER}/{src.name}"))
     return entries
 

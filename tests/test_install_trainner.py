@@ -39,9 +39,6 @@ def make_source(path: Path, n_templates: int = 2) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
         for f in src:
             shutil.copyfile(f, dst / f.name)
-    bench = path / "options" / "train" / "HybridMoE" / "gpu_bench"
-    bench.mkdir()
-    (bench / "2x_HybridMoE_Nano_bench.yml").write_text("name: bench\n")
     return path
 
 
@@ -93,7 +90,6 @@ def test_install_check_uninstall_cycle(checkout: Path) -> None:
         assert dest.is_file()
         assert not dest.is_symlink()
         assert dest.read_bytes() == e.source.read_bytes()
-    assert not any("gpu_bench" in e.dest for e in entries)
     assert (checkout / ARCH).is_file()
     assert (checkout / LOSS).is_file()
     assert (checkout / TEMPLATE).is_file()

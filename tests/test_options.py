@@ -1,7 +1,10 @@
 """The traiNNer-redux option files under options/: generated, consistent, and loadable.
 
 Always: every file parses with PyYAML, has the keys traiNNer-redux needs, uses our arch and
-loss types with consistent scales, and equals what scripts/make_options.py generates.
+loss types with consistent scales, carries the measured recipe where it was measured (and says
+which values are not measured), and equals what scripts/make_options.py generates. The
+comparison configs of the GPU runs under docs/compare_configs equal what
+scripts/compare_training.py generates.
 With ``TRAINNER_REDUX_DIR`` set: every file also loads with traiNNer-redux's own strict
 config loader (``traiNNer.utils.options.yaml_load``: msgspec, unknown keys are errors).
 """
@@ -18,6 +21,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import compare_training
 import hybridmoe_arch
 import hybridmoe_loss
 import make_options
@@ -26,6 +30,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = ROOT / "options"
+COMPARE_CONFIGS = ROOT / "docs" / "compare_configs"
+# the command that wrote docs/compare_configs (the configs of the measured GPU runs)
+COMPARE_ARGS = [
+    "configs",
+    "--models",
+    *("hybridmoe_nano", "hybridmoe_s", "span", "plksr_tiny", "compact", "safmn"),
+    "--scales",
+    "2",
+    "4",
+    "--iters",
+    "3000",
+]
 ALL_FILES = sorted(OPTIONS.rglob("*.yml"))
 NAME_RE = re.compile(r"^(?P<scale>[1-4])x_HybridMoE_(?P<variant>Nano|S|M|L)(?P<rest>.*)\.yml$")
 OUR_LOSSES = {
@@ -44,8 +60,6 @@ def _load(path: Path) -> dict[str, Any]:
 def _kind(path: Path) -> str:
     rel = path.relative_to(OPTIONS).parts
     if rel[0] == "train":
-        if "gpu_bench" in rel:
-            return "bench"
         return "gan" if path.stem.endswith("_gan") else "fidelity"
     return rel[0]  # test | onnx
 
@@ -63,10 +77,7 @@ def test_the_expected_files_exist() -> None:
             assert f"train/HybridMoE/{stem}_gan.yml" in rel
             assert f"test/HybridMoE/{stem}.yml" in rel
             assert f"onnx/HybridMoE/{stem}.yml" in rel
-    for v in ("Nano", "S"):
-        for s in (2, 4):
-            assert f"train/HybridMoE/gpu_bench/{s}x_HybridMoE_{v}_bench.yml" in rel
-    assert len(rel) == 16 * 4 + 4
+    assert len(rel) == 16 * 4
 
 
 def test_generator_output_equals_committed_files(tmp_path: Path) -> None:
@@ -108,6 +119,8 @@ def test_option_file_is_consistent(path: Path) -> None:
         return
 
     # training configs
+    # every parameter gets a gradient each step (stacked experts; tests/test_ddp.py)
+    assert cfg["find_unused_parameters"] is False
     assert cfg["use_amp"] is True
     assert cfg["amp_bf16"] is True
     assert cfg["use_channels_last"] is True
@@ -165,13 +178,74 @@ def test_option_file_is_consistent(path: Path) -> None:
         assert "pretrain_network_g" not in cfg["path"]
         assert "charbonnierloss" in active
         assert train["ema_power"] > 0
-    if kind == "bench":
-        assert train_ds["batch_size_per_gpu"] == 16
-        assert train_ds["lq_size"] == 64
-        assert all(p.startswith("datasets/data/") for p in train_ds["dataroot_gt"])
-        assert all(p.startswith("datasets/data/") for p in cfg["datasets"]["val"]["dataroot_gt"])
-        assert cfg["val"]["tile_size"] > 0
-        assert cfg["val"]["val_freq"] == 1000
+
+
+MEASURED_LQ = {1: 64, 2: 64, 3: 48, 4: 48}
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_FILES if _kind(p) in ("fidelity", "gan")], ids=_id)
+def test_training_file_says_what_is_measured(path: Path) -> None:
+    """nano/s from scratch carry the measured GPU recipe; m/l and fine-tuning say they don't."""
+    text = path.read_text(encoding="utf-8")
+    header = text.split("#####", 1)[0]
+    assert "starting values for lr, batch size and lq_size" not in text.lower()
+    assert "placeholder" not in text.lower()
+    m = NAME_RE.match(path.name)
+    assert m
+    scale, variant = int(m["scale"]), m["variant"]
+    if _kind(path) == "gan" or variant in ("M", "L"):
+        assert "NOT MEASURED YET" in header
+        assert "MEASURED recipe" not in header
+        return
+    assert "MEASURED recipe" in header
+    assert "NOT MEASURED" not in header
+    assert ("This scale was not run" in header) == (scale not in (2, 4))
+    cfg = _load(path)
+    train_ds = cfg["datasets"]["train"]
+    assert train_ds["batch_size_per_gpu"] == 16
+    assert train_ds["accum_iter"] == 1
+    assert train_ds["lq_size"] == MEASURED_LQ[scale]
+    train = cfg["train"]
+    assert train["optim_g"]["lr"] == 5e-4
+    assert train["optim_g"]["betas"] == [0.9, 0.99]
+    assert train["optim_g"]["weight_decay"] == 0
+    assert train["ema_decay"] == 0.999
+    assert train["ema_power"] == 0.75
+    assert train["warmup_iter"] == -1
+    total = train["total_iter"]
+    assert train["scheduler"]["milestones"] == [total // 2, total * 3 // 4]
+    assert train["scheduler"]["gamma"] == 0.5
+    weights = {e["type"]: e["loss_weight"] for e in train["losses"]}
+    assert weights["charbonnierloss"] == 1.0
+    assert weights[hybridmoe_loss.BALANCE_LOSS_NAME] == 0.01
+    assert weights[hybridmoe_loss.FREQ_LOSS_NAME] == 0.05  # as in the fine-tuning check
+
+
+def test_measured_recipe_matches_the_comparison_runs() -> None:
+    """The recipe of the nano/s templates is the one compare_training.py trained with."""
+    recipe = compare_training.RECIPE
+    assert compare_training.LQ_SIZE == MEASURED_LQ == make_options.MEASURED_LQ
+    for variant in ("nano", "s"):
+        row = make_options.FROM_SCRATCH[variant]
+        assert row["measured"] is True
+        assert row["lr"] == recipe["lr"]
+        assert row["batch"] == recipe["batch"]
+        assert row["lq"] == compare_training.LQ_SIZE
+    assert make_options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
+    assert make_options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
+    assert not make_options.FROM_SCRATCH["m"]["measured"]
+    assert not make_options.FROM_SCRATCH["l"]["measured"]
+
+
+def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> None:
+    """docs/compare_configs is the record of the GPU comparison runs: it cannot drift."""
+    assert compare_training.main([*COMPARE_ARGS, "--out", str(tmp_path)]) == 0
+    expected = {p.name: p.read_bytes() for p in tmp_path.glob("*.yml")}
+    committed = {p.name: p.read_bytes() for p in COMPARE_CONFIGS.glob("*.yml")}
+    assert len(expected) == 12
+    assert sorted(committed) == sorted(expected)
+    for name, data in expected.items():
+        assert committed[name] == data, name
 
 
 def test_yaml_float_formatting() -> None:
