@@ -1042,6 +1042,7 @@ class HybridMoE(nn.Module):
     """HybridMoE-FreqNet super-resolution / restoration network.
 
     Input (N, in_ch, H, W) in [0, 1] (any N, H, W ≥ 1); output (N, in_ch, H·scale, W·scale).
+    The defaults are the ``hybridmoe_s`` size.
 
     Args (keyword only):
         scale: integer upscaling factor (1 = restoration).
@@ -1055,7 +1056,7 @@ class HybridMoE(nn.Module):
             the decoder's ×¼ level.
         window_size: attention window (tokens per side).
         mlp_ratio: FFN hidden width / channels (also per MoE expert).
-        kernel_size: large-kernel size of the HF path, stem and texture head.
+        kernel_size: large-kernel size of the HF path and the optional stem block.
         use_moe: MoE FFN at the bottleneck (False: dense gated FFN).
         num_experts, top_k: MoE size and routing (top_k may be changed later with set_top_k).
         refine_moe: add a full-resolution detail-refinement MoE before the head.
@@ -1078,9 +1079,9 @@ class HybridMoE(nn.Module):
         scale: int = 4,
         in_ch: int = 3,
         dim: int = 32,
-        enc_blocks: Sequence[int] = (2, 2, 2),
-        hf_blocks: Sequence[int] = (2, 1, 1),
-        mid_blocks: int = 2,
+        enc_blocks: Sequence[int] = (2, 1, 1),
+        hf_blocks: Sequence[int] = (2, 1, 0),
+        mid_blocks: int = 1,
         dec_blocks: Sequence[int] = (1, 1),
         window_size: int = 8,
         mlp_ratio: float = 2.0,
@@ -1125,8 +1126,7 @@ class HybridMoE(nn.Module):
                 f"choose 1 <= top_k <= num_experts"
             )
 
-        self.scale, self.in_ch, self.dim = scale, in_ch, dim
-        self.use_hf, self.use_moe, self.refine = bool(use_hf), bool(use_moe), bool(refine_moe)
+        self.scale, self.in_ch = scale, in_ch
         self.deploy = bool(deploy)
         has_moe = (use_moe and mid_blocks > 0) or refine_moe
         self.num_experts = num_experts if has_moe else 0
