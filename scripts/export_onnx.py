@@ -12,15 +12,18 @@ form) and exported with the input ``input`` (N, C, H, W) and the output ``output
 
 While exporting, the network switches by itself to static-shape code: FFTs become DFT
 matmuls, the MoE layers compute every expert densely (same output), the selective scan is the
-loop-free pure-PyTorch one, RMS norm and layer scale are written with plain ops. The script
-patches nothing; it only gives the TorchScript exporter a type-preserving ``aten::addcmul``
-(:func:`_addcmul_symbolic`, for fp16 graphs). Both exporters give graphs with dynamic N, H, W
-in the default ONNX domain: the TorchScript-based one (default, ``--no-dynamo``; seconds) and
-the ``torch.export``-based one (``--dynamo``; minutes). The network pads to
-multiples of 4 and of the attention window under Python ``if``s on the shape; an exporter
-records only the branch the dummy input takes, so the dummy size is chosen to take every
-padding branch (:func:`dummy_size`; zero pads are valid, so that branch is right at every
-size), and its batch is 2 (torch.export would specialize a batch of 1). Should an exporter
+loop-free pure-PyTorch one, RMS norm, layer scale, the frequency fusion and the window
+attention are written with plain ops, and dtype conversions that change nothing leave no
+``Cast`` node. The script patches nothing and registers no custom symbolic: an fp16 graph,
+traced from a half copy of the model, is float16 except for the float32 islands the network
+computes in float32 (RMS-norm statistics, FFT, selective scan, MoE router, DySample grid).
+Both exporters give graphs with dynamic N, H, W in the default ONNX domain: the
+TorchScript-based one (default, ``--no-dynamo``; seconds) and the ``torch.export``-based one
+(``--dynamo``; minutes). The network pads to multiples of 4 and of the attention window
+under Python ``if``s on the shape; an exporter records only the branch the dummy input takes,
+so the dummy size is chosen to take every padding branch (:func:`dummy_size`; zero pads are
+valid, so that branch is right at every size), and its batch is 2 (torch.export would
+specialize a batch of 1). Should an exporter
 still fix an input dim to the dummy's value, the script stops with an error instead of writing
 a fixed-size graph (``--allow-static`` writes it anyway).
 
@@ -71,34 +74,6 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 class ExportError(Exception):
     """A usage, loading or export problem, reported as one line and exit status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# TorchScript exporter: one symbolic the network still needs
-# ---------------------------------------------------------------------------------------------
-
-
-def _addcmul_symbolic(g: Any, x: Any, t1: Any, t2: Any, value: Any) -> Any:
-    """``aten::addcmul`` as ``x + t1·t2·value`` in the input's type.
-
-    The TorchScript exporter's built-in symbolic makes the scalar ``value`` a float32
-    constant, which promotes everything after it to float32 in an fp16 graph (onnxruntime then
-    rejects the first float16 convolution fed with it). ``CrossFrequencyFusion`` calls
-    ``torch.addcmul`` on every path, also while exporting.
-    """
-    from torch.onnx import symbolic_helper as sh
-
-    prod = g.op("Mul", t1, t2)
-    v = sh._maybe_get_const(value, "f")
-    if sh._is_value(v) or float(v) != 1.0:
-        scalar = value if sh._is_value(v) else g.op("Constant", value_t=torch.tensor(float(v)))
-        prod = g.op("Mul", prod, g.op("CastLike", scalar, prod))
-    return g.op("Add", x, prod)
-
-
-def register_torchscript_symbolics(opset: int) -> None:
-    """Give the TorchScript exporter the type-preserving ``aten::addcmul`` (idempotent)."""
-    torch.onnx.register_custom_op_symbolic("aten::addcmul", _addcmul_symbolic, opset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +199,6 @@ def _trace(net: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo
                 verbose=False,
             )
         else:
-            register_torchscript_symbolics(opset)
             torch.onnx.export(
                 net,
                 (x,),

@@ -4,6 +4,10 @@ Layout along each axis (LR pixels, ``o`` = overlap):
 
 * windows of ``tile`` pixels (rounded up to satisfy the model's size requirements) cover the
   image; consecutive windows overlap by at least ``3·o``;
+* with ``align > 1`` every window starts at a multiple of ``align`` (the last one may then end
+  at the image border before reaching ``tile`` pixels), so that a network with an internal
+  grid (strided downsampling, attention windows) sees the same grid in every window as on
+  the whole image;
 * on each side that borders another window, the outer ``o`` pixels of a window's output are
   context only (weight 0) and the next ``o`` pixels fade in linearly; sides on the image border
   keep full weight;
@@ -36,18 +40,36 @@ def effective_tile(tile: int, size_requirements: SizeRequirements | None) -> int
     return tile + pad_w
 
 
-def window_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of the windows of size ``min(tile, length)`` covering ``[0, length)``.
+def fitted_align(align: int, tile: int, overlap: int) -> int:
+    """The alignment :func:`window_starts` uses: ``align`` itself if a step of ``align`` fits
+    in ``tile - 3·overlap``, otherwise its largest divisor that does (at least 1)."""
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
+    stride = tile - 3 * overlap
+    if stride >= align:
+        return align
+    return max((d for d in range(1, max(stride, 1) + 1) if align % d == 0), default=1)
 
-    Starts are spread evenly, with a step of at most ``tile - 3·overlap``.
+
+def window_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of the windows covering ``[0, length)``; window ``i`` spans
+    ``[start_i, min(start_i + tile, length))``.
+
+    Starts are spread evenly, with a step of at most ``tile - 3·overlap``. With ``align > 1``
+    they are multiples of :func:`fitted_align` (``align`` unless the step is too short for
+    it): every window but the last is ``tile`` pixels long, the last one starts at the first
+    aligned offset from which it reaches the end, so it may be shorter. ``align=1`` gives
+    windows of ``tile`` pixels, the last one ending at ``length``.
     """
     if length <= tile:
         return [0]
     stride = tile - 3 * overlap
     if stride < 1:
         raise ValueError(f"tile ({tile}) must be larger than 3 × overlap ({overlap})")
-    count = math.ceil((length - tile) / stride) + 1
-    return [i * (length - tile) // (count - 1) for i in range(count)]
+    a = fitted_align(align, tile, overlap)
+    units = -(-(length - tile) // a)  # last start, in units of a: the first one reaching the end
+    count = math.ceil((length - tile) / (stride // a * a)) + 1
+    return [i * units // (count - 1) * a for i in range(count)]
 
 
 def count_tiles(
@@ -56,12 +78,15 @@ def count_tiles(
     tile: int,
     overlap: int,
     size_requirements: SizeRequirements | None = None,
+    *,
+    align: int = 1,
 ) -> int:
     """Number of model calls :func:`upscale_tiled` makes for an ``height × width`` image."""
     if tile <= 0:
         return 1
     t = effective_tile(tile, size_requirements)
-    return len(window_starts(height, t, overlap)) * len(window_starts(width, t, overlap))
+    rows, cols = window_starts(height, t, overlap, align), window_starts(width, t, overlap, align)
+    return len(rows) * len(cols)
 
 
 def axis_weights(
@@ -134,12 +159,16 @@ def upscale_tiled(  # noqa: PLR0917 (the positional signature is shared with oth
     overlap: int,
     size_requirements: SizeRequirements | None = None,
     *,
+    align: int = 1,
     on_tile: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Upscale (1, C, H, W) float ``image`` window by window; return (1, C_out, H·scale, W·scale).
 
     ``tile`` is the window side in input pixels (0: the whole image in one call); it is rounded up
     to satisfy ``size_requirements`` and must exceed ``3·overlap`` when the image is larger.
+    ``align`` > 1 starts every window at a multiple of ``align`` input pixels (see
+    :func:`window_starts`; e.g. ``4·window_size`` for HybridMoE, whose ×¼ attention windows
+    then fall on the same pixels as on the whole image).
     Each window is padded (bottom/right) to ``size_requirements`` before ``model_fn`` and the
     padding is cropped from its output. Blending is accumulated in float32 on ``image.device``;
     ``on_tile`` is called after each model call.
@@ -150,8 +179,7 @@ def upscale_tiled(  # noqa: PLR0917 (the positional signature is shared with oth
         raise ValueError(f"overlap must be >= 0, got {overlap}")
     H, W = image.shape[-2:]
     t = effective_tile(tile, size_requirements) if tile > 0 else max(H, W)
-    ys, xs = window_starts(H, t, overlap), window_starts(W, t, overlap)
-    th, tw = min(t, H), min(t, W)
+    ys, xs = window_starts(H, t, overlap, align), window_starts(W, t, overlap, align)
     if len(ys) == 1 and len(xs) == 1:
         out = run_padded(model_fn, image, scale, size_requirements)
         if on_tile is not None:
@@ -161,8 +189,10 @@ def upscale_tiled(  # noqa: PLR0917 (the positional signature is shared with oth
     acc: torch.Tensor | None = None
     wsum = torch.zeros(1, 1, H * scale, W * scale, device=image.device)
     for y0 in ys:
+        th = min(t, H - y0)
         wy = axis_weights(y0, th, H, overlap, scale, device=image.device)
         for x0 in xs:
+            tw = min(t, W - x0)
             wx = axis_weights(x0, tw, W, overlap, scale, device=image.device)
             out = run_padded(
                 model_fn, image[..., y0 : y0 + th, x0 : x0 + tw], scale, size_requirements

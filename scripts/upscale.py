@@ -65,7 +65,10 @@ outer --tile-overlap pixels of a window's output are discarded and the next --ti
 pixels are cross-faded linearly with the neighbour, so windows overlap by 3 x --tile-overlap
 and --tile must be larger than that. For a model whose receptive field is at most
 --tile-overlap pixels the result is identical to untiled inference. Windows are padded to the
-model's size requirements and the output is cropped to exactly H*scale x W*scale.
+model's size requirements and the output is cropped to exactly H*scale x W*scale. For
+HybridMoE models windows start at multiples of 4 x window_size input pixels (32 for the
+default window of 8), the network's internal grid, which keeps tiles much closer to the
+whole-image result (a divisor of it when --tile minus 3 x --tile-overlap is shorter).
 Auto (default): the whole image in one pass up to {AUTO_PIXEL_BUDGET} input pixels
 ({AUTO_TILE} x {AUTO_TILE}), tiles of {AUTO_TILE} above. Models that tile internally are never
 tiled; models that discourage tiling are tiled only when --tile is given (with a warning).
@@ -99,6 +102,8 @@ class Settings:
     tile: int | None
     overlap: int
     quality: int
+    align: int = 1
+    """Window starts are multiples of this (see :func:`tile_alignment`)."""
 
 
 def warn(message: str) -> None:
@@ -256,6 +261,20 @@ def check_tiling(descriptor: ImageModelDescriptor, tile: int | None, overlap: in
         )
 
 
+def tile_alignment(descriptor: ImageModelDescriptor) -> int:
+    """Window-start alignment in input pixels for tiling ``descriptor``'s model.
+
+    HybridMoE downsamples twice by 2 and partitions the ×¼ features into attention windows of
+    ``window_size`` tokens: tiles starting at multiples of ``4·window_size`` see the same
+    grid as the whole image (32 for the default window of 8). Other models: 1.
+    """
+    if descriptor.architecture.id != "HybridMoE":
+        return 1
+    hyperparameters = getattr(descriptor.model, "hyperparameters", None) or {}
+    window = hyperparameters.get("window_size")
+    return 4 * window if isinstance(window, int) and window > 0 else 1
+
+
 def plan_tile(descriptor: ImageModelDescriptor, tile: int | None, height: int, width: int) -> int:
     """Tile side for an ``height × width`` image, 0 = whole image."""
     if descriptor.tiling is ModelTiling.INTERNAL:
@@ -380,7 +399,7 @@ def make_runner(settings: Settings, tile: int, bar: tqdm) -> ArrayFn:
         x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
         h, w = arr.shape[:2]
         bar.total = (bar.total or 0) + count_tiles(
-            h, w, tile, settings.overlap, desc.size_requirements
+            h, w, tile, settings.overlap, desc.size_requirements, align=settings.align
         )
         bar.refresh()
         y = upscale_tiled(
@@ -390,6 +409,7 @@ def make_runner(settings: Settings, tile: int, bar: tqdm) -> ArrayFn:
             tile,
             settings.overlap,
             desc.size_requirements,
+            align=settings.align,
             on_tile=lambda: bar.update(1),
         )
         return y[0].permute(1, 2, 0).numpy()
@@ -466,7 +486,16 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
     except UnsupportedDtypeError as e:
         raise CliError(str(e)) from None
     descriptor.eval()
-    return jobs, Settings(descriptor, device, dtype, args.tile, args.tile_overlap, args.quality)
+    settings = Settings(
+        descriptor,
+        device,
+        dtype,
+        args.tile,
+        args.tile_overlap,
+        args.quality,
+        align=tile_alignment(descriptor),
+    )
+    return jobs, settings
 
 
 def run_jobs(jobs: list[Job], settings: Settings, single: bool) -> int:

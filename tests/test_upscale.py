@@ -161,6 +161,99 @@ def test_too_small_tile_is_rejected() -> None:
         tiling.upscale_tiled(lambda t: t, torch.rand(1, 3, 40, 40), 1, 12, 4)
 
 
+@pytest.mark.parametrize("align", [1, 4, 16, 32])
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"),
+    [(96, 48, 4), (96, 48, 8), (192, 64, 12), (192, 64, 8), (1080, 512, 16), (97, 16, 2)],
+)
+def test_aligned_window_starts(length: int, tile: int, overlap: int, align: int) -> None:
+    """Aligned starts are multiples of the fitted alignment, cover the line with at least
+    3·overlap shared between neighbours, and all windows but the last are ``tile`` long."""
+    a = tiling.fitted_align(align, tile, overlap)
+    assert align % a == 0 and a <= max(1, tile - 3 * overlap)
+    starts = tiling.window_starts(length, tile, overlap, align)
+    ends = [min(s + tile, length) for s in starts]
+    assert starts[0] == 0 and ends[-1] == length
+    assert all(s % a == 0 for s in starts)
+    assert all(e - s == tile for s, e in zip(starts[:-1], ends[:-1], strict=True))
+    assert all(ends[i] - starts[i + 1] >= 3 * overlap for i in range(len(starts) - 1))
+    if align == 1:  # unchanged: evenly spread, the last window ends at the border
+        count = len(starts)
+        assert starts == [i * (length - tile) // (count - 1) for i in range(count)]
+
+
+def test_fitted_align() -> None:
+    assert tiling.fitted_align(32, 512, 16) == 32
+    assert tiling.fitted_align(32, 64, 8) == 32  # step 40
+    assert tiling.fitted_align(32, 64, 16) == 16  # step 16: the largest divisor that fits
+    assert tiling.fitted_align(32, 48, 8) == 16  # step 24
+    assert tiling.fitted_align(12, 20, 4) == 6  # step 8
+    with pytest.raises(ValueError, match="align"):
+        tiling.fitted_align(0, 64, 8)
+
+
+@pytest.mark.parametrize(("tile", "overlap", "align"), [(24, RECEPTIVE_RADIUS, 8), (20, 4, 16)])
+def test_aligned_tiling_is_still_exact(tmp_path: Path, tile: int, overlap: int, align: int) -> None:
+    """Alignment moves the windows (the last one may be shorter), nothing else: with an
+    overlap covering the receptive field the result is still the untiled one, and the output
+    size is exact under size requirements."""
+    d = descriptor_of(compact(), tmp_path)
+    x = torch.rand(1, 3, 45, 37)
+    calls: list[int] = []
+    out = tiling.upscale_tiled(
+        d, x, 2, tile, overlap, d.size_requirements, align=align, on_tile=lambda: calls.append(1)
+    )
+    assert len(calls) == tiling.count_tiles(45, 37, tile, overlap, align=align) > 1
+    assert (out - d(x)).abs().max().item() < 1e-5
+    req = SizeRequirements(minimum=8, multiple_of=4)
+
+    def ones(t: torch.Tensor) -> torch.Tensor:
+        assert req.check(t.shape[-1], t.shape[-2])
+        return torch.ones(1, 3, t.shape[-2] * 3, t.shape[-1] * 3)
+
+    out = tiling.upscale_tiled(ones, torch.rand(1, 3, 50, 29), 3, 23, 5, req, align=align)
+    assert out.shape == (1, 3, 150, 87) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_tile_alignment_follows_hybridmoe_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """HybridMoE: windows start at multiples of 4·window_size (its ×¼ attention grid);
+    other architectures: 1. The CLI passes it on to the tiler."""
+    import hybridmoe_arch as A
+
+    assert upscale.tile_alignment(descriptor_of(compact(), tmp_path)) == 1
+    A.register_spandrel()
+    net = A.HybridMoE(
+        scale=2,
+        dim=8,
+        enc_blocks=(1, 1, 1),
+        hf_blocks=(1, 1, 1),
+        mid_blocks=1,
+        dec_blocks=(1, 1),
+        window_size=4,
+        global_mixer="none",
+    )
+    path = save_model(net, tmp_path / "hybridmoe.safetensors")
+    assert upscale.tile_alignment(upscale.load_descriptor(path)) == 16
+
+    seen: list[int] = []
+    real = tiling.upscale_tiled
+
+    def spy(*args: object, align: int = 1, **kwargs: object) -> torch.Tensor:
+        seen.append(align)
+        return real(*args, align=align, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upscale, "upscale_tiled", spy)
+    src = save_png(tmp_path / "in.png", (rand_image(40, 36, 3) * 255).astype(np.uint8))
+    code, err = run_cli(
+        capsys, path, src, tmp_path / "out.png", "--tile", "24", "--tile-overlap", "4"
+    )
+    assert code == 0, err
+    assert seen == [16]
+    assert Image.open(tmp_path / "out.png").size == (72, 80)
+
+
 # ------------------------------------------------------------------------------- image I/O
 
 
