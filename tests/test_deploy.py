@@ -542,3 +542,42 @@ def test_onnx_usage_errors(
     torch.save(Compact(num_feat=8, num_conv=2, upscale=2).state_dict(), compact)
     assert export_onnx.main([str(compact), str(tmp_path / "c.onnx")]) == 2
     assert "not HybridMoE" in capsys.readouterr().err
+
+
+def test_graph_traced_without_padding_runs_at_sizes_that_need_it(tmp_path: Path) -> None:
+    """traiNNer-redux traces ``shape: 1x3xHxW`` at 16×16, where no padding is needed; the
+    exported graph must still pad at sizes that do (the network keeps the padding path
+    while exporting)."""
+    import onnxruntime as ort
+
+    torch.set_num_threads(1)
+    model = A.HybridMoE(
+        scale=2,
+        dim=8,
+        enc_blocks=(1, 1, 1),
+        hf_blocks=(1, 0, 0),
+        mid_blocks=1,
+        dec_blocks=(1, 1),
+        window_size=8,
+        kernel_size=5,
+    ).eval()
+    path = tmp_path / "m.onnx"
+    with torch.inference_mode():
+        torch.onnx.export(
+            model,
+            torch.rand(1, 3, 16, 16),
+            str(path),
+            opset_version=18,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h2", 3: "w2"}},
+        )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in ((19, 27), (33, 17)):
+        x = torch.rand(1, 3, h, w)
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        out = sess.run(None, {"input": x.numpy()})[0]
+        assert out.shape == ref.shape
+        assert float(abs(out - ref).max()) < 1e-4

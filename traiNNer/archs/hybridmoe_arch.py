@@ -152,9 +152,15 @@ def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Replicate-pad (N,C,H,W) on the bottom/right so H and W are multiples of ``multiple``."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
+    if ph or pw or _tracing():  # traced graphs keep the pad for sizes that need one
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     return x
+
+
+def _tracing() -> bool:
+    """True while exporting to ONNX: size-dependent branches must then take the general path,
+    or a graph traced at a size that needs no padding would fail at sizes that do."""
+    return torch.onnx.is_in_onnx_export()
 
 
 def _export_mode() -> bool:
@@ -589,7 +595,7 @@ class WindowAttention(nn.Module):
         ws, s = self.window, self.shift
         qkv = self.qkv(x)
         ph, pw = (-(h + s)) % ws, (-(w + s)) % ws
-        if s or ph or pw:
+        if s or ph or pw or _tracing():
             qkv = F.pad(qkv, (s, pw, s, ph), mode="replicate")
         hp, wp = qkv.shape[-2:]
         nh, nw = hp // ws, wp // ws
@@ -603,7 +609,7 @@ class WindowAttention(nn.Module):
             o = F.scaled_dot_product_attention(q, k, v)
         o = o.reshape(n, nh, nw, self.heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5)
         o = o.reshape(n, c, hp, wp)
-        if s or ph or pw:
+        if s or ph or pw or _tracing():
             o = o[:, :, s : s + h, s : s + w]
         return self.proj(o)
 
