@@ -134,6 +134,42 @@ def test_gradient_reaches_every_parameter() -> None:
     assert len(routers) == 3
 
 
+def test_channels_last_gradients_keep_parameter_strides() -> None:
+    """With ``model.to(memory_format=torch.channels_last)`` (traiNNer's use_channels_last) every
+    gradient has its parameter's strides, which DDP's gradient buckets require."""
+    model = tiny(scale=2, refine_moe=True, noise=True, stem_lk=True).train()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 16, 12).to(memory_format=torch.channels_last)
+    model(x).abs().mean().backward()
+    A.MOE_AUX.take_balance_loss()
+    mismatched = [
+        (n, p.stride(), p.grad.stride())
+        for n, p in model.named_parameters()
+        if p.grad is not None and p.grad.stride() != p.stride()
+    ]
+    assert not mismatched, mismatched
+
+
+def test_checkpoints_with_4d_channel_parameters_load() -> None:
+    """Layer-scale and noise-strength parameters stored as (1,C,1,1) (the earlier layout) load
+    into the (C,1,1) parameters with the same values and outputs."""
+    model = tiny(scale=2, noise=True).eval()
+    perturb(model)
+    sd = model.state_dict()
+    old = {
+        k: v.unsqueeze(0)
+        if k.endswith(("ls.gamma", "ls1.gamma", "ls2.gamma", "noise_strength"))
+        else v
+        for k, v in sd.items()
+    }
+    assert sum(v.ndim == 4 and v.shape[0] == 1 for v in old.values()) > 10
+    fresh = tiny(scale=2, noise=True).eval()
+    fresh.load_state_dict(old)
+    x = torch.rand(1, 3, 20, 18)
+    assert torch.equal(fresh(x), model(x))
+    assert all(torch.equal(fresh.state_dict()[k], sd[k]) for k in sd)
+
+
 def test_every_parameter_gets_gradient_when_routing_collapses() -> None:
     """DDP needs a gradient for every parameter each step, even if one expert gets all tokens."""
     model = tiny(scale=2).train()

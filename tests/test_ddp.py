@@ -1,13 +1,16 @@
 """DistributedDataParallel without ``find_unused_parameters``: every parameter receives a
 gradient on every rank and step, even when routing sends all tokens to one expert (the experts
 are stacked parameters, so an idle expert still gets a zero gradient slice), and the balance
-loss from the side channel trains the routers through DDP (gloo, 2 CPU processes)."""
+loss from the side channel trains the routers through DDP (gloo, 2 CPU processes). The model is
+channels_last, as with traiNNer-redux's ``use_channels_last``, and DDP must not warn about
+gradient strides."""
 
 from __future__ import annotations
 
 import os
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,11 +60,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     ).train()
     for layer in model.moe_layers():  # collapse routing: every token to expert 0
         layer.route = _collapsed(layer.route)  # type: ignore[method-assign]
+    model = model.to(memory_format=torch.channels_last)  # as traiNNer's use_channels_last
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
     opt = torch.optim.SGD(ddp.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(rank)
+    caught = warnings.catch_warnings(record=True)
+    log = caught.__enter__()
+    warnings.simplefilter("always")
     for _ in range(3):
-        x = torch.rand(2, 3, 16, 16, generator=g)
+        x = torch.rand(2, 3, 16, 16, generator=g).to(memory_format=torch.channels_last)
         y = ddp(x)
         balance = A.MOE_AUX.take_balance_loss()
         assert balance is not None
@@ -73,6 +80,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, missing
         opt.step()
+    caught.__exit__(None, None, None)
+    stride_warnings = [str(w.message) for w in log if "strides" in str(w.message)]
+    assert not stride_warnings, stride_warnings  # DDP buckets match every gradient's layout
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     torch.save(flat, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()

@@ -301,12 +301,49 @@ class RMSNorm2d(nn.Module):
         return y.permute(0, 3, 1, 2)
 
 
-class LayerScale(nn.Module):
-    """Per-channel residual scale: ``x + gamma * y`` for (N,C,H,W) tensors."""
+def _channel_param(channels: int, value: float) -> nn.Parameter:
+    """A per-channel (C,1,1) parameter that broadcasts over (N,C,H,W).
+
+    3-D on purpose: ``model.to(memory_format=torch.channels_last)`` restrides only 4-D tensors,
+    so the gradient keeps the parameter's strides and DDP's gradient buckets match (a (1,C,1,1)
+    parameter makes DDP warn "Grad strides do not match bucket view strides").
+    """
+    return nn.Parameter(torch.full((channels, 1, 1), value))
+
+
+class _ChannelParamModule(nn.Module):
+    """Base of modules with :func:`_channel_param` parameters (named in ``channel_params``):
+    checkpoints that stored one as (1,C,1,1) load unchanged (same values, reshaped)."""
+
+    channel_params: tuple[str, ...] = ()
+
+    def _load_from_state_dict(  # noqa: PLR0917 (signature fixed by nn.Module)
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        for name in self.channel_params:
+            stored = state_dict.get(prefix + name)
+            if isinstance(stored, Tensor) and stored.ndim == 4 and stored.shape[0] == 1:
+                state_dict = {**state_dict, prefix + name: stored.reshape(stored.shape[1:])}
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class LayerScale(_ChannelParamModule):
+    """Per-channel residual scale: ``x + gamma * y`` for (N,C,H,W) tensors; ``gamma`` (C,1,1)."""
+
+    channel_params = ("gamma",)
 
     def __init__(self, channels: int, init: float) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.full((1, channels, 1, 1), init))
+        self.gamma = _channel_param(channels, init)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         g = _cast(self.gamma, y.dtype)
@@ -958,19 +995,21 @@ class MoERefine(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class TextureHead(nn.Module):
+class TextureHead(_ChannelParamModule):
     """Re-param large-kernel depthwise conv + pointwise refinement, with optional noise
     injection (StyleGAN2-style, learned per-channel strength). (N,C,H,W) -> same.
 
     Noise is added in training; in eval only when ``inject_noise_in_eval`` is set.
     """
 
+    channel_params = ("noise_strength",)
+
     def __init__(self, channels: int, kernel_size: int, noise: bool, deploy: bool) -> None:
         super().__init__()
         self.lk = RepConv(channels, channels, kernel_size, groups=channels, deploy=deploy)
         self.pw = nn.Conv2d(channels, channels, 1, bias=False)
         self.ls = LayerScale(channels, 0.1)
-        self.noise_strength = nn.Parameter(torch.zeros(1, channels, 1, 1)) if noise else None
+        self.noise_strength = _channel_param(channels, 0.0) if noise else None
         self.inject_noise_in_eval = False
 
     def forward(self, x: Tensor) -> Tensor:
