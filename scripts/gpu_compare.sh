@@ -8,7 +8,8 @@
 # `scripts/compare_training.py configs` (identical recipe). Expects, in the repository root:
 #   .ref/hr/{T91,BSDS200,Set5}  HR images (training pairs and Set5 validation pairs are made
 #                               here with MATLAB-compatible bicubic, scripts/make_pairs.py)
-#   .ref/trainner-src, .whl-tr  traiNNer-redux source and its wheels; .ref/tools the harness
+#   .ref/trainner-src, .whl-tr  traiNNer-redux source and its wheels (WHEELS=DIR names another
+#                               wheel folder); .ref/tools the harness
 # Writes to $OUT: every run's logs, summary and the results table (logs_x<S>.tar.gz) and the
 # final EMA checkpoints of all runs (ckpt_x<S>.tar.partNN; `cat` the parts to untar).
 set -u
@@ -17,7 +18,7 @@ OUT=${OUT:-./compare-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 [[ ${SKIP_WHEELS:-0} == 1 ]] || "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site-tr .whl-tr/*.whl 2>&1 | grep -v "root" || true
+  --target /tmp/site-tr ${WHEELS:-.whl-tr}/*.whl 2>&1 | grep -v "root" || true
 [[ ${SKIP_WHEELS:-0} == 1 ]] || export PYTHONPATH=/tmp/site-tr
 
 D=/tmp/cmpdata/x$SCALE
