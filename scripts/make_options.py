@@ -17,13 +17,13 @@ Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
 * ``onnx/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``convert_to_onnx.py``.
 
 Which numbers are measured (``docs/TRAINING.md`` § "GPU runs"; traiNNer-redux ``train.py`` on an
-H100): the from-scratch recipe of ``nano`` and ``s`` — AdamW lr 5e-4, betas (0.9, 0.99),
+H100): the from-scratch recipe of ``nano``, ``s`` and ``m`` — AdamW lr 5e-4, betas (0.9, 0.99),
 batch 16, lq_size 64 (×1/×2) and 48 (×3/×4), bf16 AMP, channels_last, EMA 0.999 (power 0.75),
 MultiStepLR halving at 1/2 and 3/4 of the run, Charbonnier 1.0 + balance loss 0.01 — from
 same-budget runs of 3000 iterations at ×2 and ×4, and the frequency loss 0.05 with the balance
-loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: ``m`` and ``l`` (starting
-values), the 500k-iteration length of a full run, and every fine-tuning (GAN) value. The
-generated files say which of their values are measured. Edit the tables, then re-run this script.
+loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: ``l`` (starting values),
+the 500k-iteration length of a full run, and every fine-tuning (GAN) value. The generated files
+say which of their values are measured. Edit the tables, then re-run this script.
 """
 
 from __future__ import annotations
@@ -60,31 +60,18 @@ MEASURED_SCALES = (2, 4)  # the scales the recipe was run at (×1 and ×3 carry 
 
 # from scratch (fidelity); milestones: MultiStepLR halvings (the measured recipe halves at 1/2
 # and 3/4 of the run)
+MEASURED_FROM_SCRATCH: dict[str, Any] = {
+    "lr": 5e-4,
+    "batch": 16,
+    "lq": MEASURED_LQ,
+    "warmup": -1,
+    "milestones": [250_000, 375_000],
+    "measured": True,
+}
 FROM_SCRATCH: dict[str, dict[str, Any]] = {
-    "nano": {
-        "lr": 5e-4,
-        "batch": 16,
-        "lq": MEASURED_LQ,
-        "warmup": -1,
-        "milestones": [250_000, 375_000],
-        "measured": True,
-    },
-    "s": {
-        "lr": 5e-4,
-        "batch": 16,
-        "lq": MEASURED_LQ,
-        "warmup": -1,
-        "milestones": [250_000, 375_000],
-        "measured": True,
-    },
-    "m": {
-        "lr": 4e-4,
-        "batch": 8,
-        "lq": dict.fromkeys(SCALES, 64),
-        "warmup": 2000,
-        "milestones": [250_000, 400_000, 450_000, 475_000],
-        "measured": False,
-    },
+    "nano": MEASURED_FROM_SCRATCH,
+    "s": MEASURED_FROM_SCRATCH,
+    "m": MEASURED_FROM_SCRATCH,
     "l": {
         "lr": 2e-4,
         "batch": 8,
@@ -146,7 +133,7 @@ MEASURED_NOTE = (
 CARRIED_SCALE_NOTE = "# This scale was not run: the x2/x4 recipe is carried over.\n"
 NOT_MEASURED_NOTE = (
     "# NOT MEASURED YET: lr, batch size, lq_size, warm-up and schedule of this variant are\n"
-    '# starting values (only nano and s were trained on a GPU, docs/TRAINING.md "GPU runs").\n'
+    '# starting values (nano, s and m were trained on a GPU, docs/TRAINING.md "GPU runs").\n'
 )
 FINETUNE_NOTE = "# NOT MEASURED YET: the fine-tuning (GAN) values are starting values.\n"
 LQ_NOTE = "Square crop from the LR images. Multiple of 8 for AMP; any size works."

@@ -35,7 +35,8 @@ COMPARE_CONFIGS = ROOT / "docs" / "compare_configs"
 COMPARE_ARGS = [
     "configs",
     "--models",
-    *("hybridmoe_nano", "hybridmoe_s", "span", "plksr_tiny", "compact", "safmn"),
+    *("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "span", "plksr_tiny", "plksr"),
+    *("compact", "safmn"),
     "--scales",
     "2",
     "4",
@@ -185,7 +186,7 @@ MEASURED_LQ = {1: 64, 2: 64, 3: 48, 4: 48}
 
 @pytest.mark.parametrize("path", [p for p in ALL_FILES if _kind(p) in ("fidelity", "gan")], ids=_id)
 def test_training_file_says_what_is_measured(path: Path) -> None:
-    """nano/s from scratch carry the measured GPU recipe; m/l and fine-tuning say they don't."""
+    """nano/s/m from scratch carry the measured GPU recipe; l and fine-tuning say they don't."""
     text = path.read_text(encoding="utf-8")
     header = text.split("#####", 1)[0]
     assert "starting values for lr, batch size and lq_size" not in text.lower()
@@ -193,7 +194,7 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
     m = NAME_RE.match(path.name)
     assert m
     scale, variant = int(m["scale"]), m["variant"]
-    if _kind(path) == "gan" or variant in ("M", "L"):
+    if _kind(path) == "gan" or variant == "L":
         assert "NOT MEASURED YET" in header
         assert "MEASURED recipe" not in header
         return
@@ -222,10 +223,10 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
 
 
 def test_measured_recipe_matches_the_comparison_runs() -> None:
-    """The recipe of the nano/s templates is the one compare_training.py trained with."""
+    """The recipe of the nano/s/m templates is the one compare_training.py trained with."""
     recipe = compare_training.RECIPE
     assert compare_training.LQ_SIZE == MEASURED_LQ == make_options.MEASURED_LQ
-    for variant in ("nano", "s"):
+    for variant in ("nano", "s", "m"):
         row = make_options.FROM_SCRATCH[variant]
         assert row["measured"] is True
         assert row["lr"] == recipe["lr"]
@@ -233,7 +234,6 @@ def test_measured_recipe_matches_the_comparison_runs() -> None:
         assert row["lq"] == compare_training.LQ_SIZE
     assert make_options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
     assert make_options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
-    assert not make_options.FROM_SCRATCH["m"]["measured"]
     assert not make_options.FROM_SCRATCH["l"]["measured"]
 
 
@@ -242,7 +242,7 @@ def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> Non
     assert compare_training.main([*COMPARE_ARGS, "--out", str(tmp_path)]) == 0
     expected = {p.name: p.read_bytes() for p in tmp_path.glob("*.yml")}
     committed = {p.name: p.read_bytes() for p in COMPARE_CONFIGS.glob("*.yml")}
-    assert len(expected) == 12
+    assert len(expected) == 16
     assert sorted(committed) == sorted(expected)
     for name, data in expected.items():
         assert committed[name] == data, name
