@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,19 @@ def shared_data_dir() -> Path | None:
 def set5_dir() -> Path:
     """Set5 (HR + canonical MATLAB bicubic LR), always available: bundled with the tests."""
     return TEST_DATA / "Set5"
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures(...)``):
+    tiny CPU tensors run faster with one, timings jitter less, and a busy machine matters
+    less. The previous thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

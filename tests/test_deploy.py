@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from tiny_options import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY: dict[str, Any] = {
-    "dim": 8,
-    "enc_blocks": (1, 1, 1),
-    "hf_blocks": (1, 1, 1),
-    "mid_blocks": 1,
-    "dec_blocks": (1, 1),
-    "window_size": 4,
-    "kernel_size": 5,
-    "num_experts": 3,
-    "top_k": 2,
-}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small tensors: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturbed(model: A.HybridMoE, std: float = 0.03) -> A.HybridMoE:
@@ -550,7 +532,6 @@ def test_graph_traced_without_padding_runs_at_sizes_that_need_it(tmp_path: Path)
     while exporting)."""
     import onnxruntime as ort
 
-    torch.set_num_threads(1)
     model = A.HybridMoE(
         scale=2,
         dim=8,

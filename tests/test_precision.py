@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +13,15 @@ import check_precision as cp
 import hybridmoe_arch as A
 import pytest
 import torch
+from tiny_options import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 
-TINY: dict[str, Any] = {
-    "dim": 8,
-    "enc_blocks": (1, 1, 1),
-    "hf_blocks": (1, 1, 1),
-    "mid_blocks": 1,
-    "dec_blocks": (1, 1),
-    "window_size": 4,
-    "kernel_size": 5,
-    "num_experts": 3,
-    "top_k": 2,
-}
 QUICK = ["--data", str(DATA), "--sets", "Set5", "--limit", "2", "--crop", "24", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small tensors: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_tiny(path: Path, scale: int = 2, std: float = 0.01, **options: Any) -> Path:

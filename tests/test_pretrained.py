@@ -6,7 +6,6 @@ from pathlib import Path
 
 import hybridmoe_arch as A
 import pytest
-import torch
 from evaluate import evaluate_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +28,8 @@ def test_all_four_models_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+@pytest.mark.usefixtures("one_thread")
 def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
-    torch.set_num_threads(1)
     desc = A.load_checkpoint(path)
     scale = int(path.stem[0])
     variant = "nano" if "Nano" in path.stem else "s"

@@ -31,8 +31,8 @@ def tiny_model(scale: int = 2) -> A.HybridMoE:
     )
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_moe_usage_histogram_sums_to_one(set5_dir: Path) -> None:
-    torch.set_num_threads(1)
     model = tiny_model().eval()
     img = np.asarray(Image.open(set5_dir / "HR" / "bird.png").convert("RGB"))[:48, :48]
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255

@@ -26,23 +26,12 @@ import spandrel
 import spandrel.architectures
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling
+from tiny_options import TINY
 
 A.register_spandrel()
 
 ARCH_ID = "HybridMoE"
 
-TINY: dict[str, Any] = {
-    "dim": 8,
-    "enc_blocks": (1, 1, 1),
-    "hf_blocks": (1, 1, 1),
-    "mid_blocks": 1,
-    "dec_blocks": (1, 1),
-    "window_size": 4,
-    "kernel_size": 5,
-    "num_experts": 3,
-    "top_k": 2,
-}
-"""Small configuration with every component; options below are applied on top of it."""
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "x1": {"scale": 1},
@@ -105,13 +94,7 @@ state dict (what other tools write)."""
 # ------------------------------------------------------------------------------ helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

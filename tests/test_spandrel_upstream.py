@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +19,7 @@ import hybridmoe_arch as A
 import pytest
 import spandrel_upstream as U
 import torch
+from tiny_options import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,17 +43,6 @@ MAIN_REGISTRY.add(
 )
 """
 
-TINY: dict[str, Any] = {
-    "dim": 8,
-    "enc_blocks": (1, 1, 1),
-    "hf_blocks": (1, 1, 1),
-    "mid_blocks": 1,
-    "dec_blocks": (1, 1),
-    "window_size": 4,
-    "kernel_size": 5,
-    "num_experts": 3,
-    "top_k": 2,
-}
 CONFIGS: list[dict[str, Any]] = [
     {},
     {"scale": 1, "in_ch": 1},
@@ -66,12 +55,7 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_checkout(root: Path) -> Path:

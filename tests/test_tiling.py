@@ -13,7 +13,6 @@ docs/DEPLOY.md; the tolerances are about 1.5-2× those.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,13 +78,7 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
 ``l`` (window 16) runs one layout only, to keep the test short."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: faster for these sizes, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
