@@ -162,8 +162,9 @@ def load(path: Path) -> ImageModelDescriptor[Any]:
 
 
 def has_moe_layers(hp: dict[str, Any]) -> bool:
-    """Whether a configuration builds any MoE layer (bottleneck MoE blocks or refine MoE)."""
-    return bool((hp["use_moe"] and hp["mid_blocks"]) or hp["refine_moe"])
+    """Whether a configuration builds any MoE layer (bottleneck or refinement blocks with
+    use_moe; without it both are dense FFNs)."""
+    return bool(hp["use_moe"] and (hp["mid_blocks"] or hp["refine_moe"]))
 
 
 def normalize(hp: dict[str, Any], *, effective: bool = False) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import inspect
 import math
 import numbers
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,7 +65,11 @@ BASE_CHOICES = ("mks2021", "bicubic", "none")
 SPLIT_CHOICES = ("laplacian", "fft")
 MIXER_CHOICES = ("fourier", "ssm", "none")
 UPSAMPLER_CHOICES = ("pixelshuffle", "dysample")
-PAD_MULTIPLE = 4  # two stride-2 downsamplings
+CONV_BLOCK_CHOICES = ("gated", "rep3")
+HF_BLOCK_CHOICES = ("plk", "rep3")
+SHIFT_CHOICES = ("stage", "alternate", "none")
+RENAMED_PREFIXES = {"lf3_global.": "global_block.", "refine_moe.moe.": "refine_moe.ffn."}
+"""Module paths renamed since earlier checkpoints (old prefix -> new); loading maps them."""
 HEAD_KERNEL = 5  # depthwise re-param kernel of the texture head (fast path in cuDNN)
 DENSE_MOE_MAX_SLOTS = 1 << 18  # "auto" MoE dispatch: dense below tokens × experts = 262144
 
@@ -361,20 +366,28 @@ class RepConv(nn.Module):
     """
 
     def __init__(
-        self, cin: int, cout: int, kernel_size: int, *, groups: int = 1, deploy: bool = False
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        *,
+        groups: int = 1,
+        bias: bool = False,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         self.cin, self.cout, self.k, self.groups = cin, cout, kernel_size, groups
         self.identity = cin == cout
+        self.bias = bias
         pad = kernel_size // 2
         if deploy:
             self.fused: nn.Conv2d | None = nn.Conv2d(
-                cin, cout, kernel_size, 1, pad, groups=groups, bias=False
+                cin, cout, kernel_size, 1, pad, groups=groups, bias=bias
             )
             self.lk = self.sk = self.pw = None
         else:
             self.fused = None
-            self.lk = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups, bias=False)
+            self.lk = nn.Conv2d(cin, cout, kernel_size, 1, pad, groups=groups, bias=bias)
             self.sk = (
                 nn.Conv2d(cin, cout, 3, 1, 1, groups=groups, bias=False)
                 if kernel_size > 3
@@ -410,9 +423,11 @@ class RepConv(nn.Module):
             per_group = self.cin // self.groups
             for o in range(self.cout):
                 weight[o, o % per_group, c, c] += 1.0
-        fused = nn.Conv2d(self.cin, self.cout, k, 1, k // 2, groups=self.groups, bias=False)
+        fused = nn.Conv2d(self.cin, self.cout, k, 1, k // 2, groups=self.groups, bias=self.bias)
         fused = fused.to(device=weight.device, dtype=weight.dtype)
         fused.weight.copy_(weight)
+        if self.lk.bias is not None:
+            fused.bias.copy_(self.lk.bias)  # type: ignore[union-attr]
         self.fused = fused
         self.lk = self.sk = self.pw = None
 
@@ -530,27 +545,47 @@ def _fftfreq(n: int, device: torch.device) -> Tensor:
 
 
 class GatedConvBlock(nn.Module):
-    """NAF-style conv-gated block (no normalization, no global pooling): (N,C,H,W) -> same.
+    """NAF-style conv-gated block (no global pooling): (N,C,H,W) -> same.
 
-    ``x += β·P2(SG(DW(P1 x)))`` then ``x += γ·P4(SG(P3 x))`` with SimpleGate SG(a,b) = a·b.
+    ``x += β·P2(SG(DW(P1 n(x))))`` then ``x += γ·P4(SG(P3 n(x)))`` with SimpleGate SG(a,b) = a·b
+    and ``n`` an RMS norm (``gate_norm``). The gate multiplies two linear maps of its input, so
+    without the norm a block squares the amplitude of what it is given: one-pixel patterns
+    (checkerboards, dithering) grow to 1e12 over a few blocks and overflow fp16.
     """
 
-    def __init__(self, channels: int, expand: int = 2, ls_init: float = 0.1) -> None:
+    def __init__(self, channels: int, gate_norm: bool) -> None:
         super().__init__()
-        hidden = channels * expand
+        hidden = channels * 2
+        self.norm1: nn.Module = RMSNorm2d(channels) if gate_norm else nn.Identity()
         self.pw1 = nn.Conv2d(channels, hidden, 1, bias=False)
         self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False)
         self.pw2 = nn.Conv2d(hidden // 2, channels, 1, bias=False)
-        self.ls1 = LayerScale(channels, ls_init)
+        self.ls1 = LayerScale(channels, 0.1)
+        self.norm2: nn.Module = RMSNorm2d(channels) if gate_norm else nn.Identity()
         self.pw3 = nn.Conv2d(channels, hidden, 1, bias=False)
         self.pw4 = nn.Conv2d(hidden // 2, channels, 1, bias=False)
-        self.ls2 = LayerScale(channels, ls_init)
+        self.ls2 = LayerScale(channels, 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        a, b = self.dw(self.pw1(x)).chunk(2, dim=1)
+        a, b = self.dw(self.pw1(self.norm1(x))).chunk(2, dim=1)
         x = self.ls1(x, self.pw2(a * b))
-        a, b = self.pw3(x).chunk(2, dim=1)
+        a, b = self.pw3(self.norm2(x)).chunk(2, dim=1)
         return self.ls2(x, self.pw4(a * b))
+
+
+class RepConvBlock(nn.Module):
+    """Re-parameterizable dense 3×3 conv + SiLU (RepVGG-style): (N,C,H,W) -> same.
+
+    Trains as 3×3 + 1×1 + identity branches; deploys as one 3×3 convolution with bias and one
+    activation: two kernels, tensor-core friendly, as fast per layer as a plain conv stack.
+    """
+
+    def __init__(self, channels: int, deploy: bool) -> None:
+        super().__init__()
+        self.conv = RepConv(channels, channels, 3, bias=True, deploy=deploy)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(self.conv(x))
 
 
 class PartialLargeKernel(nn.Module):
@@ -571,18 +606,19 @@ class PartialLargeKernel(nn.Module):
 
 class HFBlock(nn.Module):
     """High-frequency block (conv only): re-param 3×3 → partial large kernel → gated 1×1 mix.
-    (N,C,H,W) -> (N,C,H,W)."""
+    (N,C,H,W) -> (N,C,H,W). ``gate_norm``: as in :class:`GatedConvBlock`."""
 
-    def __init__(self, channels: int, kernel_size: int, deploy: bool, ls_init: float = 0.1) -> None:
+    def __init__(self, channels: int, kernel_size: int, deploy: bool, gate_norm: bool) -> None:
         super().__init__()
         self.local = RepConv(channels, channels, 3, deploy=deploy)
         self.plk = PartialLargeKernel(channels, kernel_size, 0.25, deploy)
+        self.norm: nn.Module = RMSNorm2d(channels) if gate_norm else nn.Identity()
         self.mix = nn.Conv2d(channels, channels * 2, 1, bias=False)
         self.proj = nn.Conv2d(channels, channels, 1, bias=False)
-        self.ls = LayerScale(channels, ls_init)
+        self.ls = LayerScale(channels, 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.plk(self.local(x))
+        y = self.norm(self.plk(self.local(x)))
         g, v = self.mix(y).chunk(2, dim=1)
         return self.ls(x, self.proj(F.gelu(g) * v))
 
@@ -933,7 +969,10 @@ class MoEFFN(nn.Module):
 
 class AttnBlock(nn.Module):
     """Pre-norm window attention (or depthwise mixer) + gated FFN or MoE FFN.
-    (N,C,H,W) -> (N,C,H,W)."""
+    (N,C,H,W) -> (N,C,H,W).
+
+    ``hidden`` is the FFN width, per expert with ``moe = (experts, top_k)``.
+    """
 
     def __init__(
         self,
@@ -941,23 +980,21 @@ class AttnBlock(nn.Module):
         *,
         window: int,
         shift: bool,
-        mlp_ratio: float,
+        hidden: int,
         use_attn: bool,
         moe: tuple[int, int] | None = None,
-        ls_init: float = 0.1,
     ) -> None:
         super().__init__()
         self.norm1 = RMSNorm2d(channels)
         self.attn: nn.Module = (
             WindowAttention(channels, window, shift) if use_attn else DepthwiseMixer(channels)
         )
-        self.ls1 = LayerScale(channels, ls_init)
+        self.ls1 = LayerScale(channels, 0.1)
         self.norm2 = RMSNorm2d(channels)
-        hidden = max(8, round(channels * mlp_ratio))
         self.ffn: nn.Module = (
             MoEFFN(channels, hidden, moe[0], moe[1]) if moe else GatedFFN(channels, hidden)
         )
-        self.ls2 = LayerScale(channels, ls_init)
+        self.ls2 = LayerScale(channels, 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.ls1(x, self.attn(self.norm1(x)))
@@ -967,27 +1004,33 @@ class AttnBlock(nn.Module):
 class GlobalBlock(nn.Module):
     """Pre-norm residual long-range mixer (Fourier or selective scan): (N,C,H,W) -> same."""
 
-    def __init__(self, channels: int, mixer: str, ls_init: float = 0.1) -> None:
+    def __init__(self, channels: int, mixer: str) -> None:
         super().__init__()
         self.norm = RMSNorm2d(channels)
         self.mixer = FourierMixer(channels) if mixer == "fourier" else SelectiveScan2D(channels)
-        self.ls = LayerScale(channels, ls_init)
+        self.ls = LayerScale(channels, 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ls(x, self.mixer(self.norm(x)))
 
 
-class MoERefine(nn.Module):
-    """Full-resolution detail refinement with a token-wise MoE: (N,C,H,W) -> same."""
+class RefineBlock(nn.Module):
+    """Full-resolution detail refinement, pre-norm residual FFN: (N,C,H,W) -> same.
 
-    def __init__(self, channels: int, hidden: int, num_experts: int, top_k: int) -> None:
+    A token-wise MoE (``moe = (experts, top_k)``, ``hidden`` per expert) or, without ``moe``,
+    a dense gated FFN of width ``hidden``.
+    """
+
+    def __init__(self, channels: int, hidden: int, moe: tuple[int, int] | None) -> None:
         super().__init__()
         self.norm = RMSNorm2d(channels)
-        self.moe = MoEFFN(channels, hidden, num_experts, top_k)
+        self.ffn: nn.Module = (
+            MoEFFN(channels, hidden, moe[0], moe[1]) if moe else GatedFFN(channels, hidden)
+        )
         self.ls = LayerScale(channels, 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.ls(x, self.moe(self.norm(x)))
+        return self.ls(x, self.ffn(self.norm(x)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1082,6 +1125,14 @@ class DySampleUpsampler(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _rename_old_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-time hook: map module paths of earlier checkpoints (:data:`RENAMED_PREFIXES`)
+    in place, before any submodule reads its tensors."""
+    for old, new in RENAMED_PREFIXES.items():
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+
+
 @store_hyperparameters
 class HybridMoE(nn.Module):
     """HybridMoE-FreqNet super-resolution / restoration network.
@@ -1093,22 +1144,30 @@ class HybridMoE(nn.Module):
         scale: integer upscaling factor (1 = restoration).
         in_ch: image channels (1 or 3 typically); the output has the same channels.
         dim: width of level 1; levels 2 and 3 use 2·dim and 4·dim.
-        enc_blocks: LF-path blocks per level (gated-conv, attention, attention); level 3
-            ends with the long-range mixer block.
-        hf_blocks: HF-path blocks per level (partial large kernel).
-        mid_blocks: bottleneck attention + MoE blocks.
-        dec_blocks: decoder blocks at ×1 (gated-conv) and ×½ (attention); the bottleneck is
-            the decoder's ×¼ level.
+        levels: encoder/decoder levels (1: ×1 only; 2: ×1, ×½; 3: ×1, ×½, ×¼). The deepest level
+            ends with the long-range mixer and holds the bottleneck.
+        enc_blocks: LF-path blocks per level (``conv_block`` at ×1, attention below).
+        hf_blocks: HF-path blocks per level (``hf_block``).
+        mid_blocks: bottleneck attention + MoE blocks (at the deepest level).
+        dec_blocks: decoder blocks at ×1 (``conv_block``) and ×½ (attention).
         window_size: attention window (tokens per side).
-        mlp_ratio: FFN hidden width / channels (also per MoE expert).
-        kernel_size: large-kernel size of the HF path and the optional stem block.
-        use_moe: MoE FFN at the bottleneck (False: dense gated FFN).
+        mlp_ratio: FFN hidden width / channels (per MoE expert).
+        kernel_size: large-kernel size of the ``plk`` HF blocks and the optional stem block.
+        use_moe: MoE FFNs (False: dense gated FFNs of the same *active* width, top_k experts).
         num_experts, top_k: MoE size and routing (top_k may be changed later with set_top_k).
-        refine_moe: add a full-resolution detail-refinement MoE before the head.
+        refine_moe: add a full-resolution refinement FFN (MoE or dense, see use_moe) before
+            the head.
         use_hf: keep the high-frequency path (False: single LF stream, no split).
         use_attn: window attention (False: depthwise-conv token mixer).
+        conv_block: ×1 blocks of the LF path and decoder: "gated" (NAF-style) or "rep3"
+            (re-param dense 3×3 + SiLU, fastest per FLOP).
+        hf_block: HF-path blocks: "plk" (re-param partial large kernel + gated mix) or "rep3".
+        gate_norm: RMS-normalize the input of multiplicative gates (keeps one-pixel patterns
+            bounded; False only for checkpoints made before it existed).
+        shift: shifted attention windows: "stage" (odd blocks of each stage), "alternate"
+            (every other attention block of the whole network) or "none".
         freq_split: "laplacian" or "fft".
-        global_mixer: "fourier", "ssm" or "none" (level-3 long-range branch).
+        global_mixer: "fourier", "ssm" or "none" (long-range branch of the deepest level).
         stem_lk: add a re-param large-kernel conv to the stem.
         noise: learned noise injection in the texture head.
         upsampler: "pixelshuffle" or "dysample" (a plain conv at scale 1).
@@ -1124,6 +1183,7 @@ class HybridMoE(nn.Module):
         scale: int = 4,
         in_ch: int = 3,
         dim: int = 32,
+        levels: int = 3,
         enc_blocks: Sequence[int] = (2, 1, 1),
         hf_blocks: Sequence[int] = (2, 1, 0),
         mid_blocks: int = 1,
@@ -1137,6 +1197,10 @@ class HybridMoE(nn.Module):
         refine_moe: bool = False,
         use_hf: bool = True,
         use_attn: bool = True,
+        conv_block: str = "gated",
+        hf_block: str = "plk",
+        gate_norm: bool = True,
+        shift: str = "stage",
         freq_split: str = "laplacian",
         global_mixer: str = "fourier",
         stem_lk: bool = False,
@@ -1149,6 +1213,9 @@ class HybridMoE(nn.Module):
         scale = _check_int("scale", scale, 1)
         in_ch = _check_int("in_ch", in_ch, 1)
         dim = _check_int("dim", dim, 4)
+        levels = _check_int("levels", levels, 1)
+        if levels > 3:
+            raise ValueError(f"HybridMoE: levels must be 1, 2 or 3, got {levels}")
         enc = _check_blocks("enc_blocks", enc_blocks)
         hfb = _check_blocks("hf_blocks", hf_blocks)
         dec = _check_blocks("dec_blocks", dec_blocks, levels=2)
@@ -1163,6 +1230,9 @@ class HybridMoE(nn.Module):
         global_mixer = _check_choice("global_mixer", global_mixer, MIXER_CHOICES)
         upsampler = _check_choice("upsampler", upsampler, UPSAMPLER_CHOICES)
         base = _check_choice("base", base, BASE_CHOICES)
+        conv_block = _check_choice("conv_block", conv_block, CONV_BLOCK_CHOICES)
+        hf_block = _check_choice("hf_block", hf_block, HF_BLOCK_CHOICES)
+        shift = _check_choice("shift", shift, SHIFT_CHOICES)
         num_experts = _check_int("num_experts", num_experts, 1)
         top_k = _check_int("top_k", top_k, 1)
         if top_k > num_experts:
@@ -1171,12 +1241,13 @@ class HybridMoE(nn.Module):
                 f"choose 1 <= top_k <= num_experts"
             )
 
-        self.scale, self.in_ch = scale, in_ch
+        self.scale, self.in_ch, self.levels = scale, in_ch, levels
         self.deploy = bool(deploy)
-        has_moe = (use_moe and mid_blocks > 0) or refine_moe
+        has_moe = use_moe and (mid_blocks > 0 or refine_moe)
         self.num_experts = num_experts if has_moe else 0
         self.top_k = top_k if has_moe else 0
-        c1, c2, c3 = dim, dim * 2, dim * 4
+        widths = [dim * 2**i for i in range(levels)]
+        self.pad_multiple = 2 ** (levels - 1)
 
         meta = [
             META_VERSION,
@@ -1196,6 +1267,7 @@ class HybridMoE(nn.Module):
             num_experts,
         ]
         self.register_buffer("hmoe_meta", torch.tensor(meta, dtype=torch.int32))
+        self.register_load_state_dict_pre_hook(_rename_old_keys)
 
         self.base: nn.Module | None
         if base == "mks2021":
@@ -1205,52 +1277,78 @@ class HybridMoE(nn.Module):
         else:
             self.base = None
 
+        c1 = widths[0]
         self.stem = nn.Conv2d(in_ch, c1, 3, 1, 1)
         self.stem_lk = RepConv(c1, c1, kernel_size, groups=c1, deploy=deploy) if stem_lk else None
         self.split = FrequencySplit(c1, freq_split) if use_hf else None
 
-        def attn(c: int, i: int, moe: tuple[int, int] | None = None) -> nn.Module:
+        hidden = [max(8, round(c * mlp_ratio)) for c in widths]
+        moe_cfg = (num_experts, top_k) if use_moe else None
+        dense_k = 1 if use_moe else top_k  # a dense FFN gets the MoE's active width
+        attn_count = 0
+
+        def attn(c: int, i: int, level: int, moe: bool = False) -> nn.Module:
+            nonlocal attn_count
+            attn_count += 1
+            shifted = {"stage": i % 2 == 1, "alternate": attn_count % 2 == 0, "none": False}
             return AttnBlock(
                 c,
                 window=window_size,
-                shift=i % 2 == 1,
-                mlp_ratio=mlp_ratio,
+                shift=shifted[shift],
+                hidden=hidden[level] * (dense_k if moe else 1),
                 use_attn=use_attn,
-                moe=moe,
+                moe=moe_cfg if moe else None,
             )
 
-        # encoder, LF path
-        self.lf1 = nn.Sequential(*[GatedConvBlock(c1) for _ in range(enc[0])])
-        self.lf2 = nn.Sequential(*[attn(c2, i) for i in range(enc[1])])
-        self.lf3 = nn.Sequential(*[attn(c3, i) for i in range(enc[2])])
-        self.lf3_global = GlobalBlock(c3, global_mixer) if global_mixer != "none" else None
-        self.lf_down1 = nn.Conv2d(c1, c2, 2, 2)
-        self.lf_down2 = nn.Conv2d(c2, c3, 2, 2)
-        # encoder, HF path + fusion
+        def conv_blocks(c: int, n: int) -> nn.Sequential:
+            if conv_block == "rep3":
+                return nn.Sequential(*[RepConvBlock(c, deploy) for _ in range(n)])
+            return nn.Sequential(*[GatedConvBlock(c, gate_norm) for _ in range(n)])
+
+        def hf_blocks_(c: int, n: int) -> nn.Sequential:
+            if hf_block == "rep3":
+                return nn.Sequential(*[RepConvBlock(c, deploy) for _ in range(n)])
+            return nn.Sequential(*[HFBlock(c, kernel_size, deploy, gate_norm) for _ in range(n)])
+
+        def lf_blocks(level: int) -> nn.Sequential:
+            c = widths[level]
+            if level == 0:
+                return conv_blocks(c, enc[0])
+            return nn.Sequential(*[attn(c, i, level) for i in range(enc[level])])
+
+        def opt(level: int, make: Callable[[], nn.Module]) -> nn.Module | None:
+            return make() if level < levels else None
+
+        # encoder (names follow the levels: 1 = ×1, 2 = ×½, 3 = ×¼)
+        self.lf1 = lf_blocks(0)
+        self.lf_down1 = opt(1, lambda: nn.Conv2d(widths[0], widths[1], 2, 2))
+        self.lf2 = opt(1, lambda: lf_blocks(1))
+        self.lf_down2 = opt(2, lambda: nn.Conv2d(widths[1], widths[2], 2, 2))
+        self.lf3 = opt(2, lambda: lf_blocks(2))
+        deep = widths[-1]
+        self.global_block = GlobalBlock(deep, global_mixer) if global_mixer != "none" else None
         if use_hf:
-            self.hf1 = nn.Sequential(*[HFBlock(c1, kernel_size, deploy) for _ in range(hfb[0])])
-            self.hf2 = nn.Sequential(*[HFBlock(c2, kernel_size, deploy) for _ in range(hfb[1])])
-            self.hf3 = nn.Sequential(*[HFBlock(c3, kernel_size, deploy) for _ in range(hfb[2])])
-            self.hf_down1 = nn.Conv2d(c1, c2, 2, 2)
-            self.hf_down2 = nn.Conv2d(c2, c3, 2, 2)
-            self.fuse1 = CrossFrequencyFusion(c1)
-            self.fuse2 = CrossFrequencyFusion(c2)
-            self.fuse3 = CrossFrequencyFusion(c3)
+            self.hf1 = hf_blocks_(widths[0], hfb[0])
+            self.fuse1 = CrossFrequencyFusion(widths[0])
+            self.hf_down1 = opt(1, lambda: nn.Conv2d(widths[0], widths[1], 2, 2))
+            self.hf2 = opt(1, lambda: hf_blocks_(widths[1], hfb[1]))
+            self.fuse2 = opt(1, lambda: CrossFrequencyFusion(widths[1]))
+            self.hf_down2 = opt(2, lambda: nn.Conv2d(widths[1], widths[2], 2, 2))
+            self.hf3 = opt(2, lambda: hf_blocks_(widths[2], hfb[2]))
+            self.fuse3 = opt(2, lambda: CrossFrequencyFusion(widths[2]))
         paths = 2 if use_hf else 1
-        # bottleneck
-        self.mid_in = nn.Conv2d(c3 * paths, c3, 1)
-        moe_cfg = (num_experts, top_k) if use_moe else None
-        self.mid = nn.Sequential(*[attn(c3, i, moe=moe_cfg) for i in range(mid_blocks)])
+        # bottleneck at the deepest level
+        self.mid_in = nn.Conv2d(deep * paths, deep, 1)
+        self.mid = nn.Sequential(*[attn(deep, i, levels - 1, moe=True) for i in range(mid_blocks)])
         # decoder
-        self.up2 = nn.ConvTranspose2d(c3, c2, 2, 2)
-        self.dec2_in = nn.Conv2d(c2 * (1 + paths), c2, 1)
-        self.dec2 = nn.Sequential(*[attn(c2, i) for i in range(dec[1])])
-        self.up1 = nn.ConvTranspose2d(c2, c1, 2, 2)
-        self.dec1_in = nn.Conv2d(c1 * (1 + paths), c1, 1)
-        self.dec1 = nn.Sequential(*[GatedConvBlock(c1) for _ in range(dec[0])])
+        self.up2 = opt(2, lambda: nn.ConvTranspose2d(widths[2], widths[1], 2, 2))
+        self.dec2_in = opt(2, lambda: nn.Conv2d(widths[1] * (1 + paths), widths[1], 1))
+        self.dec2 = opt(2, lambda: nn.Sequential(*[attn(widths[1], i, 1) for i in range(dec[1])]))
+        self.up1 = opt(1, lambda: nn.ConvTranspose2d(widths[1], widths[0], 2, 2))
+        self.dec1_in = opt(1, lambda: nn.Conv2d(widths[0] * (1 + paths), widths[0], 1))
+        self.dec1 = conv_blocks(widths[0], dec[0])
         # reconstruction
-        hidden = max(8, round(c1 * mlp_ratio))
-        self.refine_moe = MoERefine(c1, hidden, num_experts, top_k) if refine_moe else None
+        self.refine_moe = RefineBlock(c1, hidden[0] * dense_k, moe_cfg) if refine_moe else None
         self.head = TextureHead(c1, HEAD_KERNEL, noise, deploy)
         self.up: nn.Module = (
             DySampleUpsampler(c1, in_ch, scale)
@@ -1322,10 +1420,18 @@ class HybridMoE(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
-    def level3(self, x: Tensor) -> Tensor:
-        """LF path at ×¼: attention blocks, then the long-range mixer."""
-        x = self.lf3(x)
-        return self.lf3_global(x) if self.lf3_global is not None else x
+    def _encode_level(
+        self, level: int, lf: Tensor, hf: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One encoder level (1-based): LF blocks (and the long-range mixer at the deepest
+        level), HF blocks, then the cross-frequency fusion."""
+        lf = getattr(self, f"lf{level}")(lf)
+        if level == self.levels and self.global_block is not None:
+            lf = self.global_block(lf)
+        if hf is None:
+            return lf, None
+        hf = getattr(self, f"hf{level}")(hf)
+        return getattr(self, f"fuse{level}")(lf, hf)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_ch:
@@ -1336,31 +1442,33 @@ class HybridMoE(nn.Module):
             )
         if self.training and torch.is_grad_enabled() and self.num_experts:
             MOE_AUX.begin_forward()
+        # a NaN/Inf pixel would reach every output pixel through the global mixer
+        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
         h, w = x.shape[-2:]
         base = self.base(x) if self.base is not None else None
 
-        f = self.stem(_pad_to_multiple(x, PAD_MULTIPLE))
+        f = self.stem(_pad_to_multiple(x, self.pad_multiple))
         if self.stem_lk is not None:
             f = self.stem_lk(f)
 
-        if self.split is not None:
-            lf, hf = self.split(f)
-            lf, hf = self.fuse1(self.lf1(lf), self.hf1(hf))
-            s1 = (lf, hf)
-            lf, hf = self.fuse2(self.lf2(self.lf_down1(lf)), self.hf2(self.hf_down1(hf)))
-            s2 = (lf, hf)
-            lf, hf = self.fuse3(self.level3(self.lf_down2(lf)), self.hf3(self.hf_down2(hf)))
-            m = self.mid_in(torch.cat([lf, hf], dim=1))
-        else:
-            lf = self.lf1(f)
-            s1 = (lf,)
-            lf = self.lf2(self.lf_down1(lf))
-            s2 = (lf,)
-            m = self.mid_in(self.level3(self.lf_down2(lf)))
+        # encoder: level 1 at ×1, each further level at half the resolution
+        lf, hf = self.split(f) if self.split is not None else (f, None)
+        skips: list[tuple[Tensor, ...]] = []
+        for level in range(1, self.levels + 1):
+            if level > 1:
+                lf = getattr(self, f"lf_down{level - 1}")(lf)
+                hf = getattr(self, f"hf_down{level - 1}")(hf) if hf is not None else None
+            lf, hf = self._encode_level(level, lf, hf)
+            skips.append((lf,) if hf is None else (lf, hf))
 
-        d = self.mid(m)
-        d = self.dec2(self.dec2_in(torch.cat([self.up2(d), *s2], dim=1)))
-        d = self.dec1(self.dec1_in(torch.cat([self.up1(d), *s1], dim=1)))
+        # bottleneck, then the decoder back up to ×1, fed by the skips of both paths
+        d = self.mid(self.mid_in(torch.cat(skips.pop(), dim=1)))
+        for level in range(self.levels - 1, 0, -1):
+            d = getattr(self, f"up{level}")(d)
+            d = getattr(self, f"dec{level}_in")(torch.cat([d, *skips.pop()], dim=1))
+            d = getattr(self, f"dec{level}")(d)
+        if self.levels == 1:
+            d = self.dec1(d)
         d = d + f
         if self.refine_moe is not None:
             d = self.refine_moe(d)
@@ -1524,10 +1632,21 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
             f"inconsistent HybridMoE checkpoint: meta says {num_experts} experts, the router "
             f"has {routers[0]}"
         )
+
+    def block_kind(pattern: str, rep3: str, default: str) -> str:
+        return rep3 if any(re.match(pattern, k) for k in sd) else default
+
+    gated_norm = r"^((lf1|dec1)\.\d+\.norm1|hf\d\.\d+\.norm)\.weight$"
+    gated_any = r"^((lf1|dec1)\.\d+\.pw1|hf\d\.\d+\.mix)\.weight$"
     cfg: dict[str, Any] = {
         "scale": scale,
         "in_ch": in_ch,
         "dim": int(dim),
+        "levels": 1 + int("lf_down1.weight" in sd) + int("lf_down2.weight" in sd),
+        "conv_block": block_kind(r"^(lf1|dec1)\.\d+\.conv\.", "rep3", "gated"),
+        "hf_block": block_kind(r"^hf\d\.\d+\.conv\.", "rep3", "plk"),
+        "gate_norm": any(re.match(gated_norm, k) for k in sd)
+        or not any(re.match(gated_any, k) for k in sd),
         "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),
         "hf_blocks": hf_blocks,
         "mid_blocks": _seq_len(sd, "mid."),
@@ -1559,7 +1678,6 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
 SPANDREL_DETECT_KEYS = (
     "hmoe_meta",
     "stem.weight",
-    "lf_down1.weight",
     "mid_in.weight",
     "dec1_in.weight",
     "head.pw.weight",
