@@ -2,8 +2,8 @@
 
 Usage::
 
-    python scripts/install_trainner.py install   TRAINNER_REDUX_DIR [--link]
-    python scripts/install_trainner.py uninstall TRAINNER_REDUX_DIR
+    python scripts/install_trainner.py install   TRAINNER_REDUX_DIR [--link] [--force]
+    python scripts/install_trainner.py uninstall TRAINNER_REDUX_DIR [--force]
     python scripts/install_trainner.py check     TRAINNER_REDUX_DIR
 
 ``install`` places these files (copies, or symlinks to this checkout with ``--link``):
@@ -20,12 +20,19 @@ traiNNer-redux refuses to train from ``options/_templates``: copy a template to
 ``options/train/HybridMoE/`` first and edit the dataset paths there.
 
 Everything written is recorded, with SHA-256 content hashes, in the manifest
-``.hybridmoe-freqnet-install.json`` at the root of the checkout. The installer never
-overwrites a file it did not write, nor one of its own files that was edited since (it refuses
-with a message naming the file and changes nothing). Re-running ``install`` is idempotent and
-updates unmodified files to the current version. ``uninstall`` removes only its own
-unmodified files (edited ones are kept, with a warning). ``check`` reports every file as
-``missing``, ``matches`` or ``differs`` and exits 0 only when all match.
+``.hybridmoe-freqnet-install.json`` at the root of the checkout. The installer only ever
+writes or deletes files inside the checkout (a folder that leads outside it through a
+symbolic link is refused), and only files it wrote itself whose content still matches the
+manifest. It never overwrites a file it did not write, nor one of its own files that was edited
+since (it refuses with a message naming the file and changes nothing; ``install --force``
+replaces edited files of its own). Re-running ``install`` is idempotent and updates unmodified
+files to the current version. ``uninstall`` removes only its own unmodified files: edited ones
+are kept, stay in the manifest and are named in a warning (``uninstall --force`` removes them).
+``check`` reports every file as ``missing``, ``matches`` or ``differs`` and exits 0 only when
+all match. A manifest whose entries are not files this installer writes (absolute paths,
+``..``, other names) or whose records are damaged is refused before anything is changed.
+Files and the manifest are written to a temporary file in the same folder and renamed over
+the target, so an interrupted run never leaves a half-written file.
 
 Exit status: 0 success; 1 refused / files differ; 2 usage error or not a traiNNer-redux checkout.
 """
@@ -35,10 +42,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
+import os
+import re
+import secrets
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +58,15 @@ CHECKOUT_MARKERS = ("train.py", "traiNNer/archs/__init__.py", "traiNNer/utils/re
 CODE_FILES = ("traiNNer/archs/hybridmoe_arch.py", "traiNNer/losses/hybridmoe_loss.py")
 TEMPLATE_KINDS = ("train", "test", "onnx")
 TEMPLATE_FOLDER = "HybridMoE"
+
+CODE_DEST = re.compile(r"traiNNer/(archs|losses)/hybridmoe_[A-Za-z0-9_]+\.py")
+TEMPLATE_DEST = re.compile(
+    rf"options/_templates/({'|'.join(TEMPLATE_KINDS)})/{TEMPLATE_FOLDER}/"
+    r"([A-Za-z0-9_][A-Za-z0-9_.-]*\.yml)"
+)
+"""The only file names this installer writes (and so the only ones a manifest may name)."""
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MODES = ("copy", "link")
 
 
 class InstallError(Exception):
@@ -111,22 +130,157 @@ def plan(source_root: Path = REPO_ROOT) -> list[Entry]:
     return entries
 
 
+def source_rel_of(dest: str) -> str | None:
+    """The project path a checkout path is installed from (``None`` for a path this installer
+    never writes)."""
+    if CODE_DEST.fullmatch(dest):
+        return dest
+    m = TEMPLATE_DEST.fullmatch(dest)
+    if m:
+        return f"options/{m.group(1)}/{TEMPLATE_FOLDER}/{m.group(2)}"
+    return None
+
+
+def _record_problem(rel: Any, record: Any) -> str | None:
+    """Why a manifest entry cannot be one this installer wrote (``None`` when it can)."""
+    if not isinstance(rel, str) or source_rel_of(rel) is None:
+        return (
+            "not a file this installer writes (only traiNNer/archs/hybridmoe_*.py, "
+            "traiNNer/losses/hybridmoe_*.py and options/_templates/{train,test,onnx}/"
+            f"{TEMPLATE_FOLDER}/*.yml, relative to the checkout)"
+        )
+    if not isinstance(record, dict):
+        return "the record is not an object"
+    return _fields_problem(rel, record)
+
+
+def _fields_problem(rel: str, record: dict[str, Any]) -> str | None:
+    """Why the fields of a manifest record are not ones this installer writes."""
+    sha, mode, source = record.get("sha256"), record.get("mode"), record.get("source")
+    if not isinstance(sha, str) or not SHA256_HEX.fullmatch(sha):
+        return "no valid sha256 (64 lower-case hex digits)"
+    if mode not in MODES:
+        return f"mode {mode!r} is neither {' nor '.join(map(repr, MODES))}"
+    if not isinstance(source, str) or not Path(source).is_absolute():
+        return "source is not an absolute path"
+    wanted = PurePosixPath(source_rel_of(rel) or "").parts
+    if mode == "link" and Path(source).parts[-len(wanted) :] != wanted:
+        return f"a link to {source}, which is not the project's {'/'.join(wanted)}"
+    return None
+
+
+def validate_manifest(data: Any, path: Path) -> dict[str, Any]:
+    """``data`` (the parsed manifest at ``path``) if it is a manifest this installer could have
+    written; otherwise :class:`InstallError` naming every bad entry (nothing has been changed)."""
+    fix = (
+        f"Nothing was changed. Restore {MANIFEST_NAME} from a backup, or remove it and delete "
+        "the installed HybridMoE files by hand."
+    )
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise InstallError(f"{path}: not an install manifest of this project. {fix}")
+    if data.get("version") != MANIFEST_VERSION:
+        raise InstallError(
+            f"{path}: install manifest version {data.get('version')!r} is not "
+            f"{MANIFEST_VERSION} (written by another version of this installer?). {fix}"
+        )
+    problems = []
+    for rel, record in data["files"].items():
+        why = _record_problem(rel, record)
+        if why:
+            problems.append(f"  {rel!r}: {why}")
+    if problems:
+        raise InstallError(
+            f"{path}: damaged or tampered install manifest:\n" + "\n".join(problems) + f"\n{fix}"
+        )
+    return data
+
+
 def load_manifest(checkout: Path) -> dict[str, Any]:
-    """The manifest of a previous install, or an empty one."""
+    """The validated manifest of a previous install, or an empty one."""
     path = checkout / MANIFEST_NAME
     if not path.exists():
         return {"version": MANIFEST_VERSION, "files": {}}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise InstallError(f"{path}: unreadable install manifest ({e}); fix or remove it") from e
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        raise InstallError(f"{path}: not an install manifest of this project; fix or remove it")
-    return data
+        raise InstallError(
+            f"{path}: unreadable install manifest ({e}); fix or remove it. Nothing was changed."
+        ) from e
+    return validate_manifest(data, path)
+
+
+def inside(checkout: Path, rel: str) -> Path:
+    """``checkout / rel`` with its folder resolved (symbolic links followed), or
+    :class:`InstallError` when that folder is not inside the (resolved) ``checkout``. The last
+    component is not followed: a symlink there is replaced or removed, never its target."""
+    dest = checkout / rel
+    folder = dest.parent.resolve()
+    if not folder.is_relative_to(checkout):
+        raise InstallError(
+            f"{rel}: its folder {dest.parent} leads outside the checkout {checkout} (to "
+            f"{folder}) through a symbolic link; this installer only writes and deletes inside "
+            "the checkout. Replace the link with a real folder. Nothing was changed."
+        )
+    return folder / dest.name
+
+
+def resolve_all(checkout: Path, rels: Iterable[str]) -> dict[str, Path]:
+    """:func:`inside` for every path; one error naming all that lead outside."""
+    out, errors = {}, []
+    for rel in rels:
+        try:
+            out[rel] = inside(checkout, rel)
+        except InstallError as e:
+            errors.append(str(e).removesuffix(" Nothing was changed."))
+    if errors:
+        raise InstallError("\n".join(errors) + "\nNothing was changed.")
+    return out
+
+
+def _create_temp(dest: Path, create: Callable[[Path], None]) -> Path:
+    """A fresh, unused temporary name beside ``dest``, made by ``create`` (which must fail
+    with :class:`FileExistsError` if the name is taken)."""
+    for _ in range(100):
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            create(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise InstallError(f"could not create a temporary file beside {dest}")
+
+
+def write_bytes_atomic(dest: Path, data: bytes) -> None:
+    """Write ``data`` to a new temporary file beside ``dest`` and rename it over ``dest`` (a
+    symlink at ``dest`` is replaced, never followed); on failure the temporary file is removed
+    and ``dest`` is as before."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fds: list[int] = []
+    tmp = _create_temp(dest, lambda t: fds.append(os.open(t, flags, 0o666)))
+    try:
+        with os.fdopen(fds[0], "wb") as f:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(f.fileno(), view) :]
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def symlink_atomic(dest: Path, target: Path) -> None:
+    """Point ``dest`` at ``target`` (a new symlink renamed over ``dest``)."""
+    tmp = _create_temp(dest, lambda t: t.symlink_to(target))
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_manifest(checkout: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest (or delete it when it records no file)."""
+    """Write the manifest atomically (or delete it when it records no file)."""
     path = checkout / MANIFEST_NAME
     if not manifest["files"]:
         path.unlink(missing_ok=True)
@@ -137,9 +291,7 @@ def save_manifest(checkout: Path, manifest: dict[str, Any]) -> None:
         "tool": "HybridMoE-FreqNet scripts/install_trainner.py",
         "files": dict(sorted(manifest["files"].items())),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
 def _exists(path: Path) -> bool:
@@ -156,17 +308,16 @@ def _is_link_to(path: Path, source: Path) -> bool:
 
 
 def _state(path: Path, record: dict[str, Any]) -> str:
-    """``missing``, ``unmodified`` (as this installer left it) or ``modified``."""
+    """``missing``, ``unmodified`` (as this installer left it), ``modified`` (a file or link
+    edited or replaced since) or ``not a file`` (a folder or other special file now)."""
     if not _exists(path):
         return "missing"
-    if record.get("mode") == "link":
-        target = Path(record.get("source", ""))
-        if _is_link_to(path, target):
-            return "unmodified"
-        if path.is_symlink() or not path.is_file():
-            return "modified"
-    elif path.is_symlink() or not path.is_file():
-        return "modified"
+    if path.is_symlink():
+        # a link is ours only in link mode, pointing at the recorded project file
+        linked = record.get("mode") == "link" and _is_link_to(path, Path(record["source"]))
+        return "unmodified" if linked else "modified"
+    if not path.is_file():
+        return "not a file"
     try:
         return "unmodified" if sha256_of(path) == record.get("sha256") else "modified"
     except OSError:
@@ -189,26 +340,72 @@ def _prune_dirs(checkout: Path, rel: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def install(checkout: Path, link: bool = False, source_root: Path = REPO_ROOT) -> list[str]:
-    """Install (or update) every file; returns report lines. Raises :class:`InstallError`
-    without touching anything when a file is in the way."""
-    checkout = check_checkout(checkout)
-    entries = plan(source_root)
-    manifest = load_manifest(checkout)
-    records: dict[str, Any] = manifest["files"]
-    mode = "link" if link else "copy"
-
+def _conflicts(
+    entries: list[Entry], dests: dict[str, Path], records: dict[str, Any], force: bool
+) -> list[str]:
+    """Why ``install`` may not write each planned file (empty when it may write them all)."""
     conflicts = []
     for e in entries:
-        dest = checkout / e.dest
+        dest = dests[e.dest]
         if not _exists(dest):
             continue
         if e.dest not in records:
             if dest.resolve() == e.source.resolve():
                 raise InstallError(f"{dest} is the source file itself; install elsewhere", 2)
             conflicts.append(f"  {e.dest}: exists and was not written by this installer")
-        elif _state(dest, records[e.dest]) == "modified":
-            conflicts.append(f"  {e.dest}: was installed by this installer but edited since")
+            continue
+        state = _state(dest, records[e.dest])
+        if state == "not a file":
+            conflicts.append(f"  {e.dest}: is not a file (a folder?)")
+        elif state == "modified" and not force:
+            conflicts.append(
+                f"  {e.dest}: was installed by this installer but edited since "
+                "(install --force replaces it, losing the edits)"
+            )
+    return conflicts
+
+
+def _remove_stale(
+    checkout: Path, dests: dict[str, Path], records: dict[str, Any], force: bool
+) -> list[str]:
+    """Delete the unmodified files of an older version that are no longer shipped (edited ones
+    with ``force``); returns report lines. Edited files that are kept stay in the manifest."""
+    report = []
+    for rel in sorted(set(records) - set(dests)):
+        path = inside(checkout, rel)
+        state = _state(path, records[rel])
+        if state == "unmodified" or (state == "modified" and force):
+            path.unlink()
+            _prune_dirs(checkout, rel)
+            report.append(f"removed    {rel} (no longer part of the project)")
+        elif state == "modified":
+            report.append(
+                f"WARNING    {rel}: no longer part of the project, edited: kept "
+                "(install --force removes it)"
+            )
+            continue
+        elif state == "not a file":
+            report.append(f"WARNING    {rel}: no longer part of the project, not a file: kept")
+        del records[rel]
+    return report
+
+
+def install(
+    checkout: Path, link: bool = False, source_root: Path = REPO_ROOT, force: bool = False
+) -> list[str]:
+    """Install (or update) every file; returns report lines. Raises :class:`InstallError`
+    without touching anything when a file is in the way or a path leads outside the checkout.
+    ``force`` replaces (and removes, when no longer shipped) this installer's own files that
+    were edited since; files it did not write are never touched."""
+    checkout = check_checkout(checkout)
+    entries = plan(source_root)
+    manifest = load_manifest(checkout)
+    records: dict[str, Any] = manifest["files"]
+    mode = "link" if link else "copy"
+    dests = resolve_all(checkout, [e.dest for e in entries])
+    resolve_all(checkout, records)
+
+    conflicts = _conflicts(entries, dests, records, force)
     if conflicts:
         raise InstallError(
             "refusing to overwrite files in "
@@ -216,44 +413,31 @@ def install(checkout: Path, link: bool = False, source_root: Path = REPO_ROOT) -
             "run install again. Nothing was changed."
         )
 
-    report = []
-    wanted = {e.dest for e in entries}
-    for rel in sorted(set(records) - wanted):  # files of an older version, no longer shipped
-        path = checkout / rel
-        state = _state(path, records[rel])
-        if state == "unmodified":
-            path.unlink()
-            _prune_dirs(checkout, rel)
-            report.append(f"removed    {rel} (no longer part of the project)")
-        elif state == "modified":
-            report.append(f"WARNING    {rel}: no longer part of the project, edited: kept")
-        del records[rel]
-
+    report = _remove_stale(checkout, dests, records, force)
     for e in entries:
-        dest = checkout / e.dest
-        digest = sha256_of(e.source)
+        dest = dests[e.dest]
+        data = e.source.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         record = {"sha256": digest, "mode": mode, "source": str(e.source.resolve())}
         old = records.get(e.dest)
         if _exists(dest) and old is not None:
-            same_kind = old.get("mode") == mode
             same = (
                 _is_link_to(dest, e.source)
                 if link
                 else (not dest.is_symlink() and sha256_of(dest) == digest)
             )
-            if same and same_kind:
+            if same and old.get("mode") == mode:
                 records[e.dest] = record
                 report.append(f"unchanged  {e.dest}")
                 continue
-            dest.unlink()
             action = "updated   "
         else:
             action = "linked    " if link else "installed "
         dest.parent.mkdir(parents=True, exist_ok=True)
         if link:
-            dest.symlink_to(e.source.resolve())
+            symlink_atomic(dest, e.source.resolve())
         else:
-            shutil.copyfile(e.source, dest)
+            write_bytes_atomic(dest, data)
         records[e.dest] = record
         report.append(f"{action} {e.dest}")
         save_manifest(checkout, manifest)  # record progress file by file
@@ -261,25 +445,35 @@ def install(checkout: Path, link: bool = False, source_root: Path = REPO_ROOT) -
     return report
 
 
-def uninstall(checkout: Path) -> tuple[list[str], list[str]]:
-    """Remove this installer's unmodified files; returns (report lines, warnings)."""
+def uninstall(checkout: Path, force: bool = False) -> tuple[list[str], list[str]]:
+    """Remove this installer's unmodified files (edited ones too with ``force``); returns
+    (report lines, warnings). Edited files that are kept stay in the manifest."""
     checkout = check_checkout(checkout)
     manifest = load_manifest(checkout)
     records: dict[str, Any] = manifest["files"]
     report, warnings = [], []
     if not records:
         return ["nothing to uninstall (no install manifest)"], []
+    paths = resolve_all(checkout, records)
     for rel in sorted(records):
-        path = checkout / rel
+        path = paths[rel]
         state = _state(path, records[rel])
         if state == "missing":
             report.append(f"missing    {rel} (already removed)")
-        elif state == "unmodified":
+        elif state == "unmodified" or (state == "modified" and force):
             path.unlink()
             _prune_dirs(checkout, rel)
-            report.append(f"removed    {rel}")
+            report.append(
+                f"removed    {rel}" + (" (edited; --force)" if state != "unmodified" else "")
+            )
+        elif state == "modified":
+            warnings.append(
+                f"WARNING: {rel} was edited after installation; kept. Delete it by hand, or "
+                "run uninstall --force to remove it anyway."
+            )
+            continue
         else:
-            warnings.append(f"WARNING: {rel} was edited after installation; kept")
+            warnings.append(f"WARNING: {rel} is not a file any more; kept, no longer recorded")
         del records[rel]
     save_manifest(checkout, manifest)
     return report, warnings
@@ -291,15 +485,21 @@ def check(checkout: Path, source_root: Path = REPO_ROOT) -> tuple[list[str], boo
     records = load_manifest(checkout)["files"]
     lines, ok = [], True
     for e in plan(source_root):
-        dest = checkout / e.dest
-        if not _exists(dest) or not dest.exists():
-            status = "missing"
-        elif _is_link_to(dest, e.source) or sha256_of(dest) == sha256_of(e.source):
-            status = "matches"
+        try:
+            dest = inside(checkout, e.dest)
+        except InstallError:
+            status = "outside"
         else:
-            status = "differs"
+            if not _exists(dest) or not dest.exists():
+                status = "missing"
+            elif _is_link_to(dest, e.source) or sha256_of(dest) == sha256_of(e.source):
+                status = "matches"
+            else:
+                status = "differs"
         ok &= status == "matches"
         note = "" if e.dest in records or status == "missing" else "  (not installed by us)"
+        if status == "outside":
+            note = "  (its folder is a symbolic link leading outside the checkout)"
         lines.append(f"{status:<8} {e.dest}{note}")
     wanted = {e.dest for e in plan(source_root)}
     for rel in sorted(set(records) - wanted):
@@ -315,17 +515,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=("install", "uninstall", "check"))
     ap.add_argument("trainner_dir", type=Path, metavar="TRAINNER_REDUX_DIR")
     ap.add_argument("--link", action="store_true", help="symlink instead of copying (install)")
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="also replace (install) or remove (uninstall) files this installer wrote that "
+        "were edited since; files it did not write are never touched",
+    )
     args = ap.parse_args(argv)
     if args.link and args.command != "install":
         ap.error("--link only applies to install")
+    if args.force and args.command == "check":
+        ap.error("--force only applies to install and uninstall")
     try:
         if args.command == "install":
-            for line in install(args.trainner_dir, link=args.link):
+            for line in install(args.trainner_dir, link=args.link, force=args.force):
                 print(line)
             print(f"HybridMoE-FreqNet installed into {args.trainner_dir.resolve()}")
             return 0
         if args.command == "uninstall":
-            report, warnings = uninstall(args.trainner_dir)
+            report, warnings = uninstall(args.trainner_dir, force=args.force)
             for line in report:
                 print(line)
             for line in warnings:

@@ -16,15 +16,25 @@ Creates or refreshes (idempotent: a second run changes nothing):
   architecture; its keys collide with none of them);
 * ``tests/test_HybridMoE.py`` in spandrel's test conventions.
 
-Refuses (exit status 2) a path that is not a spandrel checkout.
+Python files are formatted by the ``ruff`` executable of this Python environment (or the first
+one on ``PATH``), never by anything inside the checkout: no ``python -m ruff`` there, so a
+``ruff.py`` or ``ruff`` in the checkout is not run. Every file is written to a temporary file
+beside it and renamed into place. Refuses (exit status 2) a path that is not a spandrel
+checkout, and one where a target folder leads outside the checkout through a symbolic link
+(nothing is written then).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
+import shutil
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,7 +87,8 @@ MAMBA_SCAN_BODY = (
 
 
 class NotACheckoutError(Exception):
-    """The target directory is not a spandrel source checkout."""
+    """The target directory is not a spandrel source checkout (or a target path in it leads
+    outside it)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,16 +457,50 @@ def patch_registry(text: str) -> str:
 class Report:
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know (ruff missing or failing: files written unformatted)."""
 
 
-def ruff_format(text: str, path: Path, checkout: Path) -> str:
+def _is_inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _own_ruff() -> Path | None:
+    """The ``ruff`` executable installed into this Python environment's scripts folder."""
+    scripts = sysconfig.get_path("scripts")
+    exe = Path(scripts) / ("ruff" + (sysconfig.get_config_var("EXE") or "")) if scripts else None
+    return exe if exe is not None and exe.is_file() else None
+
+
+def find_ruff(checkout: Path) -> Path | None:
+    """An absolute ``ruff`` executable outside ``checkout``: this environment's, else the first
+    on ``PATH`` (relative ``PATH`` entries are taken from the current folder); ``None`` if
+    there is none. Nothing inside the checkout is ever chosen."""
+    candidates = [_own_ruff()]
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("ruff", path=entry or os.curdir)
+        candidates.append(Path(os.path.abspath(found)) if found else None)
+    for exe in candidates:
+        if exe is not None and exe.is_absolute() and not _is_inside(exe, checkout):
+            return exe
+    return None
+
+
+def ruff_format(text: str, path: Path, checkout: Path, report: Report | None = None) -> str:
     """``text`` formatted by ``ruff format`` with the checkout's configuration (spandrel's
-    pre-commit hook), or unchanged when ruff is not installed."""
-    import subprocess
-
+    pre-commit hook), or unchanged (with a note in ``report``) when ruff is missing or fails.
+    The ruff executable comes from :func:`find_ruff`: nothing in the checkout is imported or
+    run (``python -m ruff`` there would import a ``ruff.py`` lying in the checkout)."""
+    notes = report.notes if report is not None else []
+    exe = find_ruff(checkout)
+    if exe is None:
+        note = "ruff not found: Python files written unformatted (pip install ruff)"
+        if note not in notes:
+            notes.append(note)
+        return text
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
+            [str(exe), "format", "--stdin-filename", str(path), "-"],
             input=text,
             capture_output=True,
             text=True,
@@ -463,9 +508,46 @@ def ruff_format(text: str, path: Path, checkout: Path) -> str:
             check=False,
             timeout=60,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired) as e:
+        notes.append(f"{exe} format failed ({e}): {path} written unformatted")
         return text
-    return proc.stdout if proc.returncode == 0 and proc.stdout else text
+    if proc.returncode != 0 or not proc.stdout:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        notes.append(f"{exe} format failed ({why}): {path} written unformatted")
+        return text
+    return proc.stdout
+
+
+def check_targets(checkout: Path, paths: Sequence[Path]) -> None:
+    """Raise :class:`NotACheckoutError` when the folder of a path to write resolves (through a
+    symbolic link) outside ``checkout``."""
+    for path in paths:
+        if not _is_inside(path.parent, checkout):  # resolve() follows every link on the way
+            raise NotACheckoutError(
+                f"{path.parent} leads outside the checkout {checkout} (to "
+                f"{path.parent.resolve()}) "
+                "through a symbolic link; nothing was written. Replace the link with a real "
+                "folder."
+            )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a new temporary file beside ``path`` and rename it over ``path`` (a
+    symlink at ``path`` is replaced, not followed); an existing file keeps its permissions."""
+    mode = path.stat().st_mode & 0o7777 if path.is_file() and not path.is_symlink() else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write(path: Path, text: str, report: Report) -> None:
@@ -473,7 +555,7 @@ def _write(path: Path, text: str, report: Report) -> None:
         report.unchanged.append(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     report.written.append(path)
 
 
@@ -502,9 +584,17 @@ def export(
     source = arch_file.read_text(encoding="utf-8")
     report = Report()
     arch_dir = checkout / ARCH_REL
+    targets = [
+        arch_dir / "__arch" / "hybridmoe.py",
+        arch_dir / "__arch" / "LICENSE",
+        arch_dir / "__init__.py",
+        checkout / REGISTRY_REL,
+        checkout / TEST_REL,
+    ]
+    check_targets(checkout, targets)
 
     def py(path: Path, text: str) -> None:
-        _write(path, ruff_format(text, path, checkout) if fmt else text, report)
+        _write(path, ruff_format(text, path, checkout, report) if fmt else text, report)
 
     py(arch_dir / "__arch" / "hybridmoe.py", generate_network(source))
     _write(arch_dir / "__arch" / "LICENSE", license_file.read_text(encoding="utf-8"), report)
@@ -531,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote     {path}")
     for path in report.unchanged:
         print(f"unchanged {path}")
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
     return 0
 
 

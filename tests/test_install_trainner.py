@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import install_trainner as it
 import pytest
@@ -150,8 +153,30 @@ def test_refuses_to_overwrite_an_edited_installed_file(checkout: Path, source: P
     assert any(tpl in w and "edited" in w for w in warnings)
     assert (checkout / tpl).read_text() == "edited by the user\n"  # kept
     assert not (checkout / ARCH).exists()
-    assert not (checkout / it.MANIFEST_NAME).exists()
     assert any(line.startswith("removed") for line in report)
+    # the kept file stays recorded, so that --force can still remove it later
+    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
+    assert list(manifest["files"]) == [tpl]
+    report, warnings = it.uninstall(checkout, force=True)
+    assert report == [f"removed    {tpl} (edited; --force)"] and not warnings
+    assert not (checkout / tpl).exists()
+    assert not (checkout / it.MANIFEST_NAME).exists()
+
+
+def test_install_force_replaces_only_its_own_edited_files(checkout: Path, source: Path) -> None:
+    it.install(checkout, source_root=source)
+    (checkout / LOSS).write_text("edited by the user\n")
+    with pytest.raises(it.InstallError, match=r"edited since \(install --force replaces it"):
+        it.install(checkout, source_root=source)
+    report = it.install(checkout, source_root=source, force=True)
+    assert f"updated    {LOSS}" in report
+    assert (checkout / LOSS).read_bytes() == (source / LOSS).read_bytes()
+    # a file the installer did not write is refused even with --force
+    it.uninstall(checkout)
+    (checkout / ARCH).write_text("# somebody else's network\n")
+    with pytest.raises(it.InstallError, match="was not written by this installer"):
+        it.install(checkout, source_root=source, force=True)
+    assert (checkout / ARCH).read_text() == "# somebody else's network\n"
 
 
 def test_uninstall_warns_on_the_command_line(checkout: Path) -> None:
@@ -160,6 +185,7 @@ def test_uninstall_warns_on_the_command_line(checkout: Path) -> None:
     r = run("uninstall", str(checkout))
     assert r.returncode == 0
     assert f"WARNING: {LOSS} was edited after installation; kept" in r.stderr
+    assert "uninstall --force" in r.stderr
     assert (checkout / LOSS).read_text() == "# edited\n"
     assert not (checkout / ARCH).exists()
 
@@ -240,6 +266,178 @@ def test_a_broken_manifest_is_reported(checkout: Path) -> None:
     r = run("install", str(checkout))
     assert r.returncode == 1
     assert "unreadable install manifest" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Only files inside the checkout, written by the installer, unmodified; atomic writes
+# ---------------------------------------------------------------------------------------------
+
+
+def _record(path: Path) -> dict[str, str]:
+    """A manifest record that matches ``path`` (as a tampered manifest would forge it)."""
+    return {"sha256": it.sha256_of(path), "mode": "copy", "source": str(path)}
+
+
+def _link_folder_outside(checkout: Path, rel: str, outside: Path) -> None:
+    """Move the installed folder ``rel`` to ``outside`` and leave a symlink to it in its place."""
+    shutil.move(checkout / rel, outside)
+    (checkout / rel).symlink_to(outside, target_is_directory=True)
+
+
+def test_a_tampered_manifest_touches_nothing(tmp_path: Path, checkout: Path, source: Path) -> None:
+    it.install(checkout, source_root=source)
+    (checkout / LOSS).write_text("edited by the user\n")
+    _link_folder_outside(checkout, "options/_templates/onnx/HybridMoE", tmp_path / "linked")
+    (tmp_path / "outside.txt").write_text("not ours\n")
+    (tmp_path / "abs.txt").write_text("not ours either\n")
+    path = checkout / it.MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    manifest["files"]["../outside.txt"] = _record(tmp_path / "outside.txt")
+    manifest["files"][str(tmp_path / "abs.txt")] = _record(tmp_path / "abs.txt")
+    manifest["files"]["/tmp/abs.txt"] = _record(tmp_path / "abs.txt")
+    path.write_text(json.dumps(manifest))
+    before = snapshot(tmp_path)
+    for call in (
+        lambda: it.uninstall(checkout),
+        lambda: it.install(checkout, source_root=source),
+        lambda: it.uninstall(checkout, force=True),
+        lambda: it.install(checkout, source_root=source, force=True),
+    ):
+        with pytest.raises(it.InstallError, match="tampered install manifest") as err:
+            call()
+        for rel in ("'../outside.txt'", repr(str(tmp_path / "abs.txt")), "'/tmp/abs.txt'"):
+            assert rel in str(err.value)
+        assert "Nothing was changed" in str(err.value)
+        assert snapshot(tmp_path) == before  # outside files, the edited file: all still there
+    r = run("uninstall", str(checkout))
+    assert r.returncode == 1 and "tampered install manifest" in r.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_a_folder_linked_outside_is_never_emptied(tmp_path: Path, checkout: Path) -> None:
+    assert run("install", str(checkout)).returncode == 0
+    _link_folder_outside(checkout, "options/_templates/test/HybridMoE", tmp_path / "linked")
+    before = snapshot(tmp_path)
+    for args in (("uninstall",), ("uninstall", "--force"), ("install",)):
+        r = run(*args, str(checkout))
+        assert r.returncode == 1, r.stdout
+        assert "options/_templates/test/HybridMoE/" in r.stderr
+        assert "leads outside the checkout" in r.stderr and "Nothing was changed" in r.stderr
+        assert snapshot(tmp_path) == before
+    r = run("check", str(checkout))
+    assert r.returncode == 1
+    assert "outside  options/_templates/test/HybridMoE/" in r.stdout
+
+
+def test_install_never_writes_through_a_folder_linked_outside(
+    tmp_path: Path, checkout: Path, source: Path
+) -> None:
+    shared = tmp_path / "shared_templates"
+    shared.mkdir()
+    (checkout / "options").mkdir()
+    (checkout / "options" / "_templates").symlink_to(shared, target_is_directory=True)
+    before = snapshot(tmp_path)
+    with pytest.raises(it.InstallError, match="leads outside the checkout") as err:
+        it.install(checkout, source_root=source)
+    assert str(shared) in str(err.value)
+    assert snapshot(tmp_path) == before  # no template in shared/, no code file, no manifest
+    # a symlinked folder that stays inside the checkout is fine
+    (checkout / "options" / "_templates").unlink()
+    (checkout / "options" / "real_templates").mkdir()
+    (checkout / "options" / "_templates").symlink_to("real_templates", target_is_directory=True)
+    it.install(checkout, source_root=source)
+    assert (checkout / "options" / "real_templates" / "train" / "HybridMoE").is_dir()
+    it.uninstall(checkout)
+    assert list((checkout / "options" / "real_templates").rglob("*.yml")) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(version=7), "version 7 is not 1"),
+        (lambda m: m.update(files=["traiNNer/archs/hybridmoe_arch.py"]), "not an install manif"),
+        (lambda m: m["files"][ARCH].update(sha256="abc"), "no valid sha256"),
+        (lambda m: m["files"][ARCH].update(mode="move"), "mode 'move' is neither"),
+        (lambda m: m["files"][ARCH].update(source="rel/path"), "not an absolute path"),
+        (
+            lambda m: m["files"][ARCH].update(mode="link", source="/etc/passwd"),
+            "not the project's traiNNer/archs/hybridmoe_arch.py",
+        ),
+        (lambda m: m["files"].update({"train.py": m["files"][ARCH]}), "'train.py': not a file"),
+        (
+            lambda m: m["files"].update({"traiNNer/archs/./hybridmoe_arch.py": m["files"][ARCH]}),
+            "not a file this installer writes",
+        ),
+    ],
+)
+def test_a_damaged_manifest_is_refused(
+    checkout: Path, source: Path, change: Any, message: str
+) -> None:
+    it.install(checkout, source_root=source)
+    path = checkout / it.MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    before = snapshot(checkout)
+    for call in (it.uninstall, lambda c: it.install(c, source_root=source), it.check):
+        with pytest.raises(it.InstallError, match=re.escape(message)):
+            call(checkout)
+        assert snapshot(checkout) == before
+
+
+def test_the_manifest_is_written_through_a_fresh_temporary_file(
+    tmp_path: Path, checkout: Path, source: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    planted = checkout / (it.MANIFEST_NAME + ".tmp")
+    planted.symlink_to(victim)
+    it.install(checkout, source_root=source)
+    assert victim.read_text() == "precious\n"
+    assert not (checkout / it.MANIFEST_NAME).is_symlink()
+    assert json.loads((checkout / it.MANIFEST_NAME).read_text())["files"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_an_interrupted_update_keeps_the_previous_file(
+    checkout: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk half-way through writing the new network file: the installed one stays
+    whole, no temporary file is left behind and the manifest still describes the checkout."""
+    it.install(checkout, source_root=source)
+    previous = (checkout / ARCH).read_bytes()
+    (source / ARCH).write_text((source / ARCH).read_text() + "\n# newer version\n")
+    real_write, real_sendfile = os.write, os.sendfile
+
+    def is_arch(fd: int) -> bool:
+        return "hybridmoe_arch.py" in os.readlink(f"/proc/self/fd/{fd}")
+
+    def full_disk() -> OSError:
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    def write(fd: int, data: Any) -> int:
+        if is_arch(fd):
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise full_disk()
+        return real_write(fd, data)
+
+    def sendfile(out_fd: int, in_fd: int, offset: Any, count: int) -> int:
+        if is_arch(out_fd):
+            real_sendfile(out_fd, in_fd, offset, min(count, os.fstat(in_fd).st_size) // 2)
+            raise full_disk()
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    with pytest.raises(OSError, match="No space left"):
+        it.install(checkout, source_root=source)
+    monkeypatch.undo()
+    assert (checkout / ARCH).read_bytes() == previous
+    assert [p.name for p in checkout.rglob("*.tmp")] == []
+    lines, _ = it.check(checkout, source_root=source)
+    assert f"differs  {ARCH}" in lines
+    assert f"updated    {ARCH}" in it.install(checkout, source_root=source)
+    assert (checkout / ARCH).read_bytes() == (source / ARCH).read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,6 +125,72 @@ def test_refuses_non_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not (tmp_path / "libs").exists()
 
 
+def _plant_ruff(root: Path, marker: Path) -> None:
+    """A ``ruff.py`` module and a ``ruff`` executable in ``root`` that would create ``marker``."""
+    (root / "ruff.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (root / "ruff").write_text(f"#!/bin/sh\ntouch '{marker}'\n")
+    (root / "ruff").chmod(0o755)
+
+
+def test_ruff_from_the_checkout_is_never_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Formatting runs this environment's ruff, not a ``ruff.py`` (``python -m ruff`` with the
+    checkout as current folder) or a ``ruff`` executable (``PATH`` with ``.``) planted there."""
+    root = fake_checkout(tmp_path / "spandrel")
+    marker = tmp_path / "planted_ruff_ran"
+    _plant_ruff(root, marker)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(root), ".", os.environ.get("PATH", "")]))
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed in this environment")
+    report = U.export(root)
+    assert not marker.exists()
+    assert len(report.written) == 5 and not report.notes  # formatted by our ruff
+    assert U.find_ruff(root) == U._own_ruff()
+    network = (root / U.ARCH_REL / "__arch" / "hybridmoe.py").read_text()
+    assert network != U.generate_network(U.ARCH_FILE.read_text())  # reflowed to 88 columns
+
+
+def test_without_ruff_outside_the_checkout_files_are_written_unformatted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fake_checkout(tmp_path / "spandrel")
+    marker = tmp_path / "planted_ruff_ran"
+    _plant_ruff(root, marker)
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(U, "_own_ruff", lambda: None)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(root), ".", ""]))
+    assert U.find_ruff(root) is None
+    assert U.main([str(root)]) == 0
+    assert not marker.exists()
+    assert "warning: ruff not found: Python files written unformatted" in capsys.readouterr().err
+    assert (root / U.TEST_REL).read_text() == U.TEST_TEMPLATE
+    # a ruff on PATH outside the checkout is used (here one that echoes its input)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ruff").write_text("#!/bin/sh\nexec /bin/cat\n")
+    (tmp_path / "bin" / "ruff").chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(root), str(tmp_path / "bin")]))
+    assert U.find_ruff(root) == tmp_path / "bin" / "ruff"
+    assert not U.export(root).notes
+
+
+def test_never_writes_through_a_folder_linked_outside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = fake_checkout(tmp_path / "spandrel")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / U.ARCH_REL).symlink_to(elsewhere, target_is_directory=True)
+    registry = (root / U.REGISTRY_REL).read_text()
+    assert U.main([str(root), "--no-format"]) == 2
+    err = capsys.readouterr().err
+    assert "leads outside the checkout" in err and "nothing was written" in err
+    assert list(elsewhere.iterdir()) == []
+    assert (root / U.REGISTRY_REL).read_text() == registry
+    assert not (root / U.TEST_REL).exists()
+
+
 def test_network_code_is_stripped(exported: Path) -> None:
     code = (exported / U.ARCH_REL / "__arch" / "hybridmoe.py").read_text()
     for gone in (
