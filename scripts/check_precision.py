@@ -4,7 +4,7 @@ Usage::
 
     python scripts/check_precision.py MODEL_OR_VARIANT [...] [--data DIR] [--sets Set5 Set14]
         [--device cpu|cuda] [--scale 4] [--limit N] [--crop N] [--precisions ...]
-        [--tol-db 0.05] [--json OUT.json]
+        [--tol-db 0.05] [--json OUT.json [--overwrite]]
     python scripts/check_precision.py .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
         --device cuda --json precision.json
 
@@ -29,6 +29,10 @@ A precision is OK when every output is finite and every image's PSNR is within `
 the dtype, no kernels for it) or the model declares unsupported (spandrel's
 ``supports_half`` / ``supports_bfloat16`` for the casts) is skipped with the reason.
 
+``--json`` is checked before any work (it must not be one of the model files, nor an existing
+file unless ``--overwrite``) and written atomically. Images are read as ``evaluate.read_image``
+reads them (every bit depth and Pillow mode at its own white level).
+
 Exit status: 0 when every precision that ran is OK, 1 when one is not, 2 for a usage or
 loading error.
 """
@@ -47,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cli_safety
 import evaluate as ev
 import numpy as np
 import srmetrics
@@ -420,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--perturb", type=float, default=DEFAULT_PERTURB, help="weight noise of variant models"
     )
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     return p
 
@@ -428,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (PrecisionError, ev.EvaluationError) as e:
+    except (PrecisionError, ev.EvaluationError, cli_safety.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -444,6 +450,11 @@ def run(args: argparse.Namespace) -> int:
         raise PrecisionError(f"--scale must be >= 2, got {args.scale}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PrecisionError("--device cuda requested but CUDA is not available")
+    if args.json is not None:  # before minutes of work
+        inputs = [Path(m) for m in args.models if Path(m).exists()]
+        cli_safety.check_output(
+            args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
+        )
     data_dir = args.data if args.data is not None else ev.default_data_dir()
     for name in args.sets:  # fail before any model work
         ev.find_set(data_dir, name)
@@ -482,8 +493,8 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
     print(format_table(report, args.tol_db))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_json_safe(report), indent=2))
+        text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+        cli_safety.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
         print(f"wrote {args.json}")
     return 0 if all_ok else 1
 

@@ -3,7 +3,8 @@
 Usage::
 
     python scripts/evaluate.py MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
-        [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json] [--limit N]
+        [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json [--overwrite]]
+        [--limit N]
     python scripts/evaluate.py --bicubic-only --scale 4 [--sets ...]
 
 MODEL is any checkpoint spandrel can load (HybridMoE included). For every HR image of every set
@@ -19,19 +20,29 @@ images are checked against them bit for bit.
 
 Greyscale images (Set14's ``bridge``) given to a 3-channel model are replicated to RGB, and the
 RGB output is turned back to grey with BT.601 luma weights, so that its Y is exactly the Y of the
-RGB output. A 1-channel model processes each colour channel separately.
+RGB output. A 1-channel model processes each colour channel separately. Images of any bit
+depth and Pillow mode are read at their own white level and rounded to 8 bits (16-bit PNGs
+included; see :func:`read_image`); images with transparent pixels are refused.
+
+A model output holding NaN or Inf stops the run with an error naming the image and dtype (exit
+status 2). ``--json`` is checked before the run (it must not be the model file, nor an existing
+file unless ``--overwrite``) and written atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cli_safety
+import imageio_utils
 import numpy as np
 import srmetrics
 import torch
@@ -74,12 +85,90 @@ def find_set(data_dir: Path, name: str) -> Path:
     )
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 ``(H, W)`` (greyscale modes) or ``(H, W, 3)`` (anything else, RGB)."""
-    with Image.open(path) as im:
-        if im.mode in ("1", "L", "LA"):
-            return np.asarray(im.convert("L"), dtype=np.uint8)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+"""Pillow modes read as one greyscale channel (palette images are read as colour)."""
+COLOUR_MODES = frozenset({"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+"""Pillow modes read as RGB (converted by Pillow: palette looked up, CMYK/YCbCr/LAB/HSV)."""
+UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
+    """An image file as uint8 ``(H, W)`` (greyscale) or ``(H, W, 3)`` (colour, RGB).
+
+    Every Pillow mode is read at its own white level and rounded to 8 bits (the evaluation
+    protocol works on 8-bit images): 8-bit modes as stored; 16-bit PNGs (grey, grey+alpha,
+    RGB, RGBA) and the 16-bit greyscale modes ``I;16*`` as ``round(v · 255 / 65535)``; ``1`` as
+    0/255; ``F`` (32-bit float) must hold values in [0, 1]; palette (``P``, ``PA``) images are
+    looked up and read as RGB; ``CMYK``, ``YCbCr``, ``LAB`` and ``HSV`` are converted to RGB by
+    Pillow. ``I`` (32-bit integer) images have no defined white level and are refused.
+
+    Alpha (an alpha channel, a palette or colour-key transparency): a fully opaque alpha is
+    dropped; an image with transparent pixels is refused, since scores of pixels whose colour
+    is hidden mean nothing, unless ``allow_transparency`` (then the colour is used as stored
+    and alpha ignored).
+
+    Raises :class:`EvaluationError` naming the file for unreadable or unsupported images.
+    """
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            colour, alpha, white = _decode(im, data)
+    except EvaluationError as e:
+        raise EvaluationError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, zlib.error, Image.DecompressionBombError) as e:
+        raise EvaluationError(f"cannot read image {path}: {e}") from e
+    if alpha is not None and not allow_transparency:
+        transparent = int(np.count_nonzero(alpha < white))
+        if transparent:
+            raise EvaluationError(
+                f"image {path} has {transparent} transparent pixel(s); scores are only defined "
+                f"for opaque images. Flatten it onto a background (or remove the alpha channel) "
+                f"first"
+            )
+    if colour.dtype == np.uint8:
+        return colour
+    return srmetrics.to_uint8(colour.astype(np.float64) * (255.0 / white))
+
+
+def _decode(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Pixels of an opened image: colour ``(H, W)`` or ``(H, W, 3)``, alpha ``(H, W)`` or
+    None, and the white level of both (255, 65535 or 1.0)."""
+    if im.format == "PNG" and imageio_utils.is_png16(data):
+        arr = imageio_utils.decode_png(data)  # Pillow narrows 16-bit colour PNGs to 8 bits
+        colour, alpha = (arr[..., :-1], arr[..., -1]) if arr.shape[2] in (2, 4) else (arr, None)
+        key = im.info.get("transparency")
+        if alpha is None and key is not None:  # tRNS colour key
+            hidden = (colour == np.atleast_1d(np.asarray(key, dtype=np.uint16))).all(axis=-1)
+            alpha = np.where(hidden, 0, 65535).astype(np.uint16)
+        return (colour[..., 0] if colour.shape[2] == 1 else colour), alpha, 65535.0
+    mode = im.mode
+    if mode in UINT16_MODES:
+        return np.asarray(im).astype(np.uint16), None, 65535.0
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all() or arr.min(initial=0.0) < 0.0 or arr.max(initial=0.0) > 1.0:
+            raise EvaluationError(
+                "32-bit float pixels (mode F) must be finite and within [0, 1]; found values "
+                f"in [{np.nanmin(arr):g}, {np.nanmax(arr):g}]. Save the image with 8 or 16 bits"
+            )
+        return arr, None, 1.0
+    if mode == "I":
+        raise EvaluationError(
+            "32-bit integer pixels (mode I) have no defined white level; save the image as an "
+            "8- or 16-bit PNG"
+        )
+    if mode not in GREY_MODES and mode not in COLOUR_MODES:
+        raise EvaluationError(
+            f"unsupported pixel format (Pillow mode {mode}); save the image as an 8- or 16-bit "
+            f"greyscale or RGB(A) PNG"
+        )
+    grey = mode in GREY_MODES
+    if im.has_transparency_data:
+        arr = np.asarray(im.convert("LA" if grey else "RGBA"), dtype=np.uint8)
+        colour, alpha = arr[..., :-1], arr[..., -1]
+        return (colour[..., 0] if grey else colour), alpha, 255.0
+    return np.asarray(im.convert("L" if grey else "RGB"), dtype=np.uint8), None, 255.0
 
 
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -171,11 +260,18 @@ def forward(descriptor: Any, x: torch.Tensor, tile: int | None) -> torch.Tensor:
     return out
 
 
-def super_resolve(descriptor: Any, lr: np.ndarray, tile: int | None) -> np.ndarray:
+class NonFiniteOutputError(EvaluationError):
+    """The model produced NaN or Inf values."""
+
+
+def super_resolve(
+    descriptor: Any, lr: np.ndarray, tile: int | None, name: str = "the image"
+) -> np.ndarray:
     """Upscale a uint8 LR image ``(h, w[, C])`` → uint8 ``(s·h, s·w[, C])`` with the model.
 
     Greyscale input to a 3-channel model is replicated to RGB and the output reduced to grey by
-    BT.601 luma; a 1-channel model is applied to each channel separately.
+    BT.601 luma; a 1-channel model is applied to each channel separately. NaN or Inf in the
+    model output raise :class:`NonFiniteOutputError` naming ``name`` (they have no score).
     """
     img = lr[:, :, None] if lr.ndim == 2 else lr
     channels, in_ch = img.shape[2], descriptor.input_channels
@@ -192,7 +288,9 @@ def super_resolve(descriptor: Any, lr: np.ndarray, tile: int | None) -> np.ndarr
         for g in groups:
             x = torch.from_numpy(np.ascontiguousarray(g.transpose(2, 0, 1))).float() / 255.0
             x = x[None].to(descriptor.device, descriptor.dtype)
-            y = forward(descriptor, x, tile)[0].float().cpu().numpy()
+            y = forward(descriptor, x, tile)[0].float().cpu()
+            _check_finite(y, descriptor, name)
+            y = y.numpy()
             outs.append(y.transpose(1, 2, 0).astype(np.float64))
     out = np.concatenate(outs, axis=2)
     if channels == 1 and out.shape[2] == 3:
@@ -201,6 +299,18 @@ def super_resolve(descriptor: Any, lr: np.ndarray, tile: int | None) -> np.ndarr
         raise EvaluationError(f"model returned {out.shape[2]} channels for {channels}")
     out = srmetrics.to_uint8(out * 255.0)
     return out[:, :, 0] if lr.ndim == 2 else out
+
+
+def _check_finite(y: torch.Tensor, descriptor: Any, name: str) -> None:
+    """Raise :class:`NonFiniteOutputError` if the model output ``y`` holds NaN or Inf."""
+    bad = int((~torch.isfinite(y)).sum())
+    if bad:
+        dtype = str(descriptor.dtype).removeprefix("torch.")
+        raise NonFiniteOutputError(
+            f"the model output for {name} has {bad} NaN/Inf value(s) of {y.numel()} "
+            f"({dtype} on {descriptor.device}); no score can be computed. The weights may hold "
+            f"NaN/Inf values, or the model overflows in {dtype} (try --dtype fp32)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +349,8 @@ def evaluate_set(
         check_shipped_lr(set_dir, path, scale, lr)
         row = {"bicubic": _scores(srmetrics.imresize_matlab_uint8(lr, scale), hr, scale)}
         if descriptor is not None:
-            row["model"] = _scores(super_resolve(descriptor, lr, tile), hr, scale)
+            sr = super_resolve(descriptor, lr, tile, name=f"{set_dir.name}/{path.name}")
+            row["model"] = _scores(sr, hr, scale)
         per_image[path.stem] = row
     result: dict[str, Any] = {"images": len(paths)}
     for method in ("bicubic", "model") if descriptor is not None else ("bicubic",):
@@ -330,10 +441,11 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json(results: dict[str, Any], path: Path) -> None:
-    """Write ``results`` as JSON (non-finite numbers as null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+def write_json(results: dict[str, Any], path: Path, *, overwrite: bool = False) -> None:
+    """Write ``results`` as JSON (non-finite numbers as null), atomically; an existing file is
+    replaced only with ``overwrite``. Raises ``cli_safety.OutputError``."""
+    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    cli_safety.write_text_atomic(path, text, overwrite=overwrite, what="JSON report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--tile", type=int, default=None, help="LR tile size (default: whole image)")
     p.add_argument("--json", type=Path, default=None, help="write all numbers to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--limit", type=int, default=None, help="first N images of each set only")
     p.add_argument("--bicubic-only", action="store_true", help="skip the model")
     p.add_argument("--scale", type=int, default=None, help="scale of a --bicubic-only run")
@@ -368,6 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is not None and args.scale is not None:
         parser.error("--scale is read from MODEL; drop --scale")
     try:
+        if args.json is not None:  # before minutes of work
+            inputs = [args.model] if args.model is not None else []
+            cli_safety.check_output(
+                args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
+            )
         results = evaluate(
             args.model,
             args.data if args.data is not None else default_data_dir(),
@@ -379,12 +497,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             bicubic_only=args.bicubic_only,
             scale=args.scale,
         )
-    except EvaluationError as exc:
+    except (EvaluationError, cli_safety.OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(results))
     if args.json is not None:
-        write_json(results, args.json)
+        try:
+            write_json(results, args.json, overwrite=args.overwrite)
+        except cli_safety.OutputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0
 

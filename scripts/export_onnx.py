@@ -2,6 +2,7 @@
 
     python scripts/export_onnx.py CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--dynamo]
                                   [--verify] [--export-safe] [--no-fuse] [--allow-static]
+                                  [--overwrite]
     python scripts/export_onnx.py --matrix DIR [--dynamo] [--export-safe] [--only TEXT]
                                   [--matrix-fp16 all|variants|none]
 
@@ -36,7 +37,13 @@ count, makes them differ). It doubles the export time.
 
 ``--verify`` runs the graph in onnxruntime on CPU at sizes other than the dummy's (not a
 multiple of the window; a window multiple with more scan chunks; batch 2) and prints the max
-abs difference to PyTorch (fp32).
+abs difference to PyTorch (fp32); NaN or Inf in either output fails it.
+
+OUTPUT must not be CHECKPOINT (same path or same file through a link), and an existing OUTPUT
+is replaced only with ``--overwrite``. A checkpoint whose weights hold NaN or Inf is refused.
+The graph is written to a temporary file beside OUTPUT and renamed to OUTPUT once complete;
+if the export fails, OUTPUT is left as it was. A graph that fails ``--export-safe`` or
+``--verify`` is still written, for inspection, and the exit status says it failed.
 Exit status: 0 on success, 1 when verification or the export-safe check fails, 2 for a usage
 or loading error.
 """
@@ -56,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cli_safety
 import numpy as np
 import torch
 from _bootstrap import import_arch
@@ -463,7 +471,8 @@ def verify(
     log: Callable[[str], None] = print,
 ) -> float:
     """Max abs difference between onnxruntime (CPU) and the fp32 PyTorch model over
-    ``sizes`` ((N, H, W); default :func:`verify_sizes`)."""
+    ``sizes`` ((N, H, W); default :func:`verify_sizes`); ``inf`` when either output holds
+    NaN or Inf at any size."""
     sess = ort_session(result.path)
     ref_model = copy.deepcopy(model).float().eval().cpu()
     sizes = list(sizes) if sizes is not None else verify_sizes(ref_model, result.dummy)
@@ -476,6 +485,14 @@ def verify(
         out = sess.run(None, {INPUT_NAME: x.numpy().astype(np_dtype)})[0]
         if out.shape != ref.shape:
             raise AssertionError(f"onnxruntime output {out.shape} != PyTorch {ref.shape}")
+        bad_out, bad_ref = int((~np.isfinite(out)).sum()), int((~np.isfinite(ref)).sum())
+        if bad_out or bad_ref:
+            log(
+                f"  {n}x{ref_model.in_ch}x{h}x{w}: NaN/Inf values in the output: "
+                f"{bad_out} from onnxruntime, {bad_ref} from PyTorch"
+            )
+            worst = math.inf
+            continue
         d = float(np.abs(out.astype(np.float32) - ref).max())
         worst = max(worst, d)
         log(f"  onnxruntime vs PyTorch fp32, {n}x{ref_model.in_ch}x{h}x{w}: max abs diff {d:.3e}")
@@ -531,7 +548,10 @@ def matrix(
 
     arch = import_arch()
     cases = [c for c in matrix_cases() if only is None or only in c[0]]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the --matrix folder {out_dir}: {e}") from e
     failures = 0
     for i, (name, variant, scale, opts) in enumerate(cases):
         g = torch.Generator().manual_seed(i)
@@ -638,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-fuse", action="store_true", help="export the training form")
     p.add_argument("--verify", action="store_true", help="compare with PyTorch in onnxruntime")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     return p
 
@@ -646,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except ExportError as e:
+    except (ExportError, cli_safety.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -674,28 +695,58 @@ def run(args: argparse.Namespace) -> int:
             f"--opset {args.opset}: the TorchScript exporter supports opsets up to 20; "
             f"use --dynamo for newer opsets"
         )
+    cli_safety.check_output(
+        args.output, overwrite=args.overwrite, inputs=[args.checkpoint], what="ONNX output"
+    )
     desc = load_hybridmoe(args.checkpoint)
+    bad = cli_safety.nonfinite_tensors(desc.model.state_dict())
+    if bad:
+        raise ExportError(
+            f"{args.checkpoint}: the weights hold NaN/Inf values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); the graph would compute NaN/Inf. Use an "
+            f"earlier checkpoint of the training run"
+        )
     model = desc.model.eval()
     if not args.no_fuse:
         model = copy.deepcopy(model).fuse().eval()
     print(f"model: {desc.architecture.name} x{desc.scale}, tags {', '.join(desc.tags)}")
-    result = export(
-        model,
-        args.output,
-        fp16=args.fp16,
-        opset=args.opset,
-        dynamo=args.dynamo,
-        allow_static=args.allow_static,
-    )
-    ins, outs = onnx_dims(result.path)
-    print(
-        f"exported {result.path} ({result.dtype}, opset {result.opset}, {result.exporter} "
-        f"exporter, dummy {result.dummy[0]}x{result.dummy[1]}, {result.seconds:.1f} s, "
-        f"{result.path.stat().st_size / 2**20:.2f} MiB); dims {ins} -> {outs}"
-    )
-    status = 0
+    with cli_safety.atomic_output(
+        args.output, overwrite=args.overwrite, what="ONNX output"
+    ) as tmp:  # renamed to OUTPUT once complete
+        result = export(
+            model,
+            tmp,
+            fp16=args.fp16,
+            opset=args.opset,
+            dynamo=args.dynamo,
+            allow_static=args.allow_static,
+        )
+        ins, outs = onnx_dims(result.path)
+        print(
+            f"exported {args.output} ({result.dtype}, opset {result.opset}, {result.exporter} "
+            f"exporter, dummy {result.dummy[0]}x{result.dummy[1]}, {result.seconds:.1f} s, "
+            f"{result.path.stat().st_size / 2**20:.2f} MiB); dims {ins} -> {outs}"
+        )
+        failed = check_written(args, desc.model, model, result)
+    if failed:
+        print(
+            f"error: {' and '.join(failed)} failed; {args.output} was written for inspection "
+            f"only: do not deploy it",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {args.output}")
+    return 0
+
+
+def check_written(
+    args: argparse.Namespace, original: torch.nn.Module, exported: torch.nn.Module, result: Any
+) -> list[str]:
+    """Run the requested checks of the graph at ``result.path`` (``--export-safe``,
+    ``--verify``); returns the names of those that failed."""
+    failed = []
     if args.export_safe:
-        rep = check_export_safe(model, result)
+        rep = check_export_safe(exported, result)
         if rep.ok:
             print(
                 f"export-safe: default ONNX domain only, dims symbolic, graph identical when "
@@ -705,15 +756,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             for problem in rep.problems:
                 print(f"error: export-safe: {problem}", file=sys.stderr)
-            status = 1
+            failed.append("the export-safe check")
     if args.verify:
         tol = FP16_TOL if args.fp16 else FP32_TOL
-        worst = verify(desc.model, result)
-        if not math.isfinite(worst) or worst > tol:
+        worst = verify(original, result)
+        if not worst <= tol:  # inf (NaN/Inf outputs) fails too
             print(f"error: max abs diff {worst:.3e} > {tol:g}", file=sys.stderr)
-            return 1
-        print(f"verified: max abs diff {worst:.3e} <= {tol:g}")
-    return status
+            failed.append("the onnxruntime verification")
+        else:
+            print(f"verified: max abs diff {worst:.3e} <= {tol:g}")
+    return failed
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
 """Fuse a HybridMoE checkpoint into its deploy form (re-parameterized convolutions).
 
-    python scripts/fuse.py CHECKPOINT OUTPUT [--time] [--device cpu|cuda] [--size H W]
+    python scripts/fuse.py CHECKPOINT OUTPUT [--overwrite] [--time] [--device cpu|cuda]
+        [--size H W]
 
 CHECKPOINT is any file spandrel loads (``.safetensors``, ``.pth`` with or without the
 traiNNer-redux ``params`` / ``params_ema`` wrappers, ``.ckpt``); OUTPUT's extension picks the
 format: ``.safetensors`` (flat, with the hyperparameters as JSON in the ``metadata`` header
 field, as traiNNer-redux writes it) or ``.pth`` (``{"metadata": ..., "params": ...}``).
 
+OUTPUT must not be CHECKPOINT itself (same path, or the same file through a link): the
+training form would be lost. An existing OUTPUT is replaced only with ``--overwrite``. A
+checkpoint whose weights hold NaN or Inf is refused.
+
 Before writing, the fused network is checked against the original on a random image and on a
-real one (a Set5 image downscaled by the model's scale): the maximum absolute difference must
-stay within ``--tol`` (1e-4, fp32). The written file is loaded back and compared once more.
+real one (a Set5 image downscaled by the model's scale): every output must be finite and the
+maximum absolute difference must stay within ``--tol`` (1e-4, fp32). The checkpoint is written
+to a temporary file beside OUTPUT, loaded back and compared once more, and only then renamed
+to OUTPUT; on any failure OUTPUT is left as it was.
 Exit status: 0 on success, 1 when the fused outputs differ, 2 for a usage or loading error.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import sys
 import time
@@ -25,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cli_safety
+import evaluate as ev
 import numpy as np
 import torch
 from _bootstrap import REPO_ROOT, import_arch
@@ -36,6 +46,10 @@ OUTPUT_EXTS = (".safetensors", ".pth")
 
 class FuseError(Exception):
     """A usage or loading problem, reported as one line and exit status 2."""
+
+
+class VerificationError(Exception):
+    """The fused model or the written file does not match the original (exit status 1)."""
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -66,7 +80,11 @@ def real_image(
     ``max_side`` pixels per side: (1, channels, h, w) float32 in [0, 1]; None if missing."""
     if not path.is_file():
         return None
-    img = Image.open(path).convert("L" if channels == 1 else "RGB")
+    try:
+        pixels = ev.read_image(path, allow_transparency=True)  # uint8 grey or RGB
+    except ev.EvaluationError as e:
+        raise FuseError(f"{e} (the --image for the verification)") from e
+    img = Image.fromarray(pixels).convert("L" if channels == 1 else "RGB")
     if scale > 1:
         img = img.resize((img.width // scale, img.height // scale), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -83,8 +101,12 @@ def real_image(
 
 @torch.no_grad()
 def max_abs_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
-    """max |a(x) - b(x)| for x (N,C,H,W)."""
-    return (a(x).float() - b(x).float()).abs().max().item()
+    """max |a(x) - b(x)| for x (N,C,H,W); NaN when either output holds NaN or Inf (compare
+    with ``not (d <= tol)`` so that this fails)."""
+    ya, yb = a(x).float(), b(x).float()
+    if not (torch.isfinite(ya).all() and torch.isfinite(yb).all()):
+        return math.nan
+    return (ya - yb).abs().max().item()
 
 
 @torch.no_grad()
@@ -125,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", type=Path, help="HybridMoE checkpoint (any spandrel form)")
     p.add_argument("output", type=Path, help="fused checkpoint to write (.safetensors or .pth)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.add_argument("--device", default="cpu", help="device for verification/timing (cpu, cuda)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed (fp32)")
     p.add_argument(
@@ -148,21 +171,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except FuseError as e:
+    except (FuseError, cli_safety.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except VerificationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     if out.suffix.lower() not in OUTPUT_EXTS:
         raise FuseError(f"{out}: unsupported output type {out.suffix!r}; use .safetensors or .pth")
+    cli_safety.check_output(
+        out, overwrite=args.overwrite, inputs=[args.checkpoint], what="fused checkpoint"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise FuseError("--device cuda requested but CUDA is not available")
     desc = load_hybridmoe(args.checkpoint, args.device)
     original = desc.model
+    bad = cli_safety.nonfinite_tensors(original.state_dict())
+    if bad:
+        raise FuseError(
+            f"{args.checkpoint}: the weights hold NaN/Inf values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}); such a model cannot be fused or verified. "
+            f"Use an earlier checkpoint of the training run"
+        )
     if original.deploy:
         print("note: the checkpoint is already fused; writing it again in the deploy form")
     fused = copy.deepcopy(original).fuse().eval()
@@ -181,14 +217,17 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"model: {desc.architecture.name} x{scale}, tags {', '.join(desc.tags)}")
     print(f"parameters: {n_before:,} -> {n_after:,} ({n_after - n_before:+,})")
-    worst = 0.0
+    failed = []
     for name, x in checks:
         d = max_abs_diff(original, fused, x)
-        worst = max(worst, d)
         print(f"max abs diff fused vs original, {name}: {d:.3e}")
-    if worst > args.tol:
-        print(f"error: fused outputs differ by {worst:.3e} > {args.tol:g}", file=sys.stderr)
-        return 1
+        if not d <= args.tol:  # NaN (non-finite outputs) fails too
+            failed.append(f"{name}: {'NaN/Inf output' if math.isnan(d) else f'{d:.3e}'}")
+    if failed:
+        raise VerificationError(
+            f"fused outputs differ from the original beyond {args.tol:g} ({'; '.join(failed)}); "
+            f"nothing was written"
+        )
 
     if args.time:
         h, w = args.size
@@ -200,13 +239,19 @@ def run(args: argparse.Namespace) -> int:
             f"{t0 * 1e3:.1f} ms -> {t1 * 1e3:.1f} ms ({t0 / t1:.2f}x)"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(fused, out)
-    reloaded = load_hybridmoe(out, args.device).model
-    d = max_abs_diff(fused, reloaded, checks[0][1])
-    if not reloaded.deploy or d > 0.0:
-        print(f"error: {out} does not reload as the fused model (diff {d:.3e})", file=sys.stderr)
-        return 1
+    with cli_safety.atomic_output(
+        out, overwrite=args.overwrite, what="fused checkpoint"
+    ) as tmp:  # renamed to OUTPUT only once it reloads as the fused model
+        try:
+            save_checkpoint(fused, tmp)
+        except OSError as e:
+            raise FuseError(f"cannot write {out}: {e}") from e
+        reloaded = load_hybridmoe(tmp, args.device).model
+        d = max_abs_diff(fused, reloaded, checks[0][1])
+        if not reloaded.deploy or d != 0.0:  # NaN != 0.0 too
+            raise VerificationError(
+                f"{out} would not reload as the fused model (diff {d:.3e}); nothing was written"
+            )
     print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB, deploy form)")
     return 0
 

@@ -107,7 +107,7 @@ ls -la onnx 2>/dev/null | tee -a "$OUT/steps.txt"
 cd "$ROOT"
 step "expert usage of the trained model on Set14"
 "$PY" scripts/moe_usage.py $TR/experiments/tc_2x_hybridmoe_s/models/net_g_ema_latest.safetensors \
-  .ref/hr/Set14 --device cuda --json "$OUT/usage.json" 2>&1 | tee -a "$OUT/steps.txt"
+  .ref/hr/Set14 --device cuda --json "$OUT/usage.json" --overwrite 2>&1 | tee -a "$OUT/steps.txt"
 cp $TR/experiments/tc_2x_hybridmoe_s/models/net_g_ema_latest.safetensors "$OUT/tc_2x_hybridmoe_s.safetensors" 2>/dev/null
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" --exclude=logs.tar.gz --exclude='*.safetensors' . 2>/dev/null
 cat "$OUT/steps.txt"

@@ -5,7 +5,12 @@ and prints, per MoE layer, the share of token slots each expert receives — the
 training did not collapse the routing onto a few experts::
 
     python scripts/moe_usage.py MODEL.safetensors ../shared/data/benchmark/Set14/HR
-        [--json out.json]
+        [--json out.json [--overwrite]]
+
+Images are read as scripts/evaluate.py reads them (every bit depth and Pillow mode at its own
+white level; alpha ignored). A folder without images, a missing path or an unreadable image is
+an error (exit status 2). --json is checked before the run (not an input, not an existing file
+unless --overwrite) and written atomically.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import cli_safety
+import evaluate as ev
 import numpy as np
 import torch
 from _bootstrap import load_model
-from PIL import Image
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -55,29 +62,82 @@ def usage_histograms(model: torch.nn.Module, images: list[torch.Tensor]) -> dict
     return {n: (c.float() / c.sum()).tolist() for n, c in counts.items()}
 
 
+class UsageError(Exception):
+    """A problem with the command-line inputs or outputs; the message says what to do."""
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The image files named by ``paths`` (files as given, folders: their files with a suffix of
+    ``EXTS``, sorted). Raises :class:`UsageError` for a missing path, a folder without images
+    or no image at all."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in EXTS)
+            if not found:
+                raise UsageError(
+                    f"no images in the folder {p} (looked for {', '.join(sorted(EXTS))})"
+                )
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"image file or folder not found: {p}")
+    if not files:
+        raise UsageError("no images given")
+    return files
+
+
+def load_tensor(path: Path, channels: int, device: torch.device) -> torch.Tensor:
+    """``path`` as a (1, channels, H, W) float tensor in [0, 1] on ``device``: grey is
+    repeated for a 3-channel model, colour reduced to BT.601 luma for a 1-channel one."""
+    try:
+        arr = ev.read_image(path, allow_transparency=True).astype(np.float32) / 255.0
+    except ev.EvaluationError as e:
+        raise UsageError(str(e)) from e
+    if arr.ndim == 3 and channels == 1:
+        arr = (arr @ ev.LUMA_WEIGHTS.astype(np.float32))[..., None]
+    elif arr.ndim == 2:
+        arr = np.repeat(arr[..., None], channels, axis=2)
+    if arr.shape[2] != channels:
+        raise UsageError(f"cannot feed the {arr.shape[2]}-channel image {path} to the model")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].to(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("model", help="HybridMoE checkpoint (any form spandrel loads)")
     ap.add_argument("images", nargs="+", type=Path, help="image files or folders")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = ap.parse_args(argv)
+    try:
+        files = image_files(args.images)
+        if args.json is not None:  # before any work
+            inputs = [args.model, *files]
+            cli_safety.check_output(
+                args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
+            )
+    except (UsageError, cli_safety.OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         desc = load_model(args.model, args.device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    files: list[Path] = []
-    for p in args.images:
-        files += sorted(f for f in p.iterdir() if f.suffix.lower() in EXTS) if p.is_dir() else [p]
+    try:
+        return report(desc, files, args)
+    except (UsageError, cli_safety.OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def report(desc: Any, files: list[Path], args: argparse.Namespace) -> int:
+    """Route ``files`` through the loaded model, print the histograms, write ``--json``."""
     dev = torch.device(args.device)
-    imgs = []
-    for f in files:
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert("RGB" if desc.input_channels == 3 else "L"), np.float32)
-        t = torch.from_numpy(arr / 255.0)
-        t = t.permute(2, 0, 1) if t.ndim == 3 else t[None]
-        imgs.append(t[None].to(dev))
+    imgs = [load_tensor(f, desc.input_channels, dev) for f in files]
     try:
         hist = usage_histograms(desc.model, imgs)
     except ValueError as e:
@@ -88,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, h in hist.items():
         print(f"{name:28s} " + " ".join(f"{v:6.3f}" for v in h))
     if args.json:
-        args.json.write_text(json.dumps({"images": len(imgs), "usage": hist}, indent=2))
+        text = json.dumps({"images": len(imgs), "usage": hist}, indent=2) + "\n"
+        cli_safety.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -189,7 +189,15 @@ def matlab_round(x: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Float values on the 0..255 scale to uint8 as MATLAB stores them (round, saturate)."""
+    """Float values on the 0..255 scale to uint8 as MATLAB stores them (round, saturate).
+
+    Raises ``ValueError`` for NaN or Inf values, which have no 8-bit value (a cast would turn
+    them into arbitrary numbers silently).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise ValueError(f"{bad} of {x.size} values are NaN or Inf; they have no 8-bit value")
     return np.clip(matlab_round(x), 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,158 @@
+"""``evaluate.read_image``, the image reader of evaluate.py, check_precision.py, fuse.py and
+moe_usage.py: every Pillow mode at its own white level, 16-bit PNGs exact, alpha refused or
+ignored, unsupported modes refused with a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import check_precision as cp
+import evaluate
+import imageio_utils
+import numpy as np
+import pytest
+import srmetrics
+from PIL import Image
+
+SET5 = Path(__file__).resolve().parent / "data" / "Set5"
+
+
+def _rgb(h: int = 6, w: int = 7) -> np.ndarray:
+    """A small deterministic uint8 RGB image."""
+    return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _grey16_from_set5(tmp: Path, name: str = "butterfly") -> tuple[Path, Path]:
+    """Two one-image sets under ``tmp``: ``G8/HR`` holds Set5 ``name`` as 8-bit greyscale,
+    ``G16/HR`` the same image as a 16-bit greyscale PNG (``v * 257``)."""
+    with Image.open(SET5 / "HR" / f"{name}.png") as im:
+        grey = np.asarray(im.convert("L"))
+    p8, p16 = tmp / "G8" / "HR" / f"{name}.png", tmp / "G16" / "HR" / f"{name}.png"
+    for p in (p8, p16):
+        p.parent.mkdir(parents=True)
+    Image.fromarray(grey).save(p8)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(p16)
+    with Image.open(p16) as im:
+        assert im.mode == "I;16"  # a real 16-bit greyscale PNG
+    return p8, p16
+
+
+def test_16bit_greyscale_png_scores_as_its_8bit_version(tmp_path: Path) -> None:
+    """A 16-bit greyscale HR image was read as white (perfect scores); it must score as the
+    8-bit image it was made from."""
+    p8, p16 = _grey16_from_set5(tmp_path)
+    np.testing.assert_array_equal(evaluate.read_image(p16), evaluate.read_image(p8))
+    res = evaluate.evaluate(None, tmp_path, ["G8", "G16"], bicubic_only=True, scale=2)
+    s8, s16 = res["sets"]["G8"]["bicubic"], res["sets"]["G16"]["bicubic"]
+    assert 20 < s8["psnr"] < 40
+    assert abs(s16["psnr"] - s8["psnr"]) <= 0.05
+    assert abs(s16["ssim"] - s8["ssim"]) <= 1e-4
+    # check_precision prepares its images with the same reader
+    (img8,), (img16,) = (cp.load_images(tmp_path, [s], 2, None, 16) for s in ("G8", "G16"))
+    np.testing.assert_array_equal(img16.hr, img8.hr)
+    np.testing.assert_array_equal(img16.lr, img8.lr)
+
+
+def test_16bit_pngs_are_rounded_not_truncated(tmp_path: Path) -> None:
+    """Any 16-bit value maps to round(v · 255 / 65535); Pillow alone would drop the low byte
+    of colour PNGs (450 → 1 instead of 2)."""
+    values = np.array([0, 450, 383, 32767, 65000, 65535], dtype=np.uint16)
+    expected = srmetrics.to_uint8(values / 257.0)
+    assert list(expected) == [0, 2, 1, 127, 253, 255]
+    grey = np.tile(values, (2, 1))
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(
+        evaluate.read_image(tmp_path / "g.png"), np.tile(expected, (2, 1))
+    )
+    rgb = np.stack([grey, grey[:, ::-1], grey], axis=-1)
+    (tmp_path / "c.png").write_bytes(imageio_utils.encode_png16(rgb))
+    out = evaluate.read_image(tmp_path / "c.png")
+    np.testing.assert_array_equal(out, srmetrics.to_uint8(rgb / 257.0))
+    rgba = np.concatenate([rgb, np.full((2, 6, 1), 65535, np.uint16)], axis=-1)
+    (tmp_path / "a.png").write_bytes(imageio_utils.encode_png16(rgba))  # opaque alpha: dropped
+    np.testing.assert_array_equal(evaluate.read_image(tmp_path / "a.png"), out)
+
+
+def _expected_rgb(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB"])
+def test_colour_modes_read_as_rgb(mode: str, tmp_path: Path) -> None:
+    src = Image.fromarray(_rgb())
+    im = src.quantize(16) if mode in ("P", "PA") else src.convert(mode)
+    if mode == "PA":
+        im = im.convert("PA")
+    path = tmp_path / "x.tiff"
+    im.save(path)
+    with Image.open(path) as back:
+        assert back.mode == mode
+        expected = _expected_rgb(back)
+    out = evaluate.read_image(path)
+    assert out.dtype == np.uint8 and out.shape == (6, 7, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_grey_modes(tmp_path: Path) -> None:
+    grey = _rgb()[..., 0]
+    cases = {
+        "1": (Image.fromarray(grey > 127), np.where(grey > 127, 255, 0)),
+        "L": (Image.fromarray(grey), grey),
+        "LA": (Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA"), grey),
+        "I;16B": (Image.fromarray((grey.astype(np.uint16) * 257).astype(">u2")), grey),
+        "F": (Image.fromarray(grey.astype(np.float32) / 255), grey),
+    }
+    for mode, (im, expected) in cases.items():
+        path = tmp_path / f"{mode.replace(';', '_')}.tiff"
+        im.save(path)
+        with Image.open(path) as back:
+            assert back.mode == mode
+        out = evaluate.read_image(path)
+        assert out.dtype == np.uint8 and out.shape == grey.shape, mode
+        np.testing.assert_array_equal(out, expected, err_msg=mode)
+
+
+def test_transparency_refused_or_ignored(tmp_path: Path) -> None:
+    """Scores of pixels hidden by alpha mean nothing: evaluation refuses them; tools that only
+    need the pixels (fuse, moe_usage) ignore alpha."""
+    rgba = np.concatenate([_rgb(), np.full((6, 7, 1), 255, np.uint8)], axis=-1)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    with pytest.raises(evaluate.EvaluationError, match=r"a\.png has 1 transparent pixel"):
+        evaluate.read_image(tmp_path / "a.png")
+    out = evaluate.read_image(tmp_path / "a.png", allow_transparency=True)
+    np.testing.assert_array_equal(out, rgba[..., :3])
+    # colour-key transparency (tRNS) of a palette and of a 16-bit greyscale PNG
+    Image.fromarray(_rgb()).quantize(8).save(tmp_path / "p.png", transparency=0)
+    with pytest.raises(evaluate.EvaluationError, match="transparent"):
+        evaluate.read_image(tmp_path / "p.png")
+    Image.fromarray(np.array([[0, 257]], np.uint16)).save(tmp_path / "k.png", transparency=257)
+    with pytest.raises(evaluate.EvaluationError, match="1 transparent"):
+        evaluate.read_image(tmp_path / "k.png")
+    np.testing.assert_array_equal(
+        evaluate.read_image(tmp_path / "k.png", allow_transparency=True), [[0, 1]]
+    )
+
+
+def test_unsupported_and_unreadable_images(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 70000]], np.int32)).save(tmp_path / "i.tiff")
+    with pytest.raises(evaluate.EvaluationError, match=r"i\.tiff.*mode I\).*16-bit"):
+        evaluate.read_image(tmp_path / "i.tiff")
+    Image.fromarray(np.array([[0.0, 1.5]], np.float32)).save(tmp_path / "f.tiff")
+    with pytest.raises(evaluate.EvaluationError, match=r"f\.tiff.*\[0, 1\]"):
+        evaluate.read_image(tmp_path / "f.tiff")
+    Image.fromarray(np.array([[0.0, np.nan]], np.float32)).save(tmp_path / "n.tiff")
+    with pytest.raises(evaluate.EvaluationError, match="finite"):
+        evaluate.read_image(tmp_path / "n.tiff")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(evaluate.EvaluationError, match=r"cannot read image .*junk\.png"):
+        evaluate.read_image(tmp_path / "junk.png")
+    with pytest.raises(evaluate.EvaluationError, match="missing"):
+        evaluate.read_image(tmp_path / "missing.png")
+
+
+def test_to_uint8_refuses_nan() -> None:
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        srmetrics.to_uint8(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        srmetrics.to_uint8(np.array([np.inf]))
