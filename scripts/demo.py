@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     src = REPO_ROOT / "tests" / "data" / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png"
     dst = args.out / "butterfly_x2_demo.png"
-    rc = upscale.main([str(ckpt), str(src), str(dst)])
+    rc = upscale.main([str(ckpt), str(src), str(dst), "--overwrite"])  # rerun: replace
     if rc != 0:
         return rc
     with Image.open(dst) as im:

@@ -6,19 +6,27 @@ an image can be written back the way it came in.
 
 Pillow narrows 16-bit colour PNGs to 8 bits, so 16-bit PNGs are decoded by :func:`decode_png` and
 encoded by :func:`encode_png16` (numpy + zlib); everything else goes through Pillow.
+
+Files are written with :func:`atomic_write`: a temporary file in the destination folder that is
+renamed into place once complete, so an interrupted or failed write never leaves a partial image
+under the final name. Images declaring more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``
+(decompression-bomb limit) are refused.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import struct
+import tempfile
+import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "png": (".png",),
@@ -77,28 +85,73 @@ def is_png16(data: bytes) -> bool:
 
 
 def read_image(path: Path) -> ImageData:
-    """Read a PNG, JPEG or WebP file; raise :class:`ImageReadError` with the path on failure.
+    """Read a PNG, JPEG or WebP file; raise :class:`ImageReadError` naming the file and the
+    reason on any failure (missing, empty, truncated, corrupt, unsupported, too large).
 
     The EXIF orientation is applied; palette images become RGB(A); transparency given as a
     colour key (tRNS) becomes an alpha channel.
     """
     try:
         data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = _PIL_FORMATS.get(img.format or "")
-            if fmt is None:
-                raise ImageReadError(
-                    f"cannot read image {path}: unsupported format {img.format} "
-                    "(PNG, JPEG or WebP expected)"
-                )
-            icc = img.info.get("icc_profile") or None
-            if is_png16(data):
-                return ImageData(_decode_png16(data, img.info), "png", 16, icc)
-            return ImageData(_pil_to_array(img), fmt, 8, icc)
-    except ImageReadError:
-        raise
-    except (OSError, ValueError, SyntaxError, zlib.error, Image.DecompressionBombError) as e:
+    except OSError as e:
+        raise ImageReadError(f"cannot read image {path}: {e.strerror or e}") from e
+    try:
+        return _decode(data)
+    except ImageReadError as e:
         raise ImageReadError(f"cannot read image {path}: {e}") from e
+    except MemoryError as e:
+        raise ImageReadError(f"cannot read image {path}: not enough memory to decode it") from e
+    except Exception as e:  # decoders raise many kinds of exception on corrupt data
+        raise ImageReadError(f"cannot read image {path}: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    """A one-line description of a decoder error (type name added when not self-explaining)."""
+    text = " ".join(str(error).split())
+    if isinstance(error, (OSError, ValueError, SyntaxError)) and text:
+        return f"corrupt or truncated file ({text})"
+    return f"corrupt or truncated file ({type(error).__name__}{': ' + text if text else ''})"
+
+
+def _decode(data: bytes) -> ImageData:
+    """Decode the bytes of an image file (errors carry no file name)."""
+    if not data:
+        raise ImageReadError("the file is empty")
+    try:
+        with warnings.catch_warnings():  # the size is checked below, with a clear error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError("not a PNG, JPEG or WebP image (unrecognised content)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(_too_large(e)) from None
+    with img:
+        check_pixel_limit(*img.size)
+        fmt = _PIL_FORMATS.get(img.format or "")
+        if fmt is None:
+            raise ImageReadError(f"unsupported format {img.format} (PNG, JPEG or WebP expected)")
+        icc = img.info.get("icc_profile") or None
+        if is_png16(data):
+            return ImageData(_decode_png16(data, img.info), "png", 16, icc)
+        return ImageData(_pil_to_array(img), fmt, 8, icc)
+
+
+def check_pixel_limit(width: int, height: int) -> None:
+    """:class:`ImageReadError` if ``width × height`` exceeds ``Image.MAX_IMAGE_PIXELS``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise ImageReadError(
+            f"declared size {width}x{height} ({width * height} pixels) exceeds the "
+            f"decompression-bomb limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+        )
+
+
+def _too_large(error: Exception) -> str:
+    """Message for Pillow's DecompressionBombError."""
+    return (
+        "image too large for the decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): "
+        + " ".join(str(error).split())
+    )
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -183,9 +236,15 @@ def decode_png(data: bytes) -> np.ndarray:
     channels = {v: k for k, v in _PNG_COLOUR_TYPES.items()}.get(colour)
     if channels is None or depth not in (8, 16):
         raise ValueError(f"unsupported PNG layout (bit depth {depth}, colour type {colour})")
-    raw = zlib.decompress(b"".join(p for k, p in chunks if k == b"IDAT"))
+    check_pixel_limit(width, height)
     bpp = channels * depth // 8
     passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    expected = sum(
+        -(-(height - y0) // dy) * (1 + -(-(width - x0) // dx) * bpp)
+        for x0, y0, dx, dy in passes
+        if width > x0 and height > y0
+    )
+    raw = _inflate(b"".join(p for k, p in chunks if k == b"IDAT"), expected)
     planes = np.zeros((height, width, bpp), dtype=np.uint8)
     pos = 0
     for x0, y0, dx, dy in passes:
@@ -201,6 +260,14 @@ def decode_png(data: bytes) -> np.ndarray:
     if depth == 8:
         return planes
     return planes.view(">u2").astype(np.uint16)
+
+
+def _inflate(data: bytes, expected: int) -> bytes:
+    """zlib-decompress at most ``expected`` bytes (a stream inflating further is not read)."""
+    out = zlib.decompressobj().decompress(data, expected)
+    if len(out) < expected:
+        raise ValueError("truncated PNG image data")
+    return out
 
 
 def split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -227,6 +294,47 @@ def quantize(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.clip(np.rint(pixels * top), 0, top).astype(dtype)
 
 
+def atomic_write(path: Path, write_fn: Callable[[Path], None], *, overwrite: bool = True) -> None:
+    """Create ``path`` by calling ``write_fn(tmp)`` on a temporary file in the same folder and
+    renaming it into place, so that ``path`` is either absent (or left as it was) or complete.
+
+    The temporary file is removed if ``write_fn`` or the rename fails (including on
+    ``KeyboardInterrupt``). ``overwrite=False`` raises :class:`FileExistsError` instead of
+    replacing an existing ``path``, atomically where the file system has hard links.
+    The file gets the permissions a newly created file would have (umask applied).
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (:class:`FileExistsError`)."""
+    try:
+        os.link(tmp, path)  # fails if path exists: no window for a race
+    except FileExistsError:
+        raise FileExistsError(17, "file exists", str(path)) from None
+    except OSError:  # no hard links on this file system
+        if path.exists():
+            raise FileExistsError(17, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 def write_image(
     path: Path,
     pixels: np.ndarray,
@@ -235,15 +343,17 @@ def write_image(
     bit_depth: int = 8,
     quality: int = 95,
     icc_profile: bytes | None = None,
+    overwrite: bool = True,
 ) -> None:
-    """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``.
+    """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``, atomically (:func:`atomic_write`).
 
     16-bit output only exists for PNG; JPEG and WebP are always 8-bit. ``quality`` applies to
-    JPEG and WebP.
+    JPEG and WebP. ``overwrite=False``: :class:`FileExistsError` if ``path`` exists.
     """
     pixels = adapt_channels(pixels, fmt)
     if fmt == "png" and bit_depth == 16:
-        Path(path).write_bytes(encode_png16(quantize(pixels, 16), icc_profile))
+        encoded = encode_png16(quantize(pixels, 16), icc_profile)
+        atomic_write(path, lambda tmp: tmp.write_bytes(encoded), overwrite=overwrite)
         return
     arr = quantize(pixels, 8)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
@@ -252,7 +362,11 @@ def write_image(
         options["quality"] = quality
     if icc_profile:
         options["icc_profile"] = icc_profile
-    img.save(path, format=_PIL_SAVE_NAMES[fmt], **options)
+    atomic_write(
+        path,
+        lambda tmp: img.save(tmp, format=_PIL_SAVE_NAMES[fmt], **options),
+        overwrite=overwrite,
+    )
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -17,16 +17,24 @@ Every output pixel with non-zero weight lies at least ``o`` LR pixels inside its
 model whose receptive field reaches ``r`` pixels, the tiled result equals the whole-image result
 (up to float rounding) whenever ``overlap >= r``; for models with a larger reach, the linear
 feathering hides the seams.
+
+The end of the module plans tiles from memory: :func:`forward_bytes_per_pixel` measures the
+peak tensor memory of a small probe forward, :func:`available_memory` reads what the device
+has free and :func:`largest_fitting_tile` picks the tile.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from spandrel import SizeRequirements
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps a (1, C, h, w) tile to its (1, C_out, h·scale, w·scale) upscaled tile."""
@@ -208,3 +216,122 @@ def upscale_tiled(  # noqa: PLR0917 (the positional signature is shared with oth
                 on_tile()
     assert acc is not None
     return acc / wsum
+
+
+# ------------------------------------------------------------------------ memory planning
+
+FALLBACK_MEMORY_BYTES = 4 * 2**30
+"""Memory assumed available where it cannot be read (no /proc/meminfo)."""
+
+
+def available_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes available for new allocations on ``device`` and where the number comes from.
+
+    CUDA: free device memory plus what PyTorch's allocator holds unused. CPU: ``MemAvailable``
+    of ``/proc/meminfo`` (Linux), else :data:`FALLBACK_MEMORY_BYTES`.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached, "free GPU memory"
+    available = host_memory_available()
+    if available is None:
+        return FALLBACK_MEMORY_BYTES, "fixed budget (available memory unknown)"
+    return available, "MemAvailable"
+
+
+def host_memory_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` in bytes from ``meminfo``, None if it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Records the peak of the bytes held by tensor storages created while active.
+
+    Every operator output's storage is counted once from its creation until it is freed, so
+    ``peak`` is the largest amount of tensor memory an operation sequence held at once (work
+    buffers that operators allocate internally, e.g. by cuDNN or FFT plans, are not seen).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+    def __torch_dispatch__(
+        self,
+        func: Callable[..., object],
+        types: object,
+        args: tuple[object, ...] = (),
+        kwargs: dict[str, object] | None = None,
+    ) -> object:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self._live:
+                    self._live[key] = storage.nbytes()
+                    self.current += storage.nbytes()
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, key)
+        return out
+
+
+def forward_bytes_per_pixel(model_fn: ModelFn, x: torch.Tensor) -> float:
+    """Peak tensor memory of ``model_fn(x)`` divided by the input's pixel count.
+
+    Fixed costs are counted as if they grew with the image, so multiplying by a larger
+    image's pixel count overestimates rather than underestimates (for models whose memory
+    grows linearly with the pixel count: convolutions, windowed attention, FFT mixers).
+    """
+    with PeakTensorMemory() as tracker:
+        model_fn(x)
+    return tracker.peak / (x.shape[-2] * x.shape[-1])
+
+
+def largest_fitting_tile(
+    bytes_per_pixel: float,
+    budget: float,
+    height: int,
+    width: int,
+    *,
+    overlap: int,
+    size_requirements: SizeRequirements | None = None,
+    step: int = 16,
+    minimum: int = 64,
+) -> int | None:
+    """Tile side for an ``height × width`` image whose forward needs ``bytes_per_pixel``
+    per input pixel, within ``budget`` bytes: 0 if the whole image fits, else the largest
+    multiple of ``step`` (at least ``minimum`` and larger than ``3·overlap``) whose padded
+    window fits, None if none does."""
+    padded = pad_size(height, width, size_requirements)
+    if bytes_per_pixel * padded[0] * padded[1] <= budget:
+        return 0
+    side = int(math.sqrt(budget / bytes_per_pixel)) // step * step
+    while side >= max(minimum, 3 * overlap + 1):
+        t = effective_tile(side, size_requirements)
+        if bytes_per_pixel * t * t <= budget:
+            return side
+        side -= step
+    return None
+
+
+def pad_size(
+    height: int, width: int, size_requirements: SizeRequirements | None
+) -> tuple[int, int]:
+    """(height, width) after padding to ``size_requirements``."""
+    if size_requirements is None:
+        return height, width
+    pad_w, pad_h = size_requirements.get_padding(width, height)
+    return height + pad_h, width + pad_w

@@ -4,13 +4,16 @@
 
 Run with ``--help`` for the options and for how alpha, greyscale images, bit depth and tiling
 are handled. Exit status: 0 on success, 2 on a usage error, an unreadable model or input, an
-unsupported ``--dtype`` or running out of memory.
+unsupported ``--dtype``, an output that exists (without ``--overwrite``) or cannot be written, a
+model output containing NaN/Inf, or running out of memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 from _bootstrap import load_model
 from imageio_utils import (
     FORMATS,
+    ImageData,
     ImageReadError,
     format_from_suffix,
     read_image,
@@ -27,13 +31,32 @@ from imageio_utils import (
     write_image,
 )
 from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
-from tiling import count_tiles, effective_tile, upscale_tiled
+from tiling import (
+    available_memory,
+    count_tiles,
+    effective_tile,
+    forward_bytes_per_pixel,
+    host_memory_available,
+    largest_fitting_tile,
+    upscale_tiled,
+)
 from tqdm import tqdm
 
-AUTO_PIXEL_BUDGET = 512 * 512
-"""Auto tiling: images with more input pixels than this are processed in tiles."""
 AUTO_TILE = 512
-"""Auto tiling: tile side used above the pixel budget."""
+"""Largest tile suggested after running out of memory."""
+PROBE_SIDE = 64
+"""Auto tiling: side of the random probe whose forward memory is measured; images with at most
+this many pixels squared are never tiled automatically."""
+MEMORY_HEADROOM = 1.5
+"""Auto tiling: measured tensor memory is multiplied by this (operator work buffers, allocator
+fragmentation) before comparing with the memory budget."""
+MEMORY_SHARE = 0.8
+"""Auto tiling: share of the available memory that one image may use."""
+HOST_COPIES = 5
+"""Float32 copies of the output image held at once in host memory (tile accumulation,
+normalisation, channel assembly, quantisation)."""
+MIN_AUTO_TILE = 64
+"""Auto tiling: smallest tile chosen; with less memory the image is refused."""
 MIN_SUGGESTED_TILE = 16
 """Out of memory with tiles smaller than twice this: no smaller tile is suggested."""
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,18 +92,38 @@ model's size requirements and the output is cropped to exactly H*scale x W*scale
 HybridMoE models windows start at multiples of 4 x window_size input pixels (32 for the
 default window of 8), the network's internal grid, which keeps tiles much closer to the
 whole-image result (a divisor of it when --tile minus 3 x --tile-overlap is shorter).
-Auto (default): the whole image in one pass up to {AUTO_PIXEL_BUDGET} input pixels
-({AUTO_TILE} x {AUTO_TILE}), tiles of {AUTO_TILE} above. Models that tile internally are never
-tiled; models that discourage tiling are tiled only when --tile is given (with a warning).
+Auto (default): the whole image in one pass when it fits in memory, else the largest tiles
+that fit. The memory of one forward is measured on a {PROBE_SIDE} x {PROBE_SIDE} probe, scaled by
+the pixel count (x {MEMORY_HEADROOM}) and compared with {int(MEMORY_SHARE * 100)}% of the free GPU
+memory or, on the CPU, of MemAvailable (/proc/meminfo; 4 GiB assumed where unknown). Models
+that tile internally are never tiled; models that discourage tiling are tiled only when --tile
+is given or when the whole image does not fit (with a warning either way). An image that does not
+fit even in tiles of {MIN_AUTO_TILE} is refused with a message.
+
+Safety: outputs are written to a temporary file in the output folder and renamed into place, so
+an interrupted run never leaves a partial image. An existing output is an error unless
+--overwrite is given; an output that is the same file as an input (same path, symbolic or hard
+link) is always refused. Images with more pixels than Pillow's decompression-bomb limit
+(PIL.Image.MAX_IMAGE_PIXELS) are refused. A model output containing NaN or Inf is an error and
+nothing is written for that image.
 
 Exit status: 0 on success; 2 on a missing or unreadable model or input, an unsupported
---dtype or --device, or out of memory (the message suggests a smaller --tile). In folder mode
-unreadable images are skipped with a warning.
+--dtype or --device, an existing output without --overwrite, an output folder that cannot be
+written, NaN/Inf in the model output, or out of memory (the message suggests a --tile). In
+folder mode unreadable images are skipped with a warning.
 """
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line without traceback, exit status 2."""
+
+
+class NonFiniteOutputError(Exception):
+    """The model produced NaN or Inf values (``count`` of them) for the current input."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} NaN/Inf values in the model output")
+        self.count = count
 
 
 @dataclass
@@ -104,6 +147,10 @@ class Settings:
     quality: int
     align: int = 1
     """Window starts are multiples of this (see :func:`tile_alignment`)."""
+    overwrite: bool = False
+    bytes_per_pixel: float | None = None
+    """Measured forward memory per input pixel (:func:`tiling.forward_bytes_per_pixel`)."""
+    guard: NonFiniteGuard | None = None
 
 
 def warn(message: str) -> None:
@@ -146,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--recursive", action="store_true", help="also process sub-folders of a folder INPUT"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (default: refuse to run)",
+    )
+    p.add_argument(
         "--format",
         choices=list(FORMATS),
         help="output format (default: the input's format)",
@@ -160,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile",
         type=_non_negative,
         default=None,
-        help=f"tile side in input pixels, 0 = whole image (default: auto, whole image up to "
-        f"{AUTO_PIXEL_BUDGET} pixels, else {AUTO_TILE})",
+        help="tile side in input pixels, 0 = whole image (default: auto, the whole image when "
+        "it fits in memory, else the largest tiles that fit)",
     )
     p.add_argument(
         "--tile-overlap",
@@ -275,15 +327,92 @@ def tile_alignment(descriptor: ImageModelDescriptor) -> int:
     return 4 * window if isinstance(window, int) and window > 0 else 1
 
 
-def plan_tile(descriptor: ImageModelDescriptor, tile: int | None, height: int, width: int) -> int:
-    """Tile side for an ``height × width`` image, 0 = whole image."""
-    if descriptor.tiling is ModelTiling.INTERNAL:
+def plan_tile(settings: Settings, height: int, width: int, channels: int, src: Path) -> int:
+    """Tile side for an ``height × width`` image of ``channels`` channels, 0 = whole image.
+
+    Without ``--tile``: the whole image if its forward fits in memory (see ``--help``), else
+    the largest tile that fits; :class:`CliError` if not even :data:`MIN_AUTO_TILE` fits.
+    """
+    desc = settings.descriptor
+    if desc.tiling is ModelTiling.INTERNAL:
         return 0
-    if tile is not None:
-        return tile
-    if descriptor.tiling is ModelTiling.DISCOURAGED or height * width <= AUTO_PIXEL_BUDGET:
+    if settings.tile is not None:
+        return settings.tile
+    if height * width <= PROBE_SIDE * PROBE_SIDE:
         return 0
-    return AUTO_TILE
+    budget, source = memory_budget(settings, height, width, channels, src)
+    per_pixel = probe_bytes_per_pixel(settings) * MEMORY_HEADROOM
+    tile = largest_fitting_tile(
+        per_pixel,
+        budget,
+        height,
+        width,
+        overlap=settings.overlap,
+        size_requirements=desc.size_requirements,
+        step=max(settings.align, 16),
+        minimum=MIN_AUTO_TILE,
+    )
+    need = (
+        f"about {_gib(per_pixel * height * width)} for one pass, {_gib(budget)} usable ({source})"
+    )
+    if tile is None:
+        raise CliError(
+            f"not enough memory to upscale {src} ({width}x{height}): {need}, and even tiles of "
+            f"{max(MIN_AUTO_TILE, 3 * settings.overlap + 1)} do not fit; free memory, use "
+            "another --device or --dtype, or try a small --tile"
+        )
+    if tile:
+        note = " (the model discourages tiling; seams may show)" * (
+            desc.tiling is ModelTiling.DISCOURAGED
+        )
+        warn(f"{src} ({width}x{height}): {need}; tiling with --tile {tile}{note}")
+    return tile
+
+
+def _gib(n: float) -> str:
+    """Bytes as GiB with two decimals."""
+    return f"{n / 2**30:.2f} GiB"
+
+
+def probe_bytes_per_pixel(settings: Settings) -> float:
+    """Forward memory per input pixel, measured once per run on a random probe."""
+    if settings.bytes_per_pixel is None:
+        desc = settings.descriptor
+        side = effective_tile(PROBE_SIDE, desc.size_requirements)
+        x = torch.rand(1, desc.input_channels, side, side, device=settings.device)
+        guard = settings.guard
+        if guard is not None:
+            guard.armed = False
+        try:
+            settings.bytes_per_pixel = forward_bytes_per_pixel(desc, x.to(settings.dtype))
+        finally:
+            if guard is not None:
+                guard.armed = True
+    return settings.bytes_per_pixel
+
+
+def memory_budget(
+    settings: Settings, height: int, width: int, channels: int, src: Path
+) -> tuple[float, str]:
+    """Bytes one forward may use, and where the number comes from.
+
+    Host memory must also hold :data:`HOST_COPIES` float32 copies of the output image
+    (:class:`CliError` if it cannot); on the CPU they are taken from the forward's budget.
+    """
+    scale = settings.descriptor.scale
+    host_need = HOST_COPIES * height * scale * width * scale * channels * 4
+    host = host_memory_available()
+    if host is not None and host_need > MEMORY_SHARE * host:
+        raise CliError(
+            f"not enough memory to upscale {src} ({width}x{height}): the "
+            f"{width * scale}x{height * scale} output alone needs about {_gib(host_need)}, "
+            f"{_gib(host)} available"
+        )
+    available, source = available_memory(settings.device)
+    budget = MEMORY_SHARE * available
+    if settings.device.type == "cpu":
+        budget -= host_need
+    return budget, source
 
 
 def _output_suffix(src: Path, src_fmt: str | None, fmt: str | None) -> str:
@@ -351,6 +480,55 @@ def plan_jobs(src: Path, output: Path, recursive: bool, fmt: str | None) -> list
     return [job]
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names (links followed), None if it has none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_outputs(jobs: list[Job], overwrite: bool) -> None:
+    """:class:`CliError` if an output is an input (same file: path, symbolic or hard link),
+    a folder, or exists and ``overwrite`` is False; also if an output folder cannot be
+    created or written."""
+    inputs = {_file_id(job.src): job.src for job in jobs}
+    existing = []
+    for job in jobs:
+        dst_id = _file_id(job.dst)
+        if dst_id is None:
+            continue
+        if dst_id in inputs:
+            raise CliError(
+                f"output {job.dst} is the same file as input {inputs[dst_id]} "
+                "(a link to it); choose another OUTPUT"
+            )
+        if job.dst.is_dir():
+            raise CliError(f"output {job.dst} is a folder; choose a file name")
+        existing.append(job.dst)
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+        raise CliError(f"output {existing[0]} already exists{more}; pass --overwrite to replace")
+    for folder in sorted({job.dst.parent for job in jobs}):
+        check_output_folder(folder)
+
+
+def check_output_folder(folder: Path) -> None:
+    """:class:`CliError` unless ``folder`` exists and takes new files, or can be created."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CliError(f"cannot create output folder {folder}: {ancestor} is a file")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".upscale-write-test-", dir=ancestor)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise CliError(f"output folder {ancestor} is not writable: {e.strerror or e}") from None
+
+
 def to_grey(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) → (H, W, 1) with BT.601 luma weights."""
     return rgb @ LUMA[:, None]
@@ -384,6 +562,37 @@ def upscale_pixels(pixels: np.ndarray, run: ArrayFn, channels: int) -> np.ndarra
     else:
         alpha_out = upscale_plane(alpha, run, channels)
     return np.concatenate([out, alpha_out], axis=-1)
+
+
+class NonFiniteGuard:
+    """Forward hook on a model: raises :class:`NonFiniteOutputError` when its raw output
+    (before spandrel clamps it to [0, 1], which would turn Inf into 0 or 1) holds NaN/Inf."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.armed = True
+        self.handle = module.register_forward_hook(self._check)
+
+    def _check(self, module: torch.nn.Module, inputs: object, output: object) -> None:
+        if self.armed and isinstance(output, torch.Tensor):
+            bad = int((~torch.isfinite(output)).sum())
+            if bad:
+                raise NonFiniteOutputError(bad)
+
+    def remove(self) -> None:
+        """Detach the hook from the model."""
+        self.handle.remove()
+
+
+def non_finite_message(settings: Settings, src: Path, count: int) -> str:
+    """Explain NaN/Inf in the model output of ``src`` and what to try."""
+    name = next(k for k, v in DTYPES.items() if v == settings.dtype)
+    head = (
+        f"model output for {src} contains {count} NaN/Inf values (--dtype {name}, "
+        f"{settings.device}); nothing was written for it"
+    )
+    if name != "fp32":
+        return f"{head}; {name} can overflow: try --dtype fp32, and check the model if it persists"
+    return f"{head}; check the model file: its weights may hold NaN/Inf (damaged or diverged)"
 
 
 def make_runner(settings: Settings, tile: int, bar: tqdm) -> ArrayFn:
@@ -451,32 +660,48 @@ def process(job: Job, settings: Settings) -> None:
         pixels = split_alpha(pixels)[0]
     h, w = pixels.shape[:2]
     desc = settings.descriptor
-    tile = plan_tile(desc, settings.tile, h, w)
+    tile = plan_tile(settings, h, w, pixels.shape[-1], job.src)
     with tqdm(total=0, desc=job.src.name, unit="tile", leave=False, file=sys.stderr) as bar:
         try:
             out = upscale_pixels(pixels, make_runner(settings, tile, bar), desc.input_channels)
+        except NonFiniteOutputError as e:
+            raise CliError(non_finite_message(settings, job.src, e.count)) from None
         except Exception as e:
             if is_out_of_memory(e):
                 raise CliError(out_of_memory_message(settings, job.src, tile, h, w)) from None
             raise
-    bit_depth = image.bit_depth if fmt == "png" else 8
-    job.dst.parent.mkdir(parents=True, exist_ok=True)
+    write_output(job, out, fmt, image, settings)
+
+
+def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings: Settings) -> None:
+    """Write ``out`` to ``job.dst`` atomically, with ``image``'s bit depth (PNG) and ICC
+    profile; :class:`CliError` on any failure."""
+    try:
+        job.dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create output folder {job.dst.parent}: {e.strerror or e}") from None
     try:
         write_image(
             job.dst,
             out,
             fmt,
-            bit_depth=bit_depth,
+            bit_depth=image.bit_depth if fmt == "png" else 8,
             quality=settings.quality,
             icc_profile=image.icc_profile,
+            overwrite=settings.overwrite,
         )
+    except FileExistsError:
+        raise CliError(
+            f"output {job.dst} appeared while upscaling; pass --overwrite to replace it"
+        ) from None
     except OSError as e:
-        raise CliError(f"cannot write {job.dst}: {e}") from None
+        raise CliError(f"cannot write {job.dst}: {e.strerror or e}") from None
 
 
 def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
     """Check the arguments, plan the jobs and load the model (:class:`CliError` on problems)."""
     jobs = plan_jobs(args.input, args.output, args.recursive, args.format)
+    check_outputs(jobs, args.overwrite)
     device = resolve_device(args.device)
     descriptor = load_descriptor(args.model)
     dtype = check_dtype(descriptor, args.dtype)
@@ -494,6 +719,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
         args.tile_overlap,
         args.quality,
         align=tile_alignment(descriptor),
+        overwrite=args.overwrite,
     )
     return jobs, settings
 
@@ -501,15 +727,20 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
 def run_jobs(jobs: list[Job], settings: Settings, single: bool) -> int:
     """Process all jobs; unreadable images abort a single-file run and are skipped otherwise."""
     skipped = 0
-    with torch.inference_mode():
-        for job in tqdm(jobs, desc="images", unit="img", file=sys.stderr):
-            try:
-                process(job, settings)
-            except ImageReadError as e:
-                if single:
-                    raise CliError(str(e)) from None
-                warn(f"{e}; skipped")
-                skipped += 1
+    settings.guard = NonFiniteGuard(settings.descriptor.model)
+    try:
+        with torch.inference_mode():
+            for job in tqdm(jobs, desc="images", unit="img", file=sys.stderr):
+                try:
+                    process(job, settings)
+                except ImageReadError as e:
+                    if single:
+                        raise CliError(str(e)) from None
+                    warn(f"{e}; skipped")
+                    skipped += 1
+    finally:
+        settings.guard.remove()
+        settings.guard = None
     if skipped:
         warn(f"{skipped} of {len(jobs)} images skipped")
     return 0
@@ -524,6 +755,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; no partial output was left", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -566,18 +566,24 @@ def test_out_of_memory_suggests_smaller_tile(
     assert code == 2 and "--tile 32 --tile-overlap 8" in err  # 32 <= 3 × 20: overlap too
 
 
-def test_tiling_policy(tmp_path: Path, capsys) -> None:
+def test_tiling_policy(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     d = descriptor_of(compact(), tmp_path)
-    assert upscale.plan_tile(d, None, 100, 100) == 0
-    assert upscale.plan_tile(d, None, 1000, 1000) == upscale.AUTO_TILE
-    assert upscale.plan_tile(d, 128, 100, 100) == 128
+    monkeypatch.setattr(upscale, "available_memory", lambda dev: (2**40, "test"))
+
+    def plan(tile: int | None, h: int, w: int) -> int:
+        settings = upscale.Settings(d, torch.device("cpu"), torch.float32, tile, 16, 95)
+        return upscale.plan_tile(settings, h, w, 3, tmp_path / "x.png")
+
+    assert plan(None, 100, 100) == 0
+    assert plan(None, 1000, 1000) == 0  # fits in memory: whole image
+    assert plan(128, 100, 100) == 128
     d.tiling = ModelTiling.DISCOURAGED
-    assert upscale.plan_tile(d, None, 1000, 1000) == 0
-    assert upscale.plan_tile(d, 128, 1000, 1000) == 128
+    assert plan(None, 1000, 1000) == 0
+    assert plan(128, 1000, 1000) == 128
     upscale.check_tiling(d, 128, 16)
     assert "discourages tiling" in capsys.readouterr().err
     d.tiling = ModelTiling.INTERNAL
-    assert upscale.plan_tile(d, 128, 1000, 1000) == 0
+    assert plan(128, 1000, 1000) == 0
     with pytest.raises(upscale.CliError, match="larger than 3 x --tile-overlap"):
         d.tiling = ModelTiling.SUPPORTED
         upscale.check_tiling(d, 40, 16)
@@ -590,4 +596,4 @@ def test_help_documents_options(capsys) -> None:
     text = capsys.readouterr().out
     for option in ("--tile", "--tile-overlap", "--dtype", "--device", "--format", "--quality"):
         assert option in text
-    assert "alpha" in text and str(upscale.AUTO_PIXEL_BUDGET) in text
+    assert "alpha" in text and "--overwrite" in text and "MemAvailable" in text
