@@ -1,0 +1,165 @@
+"""Tiles from the free photo set (scripts/make_photo_tiles.py), on small synthetic and bundled
+images: sizes, flat-tile skipping, determinism, JPEG settings, manifest checks and slicing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import make_photo_tiles as mpt
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+T91 = Path(__file__).resolve().parent / "data" / "T91_sample"
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Random texture (far from flat)."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_grid_is_centred_and_non_overlapping() -> None:
+    cells = mpt.grid(100, 70, 32)  # 3 x 2 cells, margins 2 and 3
+    assert cells == [(2, 3), (2, 35), (34, 3), (34, 35), (66, 3), (66, 35)]
+    assert mpt.grid(31, 500, 32) == []
+
+
+def test_downscale_half_crops_odd_sides_and_antialiases() -> None:
+    out = mpt.downscale_half(Image.fromarray(textured(9, 11)))
+    assert out.size == (5, 4)
+    noise = textured(64, 64)
+    small = np.asarray(mpt.downscale_half(Image.fromarray(noise)), np.float64)
+    # a low-pass filter removes most of white noise; plain subsampling would keep all of it
+    assert small.std() < 0.6 * noise.std()
+
+
+def test_load_clean_applies_exif_orientation_and_converts_modes() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    Image.fromarray(textured(40, 100)).save(buf, format="JPEG", exif=exif.tobytes())
+    assert mpt.load_clean(buf.getvalue()).size == (20, 50)
+    for mode in ("CMYK", "L", "P", "I;16"):
+        im = Image.new(mode, (30, 20))
+        buf = io.BytesIO()
+        im.save(buf, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+        out = mpt.load_clean(buf.getvalue())
+        assert (out.mode, out.size) == ("RGB", (15, 10)), mode
+
+
+def test_to_rgb_rescales_16_bit_grey() -> None:
+    im = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert np.asarray(mpt.to_rgb(im)).min() == 255
+
+
+def test_flat_cells_are_skipped() -> None:
+    """Left half texture, right half a smooth gradient (sky-like) and a flat band."""
+    a = np.zeros((64, 128, 3), np.uint8)
+    a[:, :64] = textured(64, 64)
+    a[:, 64:] = np.linspace(90, 170, 64, dtype=np.uint8)[None, :, None]
+    p = mpt.TileParams(tile=32, max_per_photo=10)
+    assert mpt.select_tiles(Image.fromarray(a), "k", p) == [(0, 0), (0, 32), (32, 0), (32, 32)]
+    std, grad = mpt.flatness(a[:, 64:])
+    assert std >= p.min_std and grad < p.min_grad  # the gradient passes std, fails gradient
+
+
+def test_tile_choice_is_capped_seeded_and_deterministic() -> None:
+    img = Image.fromarray(textured(256, 256))  # 8 x 8 = 64 candidate cells
+    p = mpt.TileParams(tile=32, max_per_photo=5)
+    first = mpt.select_tiles(img, "abc", p)
+    assert len(first) == 5 and first == sorted(first)
+    assert mpt.select_tiles(img, "abc", p) == first
+    assert mpt.select_tiles(img, "xyz", p) != first
+    assert mpt.select_tiles(img, "abc", mpt.TileParams(tile=32, max_per_photo=5, seed=1)) != first
+
+
+def test_encode_tile_is_quality_95_with_444_chroma() -> None:
+    jpg = mpt.encode_tile(Image.fromarray(textured(48, 48)))
+    with Image.open(io.BytesIO(jpg)) as im:
+        assert (im.format, im.size, im.mode) == ("JPEG", (48, 48), "RGB")
+        assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4
+        luma = im.quantization[0]
+        assert max(luma) == 12  # the standard table scaled for quality 95 (90 gives 24)
+        assert "icc_profile" not in im.info and "exif" not in im.info
+
+
+def test_pack_slices_limit_shuffle_and_determinism() -> None:
+    tiles = [(f"t{i:03d}.jpg", 100 + i) for i in range(60)]
+    slices = mpt.pack_slices(tiles, 1000, seed=0, row_bytes=20)
+    names = [n for s in slices for n in s]
+    assert sorted(names) == [n for n, _ in tiles]
+    size = dict(tiles)
+    assert all(sum(size[n] + 20 for n in s) <= 1000 for s in slices)
+    assert mpt.pack_slices(tiles[::-1], 1000, seed=0, row_bytes=20) == slices
+    assert names != sorted(names)  # shuffled
+    assert mpt.pack_slices(tiles, 1000, seed=1, row_bytes=20) != slices
+    with pytest.raises(ValueError, match="exceeds the slice limit"):
+        mpt.pack_slices([("big.jpg", 2000)], 1000, seed=0)
+
+
+def write_photo_set(tmp_path: Path, files: list[Path]) -> tuple[Path, Path]:
+    """A manifest and extraction folder for real small images (plus one Debian row and one
+    missing photo), as extract.sh lays them out."""
+    raw = tmp_path / "raw"
+    lines = ["\t".join(mpt.MANIFEST_COLUMNS)]
+    for f in files:
+        data = f.read_bytes()
+        blob = mpt.git_blob_sha(data)
+        w, h = Image.open(f).size
+        (raw / "own+repo").mkdir(parents=True, exist_ok=True)
+        (raw / "own+repo" / f"{blob[:12]}.png").write_bytes(data)
+        lines.append(f"git\town/repo\t{blob}\tpics/{f.name}\t{w}\t{h}\t{len(data)}\tCC-BY-4.0")
+    (raw / "deb+pkg").mkdir()
+    deb = files[0].read_bytes()
+    (raw / "deb+pkg" / "d.png").write_bytes(deb)
+    w, h = Image.open(files[0]).size
+    lines.append(f"deb\tpkg\t/usr/share/d.png\t\t{w}\t{h}\t{len(deb)}\tDebian copyright")
+    lines.append("git\town/repo\t" + "0" * 40 + "\tpics/gone.png\t10\t10\t5\tCC0")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, raw
+
+
+def test_end_to_end_slices_attribution_and_skips(tmp_path: Path, capsys) -> None:
+    files = sorted(T91.glob("*.png"))[:5]
+    manifest, raw = write_photo_set(tmp_path, files)
+    # one photo differs from its manifest row: reported and skipped, not used
+    bad = raw / "own+repo" / f"{mpt.git_blob_sha(files[3].read_bytes())[:12]}.png"
+    bad.write_bytes(bad.read_bytes() + b"x")
+    # another has the right size but other content
+    bad = raw / "own+repo" / f"{mpt.git_blob_sha(files[4].read_bytes())[:12]}.png"
+    data = bytearray(bad.read_bytes())
+    data[-1] ^= 1
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "tiles"
+    argv = [str(manifest), str(raw), "--out", str(out), "--tile", "32", "--workers", "1"]
+    assert (
+        mpt.main(
+            [*argv, "--max-per-photo", "3", "--slice-mib", "1", "--min-std", "0", "--min-grad", "0"]
+        )
+        == 0
+    )
+    rows = [r.split("\t") for r in (out / "tiles.tsv").read_text().splitlines()]
+    assert tuple(rows[0]) == mpt.TSV_HEADER and len(rows) == 1 + 4 * 3
+    assert {r[1] for r in rows[1:]} == {"own/repo", "pkg"}
+    assert "/usr/share/d.png" in {r[3] for r in rows[1:]}
+    skipped = (out / "skipped.tsv").read_text()
+    assert "bytes, manifest says" in skipped and "missing file" in skipped
+    assert "git blob hash differs" in skipped
+    assert (out / "SLICE0_READY").read_text() == "12\n"
+    tiles = sorted((out / "slice_00").glob("*.jpg"))
+    assert len(tiles) == 12 and not (out / "_staging").exists()
+    with Image.open(tiles[0]) as im:
+        assert im.size == (32, 32)
+    assert tiles[0].name.startswith(("own+repo_", "deb+pkg_"))
+    assert "photos: 4 used of 7 (3 skipped)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="earlier run"):
+        mpt.main(argv)
+
+
+def test_bad_manifest_is_refused(tmp_path: Path) -> None:
+    m = tmp_path / "m.tsv"
+    m.write_text("kind\tsource\n")
+    with pytest.raises(SystemExit, match="expected the header"):
+        mpt.read_manifest(m)
