@@ -105,7 +105,7 @@ def _ours(name: str) -> Callable[[int], nn.Module]:
 def _span(scale: int) -> nn.Module:
     from spandrel.architectures.SPAN import SPAN
 
-    return SPAN(num_in_ch=3, num_out_ch=3, feature_channels=48, upscale=scale, norm=False)
+    return SPAN(num_in_ch=3, num_out_ch=3, feature_channels=52, upscale=scale, norm=False)
 
 
 def _plksr_tiny(scale: int) -> nn.Module:
@@ -210,7 +210,7 @@ MODELS: dict[str, ModelSpec] = {
             ModelSpec(name, _ours(name), True, "hybridmoe_arch factory defaults")
             for name in ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l")
         ),
-        ModelSpec("span", _span, False, "SPAN 48 feats, no input norm"),
+        ModelSpec("span", _span, False, "SPAN 52 feats (traiNNer-redux default), no input norm"),
         ModelSpec("plksr_tiny", _plksr_tiny, False, "PLKSR dim 64, 12 blocks, k13, DCCM, no EA"),
         ModelSpec("plksr", _plksr, False, "PLKSR dim 64, 28 blocks, k17, DCCM, EA"),
         ModelSpec("realplksr", _realplksr, False, "RealPLKSR dim 64, 28 blocks, layer norm"),

@@ -1,0 +1,689 @@
+"""Train, time and evaluate many network configurations under one recipe (GPU driver).
+
+Every configuration of a comparison is trained with the same recipe, data and iteration budget:
+random LR crops of pre-made HR/LR pairs (MATLAB bicubic, ``make_pairs.py``) held on the GPU,
+batch 16, LR 48² at ×3/×4 and 64² at ×1/×2, random flips and 90° rotations, AdamW
+(lr 5e-4, betas 0.9/0.99, no weight decay), the rate halved at 1/2 and 3/4 of the budget,
+Charbonnier loss (plus the MoE balance loss, weight 0.01, for networks with MoE layers),
+bf16 autocast, channels_last, EMA of the weights (decay 0.999); the EMA weights are what is
+saved and evaluated. These are the values of the traiNNer-redux templates in ``options/``.
+
+Commands::
+
+    sweep.py train  --configs A B ... --scale 4 --iters 2000 --data DIR --out RUNS
+                    [--deadline-s S] [--workers-per-gpu N]
+        one process per configuration, side by side on the GPU; each saves its full training
+        state every 500 iterations and when the deadline comes, and resumes from it when run
+        again with the same --out (so a budget can span several machine sessions). A larger
+        --iters continues a finished run (the learning-rate schedule is that of the new budget).
+    sweep.py bench  --configs A B ... [--json OUT]
+        fp16 weights, batch 1, fused forms: ×4 to 1920×1080 (480×270 in) and ×2 from 1920×1080;
+        median latency (CUDA events), GFLOPs per forward and achieved TFLOP/s.
+    sweep.py eval   --runs RUNS [--sets ...] [--records DIR] [--recipe NAME]
+        the project's evaluator (Y channel, border = scale, MATLAB bicubic LR) on every finished
+        run; one JSON record per trained model.
+    sweep.py table  --records DIR [--speed JSON] [--plot OUT.png]
+        one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
+
+Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
+spandrel's implementations in the traiNNer-redux presets, see ``benchmark.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _bootstrap import REPO_ROOT, import_arch
+from torch import nn
+
+A = import_arch()
+
+S = A.VARIANTS["hybridmoe_s"]
+CONFIGS: dict[str, dict[str, Any]] = {
+    # ---- ablations around hybridmoe_s (one change each)
+    "s": dict(S),
+    "s_dense": {**S, "use_moe": False},
+    "s_nohf": {**S, "use_hf": False},
+    "s_noattn": {**S, "use_attn": False},
+    "s_mixnone": {**S, "global_mixer": "none"},
+    "s_ssm": {**S, "global_mixer": "ssm"},
+    "s_fft": {**S, "freq_split": "fft"},
+    "s_basenone": {**S, "base": "none"},
+    "s_bicubic": {**S, "base": "bicubic"},
+    "s_shiftalt": {**S, "shift": "alternate"},
+    "s_rep3": {**S, "conv_block": "rep3", "hf_block": "rep3"},
+    "s_refine": {**S, "refine_moe": True},
+    "s_refine_dense": {**S, "refine_moe": True, "use_moe": False},
+    # ---- compute placement: everything at x1 (conv trunk), or a trunk plus LF context below
+    "trunk48x16": {
+        "dim": 48,
+        "levels": 1,
+        "use_hf": False,
+        "conv_block": "rep3",
+        "enc_blocks": (8, 0, 0),
+        "hf_blocks": (0, 0, 0),
+        "mid_blocks": 0,
+        "dec_blocks": (8, 0),
+        "global_mixer": "none",
+    },
+    "trunk64x12": {
+        "dim": 64,
+        "levels": 1,
+        "use_hf": False,
+        "conv_block": "rep3",
+        "enc_blocks": (6, 0, 0),
+        "hf_blocks": (0, 0, 0),
+        "mid_blocks": 0,
+        "dec_blocks": (6, 0),
+        "global_mixer": "none",
+    },
+    "trunkctx48": {
+        "dim": 48,
+        "levels": 3,
+        "use_hf": True,
+        "conv_block": "rep3",
+        "hf_block": "rep3",
+        "enc_blocks": (0, 1, 1),
+        "hf_blocks": (8, 0, 0),
+        "mid_blocks": 1,
+        "dec_blocks": (4, 0),
+        "num_experts": 4,
+        "top_k": 1,
+    },
+    "trunkctx48_dense": {
+        "dim": 48,
+        "levels": 3,
+        "use_hf": True,
+        "conv_block": "rep3",
+        "hf_block": "rep3",
+        "enc_blocks": (0, 1, 1),
+        "hf_blocks": (8, 0, 0),
+        "mid_blocks": 1,
+        "dec_blocks": (4, 0),
+        "num_experts": 4,
+        "top_k": 1,
+        "use_moe": False,
+    },
+    "trunk48_refine": {
+        "dim": 48,
+        "levels": 1,
+        "use_hf": False,
+        "conv_block": "rep3",
+        "enc_blocks": (6, 0, 0),
+        "hf_blocks": (0, 0, 0),
+        "mid_blocks": 0,
+        "dec_blocks": (6, 0),
+        "global_mixer": "none",
+        "refine_moe": True,
+        "num_experts": 4,
+        "top_k": 1,
+        "mlp_ratio": 2.0,
+    },
+    "trunk48_refine_dense": {
+        "dim": 48,
+        "levels": 1,
+        "use_hf": False,
+        "conv_block": "rep3",
+        "enc_blocks": (6, 0, 0),
+        "hf_blocks": (0, 0, 0),
+        "mid_blocks": 0,
+        "dec_blocks": (6, 0),
+        "global_mixer": "none",
+        "refine_moe": True,
+        "num_experts": 4,
+        "top_k": 1,
+        "mlp_ratio": 2.0,
+        "use_moe": False,
+    },
+}
+"""Our configurations (``HybridMoE`` options); the scale is given per run."""
+
+PEERS = ("compact", "span", "plksr_tiny", "plksr", "safmn")
+
+RECIPE = {
+    "batch": 16,
+    "lr": 5e-4,
+    "betas": (0.9, 0.99),
+    "ema_decay": 0.999,
+    "balance_weight": 0.01,
+    "milestones": (0.5, 0.75),
+    "gamma": 0.5,
+}
+SAVE_EVERY = 500
+
+
+def lr_size(scale: int) -> int:
+    """LR crop side of the recipe: 48 at ×3/×4, 64 at ×1/×2."""
+    return 48 if scale >= 3 else 64
+
+
+def build(name: str, scale: int) -> nn.Module:
+    """A configuration by name at ``scale`` (random weights)."""
+    if name in CONFIGS:
+        return A.HybridMoE(scale=scale, **CONFIGS[name])
+    if name in A.FACTORIES:
+        return A.FACTORIES[name](scale=scale)
+    import benchmark
+
+    if name in benchmark.MODELS:
+        return benchmark.MODELS[name].build(scale)
+    raise SystemExit(f"unknown configuration {name!r}; known: {', '.join(known_names())}")
+
+
+def known_names() -> list[str]:
+    import benchmark
+
+    return [*CONFIGS, *A.FACTORIES, *benchmark.MODELS]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_pairs(data: Path, scale: int, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+    """All ``hr/*.png`` + ``lr/*.png`` pairs of a make_pairs.py folder as uint8 CHW tensors.
+
+    A folder of HR images only (``*.jpg``/``*.png``, e.g. the photo tiles of
+    make_photo_tiles.py) gets its LR images from PyTorch's antialiased bicubic (a = -0.5, the
+    MATLAB kernel; borders and rounding differ slightly from MATLAB's ``imresize``)."""
+    from PIL import Image
+
+    pairs = []
+    if not (data / "hr").is_dir():
+        for path in sorted([*data.glob("*.jpg"), *data.glob("*.png")]):
+            hr = np.asarray(Image.open(path).convert("RGB"))
+            hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+            t = torch.from_numpy(hr.copy()).permute(2, 0, 1).to(device)
+            lr = F.interpolate(
+                t[None].float(),
+                scale_factor=1 / scale,
+                mode="bicubic",
+                antialias=True,
+                align_corners=False,
+            )
+            pairs.append((t, lr[0].round().clamp(0, 255).to(torch.uint8)))
+        if not pairs:
+            raise SystemExit(f"no images under {data}")
+        return pairs
+    for hr_path in sorted((data / "hr").glob("*.png")):
+        hr = np.asarray(Image.open(hr_path).convert("RGB"))
+        lr = np.asarray(Image.open(data / "lr" / hr_path.name).convert("RGB"))
+        if hr.shape[0] != lr.shape[0] * scale or hr.shape[1] != lr.shape[1] * scale:
+            raise SystemExit(f"{hr_path.name}: HR {hr.shape} is not x{scale} of LR {lr.shape}")
+        to_t = lambda a: torch.from_numpy(a.copy()).permute(2, 0, 1).to(device)  # noqa: E731
+        pairs.append((to_t(hr), to_t(lr)))
+    if not pairs:
+        raise SystemExit(f"no hr/*.png + lr/*.png pairs under {data}")
+    return pairs
+
+
+class CropPool:
+    """Random aligned crops of the pairs, drawn on the GPU: ``batch() -> (lq, gt)`` float in
+    [0, 1], with one of the 8 flips/rotations per sample."""
+
+    def __init__(
+        self, pairs: list[tuple[torch.Tensor, ...]], scale: int, size: int, gen: torch.Generator
+    ) -> None:
+        self.pairs = [p for p in pairs if min(p[1].shape[1:]) >= size]
+        if not self.pairs:
+            raise SystemExit(f"no LR image is at least {size} px on each side")
+        self.scale, self.size, self.gen = scale, size, gen
+
+    def _rand(self, n: int) -> int:
+        return int(torch.randint(n, (1,), generator=self.gen))
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, k = self.scale, self.size
+        lqs, gts = [], []
+        for _ in range(n):
+            hr, lr = self.pairs[self._rand(len(self.pairs))]
+            y, x = self._rand(lr.shape[1] - k + 1), self._rand(lr.shape[2] - k + 1)
+            lq = lr[:, y : y + k, x : x + k]
+            gt = hr[:, y * s : (y + k) * s, x * s : (x + k) * s]
+            t = self._rand(8)
+            if t & 1:
+                lq, gt = lq.flip(-1), gt.flip(-1)
+            if t & 2:
+                lq, gt = lq.flip(-2), gt.flip(-2)
+            if t & 4:
+                lq, gt = lq.transpose(-1, -2), gt.transpose(-1, -2)
+            lqs.append(lq)
+            gts.append(gt)
+        lq = torch.stack(lqs).float().div_(255).contiguous(memory_format=torch.channels_last)
+        return lq, torch.stack(gts).float().div_(255)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return torch.sqrt((x - y) ** 2 + eps).mean()
+
+
+def train_one(args: argparse.Namespace) -> int:
+    """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl."""
+    name, scale = args.config, args.scale
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run = Path(args.out) / f"{name}_x{scale}"
+    run.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
+    torch.manual_seed(args.seed)
+    model = build(name, scale).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    ema = [p.detach().clone() for p in model.state_dict().values()]
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"], weight_decay=0.0
+    )
+    gen = torch.Generator(device=device)
+    gen.manual_seed(args.seed)
+    start = 0
+    state_path = run / "state.pt"
+    if state_path.is_file():
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        for e, v in zip(ema, st["ema"], strict=True):
+            e.copy_(v)
+        start = int(st["iter"])
+        gen.set_state(st["gen"].cpu() if device.type == "cpu" else st["gen"])
+    if start >= args.iters:
+        print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
+        return 0
+    pool = CropPool(load_pairs(Path(args.data), scale, device), scale, lr_size(scale), gen)
+    milestones = [int(args.iters * m) for m in RECIPE["milestones"]]
+    moe = getattr(model, "num_experts", 0) > 0
+    amp = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
+    keys = list(model.state_dict())
+    log = (run / "log.jsonl").open("a")
+    t0, it = time.time(), start
+    meta = {
+        "config": name,
+        "scale": scale,
+        "options": CONFIGS.get(name),
+        "recipe": {**RECIPE, "lr_size": lr_size(scale)},
+        "seed": args.seed,
+    }
+
+    def save(final: bool) -> None:
+        sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
+        tmp = run / "state.pt.tmp"
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "ema": ema,
+                "iter": it,
+                "gen": gen.get_state(),
+            },
+            tmp,
+        )
+        os.replace(tmp, state_path)
+        torch.save(sd, run / "ema.pt.tmp")
+        os.replace(run / "ema.pt.tmp", run / "ema.pt")
+        (run / "meta.json").write_text(
+            json.dumps({**meta, "iterations": it, "finished": final}, indent=1)
+        )
+
+    while it < args.iters:
+        lr = RECIPE["lr"] * RECIPE["gamma"] ** sum(it >= m for m in milestones)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lq, gt = pool.batch(RECIPE["batch"])
+        with amp:
+            out = model(lq)
+        loss = charbonnier(out.float(), gt)
+        if moe:
+            bal = A.MOE_AUX.take_balance_loss()
+            if bal is not None:
+                loss = loss + RECIPE["balance_weight"] * bal
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            cur = list(model.state_dict().values())
+            floats = [(e, c) for e, c in zip(ema, cur, strict=True) if e.is_floating_point()]
+            torch._foreach_lerp_(
+                [e for e, _ in floats], [c for _, c in floats], 1 - RECIPE["ema_decay"]
+            )
+            for e, c in zip(ema, cur, strict=True):
+                if not e.is_floating_point():
+                    e.copy_(c)
+        it += 1
+        if it % 100 == 0 or it == args.iters:
+            rec = {
+                "iter": it,
+                "loss": loss.item(),
+                "lr": lr,
+                "it_s": (it - start) / (time.time() - t0),
+            }
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if not math.isfinite(rec["loss"]):
+                print(f"{name} x{scale}: non-finite loss at {it}", file=sys.stderr)
+                return 3
+        if it % SAVE_EVERY == 0 or it == args.iters or time.time() > deadline:
+            save(it == args.iters)
+            if time.time() > deadline:
+                break
+    print(
+        f"{name} x{scale}: {it}/{args.iters} iterations, "
+        f"{(it - start) / (time.time() - t0):.1f} it/s"
+    )
+    return 0
+
+
+def train_many(args: argparse.Namespace) -> int:
+    """One subprocess per configuration, side by side; waits for all."""
+    procs = []
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for name in args.configs:
+        cmd = [
+            sys.executable,
+            __file__,
+            "train-one",
+            "--config",
+            name,
+            "--scale",
+            str(args.scale),
+            "--iters",
+            str(args.iters),
+            "--data",
+            args.data,
+            "--out",
+            args.out,
+            "--seed",
+            str(args.seed),
+        ]
+        if args.deadline_s:
+            cmd += ["--deadline-s", str(args.deadline_s)]
+        logf = (Path(args.out) / f"{name}_x{args.scale}.stdout").open("a")
+        procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
+    rc = 0
+    for name, p in procs:
+        code = p.wait()
+        print(f"{name}: exit {code}")
+        rc = rc or code
+    return rc
+
+
+def pack(args: argparse.Namespace) -> int:
+    """EMA weights (fp16), meta and logs of every run into tar files of at most 15 MiB."""
+    import io
+    import tarfile
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    members: list[tuple[str, bytes]] = []
+    for run in sorted(p for p in Path(args.runs).iterdir() if (p / "meta.json").is_file()):
+        sd = torch.load(run / "ema.pt", map_location="cpu", weights_only=True)
+        buf = io.BytesIO()
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, buf)
+        members += [
+            (f"{run.name}/ema16.pt", buf.getvalue()),
+            (f"{run.name}/meta.json", (run / "meta.json").read_bytes()),
+            (f"{run.name}/log.jsonl", (run / "log.jsonl").read_bytes()),
+        ]
+    part, size, tf = 0, 0, None
+    for name, data in members:
+        if tf is None or size + len(data) > 15 * 2**20:
+            if tf is not None:
+                tf.close()
+            tf = tarfile.open(out / f"runs_{part:02d}.tar", "w")  # noqa: SIM115 (one per part)
+            part, size = part + 1, 0
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        size += len(data) + 1024
+    if tf is not None:
+        tf.close()
+    return 0
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def flops_of(model: nn.Module, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def bench(args: argparse.Namespace) -> int:
+    """fp16 weights, batch 1, deploy forms; two cases; one JSON row per model and case."""
+    import benchmark
+
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    cases = [(4, (480, 270)), (2, (1920, 1080))]
+    rows = []
+    for scale, (w, h) in cases:
+        for name in args.configs:
+            torch.manual_seed(0)
+            model = build(name, scale).eval()
+            if hasattr(model, "fuse"):
+                model.fuse()
+            model = model.to(device)
+            x32 = torch.rand(1, 3, h, w, device=device)
+            gflops = flops_of(model, x32)
+            model = model.half().to(memory_format=torch.channels_last)
+            x = x32.half().contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                timing = benchmark.time_loop(
+                    lambda m=model, x=x: m(x), device, 10, None, args.target_s
+                )
+            ms = float(np.median(timing.times_ms))
+            row = {
+                "model": name,
+                "scale": scale,
+                "input": f"{w}x{h}",
+                "dtype": "fp16",
+                "ms": ms,
+                "gflops": gflops,
+                "tflops_s": gflops / ms,
+                "params": sum(p.numel() for p in model.parameters()),
+                "finite": timing.finite,
+            }
+            rows.append(row)
+            print(
+                f"x{scale} {w}x{h} {name:<22} {ms:8.3f} ms {gflops:9.1f} GFLOP "
+                f"{gflops / ms:6.1f} TFLOP/s"
+            )
+            del model
+            torch.cuda.empty_cache()
+    record = {
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        "commit": git_commit(),
+        "rows": rows,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1))
+    return 0
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except Exception:
+        return os.environ.get("SWEEP_COMMIT")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class ModuleDescriptor:
+    """The part of spandrel's descriptor interface the evaluator uses, around a module."""
+
+    def __init__(self, model: nn.Module, scale: int, device: torch.device) -> None:
+        self.model, self.scale, self.device = model.eval().to(device), scale, device
+        self.dtype = torch.float32
+        self.input_channels = self.output_channels = 3
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).clamp(0, 1)
+
+
+def evaluate_runs(args: argparse.Namespace) -> int:
+    import evaluate as ev
+
+    device = torch.device(args.device)
+    data = Path(args.data) if args.data else ev.default_data_dir()
+    out = Path(args.records)
+    out.mkdir(parents=True, exist_ok=True)
+    for meta_path in sorted(Path(args.runs).glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}.json"
+        if rec_path.exists():
+            continue
+        model = build(meta["config"], meta["scale"])
+        ema = meta_path.parent / "ema.pt"
+        if not ema.is_file():
+            ema = meta_path.parent / "ema16.pt"  # packed for transfer: fp16 copies
+        sd = torch.load(ema, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+        if hasattr(model, "fuse"):
+            model.fuse()
+        desc = ModuleDescriptor(model, meta["scale"], device)
+        psnr, ssim = {}, {}
+        for set_name in args.sets:
+            res = ev.evaluate_set(
+                ev.find_set(data, set_name), meta["scale"], desc, limit=args.limit
+            )
+            psnr[set_name] = round(res["model"]["psnr"], 4)
+            ssim[set_name] = round(res["model"]["ssim"], 5)
+        rec = {
+            "model": meta["config"],
+            "scale": meta["scale"],
+            "iterations": meta["iterations"],
+            "recipe": args.recipe,
+            "psnr": psnr,
+            "ssim": ssim,
+            "options": meta.get("options"),
+            "training": meta.get("recipe"),
+            "evaluator": "scripts/evaluate.py (Y, border=scale, MATLAB bicubic)",
+            "command": " ".join(sys.argv),
+            "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            "eval_device": str(device),
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+        rec_path.write_text(json.dumps(rec, indent=1))
+        print(rec_path.name, psnr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def table(args: argparse.Namespace) -> int:
+    recs = [json.loads(p.read_text()) for p in sorted(Path(args.records).glob("*.json"))]
+    recs = [r for r in recs if "psnr" in r and (not args.recipe or r["recipe"] == args.recipe)]
+    speed: dict[tuple[str, int], float] = {}
+    if args.speed:
+        for row in json.loads(Path(args.speed).read_text())["rows"]:
+            speed[(row["model"], row["scale"])] = row["ms"]
+    sets = ("Set5", "Set14", "B100", "Urban100")
+    print(f"| model | scale | iters | {' | '.join(sets)} | ms |")
+    print("|---|---:|---:|" + "---:|" * (len(sets) + 1))
+    for r in sorted(recs, key=lambda r: (r["scale"], r["iterations"], r["model"])):
+        ms = speed.get((r["model"], r["scale"]))
+        vals = " | ".join(f"{r['psnr'].get(s, float('nan')):.2f}" for s in sets)
+        print(
+            f"| {r['model']} | {r['scale']} | {r['iterations']} | {vals} | "
+            f"{'' if ms is None else f'{ms:.2f}'} |"
+        )
+    if args.plot and speed:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for r in recs:
+            ms = speed.get((r["model"], r["scale"]))
+            if ms is None or r["iterations"] != args.plot_iters:
+                continue
+            mean = float(np.mean(list(r["psnr"].values())))
+            ax.scatter(ms, mean, color="tab:red" if r["model"] in PEERS else "tab:blue")
+            ax.annotate(r["model"], (ms, mean), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency, ms (fp16, batch 1)")
+        ax.set_ylabel("mean Y-PSNR over the sets, dB")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd in ("train", "train-one"):
+        t = sub.add_parser(cmd)
+        if cmd == "train":
+            t.add_argument("--configs", nargs="+", required=True)
+        else:
+            t.add_argument("--config", required=True)
+        t.add_argument("--scale", type=int, default=4)
+        t.add_argument("--iters", type=int, required=True)
+        t.add_argument("--data", required=True)
+        t.add_argument("--out", required=True)
+        t.add_argument("--deadline-s", type=float, default=0)
+        t.add_argument("--seed", type=int, default=0)
+    pk = sub.add_parser("pack")
+    pk.add_argument("--runs", required=True)
+    pk.add_argument("--out", required=True)
+    b = sub.add_parser("bench")
+    b.add_argument("--configs", nargs="+", required=True)
+    b.add_argument("--json")
+    b.add_argument("--target-s", type=float, default=0.5)
+    e = sub.add_parser("eval")
+    e.add_argument("--runs", required=True)
+    e.add_argument("--records", required=True)
+    e.add_argument("--recipe", required=True)
+    e.add_argument("--data")
+    e.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100", "Urban100"])
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--limit", type=int)
+    tb = sub.add_parser("table")
+    tb.add_argument("--records", required=True)
+    tb.add_argument("--recipe")
+    tb.add_argument("--speed")
+    tb.add_argument("--plot")
+    tb.add_argument("--plot-iters", type=int, default=0)
+    args = p.parse_args(argv)
+    cmd: Callable[[argparse.Namespace], int] = {
+        "train": train_many,
+        "train-one": train_one,
+        "pack": pack,
+        "bench": bench,
+        "eval": evaluate_runs,
+        "table": table,
+    }[args.cmd]
+    return cmd(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
