@@ -286,7 +286,7 @@ def train_one(args: argparse.Namespace) -> int:
     opt = torch.optim.AdamW(
         model.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"], weight_decay=0.0
     )
-    gen = torch.Generator(device=device)
+    gen = torch.Generator()  # CPU: crop positions are drawn on the host
     gen.manual_seed(args.seed)
     start = 0
     state_path = run / "state.pt"
@@ -297,7 +297,7 @@ def train_one(args: argparse.Namespace) -> int:
         for e, v in zip(ema, st["ema"], strict=True):
             e.copy_(v)
         start = int(st["iter"])
-        gen.set_state(st["gen"].cpu() if device.type == "cpu" else st["gen"])
+        gen.set_state(st["gen"].cpu())
     if start >= args.iters:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
