@@ -187,7 +187,10 @@ def test_weights_only_guards_behind_the_archive_check(
     """Without the member-name check, ``torch.load(weights_only=True)`` still refuses the
     archive unexecuted (two independent guards)."""
     monkeypatch.setattr(A, "_refuse_torchscript", lambda p: None)
-    with pytest.raises(A.CheckpointError, match="cannot read"):
+    with (
+        pytest.warns(UserWarning, match="TorchScript"),
+        pytest.raises(A.CheckpointError, match="cannot read"),
+    ):
         A.read_state_dict(evil["pth"])
     assert not marker.exists()
 
@@ -244,9 +247,11 @@ def _save(sd: Any, path: Path, **kwargs: Any) -> Path:
         "pth-legacy",
         "ckpt",
         "pt-state-dict",
+        "safetensors-named-pth",
     ],
 )
 def test_state_dict_forms_load(form: str, tmp_path: Path) -> None:
+    """Every plain form loads with identical outputs (the format is told by content)."""
     model = _tiny()
     other = _tiny()
     with torch.no_grad():
@@ -268,6 +273,9 @@ def test_state_dict_forms_load(form: str, tmp_path: Path) -> None:
         "pth-legacy": lambda: _save(sd, tmp_path / "m.pth", _use_new_zipfile_serialization=False),
         "ckpt": lambda: _save({"state_dict": sd}, tmp_path / "m.ckpt"),
         "pt-state-dict": lambda: _save(sd, tmp_path / "m.pt"),
+        "safetensors-named-pth": lambda: _save(sd, tmp_path / "m.safetensors").rename(
+            tmp_path / "m.pth"
+        ),
     }[form]()
     desc = A.load_checkpoint(path)
     x = torch.rand(1, 3, 9, 7)

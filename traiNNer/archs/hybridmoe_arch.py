@@ -1852,10 +1852,10 @@ def _file_kind(p: Path) -> str:
     """``"safetensors"``, ``"zip"`` (torch.save, or TorchScript) or ``"pickle"``, by content."""
     with p.open("rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK":
-        return "zip"
-    if len(head) == 9 and head[8:9] == b"{":
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
         return "safetensors"
+    if head[:2] == b"PK":  # a zip's byte 8 is its compression method (0), never "{"
+        return "zip"
     return "pickle"
 
 
