@@ -3,7 +3,7 @@
 The scripts run from a source checkout (``python scripts/x.py``) or with the package installed
 (``pip install .``). Either way they need the single-file network module ``hybridmoe_arch``;
 :func:`import_arch` finds it and :func:`load_model` loads any spandrel-supported checkpoint
-(HybridMoE included) into an ``ImageModelDescriptor``.
+(HybridMoE included) into an ``ImageModelDescriptor``, reading the file safely.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ def import_loss() -> ModuleType:
 def load_model(path: str | Path, device: str = "cpu") -> Any:
     """Load a checkpoint with spandrel (HybridMoE registered) and return its descriptor.
 
-    Raises ``SystemExit`` with a readable message for missing, empty, corrupt or unsupported
-    files instead of a traceback.
+    The file is read by ``hybridmoe_arch.read_state_dict`` (tensors only: TorchScript archives
+    and other pickled objects are refused unread). Raises ``hybridmoe_arch.CheckpointError``
+    (a ``ValueError``) with a readable message for missing, empty, corrupt, unsafe or
+    unsupported files.
     """
     arch = import_arch()
     return arch.load_checkpoint(path, device=device)

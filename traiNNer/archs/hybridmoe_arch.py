@@ -51,6 +51,7 @@ __all__ = [
     "hybridmoe_nano",
     "hybridmoe_s",
     "load_checkpoint",
+    "read_state_dict",
     "register_spandrel",
 ]
 
@@ -1125,12 +1126,12 @@ class DySampleUpsampler(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _rename_old_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Load-time hook: map module paths of earlier checkpoints (:data:`RENAMED_PREFIXES`)
-    in place, before any submodule reads its tensors."""
+def _current_key(key: str) -> str:
+    """``key`` with a module path of an earlier checkpoint (:data:`RENAMED_PREFIXES`) mapped."""
     for old, new in RENAMED_PREFIXES.items():
-        for key in [k for k in state_dict if k.startswith(prefix + old)]:
-            state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
 
 
 @store_hyperparameters
@@ -1226,6 +1227,9 @@ class HybridMoE(nn.Module):
             raise ValueError(f"HybridMoE: kernel_size must be odd, got {kernel_size}")
         if not isinstance(mlp_ratio, numbers.Real) or mlp_ratio <= 0:
             raise ValueError(f"HybridMoE: mlp_ratio must be a positive number, got {mlp_ratio!r}")
+        if not mlp_ratio <= MLP_RATIO_MAX or abs(mlp_ratio * 1000 - round(mlp_ratio * 1000)) > 1e-6:
+            msg = f"a multiple of 0.001 up to {MLP_RATIO_MAX:g} (stored as round(1000·mlp_ratio))"
+            raise ValueError(f"HybridMoE: mlp_ratio must be {msg}, got {mlp_ratio!r}")
         freq_split = _check_choice("freq_split", freq_split, SPLIT_CHOICES)
         global_mixer = _check_choice("global_mixer", global_mixer, MIXER_CHOICES)
         upsampler = _check_choice("upsampler", upsampler, UPSAMPLER_CHOICES)
@@ -1267,7 +1271,6 @@ class HybridMoE(nn.Module):
             num_experts,
         ]
         self.register_buffer("hmoe_meta", torch.tensor(meta, dtype=torch.int32))
-        self.register_load_state_dict_pre_hook(_rename_old_keys)
 
         self.base: nn.Module | None
         if base == "mks2021":
@@ -1402,6 +1405,12 @@ class HybridMoE(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        # Module paths of earlier checkpoints: renamed in place, before the submodules (which
+        # nn.Module.load_state_dict serves from this same dict afterwards) read their tensors.
+        for old in [k for k in state_dict if k.startswith(prefix)]:
+            new = prefix + _current_key(old[len(prefix) :])
+            if new != old:
+                state_dict[new] = state_dict.pop(old)
         # The meta buffer describes *this* module's configuration: keep it when loading
         # weights (e.g. a pretrain of another scale with strict_load_g: false).
         key = prefix + "hmoe_meta"
@@ -1582,25 +1591,222 @@ class CheckpointError(ValueError):
     """A file or state dict that is not a loadable model, with the reason and the fix."""
 
 
+META_LIMITS: dict[str, tuple[int, int]] = {
+    "scale": (1, 16),
+    "window_size": (1, 64),
+    "kernel_size": (3, 63),
+    "mlp_ratio*1000": (1, 16000),
+    "num_experts": (1, 256),
+    "hf_blocks": (0, 256),
+}
+"""Inclusive range of every numeric ``hmoe_meta`` field a checkpoint may hold. Checked before
+anything is built, so a damaged or edited buffer cannot ask for gigabytes of memory."""
+
+MLP_RATIO_MAX = META_LIMITS["mlp_ratio*1000"][1] / 1000
+"""Largest ``mlp_ratio`` a checkpoint can record (the constructor refuses larger ones)."""
+
+MAX_ABS_WEIGHT = 1e4
+"""Largest magnitude a HybridMoE tensor may hold: trained weights stay near 1, so a value far
+beyond this (or NaN/Inf) means bytes of the file were damaged."""
+
+_META_MAX_VALUES = 64  # a real hmoe_meta buffer has 13 or 17 values
+_FLAG_BITS, _FLAG2_BITS = 0b1111, 0b11  # known bits of the two flag fields
+
+
+def _damaged(what: str) -> CheckpointError:
+    return CheckpointError(
+        f"damaged HybridMoE checkpoint: {what}; the file is damaged or was edited"
+    )
+
+
 def _seq_len(sd: dict[str, Tensor], prefix: str) -> int:
+    """Number of blocks stored under ``prefix`` (``lf1.0.…``, ``lf1.1.…``); they must be
+    numbered 0..n-1, so the count is bounded by the number of keys."""
     idx = {
         int(k[len(prefix) :].split(".", 1)[0])
         for k in sd
         if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
     }
-    return max(idx) + 1 if idx else 0
+    if idx != set(range(len(idx))):
+        shown = ", ".join(str(i) for i in sorted(idx)[:6])
+        raise _damaged(f"the blocks under '{prefix}' are numbered {shown}…, not 0..{len(idx) - 1}")
+    return len(idx)
+
+
+def _meta_values(meta: object) -> list[int]:
+    """The integers of the ``hmoe_meta`` buffer (integral float buffers are accepted too)."""
+    if not isinstance(meta, Tensor) or meta.dtype == torch.bool or meta.is_complex():
+        kind = meta.dtype if isinstance(meta, Tensor) else type(meta).__name__
+        raise _damaged(f"'hmoe_meta' must be an integer tensor, got {kind}")
+    if meta.numel() > _META_MAX_VALUES:
+        raise _damaged(f"'hmoe_meta' holds {meta.numel()} values (a real one holds 13 or 17)")
+    flat = meta.detach().reshape(-1).cpu()
+    if flat.is_floating_point():
+        flat = flat.double()
+        if not bool(torch.isfinite(flat).all()) or not bool((flat == flat.round()).all()):
+            raise _damaged("'hmoe_meta' holds values that are not integers")
+    return [int(v) for v in flat.tolist()]
+
+
+def _in_range(name: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise _damaged(f"hmoe_meta field {name}={value} is outside its range {low}..{high}")
+    return value
+
+
+def _choice(name: str, index: int, choices: Sequence[str]) -> str:
+    if not 0 <= index < len(choices):
+        allowed = ", ".join(f"{i}={c}" for i, c in enumerate(choices))
+        raise _damaged(f"hmoe_meta field {name}={index} is not one of {allowed}")
+    return choices[index]
+
+
+def _meta_config(sd: dict[str, Tensor], meta: list[int]) -> dict[str, Any]:
+    """Every constructor option, from ``hmoe_meta`` and the keys, each checked against its range
+    and the tensor shapes before anything is built."""
+    version = meta[0]
+    (_, scale, in_ch, top_k, base_i, split_i, mixer_i, up_i, window, flags, flags2) = meta[:11]
+    kernel_size, mlp_milli = meta[11], meta[12]
+    _in_range("scale", scale, *META_LIMITS["scale"])
+    _in_range("window_size", window, *META_LIMITS["window_size"])
+    _in_range("kernel_size", kernel_size, *META_LIMITS["kernel_size"])
+    if kernel_size % 2 == 0:
+        raise _damaged(f"hmoe_meta field kernel_size={kernel_size} is even (it must be odd)")
+    _in_range("mlp_ratio*1000", mlp_milli, *META_LIMITS["mlp_ratio*1000"])
+    if flags & ~_FLAG_BITS or flags2 & ~_FLAG2_BITS:
+        raise _damaged(f"hmoe_meta flags {flags:#x} / {flags2:#x} have unknown bits set")
+    stem = sd["stem.weight"]
+    if not isinstance(stem, Tensor) or stem.ndim != 4 or tuple(stem.shape[2:]) != (3, 3):
+        shape = tuple(stem.shape) if isinstance(stem, Tensor) else type(stem).__name__
+        raise _damaged(f"'stem.weight' has shape {shape}, expected (dim, in_ch, 3, 3)")
+    dim, in_ch_w = int(stem.shape[0]), int(stem.shape[1])
+    if in_ch_w != in_ch:
+        raise CheckpointError(
+            f"inconsistent HybridMoE checkpoint: meta says in_ch={in_ch}, stem has {in_ch_w}"
+        )
+    if dim < 4:
+        raise _damaged(f"'stem.weight' gives dim={dim} (at least 4)")
+    use_hf = bool(flags & 4)
+    key_hf = (_seq_len(sd, "hf1."), _seq_len(sd, "hf2."), _seq_len(sd, "hf3."))
+    routers = {int(v.shape[0]) for k, v in sd.items() if k.endswith(".router") and v.ndim}
+    if len(routers) > 1:
+        raise _damaged(f"the MoE routers disagree on the expert count ({sorted(routers)})")
+    if version >= 2:
+        hf_blocks = tuple(_in_range("hf_blocks", b, *META_LIMITS["hf_blocks"]) for b in meta[13:16])
+        num_experts = meta[16]
+        if use_hf and hf_blocks != key_hf:
+            raise _damaged(f"hmoe_meta says hf_blocks={hf_blocks}, the keys hold {key_hf}")
+    else:  # version 1 did not record these; read them from the keys
+        hf_blocks = key_hf
+        num_experts = next(iter(routers)) if routers else 4
+    _in_range("num_experts", num_experts, *META_LIMITS["num_experts"])
+    if routers and routers != {num_experts}:
+        raise CheckpointError(
+            f"inconsistent HybridMoE checkpoint: meta says {num_experts} experts, the router "
+            f"has {next(iter(routers))}"
+        )
+    _in_range("top_k", top_k, 1, num_experts)
+
+    def any_key(pattern: str) -> bool:
+        return any(re.match(pattern, k) for k in sd)
+
+    gated_norm = any_key(r"^((lf1|dec1)\.\d+\.norm1|hf\d\.\d+\.norm)\.weight$")
+    gated_any = any_key(r"^((lf1|dec1)\.\d+\.pw1|hf\d\.\d+\.mix)\.weight$")
+    return {
+        "scale": scale,
+        "in_ch": in_ch,
+        "dim": dim,
+        "levels": 1 + int("lf_down1.weight" in sd) + int("lf_down2.weight" in sd),
+        "conv_block": "rep3" if any_key(r"^(lf1|dec1)\.\d+\.conv\.") else "gated",
+        "hf_block": "rep3" if any_key(r"^hf\d\.\d+\.conv\.") else "plk",
+        "gate_norm": gated_norm or not gated_any,
+        "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),
+        "hf_blocks": hf_blocks,
+        "mid_blocks": _seq_len(sd, "mid."),
+        "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2.")),
+        "window_size": window,
+        "mlp_ratio": mlp_milli / 1000,
+        "kernel_size": kernel_size,
+        "use_moe": bool(flags & 1),
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "refine_moe": bool(flags & 2),
+        "use_hf": use_hf,
+        "use_attn": bool(flags & 8),
+        "freq_split": _choice("freq_split", split_i, SPLIT_CHOICES),
+        "global_mixer": _choice("global_mixer", mixer_i, MIXER_CHOICES),
+        "stem_lk": bool(flags2 & 2),
+        "noise": bool(flags2 & 1),
+        "upsampler": _choice("upsampler", up_i, UPSAMPLER_CHOICES),
+        "base": _choice("base", base_i, BASE_CHOICES),
+        "deploy": any(k.endswith(".fused.weight") for k in sd),
+    }
+
+
+def _shape_fits(stored: torch.Size, expected: torch.Size) -> bool:
+    """Equal shapes, or a per-channel parameter stored as (1, C, 1, 1) where the model holds
+    (C, 1, 1) (:class:`_ChannelParamModule` loads it reshaped)."""
+    return stored == expected or (
+        len(stored) == len(expected) + 1 and stored[0] == 1 and stored[1:] == expected
+    )
+
+
+def _check_layout(cfg: dict[str, Any], sd: dict[str, Tensor]) -> None:
+    """Build the configured model on the ``meta`` device (no memory) and require the state
+    dict to hold exactly its tensors, with their shapes."""
+    try:
+        with torch.device("meta"):
+            expected = HybridMoE(**cfg).state_dict()
+    except ValueError as e:
+        raise _damaged(f"its options do not form a valid model ({e})") from e
+    sd = {_current_key(k): v for k, v in sd.items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in sd and k != "hmoe_meta" and not _shape_fits(sd[k].shape, v.shape)
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+        if items
+    ]
+    if problems:
+        raise _damaged(
+            "the tensors do not fit the model its hmoe_meta describes (" + "; ".join(problems) + ")"
+        )
+
+
+def _check_values(sd: dict[str, Tensor]) -> None:
+    """Every floating tensor finite and within :data:`MAX_ABS_WEIGHT`."""
+    for k, v in sd.items():
+        if not v.is_floating_point() or not v.numel():
+            continue
+        if not bool(torch.isfinite(v).all()):
+            raise _damaged(f"'{k}' holds NaN or infinite values")
+        peak = float(v.detach().abs().max())
+        if peak > MAX_ABS_WEIGHT:
+            raise _damaged(
+                f"'{k}' holds a value of magnitude {peak:.3g} (above {MAX_ABS_WEIGHT:g})"
+            )
 
 
 def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
     """Build the :class:`HybridMoE` that ``state_dict`` belongs to (weights not loaded).
 
     Every option that changes the output is recovered from tensor shapes, key presence and the
-    versioned ``hmoe_meta`` buffer.
+    versioned ``hmoe_meta`` buffer. Each recovered value is checked against its range
+    (:data:`META_LIMITS`) and against the tensors, and the tensors must be finite and of
+    plausible magnitude, before the model is allocated; anything else raises
+    :class:`CheckpointError`.
     """
     sd = state_dict
     if "hmoe_meta" not in sd or "stem.weight" not in sd:
         raise CheckpointError("not a HybridMoE state dict (no 'hmoe_meta' / 'stem.weight' keys)")
-    meta = [int(v) for v in sd["hmoe_meta"].reshape(-1).tolist()]
+    if not all(isinstance(v, Tensor) for v in sd.values()):
+        raise _damaged("it holds entries that are not tensors")
+    meta = _meta_values(sd["hmoe_meta"])
     version = meta[0] if meta else 0
     if version > META_VERSION:
         raise CheckpointError(
@@ -1612,62 +1818,9 @@ def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
             f"malformed HybridMoE 'hmoe_meta' buffer (version {version}, {len(meta)} values); "
             f"the checkpoint is damaged"
         )
-    (_, scale, in_ch, top_k, base_i, split_i, mixer_i, up_i, window, flags, flags2) = meta[:11]
-    kernel_size, mlp_ratio = meta[11], meta[12] / 1000
-    dim, in_ch_w = sd["stem.weight"].shape[:2]
-    if in_ch_w != in_ch:
-        raise CheckpointError(
-            f"inconsistent HybridMoE checkpoint: meta says in_ch={in_ch}, stem has {in_ch_w}"
-        )
-    use_hf = bool(flags & 4)
-    routers = [int(v.shape[0]) for k, v in sd.items() if k.endswith(".router")]
-    if version >= 2:
-        hf_blocks = tuple(meta[13:16])
-        num_experts = meta[16]
-    else:  # version 1 did not record these; read them from the keys
-        hf_blocks = (_seq_len(sd, "hf1."), _seq_len(sd, "hf2."), _seq_len(sd, "hf3."))
-        num_experts = routers[0] if routers else 4
-    if routers and routers[0] != num_experts:
-        raise CheckpointError(
-            f"inconsistent HybridMoE checkpoint: meta says {num_experts} experts, the router "
-            f"has {routers[0]}"
-        )
-
-    def block_kind(pattern: str, rep3: str, default: str) -> str:
-        return rep3 if any(re.match(pattern, k) for k in sd) else default
-
-    gated_norm = r"^((lf1|dec1)\.\d+\.norm1|hf\d\.\d+\.norm)\.weight$"
-    gated_any = r"^((lf1|dec1)\.\d+\.pw1|hf\d\.\d+\.mix)\.weight$"
-    cfg: dict[str, Any] = {
-        "scale": scale,
-        "in_ch": in_ch,
-        "dim": int(dim),
-        "levels": 1 + int("lf_down1.weight" in sd) + int("lf_down2.weight" in sd),
-        "conv_block": block_kind(r"^(lf1|dec1)\.\d+\.conv\.", "rep3", "gated"),
-        "hf_block": block_kind(r"^hf\d\.\d+\.conv\.", "rep3", "plk"),
-        "gate_norm": any(re.match(gated_norm, k) for k in sd)
-        or not any(re.match(gated_any, k) for k in sd),
-        "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),
-        "hf_blocks": hf_blocks,
-        "mid_blocks": _seq_len(sd, "mid."),
-        "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2.")),
-        "window_size": window,
-        "mlp_ratio": mlp_ratio,
-        "kernel_size": kernel_size,
-        "use_moe": bool(flags & 1),
-        "num_experts": num_experts,
-        "top_k": top_k,
-        "refine_moe": bool(flags & 2),
-        "use_hf": use_hf,
-        "use_attn": bool(flags & 8),
-        "freq_split": SPLIT_CHOICES[split_i],
-        "global_mixer": MIXER_CHOICES[mixer_i],
-        "stem_lk": bool(flags2 & 2),
-        "noise": bool(flags2 & 1),
-        "upsampler": UPSAMPLER_CHOICES[up_i],
-        "base": BASE_CHOICES[base_i],
-        "deploy": any(k.endswith(".fused.weight") for k in sd),
-    }
+    cfg = _meta_config(sd, meta)
+    _check_layout(cfg, sd)
+    _check_values(sd)
     return HybridMoE(**cfg)
 
 
@@ -1679,7 +1832,6 @@ SPANDREL_DETECT_KEYS = (
     "hmoe_meta",
     "stem.weight",
     "mid_in.weight",
-    "dec1_in.weight",
     "head.pw.weight",
 )
 
@@ -1750,21 +1902,64 @@ def register_spandrel() -> bool:
     return bool(added)
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading checkpoint files (tensors only: nothing in a file is executed)
+# ---------------------------------------------------------------------------------------------
+
 _CHECKPOINT_EXTS = (".pth", ".pt", ".ckpt", ".safetensors")
 
+TRAINING_STATE_KEYS = ("iter", "optimizers", "schedulers")
+"""Top-level keys of a traiNNer-redux training state (``training_states/<iter>.state``)."""
 
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
-    """Load any spandrel-supported checkpoint (HybridMoE included) as an
-    ``ImageModelDescriptor`` in eval mode.
+_TORCHSCRIPT_RECORDS = ("constants.pkl", "bytecode.pkl")
+_TORCHSCRIPT_FOLDERS = ("code/", ".data/ts_code/")
 
-    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
-    corrupt or unsupported files.
-    """
-    from spandrel import ModelLoader, UnsupportedModelError
 
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _error_detail(e: BaseException) -> str:
+    """The informative line of an exception message (torch's weights-only errors wrap it in
+    paragraphs of advice)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(_BOILERPLATE)]
+    return (useful or lines or [""])[0][:300]
+
+
+def _unreadable(p: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{p}: cannot read the checkpoint ({type(e).__name__}: {_error_detail(e)}); the file is "
+        f"corrupt, truncated or not a PyTorch/safetensors model"
+    )
+
+
+def _training_state_error(p: Path) -> CheckpointError:
+    """Name what a traiNNer-redux ``.state`` file is and the model file to load instead."""
+    models = p.parent.parent / "models"
+    found = sorted(
+        str(f)
+        for f in models.glob(f"net_g*_{p.stem}.*")
+        if p.parent.name == "training_states" and f.suffix.lower() in _CHECKPOINT_EXTS
+    )
+    instead = (
+        " or ".join(found[:2])
+        if found
+        else "the network checkpoint of the same run, experiments/<name>/models/"
+        "net_g_ema_<iter>.safetensors (or net_g_<iter>.safetensors / .pth)"
+    )
+    return CheckpointError(
+        f"{p}: this is a traiNNer-redux training state (iteration counter, optimizer and "
+        f"scheduler state for resuming training), not a model: it holds no network weights. "
+        f"Load {instead} instead"
+    )
+
+
+def _checked_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"model file not found: {p}")
+    if p.suffix.lower() == ".state":
+        raise _training_state_error(p)
     if p.suffix.lower() not in _CHECKPOINT_EXTS:
         raise CheckpointError(
             f"{p.name}: unsupported model file type {p.suffix!r}; expected one of "
@@ -1772,22 +1967,126 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         )
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: the file is empty (0 bytes); re-download or re-export it")
+    return p
+
+
+def _file_kind(p: Path) -> str:
+    """``"safetensors"``, ``"zip"`` (torch.save, or TorchScript) or ``"pickle"``, by content."""
+    with p.open("rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
+        return "safetensors"
+    if head[:2] == b"PK":  # a zip's byte 8 is its compression method (0), never "{"
+        return "zip"
+    return "pickle"
+
+
+def _refuse_torchscript(p: Path) -> None:
+    """Look at the member names of a zip checkpoint (no member is read) and refuse TorchScript
+    archives, whose loading runs code stored in the file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except Exception as e:  # BadZipFile, truncated directories, bad offsets
+        raise _unreadable(p, e) from e
+    records = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    script = sorted(
+        r for r in records if r in _TORCHSCRIPT_RECORDS or r.startswith(_TORCHSCRIPT_FOLDERS)
+    )
+    if script:
+        raise CheckpointError(
+            f"{p}: this is a TorchScript archive (it holds {', '.join(script[:3])}); loading one "
+            f"runs code stored in the file, so it is refused. Use the model's state dict instead: "
+            f"a .safetensors file, or a .pth/.ckpt written with torch.save(model.state_dict())"
+        )
+    if "data.pkl" not in records:
+        raise CheckpointError(
+            f"{p}: a zip archive without data.pkl is not a torch.save checkpoint; the file is "
+            f"corrupt or not a PyTorch/safetensors model"
+        )
+
+
+def _deserialize(p: Path) -> object:
+    """The file's content as tensors and plain containers only (safetensors, or ``torch.load``
+    with ``weights_only=True`` after the TorchScript check): no code from the file runs."""
+    import pickle
+
+    kind = _file_kind(p)
+    if kind == "zip":
+        _refuse_torchscript(p)
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p), device="cpu")
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):
+            raise CheckpointError(
+                f"{p}: the file holds Python objects other than tensors and plain containers "
+                f"({_error_detail(e)}); loading them could run code from the file, so it is "
+                f"refused. Save the weights with torch.save(model.state_dict()) or as .safetensors"
+            ) from e
+        raise _unreadable(p, e) from e
+    except Exception as e:  # zip, pickle, safetensors and storage errors: an unreadable file
+        raise _unreadable(p, e) from e
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read the state dict of a ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` file safely.
+
+    Only tensors and plain containers are deserialized: TorchScript archives and pickles of
+    other Python objects are refused before any of their content is loaded, so nothing in the
+    file runs. Wrappers are unwrapped as spandrel does (``params_ema`` before ``params``, a
+    ``module.`` prefix, …). Hand the result to ``spandrel.ModelLoader().load_from_state_dict``
+    or :func:`hybridmoe_from_state_dict`.
+
+    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
+    corrupt, unsafe or unsupported files and for traiNNer-redux training states.
+    """
+    from spandrel import canonicalize_state_dict
+
+    p = _checked_path(path)
+    data = _deserialize(p)
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{p}: the file holds a {type(data).__name__}, not a state dict (names -> tensors)"
+        )
+    if all(k in data for k in TRAINING_STATE_KEYS):
+        raise _training_state_error(p)
+    sd = canonicalize_state_dict(data)
+    if not isinstance(sd, dict) or not any(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointError(f"{p}: the checkpoint holds no tensors (no model weights)")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor):
+            raise CheckpointError(
+                f"{p}: entry {k!r} of the state dict is a {type(v).__name__}, not a tensor; "
+                f"the file is not a model state dict"
+            )
+    return sd
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
+    """Load any spandrel-supported checkpoint (HybridMoE included) as an
+    ``ImageModelDescriptor`` in eval mode.
+
+    The file is read by :func:`read_state_dict` (tensors only; TorchScript archives and other
+    pickled objects are refused unread), then detected and built by spandrel's ``ModelLoader``.
+    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
+    corrupt, unsafe or unsupported files.
+    """
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    p = _checked_path(path)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    sd = read_state_dict(p)
     register_spandrel()
-    loader = ModelLoader(device=dev)
     try:
-        sd = loader.load_state_dict_from_file(p)
-    except Exception as e:  # pickle, zip and safetensors errors all mean an unreadable file
-        raise CheckpointError(
-            f"{p}: cannot read the checkpoint ({type(e).__name__}: {e}); the file is corrupt, "
-            f"truncated or not a PyTorch/safetensors model"
-        ) from e
-    if not isinstance(sd, dict) or not any(isinstance(v, Tensor) for v in sd.values()):
-        raise CheckpointError(f"{p}: the checkpoint holds no tensors (no model weights)")
-    try:
-        desc = loader.load_from_state_dict(sd)
+        desc = ModelLoader(device=dev).load_from_state_dict(sd)
     except UnsupportedModelError as e:
         keys = ", ".join(list(sd)[:5])
         raise CheckpointError(

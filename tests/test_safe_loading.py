@@ -1,0 +1,533 @@
+"""Checkpoint files are read safely: nothing stored in a model file runs, damaged ``hmoe_meta``
+buffers are refused before anything is allocated, training states are named as such, and
+damaged files fail with :class:`CheckpointError` only.
+
+The malicious file is a real TorchScript archive: a scripted module whose ``__setstate__``
+calls ``torch.from_file(MARKER, shared=True, size=8)`` (which creates the marker file) and that
+also carries the real weights of the pretrained 2x nano model, so that loaders which hand it to
+``torch.jit.load`` run the payload and then upscale normally.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import resource
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hybridmoe_arch as A
+import pytest
+import safetensors.torch
+import torch
+from tiny_options import TINY
+from torch import nn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED = ROOT / "experiments" / "pretrained_models" / "2x_HybridMoE_Nano.safetensors"
+SET5 = ROOT / "tests" / "data" / "Set5"
+LR_IMAGE = SET5 / "LR_bicubic" / "X2" / "babyx2.png"
+
+
+# ------------------------------------------------------------------ the malicious archive
+
+
+class _Payload(nn.Module):
+    """Runs ``torch.from_file(target, shared=True)`` when its archive is loaded."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.marker = torch.zeros(8)
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.target = state[0]
+        self.training = state[1]
+        self.marker = torch.from_file(self.target, shared=True, size=8)  # creates the file
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.marker.sum() * 0
+
+
+class _Carrier(nn.Module):
+    """A module tree whose state dict is exactly ``sd``, plus the payload (which adds no key)."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], target: str) -> None:
+        super().__init__()
+        self.payload = _Payload(target)
+        for key, value in sd.items():
+            *path, leaf = key.split(".")
+            mod: nn.Module = self
+            for part in path:
+                if not hasattr(mod, part):
+                    mod.add_module(part, nn.Module())
+                mod = getattr(mod, part)
+            if value.is_floating_point():
+                mod.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+            else:
+                mod.register_buffer(leaf, value.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.payload(x)
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The archive as ``.pt``, ``.pth`` and ``.ckpt``, and the marker path its payload creates."""
+    folder = tmp_path_factory.mktemp("evil")
+    marker = folder / "created_by_payload"
+    sd = safetensors.torch.load_file(str(PRETRAINED))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+        scripted = torch.jit.script(_Carrier(sd, str(marker)))
+    files = {"marker": marker, "pt": folder / "model.pt"}
+    scripted.save(str(files["pt"]))
+    for ext in ("pth", "ckpt"):
+        files[ext] = folder / f"model.{ext}"
+        shutil.copyfile(files["pt"], files[ext])
+    assert not marker.exists()
+    return files
+
+
+@pytest.fixture
+def marker(evil: dict[str, Path]) -> Iterator[Path]:
+    """The payload's marker file, absent before and removed after each test."""
+    evil["marker"].unlink(missing_ok=True)
+    yield evil["marker"]
+    evil["marker"].unlink(missing_ok=True)
+
+
+def test_payload_is_real(evil: dict[str, Path], marker: Path) -> None:
+    """The archive is a working exploit: ``torch.jit.load`` creates the marker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(evil["pt"]))
+    assert marker.exists()
+
+
+def test_spandrel_load_from_file_runs_the_payload(evil: dict[str, Path], marker: Path) -> None:
+    """What the README warns about: spandrel's own ``ModelLoader.load_from_file`` hands a
+    ``.pt`` file to ``torch.jit.load`` (payload runs) and then upscales normally."""
+    from spandrel import ModelLoader
+
+    A.register_spandrel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        desc = ModelLoader().load_from_file(evil["pt"])
+    assert marker.exists()
+    assert desc.architecture.id == "HybridMoE" and desc.scale == 2
+    assert desc.model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
+
+
+def _script(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def _entry_points(tmp: Path) -> dict[str, Callable[[Path], Any]]:
+    """Every loader of the project, as ``f(model_path)``; each raises or returns an exit
+    status."""
+    out = tmp / "out"
+    data = ["--data", str(ROOT / "tests" / "data"), "--sets", "Set5", "--limit", "1"]
+    return {
+        "read_state_dict": A.read_state_dict,
+        "load_checkpoint": A.load_checkpoint,
+        "bootstrap.load_model": lambda p: _script("_bootstrap").load_model(p),
+        "upscale": lambda p: _script("upscale").main([str(p), str(LR_IMAGE), str(out / "x.png")]),
+        "evaluate": lambda p: _script("evaluate").main([str(p), *data]),
+        "fuse": lambda p: _script("fuse").main([str(p), str(out / "fused.safetensors")]),
+        "export_onnx": lambda p: _script("export_onnx").main([str(p), str(out / "m.onnx")]),
+        "check_precision": lambda p: _script("check_precision").main([str(p), *data]),
+        "moe_usage": lambda p: _script("moe_usage").main([str(p), str(LR_IMAGE)]),
+    }
+
+
+ENTRY_POINTS = tuple(_entry_points(Path()).keys())
+
+
+@pytest.mark.parametrize("ext", ["pt", "pth", "ckpt"])
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_entry_point_refuses_torchscript(  # noqa: PLR0917 (fixtures)
+    entry: str,
+    ext: str,
+    evil: dict[str, Path],
+    marker: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The archive is refused, with a message naming TorchScript, before it is deserialized:
+    the marker file is never created and no output is written."""
+    load = _entry_points(tmp_path)[entry]
+    try:
+        status = load(evil[ext])
+    except (A.CheckpointError, SystemExit) as e:
+        message = str(e)
+    else:
+        assert isinstance(status, int) and status != 0, f"{entry} accepted the archive"
+        message = capsys.readouterr().err
+    assert "TorchScript" in message and "refused" in message, message
+    assert not marker.exists(), f"{entry} ran code from the model file"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_weights_only_guards_behind_the_archive_check(
+    evil: dict[str, Path], marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the member-name check, ``torch.load(weights_only=True)`` still refuses the
+    archive unexecuted (two independent guards)."""
+    monkeypatch.setattr(A, "_refuse_torchscript", lambda p: None)
+    with (
+        pytest.warns(UserWarning, match="TorchScript"),
+        pytest.raises(A.CheckpointError, match="cannot read"),
+    ):
+        A.read_state_dict(evil["pth"])
+    assert not marker.exists()
+
+
+class _Touch:
+    """A pickled object whose unpickling creates a file (``Path.touch``)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.target,))
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_pickled_objects_are_refused_unexecuted(zipped: bool, tmp_path: Path) -> None:
+    target = tmp_path / "touched"
+    path = tmp_path / "model.pth"
+    sd = {"w": torch.ones(2), "x": _Touch(target)}
+    torch.save(sd, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(A.CheckpointError, match="Python objects other than tensors") as info:
+        A.load_checkpoint(path)
+    assert "refused" in str(info.value) and path.name in str(info.value)
+    assert not target.exists()
+
+
+# ------------------------------------------------------------ plain state dicts still load
+
+
+def _tiny(**options: Any) -> A.HybridMoE:
+    model = A.HybridMoE(**{**TINY, "scale": 2, **options})
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def _save(sd: Any, path: Path, **kwargs: Any) -> Path:
+    if path.suffix == ".safetensors":
+        safetensors.torch.save_file(sd, str(path), metadata=kwargs.get("metadata"))
+    else:
+        torch.save(sd, path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "safetensors-metadata",
+        "pth-params-metadata",
+        "pth-params-ema",
+        "pth-bare",
+        "pth-legacy",
+        "ckpt",
+        "pt-state-dict",
+        "safetensors-named-pth",
+    ],
+)
+def test_state_dict_forms_load(form: str, tmp_path: Path) -> None:
+    """Every plain form loads with identical outputs (the format is told by content)."""
+    model = _tiny()
+    other = _tiny()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    meta = json.dumps(model.hyperparameters)
+    path = {
+        "safetensors-metadata": lambda: _save(
+            sd, tmp_path / "m.safetensors", metadata={"metadata": meta}
+        ),
+        "pth-params-metadata": lambda: _save(
+            {"metadata": json.loads(meta), "params": sd}, tmp_path / "m.pth"
+        ),
+        "pth-params-ema": lambda: _save(
+            {"params": other.state_dict(), "params_ema": sd}, tmp_path / "m.pth"
+        ),
+        "pth-bare": lambda: _save(sd, tmp_path / "m.pth"),
+        "pth-legacy": lambda: _save(sd, tmp_path / "m.pth", _use_new_zipfile_serialization=False),
+        "ckpt": lambda: _save({"state_dict": sd}, tmp_path / "m.ckpt"),
+        "pt-state-dict": lambda: _save(sd, tmp_path / "m.pt"),
+        "safetensors-named-pth": lambda: _save(sd, tmp_path / "m.safetensors").rename(
+            tmp_path / "m.pth"
+        ),
+    }[form]()
+    desc = A.load_checkpoint(path)
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        assert torch.equal(desc.model(x), model(x))
+    assert A.read_state_dict(path).keys() == sd.keys()
+
+
+# ------------------------------------------------------------------- the hmoe_meta buffer
+
+META_FIELD = {
+    "scale": 1,
+    "in_ch": 2,
+    "top_k": 3,
+    "base": 4,
+    "freq_split": 5,
+    "global_mixer": 6,
+    "upsampler": 7,
+    "window_size": 8,
+    "flags": 9,
+    "flags2": 10,
+    "kernel_size": 11,
+    "mlp_ratio*1000": 12,
+    "hf_blocks": 13,
+    "num_experts": 16,
+}
+
+
+def _with_meta(sd: dict[str, torch.Tensor], field: str, value: int) -> dict[str, torch.Tensor]:
+    meta = sd["hmoe_meta"].clone()
+    meta[META_FIELD[field]] = value
+    return {**sd, "hmoe_meta": meta}
+
+
+BAD_META = [
+    ("base", -1, "base=-1"),  # was silently read as BASE_CHOICES[-1] == "none"
+    ("base", 3, "base=3"),
+    ("freq_split", -1, "freq_split=-1"),
+    ("global_mixer", -2, "global_mixer=-2"),
+    ("upsampler", 2, "upsampler=2"),
+    ("scale", 0, "scale=0"),
+    ("scale", 1000, "scale=1000"),
+    ("window_size", 0, "window_size=0"),
+    ("window_size", 65, "window_size=65"),
+    ("window_size", 100_000, "window_size=100000"),
+    ("kernel_size", 10_001, "kernel_size=10001"),
+    ("kernel_size", 6, "even"),
+    ("kernel_size", 1, "kernel_size=1"),
+    ("mlp_ratio*1000", 0, "mlp_ratio*1000=0"),
+    ("mlp_ratio*1000", 2_000_000, "mlp_ratio*1000=2000000"),
+    ("flags", 16 | 15, "unknown bits"),
+    ("flags2", 4, "unknown bits"),
+    ("top_k", 0, "top_k=0"),
+    ("top_k", 4, "top_k=4"),  # 3 experts
+    ("num_experts", 0, "num_experts=0"),
+    ("num_experts", 10**6, "num_experts=1000000"),
+    ("num_experts", 5, "5 experts"),  # the routers hold 3
+    ("hf_blocks", 10**6, "hf_blocks=1000000"),
+    ("hf_blocks", 2, "hf_blocks=(2, 1, 1)"),  # the keys hold (1, 1, 1)
+    ("in_ch", 1, "in_ch=1"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "words"), BAD_META)
+def test_bad_meta_is_refused(field: str, value: int, words: str) -> None:
+    sd = _with_meta(_tiny().state_dict(), field, value)
+    with pytest.raises(A.CheckpointError, match="HybridMoE") as info:
+        A.hybridmoe_from_state_dict(sd)
+    assert words in str(info.value), str(info.value)
+
+
+def test_bad_meta_allocates_nothing() -> None:
+    """Absurd sizes fail on their range check: no gigabyte allocation, no long build."""
+    sd = _tiny().state_dict()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for field, value in [
+        ("kernel_size", 10_001),
+        ("window_size", 1 << 30),
+        ("scale", 1 << 20),
+        ("mlp_ratio*1000", 1 << 30),
+        ("num_experts", 1 << 20),
+        ("hf_blocks", 1 << 30),
+    ]:
+        with pytest.raises(A.CheckpointError):
+            A.hybridmoe_from_state_dict(_with_meta(sd, field, value))
+    assert time.perf_counter() - start < 5
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mib < 200
+
+
+def test_meta_limits_are_inclusive() -> None:
+    """The largest window still loads (it changes no tensor shape)."""
+    sd = _with_meta(_tiny().state_dict(), "window_size", A.META_LIMITS["window_size"][1])
+    assert A.hybridmoe_from_state_dict(sd).hyperparameters["window_size"] == 64
+
+
+def test_meta_must_match_the_tensors() -> None:
+    """An in-range kernel size that the tensors do not have is refused with the keys named."""
+    sd = _with_meta(_tiny().state_dict(), "kernel_size", 7)
+    with pytest.raises(A.CheckpointError, match=r"shape: .*\(expected") as info:
+        A.hybridmoe_from_state_dict(sd)
+    assert "hf1.0" in str(info.value) and "damaged" in str(info.value)
+
+
+def test_block_numbering_must_be_contiguous() -> None:
+    """A stray block index cannot make the loader build thousands of blocks."""
+    sd = dict(_tiny().state_dict())
+    for k in [k for k in sd if k.startswith("lf1.0.")]:
+        sd["lf1.100000." + k[len("lf1.0.") :]] = sd.pop(k)
+    with pytest.raises(A.CheckpointError, match=r"'lf1\.' are numbered 100000"):
+        A.hybridmoe_from_state_dict(sd)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "ok"),
+    [(torch.float16, None, True), (torch.float32, 2.5, False), (torch.bool, None, False)],
+)
+def test_meta_dtype(dtype: torch.dtype, value: float | None, ok: bool) -> None:
+    """A meta buffer converted to float by a tool still loads while it holds integers."""
+    sd = dict(_tiny().state_dict())
+    meta = sd["hmoe_meta"].to(dtype)
+    if value is not None:
+        meta[8] = value
+    sd["hmoe_meta"] = meta
+    if ok:
+        assert A.hybridmoe_from_state_dict(sd).hyperparameters["window_size"] == 4
+    else:
+        with pytest.raises(A.CheckpointError, match="hmoe_meta"):
+            A.hybridmoe_from_state_dict(sd)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 3e7])
+def test_implausible_weights_are_refused(bad: float) -> None:
+    sd = {k: v.clone() for k, v in _tiny().state_dict().items()}
+    sd["head.pw.weight"].view(-1)[0] = bad
+    with pytest.raises(A.CheckpointError, match=r"'head\.pw\.weight'.*damaged"):
+        A.hybridmoe_from_state_dict(sd)
+
+
+# -------------------------------------------------------------------------- mlp_ratio
+
+
+@pytest.mark.parametrize("ratio", [2.0078, 1e-4, 17.0, float("nan"), float("inf")])
+def test_unstorable_mlp_ratio_is_refused_at_construction(ratio: float) -> None:
+    """A ratio that round(1000·x) does not preserve would train but never reload."""
+    with pytest.raises(ValueError, match=r"multiple of 0\.001"):
+        A.HybridMoE(**{**TINY, "mlp_ratio": ratio})
+
+
+@pytest.mark.parametrize("ratio", [2.008, 2.66, 0.5, 1.001, 16.0])
+def test_storable_mlp_ratio_round_trip(ratio: float, tmp_path: Path) -> None:
+    model = _tiny(mlp_ratio=ratio)
+    path = _save(model.state_dict(), tmp_path / "m.safetensors")
+    desc = A.load_checkpoint(path)
+    assert desc.model.hyperparameters == model.hyperparameters
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(desc.model(x), model(x))
+
+
+# ------------------------------------------------------------- traiNNer training states
+
+
+def _training_state(model: nn.Module) -> dict[str, Any]:
+    """What traiNNer-redux's ``save_training_state`` writes."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.rand(1, 3, 8, 8)).mean().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10, 20], gamma=0.5)
+    return {
+        "epoch": 0,
+        "iter": 4,
+        "optimizers": [opt.state_dict()],
+        "schedulers": [sched.state_dict()],
+        "scaler_g": {"scale": 65536.0, "growth_factor": 2.0},
+    }
+
+
+def test_training_state_is_named(tmp_path: Path) -> None:
+    model = _tiny().train()
+    exp = tmp_path / "experiments" / "run"
+    (exp / "training_states").mkdir(parents=True)
+    (exp / "models").mkdir()
+    state = exp / "training_states" / "4.state"
+    torch.save(_training_state(model), state)
+    weights = _save(model.state_dict(), exp / "models" / "net_g_ema_4.safetensors")
+    renamed = tmp_path / "4.pth"
+    shutil.copyfile(state, renamed)
+    for path in (state, renamed):
+        with pytest.raises(A.CheckpointError) as info:
+            A.load_checkpoint(path)
+        msg = str(info.value)
+        assert "training state" in msg and "no network weights" in msg, msg
+        assert "corrupt" not in msg
+        assert (str(weights) if path == state else "models/net_g_ema_<iter>") in msg
+    assert A.load_checkpoint(weights).model.hyperparameters == model.hyperparameters
+
+
+# ------------------------------------------------------------------------------ fuzzing
+
+FUZZ_SEED = 20240601
+FUZZ_CASES = 30  # per file form
+
+
+def _fuzzed(data: bytes, rng: random.Random) -> Iterator[tuple[str, bytes]]:
+    """Truncations and 1-3 random byte flips (half of them in the first 4 KiB: headers)."""
+    for i in range(FUZZ_CASES):
+        if i % 3 == 0:
+            cut = rng.randrange(1, len(data))
+            yield f"truncated at {cut}", data[:cut]
+            continue
+        buf = bytearray(data)
+        flips = []
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(min(4096, len(buf)) if rng.random() < 0.5 else len(buf))
+            buf[pos] ^= rng.randrange(1, 256)
+            flips.append(pos)
+        yield f"bytes flipped at {flips}", bytes(buf)
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "pth"])
+def test_fuzzed_checkpoints(ext: str, tmp_path: Path) -> None:
+    """Every damaged file either loads (and upscales to finite values) or raises
+    CheckpointError with a message: no other exception, no hang, no large allocation."""
+    A.load_checkpoint(PRETRAINED)  # spandrel imported before timing
+    source = PRETRAINED
+    if ext == "pth":
+        source = _save(safetensors.torch.load_file(str(PRETRAINED)), tmp_path / "good.pth")
+    data = source.read_bytes()
+    rng = random.Random(FUZZ_SEED + len(ext))
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcomes = {"loaded": 0, "refused": 0}
+    start = time.perf_counter()
+    for what, blob in _fuzzed(data, rng):
+        path = tmp_path / f"fuzz.{ext}"
+        path.write_bytes(blob)
+        t0 = time.perf_counter()
+        try:
+            desc = A.load_checkpoint(path)
+        except A.CheckpointError as e:
+            assert str(e).startswith(str(path)) and len(str(e)) > len(str(path)) + 20, what
+            outcomes["refused"] += 1
+        else:
+            with torch.no_grad():
+                y = desc.model(x)
+            assert y.shape == (1, 3, 24, 20) and bool(torch.isfinite(y).all()), what
+            outcomes["loaded"] += 1
+        assert time.perf_counter() - t0 < 5, f"{what}: took {time.perf_counter() - t0:.1f} s"
+    elapsed = time.perf_counter() - start
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mib < 300, f"peak memory grew by {grown_mib:.0f} MiB"
+    assert outcomes["refused"] >= FUZZ_CASES // 3, outcomes  # the truncations at least
+    assert elapsed < 20, f"{FUZZ_CASES} cases took {elapsed:.1f} s"
