@@ -598,43 +598,111 @@ def evaluate_runs(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- tables
 
 
+SETS = ("Set5", "Set14", "B100", "Urban100")
+CASES = {4: "480x270", 2: "1920x1080"}
+
+
+def load_speed(paths: list[str]) -> dict[tuple[str, int], dict[str, float]]:
+    """Median, min and max latency (and TFLOP/s) per (model, scale) over several bench runs."""
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            runs.setdefault((row["model"], row["scale"]), []).append(row)
+    out = {}
+    for key, rows in runs.items():
+        ms = [r["ms"] for r in rows]
+        med = float(np.median(ms))
+        out[key] = {
+            "ms": med,
+            "min": min(ms),
+            "max": max(ms),
+            "n": len(ms),
+            "gflops": rows[0]["gflops"],
+            "tflops_s": rows[0]["gflops"] / med,
+            "params": rows[0]["params"],
+        }
+    return out
+
+
+def load_records(path: str, recipe: str | None = None) -> list[dict[str, Any]]:
+    recs = [json.loads(p.read_text()) for p in sorted(Path(path).glob("*.json"))]
+    return [r for r in recs if "psnr" in r and (not recipe or r["recipe"] == recipe)]
+
+
+def fmt_ms(sp: dict[str, float] | None) -> str:
+    if sp is None:
+        return "–"
+    return f"{sp['ms']:.2f} ({sp['min']:.2f}–{sp['max']:.2f})" if sp["n"] > 1 else f"{sp['ms']:.2f}"
+
+
 def table(args: argparse.Namespace) -> int:
-    recs = [json.loads(p.read_text()) for p in sorted(Path(args.records).glob("*.json"))]
-    recs = [r for r in recs if "psnr" in r and (not args.recipe or r["recipe"] == args.recipe)]
-    speed: dict[tuple[str, int], float] = {}
-    if args.speed:
-        for row in json.loads(Path(args.speed).read_text())["rows"]:
-            speed[(row["model"], row["scale"])] = row["ms"]
-    sets = ("Set5", "Set14", "B100", "Urban100")
-    print(f"| model | scale | iters | {' | '.join(sets)} | ms |")
-    print("|---|---:|---:|" + "---:|" * (len(sets) + 1))
-    for r in sorted(recs, key=lambda r: (r["scale"], r["iterations"], r["model"])):
-        ms = speed.get((r["model"], r["scale"]))
-        vals = " | ".join(f"{r['psnr'].get(s, float('nan')):.2f}" for s in sets)
-        print(
-            f"| {r['model']} | {r['scale']} | {r['iterations']} | {vals} | "
-            f"{'' if ms is None else f'{ms:.2f}'} |"
-        )
+    """Markdown: PSNR per set (or the difference to --baseline) and latency per configuration."""
+    recs = load_records(args.records, args.recipe)
+    speed = load_speed(args.speed) if args.speed else {}
+    lines = []
+    for scale in sorted({r["scale"] for r in recs}, reverse=True):
+        for iters in sorted({r["iterations"] for r in recs if r["scale"] == scale}):
+            rows = [r for r in recs if r["scale"] == scale and r["iterations"] == iters]
+            base = next((r for r in rows if r["model"] == args.baseline), None)
+            delta = base is not None
+            head = "Δ PSNR vs " + args.baseline if delta else "PSNR"
+            lines += [
+                "",
+                f"**x{scale}, {iters} iterations** ({head}, dB; latency ms, fp16, "
+                f"batch 1, {CASES.get(scale, '?')} input, median (min–max) of runs)",
+                "",
+                "| configuration | " + " | ".join(SETS) + " | mean | ms | TFLOP/s |",
+                "|---|" + "---:|" * (len(SETS) + 3),
+            ]
+            for r in sorted(rows, key=lambda r: -float(np.mean([r["psnr"][s] for s in SETS]))):
+                vals = [r["psnr"][s] - (base["psnr"][s] if delta else 0) for s in SETS]
+                sp = speed.get((r["model"], scale))
+                mean = float(np.mean(vals))
+                sign = "+" if delta else ""
+                lines.append(
+                    f"| {r['model']} | "
+                    + " | ".join(f"{v:{sign}.2f}" for v in vals)
+                    + f" | {mean:{sign}.3f} | {fmt_ms(sp)} | "
+                    + (f"{sp['tflops_s']:.0f}" if sp else "–")
+                    + " |"
+                )
+    text = "\n".join(lines)
+    print(text)
     if args.plot and speed:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for r in recs:
-            ms = speed.get((r["model"], r["scale"]))
-            if ms is None or r["iterations"] != args.plot_iters:
-                continue
-            mean = float(np.mean(list(r["psnr"].values())))
-            ax.scatter(ms, mean, color="tab:red" if r["model"] in PEERS else "tab:blue")
-            ax.annotate(r["model"], (ms, mean), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("latency, ms (fp16, batch 1)")
-        ax.set_ylabel("mean Y-PSNR over the sets, dB")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        plot(recs, speed, args.plot)
     return 0
+
+
+def plot(
+    recs: list[dict[str, Any]], speed: dict[tuple[str, int], dict[str, float]], path: str
+) -> None:
+    """One panel per (scale, iterations): mean PSNR over the sets against latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["scale"], r["iterations"]) for r in recs}, reverse=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for ax, (scale, iters) in zip(axes[0], groups, strict=True):
+        for r in recs:
+            sp = speed.get((r["model"], scale))
+            if r["scale"] != scale or r["iterations"] != iters or sp is None:
+                continue
+            mean = float(np.mean([r["psnr"][s] for s in SETS]))
+            peer = r["model"] in PEERS
+            ax.scatter(
+                sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
+            )
+            ax.annotate(
+                r["model"], (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
+            )
+        ax.set_xscale("log")
+        ax.set_title(f"x{scale}, {iters} iterations ({CASES.get(scale, '')} input)")
+        ax.set_xlabel("latency, ms (fp16, batch 1; log scale)")
+        ax.set_ylabel("mean Y-PSNR of Set5/Set14/B100/Urban100, dB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -670,9 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     tb = sub.add_parser("table")
     tb.add_argument("--records", required=True)
     tb.add_argument("--recipe")
-    tb.add_argument("--speed")
+    tb.add_argument("--speed", nargs="*", help="bench JSON files (median over them)")
+    tb.add_argument("--baseline", default="", help="report differences to this configuration")
     tb.add_argument("--plot")
-    tb.add_argument("--plot-iters", type=int, default=0)
     args = p.parse_args(argv)
     cmd: Callable[[argparse.Namespace], int] = {
         "train": train_many,

@@ -1252,6 +1252,9 @@ class HybridMoE(nn.Module):
         self.top_k = top_k if has_moe else 0
         widths = [dim * 2**i for i in range(levels)]
         self.pad_multiple = 2 ** (levels - 1)
+        self.global_ops = global_mixer != "none" or (use_hf and freq_split == "fft")
+        """Whether any operation mixes the whole image (a non-finite input pixel would then
+        reach every output pixel, so such pixels are zeroed first)."""
 
         meta = [
             META_VERSION,
@@ -1451,8 +1454,8 @@ class HybridMoE(nn.Module):
             )
         if self.training and torch.is_grad_enabled() and self.num_experts:
             MOE_AUX.begin_forward()
-        # a NaN/Inf pixel would reach every output pixel through the global mixer
-        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+        if self.global_ops:  # a NaN/Inf pixel would reach every output pixel through them
+            x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
         h, w = x.shape[-2:]
         base = self.base(x) if self.base is not None else None
 

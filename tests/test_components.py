@@ -1,0 +1,291 @@
+"""The network's components against independent references, its ablation switches (each must
+change the module graph or the output), and its numerics on adversarial textures."""
+
+from __future__ import annotations
+
+import math
+
+import hybridmoe_arch as A
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_options import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def perturbed(model: torch.nn.Module, std: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """``model`` with every parameter moved off its initial value (zero-initialised branches
+    then matter), deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def build(**options: object) -> A.HybridMoE:
+    torch.manual_seed(0)
+    return A.HybridMoE(**{**TINY, "scale": 2, **options}).eval()  # type: ignore[arg-type]
+
+
+def checkerboard(size: int = 32) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return ((yy + xx) % 2).float().expand(1, 3, size, size).clone()
+
+
+def dithered(size: int = 32, seed: int = 0) -> torch.Tensor:
+    """A 1-bit random dither of a smooth ramp (what a dithered GIF looks like)."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, size).expand(size, size)
+    return (torch.rand(size, size, generator=g) < ramp).float().expand(1, 3, size, size).clone()
+
+
+# --------------------------------------------------------------------------- MoE routing
+
+
+def test_topk_gates_are_renormalised_and_mix_the_selected_experts() -> None:
+    moe = perturbed(A.MoEFFN(8, 12, num_experts=4, top_k=2), std=0.3)
+    x = torch.randn(50, 8)
+    probs, top_i, gates = moe.route(x)
+    assert torch.allclose(gates.sum(-1), torch.ones(50), atol=1e-6)
+    assert not torch.allclose(probs.gather(1, top_i).sum(-1), torch.ones(50), atol=1e-3)
+    # the layer output is the gate-weighted sum of the selected experts, computed by hand
+    dense = []
+    for e in range(4):
+        g, v = (x @ moe.w_in[e] + moe.b_in[e]).chunk(2, -1)
+        dense.append((F.gelu(g) * v) @ moe.w_out[e] + moe.b_out[e])
+    expert_out = torch.stack(dense, 1)  # (T, E, C)
+    expected = (expert_out.gather(1, top_i[..., None].expand(-1, -1, 8)) * gates[..., None]).sum(1)
+    for path in (moe._sparse, moe._dense):
+        assert torch.allclose(path(x, top_i, gates), expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- selective scan
+
+
+def naive_scan(x, dt, a, b, c):  # float64 reference
+    """h_t = exp(dt_t a) h_{t-1} + dt_t x_t ⊗ b_t ; y_t = h_t · c_t, one step at a time."""
+    bsz, length, heads, p = x.shape
+    h = torch.zeros(bsz, heads, p, b.shape[-1], dtype=torch.float64)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t] * a)  # (B,H)
+        h = (
+            decay[..., None, None] * h
+            + (dt[:, t, :, None] * x[:, t])[..., None] * b[:, t, None, None, :]
+        )
+        ys.append((h * c[:, t, None, None, :]).sum(-1))
+    return torch.stack(ys, 1)
+
+
+def test_ssd_scan_matches_a_sequential_reference_across_chunks() -> None:
+    g = torch.Generator().manual_seed(0)
+    bsz, length, heads, p, st = 2, 37, 3, 4, 5
+    x = torch.randn(bsz, length, heads, p, generator=g)
+    dt = torch.rand(bsz, length, heads, generator=g) * 0.5 + 0.01
+    a = -torch.rand(heads, generator=g) * 2 - 0.1
+    b = torch.randn(bsz, length, st, generator=g)
+    c = torch.randn(bsz, length, st, generator=g)
+    got = A.ssd_scan(x, dt, a, b, c, chunk=8)  # several chunks and a padded tail
+    ref = naive_scan(*(t.double() for t in (x, dt, a, b, c)))
+    assert torch.allclose(got.double(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_selective_scan_2d_sees_both_directions() -> None:
+    """The first raster position depends on the last one (the backward scan) and vice versa."""
+    mixer = perturbed(A.SelectiveScan2D(8), std=0.2).eval()
+    x = torch.randn(1, 8, 2, 3)  # short: the learned decay fades distant positions
+    y = mixer(x)
+    for src, dst in (((1, 2), (0, 0)), ((0, 0), (1, 2))):
+        x2 = x.clone()
+        x2[..., src[0], src[1]] += 3.0
+        diff = (mixer(x2) - y)[..., dst[0], dst[1]].abs().max()
+        assert diff > 1e-4, f"position {dst} does not see position {src}"
+
+
+# --------------------------------------------------------------------------- fusion, upsampler
+
+
+def test_cross_frequency_fusion_exchanges_both_ways() -> None:
+    fuse = perturbed(A.CrossFrequencyFusion(8), std=0.3)
+    lf, hf = torch.randn(1, 8, 5, 5), torch.randn(1, 8, 5, 5)
+    lf1, hf1 = fuse(lf, hf)
+    lf2, _ = fuse(lf, hf + 1.0)  # only HF changes: LF' must follow (HF -> LF)
+    assert (lf2 - lf1).abs().max() > 1e-3
+    _, hf3 = fuse(lf + 1.0, hf)  # only LF changes: HF' must follow (LF -> HF)
+    assert (hf3 - hf1).abs().max() > 1e-3
+
+
+def test_dysample_moves_the_sampling_point_vertically_and_horizontally() -> None:
+    """A constant offset (dx, dy) in LR pixels equals bilinear sampling at the shifted grid."""
+    up = A.DySampleUpsampler(4, 1, 2)
+    with torch.no_grad():
+        up.conv.weight.zero_()
+        up.conv.weight[0, 0, 1, 1] = 1.0  # the image is channel 0 of the features
+        up.conv.bias.zero_()
+        up.offset.weight.zero_()
+        up.scope.weight.zero_()
+        up.scope.bias.fill_(50.0)  # sigmoid -> 1: offset = bias * 0.5
+        up.offset.bias.zero_()
+        up.offset.bias[4:] = 0.6  # channels s*s.. are the y offsets of the s*s sub-pixels
+    feats = torch.zeros(1, 4, 6, 6)
+    feats[0, 0] = torch.arange(36.0).view(6, 6)  # a vertical ramp of slope 6, horizontal 1
+    out = up(feats)
+    base = up.__class__(4, 1, 2)
+    with torch.no_grad():
+        base.load_state_dict(up.state_dict())
+        base.offset.bias.zero_()
+    ref = base(feats)
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+    shift = out[inner] - ref[inner]
+    assert torch.allclose(shift, torch.full_like(shift, 0.3 * 6.0), atol=1e-3), "vertical"
+    with torch.no_grad():
+        up.offset.bias.zero_()
+        up.offset.bias[:4] = 0.6  # x offsets
+    shift = up(feats)[inner] - ref[inner]
+    assert torch.allclose(shift, torch.full_like(shift, 0.3), atol=1e-3), "horizontal"
+
+
+# --------------------------------------------------------------------------- window attention
+
+
+def naive_window_attention(attn: A.WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """Loop-per-window reference: replicate-pad by the shift on top/left and to a window
+    multiple on bottom/right, attend inside each window, crop the shift back off."""
+    n, c, h, w = x.shape
+    ws, s, heads = attn.window, attn.shift, attn.heads
+    qkv = attn.qkv(x)
+    ph, pw = (-(h + s)) % ws, (-(w + s)) % ws
+    qkv = F.pad(qkv, (s, pw, s, ph), mode="replicate")
+    out = torch.zeros(n, c, qkv.shape[2], qkv.shape[3])
+    d = c // heads
+    for i in range(0, qkv.shape[2], ws):
+        for j in range(0, qkv.shape[3], ws):
+            win = qkv[:, :, i : i + ws, j : j + ws].reshape(n, 3, heads, d, ws * ws)
+            q, k, v = (win[:, t].transpose(-1, -2) for t in range(3))  # (n, heads, T, d)
+            o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), -1) @ v
+            out[:, :, i : i + ws, j : j + ws] = o.transpose(-1, -2).reshape(n, c, ws, ws)
+    return attn.proj(out[:, :, s : s + h, s : s + w])
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_window_attention_matches_a_per_window_reference(shift: bool, size: tuple) -> None:
+    attn = perturbed(A.WindowAttention(16, 4, shift), std=0.2).eval()
+    x = torch.randn(1, 16, *size)
+    with torch.no_grad():
+        assert torch.allclose(attn(x), naive_window_attention(attn, x), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- ablation switches
+
+SWITCHES = [
+    {"use_moe": False},
+    {"use_hf": False},
+    {"use_attn": False},
+    {"global_mixer": "none"},
+    {"global_mixer": "ssm"},
+    {"freq_split": "fft"},
+    {"base": "none"},
+    {"base": "bicubic"},
+    {"conv_block": "rep3"},
+    {"hf_block": "rep3"},
+    {"levels": 2},
+    {"levels": 1},
+    {"refine_moe": True},
+    {"stem_lk": True},
+    {"upsampler": "dysample"},
+    {"gate_norm": False},
+    {"shift": "alternate"},
+    {"shift": "none"},
+]
+
+
+def graph(model: torch.nn.Module) -> tuple[list[tuple[str, str]], list[tuple[str, tuple]]]:
+    """Module types by path, and parameter shapes by name."""
+    return (
+        [(name, type(mod).__name__) for name, mod in model.named_modules()],
+        [(name, tuple(p.shape)) for name, p in model.named_parameters()],
+    )
+
+
+@pytest.mark.parametrize(
+    "switch", SWITCHES, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items())
+)
+def test_every_ablation_switch_changes_the_network(switch: dict) -> None:
+    two_attn = {"enc_blocks": (1, 2, 1)}  # so that the "stage" schedule shifts one block
+    ref, alt = build(**two_attn), build(**two_attn, **switch)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        y_ref = perturbed(ref)(x)
+        y_alt = perturbed(alt)(x)
+    if next(iter(switch)) not in ("shift", "gate_norm"):  # these keep the modules
+        assert graph(ref) != graph(alt)
+    assert y_ref.shape == y_alt.shape
+    assert (y_ref - y_alt).abs().max() > 1e-4
+
+
+def test_shift_schedules_place_shifted_windows_where_documented() -> None:
+    def shifts(model: A.HybridMoE) -> list[int]:
+        return [m.shift for m in model.modules() if isinstance(m, A.WindowAttention)]
+
+    opts = {"enc_blocks": (1, 2, 1), "mid_blocks": 1, "dec_blocks": (1, 1)}
+    assert shifts(build(**opts, shift="stage")) == [0, 2, 0, 0, 0]  # odd index in a stage
+    assert shifts(build(**opts, shift="alternate")) == [0, 2, 0, 2, 0]  # every other block
+    assert shifts(build(**opts, shift="none")) == [0] * 5
+
+
+def test_dense_ablation_ffn_has_the_moe_active_width() -> None:
+    moe, dense = build(top_k=2), build(use_moe=False, top_k=2)
+    expert_hidden = moe.mid[0].ffn.w_out.shape[1]  # (E, hidden, C)
+    assert dense.mid[0].ffn.fc2.weight.shape[1] == 2 * expert_hidden
+    assert dense.num_experts == 0 and moe.num_experts == TINY["num_experts"]
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def max_activation(model: torch.nn.Module, x: torch.Tensor) -> float:
+    peak = [0.0]
+
+    def hook(_m: object, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            peak[0] = max(peak[0], float(out.detach().abs().float().max()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return peak[0]
+
+
+@pytest.mark.parametrize("image", [checkerboard, dithered])
+def test_gate_norm_keeps_one_pixel_patterns_bounded(image: object) -> None:
+    """Gated blocks multiply two linear maps of their input; with trained-size weights a
+    one-pixel pattern grows quadratically per block unless the gate input is normalised."""
+    opts = {"dim": 16, "enc_blocks": (3, 1, 1), "hf_blocks": (3, 1, 1), "dec_blocks": (3, 1)}
+    x = image()  # type: ignore[operator]
+    bounded = perturbed(build(**opts), std=0.25)
+    unbounded = perturbed(build(**opts, gate_norm=False), std=0.25)
+    assert max_activation(unbounded, x) > 1e6  # the failure the norm prevents
+    assert max_activation(bounded, x) < 1e4
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.no_grad():
+            y = bounded.to(dtype)(x.to(dtype))
+        assert torch.isfinite(y).all(), dtype
+        bounded.float()
+
+
+def test_a_nonfinite_input_pixel_stays_local() -> None:
+    model = perturbed(build(global_mixer="fourier"))
+    x = torch.rand(1, 3, 24, 24)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x2 = x.clone()
+        x2[0, :, 3, 3] = bad
+        with torch.no_grad():
+            y, y2 = model(x), model(x2)
+        assert torch.isfinite(y2).all()
+        far = (slice(None), slice(None), slice(30, None), slice(30, None))
+        assert (y2 - y)[far].abs().max() < 0.5  # the rest of the image is still an image
