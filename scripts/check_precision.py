@@ -289,7 +289,7 @@ def run_precision(
     try:
         for img in images:
             sr = ev.super_resolve(rec, img.lr, None)
-            scores = ev._scores(sr, img.hr, desc.scale)
+            scores = ev.score_pair(sr, img.hr, desc.scale)
             key = f"{img.set_name}/{img.name}"
             res.per_image[key] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
             if ref_psnr is not None:

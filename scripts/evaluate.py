@@ -316,7 +316,7 @@ def _check_finite(y: torch.Tensor, descriptor: Any, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
-def _scores(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
+def score_pair(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
     """PSNR (dB) and SSIM on Y, border ``scale``, of uint8 ``sr`` against ``hr`` (same shape)."""
     return {
         "psnr": srmetrics.calculate_psnr(sr, hr, scale),
@@ -347,10 +347,10 @@ def evaluate_set(
         hr = srmetrics.mod_crop(read_image(path), scale)
         lr = make_lr(hr, scale)
         check_shipped_lr(set_dir, path, scale, lr)
-        row = {"bicubic": _scores(srmetrics.imresize_matlab_uint8(lr, scale), hr, scale)}
+        row = {"bicubic": score_pair(srmetrics.imresize_matlab_uint8(lr, scale), hr, scale)}
         if descriptor is not None:
             sr = super_resolve(descriptor, lr, tile, name=f"{set_dir.name}/{path.name}")
-            row["model"] = _scores(sr, hr, scale)
+            row["model"] = score_pair(sr, hr, scale)
         per_image[path.stem] = row
     result: dict[str, Any] = {"images": len(paths)}
     for method in ("bicubic", "model") if descriptor is not None else ("bicubic",):

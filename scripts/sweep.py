@@ -547,12 +547,17 @@ class ModuleDescriptor:
 
 
 def evaluate_runs(args: argparse.Namespace) -> int:
+    """Every finished run of ``--runs`` (one scale) on every set, with the evaluator's own
+    steps (mod-crop, MATLAB-bicubic LR, 8-bit output, Y PSNR/SSIM with border = scale); each
+    LR image is made once and fed to all models."""
     import evaluate as ev
+    import srmetrics
 
     device = torch.device(args.device)
     data = Path(args.data) if args.data else ev.default_data_dir()
     out = Path(args.records)
     out.mkdir(parents=True, exist_ok=True)
+    todo = []
     for meta_path in sorted(Path(args.runs).glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}.json"
@@ -566,14 +571,26 @@ def evaluate_runs(args: argparse.Namespace) -> int:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
         if hasattr(model, "fuse"):
             model.fuse()
-        desc = ModuleDescriptor(model, meta["scale"], device)
-        psnr, ssim = {}, {}
-        for set_name in args.sets:
-            res = ev.evaluate_set(
-                ev.find_set(data, set_name), meta["scale"], desc, limit=args.limit
-            )
-            psnr[set_name] = round(res["model"]["psnr"], 4)
-            ssim[set_name] = round(res["model"]["ssim"], 5)
+        todo.append((meta, rec_path, ModuleDescriptor(model, meta["scale"], device)))
+    scales = {m["scale"] for m, _, _ in todo}
+    if len(scales) > 1:
+        raise SystemExit(f"--runs mixes scales {sorted(scales)}; evaluate one scale at a time")
+    if not todo:
+        return 0
+    scale = scales.pop()
+    scores: dict[int, dict[str, list[dict[str, float]]]] = {i: {} for i in range(len(todo))}
+    for set_name in args.sets:
+        paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[: args.limit]
+        for n, path in enumerate(paths):
+            hr = srmetrics.mod_crop(ev.read_image(path), scale)
+            lr = ev.make_lr(hr, scale)
+            for i, (_, _, desc) in enumerate(todo):
+                sr = ev.super_resolve(desc, lr, None)
+                scores[i].setdefault(set_name, []).append(ev.score_pair(sr, hr, scale))
+            print(f"{set_name} {n + 1}/{len(paths)}", file=sys.stderr, flush=True)
+    for i, (meta, rec_path, desc) in enumerate(todo):
+        psnr = {k: round(float(np.mean([r["psnr"] for r in v])), 4) for k, v in scores[i].items()}
+        ssim = {k: round(float(np.mean([r["ssim"] for r in v])), 5) for k, v in scores[i].items()}
         rec = {
             "model": meta["config"],
             "scale": meta["scale"],
@@ -581,14 +598,15 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "recipe": args.recipe,
             "psnr": psnr,
             "ssim": ssim,
+            "images": {k: len(v) for k, v in scores[i].items()},
             "options": meta.get("options"),
             "training": meta.get("recipe"),
-            "evaluator": "scripts/evaluate.py (Y, border=scale, MATLAB bicubic)",
+            "evaluator": "evaluate.py steps (Y, border=scale, MATLAB bicubic LR, 8-bit output)",
             "command": " ".join(sys.argv),
             "commit": git_commit(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(),
             "eval_device": str(device),
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": sum(p.numel() for p in desc.model.parameters()),
         }
         rec_path.write_text(json.dumps(rec, indent=1))
         print(rec_path.name, psnr)
