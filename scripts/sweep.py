@@ -149,6 +149,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "use_moe": False,
     },
 }
+_TRUNK = CONFIGS["trunk48x16"]
+CONFIGS.update(
+    {
+        # launch-bound speed candidates: fewer kernels (bicubic base, no texture head)
+        "trunk48x16_bic": {**_TRUNK, "base": "bicubic"},
+        "trunk48x12_lean": {
+            **_TRUNK,
+            "enc_blocks": (6, 0, 0),
+            "dec_blocks": (6, 0),
+            "base": "bicubic",
+            "texture_head": False,
+        },
+        "trunk64x12_lean": {**CONFIGS["trunk64x12"], "base": "bicubic", "texture_head": False},
+        # the top-k dial (latency does not depend on the weights)
+        **{f"s_k{k}": {**S, "top_k": k} for k in (1, 3, 4)},
+        **{f"trunkctx48_k{k}": {**CONFIGS["trunkctx48"], "top_k": k} for k in (2, 3, 4)},
+    }
+)
 """Our configurations (``HybridMoE`` options); the scale is given per run."""
 
 PEERS = ("compact", "span", "plksr_tiny", "plksr", "safmn")

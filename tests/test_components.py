@@ -196,6 +196,7 @@ SWITCHES = [
     {"refine_moe": True},
     {"stem_lk": True},
     {"upsampler": "dysample"},
+    {"texture_head": False},
     {"gate_norm": False},
     {"shift": "alternate"},
     {"shift": "none"},

@@ -1170,6 +1170,8 @@ class HybridMoE(nn.Module):
         freq_split: "laplacian" or "fft".
         global_mixer: "fourier", "ssm" or "none" (long-range branch of the deepest level).
         stem_lk: add a re-param large-kernel conv to the stem.
+        texture_head: the re-param large-kernel texture head before the upsampler (False:
+            the features go to the upsampler directly; no noise injection then).
         noise: learned noise injection in the texture head.
         upsampler: "pixelshuffle" or "dysample" (a plain conv at scale 1).
         base: fixed base upsampler "mks2021", "bicubic" or "none".
@@ -1205,6 +1207,7 @@ class HybridMoE(nn.Module):
         freq_split: str = "laplacian",
         global_mixer: str = "fourier",
         stem_lk: bool = False,
+        texture_head: bool = True,
         noise: bool = False,
         upsampler: str = "pixelshuffle",
         base: str = "mks2021",
@@ -1355,7 +1358,11 @@ class HybridMoE(nn.Module):
         self.dec1 = conv_blocks(widths[0], dec[0])
         # reconstruction
         self.refine_moe = RefineBlock(c1, hidden[0] * dense_k, moe_cfg) if refine_moe else None
-        self.head = TextureHead(c1, HEAD_KERNEL, noise, deploy)
+        if noise and not texture_head:
+            raise ValueError(
+                "HybridMoE: noise=True needs texture_head=True (the noise is injected there)"
+            )
+        self.head = TextureHead(c1, HEAD_KERNEL, noise, deploy) if texture_head else None
         self.up: nn.Module = (
             DySampleUpsampler(c1, in_ch, scale)
             if upsampler == "dysample" and scale > 1
@@ -1484,7 +1491,9 @@ class HybridMoE(nn.Module):
         d = d + f
         if self.refine_moe is not None:
             d = self.refine_moe(d)
-        out = self.up(self.head(d))
+        if self.head is not None:
+            d = self.head(d)
+        out = self.up(d)
         out = out[..., : h * self.scale, : w * self.scale]
         if base is not None:
             out = out + base
@@ -1739,6 +1748,7 @@ def _meta_config(sd: dict[str, Tensor], meta: list[int]) -> dict[str, Any]:
         "freq_split": _choice("freq_split", split_i, SPLIT_CHOICES),
         "global_mixer": _choice("global_mixer", mixer_i, MIXER_CHOICES),
         "stem_lk": bool(flags2 & 2),
+        "texture_head": "head.pw.weight" in sd,
         "noise": bool(flags2 & 1),
         "upsampler": _choice("upsampler", up_i, UPSAMPLER_CHOICES),
         "base": _choice("base", base_i, BASE_CHOICES),
@@ -1835,7 +1845,6 @@ SPANDREL_DETECT_KEYS = (
     "hmoe_meta",
     "stem.weight",
     "mid_in.weight",
-    "head.pw.weight",
 )
 
 
