@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from _bootstrap import import_arch
+import hybridmoe_arch as arch
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
-    arch = import_arch()
     dev = torch.device(args.device)
     hidden = round(args.channels * args.mlp_ratio)
     layer = arch.MoEFFN(args.channels, hidden, args.experts, args.top_k).to(dev).eval()

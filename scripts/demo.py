@@ -28,7 +28,7 @@ import torch
 from _bootstrap import REPO_ROOT, import_arch, import_loss, load_model
 from PIL import Image
 from safetensors.torch import save_file
-from srmetrics import imresize_matlab_uint8, mod_crop
+from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 

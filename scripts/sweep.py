@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bootstrap import REPO_ROOT, import_arch
+import hybridmoe_arch as arch
+from hybridmoe.paths import REPO_ROOT
 from torch import nn
 
 A = import_arch()

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bootstrap import load_model
-from imageio_utils import (
+from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
+from tqdm import tqdm
+
+from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.imageio import (
     FORMATS,
     ImageData,
     ImageReadError,
@@ -30,8 +33,7 @@ from imageio_utils import (
     split_alpha,
     write_image,
 )
-from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
-from tiling import (
+from hybridmoe.tiling import (
     available_memory,
     count_tiles,
     effective_tile,
@@ -40,7 +42,6 @@ from tiling import (
     largest_fitting_tile,
     upscale_tiled,
 )
-from tqdm import tqdm
 
 AUTO_TILE = 512
 """Largest tile suggested after running out of memory."""
@@ -243,7 +244,7 @@ def load_descriptor(path: Path) -> ImageModelDescriptor:
     if not path.is_file():
         raise CliError(f"model is not a file: {path}")
     try:
-        descriptor = load_model(path, "cpu")
+        descriptor = load_checkpoint(path, "cpu")
     except SystemExit as e:
         detail = e.code if isinstance(e.code, str) else "not a loadable model"
         raise CliError(_name_path(detail, path)) from None

@@ -64,8 +64,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bootstrap import REPO_ROOT, import_arch
 from torch import nn
+
+import hybridmoe_arch as arch
+from hybridmoe.paths import REPO_ROOT
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -97,7 +99,7 @@ def _ours(name: str) -> Callable[[int], nn.Module]:
     """Builder for one of our variants through the ``hybridmoe_arch`` factories."""
 
     def build(scale: int) -> nn.Module:
-        return getattr(import_arch(), name)(scale=scale)
+        return getattr(arch, name)(scale=scale)
 
     return build
 

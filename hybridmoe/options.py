@@ -36,7 +36,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from hybridmoe.paths import REPO_ROOT
+
 DEFAULT_OUT = REPO_ROOT / "options"
 
 # ---------------------------------------------------------------------------------------------

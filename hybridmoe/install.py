@@ -51,7 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from hybridmoe.paths import source_root
+
+REPO_ROOT = source_root()
 MANIFEST_NAME = ".hybridmoe-freqnet-install.json"
 MANIFEST_VERSION = 1
 CHECKOUT_MARKERS = ("train.py", "traiNNer/archs/__init__.py", "traiNNer/utils/registry.py")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from srmetrics import imresize_matlab_uint8, mod_crop
+
+from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
