@@ -47,7 +47,7 @@ def variant(name: str, scale: int) -> arch.HybridMoE:
 
 
 @torch.no_grad()
-def perturb(model: nn.Module, std: float = 0.02, seed: int = 0) -> nn.Module:
+def perturb(model: nn.Module, std: float = 0.05, seed: int = 1) -> nn.Module:
     """Add N(0, ``std``²) noise (fixed ``seed``) to every floating parameter, in place, and
     return ``model``: freshly initialized layers (zero biases, near-zero output convs, unit
     norms) then carry non-trivial values, so comparisons between forms or precisions see every

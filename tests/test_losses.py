@@ -8,11 +8,12 @@ import sys
 import types
 from pathlib import Path
 
-import hybridmoe_arch
-import hybridmoe_loss
 import numpy as np
 import pytest
 import torch
+
+import hybridmoe_arch
+import hybridmoe_loss
 from hybridmoe_loss import HybridMoEBalanceLoss, HybridMoEFreqLoss
 
 LOSS_FILE = Path(hybridmoe_loss.__file__)

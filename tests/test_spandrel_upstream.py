@@ -15,11 +15,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import hybridmoe_arch as A
 import pytest
 import spandrel_upstream as U
 import torch
 from tiny_options import TINY
+
+import hybridmoe_arch as A
+from hybridmoe.models import perturb
+from hybridmoe.spandrel_arch import DETECT_KEYS, register_spandrel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +90,7 @@ def test_layout(exported: Path) -> None:
     assert "class HybridMoEArch(Architecture[HybridMoE]):" in init
     assert '__all__ = ["HybridMoE", "HybridMoEArch"]' in init
     assert "@override" in init and "StateDict" in init
-    for key in A.SPANDREL_DETECT_KEYS:
+    for key in DETECT_KEYS:
         assert f'"{key}",' in init
     test = (exported / U.TEST_REL).read_text()
     assert "assert_loads_correctly(" in test and "assert_size_requirements(" in test
@@ -230,10 +233,7 @@ def generated(exported: Path) -> ModuleType:
 def test_generated_network_matches(options: dict[str, Any], generated: ModuleType) -> None:
     """Same keys, shapes, hyperparameters and outputs as the project's network."""
     ours = A.HybridMoE(**{**TINY, **options})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.03)
+    perturb(ours, 0.03, seed=0)
     theirs = generated.HybridMoE(**{**TINY, **options})
     sd = ours.state_dict()
     assert {k: v.shape for k, v in theirs.state_dict().items()} == {
@@ -241,7 +241,7 @@ def test_generated_network_matches(options: dict[str, Any], generated: ModuleTyp
     }
     theirs.load_state_dict(sd)
     assert theirs.hyperparameters == ours.hyperparameters
-    x = torch.rand(2, ours.in_ch, 13, 18, generator=g)
+    x = torch.rand(2, ours.in_ch, 13, 18)
     with torch.no_grad():
         assert torch.equal(theirs.eval()(x), ours.eval()(x))
 
@@ -276,7 +276,7 @@ def test_generated_loader_matches(options: dict[str, Any], generated_arch: Any) 
     without MoE layers too)."""
     import spandrel
 
-    A.register_spandrel()
+    register_spandrel()
     ours_arch = spandrel.MAIN_REGISTRY["HybridMoE"].architecture
     model = A.HybridMoE(**{**TINY, **options})
     sd = model.state_dict()
