@@ -9,14 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spandrel import (
-    MAIN_REGISTRY,
-    Architecture,
-    ArchSupport,
-    ImageModelDescriptor,
-    ModelTiling,
-    StateDict,
-)
+from spandrel import Architecture, ImageModelDescriptor, ModelTiling, StateDict
 from spandrel.util import KeyCondition
 
 from hybridmoe.meta import model_from_state_dict
@@ -87,6 +80,8 @@ def register_spandrel() -> bool:
 
     Returns True if this call added the architecture, False if it was already registered.
     """
+    from spandrel import MAIN_REGISTRY, ArchSupport  # the registry imports every architecture
+
     if "HybridMoE" in MAIN_REGISTRY:
         return False
     added = MAIN_REGISTRY.add(
