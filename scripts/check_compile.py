@@ -12,6 +12,7 @@ import argparse
 import sys
 
 import torch
+
 import hybridmoe_arch as arch
 
 

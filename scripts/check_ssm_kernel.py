@@ -16,6 +16,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
 import hybridmoe_arch as arch
 
 

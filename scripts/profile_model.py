@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+
 import hybridmoe_arch as arch
 
 

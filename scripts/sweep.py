@@ -26,7 +26,7 @@ Commands::
         one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
 
 Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
-spandrel's implementations in the traiNNer-redux presets, see ``benchmark.py``).
+spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.py``).
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import hybridmoe_arch as arch
-from hybridmoe.paths import REPO_ROOT
 from torch import nn
 
-A = import_arch()
+import hybridmoe_arch as A
+from hybridmoe import bench as timing_tools
+from hybridmoe import evaluate as ev
+from hybridmoe.paths import REPO_ROOT
 
 S = A.VARIANTS["hybridmoe_s"]
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -177,17 +178,13 @@ def build(name: str, scale: int) -> nn.Module:
         return A.HybridMoE(scale=scale, **CONFIGS[name])
     if name in A.FACTORIES:
         return A.FACTORIES[name](scale=scale)
-    import benchmark
-
-    if name in benchmark.MODELS:
-        return benchmark.MODELS[name].build(scale)
+    if name in timing_tools.MODELS:
+        return timing_tools.MODELS[name].build(scale)
     raise SystemExit(f"unknown configuration {name!r}; known: {', '.join(known_names())}")
 
 
 def known_names() -> list[str]:
-    import benchmark
-
-    return [*CONFIGS, *A.FACTORIES, *benchmark.MODELS]
+    return [*CONFIGS, *A.FACTORIES, *timing_tools.MODELS]
 
 
 # ----------------------------------------------------------------------------- data
@@ -467,8 +464,6 @@ def flops_of(model: nn.Module, x: torch.Tensor) -> float:
 
 def bench(args: argparse.Namespace) -> int:
     """fp16 weights, batch 1, deploy forms; two cases; one JSON row per model and case."""
-    import benchmark
-
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     cases = [(4, (480, 270)), (2, (1920, 1080))]
@@ -485,7 +480,7 @@ def bench(args: argparse.Namespace) -> int:
             model = model.half().to(memory_format=torch.channels_last)
             x = x32.half().contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                timing = benchmark.time_loop(
+                timing = timing_tools.time_loop(
                     lambda m=model, x=x: m(x), device, 10, None, args.target_s
                 )
             ms = float(np.median(timing.times_ms))
@@ -548,8 +543,6 @@ class ModuleDescriptor:
 
 
 def evaluate_runs(args: argparse.Namespace) -> int:
-    import evaluate as ev
-
     device = torch.device(args.device)
     data = Path(args.data) if args.data else ev.default_data_dir()
     out = Path(args.records)
