@@ -34,7 +34,7 @@ memory, exception) gets an error entry and the run continues.
 
 Full comparison on a GPU (a few minutes)::
 
-    python scripts/benchmark.py --json benchmark.json
+    hybridmoe bench --json benchmark.json
 
 ``--compile`` autotunes every fused model for every scale and dtype (minutes each with the
 max-autotune modes); give it a few models, e.g.

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python scripts/evaluate.py MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
+    hybridmoe evaluate MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
         [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json [--overwrite]]
         [--limit N]
-    python scripts/evaluate.py --bicubic-only --scale 4 [--sets ...]
+    hybridmoe evaluate --bicubic-only --scale 4 [--sets ...]
 
 MODEL is any checkpoint spandrel can load (HybridMoE included). For every HR image of every set
 the protocol of the super-resolution literature is followed: mod-crop the HR image to a multiple

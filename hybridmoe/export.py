@@ -1,9 +1,9 @@
 """Export a HybridMoE checkpoint to ONNX with dynamic batch, height and width.
 
-    python scripts/export_onnx.py CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--dynamo]
+    hybridmoe export-onnx CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--dynamo]
                                   [--verify] [--export-safe] [--no-fuse] [--allow-static]
                                   [--overwrite]
-    python scripts/export_onnx.py --matrix DIR [--dynamo] [--export-safe] [--only TEXT]
+    hybridmoe export-onnx --matrix DIR [--dynamo] [--export-safe] [--only TEXT]
                                   [--matrix-fp16 all|variants|none]
 
 The checkpoint is loaded through spandrel (any form: ``.safetensors``, ``.pth`` with the

@@ -1,6 +1,6 @@
 """Fuse a HybridMoE checkpoint into its deploy form (re-parameterized convolutions).
 
-    python scripts/fuse.py CHECKPOINT OUTPUT [--overwrite] [--time] [--device cpu|cuda]
+    hybridmoe fuse CHECKPOINT OUTPUT [--overwrite] [--time] [--device cpu|cuda]
         [--size H W]
 
 CHECKPOINT is any file spandrel loads (``.safetensors``, ``.pth`` with or without the

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python scripts/install_trainner.py install   TRAINNER_REDUX_DIR [--link] [--force]
-    python scripts/install_trainner.py uninstall TRAINNER_REDUX_DIR [--force]
-    python scripts/install_trainner.py check     TRAINNER_REDUX_DIR
+    hybridmoe install-trainner install   TRAINNER_REDUX_DIR [--link] [--force]
+    hybridmoe install-trainner uninstall TRAINNER_REDUX_DIR [--force]
+    hybridmoe install-trainner check     TRAINNER_REDUX_DIR
 
 ``install`` places these files (copies, or symlinks to this checkout with ``--link``):
 
@@ -290,7 +290,7 @@ def save_manifest(checkout: Path, manifest: dict[str, Any]) -> None:
     data = {
         **manifest,
         "version": MANIFEST_VERSION,
-        "tool": "HybridMoE-FreqNet scripts/install_trainner.py",
+        "tool": "HybridMoE-FreqNet hybridmoe install-trainner",
         "files": dict(sorted(manifest["files"].items())),
     }
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))

@@ -4,10 +4,10 @@ Routes every image of the given folders through the model (eval mode, determinis
 and prints, per MoE layer, the share of token slots each expert receives — the check that
 training did not collapse the routing onto a few experts::
 
-    python scripts/moe_usage.py MODEL.safetensors ../shared/data/benchmark/Set14/HR
+    hybridmoe moe-usage MODEL.safetensors ../shared/data/benchmark/Set14/HR
         [--json out.json [--overwrite]]
 
-Images are read as scripts/evaluate.py reads them (every bit depth and Pillow mode at its own
+Images are read as hybridmoe evaluate reads them (every bit depth and Pillow mode at its own
 white level; alpha ignored). A folder without images, a missing path or an unreadable image is
 an error (exit status 2). --json is checked before the run (not an input, not an existing file
 unless --overwrite) and written atomically.

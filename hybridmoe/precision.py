@@ -2,10 +2,10 @@
 
 Usage::
 
-    python scripts/check_precision.py MODEL_OR_VARIANT [...] [--data DIR] [--sets Set5 Set14]
+    hybridmoe check-precision MODEL_OR_VARIANT [...] [--data DIR] [--sets Set5 Set14]
         [--device cpu|cuda] [--scale 4] [--limit N] [--crop N] [--precisions ...]
         [--tol-db 0.05] [--json OUT.json [--overwrite]]
-    python scripts/check_precision.py .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
+    hybridmoe check-precision .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
         --device cuda --json precision.json
 
 Each MODEL_OR_VARIANT is a checkpoint spandrel loads (HybridMoE or any other architecture) or a
@@ -13,7 +13,7 @@ HybridMoE variant name (``hybridmoe_nano``, ``hybridmoe_s``, ``hybridmoe_m``, ``
 random weights at ``--scale``, every parameter moved off its initialization by N(0, 0.01²)
 (``--perturb``) so that the detail path, near zero at initialization, contributes.
 
-Every image of the sets is prepared as ``scripts/evaluate.py`` does (HR from
+Every image of the sets is prepared as ``hybridmoe evaluate`` does (HR from
 ``<data>/benchmark/<Set>/HR`` or ``<data>/<Set>/HR``, mod-cropped, LR by MATLAB-exact bicubic
 downscaling, checked against a set's shipped LR files) and super-resolved in each precision:
 

@@ -1,6 +1,6 @@
 """Upscale an image or a folder of images with any spandrel-loadable model.
 
-    python scripts/upscale.py MODEL INPUT OUTPUT [options]
+    hybridmoe upscale MODEL INPUT OUTPUT [options]
 
 Run with ``--help`` for the options and for how alpha, greyscale images, bit depth and tiling
 are handled. Exit status: 0 on success, 2 on a usage error, an unreadable model or input, an
@@ -178,7 +178,7 @@ def _quality(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
-        prog="upscale.py",
+        prog="hybridmoe upscale",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

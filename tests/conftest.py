@@ -16,6 +16,14 @@ for sub in ("", "traiNNer/archs", "traiNNer/losses", "scripts"):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+# programs the tests start (python -m hybridmoe ...) see the same modules
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [
+        *(str(ROOT / sub) for sub in ("", "traiNNer/archs", "traiNNer/losses")),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
+)
+
 TEST_DATA = ROOT / "tests" / "data"
 
 

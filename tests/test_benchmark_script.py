@@ -1,4 +1,4 @@
-"""CPU checks of ``scripts/bench.py``: JSON layout, reference ratios and error handling."""
+"""CPU checks of ``hybridmoe bench``: JSON layout, reference ratios and error handling."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Deployment tools: ``scripts/fuse.py`` (re-parameterized checkpoints) and
-``scripts/export.py`` (ONNX with dynamic batch / height / width, fp32 and fp16)."""
+"""Deployment tools: ``hybridmoe fuse`` (re-parameterized checkpoints) and
+``hybridmoe export-onnx`` (ONNX with dynamic batch / height / width, fp32 and fp16)."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_fuse_cli(tmp_path: Path) -> None:
     ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
     out = tmp_path / "cli.safetensors"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fuse.py"), str(ckpt), str(out)],
+        [sys.executable, "-m", "hybridmoe", "fuse", str(ckpt), str(out)],
         capture_output=True,
         text=True,
         check=False,

@@ -1,4 +1,4 @@
-"""SR evaluation tooling: MATLAB-exact bicubic resizing, PSNR/SSIM, and scripts/evaluate.py."""
+"""SR evaluation tooling: MATLAB-exact bicubic resizing, PSNR/SSIM, and hybridmoe evaluate."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_metrics_on_greyscale() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# scripts/evaluate.py
+# hybridmoe evaluate
 # --------------------------------------------------------------------------------------------
 def test_bicubic_baseline_set5_x2_matches_literature() -> None:
     results = evaluate.evaluate(None, DATA, ["Set5"], bicubic_only=True, scale=2)
@@ -220,7 +220,7 @@ def test_super_resolve_greyscale_and_tiles(compact_x2: Path) -> None:
 
 def test_cli_runs_and_prints_table(compact_x2: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(compact_x2)]
+    cmd = [sys.executable, "-m", "hybridmoe", "evaluate", str(compact_x2)]
     cmd += ["--data", str(DATA), "--sets", "Set5", "--limit", "1", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

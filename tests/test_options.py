@@ -2,7 +2,7 @@
 
 Always: every file parses with PyYAML, has the keys traiNNer-redux needs, uses our arch and
 loss types with consistent scales, carries the measured recipe where it was measured (and says
-which values are not measured), and equals what scripts/options.py generates. The
+which values are not measured), and equals what hybridmoe make-options generates. The
 comparison configs of the GPU runs under docs/compare_configs equal what
 scripts/compare_training.py generates.
 With ``TRAINNER_REDUX_DIR`` set: every file also loads with traiNNer-redux's own strict

@@ -1,4 +1,4 @@
-"""``scripts/precision.py``: fp16/bf16 (autocast and cast) against fp32 on real images,
+"""``hybridmoe check-precision``: fp16/bf16 (autocast and cast) against fp32 on real images,
 on CPU with tiny models, small crops and one or two images per set."""
 
 from __future__ import annotations
@@ -161,7 +161,9 @@ def test_cli_several_models_and_a_variant(tiny_ckpt: Path, tmp_path: Path) -> No
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "precision.py"),
+            "-m",
+            "hybridmoe",
+            "check-precision",
             str(tiny_ckpt),
             str(other),
             "hybridmoe_nano",

@@ -11,7 +11,7 @@ from hybridmoe.evaluate import evaluate_set
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = sorted((ROOT / "experiments" / "pretrained_models").glob("*.safetensors"))
-# Set5 Y-PSNR gain over MATLAB bicubic measured with scripts/evaluate.py (docs/BENCHMARKS.md);
+# Set5 Y-PSNR gain over MATLAB bicubic measured with hybridmoe evaluate (docs/BENCHMARKS.md);
 # the assertion keeps a margin below it
 MIN_GAIN_DB = {2: 2.0, 4: 1.0}
 

@@ -1,4 +1,4 @@
-"""Tiled against whole-image inference (``scripts/tiling.py``'s ``upscale_tiled``) for the
+"""Tiled against whole-image inference (``hybridmoe.tiling``'s ``upscale_tiled``) for the
 configurations spandrel is told tile well (``ModelTiling.SUPPORTED``: no global mixer,
 Laplacian split) and for the default variants (``DISCOURAGED``: global Fourier mixer).
 

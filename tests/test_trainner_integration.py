@@ -2,7 +2,7 @@
 
 Skipped unless ``TRAINNER_REDUX_DIR`` points at a traiNNer-redux checkout whose Python
 dependencies are installed in this interpreter. The checkout is never modified: it is copied
-to a temporary folder and our files are installed there with scripts/install.py.
+to a temporary folder and our files are installed there with hybridmoe install-trainner.
 
 (a) traiNNer-redux's own ``tests/test_archs/test_archs.py`` for every registered HybridMoE
     name (scales 1-4, inference + one training step), one subprocess per name.
@@ -100,7 +100,7 @@ def workcopy(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ".git", "datasets", "docs", "experiments", "results", "tb_logger", "__pycache__"
         ),
     )
-    proc = sh([sys.executable, str(ROOT / "scripts" / "install.py"), "install", str(dst)], ROOT)
+    proc = sh([sys.executable, "-m", "hybridmoe", "install-trainner", "install", str(dst)], ROOT)
     assert proc.returncode == 0, tail(proc)
     return dst
 
