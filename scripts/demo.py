@@ -7,7 +7,7 @@ upscale an image, and compare with a shipped pretrained model.
 2. saves the EMA weights as traiNNer-redux does (flat ``.safetensors``, hyperparameters as
    JSON in the header) to ``--out/net_g_ema_latest.safetensors``;
 3. loads that file with spandrel's ``ModelLoader`` (HybridMoE registered) and upscales a
-   Set5 image with ``scripts/upscale.py`` (tiled), then measures Y-PSNR on Set5 for bicubic,
+   Set5 image with ``hybridmoe.upscale`` (tiled), then measures Y-PSNR on Set5 for bicubic,
    the demo model and the shipped pretrained ``2x_HybridMoE_Nano``::
 
     python scripts/demo.py [--iters 200] [--out runs/demo]

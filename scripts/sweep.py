@@ -577,7 +577,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "ssim": ssim,
             "options": meta.get("options"),
             "training": meta.get("recipe"),
-            "evaluator": "scripts/evaluate.py (Y, border=scale, MATLAB bicubic)",
+            "evaluator": "hybridmoe evaluate (Y, border=scale, MATLAB bicubic)",
             "command": " ".join(sys.argv),
             "commit": git_commit(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(),
