@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import check_precision as cp
 import numpy as np
 import pytest
 import torch
@@ -20,6 +19,7 @@ from tiny_options import TINY
 import hybridmoe_arch as A
 from hybridmoe import checkpoint as C
 from hybridmoe import evaluate, export, fuse, imageio, moe_usage
+from hybridmoe import precision as cp
 from hybridmoe.models import perturb
 
 ROOT = Path(__file__).resolve().parent.parent

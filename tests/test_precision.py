@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import check_precision as cp
 import pytest
 import torch
 from tiny_options import TINY
 
 import hybridmoe_arch as A
+from hybridmoe import precision as cp
 from hybridmoe.models import perturb
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import check_precision as cp
 import numpy as np
 import pytest
 from PIL import Image
 
 from hybridmoe import evaluate, imageio, metrics
+from hybridmoe import precision as cp
 
 SET5 = Path(__file__).resolve().parent / "data" / "Set5"
 
