@@ -47,7 +47,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from hybridmoe import imageio, metrics
-from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.models import resolve_model
 from hybridmoe.paths import REPO_ROOT
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
@@ -193,14 +194,16 @@ def load_descriptor(path: Path, device: str, dtype: str) -> Any:
     """
     import spandrel
 
+    try:
+        path = resolve_model(path)
+    except CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
     if not path.is_file():
         raise EvaluationError(f"model file not found: {path}")
     if device == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda requested but CUDA is not available")
     try:
         descriptor = load_checkpoint(path, device)
-    except SystemExit as exc:  # the loader's readable refusal
-        raise EvaluationError(str(exc.code)) from None
     except (spandrel.UnsupportedModelError, ValueError, RuntimeError, OSError) as exc:
         msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         raise EvaluationError(f"cannot load the model: {msg}") from exc

@@ -23,16 +23,18 @@ import torch
 from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
 from tqdm import tqdm
 
-from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.checkpoint import CheckpointError, load_checkpoint
 from hybridmoe.imageio import (
     FORMATS,
     ImageData,
     ImageReadError,
+    OutputError,
     format_from_suffix,
     read_image,
     split_alpha,
     write_image,
 )
+from hybridmoe.models import resolve_model
 from hybridmoe.tiling import (
     available_memory,
     count_tiles,
@@ -238,16 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_descriptor(path: Path) -> ImageModelDescriptor:
-    """Load ``path`` on the CPU as an image-to-image model with 1 or 3 channels in and out."""
+    """Load ``path`` (a file, or a shipped model's name) on the CPU as an image-to-image model
+    with 1 or 3 channels in and out."""
+    try:
+        path = resolve_model(path)
+    except CheckpointError as e:
+        raise CliError(str(e)) from None
     if not path.exists():
         raise CliError(f"model not found: {path}")
     if not path.is_file():
         raise CliError(f"model is not a file: {path}")
     try:
         descriptor = load_checkpoint(path, "cpu")
-    except SystemExit as e:
-        detail = e.code if isinstance(e.code, str) else "not a loadable model"
-        raise CliError(_name_path(detail, path)) from None
     except Exception as e:
         raise CliError(_name_path(str(e) or type(e).__name__, path)) from None
     if not isinstance(descriptor, ImageModelDescriptor):
@@ -691,10 +695,8 @@ def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings
             icc_profile=image.icc_profile,
             overwrite=settings.overwrite,
         )
-    except FileExistsError:
-        raise CliError(
-            f"output {job.dst} appeared while upscaling; pass --overwrite to replace it"
-        ) from None
+    except OutputError as e:  # e.g. the output appeared meanwhile (without --overwrite)
+        raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"cannot write {job.dst}: {e.strerror or e}") from None
 

@@ -80,26 +80,28 @@ def png_declaring(width: int, height: int, depth: int = 8, idat: bytes = b"") ->
 # ------------------------------------------------------------------------ atomic writes
 
 
-def test_atomic_write_failure_leaves_nothing_or_the_old_file(tmp_path: Path) -> None:
+def test_atomic_output_failure_leaves_nothing_or_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "out.png"
 
-    def partial(tmp: Path, error: BaseException) -> None:
-        tmp.write_bytes(b"\x89PNG half")
-        raise error
+    def write(content: bytes, error: BaseException | None = None, **kw: bool) -> None:
+        with imageio.atomic_output(target, **kw) as tmp:
+            tmp.write_bytes(content)
+            if error is not None:
+                raise error
 
     for error in (OSError(28, "No space left on device"), KeyboardInterrupt()):
         with pytest.raises(type(error)):
-            imageio.atomic_write(target, lambda t, e=error: partial(t, e))
+            write(b"\x89PNG half", error)
         assert listing(tmp_path) == []
     target.write_bytes(b"old")
     with pytest.raises(KeyboardInterrupt):
-        imageio.atomic_write(target, lambda t: partial(t, KeyboardInterrupt()))
+        write(b"\x89PNG half", KeyboardInterrupt(), overwrite=True)
     assert listing(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
 
-    with pytest.raises(FileExistsError):
-        imageio.atomic_write(target, lambda t: t.write_bytes(b"new"), overwrite=False)
+    with pytest.raises(imageio.OutputError, match="appeared"):
+        write(b"new")
     assert listing(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
-    imageio.atomic_write(target, lambda t: t.write_bytes(b"new"))
+    write(b"new", overwrite=True)
     assert listing(tmp_path) == ["out.png"] and target.read_bytes() == b"new"
     assert (target.stat().st_mode & 0o777) == 0o666 & ~_umask()
 

@@ -25,7 +25,7 @@ import spandrel
 import spandrel.architectures
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling
-from tiny_options import TINY
+from tiny_options import TINY, legacy_meta
 
 import hybridmoe_arch as A
 from hybridmoe import checkpoint as C
@@ -402,11 +402,9 @@ def test_hyperparameters_exact_without_moe() -> None:
         desc.model.set_top_k(1)
 
 
-def _as_version1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state dict as an hmoe_meta version 1 checkpoint wrote it (13 values: no hf_blocks,
-    no num_experts)."""
-    meta = sd["hmoe_meta"].clone()[:13]
-    meta[0] = 1
+def _as_version(sd: dict[str, torch.Tensor], hp: dict[str, Any], version: int) -> dict:
+    """The state dict as an hmoe_meta version 1 or 2 checkpoint wrote it."""
+    meta = torch.tensor(legacy_meta(hp, version), dtype=torch.int32)
     return {**sd, "hmoe_meta": meta}
 
 
@@ -415,21 +413,26 @@ def _as_version1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     [{}, {"refine_moe": True, "num_experts": 5}, {"use_hf": False, "use_moe": False}],
     ids=["default", "refine-5e", "no-hf-no-moe"],
 )
-def test_version1_checkpoints_still_load(options: dict[str, Any], tmp_path: Path) -> None:
-    """Checkpoints written before hmoe_meta version 2 load with identical outputs: hf_blocks
-    and num_experts come from the keys (exact whenever the model has the HF path and MoE
-    layers; otherwise they have no effect on the model)."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_legacy_checkpoints_still_load(
+    options: dict[str, Any], version: int, tmp_path: Path
+) -> None:
+    """Checkpoints written with hmoe_meta versions 1 and 2 load with identical outputs. Version
+    1 did not record hf_blocks and num_experts: they come from the keys (exact whenever the
+    model has the HF path and MoE layers; otherwise they have no effect on the model)."""
     model = build(**options)
-    path = tmp_path / "v1.safetensors"
-    safetensors.torch.save_file(_as_version1(model.state_dict()), str(path))
+    hp = model.hyperparameters
+    path = tmp_path / f"v{version}.safetensors"
+    safetensors.torch.save_file(_as_version(model.state_dict(), hp, version), str(path))
     desc = load(path)
-    assert int(desc.model.hmoe_meta[0]) == A.META_VERSION  # rebuilt in the current layout
-    exact = model.hyperparameters["use_hf"] and has_moe_layers(model.hyperparameters)
+    saved = desc.model.state_dict()["hmoe_meta"]
+    assert int(saved[0]) == A.META_VERSION  # saved again in the current layout
+    exact = version == 2 or (hp["use_hf"] and has_moe_layers(hp))
     assert_same_hyperparameters(model, desc.model, effective=not exact)
     assert desc.tags == expected_tags(model)
     assert_same_outputs(desc, model, image(model))
     # and a damaged version 1 buffer is still refused
-    bad = _as_version1(model.state_dict())
+    bad = _as_version(model.state_dict(), hp, version)
     bad["hmoe_meta"] = bad["hmoe_meta"][:12]
     with pytest.raises(C.CheckpointError, match="malformed"):
         M.model_from_state_dict(bad)
