@@ -21,7 +21,6 @@ Output files (images, checkpoints, ONNX graphs, JSON reports) are
   the tool verifies it); on any failure or interruption the temporary file is removed and an
   existing output is left as it was.
 
-:func:`nonfinite_tensors` names the tensors of a state dict that hold NaN or Inf.
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ import struct
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -537,17 +535,3 @@ def write_text_atomic(
             tmp.write_text(text, encoding="utf-8")
         except OSError as e:
             raise OutputError(f"cannot write the {what} {path}: {e}") from e
-
-
-def nonfinite_tensors(tensors: Mapping[str, Any]) -> list[str]:
-    """``"name (n of total)"`` for every floating-point tensor of ``tensors`` (a state dict)
-    holding NaN or Inf values; empty when all are finite."""
-    import torch
-
-    bad = []
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
-            n = int((~torch.isfinite(t)).sum())
-            if n:
-                bad.append(f"{name} ({n} of {t.numel()})")
-    return bad

@@ -18,15 +18,6 @@ CPU_ARGS = [
 ]  # fmt: skip
 
 
-def hybridmoe_available() -> bool:
-    """Whether ``hybridmoe_arch`` imports and provides the nano factory."""
-    try:
-        arch = bench.import_arch()
-    except Exception:
-        return False
-    return hasattr(arch, "hybridmoe_nano")
-
-
 def rows_of(result: dict[str, Any], model: str) -> list[dict[str, Any]]:
     """Inference rows of one model."""
     return [r for r in result["rows"] if r["model"] == model]
@@ -86,9 +77,6 @@ def test_ratio_to_reference(run: dict[str, Any]) -> None:
 
 def test_hybridmoe_rows(run: dict[str, Any]) -> None:
     rows = {r["variant"]: r for r in rows_of(run, "hybridmoe_nano")}
-    if not hybridmoe_available():
-        assert [r["status"] for r in rows.values()] == ["skipped"]
-        pytest.skip("hybridmoe_arch is not importable yet")
     assert set(rows) == {"eager", "fused"}
     for row in rows.values():
         assert row["status"] == "ok", row["error"]
@@ -99,8 +87,7 @@ def test_hybridmoe_rows(run: dict[str, Any]) -> None:
 
 def test_train_steps(run: dict[str, Any]) -> None:
     steps = {t["model"]: t for t in run["train_steps"]}
-    ours = {"hybridmoe_nano"} if hybridmoe_available() else set()
-    assert set(steps) == {"compact", "span", *ours}  # no step for a model that cannot be built
+    assert set(steps) == {"compact", "span", "hybridmoe_nano"}
     for step in steps.values():
         assert step["status"] == "ok", step["error"]
         assert (step["scale"], step["batch"], step["lr_size"]) == (2, 2, 16)

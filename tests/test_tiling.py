@@ -208,7 +208,7 @@ def test_aligned_tiles_match_better(lr_image: torch.Tensor) -> None:
     aligned one takes 4×4 (0, 16, 32, 48: the step of 24 is too short for 32, so its divisor
     16 is used). Measured max / mean abs difference in 1/255: 0.106 / 0.013 -> 0.058 / 0.007
     (48/4) and 0.126 / 0.014 -> 0.060 / 0.0065 (48/8)."""
-    import upscale
+    from hybridmoe import upscale
 
     desc = perturbed_descriptor(
         "hybridmoe_nano",
