@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from _bootstrap import import_arch
+
+import hybridmoe_arch as arch
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
@@ -43,11 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
-    arch = import_arch()
     dev = torch.device(args.device)
     hidden = round(args.channels * args.mlp_ratio)
-    layer = arch.MoEFFN(args.channels, hidden, args.experts, args.top_k).to(dev).eval()
-    layer.dispatch = "sparse"
+    routing = arch.MoERouting(args.top_k, dispatch="sparse")
+    layer = arch.MoEFFN(args.channels, hidden, args.experts, routing).to(dev).eval()
     per_token = 2 * (args.channels * 2 * hidden + hidden * args.channels)  # FLOPs per expert
     print(f"MoE FFN: C={args.channels}, hidden={hidden}, E={args.experts} on {dev}")
     print(
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     for side in args.sides:
         x = torch.randn(1, args.channels, side, side, device=dev)
         with torch.inference_mode():
-            layer.top_k = args.top_k
+            routing.top_k = args.top_k
             t_k = timed(lambda x=x: layer(x), dev, args.repeat)
-            layer.top_k = args.experts
+            routing.top_k = args.experts
             t_all = timed(lambda x=x: layer(x), dev, args.repeat)
         n = side * side
         print(

@@ -12,7 +12,8 @@ import argparse
 import sys
 
 import torch
-from _bootstrap import import_arch
+
+import hybridmoe_arch as arch
 
 
 def explain(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, list[str]]:
@@ -32,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="LR input side")
     ap.add_argument("--unfused", action="store_true", help="check the training form instead")
     args = ap.parse_args(argv)
-    arch = import_arch()
     names = args.variants or [n for n in arch.FACTORIES if n != "hybridmoe"]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = torch.rand(1, 3, args.size, args.size, device=dev)

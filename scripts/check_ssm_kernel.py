@@ -16,7 +16,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _bootstrap import import_arch
+
+import hybridmoe_arch as arch
 
 
 def timed(fn, repeat: int = 20) -> float:
@@ -42,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=int, default=16)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
-    arch = import_arch()
     if not torch.cuda.is_available():
         print("CUDA is not available: nothing to compare (the pure path is used on CPU).")
         return 2

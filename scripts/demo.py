@@ -7,7 +7,7 @@ upscale an image, and compare with a shipped pretrained model.
 2. saves the EMA weights as traiNNer-redux does (flat ``.safetensors``, hyperparameters as
    JSON in the header) to ``--out/net_g_ema_latest.safetensors``;
 3. loads that file with spandrel's ``ModelLoader`` (HybridMoE registered) and upscales a
-   Set5 image with ``scripts/upscale.py`` (tiled), then measures Y-PSNR on Set5 for bicubic,
+   Set5 image with ``hybridmoe.upscale`` (tiled), then measures Y-PSNR on Set5 for bicubic,
    the demo model and the shipped pretrained ``2x_HybridMoE_Nano``::
 
     python scripts/demo.py [--iters 200] [--out runs/demo]
@@ -25,10 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bootstrap import REPO_ROOT, import_arch, import_loss, load_model
 from PIL import Image
 from safetensors.torch import save_file
-from srmetrics import imresize_matlab_uint8, mod_crop
+
+import hybridmoe_arch as arch
+import hybridmoe_loss as losses
+from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
+from hybridmoe.paths import REPO_ROOT
 
 EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -72,7 +76,6 @@ def batch(
 
 def train(args: argparse.Namespace) -> Path:
     """Train ``hybridmoe_nano`` ×2 and save the EMA weights in traiNNer's format."""
-    arch, losses = import_arch(), import_loss()
     torch.manual_seed(0)
     random.seed(0)
     pairs = training_images(2, args.crop)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     ckpt = train(args)
-    desc = load_model(ckpt)
+    desc = load_checkpoint(ckpt)
     print(f"spandrel loaded: {desc.architecture.name}, x{desc.scale}, tags {desc.tags}")
 
     import upscale
@@ -147,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  bicubic                     {demo['bicubic']:.3f} dB")
     print(f"  demo model ({args.iters:4d} steps)    {demo['model']:.3f} dB")
     if pretrained.is_file():
-        print(
-            f"  pretrained 2x nano          {set5_scores(load_model(pretrained))['model']:.3f} dB"
-        )
+        score = set5_scores(load_checkpoint(pretrained))["model"]
+        print(f"  pretrained 2x nano          {score:.3f} dB")
     return 0
 
 

@@ -7,7 +7,7 @@
 # harness in .ref/tools: gpu_train.sh + train_shim.py), all with the config of
 # `scripts/compare_training.py configs` (identical recipe). Expects, in the repository root:
 #   .ref/hr/{T91,BSDS200,Set5}  HR images (training pairs and Set5 validation pairs are made
-#                               here with MATLAB-compatible bicubic, scripts/make_pairs.py)
+#                               here with MATLAB-compatible bicubic, hybridmoe make-pairs)
 #   .ref/trainner-src, .whl-tr  traiNNer-redux source and its wheels (WHEELS=DIR names another
 #                               wheel folder); .ref/tools the harness
 # Writes to $OUT: every run's logs, summary and the results table (logs_x<S>.tar.gz) and the
@@ -20,12 +20,14 @@ export PYTHONUNBUFFERED=1
 [[ ${SKIP_WHEELS:-0} == 1 ]] || "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site-tr ${WHEELS:-.whl-tr}/*.whl 2>&1 | grep -v "root" || true
 [[ ${SKIP_WHEELS:-0} == 1 ]] || export PYTHONPATH=/tmp/site-tr
+# this checkout's package and single-file modules (python -m hybridmoe ...)
+export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses${PYTHONPATH:+:$PYTHONPATH}"
 
 D=/tmp/cmpdata/x$SCALE
 LQ=$("$PY" -c "import sys; sys.path.insert(0, 'scripts'); import compare_training as c; print(c.LQ_SIZE[$SCALE])")
-"$PY" scripts/make_pairs.py .ref/hr/T91 .ref/hr/BSDS200 --out "$D/train" --scale "$SCALE" \
+"$PY" -m hybridmoe make-pairs .ref/hr/T91 .ref/hr/BSDS200 --out "$D/train" --scale "$SCALE" \
   --min-lr-size "$LQ" || exit 2
-"$PY" scripts/make_pairs.py .ref/hr/Set5 --out "$D/val" --scale "$SCALE" || exit 2
+"$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out "$D/val" --scale "$SCALE" --min-lr-size 1 || exit 2
 "$PY" scripts/compare_training.py configs --models "${MODELS[@]}" --scales "$SCALE" \
   --iters "$ITERS" --out /tmp/cmpcfg > /dev/null || exit 2
 P=/tmp/cmpplugin; mkdir -p $P/traiNNer/archs $P/traiNNer/losses

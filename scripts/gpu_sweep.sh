@@ -13,10 +13,12 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
+# this checkout's package and single-file modules (python -m hybridmoe ...)
+export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 SWEEP_COMMIT=${SWEEP_COMMIT:-unknown}
 DATA=${DATA:-/tmp/pairs_x$SCALE}
 if [[ ! -d $DATA/hr ]]; then
-  python3 scripts/make_pairs.py ${SRC:-.ref/src/T91 .ref/src/BSDS200} --out "$DATA" --scale "$SCALE" | tail -1
+  python3 -m hybridmoe make-pairs ${SRC:-.ref/src/T91 .ref/src/BSDS200} --out "$DATA" --scale "$SCALE" | tail -1
 fi
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
 python3 scripts/sweep.py train --configs "$@" --scale "$SCALE" --iters "$ITERS" --data "$DATA" \

@@ -20,17 +20,19 @@ if [[ ${SKIP_WHEELS:-0} != 1 ]]; then
     --target /tmp/site-tr ${WHEELS:-.whl-tr}/*.whl $(ls .whl-onnx/*.whl 2>/dev/null) 2>&1 | grep -v "root" || true
   export PYTHONPATH=/tmp/site-tr
 fi
+# this checkout's package and single-file modules (python -m hybridmoe ...)
+export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses${PYTHONPATH:+:$PYTHONPATH}"
 
 step "data: T91 training pairs, Set5 + Set14 validation (x2, MATLAB bicubic)"
 D=/tmp/tc-data
-"$PY" scripts/make_pairs.py .ref/hr/T91 --out $D/train --scale 2 --min-lr-size 64 >/dev/null; check $? pairs
-"$PY" scripts/make_pairs.py .ref/hr/Set5 --out $D/set5 --scale 2 >/dev/null
-"$PY" scripts/make_pairs.py .ref/hr/Set14 --out $D/set14 --scale 2 >/dev/null
+"$PY" -m hybridmoe make-pairs .ref/hr/T91 --out $D/train --scale 2 --min-lr-size 64 >/dev/null; check $? pairs
+"$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out $D/set5 --scale 2 --min-lr-size 1 >/dev/null
+"$PY" -m hybridmoe make-pairs .ref/hr/Set14 --out $D/set14 --scale 2 --min-lr-size 1 >/dev/null
 
-step "traiNNer-redux work copy + scripts/install_trainner.py install"
+step "traiNNer-redux work copy + hybridmoe install-trainner install"
 TR=/tmp/tc-trainner; rm -rf $TR; cp -r .ref/trainner-src $TR
-"$PY" scripts/install_trainner.py install $TR > "$OUT/install.txt" 2>&1; check $? install
-"$PY" scripts/install_trainner.py check $TR >> "$OUT/install.txt" 2>&1; check $? "install check"
+"$PY" -m hybridmoe install-trainner install $TR > "$OUT/install.txt" 2>&1; check $? install
+"$PY" -m hybridmoe install-trainner check $TR >> "$OUT/install.txt" 2>&1; check $? "install check"
 mkdir -p $TR/datasets && ln -sfn $D $TR/datasets/data
 
 step "configs derived from options/train/HybridMoE/2x_HybridMoE_S_fidelity.yml"
@@ -106,7 +108,7 @@ done
 ls -la onnx 2>/dev/null | tee -a "$OUT/steps.txt"
 cd "$ROOT"
 step "expert usage of the trained model on Set14"
-"$PY" scripts/moe_usage.py $TR/experiments/tc_2x_hybridmoe_s/models/net_g_ema_latest.safetensors \
+"$PY" -m hybridmoe moe-usage $TR/experiments/tc_2x_hybridmoe_s/models/net_g_ema_latest.safetensors \
   .ref/hr/Set14 --device cuda --json "$OUT/usage.json" --overwrite 2>&1 | tee -a "$OUT/steps.txt"
 cp $TR/experiments/tc_2x_hybridmoe_s/models/net_g_ema_latest.safetensors "$OUT/tc_2x_hybridmoe_s.safetensors" 2>/dev/null
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" --exclude=logs.tar.gz --exclude='*.safetensors' . 2>/dev/null

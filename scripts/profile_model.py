@@ -14,7 +14,8 @@ import sys
 import time
 
 import torch
-from _bootstrap import import_arch
+
+import hybridmoe_arch as arch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unfused", action="store_true", help="profile the training form")
     ap.add_argument("--rows", type=int, default=25, help="kernels to list")
     args = ap.parse_args(argv)
-    arch = import_arch()
     if args.variant not in arch.FACTORIES:
         ap.error(f"unknown variant {args.variant!r}; choose from {', '.join(arch.FACTORIES)}")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

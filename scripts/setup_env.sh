@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch and torchvision pinned together (spandrel imports torchvision)
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -c scripts/constraints.txt ".[dev,onnx]"
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[dev,onnx]"
 .venv/bin/python -c "import torch, torchvision, spandrel, hybridmoe_arch; print('environment ready: torch', torch.__version__, '| spandrel', spandrel.__version__)"

@@ -4,45 +4,44 @@
 
 Creates or refreshes (idempotent: a second run changes nothing):
 
-* ``libs/spandrel/spandrel/architectures/HybridMoE/__arch/hybridmoe.py``: the network classes,
-  generated from ``traiNNer/archs/hybridmoe_arch.py``: without the traiNNer-redux registration,
-  the factories, the spandrel registration helpers and the file-loading code, without the
-  optional mamba-ssm kernel probe, and with ``spandrel.util.store_hyperparameters``;
+* ``libs/spandrel/spandrel/architectures/HybridMoE/__arch/hybridmoe.py``: the network file
+  ``traiNNer/archs/hybridmoe_arch.py``, as it is;
+* ``.../HybridMoE/__arch/meta.py``: ``hybridmoe/meta.py`` (reading ``hmoe_meta`` and the shapes
+  back into options), its imports pointed at the file beside it;
 * ``.../HybridMoE/__arch/LICENSE``: the project's MIT license;
-* ``.../HybridMoE/__init__.py``: ``HybridMoEArch`` (detection + hyperparameter inference) and
-  ``__all__``;
+* ``.../HybridMoE/__init__.py``: the descriptor ``hybridmoe/spandrel_arch.py``, its imports
+  pointed at spandrel's internals and at ``__arch``;
 * the import and the ``ArchSupport.from_architecture(HybridMoE.HybridMoEArch())`` entry in
   ``libs/spandrel/spandrel/__helpers/main_registry.py`` (detected after every built-in
   architecture; its keys collide with none of them);
 * ``tests/test_HybridMoE.py`` in spandrel's test conventions.
 
-Python files are formatted by the ``ruff`` executable of this Python environment (or the first
-one on ``PATH``), never by anything inside the checkout: no ``python -m ruff`` there, so a
-``ruff.py`` or ``ruff`` in the checkout is not run. Every file is written to a temporary file
-beside it and renamed into place. Refuses (exit status 2) a path that is not a spandrel
-checkout, and one where a target folder leads outside the checkout through a symbolic link
-(nothing is written then).
+Only whole import lines change (:data:`IMPORTS`; a missing one is an error, not a silent
+skip). Python files are formatted by the ``ruff`` executable of this Python environment (or the
+first one on ``PATH``), never by anything inside the checkout. Every file is written atomically.
+Refuses (exit status 2) a path that is not a spandrel checkout, and one where a target folder
+leads outside the checkout through a symbolic link (nothing is written then).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
-import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ARCH_FILE = REPO_ROOT / "traiNNer" / "archs" / "hybridmoe_arch.py"
+from hybridmoe import meta, spandrel_arch
+from hybridmoe.imageio import atomic_output
+from hybridmoe.paths import ARCH_FILE, REPO_ROOT
+
 LICENSE_FILE = REPO_ROOT / "LICENSE"
+META_FILE = Path(meta.__file__)
+DESCRIPTOR_FILE = Path(spandrel_arch.__file__)
 
 ARCH_REL = Path("libs/spandrel/spandrel/architectures/HybridMoE")
 REGISTRY_REL = Path("libs/spandrel/spandrel/__helpers/main_registry.py")
@@ -55,253 +54,42 @@ MARKERS = (
 )
 """Paths that make a directory a spandrel checkout."""
 
-DROP_TOP_LEVEL = {
-    "__all__",
-    "store_hyperparameters",
-    "_C",
-    "_MAMBA_SCAN",
-    "_mamba_kernel",
-    "_OPTION_NAMES",
-    "_build",
-    "hybridmoe",
-    "hybridmoe_nano",
-    "hybridmoe_s",
-    "hybridmoe_m",
-    "hybridmoe_l",
-    "FACTORIES",
-    "SPANDREL_DETECT_KEYS",
-    "_make_spandrel_arch",
-    "register_spandrel",
-    "_CHECKPOINT_EXTS",
-    "TRAINING_STATE_KEYS",
-    "_TORCHSCRIPT_RECORDS",
-    "_TORCHSCRIPT_FOLDERS",
-    "_BOILERPLATE",
-    "_error_detail",
-    "_unreadable",
-    "_training_state_error",
-    "_checked_path",
-    "_file_kind",
-    "_refuse_torchscript",
-    "_deserialize",
-    "read_state_dict",
-    "load_checkpoint",
+IMPORTS: dict[str, dict[str, str]] = {
+    "meta": {
+        "import hybridmoe_arch as arch\n": "from . import hybridmoe as arch\n",
+        "from hybridmoe_arch import ": "from .hybridmoe import ",
+    },
+    "descriptor": {
+        "from spandrel import Architecture, ImageModelDescriptor, ModelTiling, StateDict\n": (
+            "from ...__helpers.model_descriptor import (\n"
+            "    Architecture,\n    ImageModelDescriptor,\n    ModelTiling,\n    StateDict,\n)\n"
+        ),
+        "from hybridmoe.meta import ": "from .__arch.meta import ",
+        "from hybridmoe_arch import ": "from .__arch.hybridmoe import ",
+    },
 }
-"""Top-level definitions of the network file that the spandrel copy leaves out: registration,
-factories, file loading and the optional kernel probe. ``hybridmoe_from_state_dict`` (state
-dict -> configured model) stays: spandrel's ``HybridMoEArch.load`` calls it, so the
-hyperparameter inference has a single source."""
-
-MAMBA_SCAN_BODY = (
-    "    def _scan(self, x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:\n"
-    "        return ssd_scan(x, dt, a, b, c)\n"
-)
+"""Per copied module: import line (start) -> its form inside spandrel."""
 
 
 class NotACheckoutError(Exception):
-    """The target directory is not a spandrel source checkout (or a target path in it leads
-    outside it)."""
+    """The target is not a spandrel checkout (or a target folder leads outside it)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Network code
-# ---------------------------------------------------------------------------------------------
-
-
-def _defined_names(node: ast.stmt) -> set[str]:
-    """Names a top-level statement defines (def/class/assignments)."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return {node.name}
-    targets: list[ast.expr] = []
-    if isinstance(node, ast.Assign):
-        targets = node.targets
-    elif isinstance(node, ast.AnnAssign):
-        targets = [node.target]
-    return {t.id for t in targets if isinstance(t, ast.Name)}
-
-
-def _is_trainner_block(node: ast.stmt) -> bool:
-    """``if __name__ == "traiNNer.archs.hybridmoe_arch": ...`` (traiNNer registration)."""
-    return isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)
-
-
-def _node_span(node: ast.stmt) -> tuple[int, int]:
-    """0-based [start, end) line span of a statement, decorators included."""
-    start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
-    assert node.end_lineno is not None
-    return start - 1, node.end_lineno
-
-
-def _section_starts(lines: list[str]) -> list[int]:
-    """Indices of the ``# ----`` / ``# Title`` / ``# ----`` section headers."""
-    starts = []
-    for i in range(len(lines) - 2):
-        if (
-            lines[i].startswith("# ---")
-            and lines[i + 1].startswith("# ")
-            and lines[i + 2].startswith("# ---")
-        ):
-            starts.append(i)
-    return starts
-
-
-def _used_names(tree: ast.AST) -> set[str]:
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    names |= {
-        n.value.id
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-    }
-    return names
-
-
-def generate_network(source: str) -> str:
-    """The spandrel ``__arch/hybridmoe.py`` text for the network file's ``source``."""
-    tree = ast.parse(source)
-    lines = source.splitlines(keepends=True)
-    drop = [False] * len(lines)
-
-    first = tree.body[0] if tree.body else None
-    for node in tree.body:
-        if node is first and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            for i in range(_node_span(node)[1]):  # module docstring: replaced by our header
-                drop[i] = True
-            continue
-        if _is_trainner_block(node) or (_defined_names(node) & DROP_TOP_LEVEL):
-            a, b = _node_span(node)
-            for i in range(a, b):
-                drop[i] = True
-            # the attribute docstring that follows an assignment
-            nxt = tree.body[tree.body.index(node) + 1] if node is not tree.body[-1] else None
-            if (
-                isinstance(node, (ast.Assign, ast.AnnAssign))
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-            ):
-                a, b = _node_span(nxt)
-                for i in range(a, b):
-                    drop[i] = True
-
-    # the selective scan calls ssd_scan directly (no optional kernel)
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "SelectiveScan2D":
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "_scan":
-                    a, b = _node_span(item)
-                    lines[a] = MAMBA_SCAN_BODY
-                    for i in range(a + 1, b):
-                        drop[i] = True
-
-    # drop section headers whose sections became empty
-    starts = _section_starts(lines)
-    for k, s in enumerate(starts):
-        end = starts[k + 1] if k + 1 < len(starts) else len(lines)
-        if all(drop[i] or not lines[i].strip() for i in range(s + 3, end)):
-            for i in range(s, end):
-                drop[i] = True
-
-    kept = "".join(line for i, line in enumerate(lines) if not drop[i])
-    kept = re.sub(r"\n{4,}", "\n\n\n", kept)
-
-    # store_hyperparameters from spandrel; mamba-ssm wording; unused imports
-    kept = kept.replace("@store_hyperparameters\n", "@store_hyperparameters()\n")
-    kept = re.sub(
-        r"The scan uses mamba-ssm's\s+kernel.*?same\s+function\)\.",
-        "The scan is :func:`ssd_scan` (pure PyTorch, chunked).",
-        kept,
-        flags=re.DOTALL,
-    )
-    kept = re.sub(
-        r"\n[ \t]*self\.use_kernel = True\n[ \t]*\"\"\"[^\"]*\"\"\"\n", "\n", kept, flags=re.DOTALL
-    )
-    kept = re.sub(
-        r"# Variants and factories[^\n]*",
-        "# Named variants (size tags of the loaded models)",
-        kept,
-    )
-    kept = kept.replace(
-        '"""Named configurations; any constructor option can be overridden per factory call."""',
-        '"""Named configurations (options that differ from the constructor defaults)."""',
-    )
-    kept = _prune_imports(kept)
-    header = (
-        '"""HybridMoE-FreqNet: an efficient super-resolution / restoration network.\n\n'
-        "Network code of the HybridMoE-FreqNet project (MIT License, see LICENSE), generated\n"
-        "from its single-file network module; spandrel's ``HybridMoEArch`` loads it.\n"
-        '"""\n\n'
-    )
-    text = header + kept.lstrip("\n")
-    text = re.sub(r"  # noqa: PLR\d+[^\n]*", "", text)  # rules spandrel does not select
-    text = re.sub(r"(from spandrel\.util import store_hyperparameters\n)\n\n+", r"\1\n", text)
-    return text.rstrip("\n") + "\n"
-
-
-def _prune_imports(text: str) -> str:
-    """Remove imported names the remaining code never uses; add spandrel's helper."""
-    tree = ast.parse(text)
-    code_names = _used_names(
-        ast.Module(
-            body=[n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom))],
-            type_ignores=[],
-        )
-    )
+def retarget_imports(text: str, imports: dict[str, str], name: str) -> str:
+    """``text`` with each import line that starts with a key of ``imports`` rewritten; every
+    key must start exactly one line."""
     lines = text.splitlines(keepends=True)
-    out_lines = list(lines)
-    for node in tree.body:
-        if not isinstance(node, (ast.Import, ast.ImportFrom)):
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-            continue
-        a, b = _node_span(node)
-        keep = []
-        for alias in node.names:
-            if (alias.asname or alias.name).split(".")[0] in code_names:
-                keep.append(alias)
-        for i in range(a, b):
-            out_lines[i] = ""
-        if keep:
-            names = ", ".join(f"{al.name} as {al.asname}" if al.asname else al.name for al in keep)
-            if isinstance(node, ast.ImportFrom):
-                out_lines[a] = f"from {node.module} import {names}\n"
-            else:
-                out_lines[a] = f"import {names}\n"
-    text = "".join(out_lines)
-    anchor = "from torch import Tensor, nn\n"
-    helper = "\nfrom spandrel.util import store_hyperparameters\n"
-    if anchor in text and helper not in text:
-        text = text.replace(anchor, anchor + helper, 1)
-    return text
+    for old, new in imports.items():
+        hits = [i for i, line in enumerate(lines) if line.startswith(old)]
+        if len(hits) != 1:
+            raise ValueError(f"{name}: expected one line starting with {old.strip()!r}")
+        lines[hits[0]] = new + lines[hits[0]][len(old) :]
+    return "".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
 # spandrel files
 # ---------------------------------------------------------------------------------------------
-
-INIT_HEADER = """from __future__ import annotations
-
-from typing_extensions import override
-
-from spandrel.util import KeyCondition
-
-from ...__helpers.model_descriptor import (
-    Architecture,
-    ImageModelDescriptor,
-    ModelTiling,
-    StateDict,
-)
-from .__arch.hybridmoe import __ARCH_NAMES__
-
-
-"""
-
-INIT_FOOTER = """
-
-__all__ = ["HybridMoE", "HybridMoEArch"]
-"""
-
-SPANDREL_NAMES = {"Architecture", "ImageModelDescriptor", "ModelTiling", "KeyCondition"}
-"""Names the loader class takes from spandrel rather than from the network module."""
-
 
 TEST_TEMPLATE = '''"""HybridMoE-FreqNet.
 
@@ -396,51 +184,6 @@ def check_checkout(root: Path) -> None:
     registry = (root / REGISTRY_REL).read_text(encoding="utf-8")
     if "MAIN_REGISTRY.add(" not in registry or "from ..architectures import (" not in registry:
         raise NotACheckoutError(f"{root / REGISTRY_REL}: unexpected layout of the main registry")
-
-
-def generate_init(source: str) -> str:
-    """``architectures/HybridMoE/__init__.py``: the ``HybridMoEArch`` class defined inside the
-    network file's ``_make_spandrel_arch``, at module level, with the detection keys written
-    out, spandrel's typing (``StateDict``, ``ImageModelDescriptor[HybridMoE]``, ``@override``)
-    and its imports."""
-    tree = ast.parse(source)
-    lines = source.splitlines(keepends=True)
-    factory = next(
-        (
-            n
-            for n in tree.body
-            if isinstance(n, ast.FunctionDef) and n.name == "_make_spandrel_arch"
-        ),
-        None,
-    )
-    cls = next((n for n in (factory.body if factory else []) if isinstance(n, ast.ClassDef)), None)
-    if cls is None:
-        raise ValueError("no HybridMoEArch class inside _make_spandrel_arch in the network file")
-    a, b = _node_span(cls)
-    text = textwrap.dedent("".join(lines[a:b]))
-    keys = "\n".join(f'                "{k}",' for k in detect_keys_of(source))
-    text, n_detect = re.subn(
-        r"KeyCondition\.has_all\(\*SPANDREL_DETECT_KEYS\)",
-        "KeyCondition.has_all(\n" + keys + "\n            )",
-        text,
-    )
-    text, n_load = re.subn(
-        r"( *)def load\(self, state_dict: [^)]*\) -> [^:]+:",
-        r"\1@override\n\1def load(self, state_dict: StateDict) -> ImageModelDescriptor[HybridMoE]:",
-        text,
-    )
-    if n_detect != 1 or n_load != 1:
-        raise ValueError("unexpected HybridMoEArch layout in the network file")
-    text = re.sub(r"  # type: ignore\[[^\]]*\]", "", text)
-    module_names = set()
-    for node in tree.body:
-        module_names |= _defined_names(node)
-    used = _used_names(ast.parse(text))
-    arch_names = sorted(
-        (used & module_names) - SPANDREL_NAMES, key=lambda n: (not n.isupper(), n.lower())
-    )
-    header = INIT_HEADER.replace("__ARCH_NAMES__", ", ".join(arch_names))
-    return header + text.rstrip("\n") + "\n" + INIT_FOOTER
 
 
 def patch_registry(text: str) -> str:
@@ -543,61 +286,26 @@ def check_targets(checkout: Path, paths: Sequence[Path]) -> None:
             )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a new temporary file beside ``path`` and rename it over ``path`` (a
-    symlink at ``path`` is replaced, not followed); an existing file keeps its permissions."""
-    mode = path.stat().st_mode & 0o7777 if path.is_file() and not path.is_symlink() else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        if mode is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write(path: Path, text: str, report: Report) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         report.unchanged.append(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, text)
+    with atomic_output(path, overwrite=True, what="file") as tmp:
+        tmp.write_text(text, encoding="utf-8")
     report.written.append(path)
 
 
-def detect_keys_of(source: str) -> tuple[str, ...]:
-    """The ``SPANDREL_DETECT_KEYS`` tuple of the network file, read without importing it."""
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "SPANDREL_DETECT_KEYS" for t in node.targets
-        ):
-            value = ast.literal_eval(node.value)
-            return tuple(value)
-    raise ValueError("SPANDREL_DETECT_KEYS not found in the network file")
-
-
-def export(
-    checkout: Path,
-    arch_file: Path = ARCH_FILE,
-    license_file: Path = LICENSE_FILE,
-    *,
-    fmt: bool = True,
-) -> Report:
+def export(checkout: Path, *, fmt: bool = True) -> Report:
     """Write every file into ``checkout``; returns what was written and what was unchanged.
     With ``fmt``, Python files are formatted with ruff under the checkout's configuration."""
     checkout = checkout.resolve()
     check_checkout(checkout)
-    source = arch_file.read_text(encoding="utf-8")
     report = Report()
     arch_dir = checkout / ARCH_REL
     targets = [
         arch_dir / "__arch" / "hybridmoe.py",
+        arch_dir / "__arch" / "meta.py",
         arch_dir / "__arch" / "LICENSE",
         arch_dir / "__init__.py",
         checkout / REGISTRY_REL,
@@ -608,9 +316,15 @@ def export(
     def py(path: Path, text: str) -> None:
         _write(path, ruff_format(text, path, checkout, report) if fmt else text, report)
 
-    py(arch_dir / "__arch" / "hybridmoe.py", generate_network(source))
-    _write(arch_dir / "__arch" / "LICENSE", license_file.read_text(encoding="utf-8"), report)
-    py(arch_dir / "__init__.py", generate_init(source))
+    def read(path: Path) -> str:
+        return path.read_text(encoding="utf-8")
+
+    _write(arch_dir / "__arch" / "hybridmoe.py", read(ARCH_FILE), report)
+    meta_text = retarget_imports(read(META_FILE), IMPORTS["meta"], "meta.py")
+    py(arch_dir / "__arch" / "meta.py", meta_text)
+    _write(arch_dir / "__arch" / "LICENSE", read(LICENSE_FILE), report)
+    descriptor = retarget_imports(read(DESCRIPTOR_FILE), IMPORTS["descriptor"], "spandrel_arch")
+    py(arch_dir / "__init__.py", descriptor)
     registry = checkout / REGISTRY_REL
     _write(registry, patch_registry(registry.read_text(encoding="utf-8")), report)
     py(checkout / TEST_REL, TEST_TEMPLATE)

@@ -26,7 +26,7 @@ Commands::
         one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
 
 Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
-spandrel's implementations in the traiNNer-redux presets, see ``benchmark.py``).
+spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.py``).
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bootstrap import REPO_ROOT, import_arch
 from torch import nn
 
-A = import_arch()
+import hybridmoe_arch as A
+from hybridmoe import bench as timing_tools
+from hybridmoe import evaluate as ev
+from hybridmoe import metrics
+from hybridmoe.paths import REPO_ROOT
 
 S = A.VARIANTS["hybridmoe_s"]
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -194,17 +197,13 @@ def build(name: str, scale: int) -> nn.Module:
         return A.HybridMoE(scale=scale, **CONFIGS[name])
     if name in A.FACTORIES:
         return A.FACTORIES[name](scale=scale)
-    import benchmark
-
-    if name in benchmark.MODELS:
-        return benchmark.MODELS[name].build(scale)
+    if name in timing_tools.MODELS:
+        return timing_tools.MODELS[name].build(scale)
     raise SystemExit(f"unknown configuration {name!r}; known: {', '.join(known_names())}")
 
 
 def known_names() -> list[str]:
-    import benchmark
-
-    return [*CONFIGS, *A.FACTORIES, *benchmark.MODELS]
+    return [*CONFIGS, *A.FACTORIES, *timing_tools.MODELS]
 
 
 # ----------------------------------------------------------------------------- data
@@ -484,8 +483,6 @@ def flops_of(model: nn.Module, x: torch.Tensor) -> float:
 
 def bench(args: argparse.Namespace) -> int:
     """fp16 weights, batch 1, deploy forms; two cases; one JSON row per model and case."""
-    import benchmark
-
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     cases = [(4, (480, 270)), (2, (1920, 1080))]
@@ -502,7 +499,7 @@ def bench(args: argparse.Namespace) -> int:
             model = model.half().to(memory_format=torch.channels_last)
             x = x32.half().contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                timing = benchmark.time_loop(
+                timing = timing_tools.time_loop(
                     lambda m=model, x=x: m(x), device, 10, None, args.target_s
                 )
             ms = float(np.median(timing.times_ms))
@@ -568,9 +565,6 @@ def evaluate_runs(args: argparse.Namespace) -> int:
     """Every finished run of ``--runs`` (one scale) on every set, with the evaluator's own
     steps (mod-crop, MATLAB-bicubic LR, 8-bit output, Y PSNR/SSIM with border = scale); each
     LR image is made once and fed to all models."""
-    import evaluate as ev
-    import srmetrics
-
     device = torch.device(args.device)
     data = Path(args.data) if args.data else ev.default_data_dir()
     out = Path(args.records)
@@ -600,7 +594,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
     for set_name in args.sets:
         paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[: args.limit]
         for n, path in enumerate(paths):
-            hr = srmetrics.mod_crop(ev.read_image(path), scale)
+            hr = metrics.mod_crop(ev.read_image(path), scale)
             lr = ev.make_lr(hr, scale)
             for i, (_, _, desc) in enumerate(todo):
                 sr = ev.super_resolve(desc, lr, None)
@@ -619,7 +613,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "images": {k: len(v) for k, v in scores[i].items()},
             "options": meta.get("options"),
             "training": meta.get("recipe"),
-            "evaluator": "evaluate.py steps (Y, border=scale, MATLAB bicubic LR, 8-bit output)",
+            "evaluator": "hybridmoe evaluate steps (Y, border=scale, MATLAB bicubic LR)",
             "command": " ".join(sys.argv),
             "commit": git_commit(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(),

@@ -1,4 +1,5 @@
-"""Test configuration: make the single-file modules importable and locate real images."""
+"""Test configuration: the checkout's package, single-file modules and dev scripts first on
+sys.path (as an editable install has them), and real images."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("traiNNer/archs", "traiNNer/losses", "scripts"):
+for sub in ("", "traiNNer/archs", "traiNNer/losses", "scripts"):
     p = str(ROOT / sub)
     if p not in sys.path:
         sys.path.insert(0, p)
+
+# programs the tests start (python -m hybridmoe ...) see the same modules
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [
+        *(str(ROOT / sub) for sub in ("", "traiNNer/archs", "traiNNer/losses")),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
+)
 
 TEST_DATA = ROOT / "tests" / "data"
 

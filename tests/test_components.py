@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import math
 
-import hybridmoe_arch as A
 import pytest
 import torch
 import torch.nn.functional as F
 from tiny_options import TINY
 
+import hybridmoe_arch as A
+from hybridmoe.models import perturb as perturbed
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def perturbed(model: torch.nn.Module, std: float = 0.05, seed: int = 1) -> torch.nn.Module:
-    """``model`` with every parameter moved off its initial value (zero-initialised branches
-    then matter), deterministically."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def build(**options: object) -> A.HybridMoE:
@@ -45,7 +37,7 @@ def dithered(size: int = 32, seed: int = 0) -> torch.Tensor:
 
 
 def test_topk_gates_are_renormalised_and_mix_the_selected_experts() -> None:
-    moe = perturbed(A.MoEFFN(8, 12, num_experts=4, top_k=2), std=0.3)
+    moe = perturbed(A.MoEFFN(8, 12, num_experts=4, routing=A.MoERouting(top_k=2)), std=0.3)
     x = torch.randn(50, 8)
     probs, top_i, gates = moe.route(x)
     assert torch.allclose(gates.sum(-1), torch.ones(50), atol=1e-6)

@@ -1,5 +1,5 @@
-"""Deployment tools: ``scripts/fuse.py`` (re-parameterized checkpoints) and
-``scripts/export_onnx.py`` (ONNX with dynamic batch / height / width, fp32 and fp16)."""
+"""Deployment tools: ``hybridmoe fuse`` (re-parameterized checkpoints) and
+``hybridmoe export-onnx`` (ONNX with dynamic batch / height / width, fp32 and fp16)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import export_onnx
-import fuse
-import hybridmoe_arch as A
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from tiny_options import TINY
+
+import hybridmoe_arch as A
+from hybridmoe import checkpoint as C
+from hybridmoe import export, fuse
+from hybridmoe.models import perturb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,10 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def perturbed(model: A.HybridMoE, std: float = 0.03) -> A.HybridMoE:
     """Move every parameter off its init (zero-initialised branches then matter); eval."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
+    perturb(model, std, seed=3)
     return model.eval()
 
 
@@ -67,7 +66,7 @@ def test_fuse_writes_deploy_form(
     )
     assert n_after < n_before
 
-    desc = A.load_checkpoint(out)
+    desc = C.load_checkpoint(out)
     assert desc.model.deploy and desc.model.hyperparameters["deploy"] is True
     assert any(".fused." in k for k in desc.model.state_dict())
     x = torch.rand(1, 3, 21, 18)
@@ -91,7 +90,7 @@ def test_fuse_already_fused_and_timing(tmp_path: Path, capsys: pytest.CaptureFix
     log = capsys.readouterr().out
     assert "already fused" in log
     assert "latency cpu 1x1x24x20" in log and "ms ->" in log
-    assert A.load_checkpoint(out).model.deploy
+    assert C.load_checkpoint(out).model.deploy
 
 
 def test_fuse_refuses_other_architectures(
@@ -140,7 +139,7 @@ def test_fuse_cli(tmp_path: Path) -> None:
     ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
     out = tmp_path / "cli.safetensors"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fuse.py"), str(ckpt), str(out)],
+        [sys.executable, "-m", "hybridmoe", "fuse", str(ckpt), str(out)],
         capture_output=True,
         text=True,
         check=False,
@@ -150,11 +149,11 @@ def test_fuse_cli(tmp_path: Path) -> None:
     assert "wrote" in proc.stdout and out.is_file()
 
 
-# ------------------------------------------------------------------------- export_onnx.py
+# ------------------------------------------------------------------------- export.py
 
 
 def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
-    return export_onnx.ort_session(path).run(None, {export_onnx.INPUT_NAME: x})[0]
+    return export.ort_session(path).run(None, {export.INPUT_NAME: x})[0]
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +168,12 @@ def nano_x2(tmp_path_factory: pytest.TempPathFactory) -> tuple[A.HybridMoE, Path
 @pytest.fixture(scope="module")
 def nano_onnx(nano_x2: tuple[A.HybridMoE, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "nano_x2.onnx"
-    assert export_onnx.main([str(nano_x2[1]), str(out)]) == 0
+    assert export.main([str(nano_x2[1]), str(out)]) == 0
     return out
 
 
 def test_onnx_dynamic_dims(nano_onnx: Path) -> None:
-    ins, outs = export_onnx.onnx_dims(nano_onnx)
+    ins, outs = export.onnx_dims(nano_onnx)
     assert ins == ["batch", 3, "height", "width"]
     assert outs == ["batch", 3, "out_height", "out_width"]
     import onnx
@@ -209,14 +208,14 @@ def test_onnx_verify_flag(
     nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "v.onnx"
-    assert export_onnx.main([str(nano_x2[1]), str(out), "--verify", "--opset", "17"]) == 0
+    assert export.main([str(nano_x2[1]), str(out), "--verify", "--opset", "17"]) == 0
     log = capsys.readouterr().out
     assert log.count("onnxruntime vs PyTorch fp32") == 3 and "verified: max abs diff" in log
 
 
 def test_onnx_fp16(nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path) -> None:
     out = tmp_path / "nano_fp16.onnx"
-    assert export_onnx.main([str(nano_x2[1]), str(out), "--fp16"]) == 0
+    assert export.main([str(nano_x2[1]), str(out), "--fp16"]) == 0
     import onnx
 
     graph = onnx.load(str(out)).graph
@@ -227,7 +226,7 @@ def test_onnx_fp16(nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path) -> None:
     assert got.dtype == np.float16
     ref = run(nano_x2[0], x).numpy()
     diff = np.abs(got.astype(np.float32) - ref).max()
-    assert np.isfinite(diff) and diff < export_onnx.FP16_TOL
+    assert np.isfinite(diff) and diff < export.FP16_TOL
 
 
 @pytest.mark.parametrize(
@@ -245,7 +244,7 @@ def test_onnx_options_tiny(options: dict[str, Any], tmp_path: Path) -> None:
     model = tiny(scale=2, **options)
     ckpt = save_trainer_pth(model, tmp_path / "net.pth")
     out = tmp_path / "net.onnx"
-    assert export_onnx.main([str(ckpt), str(out)]) == 0
+    assert export.main([str(ckpt), str(out)]) == 0
     for shape in ((1, 3, 13, 22), (1, 3, 72, 64)):  # 72x64: 18x16 = 288 tokens, 5 chunks
         x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
         assert np.abs(ort_run(out, x.numpy()) - run(model, x).numpy()).max() < 1e-4
@@ -256,8 +255,8 @@ def test_onnx_graph_is_plain_onnx(nano_onnx: Path) -> None:
     import onnx
 
     model = onnx.load(str(nano_onnx))
-    assert export_onnx.foreign_ops(model) == []
-    assert not export_onnx.fixed_io_dims(model)
+    assert export.foreign_ops(model) == []
+    assert not export.fixed_io_dims(model)
     assert {n.op_type for n in model.graph.node}.isdisjoint({"ATen", "RMSNormalization", "DFT"})
 
 
@@ -304,7 +303,7 @@ def test_fp16_export_without_symbolics(
 
     monkeypatch.setattr(torch.onnx, "register_custom_op_symbolic", refuse)
     model = tiny(scale=2, **options).fuse().eval()
-    res = export_onnx.export(model, tmp_path / "fp16.onnx", fp16=True)
+    res = export.export(model, tmp_path / "fp16.onnx", fp16=True)
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(res.path))).graph
     fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
     assert graph.input[0].type.tensor_type.elem_type == fp16
@@ -328,7 +327,7 @@ def test_fp16_export_without_symbolics(
     x = torch.rand(1, 3, 23, 30, generator=torch.Generator().manual_seed(4))
     got = ort_run(res.path, x.numpy().astype(np.float16))
     diff = np.abs(got.astype(np.float32) - run(model, x).numpy()).max()
-    assert np.isfinite(diff) and diff < export_onnx.FP16_TOL
+    assert np.isfinite(diff) and diff < export.FP16_TOL
 
 
 # ---------------------------------------------------------------------- --export-safe
@@ -342,7 +341,7 @@ def test_export_safe_passes_fp32_and_fp16(
     ckpt = save_trainer_pth(model, tmp_path / "net.pth")
     for extra in ([], ["--fp16"]):
         out = tmp_path / f"safe{len(extra)}.onnx"
-        assert export_onnx.main([str(ckpt), str(out), "--export-safe", *extra]) == 0
+        assert export.main([str(ckpt), str(out), "--export-safe", *extra]) == 0
         log = capsys.readouterr().out
         assert "export-safe: default ONNX domain only, dims symbolic, graph identical" in log
 
@@ -408,7 +407,7 @@ def test_export_safe_catches_dummy_dependence(
     else:
         monkeypatch.setattr(A, "ssd_scan", _chunk_loop_scan)
     out = tmp_path / "net.onnx"
-    assert export_onnx.main([str(ckpt), str(out), "--export-safe"]) == 1
+    assert export.main([str(ckpt), str(out), "--export-safe"]) == 1
     err = capsys.readouterr().err
     assert "export-safe: the graph depends on the dummy size" in err
     if case == "baked-pad":  # the stem's pad amounts are shown by value
@@ -444,23 +443,23 @@ def test_export_safe_helpers_on_handmade_graphs() -> None:
         helper.make_node("Loop", ["", "", "s"], ["output"], body=sub),
     ]
     model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out]))
-    assert export_onnx.foreign_ops(model) == ["com.microsoft::Gelu", "org.pytorch.aten::ATen"]
-    assert export_onnx.fixed_io_dims(model) == [
+    assert export.foreign_ops(model) == ["com.microsoft::Gelu", "org.pytorch.aten::ATen"]
+    assert export.fixed_io_dims(model) == [
         "input input dim 0 = 1",
         "input input dim 3 = 40",
         "output output dim 2 = 80",
     ]
     fn = helper.make_function("custom", "Fn", ["a"], ["b"], [nodes[0]], [])
     model.functions.append(fn)
-    assert "custom::Fn (local function)" in export_onnx.foreign_ops(model)
+    assert "custom::Fn (local function)" in export.foreign_ops(model)
     # signatures ignore value names but see constants
     same = onnx.ModelProto()
     same.CopyFrom(model)
     same.graph.node[0].output[0] = "renamed"
     same.graph.node[1].input[0] = "renamed"
-    assert export_onnx.graph_signature(same) == export_onnx.graph_signature(model)
+    assert export.graph_signature(same) == export.graph_signature(model)
     same.graph.node[0].op_type = "Sigmoid"
-    assert export_onnx.graph_signature(same) != export_onnx.graph_signature(model)
+    assert export.graph_signature(same) != export.graph_signature(model)
 
 
 def test_dummy_sizes() -> None:
@@ -468,22 +467,22 @@ def test_dummy_sizes() -> None:
     spans another number of scan chunks; a verification size has more than four chunks."""
     for window in (1, 2, 4, 8, 16):
         model = A.hybridmoe_nano(scale=2, window_size=window)
-        h, w = export_onnx.dummy_size(model)
+        h, w = export.dummy_size(model)
         assert h != w and (h % 4 or w % 4)
-        assert export_onnx.is_generic_size(h, w, {window})
+        assert export.is_generic_size(h, w, {window})
         assert (-(-h // 4) * -(-w // 4)) % 64
-        h2, w2 = export_onnx.second_dummy(model, (h, w))
-        assert export_onnx.is_generic_size(h2, w2, {window}) and (h2, w2) != (h, w)
-        assert export_onnx._chunks(h2, w2) != export_onnx._chunks(h, w)
-        sizes = export_onnx.verify_sizes(model, (h, w))
+        h2, w2 = export.second_dummy(model, (h, w))
+        assert export.is_generic_size(h2, w2, {window}) and (h2, w2) != (h, w)
+        assert export._chunks(h2, w2) != export._chunks(h, w)
+        sizes = export.verify_sizes(model, (h, w))
         assert all((sh, sw) != (h, w) for _, sh, sw in sizes)
         _, ph, pw = sizes[1]  # the padding-free size
         assert ph % (4 * window) == 0 and pw % (4 * window) == 0
-        assert export_onnx._chunks(ph, pw) > 4
-    assert not export_onnx.is_generic_size(64, 48, {8})  # no padding at all
+        assert export._chunks(ph, pw) > 4
+    assert not export.is_generic_size(64, 48, {8})  # no padding at all
     # 45x61 -> 48x64: levels 24x32 and 12x16, all window multiples: unshifted blocks skip
-    assert not export_onnx.is_generic_size(45, 61, {8})
-    assert export_onnx.is_generic_size(41, 42, {8})  # 44x44: levels 22x22 and 11x11
+    assert not export.is_generic_size(45, 61, {8})
+    assert export.is_generic_size(41, 42, {8})  # 44x44: levels 22x22 and 11x11
 
 
 # ------------------------------------------------------------------------- dynamo exporter
@@ -499,10 +498,10 @@ def test_onnx_dynamo_fft_split_and_fourier_mixer(tmp_path: Path) -> None:
     model = tiny(scale=2, freq_split="fft", global_mixer="fourier")
     ckpt = save_trainer_pth(model, tmp_path / "net.pth")
     out = tmp_path / "dyn.onnx"
-    assert export_onnx.main([str(ckpt), str(out), "--dynamo"]) == 0
-    ins, _ = export_onnx.onnx_dims(out)
+    assert export.main([str(ckpt), str(out), "--dynamo"]) == 0
+    ins, _ = export.onnx_dims(out)
     assert isinstance(ins[0], str) and isinstance(ins[2], str) and isinstance(ins[3], str)
-    assert export_onnx.foreign_ops(onnx.load(str(out))) == []
+    assert export.foreign_ops(onnx.load(str(out))) == []
     for shape in ((1, 3, 13, 22), (1, 3, 32, 32), (2, 3, 20, 9)):
         x = torch.rand(*shape, generator=torch.Generator().manual_seed(2))
         assert np.abs(ort_run(out, x.numpy()) - run(model, x).numpy()).max() < 1e-4
@@ -512,17 +511,17 @@ def test_onnx_usage_errors(
     nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = str(nano_x2[1])
-    assert export_onnx.main([ckpt, str(tmp_path / "a.onnx"), "--opset", "16"]) == 2
+    assert export.main([ckpt, str(tmp_path / "a.onnx"), "--opset", "16"]) == 2
     assert "opset 17 or newer" in capsys.readouterr().err
-    assert export_onnx.main([ckpt, str(tmp_path / "a.onnx"), "--opset", "21"]) == 2
+    assert export.main([ckpt, str(tmp_path / "a.onnx"), "--opset", "21"]) == 2
     assert "up to 20" in capsys.readouterr().err
-    assert export_onnx.main([ckpt, str(tmp_path / "a.pth")]) == 2
+    assert export.main([ckpt, str(tmp_path / "a.pth")]) == 2
     assert ".onnx" in capsys.readouterr().err
     from spandrel.architectures.Compact import Compact
 
     compact = tmp_path / "compact.pth"
     torch.save(Compact(num_feat=8, num_conv=2, upscale=2).state_dict(), compact)
-    assert export_onnx.main([str(compact), str(tmp_path / "c.onnx")]) == 2
+    assert export.main([str(compact), str(tmp_path / "c.onnx")]) == 2
     assert "not HybridMoE" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""SR evaluation tooling: MATLAB-exact bicubic resizing, PSNR/SSIM, and scripts/evaluate.py."""
+"""SR evaluation tooling: MATLAB-exact bicubic resizing, PSNR/SSIM, and hybridmoe evaluate."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import evaluate
 import numpy as np
 import pytest
-import srmetrics
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 from spandrel.architectures.Compact import Compact
+
+from hybridmoe import evaluate, metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -49,9 +49,9 @@ def compact_x2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("name", SET5_NAMES)
 def test_imresize_reproduces_matlab_bicubic_lr(name: str, scale: int) -> None:
-    hr = srmetrics.mod_crop(_png(SET5 / "HR" / f"{name}.png"), scale)
+    hr = metrics.mod_crop(_png(SET5 / "HR" / f"{name}.png"), scale)
     expected = _png(SET5 / "LR_bicubic" / f"X{scale}" / f"{name}x{scale}.png")
-    lr = srmetrics.imresize_matlab_uint8(hr, 1 / scale)
+    lr = metrics.imresize_matlab_uint8(hr, 1 / scale)
     assert lr.dtype == np.uint8
     assert lr.shape == expected.shape
     np.testing.assert_array_equal(lr, expected)
@@ -59,38 +59,38 @@ def test_imresize_reproduces_matlab_bicubic_lr(name: str, scale: int) -> None:
 
 def test_imresize_shapes_and_constant_image() -> None:
     img = np.full((10, 7, 3), 0.25)
-    assert srmetrics.imresize_matlab(img, 0.5).shape == (5, 4, 3)  # ceil(7 / 2) = 4
-    assert srmetrics.imresize_matlab(img[..., 0], 3).shape == (30, 21)
-    out = srmetrics.imresize_matlab(img, output_shape=(4, 13))
+    assert metrics.imresize_matlab(img, 0.5).shape == (5, 4, 3)  # ceil(7 / 2) = 4
+    assert metrics.imresize_matlab(img[..., 0], 3).shape == (30, 21)
+    out = metrics.imresize_matlab(img, output_shape=(4, 13))
     assert out.shape == (4, 13, 3)
     np.testing.assert_allclose(out, 0.25, atol=1e-12)  # weights sum to one
     with pytest.raises(ValueError):
-        srmetrics.imresize_matlab(img)
+        metrics.imresize_matlab(img)
     with pytest.raises(ValueError):
-        srmetrics.imresize_matlab(img, 2, output_shape=(20, 14))
+        metrics.imresize_matlab(img, 2, output_shape=(20, 14))
 
 
 def test_imresize_float_is_linear_and_upscale_interpolates() -> None:
     rng = np.random.default_rng(0)
     img = rng.random((12, 9))
-    a = srmetrics.imresize_matlab(img, 1 / 3)
-    np.testing.assert_allclose(srmetrics.imresize_matlab(img * 255, 1 / 3), a * 255, rtol=1e-12)
+    a = metrics.imresize_matlab(img, 1 / 3)
+    np.testing.assert_allclose(metrics.imresize_matlab(img * 255, 1 / 3), a * 255, rtol=1e-12)
     # Keys' cubic interpolates: every ×3 output pixel centred on an input pixel reproduces it.
-    up = srmetrics.imresize_matlab(img, 3)
+    up = metrics.imresize_matlab(img, 3)
     np.testing.assert_allclose(up[1::3, 1::3], img, atol=1e-12)
 
 
 def test_matlab_round_and_to_uint8() -> None:
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 0.49999999999999994, 254.5, 300.0, -3.0])
-    np.testing.assert_array_equal(srmetrics.matlab_round(x), [1, 2, 3, -1, -2, 0, 255, 300, -3])
-    np.testing.assert_array_equal(srmetrics.to_uint8(x), [1, 2, 3, 0, 0, 0, 255, 255, 0])
+    np.testing.assert_array_equal(metrics.matlab_round(x), [1, 2, 3, -1, -2, 0, 255, 300, -3])
+    np.testing.assert_array_equal(metrics.to_uint8(x), [1, 2, 3, 0, 0, 0, 255, 255, 0])
 
 
 def test_mod_crop() -> None:
-    assert srmetrics.mod_crop(np.zeros((11, 10, 3)), 3).shape == (9, 9, 3)
-    assert srmetrics.mod_crop(np.zeros((11, 10)), 2).shape == (10, 10)
+    assert metrics.mod_crop(np.zeros((11, 10, 3)), 3).shape == (9, 9, 3)
+    assert metrics.mod_crop(np.zeros((11, 10)), 2).shape == (10, 10)
     img = np.arange(35).reshape(5, 7)
-    np.testing.assert_array_equal(srmetrics.mod_crop(img, 4), img[:4, :4])  # top-left kept
+    np.testing.assert_array_equal(metrics.mod_crop(img, 4), img[:4, :4])  # top-left kept
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,13 +100,13 @@ def test_rgb_to_y_known_colours() -> None:
     colours = np.array(
         [[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], dtype=np.uint8
     )
-    y = srmetrics.rgb_to_y(colours)
+    y = metrics.rgb_to_y(colours)
     np.testing.assert_allclose(y[0], [16, 235, 16 + 65.481, 16 + 128.553, 16 + 24.966])
     grey = np.array([[0, 128, 255]], dtype=np.uint8)
     expected = 16 + 219 * grey.astype(np.float64) / 255  # greyscale is treated as R = G = B
-    np.testing.assert_allclose(srmetrics.rgb_to_y(grey), expected)
-    np.testing.assert_allclose(srmetrics.rgb_to_y(grey[..., None]), expected)
-    np.testing.assert_allclose(srmetrics.rgb_to_y(np.repeat(grey[..., None], 3, 2)), expected)
+    np.testing.assert_allclose(metrics.rgb_to_y(grey), expected)
+    np.testing.assert_allclose(metrics.rgb_to_y(grey[..., None]), expected)
+    np.testing.assert_allclose(metrics.rgb_to_y(np.repeat(grey[..., None], 3, 2)), expected)
 
 
 def test_psnr_hand_computed() -> None:
@@ -114,14 +114,14 @@ def test_psnr_hand_computed() -> None:
     b = a.copy()
     b[1, 2] = 10  # MSE = 100 / 16
     expected = 10 * math.log10(255**2 / 6.25)
-    assert srmetrics.calculate_psnr(a, b, 0, y_channel=False) == pytest.approx(expected)
+    assert metrics.calculate_psnr(a, b, 0, y_channel=False) == pytest.approx(expected)
     # on Y the difference is scaled by 219 / 255
     expected_y = 10 * math.log10(255**2 / (6.25 * (219 / 255) ** 2))
-    assert srmetrics.calculate_psnr(a, b, 0) == pytest.approx(expected_y)
-    assert srmetrics.calculate_psnr(a, a, 0) == math.inf
+    assert metrics.calculate_psnr(a, b, 0) == pytest.approx(expected_y)
+    assert metrics.calculate_psnr(a, a, 0) == math.inf
     c = a.copy()
     c[0, 0] = 200  # only in the cropped border
-    assert srmetrics.calculate_psnr(a, c, 1) == math.inf
+    assert metrics.calculate_psnr(a, c, 1) == math.inf
 
 
 def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
@@ -144,13 +144,13 @@ def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_ssim_identical_perturbed_and_reference() -> None:
     hr = _png(SET5 / "HR" / "butterfly.png")[:64, :64]
-    assert srmetrics.calculate_ssim(hr, hr, 2) == pytest.approx(1.0)
+    assert metrics.calculate_ssim(hr, hr, 2) == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     noisy = np.clip(hr + rng.normal(0, 10, hr.shape), 0, 255).astype(np.uint8)
-    s = srmetrics.calculate_ssim(hr, noisy, 2)
+    s = metrics.calculate_ssim(hr, noisy, 2)
     assert 0.3 < s < 0.99
-    assert srmetrics.calculate_ssim(noisy, hr, 2) == pytest.approx(s)
-    ya, yb = srmetrics.rgb_to_y(hr)[2:-2, 2:-2], srmetrics.rgb_to_y(noisy)[2:-2, 2:-2]
+    assert metrics.calculate_ssim(noisy, hr, 2) == pytest.approx(s)
+    ya, yb = metrics.rgb_to_y(hr)[2:-2, 2:-2], metrics.rgb_to_y(noisy)[2:-2, 2:-2]
     assert s == pytest.approx(_ssim_direct(ya, yb), abs=1e-12)
 
 
@@ -159,16 +159,16 @@ def test_metrics_on_greyscale() -> None:
     grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
     other = rng.integers(0, 256, (32, 32), dtype=np.uint8)
     rgb, other_rgb = np.repeat(grey[..., None], 3, 2), np.repeat(other[..., None], 3, 2)
-    assert srmetrics.calculate_psnr(grey, other, 2) == pytest.approx(
-        srmetrics.calculate_psnr(rgb, other_rgb, 2)
+    assert metrics.calculate_psnr(grey, other, 2) == pytest.approx(
+        metrics.calculate_psnr(rgb, other_rgb, 2)
     )
-    assert srmetrics.calculate_ssim(grey, other, 2) == pytest.approx(
-        srmetrics.calculate_ssim(rgb, other_rgb, 2)
+    assert metrics.calculate_ssim(grey, other, 2) == pytest.approx(
+        metrics.calculate_ssim(rgb, other_rgb, 2)
     )
 
 
 # --------------------------------------------------------------------------------------------
-# scripts/evaluate.py
+# hybridmoe evaluate
 # --------------------------------------------------------------------------------------------
 def test_bicubic_baseline_set5_x2_matches_literature() -> None:
     results = evaluate.evaluate(None, DATA, ["Set5"], bicubic_only=True, scale=2)
@@ -220,7 +220,7 @@ def test_super_resolve_greyscale_and_tiles(compact_x2: Path) -> None:
 
 def test_cli_runs_and_prints_table(compact_x2: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(compact_x2)]
+    cmd = [sys.executable, "-m", "hybridmoe", "evaluate", str(compact_x2)]
     cmd += ["--data", str(DATA), "--sets", "Set5", "--limit", "1", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -8,11 +8,12 @@ import sys
 import types
 from pathlib import Path
 
-import hybridmoe_arch
-import hybridmoe_loss
 import numpy as np
 import pytest
 import torch
+
+import hybridmoe_arch
+import hybridmoe_loss
 from hybridmoe_loss import HybridMoEBalanceLoss, HybridMoEFreqLoss
 
 LOSS_FILE = Path(hybridmoe_loss.__file__)
@@ -302,7 +303,8 @@ def test_balance_loss_alone_reaches_the_router(nano: torch.nn.Module) -> None:
 @pytest.mark.usefixtures("clean_channel")
 def test_balance_value_is_one_for_uniform_routing() -> None:
     e = 4
-    moe = hybridmoe_arch.MoEFFN(channels=e, hidden=8, num_experts=e, top_k=1).train()
+    routing = hybridmoe_arch.MoERouting(top_k=1)
+    moe = hybridmoe_arch.MoEFFN(channels=e, hidden=8, num_experts=e, routing=routing).train()
     # tokens one-hot on channel i go to expert i with a sharp router: every expert gets 1/E
     # of the tokens and the mean router probability is ≈1/E for every expert
     with torch.no_grad():

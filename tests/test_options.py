@@ -2,7 +2,7 @@
 
 Always: every file parses with PyYAML, has the keys traiNNer-redux needs, uses our arch and
 loss types with consistent scales, carries the measured recipe where it was measured (and says
-which values are not measured), and equals what scripts/make_options.py generates. The
+which values are not measured), and equals what hybridmoe make-options generates. The
 comparison configs of the GPU runs under docs/compare_configs equal what
 scripts/compare_training.py generates.
 With ``TRAINNER_REDUX_DIR`` set: every file also loads with traiNNer-redux's own strict
@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import compare_training
-import hybridmoe_arch
-import hybridmoe_loss
-import make_options
 import pytest
 import yaml
+
+import hybridmoe_arch
+import hybridmoe_loss
+from hybridmoe import options
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = ROOT / "options"
@@ -82,9 +83,9 @@ def test_the_expected_files_exist() -> None:
 
 
 def test_generator_output_equals_committed_files(tmp_path: Path) -> None:
-    assert make_options.diff(OPTIONS) == []
+    assert options.diff(OPTIONS) == []
     # and a fresh write produces exactly the committed bytes
-    make_options.write(tmp_path)
+    options.write(tmp_path)
     for p in ALL_FILES:
         assert (tmp_path / _id(p)).read_bytes() == p.read_bytes(), _id(p)
 
@@ -225,16 +226,16 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
 def test_measured_recipe_matches_the_comparison_runs() -> None:
     """The recipe of the nano/s/m templates is the one compare_training.py trained with."""
     recipe = compare_training.RECIPE
-    assert compare_training.LQ_SIZE == MEASURED_LQ == make_options.MEASURED_LQ
+    assert compare_training.LQ_SIZE == MEASURED_LQ == options.MEASURED_LQ
     for variant in ("nano", "s", "m"):
-        row = make_options.FROM_SCRATCH[variant]
+        row = options.FROM_SCRATCH[variant]
         assert row["measured"] is True
         assert row["lr"] == recipe["lr"]
         assert row["batch"] == recipe["batch"]
         assert row["lq"] == compare_training.LQ_SIZE
-    assert make_options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
-    assert make_options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
-    assert not make_options.FROM_SCRATCH["l"]["measured"]
+    assert options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
+    assert options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
+    assert not options.FROM_SCRATCH["l"]["measured"]
 
 
 def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> None:
@@ -249,10 +250,10 @@ def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> Non
 
 
 def test_yaml_float_formatting() -> None:
-    assert make_options.yaml_float(5e-4) == "!!float 5e-4"
-    assert make_options.yaml_float(2.5e-4) == "!!float 2.5e-4"
-    assert make_options.yaml_float(1e-3) == "!!float 1e-3"
-    assert yaml.safe_load(f"lr: {make_options.yaml_float(2.5e-4)}")["lr"] == 2.5e-4
+    assert options.yaml_float(5e-4) == "!!float 5e-4"
+    assert options.yaml_float(2.5e-4) == "!!float 2.5e-4"
+    assert options.yaml_float(1e-3) == "!!float 1e-3"
+    assert yaml.safe_load(f"lr: {options.yaml_float(2.5e-4)}")["lr"] == 2.5e-4
 
 
 STRICT_LOADER = textwrap.dedent(

@@ -1,4 +1,4 @@
-"""``scripts/check_precision.py``: fp16/bf16 (autocast and cast) against fp32 on real images,
+"""``hybridmoe check-precision``: fp16/bf16 (autocast and cast) against fp32 on real images,
 on CPU with tiny models, small crops and one or two images per set."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import check_precision as cp
-import hybridmoe_arch as A
 import pytest
 import torch
 from tiny_options import TINY
+
+import hybridmoe_arch as A
+from hybridmoe import precision as cp
+from hybridmoe.models import perturb
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -27,10 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def save_tiny(path: Path, scale: int = 2, std: float = 0.01, **options: Any) -> Path:
     """A tiny HybridMoE (weights perturbed off their init) as traiNNer-redux's ``.pth``."""
     model = A.HybridMoE(**{**TINY, "scale": scale, **options})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
+    perturb(model, std, seed=0)
     torch.save({"metadata": dict(model.hyperparameters), "params": model.state_dict()}, path)
     return path
 
@@ -162,7 +161,9 @@ def test_cli_several_models_and_a_variant(tiny_ckpt: Path, tmp_path: Path) -> No
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "check_precision.py"),
+            "-m",
+            "hybridmoe",
+            "check-precision",
             str(tiny_ckpt),
             str(other),
             "hybridmoe_nano",

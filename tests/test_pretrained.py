@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hybridmoe_arch as A
 import pytest
-from evaluate import evaluate_set
+
+from hybridmoe import checkpoint as C
+from hybridmoe.evaluate import evaluate_set
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = sorted((ROOT / "experiments" / "pretrained_models").glob("*.safetensors"))
-# Set5 Y-PSNR gain over MATLAB bicubic measured with scripts/evaluate.py (docs/BENCHMARKS.md);
+# Set5 Y-PSNR gain over MATLAB bicubic measured with hybridmoe evaluate (docs/BENCHMARKS.md);
 # the assertion keeps a margin below it
 MIN_GAIN_DB = {2: 2.0, 4: 1.0}
 
@@ -30,7 +31,7 @@ def test_all_four_models_are_shipped() -> None:
 @pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
 @pytest.mark.usefixtures("one_thread")
 def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
-    desc = A.load_checkpoint(path)
+    desc = C.load_checkpoint(path)
     scale = int(path.stem[0])
     variant = "nano" if "Nano" in path.stem else "s"
     assert desc.architecture.id == "HybridMoE"

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import compare_training
-import hybridmoe_arch as A
-import make_pairs
-import moe_usage
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import TEST_DATA
 from PIL import Image
 from safetensors.torch import save_file
+
+import hybridmoe_arch as A
+from hybridmoe import moe_usage, pairs
+
+OPTIONS = TEST_DATA.parent.parent / "options" / "train" / "HybridMoE"
 
 
 def tiny_model(scale: int = 2) -> A.HybridMoE:
@@ -53,8 +56,25 @@ def test_moe_usage_cli(tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFix
     assert "no MoE layers" in capsys.readouterr().err
 
 
+def test_make_pairs_defaults_fit_the_templates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the defaults, every LR written can give the templates' training crop (lq_size);
+    the images too small for it are skipped with a warning."""
+    src = TEST_DATA / "T91_sample"
+    assert (
+        pairs.main([str(src), "--out", str(tmp_path / "p"), "--scale", "4", "--workers", "1"]) == 0
+    )
+    lq = yaml.safe_load((OPTIONS / "4x_HybridMoE_S_fidelity.yml").read_text())["datasets"]["train"]
+    lrs = sorted((tmp_path / "p" / "lr").glob("*.png"))
+    assert lrs and len(lrs) < len(list(src.glob("*.png")))
+    for lr in lrs:
+        assert min(Image.open(lr).size) >= lq["lq_size"], lr
+    assert "skipped" in capsys.readouterr().err
+
+
 def test_make_pairs_reproduces_set5_lr(tmp_path: Path, set5_dir: Path) -> None:
-    rc = make_pairs.main(
+    rc = pairs.main(
         [
             str(set5_dir / "HR"),
             "--out",
@@ -70,7 +90,7 @@ def test_make_pairs_reproduces_set5_lr(tmp_path: Path, set5_dir: Path) -> None:
     assert rc == 0
     assert len(list((tmp_path / "p" / "lr").glob("*.png"))) == 5
     assert (
-        make_pairs.main(
+        pairs.main(
             [
                 str(set5_dir / "HR"),
                 "--out",
@@ -116,4 +136,3 @@ def test_comparison_configs_differ_only_in_network(tmp_path: Path) -> None:
         assert a[key] == b[key]
     assert a["train"]["scheduler"]["milestones"] == [50, 75]
     assert a["datasets"]["train"]["lq_size"] == compare_training.LQ_SIZE[4]
-    assert sys.modules["compare_training"] is compare_training

@@ -15,11 +15,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import hybridmoe_arch as A
 import pytest
 import spandrel_upstream as U
 import torch
 from tiny_options import TINY
+
+import hybridmoe_arch as A
+from hybridmoe.models import perturb
+from hybridmoe.spandrel_arch import DETECT_KEYS, register_spandrel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +77,7 @@ def fake_checkout(root: Path) -> Path:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = fake_checkout(tmp_path_factory.mktemp("spandrel"))
     report = U.export(root, fmt=False)
-    assert len(report.written) == 5 and not report.unchanged
+    assert len(report.written) == 6 and not report.unchanged
     return root
 
 
@@ -85,10 +88,11 @@ def test_layout(exported: Path) -> None:
     assert "MIT License" in (arch / "__arch" / "LICENSE").read_text()
     init = (arch / "__init__.py").read_text()
     assert "class HybridMoEArch(Architecture[HybridMoE]):" in init
-    assert '__all__ = ["HybridMoE", "HybridMoEArch"]' in init
-    assert "@override" in init and "StateDict" in init
-    for key in A.SPANDREL_DETECT_KEYS:
-        assert f'"{key}",' in init
+    assert "from ...__helpers.model_descriptor import (" in init
+    assert "from .__arch.hybridmoe import VARIANTS, HybridMoE" in init
+    assert "import hybridmoe" not in init and "from hybridmoe" not in init
+    for key in DETECT_KEYS:
+        assert f'"{key}"' in init
     test = (exported / U.TEST_REL).read_text()
     assert "assert_loads_correctly(" in test and "assert_size_requirements(" in test
     assert "No pretrained HybridMoE model is published" in test
@@ -110,7 +114,7 @@ def test_registry_entry(exported: Path) -> None:
 def test_idempotent(exported: Path) -> None:
     before = {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()}
     report = U.export(exported, fmt=False)
-    assert not report.written and len(report.unchanged) == 5
+    assert not report.written and len(report.unchanged) == 6
     assert {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()} == before
 
 
@@ -146,10 +150,11 @@ def test_ruff_from_the_checkout_is_never_run(
         pytest.skip("ruff is not installed in this environment")
     report = U.export(root)
     assert not marker.exists()
-    assert len(report.written) == 5 and not report.notes  # formatted by our ruff
+    assert len(report.written) == 6 and not report.notes  # formatted by our ruff
     assert U.find_ruff(root) == U._own_ruff()
-    network = (root / U.ARCH_REL / "__arch" / "hybridmoe.py").read_text()
-    assert network != U.generate_network(U.ARCH_FILE.read_text())  # reflowed to 88 columns
+    meta = (root / U.ARCH_REL / "__arch" / "meta.py").read_text()
+    plain = U.retarget_imports(U.META_FILE.read_text(), U.IMPORTS["meta"], "meta.py")
+    assert meta != plain  # reflowed to spandrel's 88 columns
 
 
 def test_without_ruff_outside_the_checkout_files_are_written_unformatted(
@@ -191,25 +196,29 @@ def test_never_writes_through_a_folder_linked_outside(
     assert not (root / U.TEST_REL).exists()
 
 
-def test_network_code_is_stripped(exported: Path) -> None:
-    code = (exported / U.ARCH_REL / "__arch" / "hybridmoe.py").read_text()
-    for gone in (
-        "def register_spandrel",
-        "def load_checkpoint",
-        "def _make_spandrel_arch",
-        "def hybridmoe_nano",
-        "FACTORIES",
-        "ARCH_REGISTRY",
-        "mamba_ssm",
-        "import os",
-        "from pathlib",
-        "def store_hyperparameters",
+def test_network_is_copied_as_is(exported: Path) -> None:
+    """The network file is what spandrel vendors; the other two files differ from the
+    package's modules in their import lines only."""
+    arch = exported / U.ARCH_REL
+    assert (arch / "__arch" / "hybridmoe.py").read_text() == U.ARCH_FILE.read_text()
+    for copied, source in (
+        (arch / "__arch" / "meta.py", U.META_FILE),
+        (arch / "__init__.py", U.DESCRIPTOR_FILE),
     ):
-        assert gone not in code, gone
-    assert "from spandrel.util import store_hyperparameters" in code
-    assert "@store_hyperparameters()\nclass HybridMoE(nn.Module):" in code
-    assert "def hybridmoe_from_state_dict" in code  # the loader's single source
-    compile(code, "hybridmoe.py", "exec")
+        theirs = copied.read_text().splitlines()
+        ours = source.read_text().splitlines()
+        assert [
+            ln
+            for ln in theirs
+            if "import" not in ln
+            and ln.strip()
+            not in ("Architecture,", "ImageModelDescriptor,", "ModelTiling,", "StateDict,", ")")
+        ] == [ln for ln in ours if "import" not in ln and ln.strip() != ")"]
+
+
+def test_retarget_imports_refuses_a_missing_line() -> None:
+    with pytest.raises(ValueError, match="expected one line starting with"):
+        U.retarget_imports("import os\n", {"import hybridmoe_arch as arch\n": "x"}, "meta.py")
 
 
 def _import_file(path: Path, name: str) -> ModuleType:
@@ -230,10 +239,7 @@ def generated(exported: Path) -> ModuleType:
 def test_generated_network_matches(options: dict[str, Any], generated: ModuleType) -> None:
     """Same keys, shapes, hyperparameters and outputs as the project's network."""
     ours = A.HybridMoE(**{**TINY, **options})
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.03)
+    perturb(ours, 0.03, seed=0)
     theirs = generated.HybridMoE(**{**TINY, **options})
     sd = ours.state_dict()
     assert {k: v.shape for k, v in theirs.state_dict().items()} == {
@@ -241,7 +247,7 @@ def test_generated_network_matches(options: dict[str, Any], generated: ModuleTyp
     }
     theirs.load_state_dict(sd)
     assert theirs.hyperparameters == ours.hyperparameters
-    x = torch.rand(2, ours.in_ch, 13, 18, generator=g)
+    x = torch.rand(2, ours.in_ch, 13, 18)
     with torch.no_grad():
         assert torch.equal(theirs.eval()(x), ours.eval()(x))
 
@@ -276,7 +282,7 @@ def test_generated_loader_matches(options: dict[str, Any], generated_arch: Any) 
     without MoE layers too)."""
     import spandrel
 
-    A.register_spandrel()
+    register_spandrel()
     ours_arch = spandrel.MAIN_REGISTRY["HybridMoE"].architecture
     model = A.HybridMoE(**{**TINY, **options})
     sd = model.state_dict()

@@ -1,4 +1,4 @@
-"""Tiled against whole-image inference (``scripts/tiling.py``'s ``upscale_tiled``) for the
+"""Tiled against whole-image inference (``hybridmoe.tiling``'s ``upscale_tiled``) for the
 configurations spandrel is told tile well (``ModelTiling.SUPPORTED``: no global mixer,
 Laplacian split) and for the default variants (``DISCOURAGED``: global Fourier mixer).
 
@@ -16,14 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hybridmoe_arch as A
 import numpy as np
 import pytest
-import srmetrics
-import tiling
 import torch
-from evaluate import read_image
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling
+
+import hybridmoe_arch as A
+from hybridmoe import metrics, tiling
+from hybridmoe.evaluate import read_image
+from hybridmoe.models import perturb
+from hybridmoe.spandrel_arch import register_spandrel
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "tests" / "data" / "Set5" / "HR" / "butterfly.png"
@@ -84,8 +86,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def lr_image() -> torch.Tensor:
     """(1, 3, 96, 96) in [0, 1]: the centre of butterfly.png after MATLAB bicubic ×½."""
-    hr = srmetrics.mod_crop(read_image(IMAGE), SCALE)
-    lr = srmetrics.imresize_matlab_uint8(hr, 1 / SCALE)
+    hr = metrics.mod_crop(read_image(IMAGE), SCALE)
+    lr = metrics.imresize_matlab_uint8(hr, 1 / SCALE)
     top, left = (lr.shape[0] - CROP) // 2, (lr.shape[1] - CROP) // 2
     crop = lr[top : top + CROP, left : left + CROP]
     return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()[None] / 255
@@ -96,11 +98,8 @@ def perturbed_descriptor(variant: str, std: float = 0.02, **options: Any) -> Any
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the initialization too: results independent of test order
         model = A.FACTORIES[variant](scale=SCALE, **options)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    A.register_spandrel()
+    perturb(model, std, seed=0)
+    register_spandrel()
     desc = ModelLoader().load_from_state_dict(model.state_dict())
     assert isinstance(desc, ImageModelDescriptor)
     return desc.eval()
@@ -209,7 +208,7 @@ def test_aligned_tiles_match_better(lr_image: torch.Tensor) -> None:
     aligned one takes 4×4 (0, 16, 32, 48: the step of 24 is too short for 32, so its divisor
     16 is used). Measured max / mean abs difference in 1/255: 0.106 / 0.013 -> 0.058 / 0.007
     (48/4) and 0.126 / 0.014 -> 0.060 / 0.0065 (48/8)."""
-    import upscale
+    from hybridmoe import upscale
 
     desc = perturbed_descriptor(
         "hybridmoe_nano",

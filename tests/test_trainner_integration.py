@@ -2,7 +2,7 @@
 
 Skipped unless ``TRAINNER_REDUX_DIR`` points at a traiNNer-redux checkout whose Python
 dependencies are installed in this interpreter. The checkout is never modified: it is copied
-to a temporary folder and our files are installed there with scripts/install_trainner.py.
+to a temporary folder and our files are installed there with hybridmoe install-trainner.
 
 (a) traiNNer-redux's own ``tests/test_archs/test_archs.py`` for every registered HybridMoE
     name (scales 1-4, inference + one training step), one subprocess per name.
@@ -100,9 +100,7 @@ def workcopy(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ".git", "datasets", "docs", "experiments", "results", "tb_logger", "__pycache__"
         ),
     )
-    proc = sh(
-        [sys.executable, str(ROOT / "scripts" / "install_trainner.py"), "install", str(dst)], ROOT
-    )
+    proc = sh([sys.executable, "-m", "hybridmoe", "install-trainner", "install", str(dst)], ROOT)
     assert proc.returncode == 0, tail(proc)
     return dst
 
@@ -264,10 +262,11 @@ def test_train_py_cpu_smoke(trained: dict[str, Any]) -> None:
 
 
 def test_checkpoint_is_safetensors_with_metadata(trained: dict[str, Any]) -> None:
-    import hybridmoe_arch
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
+
+    import hybridmoe_arch
 
     path = trained["exp"] / "models" / "net_g_ema_latest.safetensors"
     assert path.is_file(), tail(trained["proc"])

@@ -6,17 +6,17 @@ import struct
 import zlib
 from pathlib import Path
 
-import imageio_utils
 import numpy as np
 import pytest
-import tiling
 import torch
 import torch.nn.functional as F
-import upscale
 from PIL import Image
 from safetensors.torch import save_file
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling, SizeRequirements
 from spandrel.architectures.Compact import Compact
+
+from hybridmoe import imageio, tiling, upscale
+from hybridmoe.spandrel_arch import register_spandrel
 
 RECEPTIVE_RADIUS = 4  # Compact with num_conv=2: four 3×3 convolutions in LR space
 
@@ -51,7 +51,9 @@ def descriptor_of(net: torch.nn.Module, tmp_path: Path) -> ImageModelDescriptor:
 @pytest.fixture(autouse=True)
 def spandrel_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     """Load checkpoints with spandrel's built-in architectures (independent of HybridMoE)."""
-    monkeypatch.setattr(upscale, "load_model", lambda p, d="cpu": ModelLoader(d).load_from_file(p))
+    monkeypatch.setattr(
+        upscale, "load_checkpoint", lambda p, d="cpu": ModelLoader(d).load_from_file(p)
+    )
 
 
 @pytest.fixture
@@ -223,7 +225,7 @@ def test_tile_alignment_follows_hybridmoe_window(
     import hybridmoe_arch as A
 
     assert upscale.tile_alignment(descriptor_of(compact(), tmp_path)) == 1
-    A.register_spandrel()
+    register_spandrel()
     net = A.HybridMoE(
         scale=2,
         dim=8,
@@ -283,21 +285,21 @@ def test_read_16bit_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     grey = rng.integers(0, 65536, (9, 7), dtype=np.uint16)
     Image.fromarray(grey).save(tmp_path / "g16.png")  # Pillow writes mode I;16 as 16-bit
-    img = imageio_utils.read_image(tmp_path / "g16.png")
+    img = imageio.read_image(tmp_path / "g16.png")
     assert img.bit_depth == 16 and img.pixels.shape == (9, 7, 1)
-    assert np.array_equal(imageio_utils.quantize(img.pixels, 16)[..., 0], grey)
+    assert np.array_equal(imageio.quantize(img.pixels, 16)[..., 0], grey)
 
     rgb = rng.integers(0, 65536, (5, 6, 3), dtype=np.uint16)
     (tmp_path / "c16.png").write_bytes(png16_bytes(rgb))
-    img = imageio_utils.read_image(tmp_path / "c16.png")
-    assert img.bit_depth == 16 and np.array_equal(imageio_utils.quantize(img.pixels, 16), rgb)
+    img = imageio.read_image(tmp_path / "c16.png")
+    assert img.bit_depth == 16 and np.array_equal(imageio.quantize(img.pixels, 16), rgb)
 
 
 def test_16bit_colour_key_becomes_alpha(tmp_path: Path) -> None:
     arr = np.full((3, 4, 3), 1000, np.uint16)
     arr[1, 2] = (7, 8, 9)
     (tmp_path / "k.png").write_bytes(png16_bytes(arr, trns=struct.pack(">3H", 7, 8, 9)))
-    img = imageio_utils.read_image(tmp_path / "k.png")
+    img = imageio.read_image(tmp_path / "k.png")
     assert img.pixels.shape == (3, 4, 4)
     expected = np.ones((3, 4), np.float32)
     expected[1, 2] = 0.0
@@ -310,8 +312,8 @@ def test_png16_encoder_round_trip(tmp_path: Path, channels: int) -> None:
     arr = rng.integers(0, 65536, (70, 13, channels), dtype=np.uint16)
     arr[40:] = arr[40:41]  # flat rows exercise the other filter types
     path = tmp_path / "x.png"
-    path.write_bytes(imageio_utils.encode_png16(arr))
-    assert np.array_equal(imageio_utils.quantize(imageio_utils.read_image(path).pixels, 16), arr)
+    path.write_bytes(imageio.encode_png16(arr))
+    assert np.array_equal(imageio.quantize(imageio.read_image(path).pixels, 16), arr)
     if channels == 1:  # cross-check with Pillow's own 16-bit greyscale decoder
         assert np.array_equal(np.asarray(Image.open(path)), arr[..., 0])
 
@@ -339,14 +341,14 @@ def adam7_png16(arr: np.ndarray) -> bytes:
 def test_read_interlaced_16bit_png(tmp_path: Path) -> None:
     arr = np.random.default_rng(3).integers(0, 65536, (11, 13, 3), dtype=np.uint16)
     (tmp_path / "i16.png").write_bytes(adam7_png16(arr))
-    img = imageio_utils.read_image(tmp_path / "i16.png")
-    assert np.array_equal(imageio_utils.quantize(img.pixels, 16), arr)
+    img = imageio.read_image(tmp_path / "i16.png")
+    assert np.array_equal(imageio.quantize(img.pixels, 16), arr)
 
 
 def test_png_decoder_matches_pillow_on_filtered_images(set5_dir: Path) -> None:
     """Pillow's adaptively filtered 8-bit PNGs exercise all five row filters."""
     for path in sorted((set5_dir / "LR_bicubic" / "X4").glob("*.png")):
-        ours = imageio_utils.decode_png(path.read_bytes())
+        ours = imageio.decode_png(path.read_bytes())
         assert np.array_equal(ours, np.asarray(Image.open(path)))
 
 
@@ -354,8 +356,8 @@ def test_corrupt_png_is_a_read_error(tmp_path: Path) -> None:
     data = bytearray(png16_bytes(np.zeros((4, 4, 3), np.uint16)))
     data[-20] ^= 0xFF  # inside IDAT: CRC mismatch
     (tmp_path / "bad.png").write_bytes(bytes(data))
-    with pytest.raises(imageio_utils.ImageReadError, match=r"bad\.png"):
-        imageio_utils.read_image(tmp_path / "bad.png")
+    with pytest.raises(imageio.ImageReadError, match=r"bad\.png"):
+        imageio.read_image(tmp_path / "bad.png")
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -383,8 +385,8 @@ def test_png_16bit_round_trip(tmp_path: Path, identity_model: Path, capsys) -> N
     code, err = run_cli(capsys, identity_model, src, tmp_path / "out.png", "--tile", "0")
     assert code == 0, err
     data = (tmp_path / "out.png").read_bytes()
-    assert imageio_utils.is_png16(data)
-    out = imageio_utils.quantize(imageio_utils.read_image(tmp_path / "out.png").pixels, 16)
+    assert imageio.is_png16(data)
+    out = imageio.quantize(imageio.read_image(tmp_path / "out.png").pixels, 16)
     assert np.array_equal(out, nearest2(arr))  # full 16-bit precision survives
 
 
@@ -495,24 +497,12 @@ def test_unreadable_single_image(tmp_path: Path, model: Path, capsys) -> None:
     assert code == 2 and str(bad) in err
 
 
-def test_model_load_error_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
-    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"junk")
+def test_real_loader_rejects_junk_and_loads_compact(
+    tmp_path: Path, model: Path, monkeypatch, capsys
+) -> None:
+    from hybridmoe.checkpoint import load_checkpoint
 
-    def failing(path: Path, device: str = "cpu") -> None:
-        raise SystemExit(f"{path}: not a model checkpoint")
-
-    monkeypatch.setattr(upscale, "load_model", failing)
-    code, err = run_cli(capsys, junk, src, tmp_path / "o.png")
-    assert code == 2 and err.strip() == f"error: {junk}: not a model checkpoint"
-
-
-def test_real_loader_rejects_junk_and_loads_compact(tmp_path: Path, model: Path, capsys) -> None:
-    pytest.importorskip("hybridmoe_arch")
-    import _bootstrap
-
-    upscale.load_model = _bootstrap.load_model  # undone by the autouse monkeypatch fixture
+    monkeypatch.setattr(upscale, "load_checkpoint", load_checkpoint)
     src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"junk")
@@ -531,7 +521,7 @@ def test_dtype_refusal(tmp_path: Path, model: Path, monkeypatch, capsys) -> None
         upscale.check_dtype(d, "fp16")
     assert upscale.check_dtype(d, "bf16") == torch.bfloat16
 
-    monkeypatch.setattr(upscale, "load_model", lambda p, dev="cpu": d)
+    monkeypatch.setattr(upscale, "load_checkpoint", lambda p, dev="cpu": d)
     src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--dtype", "fp16")
     assert code == 2 and "fp16" in err and "fp32, bf16" in err
@@ -550,7 +540,7 @@ def test_out_of_memory_suggests_smaller_tile(
         raise error
 
     d.model.forward = boom
-    monkeypatch.setattr(upscale, "load_model", lambda p, dev="cpu": d)
+    monkeypatch.setattr(upscale, "load_checkpoint", lambda p, dev="cpu": d)
     src = save_png(tmp_path / "a.png", np.zeros((100, 90, 3), np.uint8))
     code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--tile", "64")
     assert code == 2 and "out of memory" in err and "--tile 32" in err

@@ -12,15 +12,14 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-import imageio_utils
 import numpy as np
 import pytest
-import tiling
 import torch
-import upscale
 from PIL import Image
 from spandrel import ModelLoader, ModelTiling
 from test_upscale import compact, descriptor_of, nearest2, rand_image, save_model, save_png
+
+from hybridmoe import imageio, tiling, upscale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(autouse=True)
 def spandrel_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     """Load checkpoints with spandrel's built-in architectures (independent of HybridMoE)."""
-    monkeypatch.setattr(upscale, "load_model", lambda p, d="cpu": ModelLoader(d).load_from_file(p))
+    monkeypatch.setattr(
+        upscale, "load_checkpoint", lambda p, d="cpu": ModelLoader(d).load_from_file(p)
+    )
 
 
 @pytest.fixture
@@ -79,26 +80,28 @@ def png_declaring(width: int, height: int, depth: int = 8, idat: bytes = b"") ->
 # ------------------------------------------------------------------------ atomic writes
 
 
-def test_atomic_write_failure_leaves_nothing_or_the_old_file(tmp_path: Path) -> None:
+def test_atomic_output_failure_leaves_nothing_or_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "out.png"
 
-    def partial(tmp: Path, error: BaseException) -> None:
-        tmp.write_bytes(b"\x89PNG half")
-        raise error
+    def write(content: bytes, error: BaseException | None = None, **kw: bool) -> None:
+        with imageio.atomic_output(target, **kw) as tmp:
+            tmp.write_bytes(content)
+            if error is not None:
+                raise error
 
     for error in (OSError(28, "No space left on device"), KeyboardInterrupt()):
         with pytest.raises(type(error)):
-            imageio_utils.atomic_write(target, lambda t, e=error: partial(t, e))
+            write(b"\x89PNG half", error)
         assert listing(tmp_path) == []
     target.write_bytes(b"old")
     with pytest.raises(KeyboardInterrupt):
-        imageio_utils.atomic_write(target, lambda t: partial(t, KeyboardInterrupt()))
+        write(b"\x89PNG half", KeyboardInterrupt(), overwrite=True)
     assert listing(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
 
-    with pytest.raises(FileExistsError):
-        imageio_utils.atomic_write(target, lambda t: t.write_bytes(b"new"), overwrite=False)
+    with pytest.raises(imageio.OutputError, match="appeared"):
+        write(b"new")
     assert listing(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
-    imageio_utils.atomic_write(target, lambda t: t.write_bytes(b"new"))
+    write(b"new", overwrite=True)
     assert listing(tmp_path) == ["out.png"] and target.read_bytes() == b"new"
     assert (target.stat().st_mode & 0o777) == 0o666 & ~_umask()
 
@@ -220,7 +223,7 @@ def test_inf_is_detected_before_clamping(
         return y
 
     d.model.forward = overflowing
-    monkeypatch.setattr(upscale, "load_model", lambda p, dev="cpu": d)
+    monkeypatch.setattr(upscale, "load_checkpoint", lambda p, dev="cpu": d)
     src = save_png(tmp_path / "a.png", np.full((8, 8, 3), 100, np.uint8))
     code, err = run_cli(capsys, tmp_path / "m.safetensors", src, tmp_path / "o.png")
     assert code == 2 and "3 NaN/Inf values" in err and "fp32" in err
@@ -292,7 +295,7 @@ def test_memory_decides_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert np.abs(np.asarray(Image.open(tmp_path / "auto.png")).astype(int) - whole).max() <= 1
 
     d.tiling = ModelTiling.DISCOURAGED
-    monkeypatch.setattr(upscale, "load_model", lambda p, dev="cpu": d)
+    monkeypatch.setattr(upscale, "load_checkpoint", lambda p, dev="cpu": d)
     code, err = run_cli(capsys, model, src, tmp_path / "disc.png")
     assert code == 0 and "discourages tiling" in err and seen[-1] == 96
 
@@ -352,8 +355,8 @@ def test_decode_errors_name_file_and_cause(tmp_path: Path) -> None:
     }
     for name, (data, reason) in cases.items():
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(imageio_utils.ImageReadError) as info:
-            imageio_utils.read_image(tmp_path / name)
+        with pytest.raises(imageio.ImageReadError) as info:
+            imageio.read_image(tmp_path / name)
         message = str(info.value)
         assert str(tmp_path / name) in message and reason in message, message
         assert "BytesIO" not in message and "\n" not in message
@@ -366,13 +369,13 @@ def test_16bit_png_zlib_bomb_is_not_inflated() -> None:
     assert len(data) < 200_000
     tracemalloc.start()
     try:
-        assert imageio_utils.decode_png(data).shape == (4, 4, 3)
+        assert imageio.decode_png(data).shape == (4, 4, 3)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20
     with pytest.raises(ValueError, match="truncated"):
-        imageio_utils.decode_png(png_declaring(4, 4, 16, idat=zlib.compress(rows[:-5])))
+        imageio.decode_png(png_declaring(4, 4, 16, idat=zlib.compress(rows[:-5])))
 
 
 def fuzz_cases() -> list[tuple[str, bytes]]:

@@ -1,9 +1,11 @@
 """HybridMoE-FreqNet: an efficient super-resolution / restoration network.
 
-The whole network lives in this one file. It imports with nothing but PyTorch, registers its
-factories into traiNNer-redux's ``ARCH_REGISTRY`` when it sits at
-``traiNNer/archs/hybridmoe_arch.py`` inside a traiNNer-redux checkout, and registers itself with
-spandrel through :func:`register_spandrel`.
+The whole network lives in this one file: blocks, then the two paths, then the network, its
+variants and their registration. It imports with nothing but PyTorch and registers its factories
+into traiNNer-redux's ``ARCH_REGISTRY`` when it sits at ``traiNNer/archs/hybridmoe_arch.py``
+inside a traiNNer-redux checkout. Every state dict carries an ``hmoe_meta`` int32 buffer with the
+options tensor shapes cannot tell (:data:`META_FIELDS`); the ``hybridmoe`` package reads it to
+load checkpoints (``hybridmoe.checkpoint``) and to register the network with spandrel.
 
 Data flow (``s`` = scale, ``c1 = dim``, ``c2 = 2·dim``, ``c3 = 4·dim``)::
 
@@ -28,39 +30,34 @@ import functools
 import inspect
 import math
 import numbers
-import os
-import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "FACTORIES",
+    "META_FIELDS",
+    "META_VERSION",
     "MOE_AUX",
     "VARIANTS",
-    "CheckpointError",
     "HybridMoE",
+    "MetaField",
     "MoEAuxChannel",
+    "encode_meta",
     "hybridmoe",
-    "hybridmoe_from_state_dict",
     "hybridmoe_l",
     "hybridmoe_m",
     "hybridmoe_nano",
     "hybridmoe_s",
-    "load_checkpoint",
-    "read_state_dict",
-    "register_spandrel",
 ]
 
-META_VERSION = 2
-"""Version of the layout of the ``hmoe_meta`` int32 buffer. Version 2 (17 values):
-version, scale, in_ch, top_k, base, freq_split, global_mixer, upsampler, window_size,
-flags (use_moe | refine_moe<<1 | use_hf<<2 | use_attn<<3), flags2 (noise | stem_lk<<1),
-kernel_size, mlp_ratio·1000, hf_blocks (3), num_experts. Version 1 had the first 13."""
-META_LENGTHS = {1: 13, 2: 17}
+META_VERSION = 3
+"""Layout version of the ``hmoe_meta`` int32 buffer written into every state dict: value 0 is
+the version, then one value per :data:`META_FIELDS` entry at its position. Versions 1 and 2
+(positional, flags packed into bits) are still read by the ``hybridmoe`` package."""
 
 BASE_CHOICES = ("mks2021", "bicubic", "none")
 SPLIT_CHOICES = ("laplacian", "fft")
@@ -69,10 +66,76 @@ UPSAMPLER_CHOICES = ("pixelshuffle", "dysample")
 CONV_BLOCK_CHOICES = ("gated", "rep3")
 HF_BLOCK_CHOICES = ("plk", "rep3")
 SHIFT_CHOICES = ("stage", "alternate", "none")
+
+
+class MetaField(NamedTuple):
+    """One constructor option recorded in ``hmoe_meta``: ``size`` int32 values from
+    ``position``. Stored as the index in ``choices``, 0/1 for a flag, or ``round(value·unit)``,
+    each within ``low..high`` (checked before anything is built when a checkpoint is read)."""
+
+    name: str
+    position: int
+    low: int
+    high: int
+    choices: tuple[str, ...] = ()
+    unit: int = 1
+    size: int = 1
+
+
+def _flag(name: str, position: int) -> MetaField:
+    return MetaField(name, position, 0, 1)
+
+
+META_FIELDS: tuple[MetaField, ...] = (
+    MetaField("scale", 1, 1, 16),
+    MetaField("top_k", 2, 1, 256),
+    MetaField("num_experts", 3, 1, 256),
+    MetaField("base", 4, 0, len(BASE_CHOICES) - 1, BASE_CHOICES),
+    MetaField("freq_split", 5, 0, len(SPLIT_CHOICES) - 1, SPLIT_CHOICES),
+    MetaField("global_mixer", 6, 0, len(MIXER_CHOICES) - 1, MIXER_CHOICES),
+    MetaField("upsampler", 7, 0, len(UPSAMPLER_CHOICES) - 1, UPSAMPLER_CHOICES),
+    MetaField("shift", 8, 0, len(SHIFT_CHOICES) - 1, SHIFT_CHOICES),
+    MetaField("window_size", 9, 1, 64),
+    MetaField("kernel_size", 10, 3, 63),
+    MetaField("mlp_ratio", 11, 1, 16000, unit=1000),
+    MetaField("hf_blocks", 12, 0, 256, size=3),
+    _flag("use_moe", 15),
+    _flag("refine_moe", 16),
+    _flag("use_hf", 17),
+    _flag("use_attn", 18),
+    _flag("stem_lk", 19),
+    _flag("noise", 20),
+    _flag("gate_norm", 21),
+)
+"""The options tensor shapes cannot tell (dim, in_ch, levels, block counts and block kinds are
+read from the tensors; ``hf_blocks`` and ``num_experts`` are kept for models without HF or MoE
+layers). The ``hybridmoe`` package decodes and validates with this same table."""
+META_LENGTH = 1 + sum(f.size for f in META_FIELDS)
+
+
+def encode_meta(options: dict[str, Any]) -> list[int]:
+    """The ``hmoe_meta`` values (current layout) of a model built with ``options``."""
+    values = [0] * META_LENGTH
+    values[0] = META_VERSION
+    for f in META_FIELDS:
+        raw = options[f.name]
+        items = list(raw) if f.size > 1 else [raw]
+        for i, item in enumerate(items):
+            v = f.choices.index(item) if f.choices else item
+            values[f.position + i] = round(float(v) * f.unit) if f.unit != 1 else int(v)
+    return values
+
+
+META_FIELD = {f.name: f for f in META_FIELDS}
+"""The :data:`META_FIELDS` entries by option name."""
+MLP_RATIO_MAX = META_FIELD["mlp_ratio"].high / META_FIELD["mlp_ratio"].unit
+"""Largest ``mlp_ratio`` the meta can record (the constructor refuses larger ones)."""
 RENAMED_PREFIXES = {"lf3_global.": "global_block.", "refine_moe.moe.": "refine_moe.ffn."}
 """Module paths renamed since earlier checkpoints (old prefix -> new); loading maps them."""
 HEAD_KERNEL = 5  # depthwise re-param kernel of the texture head (fast path in cuDNN)
 DENSE_MOE_MAX_SLOTS = 1 << 18  # "auto" MoE dispatch: dense below tokens × experts = 262144
+SSM_STATE, SSM_HEAD_DIM = 16, 16  # selective scan: state size, channels per head
+DISPATCH_CHOICES = ("auto", "sparse", "dense")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -809,13 +872,13 @@ class SelectiveScan2D(nn.Module):
     function). Runs in float32 under autocast. O(HW).
     """
 
-    def __init__(self, channels: int, state: int = 16, head_dim: int = 16) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.heads = max(1, channels // head_dim)
+        self.heads = max(1, channels // SSM_HEAD_DIM)
         self.head_dim = channels // self.heads
         if self.heads * self.head_dim != channels:
             self.heads, self.head_dim = 1, channels
-        self.state = state
+        self.state = state = SSM_STATE
         self.in_proj = nn.Conv2d(channels, channels * 2, 1)
         self.dw = nn.Conv2d(channels, channels, 3, 1, 1, groups=channels)
         self.x_proj = nn.Conv2d(channels, self.heads + 2 * state, 1)
@@ -824,8 +887,7 @@ class SelectiveScan2D(nn.Module):
         self.a_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1.0, 16.0)))
         self.d_skip = nn.Parameter(torch.ones(self.heads))
         self.out_proj = nn.Conv2d(channels, channels, 1)
-        self.use_kernel = True
-        """Use mamba-ssm's kernel when available (CUDA). Same weights, same function."""
+        self.use_kernel = True  # see HybridMoE.set_ssm_kernel
 
     def _scan(self, x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
         kernel = _mamba_kernel() if (self.use_kernel and x.is_cuda) else None
@@ -862,6 +924,24 @@ class SelectiveScan2D(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class MoERouting:
+    """Routing settings shared by every MoE layer of one network (each is kept in one place):
+
+    ``top_k``: experts per token. ``dispatch``: "sparse" (sorted per-expert dispatch, computes
+    only the selected experts), "dense" (every expert on every token, mixed by the sparse gates:
+    static shapes, used for ONNX export and torch.compile) or "auto" (dense for small CUDA
+    workloads, where one matmul chain per expert costs more than the skipped arithmetic, sparse
+    otherwise). All dispatches compute the same function.
+    """
+
+    def __init__(self, top_k: int, dispatch: str = "auto") -> None:
+        self.top_k = top_k
+        self.dispatch = dispatch
+
+    def __repr__(self) -> str:
+        return f"MoERouting(top_k={self.top_k}, dispatch={self.dispatch!r})"
+
+
 class MoEFFN(nn.Module):
     """Token-wise top-k mixture of gated-MLP experts: (N,C,H,W) -> (N,C,H,W).
 
@@ -869,27 +949,31 @@ class MoEFFN(nn.Module):
     minus its 7×7 mean) picks ``top_k`` of ``E`` experts; their outputs are mixed with the
     renormalized router probabilities. Dispatch is vectorized: the token slots are sorted by
     expert and each expert runs one matmul chain on its contiguous slice (a loop over experts,
-    never over tokens); see :attr:`dispatch` for the dense static-shape path used for export,
+    never over tokens); see :class:`MoERouting` for the dense static-shape path used for export,
     compile and small GPU workloads. Deterministic in eval; ``top_k`` may be changed at
-    inference. In training forwards with autograd the Switch-style balance term
-    ``E · Σ_e f_e P_e`` is published to :data:`MOE_AUX`.
+    inference through the shared ``routing``. In training forwards with autograd the
+    Switch-style balance term ``E · Σ_e f_e P_e`` is published to :data:`MOE_AUX`.
     """
 
-    def __init__(self, channels: int, hidden: int, num_experts: int, top_k: int) -> None:
+    def __init__(self, channels: int, hidden: int, num_experts: int, routing: MoERouting) -> None:
         super().__init__()
         self.num_experts = num_experts
-        self.top_k = top_k
+        self.routing = routing
         self.router = nn.Parameter(torch.randn(num_experts, channels) * 0.02)
         self.w_in = nn.Parameter(torch.randn(num_experts, channels, hidden * 2) * 0.02)
         self.b_in = nn.Parameter(torch.zeros(num_experts, hidden * 2))
         self.w_out = nn.Parameter(torch.randn(num_experts, hidden, channels) * 0.02)
         self.b_out = nn.Parameter(torch.zeros(num_experts, channels))
-        self.dispatch = "auto"
-        """"sparse": sorted per-expert dispatch (computes only the selected experts);
-        "dense": every expert on every token, mixed by the sparse gates (static shapes, used
-        for ONNX export and torch.compile); "auto": dense for small CUDA workloads, where
-        launching one matmul chain per expert costs more than the skipped arithmetic, sparse
-        otherwise. All three compute the same function."""
+
+    @property
+    def top_k(self) -> int:
+        """Experts per token (from the shared :class:`MoERouting`)."""
+        return self.routing.top_k
+
+    @property
+    def dispatch(self) -> str:
+        """Dispatch mode (from the shared :class:`MoERouting`)."""
+        return self.routing.dispatch
 
     def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router input (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
@@ -972,7 +1056,7 @@ class AttnBlock(nn.Module):
     """Pre-norm window attention (or depthwise mixer) + gated FFN or MoE FFN.
     (N,C,H,W) -> (N,C,H,W).
 
-    ``hidden`` is the FFN width, per expert with ``moe = (experts, top_k)``.
+    ``hidden`` is the FFN width, per expert with ``moe = (experts, routing)``.
     """
 
     def __init__(
@@ -983,7 +1067,7 @@ class AttnBlock(nn.Module):
         shift: bool,
         hidden: int,
         use_attn: bool,
-        moe: tuple[int, int] | None = None,
+        moe: tuple[int, MoERouting] | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = RMSNorm2d(channels)
@@ -1018,11 +1102,11 @@ class GlobalBlock(nn.Module):
 class RefineBlock(nn.Module):
     """Full-resolution detail refinement, pre-norm residual FFN: (N,C,H,W) -> same.
 
-    A token-wise MoE (``moe = (experts, top_k)``, ``hidden`` per expert) or, without ``moe``,
+    A token-wise MoE (``moe = (experts, routing)``, ``hidden`` per expert) or, without ``moe``,
     a dense gated FFN of width ``hidden``.
     """
 
-    def __init__(self, channels: int, hidden: int, moe: tuple[int, int] | None) -> None:
+    def __init__(self, channels: int, hidden: int, moe: tuple[int, MoERouting] | None) -> None:
         super().__init__()
         self.norm = RMSNorm2d(channels)
         self.ffn: nn.Module = (
@@ -1043,7 +1127,7 @@ class TextureHead(_ChannelParamModule):
     """Re-param large-kernel depthwise conv + pointwise refinement, with optional noise
     injection (StyleGAN2-style, learned per-channel strength). (N,C,H,W) -> same.
 
-    Noise is added in training; in eval only when ``inject_noise_in_eval`` is set.
+    Noise is added in training; in eval only after ``HybridMoE.set_noise_in_eval(True)``.
     """
 
     channel_params = ("noise_strength",)
@@ -1054,7 +1138,7 @@ class TextureHead(_ChannelParamModule):
         self.pw = nn.Conv2d(channels, channels, 1, bias=False)
         self.ls = LayerScale(channels, 0.1)
         self.noise_strength = _channel_param(channels, 0.0) if noise else None
-        self.inject_noise_in_eval = False
+        self.inject_noise_in_eval = False  # see HybridMoE.set_noise_in_eval
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.ls(x, self.pw(F.gelu(self.lk(x))))
@@ -1126,7 +1210,7 @@ class DySampleUpsampler(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _current_key(key: str) -> str:
+def current_key(key: str) -> str:
     """``key`` with a module path of an earlier checkpoint (:data:`RENAMED_PREFIXES`) mapped."""
     for old, new in RENAMED_PREFIXES.items():
         if key.startswith(old):
@@ -1156,6 +1240,7 @@ class HybridMoE(nn.Module):
         kernel_size: large-kernel size of the ``plk`` HF blocks and the optional stem block.
         use_moe: MoE FFNs (False: dense gated FFNs of the same *active* width, top_k experts).
         num_experts, top_k: MoE size and routing (top_k may be changed later with set_top_k).
+            Without MoE (use_moe=False) a dense FFN is top_k experts wide.
         refine_moe: add a full-resolution refinement FFN (MoE or dense, see use_moe) before
             the head.
         use_hf: keep the high-frequency path (False: single LF stream, no split).
@@ -1177,8 +1262,6 @@ class HybridMoE(nn.Module):
         base: fixed base upsampler "mks2021", "bicubic" or "none".
         deploy: build the fused (re-parameterized) form, as produced by fuse().
     """
-
-    hyperparameters: dict[str, Any] = {}  # noqa: RUF012 (filled per instance)
 
     def __init__(
         self,
@@ -1252,31 +1335,12 @@ class HybridMoE(nn.Module):
         self.deploy = bool(deploy)
         has_moe = use_moe and (mid_blocks > 0 or refine_moe)
         self.num_experts = num_experts if has_moe else 0
-        self.top_k = top_k if has_moe else 0
+        self.routing = MoERouting(top_k)
         widths = [dim * 2**i for i in range(levels)]
         self.pad_multiple = 2 ** (levels - 1)
         self.global_ops = global_mixer != "none" or (use_hf and freq_split == "fft")
         """Whether any operation mixes the whole image (a non-finite input pixel would then
         reach every output pixel, so such pixels are zeroed first)."""
-
-        meta = [
-            META_VERSION,
-            scale,
-            in_ch,
-            top_k,
-            BASE_CHOICES.index(base),
-            SPLIT_CHOICES.index(freq_split),
-            MIXER_CHOICES.index(global_mixer),
-            UPSAMPLER_CHOICES.index(upsampler),
-            window_size,
-            int(use_moe) | int(refine_moe) << 1 | int(use_hf) << 2 | int(use_attn) << 3,
-            int(noise) | int(stem_lk) << 1,
-            kernel_size,
-            round(float(mlp_ratio) * 1000),
-            *hfb,
-            num_experts,
-        ]
-        self.register_buffer("hmoe_meta", torch.tensor(meta, dtype=torch.int32))
 
         self.base: nn.Module | None
         if base == "mks2021":
@@ -1292,7 +1356,7 @@ class HybridMoE(nn.Module):
         self.split = FrequencySplit(c1, freq_split) if use_hf else None
 
         hidden = [max(8, round(c * mlp_ratio)) for c in widths]
-        moe_cfg = (num_experts, top_k) if use_moe else None
+        moe_cfg = (num_experts, self.routing) if use_moe else None
         dense_k = 1 if use_moe else top_k  # a dense FFN gets the MoE's active width
         attn_count = 0
 
@@ -1369,14 +1433,30 @@ class HybridMoE(nn.Module):
             else PixelShuffleUpsampler(c1, in_ch, scale)
         )
 
-    # -- runtime controls --------------------------------------------------------------------
+    # -- configuration and runtime controls ----------------------------------------------------
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:  # type: ignore[override]
+        """Every constructor option (traiNNer-redux writes this dict into checkpoint metadata);
+        ``top_k`` is the current one (:meth:`set_top_k`)."""
+        return {**self.__dict__["_options"], "top_k": self.routing.top_k}
+
+    @hyperparameters.setter
+    def hyperparameters(self, options: dict[str, Any]) -> None:
+        self.__dict__["_options"] = dict(options)
+
+    @property
+    def top_k(self) -> int:
+        """Experts per token of the MoE layers (0 without MoE layers)."""
+        return self.routing.top_k if self.num_experts else 0
 
     def moe_layers(self) -> list[MoEFFN]:
         """All MoE layers of the network."""
         return [m for m in self.modules() if isinstance(m, MoEFFN)]
 
     def set_top_k(self, k: int) -> HybridMoE:
-        """Change how many experts each token uses (speed/quality dial); returns self."""
+        """Change how many experts each token uses (speed/quality dial); returns self.
+        Saved state dicts and :attr:`hyperparameters` record the new value."""
         if not self.num_experts:
             raise ValueError("HybridMoE.set_top_k: this model has no MoE layers")
         k = _check_int("top_k", k, 1)
@@ -1384,11 +1464,29 @@ class HybridMoE(nn.Module):
             raise ValueError(
                 f"HybridMoE.set_top_k: top_k={k} exceeds num_experts={self.num_experts}"
             )
-        for m in self.moe_layers():
-            m.top_k = k
-        self.top_k = k
-        self.hmoe_meta[3] = k
-        self.hyperparameters = {**self.hyperparameters, "top_k": k}
+        self.routing.top_k = k
+        return self
+
+    def set_moe_dispatch(self, mode: str) -> HybridMoE:
+        """MoE dispatch of every layer: "sparse", "dense" or "auto" (see :class:`MoERouting`;
+        all compute the same function); returns self."""
+        self.routing.dispatch = _check_choice("dispatch", mode, DISPATCH_CHOICES)
+        return self
+
+    def set_ssm_kernel(self, enabled: bool) -> HybridMoE:
+        """Let the ``ssm`` mixer use mamba-ssm's fused kernel on CUDA when it is importable
+        (default) or force the pure-PyTorch scan (same weights, same function); returns self."""
+        for m in self.modules():
+            if isinstance(m, SelectiveScan2D):
+                m.use_kernel = bool(enabled)
+        return self
+
+    def set_noise_in_eval(self, enabled: bool) -> HybridMoE:
+        """Inject the texture head's learned noise in eval forwards too (models built with
+        ``noise=True``; training forwards always inject it); returns self."""
+        for m in self.modules():
+            if isinstance(m, TextureHead):
+                m.inject_noise_in_eval = bool(enabled)
         return self
 
     @torch.no_grad()
@@ -1405,6 +1503,14 @@ class HybridMoE(nn.Module):
         self.hyperparameters = {**self.hyperparameters, "deploy": True}
         return self
 
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        # hmoe_meta: written from the options at save time, so it cannot disagree with them
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        meta = encode_meta(self.hyperparameters)
+        destination[prefix + "hmoe_meta"] = torch.tensor(meta, dtype=torch.int32)
+
     def _load_from_state_dict(  # noqa: PLR0917 (signature fixed by nn.Module)
         self,
         state_dict: dict[str, Any],
@@ -1418,21 +1524,20 @@ class HybridMoE(nn.Module):
         # Module paths of earlier checkpoints: renamed in place, before the submodules (which
         # nn.Module.load_state_dict serves from this same dict afterwards) read their tensors.
         for old in [k for k in state_dict if k.startswith(prefix)]:
-            new = prefix + _current_key(old[len(prefix) :])
+            new = prefix + current_key(old[len(prefix) :])
             if new != old:
                 state_dict[new] = state_dict.pop(old)
-        # The meta buffer describes *this* module's configuration: keep it when loading
-        # weights (e.g. a pretrain of another scale with strict_load_g: false).
-        key = prefix + "hmoe_meta"
-        if key in state_dict:
-            incoming = state_dict[key]
-            version = int(incoming.reshape(-1)[0]) if incoming.numel() else 0
-            if version > META_VERSION:
-                error_msgs.append(
-                    f"checkpoint was written by a newer HybridMoE (layout version "
-                    f"{version} > {META_VERSION}); update hybridmoe_arch.py"
-                )
-            state_dict = {**state_dict, key: self.hmoe_meta.clone()}
+        # hmoe_meta describes the configuration of the model that wrote it; this module keeps
+        # its own (e.g. a pretrain of another scale loaded with strict_load_g: false).
+        incoming = state_dict.pop(prefix + "hmoe_meta", None)
+        if incoming is None:
+            if strict:
+                missing_keys.append(prefix + "hmoe_meta")
+        elif incoming.numel() and int(incoming.reshape(-1)[0]) > META_VERSION:
+            error_msgs.append(
+                f"checkpoint was written by a newer HybridMoE (layout version "
+                f"{int(incoming.reshape(-1)[0])} > {META_VERSION}); update hybridmoe_arch.py"
+            )
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -1544,46 +1649,38 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "refine_moe": True,
     },
 }
-"""Named configurations; any constructor option can be overridden per factory call."""
-
-_OPTION_NAMES = tuple(inspect.signature(HybridMoE.__init__).parameters)[1:]
+"""Named configurations: each factory's defaults (the constructor's defaults are the ``s`` size)."""
 
 
-def _build(variant: str | None, scale: int, overrides: dict[str, Any]) -> HybridMoE:
-    unknown = sorted(set(overrides) - set(_OPTION_NAMES))
-    if unknown:
-        raise TypeError(
-            f"{variant or 'hybridmoe'}: unknown option(s) {', '.join(unknown)}; valid options: "
-            + ", ".join(n for n in _OPTION_NAMES if n != "scale")
-        )
-    cfg = {**(VARIANTS[variant] if variant else {}), **overrides}
-    return HybridMoE(scale=scale, **cfg)
+def _factory(name: str, doc: str) -> Callable[..., HybridMoE]:
+    """The factory ``name``: ``scale`` (positional or keyword) and every constructor option as a
+    keyword with the variant's default, all visible to :func:`inspect.signature`."""
+    ctor = inspect.signature(HybridMoE.__init__)
+    variant = VARIANTS.get(name, {})
+    params = [p.replace(default=variant.get(p.name, p.default)) for p in ctor.parameters.values()]
+    scale = params[1].replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    signature = inspect.Signature([scale, *params[2:]], return_annotation="HybridMoE")
+
+    def factory(*args: Any, **kwargs: Any) -> HybridMoE:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            options = ", ".join(p for p in signature.parameters if p != "scale")
+            raise TypeError(f"{name}: {e}; valid options: {options}") from None
+        bound.apply_defaults()
+        return HybridMoE(**bound.arguments)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    factory.__signature__ = signature  # type: ignore[attr-defined]
+    return factory
 
 
-def hybridmoe(scale: int = 4, **options: Any) -> HybridMoE:
-    """General constructor: every :class:`HybridMoE` option, defaults = the ``s`` size."""
-    return _build(None, scale, options)
-
-
-def hybridmoe_nano(scale: int = 4, **overrides: Any) -> HybridMoE:
-    """Real-time size (dim 16, shallow, top-1 MoE)."""
-    return _build("hybridmoe_nano", scale, overrides)
-
-
-def hybridmoe_s(scale: int = 4, **overrides: Any) -> HybridMoE:
-    """Small size (dim 32)."""
-    return _build("hybridmoe_s", scale, overrides)
-
-
-def hybridmoe_m(scale: int = 4, **overrides: Any) -> HybridMoE:
-    """Medium size (dim 48)."""
-    return _build("hybridmoe_m", scale, overrides)
-
-
-def hybridmoe_l(scale: int = 4, **overrides: Any) -> HybridMoE:
-    """Large, quality-first size (dim 64, window 16, detail MoE)."""
-    return _build("hybridmoe_l", scale, overrides)
-
+hybridmoe = _factory("hybridmoe", "General constructor: every option, defaults = the ``s`` size.")
+hybridmoe_nano = _factory("hybridmoe_nano", "Real-time size (dim 16, shallow, top-1 MoE).")
+hybridmoe_s = _factory("hybridmoe_s", "Small size (dim 32).")
+hybridmoe_m = _factory("hybridmoe_m", "Medium size (dim 48).")
+hybridmoe_l = _factory("hybridmoe_l", "Large, quality-first size (dim 64, window 16, detail MoE).")
 
 FACTORIES: dict[str, Callable[..., HybridMoE]] = {
     "hybridmoe": hybridmoe,
@@ -1592,529 +1689,6 @@ FACTORIES: dict[str, Callable[..., HybridMoE]] = {
     "hybridmoe_m": hybridmoe_m,
     "hybridmoe_l": hybridmoe_l,
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading from a state dict (spandrel-independent)
-# ---------------------------------------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A file or state dict that is not a loadable model, with the reason and the fix."""
-
-
-META_LIMITS: dict[str, tuple[int, int]] = {
-    "scale": (1, 16),
-    "window_size": (1, 64),
-    "kernel_size": (3, 63),
-    "mlp_ratio*1000": (1, 16000),
-    "num_experts": (1, 256),
-    "hf_blocks": (0, 256),
-}
-"""Inclusive range of every numeric ``hmoe_meta`` field a checkpoint may hold. Checked before
-anything is built, so a damaged or edited buffer cannot ask for gigabytes of memory."""
-
-MLP_RATIO_MAX = META_LIMITS["mlp_ratio*1000"][1] / 1000
-"""Largest ``mlp_ratio`` a checkpoint can record (the constructor refuses larger ones)."""
-
-MAX_ABS_WEIGHT = 1e4
-"""Largest magnitude a HybridMoE tensor may hold: trained weights stay near 1, so a value far
-beyond this (or NaN/Inf) means bytes of the file were damaged."""
-
-_META_MAX_VALUES = 64  # a real hmoe_meta buffer has 13 or 17 values
-_FLAG_BITS, _FLAG2_BITS = 0b1111, 0b11  # known bits of the two flag fields
-
-
-def _damaged(what: str) -> CheckpointError:
-    return CheckpointError(
-        f"damaged HybridMoE checkpoint: {what}; the file is damaged or was edited"
-    )
-
-
-def _seq_len(sd: dict[str, Tensor], prefix: str) -> int:
-    """Number of blocks stored under ``prefix`` (``lf1.0.…``, ``lf1.1.…``); they must be
-    numbered 0..n-1, so the count is bounded by the number of keys."""
-    idx = {
-        int(k[len(prefix) :].split(".", 1)[0])
-        for k in sd
-        if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
-    }
-    if idx != set(range(len(idx))):
-        shown = ", ".join(str(i) for i in sorted(idx)[:6])
-        raise _damaged(f"the blocks under '{prefix}' are numbered {shown}…, not 0..{len(idx) - 1}")
-    return len(idx)
-
-
-def _meta_values(meta: object) -> list[int]:
-    """The integers of the ``hmoe_meta`` buffer (integral float buffers are accepted too)."""
-    if not isinstance(meta, Tensor) or meta.dtype == torch.bool or meta.is_complex():
-        kind = meta.dtype if isinstance(meta, Tensor) else type(meta).__name__
-        raise _damaged(f"'hmoe_meta' must be an integer tensor, got {kind}")
-    if meta.numel() > _META_MAX_VALUES:
-        raise _damaged(f"'hmoe_meta' holds {meta.numel()} values (a real one holds 13 or 17)")
-    flat = meta.detach().reshape(-1).cpu()
-    if flat.is_floating_point():
-        flat = flat.double()
-        if not bool(torch.isfinite(flat).all()) or not bool((flat == flat.round()).all()):
-            raise _damaged("'hmoe_meta' holds values that are not integers")
-    return [int(v) for v in flat.tolist()]
-
-
-def _in_range(name: str, value: int, low: int, high: int) -> int:
-    if not low <= value <= high:
-        raise _damaged(f"hmoe_meta field {name}={value} is outside its range {low}..{high}")
-    return value
-
-
-def _choice(name: str, index: int, choices: Sequence[str]) -> str:
-    if not 0 <= index < len(choices):
-        allowed = ", ".join(f"{i}={c}" for i, c in enumerate(choices))
-        raise _damaged(f"hmoe_meta field {name}={index} is not one of {allowed}")
-    return choices[index]
-
-
-def _meta_config(sd: dict[str, Tensor], meta: list[int]) -> dict[str, Any]:
-    """Every constructor option, from ``hmoe_meta`` and the keys, each checked against its range
-    and the tensor shapes before anything is built."""
-    version = meta[0]
-    (_, scale, in_ch, top_k, base_i, split_i, mixer_i, up_i, window, flags, flags2) = meta[:11]
-    kernel_size, mlp_milli = meta[11], meta[12]
-    _in_range("scale", scale, *META_LIMITS["scale"])
-    _in_range("window_size", window, *META_LIMITS["window_size"])
-    _in_range("kernel_size", kernel_size, *META_LIMITS["kernel_size"])
-    if kernel_size % 2 == 0:
-        raise _damaged(f"hmoe_meta field kernel_size={kernel_size} is even (it must be odd)")
-    _in_range("mlp_ratio*1000", mlp_milli, *META_LIMITS["mlp_ratio*1000"])
-    if flags & ~_FLAG_BITS or flags2 & ~_FLAG2_BITS:
-        raise _damaged(f"hmoe_meta flags {flags:#x} / {flags2:#x} have unknown bits set")
-    stem = sd["stem.weight"]
-    if not isinstance(stem, Tensor) or stem.ndim != 4 or tuple(stem.shape[2:]) != (3, 3):
-        shape = tuple(stem.shape) if isinstance(stem, Tensor) else type(stem).__name__
-        raise _damaged(f"'stem.weight' has shape {shape}, expected (dim, in_ch, 3, 3)")
-    dim, in_ch_w = int(stem.shape[0]), int(stem.shape[1])
-    if in_ch_w != in_ch:
-        raise CheckpointError(
-            f"inconsistent HybridMoE checkpoint: meta says in_ch={in_ch}, stem has {in_ch_w}"
-        )
-    if dim < 4:
-        raise _damaged(f"'stem.weight' gives dim={dim} (at least 4)")
-    use_hf = bool(flags & 4)
-    key_hf = (_seq_len(sd, "hf1."), _seq_len(sd, "hf2."), _seq_len(sd, "hf3."))
-    routers = {int(v.shape[0]) for k, v in sd.items() if k.endswith(".router") and v.ndim}
-    if len(routers) > 1:
-        raise _damaged(f"the MoE routers disagree on the expert count ({sorted(routers)})")
-    if version >= 2:
-        hf_blocks = tuple(_in_range("hf_blocks", b, *META_LIMITS["hf_blocks"]) for b in meta[13:16])
-        num_experts = meta[16]
-        if use_hf and hf_blocks != key_hf:
-            raise _damaged(f"hmoe_meta says hf_blocks={hf_blocks}, the keys hold {key_hf}")
-    else:  # version 1 did not record these; read them from the keys
-        hf_blocks = key_hf
-        num_experts = next(iter(routers)) if routers else 4
-    _in_range("num_experts", num_experts, *META_LIMITS["num_experts"])
-    if routers and routers != {num_experts}:
-        raise CheckpointError(
-            f"inconsistent HybridMoE checkpoint: meta says {num_experts} experts, the router "
-            f"has {next(iter(routers))}"
-        )
-    _in_range("top_k", top_k, 1, num_experts)
-
-    def any_key(pattern: str) -> bool:
-        return any(re.match(pattern, k) for k in sd)
-
-    gated_norm = any_key(r"^((lf1|dec1)\.\d+\.norm1|hf\d\.\d+\.norm)\.weight$")
-    gated_any = any_key(r"^((lf1|dec1)\.\d+\.pw1|hf\d\.\d+\.mix)\.weight$")
-    return {
-        "scale": scale,
-        "in_ch": in_ch,
-        "dim": dim,
-        "levels": 1 + int("lf_down1.weight" in sd) + int("lf_down2.weight" in sd),
-        "conv_block": "rep3" if any_key(r"^(lf1|dec1)\.\d+\.conv\.") else "gated",
-        "hf_block": "rep3" if any_key(r"^hf\d\.\d+\.conv\.") else "plk",
-        "gate_norm": gated_norm or not gated_any,
-        "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),
-        "hf_blocks": hf_blocks,
-        "mid_blocks": _seq_len(sd, "mid."),
-        "dec_blocks": (_seq_len(sd, "dec1."), _seq_len(sd, "dec2.")),
-        "window_size": window,
-        "mlp_ratio": mlp_milli / 1000,
-        "kernel_size": kernel_size,
-        "use_moe": bool(flags & 1),
-        "num_experts": num_experts,
-        "top_k": top_k,
-        "refine_moe": bool(flags & 2),
-        "use_hf": use_hf,
-        "use_attn": bool(flags & 8),
-        "freq_split": _choice("freq_split", split_i, SPLIT_CHOICES),
-        "global_mixer": _choice("global_mixer", mixer_i, MIXER_CHOICES),
-        "stem_lk": bool(flags2 & 2),
-        "texture_head": "head.pw.weight" in sd,
-        "noise": bool(flags2 & 1),
-        "upsampler": _choice("upsampler", up_i, UPSAMPLER_CHOICES),
-        "base": _choice("base", base_i, BASE_CHOICES),
-        "deploy": any(k.endswith(".fused.weight") for k in sd),
-    }
-
-
-def _shape_fits(stored: torch.Size, expected: torch.Size) -> bool:
-    """Equal shapes, or a per-channel parameter stored as (1, C, 1, 1) where the model holds
-    (C, 1, 1) (:class:`_ChannelParamModule` loads it reshaped)."""
-    return stored == expected or (
-        len(stored) == len(expected) + 1 and stored[0] == 1 and stored[1:] == expected
-    )
-
-
-def _check_layout(cfg: dict[str, Any], sd: dict[str, Tensor]) -> None:
-    """Build the configured model on the ``meta`` device (no memory) and require the state
-    dict to hold exactly its tensors, with their shapes."""
-    try:
-        with torch.device("meta"):
-            expected = HybridMoE(**cfg).state_dict()
-    except ValueError as e:
-        raise _damaged(f"its options do not form a valid model ({e})") from e
-    sd = {_current_key(k): v for k, v in sd.items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in sd and k != "hmoe_meta" and not _shape_fits(sd[k].shape, v.shape)
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
-        if items
-    ]
-    if problems:
-        raise _damaged(
-            "the tensors do not fit the model its hmoe_meta describes (" + "; ".join(problems) + ")"
-        )
-
-
-def _check_values(sd: dict[str, Tensor]) -> None:
-    """Every floating tensor finite and within :data:`MAX_ABS_WEIGHT`."""
-    for k, v in sd.items():
-        if not v.is_floating_point() or not v.numel():
-            continue
-        if not bool(torch.isfinite(v).all()):
-            raise _damaged(f"'{k}' holds NaN or infinite values")
-        peak = float(v.detach().abs().max())
-        if peak > MAX_ABS_WEIGHT:
-            raise _damaged(
-                f"'{k}' holds a value of magnitude {peak:.3g} (above {MAX_ABS_WEIGHT:g})"
-            )
-
-
-def hybridmoe_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
-    """Build the :class:`HybridMoE` that ``state_dict`` belongs to (weights not loaded).
-
-    Every option that changes the output is recovered from tensor shapes, key presence and the
-    versioned ``hmoe_meta`` buffer. Each recovered value is checked against its range
-    (:data:`META_LIMITS`) and against the tensors, and the tensors must be finite and of
-    plausible magnitude, before the model is allocated; anything else raises
-    :class:`CheckpointError`.
-    """
-    sd = state_dict
-    if "hmoe_meta" not in sd or "stem.weight" not in sd:
-        raise CheckpointError("not a HybridMoE state dict (no 'hmoe_meta' / 'stem.weight' keys)")
-    if not all(isinstance(v, Tensor) for v in sd.values()):
-        raise _damaged("it holds entries that are not tensors")
-    meta = _meta_values(sd["hmoe_meta"])
-    version = meta[0] if meta else 0
-    if version > META_VERSION:
-        raise CheckpointError(
-            f"HybridMoE checkpoint layout version {version} is newer than this hybridmoe_arch.py "
-            f"understands (up to {META_VERSION}); update hybridmoe_arch.py"
-        )
-    if version not in META_LENGTHS or len(meta) != META_LENGTHS[version]:
-        raise CheckpointError(
-            f"malformed HybridMoE 'hmoe_meta' buffer (version {version}, {len(meta)} values); "
-            f"the checkpoint is damaged"
-        )
-    cfg = _meta_config(sd, meta)
-    _check_layout(cfg, sd)
-    _check_values(sd)
-    return HybridMoE(**cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# spandrel integration
-# ---------------------------------------------------------------------------------------------
-
-SPANDREL_DETECT_KEYS = (
-    "hmoe_meta",
-    "stem.weight",
-    "mid_in.weight",
-)
-
-
-def _make_spandrel_arch() -> Any:
-    """Create the spandrel ``Architecture`` for HybridMoE (spandrel imported lazily)."""
-    from spandrel import Architecture, ImageModelDescriptor, ModelTiling
-    from spandrel.util import KeyCondition
-
-    class HybridMoEArch(Architecture[HybridMoE]):  # type: ignore[misc]
-        """spandrel support for every HybridMoE variant, option and form."""
-
-        def __init__(self) -> None:
-            super().__init__(
-                id="HybridMoE",
-                name="HybridMoE-FreqNet",
-                detect=KeyCondition.has_all(*SPANDREL_DETECT_KEYS),
-            )
-
-        def load(self, state_dict: dict[str, Tensor]) -> Any:
-            model = hybridmoe_from_state_dict(state_dict)
-            hp = model.hyperparameters
-            tags = [f"{hp['dim']}dim"]
-            for name in ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l"):
-                if all(
-                    hp.get(k) == (tuple(v) if isinstance(v, list) else v)
-                    for k, v in VARIANTS[name].items()
-                ):
-                    tags.insert(0, name.split("_", 1)[1])
-                    break
-            if model.num_experts:
-                tags.append(f"{model.num_experts}e-top{model.top_k}")
-            tags.append(hp["global_mixer"])
-            if hp["deploy"]:
-                tags.append("fused")
-            global_ops = hp["global_mixer"] != "none" or (
-                hp["use_hf"] and hp["freq_split"] == "fft"
-            )
-            return ImageModelDescriptor(
-                model,
-                state_dict,
-                architecture=self,
-                purpose="Restoration" if model.scale == 1 else "SR",
-                tags=tags,
-                supports_half=True,
-                supports_bfloat16=True,
-                scale=model.scale,
-                input_channels=model.in_ch,
-                output_channels=model.in_ch,
-                tiling=ModelTiling.DISCOURAGED if global_ops else ModelTiling.SUPPORTED,
-            )
-
-    return HybridMoEArch()
-
-
-def register_spandrel() -> bool:
-    """Make spandrel's ``ModelLoader`` recognize HybridMoE checkpoints. Idempotent.
-
-    Returns True if this call added the architecture, False if it was already registered.
-    """
-    from spandrel import MAIN_REGISTRY, ArchSupport
-
-    if "HybridMoE" in MAIN_REGISTRY:
-        return False
-    added = MAIN_REGISTRY.add(
-        ArchSupport.from_architecture(_make_spandrel_arch()), ignore_duplicates=True
-    )
-    return bool(added)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading checkpoint files (tensors only: nothing in a file is executed)
-# ---------------------------------------------------------------------------------------------
-
-_CHECKPOINT_EXTS = (".pth", ".pt", ".ckpt", ".safetensors")
-
-TRAINING_STATE_KEYS = ("iter", "optimizers", "schedulers")
-"""Top-level keys of a traiNNer-redux training state (``training_states/<iter>.state``)."""
-
-_TORCHSCRIPT_RECORDS = ("constants.pkl", "bytecode.pkl")
-_TORCHSCRIPT_FOLDERS = ("code/", ".data/ts_code/")
-
-
-_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
-
-
-def _error_detail(e: BaseException) -> str:
-    """The informative line of an exception message (torch's weights-only errors wrap it in
-    paragraphs of advice)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(_BOILERPLATE)]
-    return (useful or lines or [""])[0][:300]
-
-
-def _unreadable(p: Path, e: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f"{p}: cannot read the checkpoint ({type(e).__name__}: {_error_detail(e)}); the file is "
-        f"corrupt, truncated or not a PyTorch/safetensors model"
-    )
-
-
-def _training_state_error(p: Path) -> CheckpointError:
-    """Name what a traiNNer-redux ``.state`` file is and the model file to load instead."""
-    models = p.parent.parent / "models"
-    found = sorted(
-        str(f)
-        for f in models.glob(f"net_g*_{p.stem}.*")
-        if p.parent.name == "training_states" and f.suffix.lower() in _CHECKPOINT_EXTS
-    )
-    instead = (
-        " or ".join(found[:2])
-        if found
-        else "the network checkpoint of the same run, experiments/<name>/models/"
-        "net_g_ema_<iter>.safetensors (or net_g_<iter>.safetensors / .pth)"
-    )
-    return CheckpointError(
-        f"{p}: this is a traiNNer-redux training state (iteration counter, optimizer and "
-        f"scheduler state for resuming training), not a model: it holds no network weights. "
-        f"Load {instead} instead"
-    )
-
-
-def _checked_path(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"model file not found: {p}")
-    if p.suffix.lower() == ".state":
-        raise _training_state_error(p)
-    if p.suffix.lower() not in _CHECKPOINT_EXTS:
-        raise CheckpointError(
-            f"{p.name}: unsupported model file type {p.suffix!r}; expected one of "
-            + ", ".join(_CHECKPOINT_EXTS)
-        )
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: the file is empty (0 bytes); re-download or re-export it")
-    return p
-
-
-def _file_kind(p: Path) -> str:
-    """``"safetensors"``, ``"zip"`` (torch.save, or TorchScript) or ``"pickle"``, by content."""
-    with p.open("rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
-        return "safetensors"
-    if head[:2] == b"PK":  # a zip's byte 8 is its compression method (0), never "{"
-        return "zip"
-    return "pickle"
-
-
-def _refuse_torchscript(p: Path) -> None:
-    """Look at the member names of a zip checkpoint (no member is read) and refuse TorchScript
-    archives, whose loading runs code stored in the file."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(p) as z:
-            names = z.namelist()
-    except Exception as e:  # BadZipFile, truncated directories, bad offsets
-        raise _unreadable(p, e) from e
-    records = {n.split("/", 1)[1] if "/" in n else n for n in names}
-    script = sorted(
-        r for r in records if r in _TORCHSCRIPT_RECORDS or r.startswith(_TORCHSCRIPT_FOLDERS)
-    )
-    if script:
-        raise CheckpointError(
-            f"{p}: this is a TorchScript archive (it holds {', '.join(script[:3])}); loading one "
-            f"runs code stored in the file, so it is refused. Use the model's state dict instead: "
-            f"a .safetensors file, or a .pth/.ckpt written with torch.save(model.state_dict())"
-        )
-    if "data.pkl" not in records:
-        raise CheckpointError(
-            f"{p}: a zip archive without data.pkl is not a torch.save checkpoint; the file is "
-            f"corrupt or not a PyTorch/safetensors model"
-        )
-
-
-def _deserialize(p: Path) -> object:
-    """The file's content as tensors and plain containers only (safetensors, or ``torch.load``
-    with ``weights_only=True`` after the TorchScript check): no code from the file runs."""
-    import pickle
-
-    kind = _file_kind(p)
-    if kind == "zip":
-        _refuse_torchscript(p)
-    try:
-        if kind == "safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(p), device="cpu")
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e):
-            raise CheckpointError(
-                f"{p}: the file holds Python objects other than tensors and plain containers "
-                f"({_error_detail(e)}); loading them could run code from the file, so it is "
-                f"refused. Save the weights with torch.save(model.state_dict()) or as .safetensors"
-            ) from e
-        raise _unreadable(p, e) from e
-    except Exception as e:  # zip, pickle, safetensors and storage errors: an unreadable file
-        raise _unreadable(p, e) from e
-
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read the state dict of a ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` file safely.
-
-    Only tensors and plain containers are deserialized: TorchScript archives and pickles of
-    other Python objects are refused before any of their content is loaded, so nothing in the
-    file runs. Wrappers are unwrapped as spandrel does (``params_ema`` before ``params``, a
-    ``module.`` prefix, …). Hand the result to ``spandrel.ModelLoader().load_from_state_dict``
-    or :func:`hybridmoe_from_state_dict`.
-
-    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
-    corrupt, unsafe or unsupported files and for traiNNer-redux training states.
-    """
-    from spandrel import canonicalize_state_dict
-
-    p = _checked_path(path)
-    data = _deserialize(p)
-    if not isinstance(data, dict):
-        raise CheckpointError(
-            f"{p}: the file holds a {type(data).__name__}, not a state dict (names -> tensors)"
-        )
-    if all(k in data for k in TRAINING_STATE_KEYS):
-        raise _training_state_error(p)
-    sd = canonicalize_state_dict(data)
-    if not isinstance(sd, dict) or not any(isinstance(v, Tensor) for v in sd.values()):
-        raise CheckpointError(f"{p}: the checkpoint holds no tensors (no model weights)")
-    for k, v in sd.items():
-        if not isinstance(k, str) or not isinstance(v, Tensor):
-            raise CheckpointError(
-                f"{p}: entry {k!r} of the state dict is a {type(v).__name__}, not a tensor; "
-                f"the file is not a model state dict"
-            )
-    return sd
-
-
-def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
-    """Load any spandrel-supported checkpoint (HybridMoE included) as an
-    ``ImageModelDescriptor`` in eval mode.
-
-    The file is read by :func:`read_state_dict` (tensors only; TorchScript archives and other
-    pickled objects are refused unread), then detected and built by spandrel's ``ModelLoader``.
-    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
-    corrupt, unsafe or unsupported files.
-    """
-    from spandrel import ModelLoader, UnsupportedModelError
-
-    p = _checked_path(path)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
-    sd = read_state_dict(p)
-    register_spandrel()
-    try:
-        desc = ModelLoader(device=dev).load_from_state_dict(sd)
-    except UnsupportedModelError as e:
-        keys = ", ".join(list(sd)[:5])
-        raise CheckpointError(
-            f"{p}: no known architecture matches this state dict (first keys: {keys}); it is "
-            f"neither a HybridMoE checkpoint nor a model spandrel supports"
-        ) from e
-    except CheckpointError as e:
-        raise CheckpointError(f"{p}: {e}") from e
-    except (RuntimeError, KeyError, IndexError, ValueError) as e:
-        kind = "a HybridMoE" if "hmoe_meta" in sd else "a known"
-        raise CheckpointError(
-            f"{p}: the state dict looks like {kind} model but does not load ({e}); the file is "
-            f"damaged or was edited"
-        ) from e
-    desc.model.eval()
-    return desc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Image reading and writing for the command-line scripts: PNG (8/16-bit), JPEG, WebP.
+"""Files in and out: images (PNG 8/16-bit, JPEG, WebP) and safe, atomic output files.
 
 Images are handled as float32 arrays of shape (H, W, C) in ``[0, 1]`` with ``C`` = 1 (grey),
 2 (grey + alpha), 3 (RGB) or 4 (RGBA). Bit depth, format and ICC profile travel alongside so that
@@ -7,21 +7,33 @@ an image can be written back the way it came in.
 Pillow narrows 16-bit colour PNGs to 8 bits, so 16-bit PNGs are decoded by :func:`decode_png` and
 encoded by :func:`encode_png16` (numpy + zlib); everything else goes through Pillow.
 
-Files are written with :func:`atomic_write`: a temporary file in the destination folder that is
-renamed into place once complete, so an interrupted or failed write never leaves a partial image
-under the final name. Images declaring more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``
-(decompression-bomb limit) are refused.
+Images declaring more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` (decompression-bomb
+limit) are refused.
+
+Output files (images, checkpoints, ONNX graphs, JSON reports) are
+
+* checked before any work starts (:func:`check_output`): an output that is one of the inputs
+  (same path, or the same file through a link) is refused, an existing file is kept unless
+  the tool's ``--overwrite`` is given, and a folder that cannot hold the file (a path component
+  is a file, no write permission) is reported up front;
+* written atomically (:func:`atomic_output`): the content goes to a temporary file in the
+  destination folder, which replaces the output only once it is complete (and verified, where
+  the tool verifies it); on any failure or interruption the temporary file is removed and an
+  existing output is left as it was.
+
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import struct
 import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,47 +306,6 @@ def quantize(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.clip(np.rint(pixels * top), 0, top).astype(dtype)
 
 
-def atomic_write(path: Path, write_fn: Callable[[Path], None], *, overwrite: bool = True) -> None:
-    """Create ``path`` by calling ``write_fn(tmp)`` on a temporary file in the same folder and
-    renaming it into place, so that ``path`` is either absent (or left as it was) or complete.
-
-    The temporary file is removed if ``write_fn`` or the rename fails (including on
-    ``KeyboardInterrupt``). ``overwrite=False`` raises :class:`FileExistsError` instead of
-    replacing an existing ``path``, atomically where the file system has hard links.
-    The file gets the permissions a newly created file would have (umask applied).
-    """
-    path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write_fn(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _place_new(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _place_new(tmp: Path, path: Path) -> None:
-    """Move ``tmp`` to ``path`` unless ``path`` exists (:class:`FileExistsError`)."""
-    try:
-        os.link(tmp, path)  # fails if path exists: no window for a race
-    except FileExistsError:
-        raise FileExistsError(17, "file exists", str(path)) from None
-    except OSError:  # no hard links on this file system
-        if path.exists():
-            raise FileExistsError(17, "file exists", str(path)) from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
-
-
 def write_image(
     path: Path,
     pixels: np.ndarray,
@@ -345,15 +316,16 @@ def write_image(
     icc_profile: bytes | None = None,
     overwrite: bool = True,
 ) -> None:
-    """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``, atomically (:func:`atomic_write`).
+    """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``, atomically (:func:`atomic_output`).
 
     16-bit output only exists for PNG; JPEG and WebP are always 8-bit. ``quality`` applies to
-    JPEG and WebP. ``overwrite=False``: :class:`FileExistsError` if ``path`` exists.
+    JPEG and WebP. ``overwrite=False``: :class:`OutputError` if ``path`` exists.
     """
     pixels = adapt_channels(pixels, fmt)
     if fmt == "png" and bit_depth == 16:
         encoded = encode_png16(quantize(pixels, 16), icc_profile)
-        atomic_write(path, lambda tmp: tmp.write_bytes(encoded), overwrite=overwrite)
+        with atomic_output(path, overwrite=overwrite, what="image") as tmp:
+            tmp.write_bytes(encoded)
         return
     arr = quantize(pixels, 8)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
@@ -362,11 +334,8 @@ def write_image(
         options["quality"] = quality
     if icc_profile:
         options["icc_profile"] = icc_profile
-    atomic_write(
-        path,
-        lambda tmp: img.save(tmp, format=_PIL_SAVE_NAMES[fmt], **options),
-        overwrite=overwrite,
-    )
+    with atomic_output(path, overwrite=overwrite, what="image") as tmp:
+        img.save(tmp, format=_PIL_SAVE_NAMES[fmt], **options)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -421,3 +390,148 @@ def encode_png16(arr: np.ndarray, icc_profile: bytes | None = None) -> bytes:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     chunks += [_png_chunk(b"IDAT", b"".join(idat)), _png_chunk(b"IEND", b"")]
     return _PNG_SIGNATURE + b"".join(chunks)
+
+
+# ---------------------------------------------------------------- output files
+
+
+class OutputError(Exception):
+    """An output file cannot or must not be written; the message says why and what to do."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file: equal resolved paths or, both existing,
+    the same inode (hard or symbolic link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest existing ancestor of ``path`` (its folder, or the folder that will hold the
+    folders still to be created)."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def check_output(
+    path: Path, *, overwrite: bool, inputs: Iterable[Path | str] = (), what: str = "output"
+) -> None:
+    """Refuse an output that cannot or must not be written, before any work is done.
+
+    Raises :class:`OutputError` when ``path`` is one of ``inputs`` (same path or same file),
+    is a folder, already exists and ``overwrite`` is False, or its folder cannot be created or
+    written to (a path component is a file, no write permission).
+    """
+    for src in map(Path, inputs):
+        if _same_file(path, src):
+            raise OutputError(
+                f"the {what} {path} is the same file as the input {src}; writing it would "
+                f"replace the input. Choose another {what} file name"
+            )
+    if path.is_dir():
+        raise OutputError(f"the {what} {path} is a folder; give a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputError(
+            f"the {what} {path} already exists; pass --overwrite to replace it, or choose "
+            f"another file name"
+        )
+    folder = _existing_ancestor(path)
+    if not folder.is_dir():
+        raise OutputError(
+            f"cannot write the {what} {path}: {folder} is a file, not a folder; choose another "
+            f"{what} path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write the {what} {path}: the folder {folder} is not writable; choose "
+            f"another {what} path or fix the folder's permissions"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_folder(path: Path, what: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise OutputError(
+            f"cannot write the {what} {path}: a component of {path.parent} is a file, not a "
+            f"folder ({e.strerror})"
+        ) from e
+    except OSError as e:
+        raise OutputError(f"cannot create the folder {path.parent} for the {what}: {e}") from e
+
+
+def _commit(tmp: Path, path: Path, overwrite: bool, what: str) -> None:
+    """Move the complete ``tmp`` to ``path``; without ``overwrite`` never replace a file that
+    appeared at ``path`` meanwhile (hard link, which fails if the name exists)."""
+    try:
+        if not overwrite:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputError(
+                    f"the {what} {path} appeared while it was being written; pass --overwrite "
+                    f"to replace it"
+                ) from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if path.exists():  # no hard links here: check, then replace
+                    raise OutputError(f"the {what} {path} already exists") from None
+                os.replace(tmp, path)
+            else:
+                tmp.unlink()
+            return
+        os.replace(tmp, path)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} {path}: {e}") from e
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix) to write to; on normal exit it
+    becomes ``path`` (``os.replace``), on an exception it is removed and ``path`` is untouched.
+
+    The temporary file is created empty with the permissions a new file gets (umask).
+    Raises :class:`OutputError` when the folder or the file cannot be written.
+    """
+    path = Path(path)
+    _make_folder(path, what)
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent
+        )
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} {path}: {e}") from e
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield tmp
+        _commit(tmp, path, overwrite, what)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(
+    path: Path, text: str, *, overwrite: bool = False, what: str = "report"
+) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path, overwrite=overwrite, what=what) as tmp:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise OutputError(f"cannot write the {what} {path}: {e}") from e

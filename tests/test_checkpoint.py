@@ -10,7 +10,6 @@ also carries the real weights of the pretrained 2x nano model, so that loaders w
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import resource
@@ -21,12 +20,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import hybridmoe_arch as A
 import pytest
 import safetensors.torch
 import torch
 from tiny_options import TINY
 from torch import nn
+
+import hybridmoe_arch as A
+from hybridmoe import checkpoint as C
+from hybridmoe import cli
+from hybridmoe import meta as M
+from hybridmoe.models import perturb
+from hybridmoe.spandrel_arch import register_spandrel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,7 +127,7 @@ def test_spandrel_load_from_file_runs_the_payload(evil: dict[str, Path], marker:
     ``.pt`` file to ``torch.jit.load`` (payload runs) and then upscales normally."""
     from spandrel import ModelLoader
 
-    A.register_spandrel()
+    register_spandrel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         desc = ModelLoader().load_from_file(evil["pt"])
@@ -131,25 +136,20 @@ def test_spandrel_load_from_file_runs_the_payload(evil: dict[str, Path], marker:
     assert desc.model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 16, 16)
 
 
-def _script(name: str) -> Any:
-    return importlib.import_module(name)
-
-
 def _entry_points(tmp: Path) -> dict[str, Callable[[Path], Any]]:
     """Every loader of the project, as ``f(model_path)``; each raises or returns an exit
     status."""
     out = tmp / "out"
     data = ["--data", str(ROOT / "tests" / "data"), "--sets", "Set5", "--limit", "1"]
     return {
-        "read_state_dict": A.read_state_dict,
-        "load_checkpoint": A.load_checkpoint,
-        "bootstrap.load_model": lambda p: _script("_bootstrap").load_model(p),
-        "upscale": lambda p: _script("upscale").main([str(p), str(LR_IMAGE), str(out / "x.png")]),
-        "evaluate": lambda p: _script("evaluate").main([str(p), *data]),
-        "fuse": lambda p: _script("fuse").main([str(p), str(out / "fused.safetensors")]),
-        "export_onnx": lambda p: _script("export_onnx").main([str(p), str(out / "m.onnx")]),
-        "check_precision": lambda p: _script("check_precision").main([str(p), *data]),
-        "moe_usage": lambda p: _script("moe_usage").main([str(p), str(LR_IMAGE)]),
+        "read_state_dict": C.read_state_dict,
+        "load_checkpoint": C.load_checkpoint,
+        "upscale": lambda p: cli.main(["upscale", str(p), str(LR_IMAGE), str(out / "x.png")]),
+        "evaluate": lambda p: cli.main(["evaluate", str(p), *data]),
+        "fuse": lambda p: cli.main(["fuse", str(p), str(out / "fused.safetensors")]),
+        "export-onnx": lambda p: cli.main(["export-onnx", str(p), str(out / "m.onnx")]),
+        "check-precision": lambda p: cli.main(["check-precision", str(p), *data]),
+        "moe-usage": lambda p: cli.main(["moe-usage", str(p), str(LR_IMAGE)]),
     }
 
 
@@ -171,7 +171,7 @@ def test_every_entry_point_refuses_torchscript(  # noqa: PLR0917 (fixtures)
     load = _entry_points(tmp_path)[entry]
     try:
         status = load(evil[ext])
-    except (A.CheckpointError, SystemExit) as e:
+    except (C.CheckpointError, SystemExit) as e:
         message = str(e)
     else:
         assert isinstance(status, int) and status != 0, f"{entry} accepted the archive"
@@ -186,12 +186,12 @@ def test_weights_only_guards_behind_the_archive_check(
 ) -> None:
     """Without the member-name check, ``torch.load(weights_only=True)`` still refuses the
     archive unexecuted (two independent guards)."""
-    monkeypatch.setattr(A, "_refuse_torchscript", lambda p: None)
+    monkeypatch.setattr(C, "_refuse_torchscript", lambda p: None)
     with (
         pytest.warns(UserWarning, match="TorchScript"),
-        pytest.raises(A.CheckpointError, match="cannot read"),
+        pytest.raises(C.CheckpointError, match="cannot read"),
     ):
-        A.read_state_dict(evil["pth"])
+        C.read_state_dict(evil["pth"])
     assert not marker.exists()
 
 
@@ -211,8 +211,8 @@ def test_pickled_objects_are_refused_unexecuted(zipped: bool, tmp_path: Path) ->
     path = tmp_path / "model.pth"
     sd = {"w": torch.ones(2), "x": _Touch(target)}
     torch.save(sd, path, _use_new_zipfile_serialization=zipped)
-    with pytest.raises(A.CheckpointError, match="Python objects other than tensors") as info:
-        A.load_checkpoint(path)
+    with pytest.raises(C.CheckpointError, match="Python objects other than tensors") as info:
+        C.load_checkpoint(path)
     assert "refused" in str(info.value) and path.name in str(info.value)
     assert not target.exists()
 
@@ -222,10 +222,7 @@ def test_pickled_objects_are_refused_unexecuted(zipped: bool, tmp_path: Path) ->
 
 def _tiny(**options: Any) -> A.HybridMoE:
     model = A.HybridMoE(**{**TINY, "scale": 2, **options})
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb(model, 0.05, seed=3)
     return model.eval()
 
 
@@ -277,36 +274,19 @@ def test_state_dict_forms_load(form: str, tmp_path: Path) -> None:
             tmp_path / "m.pth"
         ),
     }[form]()
-    desc = A.load_checkpoint(path)
+    desc = C.load_checkpoint(path)
     x = torch.rand(1, 3, 9, 7)
     with torch.no_grad():
         assert torch.equal(desc.model(x), model(x))
-    assert A.read_state_dict(path).keys() == sd.keys()
+    assert C.read_state_dict(path).keys() == sd.keys()
 
 
 # ------------------------------------------------------------------- the hmoe_meta buffer
 
-META_FIELD = {
-    "scale": 1,
-    "in_ch": 2,
-    "top_k": 3,
-    "base": 4,
-    "freq_split": 5,
-    "global_mixer": 6,
-    "upsampler": 7,
-    "window_size": 8,
-    "flags": 9,
-    "flags2": 10,
-    "kernel_size": 11,
-    "mlp_ratio*1000": 12,
-    "hf_blocks": 13,
-    "num_experts": 16,
-}
-
 
 def _with_meta(sd: dict[str, torch.Tensor], field: str, value: int) -> dict[str, torch.Tensor]:
     meta = sd["hmoe_meta"].clone()
-    meta[META_FIELD[field]] = value
+    meta[A.META_FIELD[field].position] = value
     return {**sd, "hmoe_meta": meta}
 
 
@@ -324,10 +304,11 @@ BAD_META = [
     ("kernel_size", 10_001, "kernel_size=10001"),
     ("kernel_size", 6, "even"),
     ("kernel_size", 1, "kernel_size=1"),
-    ("mlp_ratio*1000", 0, "mlp_ratio*1000=0"),
-    ("mlp_ratio*1000", 2_000_000, "mlp_ratio*1000=2000000"),
-    ("flags", 16 | 15, "unknown bits"),
-    ("flags2", 4, "unknown bits"),
+    ("mlp_ratio", 0, "mlp_ratio=0"),
+    ("mlp_ratio", 2_000_000, "mlp_ratio=2000000"),
+    ("use_moe", 2, "use_moe=2"),
+    ("gate_norm", -1, "gate_norm=-1"),
+    ("shift", 3, "shift=3"),
     ("top_k", 0, "top_k=0"),
     ("top_k", 4, "top_k=4"),  # 3 experts
     ("num_experts", 0, "num_experts=0"),
@@ -335,15 +316,14 @@ BAD_META = [
     ("num_experts", 5, "5 experts"),  # the routers hold 3
     ("hf_blocks", 10**6, "hf_blocks=1000000"),
     ("hf_blocks", 2, "hf_blocks=(2, 1, 1)"),  # the keys hold (1, 1, 1)
-    ("in_ch", 1, "in_ch=1"),
 ]
 
 
 @pytest.mark.parametrize(("field", "value", "words"), BAD_META)
 def test_bad_meta_is_refused(field: str, value: int, words: str) -> None:
     sd = _with_meta(_tiny().state_dict(), field, value)
-    with pytest.raises(A.CheckpointError, match="HybridMoE") as info:
-        A.hybridmoe_from_state_dict(sd)
+    with pytest.raises(C.CheckpointError, match="HybridMoE") as info:
+        M.model_from_state_dict(sd)
     assert words in str(info.value), str(info.value)
 
 
@@ -356,12 +336,12 @@ def test_bad_meta_allocates_nothing() -> None:
         ("kernel_size", 10_001),
         ("window_size", 1 << 30),
         ("scale", 1 << 20),
-        ("mlp_ratio*1000", 1 << 30),
+        ("mlp_ratio", 1 << 30),
         ("num_experts", 1 << 20),
         ("hf_blocks", 1 << 30),
     ]:
-        with pytest.raises(A.CheckpointError):
-            A.hybridmoe_from_state_dict(_with_meta(sd, field, value))
+        with pytest.raises(C.CheckpointError):
+            M.model_from_state_dict(_with_meta(sd, field, value))
     assert time.perf_counter() - start < 5
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
     assert grown_mib < 200
@@ -369,15 +349,15 @@ def test_bad_meta_allocates_nothing() -> None:
 
 def test_meta_limits_are_inclusive() -> None:
     """The largest window still loads (it changes no tensor shape)."""
-    sd = _with_meta(_tiny().state_dict(), "window_size", A.META_LIMITS["window_size"][1])
-    assert A.hybridmoe_from_state_dict(sd).hyperparameters["window_size"] == 64
+    sd = _with_meta(_tiny().state_dict(), "window_size", A.META_FIELD["window_size"].high)
+    assert M.model_from_state_dict(sd).hyperparameters["window_size"] == 64
 
 
 def test_meta_must_match_the_tensors() -> None:
     """An in-range kernel size that the tensors do not have is refused with the keys named."""
     sd = _with_meta(_tiny().state_dict(), "kernel_size", 7)
-    with pytest.raises(A.CheckpointError, match=r"shape: .*\(expected") as info:
-        A.hybridmoe_from_state_dict(sd)
+    with pytest.raises(C.CheckpointError, match=r"shape: .*\(expected") as info:
+        M.model_from_state_dict(sd)
     assert "hf1.0" in str(info.value) and "damaged" in str(info.value)
 
 
@@ -386,8 +366,8 @@ def test_block_numbering_must_be_contiguous() -> None:
     sd = dict(_tiny().state_dict())
     for k in [k for k in sd if k.startswith("lf1.0.")]:
         sd["lf1.100000." + k[len("lf1.0.") :]] = sd.pop(k)
-    with pytest.raises(A.CheckpointError, match=r"'lf1\.' are numbered 100000"):
-        A.hybridmoe_from_state_dict(sd)
+    with pytest.raises(C.CheckpointError, match=r"'lf1\.' are numbered 100000"):
+        M.model_from_state_dict(sd)
 
 
 @pytest.mark.parametrize(
@@ -399,21 +379,21 @@ def test_meta_dtype(dtype: torch.dtype, value: float | None, ok: bool) -> None:
     sd = dict(_tiny().state_dict())
     meta = sd["hmoe_meta"].to(dtype)
     if value is not None:
-        meta[8] = value
+        meta[A.META_FIELD["window_size"].position] = value
     sd["hmoe_meta"] = meta
     if ok:
-        assert A.hybridmoe_from_state_dict(sd).hyperparameters["window_size"] == 4
+        assert M.model_from_state_dict(sd).hyperparameters["window_size"] == 4
     else:
-        with pytest.raises(A.CheckpointError, match="hmoe_meta"):
-            A.hybridmoe_from_state_dict(sd)
+        with pytest.raises(C.CheckpointError, match="hmoe_meta"):
+            M.model_from_state_dict(sd)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 3e7])
 def test_implausible_weights_are_refused(bad: float) -> None:
     sd = {k: v.clone() for k, v in _tiny().state_dict().items()}
     sd["head.pw.weight"].view(-1)[0] = bad
-    with pytest.raises(A.CheckpointError, match=r"'head\.pw\.weight'.*damaged"):
-        A.hybridmoe_from_state_dict(sd)
+    with pytest.raises(C.CheckpointError, match=r"'head\.pw\.weight'.*damaged"):
+        M.model_from_state_dict(sd)
 
 
 # -------------------------------------------------------------------------- mlp_ratio
@@ -430,7 +410,7 @@ def test_unstorable_mlp_ratio_is_refused_at_construction(ratio: float) -> None:
 def test_storable_mlp_ratio_round_trip(ratio: float, tmp_path: Path) -> None:
     model = _tiny(mlp_ratio=ratio)
     path = _save(model.state_dict(), tmp_path / "m.safetensors")
-    desc = A.load_checkpoint(path)
+    desc = C.load_checkpoint(path)
     assert desc.model.hyperparameters == model.hyperparameters
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
@@ -466,13 +446,13 @@ def test_training_state_is_named(tmp_path: Path) -> None:
     renamed = tmp_path / "4.pth"
     shutil.copyfile(state, renamed)
     for path in (state, renamed):
-        with pytest.raises(A.CheckpointError) as info:
-            A.load_checkpoint(path)
+        with pytest.raises(C.CheckpointError) as info:
+            C.load_checkpoint(path)
         msg = str(info.value)
         assert "training state" in msg and "no network weights" in msg, msg
         assert "corrupt" not in msg
         assert (str(weights) if path == state else "models/net_g_ema_<iter>") in msg
-    assert A.load_checkpoint(weights).model.hyperparameters == model.hyperparameters
+    assert C.load_checkpoint(weights).model.hyperparameters == model.hyperparameters
 
 
 # ------------------------------------------------------------------------------ fuzzing
@@ -501,7 +481,7 @@ def _fuzzed(data: bytes, rng: random.Random) -> Iterator[tuple[str, bytes]]:
 def test_fuzzed_checkpoints(ext: str, tmp_path: Path) -> None:
     """Every damaged file either loads (and upscales to finite values) or raises
     CheckpointError with a message: no other exception, no hang, no large allocation."""
-    A.load_checkpoint(PRETRAINED)  # spandrel imported before timing
+    C.load_checkpoint(PRETRAINED)  # spandrel imported before timing
     source = PRETRAINED
     if ext == "pth":
         source = _save(safetensors.torch.load_file(str(PRETRAINED)), tmp_path / "good.pth")
@@ -516,8 +496,8 @@ def test_fuzzed_checkpoints(ext: str, tmp_path: Path) -> None:
         path.write_bytes(blob)
         t0 = time.perf_counter()
         try:
-            desc = A.load_checkpoint(path)
-        except A.CheckpointError as e:
+            desc = C.load_checkpoint(path)
+        except C.CheckpointError as e:
             assert str(e).startswith(str(path)) and len(str(e)) > len(str(path)) + 20, what
             outcomes["refused"] += 1
         else:

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python scripts/evaluate.py MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
+    hybridmoe evaluate MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
         [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json [--overwrite]]
         [--limit N]
-    python scripts/evaluate.py --bicubic-only --scale 4 [--sets ...]
+    hybridmoe evaluate --bicubic-only --scale 4 [--sets ...]
 
 MODEL is any checkpoint spandrel can load (HybridMoE included). For every HR image of every set
 the protocol of the super-resolution literature is followed: mod-crop the HR image to a multiple
@@ -41,14 +41,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cli_safety
-import imageio_utils
 import numpy as np
-import srmetrics
 import torch
-from _bootstrap import REPO_ROOT, load_model
 from PIL import Image
 from tqdm import tqdm
+
+from hybridmoe import imageio, metrics
+from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.models import resolve_model
+from hybridmoe.paths import REPO_ROOT
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -128,14 +129,14 @@ def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
             )
     if colour.dtype == np.uint8:
         return colour
-    return srmetrics.to_uint8(colour.astype(np.float64) * (255.0 / white))
+    return metrics.to_uint8(colour.astype(np.float64) * (255.0 / white))
 
 
 def _decode(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Pixels of an opened image: colour ``(H, W)`` or ``(H, W, 3)``, alpha ``(H, W)`` or
     None, and the white level of both (255, 65535 or 1.0)."""
-    if im.format == "PNG" and imageio_utils.is_png16(data):
-        arr = imageio_utils.decode_png(data)  # Pillow narrows 16-bit colour PNGs to 8 bits
+    if im.format == "PNG" and imageio.is_png16(data):
+        arr = imageio.decode_png(data)  # Pillow narrows 16-bit colour PNGs to 8 bits
         colour, alpha = (arr[..., :-1], arr[..., -1]) if arr.shape[2] in (2, 4) else (arr, None)
         key = im.info.get("transparency")
         if alpha is None and key is not None:  # tRNS colour key
@@ -173,7 +174,7 @@ def _decode(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None
 
 def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     """MATLAB bicubic downscaling: mod-cropped uint8 HR ``(s·h, s·w[, C])`` → ``(h, w[, C])``."""
-    return srmetrics.imresize_matlab_uint8(hr, 1.0 / scale)
+    return metrics.imresize_matlab_uint8(hr, 1.0 / scale)
 
 
 def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -> None:
@@ -193,14 +194,16 @@ def load_descriptor(path: Path, device: str, dtype: str) -> Any:
     """
     import spandrel
 
+    try:
+        path = resolve_model(path)
+    except CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
     if not path.is_file():
         raise EvaluationError(f"model file not found: {path}")
     if device == "cuda" and not torch.cuda.is_available():
         raise EvaluationError("--device cuda requested but CUDA is not available")
     try:
-        descriptor = load_model(path, device)
-    except SystemExit as exc:  # the loader's readable refusal
-        raise EvaluationError(str(exc.code)) from None
+        descriptor = load_checkpoint(path, device)
     except (spandrel.UnsupportedModelError, ValueError, RuntimeError, OSError) as exc:
         msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         raise EvaluationError(f"cannot load the model: {msg}") from exc
@@ -297,7 +300,7 @@ def super_resolve(
         out = out @ LUMA_WEIGHTS[:, None]
     elif out.shape[2] != channels:
         raise EvaluationError(f"model returned {out.shape[2]} channels for {channels}")
-    out = srmetrics.to_uint8(out * 255.0)
+    out = metrics.to_uint8(out * 255.0)
     return out[:, :, 0] if lr.ndim == 2 else out
 
 
@@ -319,8 +322,8 @@ def _check_finite(y: torch.Tensor, descriptor: Any, name: str) -> None:
 def score_pair(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
     """PSNR (dB) and SSIM on Y, border ``scale``, of uint8 ``sr`` against ``hr`` (same shape)."""
     return {
-        "psnr": srmetrics.calculate_psnr(sr, hr, scale),
-        "ssim": srmetrics.calculate_ssim(sr, hr, scale),
+        "psnr": metrics.calculate_psnr(sr, hr, scale),
+        "ssim": metrics.calculate_ssim(sr, hr, scale),
     }
 
 
@@ -344,10 +347,10 @@ def evaluate_set(
     paths = sorted((set_dir / "HR").glob("*.png"))[:limit]
     per_image: dict[str, dict[str, dict[str, float]]] = {}
     for path in tqdm(paths, desc=f"{set_dir.name} x{scale}", unit="img", file=sys.stderr):
-        hr = srmetrics.mod_crop(read_image(path), scale)
+        hr = metrics.mod_crop(read_image(path), scale)
         lr = make_lr(hr, scale)
         check_shipped_lr(set_dir, path, scale, lr)
-        row = {"bicubic": score_pair(srmetrics.imresize_matlab_uint8(lr, scale), hr, scale)}
+        row = {"bicubic": score_pair(metrics.imresize_matlab_uint8(lr, scale), hr, scale)}
         if descriptor is not None:
             sr = super_resolve(descriptor, lr, tile, name=f"{set_dir.name}/{path.name}")
             row["model"] = score_pair(sr, hr, scale)
@@ -443,9 +446,9 @@ def _json_safe(obj: Any) -> Any:
 
 def write_json(results: dict[str, Any], path: Path, *, overwrite: bool = False) -> None:
     """Write ``results`` as JSON (non-finite numbers as null), atomically; an existing file is
-    replaced only with ``overwrite``. Raises ``cli_safety.OutputError``."""
+    replaced only with ``overwrite``. Raises ``imageio.OutputError``."""
     text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
-    cli_safety.write_text_atomic(path, text, overwrite=overwrite, what="JSON report")
+    imageio.write_text_atomic(path, text, overwrite=overwrite, what="JSON report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.json is not None:  # before minutes of work
             inputs = [args.model] if args.model is not None else []
-            cli_safety.check_output(
+            imageio.check_output(
                 args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
             )
         results = evaluate(
@@ -497,14 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             bicubic_only=args.bicubic_only,
             scale=args.scale,
         )
-    except (EvaluationError, cli_safety.OutputError) as exc:
+    except (EvaluationError, imageio.OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(results))
     if args.json is not None:
         try:
             write_json(results, args.json, overwrite=args.overwrite)
-        except cli_safety.OutputError as exc:
+        except imageio.OutputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {args.json}")

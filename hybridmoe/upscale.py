@@ -1,6 +1,6 @@
 """Upscale an image or a folder of images with any spandrel-loadable model.
 
-    python scripts/upscale.py MODEL INPUT OUTPUT [options]
+    hybridmoe upscale MODEL INPUT OUTPUT [options]
 
 Run with ``--help`` for the options and for how alpha, greyscale images, bit depth and tiling
 are handled. Exit status: 0 on success, 2 on a usage error, an unreadable model or input, an
@@ -20,18 +20,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _bootstrap import load_model
-from imageio_utils import (
+from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
+from tqdm import tqdm
+
+from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.imageio import (
     FORMATS,
     ImageData,
     ImageReadError,
+    OutputError,
     format_from_suffix,
     read_image,
     split_alpha,
     write_image,
 )
-from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
-from tiling import (
+from hybridmoe.models import resolve_model
+from hybridmoe.tiling import (
     available_memory,
     count_tiles,
     effective_tile,
@@ -40,7 +44,6 @@ from tiling import (
     largest_fitting_tile,
     upscale_tiled,
 )
-from tqdm import tqdm
 
 AUTO_TILE = 512
 """Largest tile suggested after running out of memory."""
@@ -177,7 +180,7 @@ def _quality(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
-        prog="upscale.py",
+        prog="hybridmoe upscale",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -237,16 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_descriptor(path: Path) -> ImageModelDescriptor:
-    """Load ``path`` on the CPU as an image-to-image model with 1 or 3 channels in and out."""
+    """Load ``path`` (a file, or a shipped model's name) on the CPU as an image-to-image model
+    with 1 or 3 channels in and out."""
+    try:
+        path = resolve_model(path)
+    except CheckpointError as e:
+        raise CliError(str(e)) from None
     if not path.exists():
         raise CliError(f"model not found: {path}")
     if not path.is_file():
         raise CliError(f"model is not a file: {path}")
     try:
-        descriptor = load_model(path, "cpu")
-    except SystemExit as e:
-        detail = e.code if isinstance(e.code, str) else "not a loadable model"
-        raise CliError(_name_path(detail, path)) from None
+        descriptor = load_checkpoint(path, "cpu")
     except Exception as e:
         raise CliError(_name_path(str(e) or type(e).__name__, path)) from None
     if not isinstance(descriptor, ImageModelDescriptor):
@@ -690,10 +695,8 @@ def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings
             icc_profile=image.icc_profile,
             overwrite=settings.overwrite,
         )
-    except FileExistsError:
-        raise CliError(
-            f"output {job.dst} appeared while upscaling; pass --overwrite to replace it"
-        ) from None
+    except OutputError as e:  # e.g. the output appeared meanwhile (without --overwrite)
+        raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"cannot write {job.dst}: {e.strerror or e}") from None
 

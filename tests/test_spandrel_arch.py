@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hybridmoe_arch as A
 import numpy as np
 import pytest
 import safetensors.torch
@@ -26,9 +25,15 @@ import spandrel
 import spandrel.architectures
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling
-from tiny_options import TINY
+from tiny_options import TINY, legacy_meta
 
-A.register_spandrel()
+import hybridmoe_arch as A
+from hybridmoe import checkpoint as C
+from hybridmoe import meta as M
+from hybridmoe.models import perturb
+from hybridmoe.spandrel_arch import DETECT_KEYS, register_spandrel
+
+register_spandrel()
 
 ARCH_ID = "HybridMoE"
 
@@ -109,14 +114,6 @@ def build(**options: Any) -> A.HybridMoE:
     model = A.HybridMoE(**{**TINY, **options})
     perturb(model)
     return model.eval()
-
-
-def perturb(model: torch.nn.Module, std: float = 0.05, seed: int = 1) -> None:
-    """Add N(0, std²) to every parameter so that zero-initialised branches matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
 
 
 def image(model: A.HybridMoE, h: int = 13, w: int = 17, n: int = 1) -> torch.Tensor:
@@ -405,11 +402,9 @@ def test_hyperparameters_exact_without_moe() -> None:
         desc.model.set_top_k(1)
 
 
-def _as_version1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state dict as an hmoe_meta version 1 checkpoint wrote it (13 values: no hf_blocks,
-    no num_experts)."""
-    meta = sd["hmoe_meta"].clone()[:13]
-    meta[0] = 1
+def _as_version(sd: dict[str, torch.Tensor], hp: dict[str, Any], version: int) -> dict:
+    """The state dict as an hmoe_meta version 1 or 2 checkpoint wrote it."""
+    meta = torch.tensor(legacy_meta(hp, version), dtype=torch.int32)
     return {**sd, "hmoe_meta": meta}
 
 
@@ -418,24 +413,29 @@ def _as_version1(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     [{}, {"refine_moe": True, "num_experts": 5}, {"use_hf": False, "use_moe": False}],
     ids=["default", "refine-5e", "no-hf-no-moe"],
 )
-def test_version1_checkpoints_still_load(options: dict[str, Any], tmp_path: Path) -> None:
-    """Checkpoints written before hmoe_meta version 2 load with identical outputs: hf_blocks
-    and num_experts come from the keys (exact whenever the model has the HF path and MoE
-    layers; otherwise they have no effect on the model)."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_legacy_checkpoints_still_load(
+    options: dict[str, Any], version: int, tmp_path: Path
+) -> None:
+    """Checkpoints written with hmoe_meta versions 1 and 2 load with identical outputs. Version
+    1 did not record hf_blocks and num_experts: they come from the keys (exact whenever the
+    model has the HF path and MoE layers; otherwise they have no effect on the model)."""
     model = build(**options)
-    path = tmp_path / "v1.safetensors"
-    safetensors.torch.save_file(_as_version1(model.state_dict()), str(path))
+    hp = model.hyperparameters
+    path = tmp_path / f"v{version}.safetensors"
+    safetensors.torch.save_file(_as_version(model.state_dict(), hp, version), str(path))
     desc = load(path)
-    assert int(desc.model.hmoe_meta[0]) == A.META_VERSION  # rebuilt in the current layout
-    exact = model.hyperparameters["use_hf"] and has_moe_layers(model.hyperparameters)
+    saved = desc.model.state_dict()["hmoe_meta"]
+    assert int(saved[0]) == A.META_VERSION  # saved again in the current layout
+    exact = version == 2 or (hp["use_hf"] and has_moe_layers(hp))
     assert_same_hyperparameters(model, desc.model, effective=not exact)
     assert desc.tags == expected_tags(model)
     assert_same_outputs(desc, model, image(model))
     # and a damaged version 1 buffer is still refused
-    bad = _as_version1(model.state_dict())
+    bad = _as_version(model.state_dict(), hp, version)
     bad["hmoe_meta"] = bad["hmoe_meta"][:12]
-    with pytest.raises(A.CheckpointError, match="malformed"):
-        A.hybridmoe_from_state_dict(bad)
+    with pytest.raises(C.CheckpointError, match="malformed"):
+        M.model_from_state_dict(bad)
 
 
 def test_non_exact_mlp_ratio_loads() -> None:
@@ -535,8 +535,8 @@ def test_our_detector_rejects_builtin_state_dicts() -> None:
 
 
 def test_registration_idempotent_and_last() -> None:
-    assert A.register_spandrel() is False  # already registered at import of this module
-    assert A.register_spandrel() is False
+    assert register_spandrel() is False  # already registered at import of this module
+    assert register_spandrel() is False
     ids = [s.architecture.id for s in spandrel.MAIN_REGISTRY]
     assert ids.count(ARCH_ID) == 1
     order = [s.architecture.id for s in spandrel.MAIN_REGISTRY.architectures("detection")]
@@ -560,7 +560,7 @@ def test_detect_keys_are_a_key_condition() -> None:
     arch = spandrel.MAIN_REGISTRY[ARCH_ID].architecture
     assert isinstance(arch._detect, KeyCondition)  # type: ignore[attr-defined]
     sd = build().state_dict()
-    for key in A.SPANDREL_DETECT_KEYS:
+    for key in DETECT_KEYS:
         assert key in sd
         assert not arch.detect({k: v for k, v in sd.items() if k != key})
 
@@ -578,8 +578,8 @@ def good_files(tmp_path: Path) -> dict[str, Path]:
 
 
 def _error(path: Path) -> str:
-    with pytest.raises(A.CheckpointError) as info:
-        A.load_checkpoint(path)
+    with pytest.raises(C.CheckpointError) as info:
+        C.load_checkpoint(path)
     return str(info.value)
 
 
@@ -643,7 +643,7 @@ def test_foreign_state_dict(tmp_path: Path) -> None:
 
 def test_damaged_hybridmoe_state_dict(good_files: dict[str, Path], tmp_path: Path) -> None:
     sd = safetensors.torch.load_file(str(good_files["safetensors"]))
-    key = next(k for k in sorted(sd) if k.startswith("head.") and k not in A.SPANDREL_DETECT_KEYS)
+    key = next(k for k in sorted(sd) if k.startswith("head.") and k not in DETECT_KEYS)
     sd.pop(key)
     path = tmp_path / "damaged.safetensors"
     safetensors.torch.save_file(sd, str(path))
@@ -667,6 +667,6 @@ def test_compact_is_not_an_error(tmp_path: Path) -> None:
     torch.save(
         Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).state_dict(), path
     )
-    desc = A.load_checkpoint(path)
+    desc = C.load_checkpoint(path)
     assert desc.architecture.id == "Compact" and desc.scale == 2
     assert not desc.model.training

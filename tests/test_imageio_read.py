@@ -1,4 +1,4 @@
-"""``evaluate.read_image``, the image reader of evaluate.py, check_precision.py, fuse.py and
+"""``evaluate.read_image``, the image reader of evaluate.py, precision.py, fuse.py and
 moe_usage.py: every Pillow mode at its own white level, 16-bit PNGs exact, alpha refused or
 ignored, unsupported modes refused with a clear error."""
 
@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import check_precision as cp
-import evaluate
-import imageio_utils
 import numpy as np
 import pytest
-import srmetrics
 from PIL import Image
+
+from hybridmoe import evaluate, imageio, metrics
+from hybridmoe import precision as cp
 
 SET5 = Path(__file__).resolve().parent / "data" / "Set5"
 
@@ -57,7 +56,7 @@ def test_16bit_pngs_are_rounded_not_truncated(tmp_path: Path) -> None:
     """Any 16-bit value maps to round(v · 255 / 65535); Pillow alone would drop the low byte
     of colour PNGs (450 → 1 instead of 2)."""
     values = np.array([0, 450, 383, 32767, 65000, 65535], dtype=np.uint16)
-    expected = srmetrics.to_uint8(values / 257.0)
+    expected = metrics.to_uint8(values / 257.0)
     assert list(expected) == [0, 2, 1, 127, 253, 255]
     grey = np.tile(values, (2, 1))
     Image.fromarray(grey).save(tmp_path / "g.png")
@@ -65,11 +64,11 @@ def test_16bit_pngs_are_rounded_not_truncated(tmp_path: Path) -> None:
         evaluate.read_image(tmp_path / "g.png"), np.tile(expected, (2, 1))
     )
     rgb = np.stack([grey, grey[:, ::-1], grey], axis=-1)
-    (tmp_path / "c.png").write_bytes(imageio_utils.encode_png16(rgb))
+    (tmp_path / "c.png").write_bytes(imageio.encode_png16(rgb))
     out = evaluate.read_image(tmp_path / "c.png")
-    np.testing.assert_array_equal(out, srmetrics.to_uint8(rgb / 257.0))
+    np.testing.assert_array_equal(out, metrics.to_uint8(rgb / 257.0))
     rgba = np.concatenate([rgb, np.full((2, 6, 1), 65535, np.uint16)], axis=-1)
-    (tmp_path / "a.png").write_bytes(imageio_utils.encode_png16(rgba))  # opaque alpha: dropped
+    (tmp_path / "a.png").write_bytes(imageio.encode_png16(rgba))  # opaque alpha: dropped
     np.testing.assert_array_equal(evaluate.read_image(tmp_path / "a.png"), out)
 
 
@@ -153,6 +152,6 @@ def test_unsupported_and_unreadable_images(tmp_path: Path) -> None:
 
 def test_to_uint8_refuses_nan() -> None:
     with pytest.raises(ValueError, match="NaN or Inf"):
-        srmetrics.to_uint8(np.array([1.0, np.nan]))
+        metrics.to_uint8(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="NaN or Inf"):
-        srmetrics.to_uint8(np.array([np.inf]))
+        metrics.to_uint8(np.array([np.inf]))

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python scripts/check_precision.py MODEL_OR_VARIANT [...] [--data DIR] [--sets Set5 Set14]
+    hybridmoe check-precision MODEL_OR_VARIANT [...] [--data DIR] [--sets Set5 Set14]
         [--device cpu|cuda] [--scale 4] [--limit N] [--crop N] [--precisions ...]
         [--tol-db 0.05] [--json OUT.json [--overwrite]]
-    python scripts/check_precision.py .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
+    hybridmoe check-precision .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
         --device cuda --json precision.json
 
 Each MODEL_OR_VARIANT is a checkpoint spandrel loads (HybridMoE or any other architecture) or a
@@ -13,7 +13,7 @@ HybridMoE variant name (``hybridmoe_nano``, ``hybridmoe_s``, ``hybridmoe_m``, ``
 random weights at ``--scale``, every parameter moved off its initialization by N(0, 0.01²)
 (``--perturb``) so that the detail path, near zero at initialization, contributes.
 
-Every image of the sets is prepared as ``scripts/evaluate.py`` does (HR from
+Every image of the sets is prepared as ``hybridmoe evaluate`` does (HR from
 ``<data>/benchmark/<Set>/HR`` or ``<data>/<Set>/HR``, mod-cropped, LR by MATLAB-exact bicubic
 downscaling, checked against a set's shipped LR files) and super-resolved in each precision:
 
@@ -51,12 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cli_safety
-import evaluate as ev
 import numpy as np
-import srmetrics
 import torch
-from _bootstrap import import_arch
+
+import hybridmoe_arch as arch
+from hybridmoe import evaluate as ev
+from hybridmoe import imageio, metrics, models
+from hybridmoe.spandrel_arch import register_spandrel
 
 PRECISIONS = ("fp32", "fp16-autocast", "fp16-cast", "bf16-autocast", "bf16-cast")
 DTYPE_OF = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -76,7 +77,7 @@ class PrecisionError(Exception):
 
 def variant_names() -> list[str]:
     """HybridMoE variant names accepted instead of a checkpoint path."""
-    return sorted(import_arch().FACTORIES)
+    return sorted(arch.FACTORIES)
 
 
 def load_model(
@@ -87,16 +88,11 @@ def load_model(
     ``spec`` is a checkpoint path, or a variant name (random weights at ``scale``, every
     parameter perturbed by N(0, ``perturb``²) with a fixed ``seed``).
     """
-    arch = import_arch()
     if spec in arch.FACTORIES and not Path(spec).exists():
         from spandrel import ModelLoader
 
-        model = arch.FACTORIES[spec](scale=scale)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * perturb)
-        arch.register_spandrel()
+        model = models.perturb(arch.FACTORIES[spec](scale=scale), perturb, seed)
+        register_spandrel()
         desc = ModelLoader(device="cpu").load_from_state_dict(model.state_dict())
         if device == "cuda" and not torch.cuda.is_available():
             raise PrecisionError("--device cuda requested but CUDA is not available")
@@ -241,7 +237,7 @@ def load_images(
                 top = max(0, (hr.shape[0] - side) // 2)
                 left = max(0, (hr.shape[1] - side) // 2)
                 hr = hr[top : top + side, left : left + side]
-            hr = srmetrics.mod_crop(hr, scale)
+            hr = metrics.mod_crop(hr, scale)
             lr = ev.make_lr(hr, scale)
             if crop is None:
                 ev.check_shipped_lr(set_dir, path, scale, lr)
@@ -434,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (PrecisionError, ev.EvaluationError, cli_safety.OutputError) as e:
+    except (PrecisionError, ev.EvaluationError, imageio.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -452,9 +448,7 @@ def run(args: argparse.Namespace) -> int:
         raise PrecisionError("--device cuda requested but CUDA is not available")
     if args.json is not None:  # before minutes of work
         inputs = [Path(m) for m in args.models if Path(m).exists()]
-        cli_safety.check_output(
-            args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
-        )
+        imageio.check_output(args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report")
     data_dir = args.data if args.data is not None else ev.default_data_dir()
     for name in args.sets:  # fail before any model work
         ev.find_set(data_dir, name)
@@ -494,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report, args.tol_db))
     if args.json is not None:
         text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
-        cli_safety.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
+        imageio.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
         print(f"wrote {args.json}")
     return 0 if all_ok else 1
 

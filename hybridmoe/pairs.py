@@ -5,13 +5,18 @@ and written as ``OUT/hr/<name>.png``; its bicubic-downscaled version (antialiase
 as MATLAB's ``imresize``) goes to ``OUT/lr/<name>.png`` — the layout traiNNer-redux's
 ``pairedimagedataset`` reads::
 
-    python scripts/make_pairs.py ../shared/data/train/T91 ../shared/data/train/BSDS200 \\
+    hybridmoe make-pairs ../shared/data/train/T91 ../shared/data/train/BSDS200 \\
         --out datasets/train_x4 --scale 4
-    python scripts/make_pairs.py ../shared/data/benchmark/Set5/HR --out datasets/val_x2 \\
+    hybridmoe make-pairs ../shared/data/benchmark/Set5/HR --out datasets/val_x2 \\
         --scale 2 --check-against ../shared/data/benchmark/Set5/LR_bicubic/X2
 
 ``--check-against DIR`` compares each LR with ``DIR/<name>x<scale>.png`` (the benchmark
 convention) or ``DIR/<name>.png`` and fails on any difference.
+
+By default an image whose LR side would be shorter than the ``lq_size`` of the option templates
+at that scale is skipped, with a warning: traiNNer-redux's training crop cannot be taken from it
+(its data loader worker dies on ``empty range for randrange()``). ``--min-lr-size 1`` keeps every
+image (validation sets, which are not cropped).
 """
 
 from __future__ import annotations
@@ -23,9 +28,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from srmetrics import imresize_matlab_uint8, mod_crop
+
+from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
+from hybridmoe.options import MEASURED_LQ
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def template_lq_size(scale: int) -> int:
+    """The ``lq_size`` (LR training crop) of the option templates at ``scale``."""
+    return MEASURED_LQ.get(scale, max(MEASURED_LQ.values()))
 
 
 def make_pair(src: Path, out: Path, scale: int, check: Path | None, min_lr: int = 1) -> str:
@@ -65,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--min-lr-size",
         type=int,
-        default=1,
-        help="skip images whose LR side would be shorter (training crop size)",
+        default=None,
+        help="skip images whose LR side would be shorter (default: the templates' lq_size at "
+        "this scale, 64 at x2, 48 at x4; 1 keeps every image)",
     )
     ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     args = ap.parse_args(argv)
     if args.scale < 2:
         ap.error(f"--scale must be an integer >= 2, got {args.scale}")
+    min_lr = template_lq_size(args.scale) if args.min_lr_size is None else args.min_lr_size
     files: list[Path] = []
     for d in args.hr_dirs:
         if not d.is_dir():
@@ -92,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             [args.out] * n,
             [args.scale] * n,
             [args.check_against] * n,
-            [args.min_lr_size] * n,
+            [min_lr] * n,
         )
         results = list(results)
     errors = [e for e in results if e and e != "skip"]
@@ -100,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     for e in errors:
         print("error:", e, file=sys.stderr)
     written = len(files) - len(errors) - skipped
-    print(f"{written} pairs written to {args.out} (x{args.scale}); {skipped} too small, skipped")
+    print(f"{written} pairs written to {args.out} (x{args.scale})")
+    if skipped:
+        print(
+            f"warning: {skipped} image(s) skipped: their LR side would be shorter than {min_lr} px "
+            f"(the training crop lq_size); pass --min-lr-size 1 to keep them (validation sets)",
+            file=sys.stderr,
+        )
     return 1 if errors else 0
 
 

@@ -34,7 +34,7 @@ memory, exception) gets an error entry and the run continues.
 
 Full comparison on a GPU (a few minutes)::
 
-    python scripts/benchmark.py --json benchmark.json
+    hybridmoe bench --json benchmark.json
 
 ``--compile`` autotunes every fused model for every scale and dtype (minutes each with the
 max-autotune modes); give it a few models, e.g.
@@ -64,8 +64,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bootstrap import REPO_ROOT, import_arch
 from torch import nn
+
+import hybridmoe_arch as arch
+from hybridmoe.paths import REPO_ROOT
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -97,7 +99,7 @@ def _ours(name: str) -> Callable[[int], nn.Module]:
     """Builder for one of our variants through the ``hybridmoe_arch`` factories."""
 
     def build(scale: int) -> nn.Module:
-        return getattr(import_arch(), name)(scale=scale)
+        return getattr(arch, name)(scale=scale)
 
     return build
 

@@ -1,4 +1,4 @@
-"""scripts/install_trainner.py against a fake traiNNer-redux checkout (and, when
+"""hybridmoe install-trainner against a fake traiNNer-redux checkout (and, when
 ``TRAINNER_REDUX_DIR`` is set, against a temporary copy of a real one)."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import install_trainner as it
 import pytest
+
+from hybridmoe import install as it
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = "traiNNer/archs/hybridmoe_arch.py"
@@ -57,7 +58,7 @@ def source(tmp_path: Path) -> Path:
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "install_trainner.py"), *args],
+        [sys.executable, "-m", "hybridmoe", "install-trainner", *args],
         capture_output=True,
         text=True,
         check=False,

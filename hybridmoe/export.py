@@ -1,9 +1,9 @@
 """Export a HybridMoE checkpoint to ONNX with dynamic batch, height and width.
 
-    python scripts/export_onnx.py CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--dynamo]
+    hybridmoe export-onnx CHECKPOINT OUTPUT.onnx [--fp16] [--opset N] [--dynamo]
                                   [--verify] [--export-safe] [--no-fuse] [--allow-static]
                                   [--overwrite]
-    python scripts/export_onnx.py --matrix DIR [--dynamo] [--export-safe] [--only TEXT]
+    hybridmoe export-onnx --matrix DIR [--dynamo] [--export-safe] [--only TEXT]
                                   [--matrix-fp16 all|variants|none]
 
 The checkpoint is loaded through spandrel (any form: ``.safetensors``, ``.pth`` with the
@@ -63,10 +63,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cli_safety
 import numpy as np
 import torch
-from _bootstrap import import_arch
+
+import hybridmoe_arch as arch
+from hybridmoe import imageio
+from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.models import perturb
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -546,7 +549,6 @@ def matrix(
     (second trace) runs too. Prints one line per export; returns the number of failures."""
     import onnx
 
-    arch = import_arch()
     cases = [c for c in matrix_cases() if only is None or only in c[0]]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -554,11 +556,7 @@ def matrix(
         raise ExportError(f"cannot create the --matrix folder {out_dir}: {e}") from e
     failures = 0
     for i, (name, variant, scale, opts) in enumerate(cases):
-        g = torch.Generator().manual_seed(i)
-        model = arch.FACTORIES[variant](scale=scale, **opts)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+        model = perturb(arch.FACTORIES[variant](scale=scale, **opts), 0.01, seed=i)
         model.eval()
         fused = copy.deepcopy(model).fuse().eval()
         with_half = fp16 == "all" or (fp16 == "variants" and not opts and scale in (2, 4))
@@ -601,10 +599,9 @@ def matrix(
 
 def load_hybridmoe(path: Path) -> Any:
     """Load ``path`` through spandrel; refuse other architectures."""
-    arch = import_arch()
     try:
-        desc = arch.load_checkpoint(path, device="cpu")
-    except arch.CheckpointError as e:
+        desc = load_checkpoint(path, device="cpu")
+    except CheckpointError as e:
         raise ExportError(str(e)) from e
     if not isinstance(desc.model, arch.HybridMoE):
         raise ExportError(
@@ -667,12 +664,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ExportError, cli_safety.OutputError) as e:
+    except (ExportError, imageio.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
+ONNX_PACKAGES = ("onnx", "onnxruntime")
+"""What export and verification import; ``pip install 'hybridmoe-freqnet[onnx]'`` brings them."""
+
+
+def require_onnx_packages() -> None:
+    """:class:`ExportError` naming the extra to install when an ONNX package is missing."""
+    import importlib.util
+
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            f"ONNX export needs {' and '.join(missing)}, which are not installed; install the "
+            f"ONNX extra: pip install 'hybridmoe-freqnet[onnx]' (from a checkout: "
+            f"pip install -e '.[onnx]')"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    require_onnx_packages()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.matrix is not None:
@@ -695,22 +710,16 @@ def run(args: argparse.Namespace) -> int:
             f"--opset {args.opset}: the TorchScript exporter supports opsets up to 20; "
             f"use --dynamo for newer opsets"
         )
-    cli_safety.check_output(
+    imageio.check_output(
         args.output, overwrite=args.overwrite, inputs=[args.checkpoint], what="ONNX output"
     )
     desc = load_hybridmoe(args.checkpoint)
-    bad = cli_safety.nonfinite_tensors(desc.model.state_dict())
-    if bad:
-        raise ExportError(
-            f"{args.checkpoint}: the weights hold NaN/Inf values ({', '.join(bad[:5])}"
-            f"{', ...' if len(bad) > 5 else ''}); the graph would compute NaN/Inf. Use an "
-            f"earlier checkpoint of the training run"
-        )
+    # NaN/Inf weights never get here: the loader refuses them, naming the tensor
     model = desc.model.eval()
     if not args.no_fuse:
         model = copy.deepcopy(model).fuse().eval()
     print(f"model: {desc.architecture.name} x{desc.scale}, tags {', '.join(desc.tags)}")
-    with cli_safety.atomic_output(
+    with imageio.atomic_output(
         args.output, overwrite=args.overwrite, what="ONNX output"
     ) as tmp:  # renamed to OUTPUT once complete
         result = export(

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python scripts/install_trainner.py install   TRAINNER_REDUX_DIR [--link] [--force]
-    python scripts/install_trainner.py uninstall TRAINNER_REDUX_DIR [--force]
-    python scripts/install_trainner.py check     TRAINNER_REDUX_DIR
+    hybridmoe install-trainner install   TRAINNER_REDUX_DIR [--link] [--force]
+    hybridmoe install-trainner uninstall TRAINNER_REDUX_DIR [--force]
+    hybridmoe install-trainner check     TRAINNER_REDUX_DIR
 
 ``install`` places these files (copies, or symlinks to this checkout with ``--link``):
 
@@ -51,7 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from hybridmoe.paths import source_root
+
+REPO_ROOT = source_root()
 MANIFEST_NAME = ".hybridmoe-freqnet-install.json"
 MANIFEST_VERSION = 1
 CHECKOUT_MARKERS = ("train.py", "traiNNer/archs/__init__.py", "traiNNer/utils/registry.py")
@@ -288,7 +290,7 @@ def save_manifest(checkout: Path, manifest: dict[str, Any]) -> None:
     data = {
         **manifest,
         "version": MANIFEST_VERSION,
-        "tool": "HybridMoE-FreqNet scripts/install_trainner.py",
+        "tool": "HybridMoE-FreqNet hybridmoe install-trainner",
         "files": dict(sorted(manifest["files"].items())),
     }
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))

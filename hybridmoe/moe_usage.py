@@ -4,10 +4,10 @@ Routes every image of the given folders through the model (eval mode, determinis
 and prints, per MoE layer, the share of token slots each expert receives — the check that
 training did not collapse the routing onto a few experts::
 
-    python scripts/moe_usage.py MODEL.safetensors ../shared/data/benchmark/Set14/HR
+    hybridmoe moe-usage MODEL.safetensors ../shared/data/benchmark/Set14/HR
         [--json out.json [--overwrite]]
 
-Images are read as scripts/evaluate.py reads them (every bit depth and Pillow mode at its own
+Images are read as hybridmoe evaluate reads them (every bit depth and Pillow mode at its own
 white level; alpha ignored). A folder without images, a missing path or an unreadable image is
 an error (exit status 2). --json is checked before the run (not an input, not an existing file
 unless --overwrite) and written atomically.
@@ -22,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cli_safety
-import evaluate as ev
 import numpy as np
 import torch
-from _bootstrap import load_model
+
+from hybridmoe import evaluate as ev
+from hybridmoe import imageio
+from hybridmoe.checkpoint import load_checkpoint
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -116,20 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(args.images)
         if args.json is not None:  # before any work
             inputs = [args.model, *files]
-            cli_safety.check_output(
+            imageio.check_output(
                 args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
             )
-    except (UsageError, cli_safety.OutputError) as e:
+    except (UsageError, imageio.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        desc = load_model(args.model, args.device)
+        desc = load_checkpoint(args.model, args.device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         return report(desc, files, args)
-    except (UsageError, cli_safety.OutputError) as e:
+    except (UsageError, imageio.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -149,7 +150,7 @@ def report(desc: Any, files: list[Path], args: argparse.Namespace) -> int:
         print(f"{name:28s} " + " ".join(f"{v:6.3f}" for v in h))
     if args.json:
         text = json.dumps({"images": len(imgs), "usage": hist}, indent=2) + "\n"
-        cli_safety.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
+        imageio.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
         print(f"wrote {args.json}")
     return 0
 

@@ -1,4 +1,4 @@
-"""CPU checks of ``scripts/benchmark.py``: JSON layout, reference ratios and error handling."""
+"""CPU checks of ``hybridmoe bench``: JSON layout, reference ratios and error handling."""
 
 from __future__ import annotations
 
@@ -6,24 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import benchmark
 import pytest
 import torch
 from torch import nn
+
+from hybridmoe import bench
 
 CPU_ARGS = [
     "--device", "cpu", "--out-size", "64x48", "--scales", "2", "--dtypes", "fp32",
     "--repeat", "2", "--warmup", "1", "--flops-size", "32",
 ]  # fmt: skip
-
-
-def hybridmoe_available() -> bool:
-    """Whether ``hybridmoe_arch`` imports and provides the nano factory."""
-    try:
-        arch = benchmark.import_arch()
-    except Exception:
-        return False
-    return hasattr(arch, "hybridmoe_nano")
 
 
 def rows_of(result: dict[str, Any], model: str) -> list[dict[str, Any]]:
@@ -40,7 +32,7 @@ def run(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     models = ["compact", "span", "hybridmoe_nano"]
     train = ["--train-batch", "2", "--train-size", "16"]
-    returned = benchmark.main([*CPU_ARGS, "--models", *models, *train, "--json", str(path)])
+    returned = bench.main([*CPU_ARGS, "--models", *models, *train, "--json", str(path)])
     on_disk = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert on_disk == json.loads(json.dumps(returned))
     return on_disk
@@ -51,7 +43,7 @@ def test_environment_and_config(run: dict[str, Any]) -> None:
     for key in ("torch", "cuda", "device", "date", "command"):
         assert key in env
     assert env["torch"] == torch.__version__
-    assert "benchmark.py" in env["command"]
+    assert "bench.py" in env["command"]
     assert "--models compact span hybridmoe_nano" in env["command"]
     assert run["config"]["reference"] == {"model": "span", "variant": "eager"}
     assert run["config"]["out_size"] == [64, 48]
@@ -85,9 +77,6 @@ def test_ratio_to_reference(run: dict[str, Any]) -> None:
 
 def test_hybridmoe_rows(run: dict[str, Any]) -> None:
     rows = {r["variant"]: r for r in rows_of(run, "hybridmoe_nano")}
-    if not hybridmoe_available():
-        assert [r["status"] for r in rows.values()] == ["skipped"]
-        pytest.skip("hybridmoe_arch is not importable yet")
     assert set(rows) == {"eager", "fused"}
     for row in rows.values():
         assert row["status"] == "ok", row["error"]
@@ -98,8 +87,7 @@ def test_hybridmoe_rows(run: dict[str, Any]) -> None:
 
 def test_train_steps(run: dict[str, Any]) -> None:
     steps = {t["model"]: t for t in run["train_steps"]}
-    ours = {"hybridmoe_nano"} if hybridmoe_available() else set()
-    assert set(steps) == {"compact", "span", *ours}  # no step for a model that cannot be built
+    assert set(steps) == {"compact", "span", "hybridmoe_nano"}
     for step in steps.values():
         assert step["status"] == "ok", step["error"]
         assert (step["scale"], step["batch"], step["lr_size"]) == (2, 2, 16)
@@ -112,7 +100,7 @@ def test_train_steps(run: dict[str, Any]) -> None:
 
 def test_unknown_model_lists_valid_names(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        benchmark.main(["--device", "cpu", "--models", "compact", "no_such_net"])
+        bench.main(["--device", "cpu", "--models", "compact", "no_such_net"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "no_such_net" in err
@@ -138,15 +126,15 @@ def cannot_build(scale: int) -> nn.Module:
 
 def test_failures_become_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        benchmark.MODELS, "broken", benchmark.ModelSpec("broken", lambda s: Broken(), False, "")
+        bench.MODELS, "broken", bench.ModelSpec("broken", lambda s: Broken(), False, "")
     )
     monkeypatch.setitem(
-        benchmark.MODELS, "unbuildable", benchmark.ModelSpec("unbuildable", cannot_build, False, "")
+        bench.MODELS, "unbuildable", bench.ModelSpec("unbuildable", cannot_build, False, "")
     )
     path = tmp_path / "out.json"
     models = ["broken", "unbuildable", "compact"]
     args = [*CPU_ARGS, "--models", *models, "--ref", "compact", "--json", str(path)]
-    result = benchmark.main([*args, "--no-train-step"])
+    result = bench.main([*args, "--no-train-step"])
 
     (broken,) = rows_of(result, "broken")
     assert broken["status"] == "error"

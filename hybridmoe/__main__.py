@@ -1,0 +1,5 @@
+"""``python -m hybridmoe``: the ``hybridmoe`` command."""
+
+from hybridmoe.cli import main
+
+raise SystemExit(main())

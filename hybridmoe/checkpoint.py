@@ -1,0 +1,220 @@
+"""The one way this project reads model files: safely, with errors that name the fix.
+
+:func:`read_state_dict` deserializes only tensors and plain containers (TorchScript archives and
+pickles of other objects are refused before any of their content is loaded: nothing in a file
+runs); :func:`load_checkpoint` hands the result to spandrel with HybridMoE registered and returns
+an ``ImageModelDescriptor`` in eval mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hybridmoe.meta import CheckpointError
+from hybridmoe.models import resolve_model
+from hybridmoe.spandrel_arch import register_spandrel
+
+__all__ = ["TRAINING_STATE_KEYS", "CheckpointError", "load_checkpoint", "read_state_dict"]
+
+_CHECKPOINT_EXTS = (".pth", ".pt", ".ckpt", ".safetensors")
+
+TRAINING_STATE_KEYS = ("iter", "optimizers", "schedulers")
+"""Top-level keys of a traiNNer-redux training state (``training_states/<iter>.state``)."""
+
+_TORCHSCRIPT_RECORDS = ("constants.pkl", "bytecode.pkl")
+_TORCHSCRIPT_FOLDERS = ("code/", ".data/ts_code/")
+
+
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _error_detail(e: BaseException) -> str:
+    """The informative line of an exception message (torch's weights-only errors wrap it in
+    paragraphs of advice)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(_BOILERPLATE)]
+    return (useful or lines or [""])[0][:300]
+
+
+def _unreadable(p: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{p}: cannot read the checkpoint ({type(e).__name__}: {_error_detail(e)}); the file is "
+        f"corrupt, truncated or not a PyTorch/safetensors model"
+    )
+
+
+def _training_state_error(p: Path) -> CheckpointError:
+    """Name what a traiNNer-redux ``.state`` file is and the model file to load instead."""
+    models = p.parent.parent / "models"
+    found = sorted(
+        str(f)
+        for f in models.glob(f"net_g*_{p.stem}.*")
+        if p.parent.name == "training_states" and f.suffix.lower() in _CHECKPOINT_EXTS
+    )
+    instead = (
+        " or ".join(found[:2])
+        if found
+        else "the network checkpoint of the same run, experiments/<name>/models/"
+        "net_g_ema_<iter>.safetensors (or net_g_<iter>.safetensors / .pth)"
+    )
+    return CheckpointError(
+        f"{p}: this is a traiNNer-redux training state (iteration counter, optimizer and "
+        f"scheduler state for resuming training), not a model: it holds no network weights. "
+        f"Load {instead} instead"
+    )
+
+
+def _checked_path(path: str | os.PathLike[str]) -> Path:
+    p = resolve_model(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file not found: {p}")
+    if p.suffix.lower() == ".state":
+        raise _training_state_error(p)
+    if p.suffix.lower() not in _CHECKPOINT_EXTS:
+        raise CheckpointError(
+            f"{p.name}: unsupported model file type {p.suffix!r}; expected one of "
+            + ", ".join(_CHECKPOINT_EXTS)
+        )
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: the file is empty (0 bytes); re-download or re-export it")
+    return p
+
+
+def _file_kind(p: Path) -> str:
+    """``"safetensors"``, ``"zip"`` (torch.save, or TorchScript) or ``"pickle"``, by content."""
+    with p.open("rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
+        return "safetensors"
+    if head[:2] == b"PK":  # a zip's byte 8 is its compression method (0), never "{"
+        return "zip"
+    return "pickle"
+
+
+def _refuse_torchscript(p: Path) -> None:
+    """Look at the member names of a zip checkpoint (no member is read) and refuse TorchScript
+    archives, whose loading runs code stored in the file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except Exception as e:  # BadZipFile, truncated directories, bad offsets
+        raise _unreadable(p, e) from e
+    records = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    script = sorted(
+        r for r in records if r in _TORCHSCRIPT_RECORDS or r.startswith(_TORCHSCRIPT_FOLDERS)
+    )
+    if script:
+        raise CheckpointError(
+            f"{p}: this is a TorchScript archive (it holds {', '.join(script[:3])}); loading one "
+            f"runs code stored in the file, so it is refused. Use the model's state dict instead: "
+            f"a .safetensors file, or a .pth/.ckpt written with torch.save(model.state_dict())"
+        )
+    if "data.pkl" not in records:
+        raise CheckpointError(
+            f"{p}: a zip archive without data.pkl is not a torch.save checkpoint; the file is "
+            f"corrupt or not a PyTorch/safetensors model"
+        )
+
+
+def _deserialize(p: Path) -> object:
+    """The file's content as tensors and plain containers only (safetensors, or ``torch.load``
+    with ``weights_only=True`` after the TorchScript check): no code from the file runs."""
+    import pickle
+
+    kind = _file_kind(p)
+    if kind == "zip":
+        _refuse_torchscript(p)
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p), device="cpu")
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):
+            raise CheckpointError(
+                f"{p}: the file holds Python objects other than tensors and plain containers "
+                f"({_error_detail(e)}); loading them could run code from the file, so it is "
+                f"refused. Save the weights with torch.save(model.state_dict()) or as .safetensors"
+            ) from e
+        raise _unreadable(p, e) from e
+    except Exception as e:  # zip, pickle, safetensors and storage errors: an unreadable file
+        raise _unreadable(p, e) from e
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read the state dict of a ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` file safely.
+
+    Only tensors and plain containers are deserialized: TorchScript archives and pickles of
+    other Python objects are refused before any of their content is loaded, so nothing in the
+    file runs. Wrappers are unwrapped as spandrel does (``params_ema`` before ``params``, a
+    ``module.`` prefix, …). Hand the result to ``spandrel.ModelLoader().load_from_state_dict``
+    or :func:`hybridmoe.meta.model_from_state_dict`.
+
+    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
+    corrupt, unsafe or unsupported files and for traiNNer-redux training states.
+    """
+    from spandrel import canonicalize_state_dict
+
+    p = _checked_path(path)
+    data = _deserialize(p)
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{p}: the file holds a {type(data).__name__}, not a state dict (names -> tensors)"
+        )
+    if all(k in data for k in TRAINING_STATE_KEYS):
+        raise _training_state_error(p)
+    sd = canonicalize_state_dict(data)
+    if not isinstance(sd, dict) or not any(isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointError(f"{p}: the checkpoint holds no tensors (no model weights)")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor):
+            raise CheckpointError(
+                f"{p}: entry {k!r} of the state dict is a {type(v).__name__}, not a tensor; "
+                f"the file is not a model state dict"
+            )
+    return sd
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
+    """Load any spandrel-supported checkpoint (HybridMoE included), given as a path or as the
+    name of a shipped model (``2x_HybridMoE_S``), as an ``ImageModelDescriptor`` in eval mode.
+
+    The file is read by :func:`read_state_dict` (tensors only; TorchScript archives and other
+    pickled objects are refused unread), then detected and built by spandrel's ``ModelLoader``.
+    Raises :class:`CheckpointError` with the reason and a fix for missing, empty, truncated,
+    corrupt, unsafe or unsupported files.
+    """
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    p = _checked_path(path)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    sd = read_state_dict(p)
+    register_spandrel()
+    try:
+        desc = ModelLoader(device=dev).load_from_state_dict(sd)
+    except UnsupportedModelError as e:
+        keys = ", ".join(list(sd)[:5])
+        raise CheckpointError(
+            f"{p}: no known architecture matches this state dict (first keys: {keys}); it is "
+            f"neither a HybridMoE checkpoint nor a model spandrel supports"
+        ) from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{p}: {e}") from e
+    except (RuntimeError, KeyError, IndexError, ValueError) as e:
+        kind = "a HybridMoE" if "hmoe_meta" in sd else "a known"
+        raise CheckpointError(
+            f"{p}: the state dict looks like {kind} model but does not load ({e}); the file is "
+            f"damaged or was edited"
+        ) from e
+    desc.model.eval()
+    return desc

@@ -1,0 +1,58 @@
+"""The ``hybridmoe`` command: subcommands, shipped models by name, missing optional extras."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hybridmoe import cli, export
+from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.models import resolve_model, shipped_models
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_models_lists_the_shipped_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("2x_HybridMoE_Nano", "2x_HybridMoE_S", "4x_HybridMoE_Nano", "4x_HybridMoE_S"):
+        assert name in out
+
+
+def test_upscale_with_a_shipped_model_by_name(tmp_path: Path) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((12, 10, 3)) * 255).astype(np.uint8)).save(src)
+    assert cli.main(["upscale", "2x_HybridMoE_Nano", str(src), str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").size == (20, 24)
+
+
+def test_model_names_resolve_case_insensitively() -> None:
+    assert resolve_model("2x_hybridmoe_s") == shipped_models()["2x_HybridMoE_S"]
+    assert load_checkpoint("4x_HybridMoE_Nano.safetensors").scale == 4
+    with pytest.raises(CheckpointError, match="neither a file nor a shipped model name"):
+        resolve_model("3x_HybridMoE_XL")
+
+
+def test_export_without_the_onnx_extra_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    code = cli.main(["export-onnx", "2x_HybridMoE_Nano", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "hybridmoe-freqnet[onnx]" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()
+    assert export.ONNX_PACKAGES == ("onnx", "onnxruntime")
+
+
+def test_unknown_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown subcommand 'frobnicate'" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0
+    assert "install-trainner" in capsys.readouterr().out

@@ -1,0 +1,88 @@
+"""``hmoe_meta``: one table (``hybridmoe_arch.META_FIELDS``) encodes it; ``hybridmoe.meta`` decodes
+every layout version with range checks; options the tensors cannot tell survive a round trip."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+import torch
+from tiny_options import TINY, legacy_meta
+
+import hybridmoe_arch as A
+from hybridmoe import meta as M
+
+
+def tiny(**options: Any) -> A.HybridMoE:
+    return A.HybridMoE(**{**TINY, "scale": 2, **options})
+
+
+def test_table_positions_are_distinct_and_cover_the_buffer() -> None:
+    taken = [f.position + i for f in A.META_FIELDS for i in range(f.size)]
+    assert sorted(taken) == list(range(1, A.META_LENGTH))
+
+
+@pytest.mark.parametrize("shift", ["stage", "alternate", "none"])
+def test_options_keys_cannot_tell_round_trip(shift: str) -> None:
+    """shift, gate_norm and the flags are read from the meta alone (no key tells them)."""
+    model = tiny(shift=shift, gate_norm=False, use_attn=False, noise=True, mlp_ratio=1.25)
+    rebuilt = M.model_from_state_dict(model.state_dict())
+    for name in ("shift", "gate_norm", "use_attn", "noise", "mlp_ratio"):
+        assert rebuilt.hyperparameters[name] == model.hyperparameters[name], name
+
+
+def test_decode_v3_gives_every_table_field() -> None:
+    hp = tiny(top_k=3, base="bicubic").hyperparameters
+    decoded = M.decode_meta(A.encode_meta(hp))
+    assert set(decoded) == {f.name for f in A.META_FIELDS}
+    assert decoded["top_k"] == 3 and decoded["base"] == "bicubic"
+    assert decoded["hf_blocks"] == tuple(hp["hf_blocks"])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_legacy_layouts_decode(version: int) -> None:
+    hp = tiny(stem_lk=True, refine_moe=True).hyperparameters
+    decoded = M.decode_meta(legacy_meta(hp, version))
+    assert decoded["stem_lk"] and decoded["refine_moe"] and decoded["shift"] == "stage"
+    assert ("num_experts" in decoded) == (version == 2)
+
+
+def test_legacy_unknown_flag_bits_are_refused() -> None:
+    values = legacy_meta(tiny().hyperparameters, 2)
+    values[9] |= 16
+    with pytest.raises(M.CheckpointError, match="unknown bits"):
+        M.decode_meta(values)
+
+
+def test_newer_layout_is_refused_with_the_fix() -> None:
+    values = A.encode_meta(tiny().hyperparameters)
+    values[0] = A.META_VERSION + 1
+    with pytest.raises(M.CheckpointError, match="newer"):
+        M.decode_meta(values)
+
+
+def test_top_k_lives_in_one_place() -> None:
+    """set_top_k changes the layers, the hyperparameters and the saved meta at once."""
+    model = tiny(refine_moe=True)
+    model.set_top_k(3)
+    assert {m.top_k for m in model.moe_layers()} == {3} and model.hyperparameters["top_k"] == 3
+    assert M.decode_meta(model.state_dict()["hmoe_meta"].tolist())["top_k"] == 3
+
+
+def test_factories_show_every_option_with_the_variant_default() -> None:
+    ctor = inspect.signature(A.HybridMoE.__init__).parameters
+    for name, factory in A.FACTORIES.items():
+        params = inspect.signature(factory).parameters
+        assert list(params) == [p for p in ctor if p != "self"], name
+        for option, value in A.VARIANTS.get(name, {}).items():
+            assert params[option].default == value, (name, option)
+    assert inspect.signature(A.hybridmoe_l).parameters["window_size"].default == 16
+    assert A.hybridmoe_nano(2, dim=8).hyperparameters["dim"] == 8
+    with pytest.raises(TypeError, match="unknown_option"):
+        A.hybridmoe_s(unknown_option=1)
+
+
+def test_meta_tensor_is_int32_and_current() -> None:
+    sd = tiny().state_dict()
+    assert sd["hmoe_meta"].dtype == torch.int32 and int(sd["hmoe_meta"][0]) == A.META_VERSION
