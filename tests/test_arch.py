@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from tiny_options import SMALL_UNET
 
 import hybridmoe_arch as A
 from hybridmoe import meta as M
@@ -416,7 +417,7 @@ def test_no_routing_collapse_when_training_on_real_images(set5_dir) -> None:
     imgs = [real_image(set5_dir, n, 96) for n in ("baby", "bird", "butterfly", "head", "woman")]
     pool = torch.cat(imgs)
     g = torch.Generator().manual_seed(0)
-    model = A.hybridmoe_nano(scale=2).train()
+    model = A.hybridmoe(scale=2, **SMALL_UNET).train()
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     usage = []
     for _ in range(40):

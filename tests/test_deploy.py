@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_options import TINY
+from tiny_options import SMALL_UNET, TINY
 
 import hybridmoe_arch as A
 from hybridmoe import checkpoint as C
@@ -466,7 +466,7 @@ def test_dummy_sizes() -> None:
     """The dummy takes every padding branch; the export-safe re-trace size is generic too and
     spans another number of scan chunks; a verification size has more than four chunks."""
     for window in (1, 2, 4, 8, 16):
-        model = A.hybridmoe_nano(scale=2, window_size=window)
+        model = A.hybridmoe(scale=2, **{**SMALL_UNET, "window_size": window})
         h, w = export.dummy_size(model)
         assert h != w and (h % 4 or w % 4)
         assert export.is_generic_size(h, w, {window})

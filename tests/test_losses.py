@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_options import SMALL_UNET
 
 import hybridmoe_arch
 import hybridmoe_loss
@@ -262,7 +263,7 @@ def test_rejects_bad_arguments() -> None:
 def nano() -> torch.nn.Module:
     """One small MoE network for the balance tests (built once: CPU forwards are slow)."""
     torch.manual_seed(0)
-    return hybridmoe_arch.hybridmoe_nano(scale=2)
+    return hybridmoe_arch.hybridmoe(scale=2, **SMALL_UNET)
 
 
 @pytest.fixture
@@ -377,7 +378,7 @@ def test_eval_and_no_grad_forwards_never_publish(nano: torch.nn.Module) -> None:
     with pytest.raises(RuntimeError, match="no router statistics"):
         HybridMoEBalanceLoss(0.01)(x, x)
     # a dense network (no MoE layers) never writes either
-    dense = hybridmoe_arch.hybridmoe_nano(scale=2, use_moe=False).train()
+    dense = hybridmoe_arch.hybridmoe(scale=2, **{**SMALL_UNET, "use_moe": False}).train()
     dense(x)
     assert not hybridmoe_arch.MOE_AUX.has_terms()
 

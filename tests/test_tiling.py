@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling
+from tiny_options import SMALL_UNET
 
 import hybridmoe_arch as A
 from hybridmoe import metrics, tiling
@@ -39,8 +40,8 @@ Tol = dict[tuple[int, int], tuple[float, float]]
 
 CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
     "nano-none": (
-        "hybridmoe_nano",
-        {"global_mixer": "none"},
+        "hybridmoe",
+        {**SMALL_UNET, "global_mixer": "none"},
         ModelTiling.SUPPORTED,
         {(48, 8): (0.3, 0.03), (64, 16): (0.04, 0.003)},
     ),
@@ -51,8 +52,8 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
         {(64, 16): (0.9, 0.18)},
     ),
     "nano": (
-        "hybridmoe_nano",
-        {},
+        "hybridmoe",
+        SMALL_UNET,
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.6, 0.045), (64, 16): (0.12, 0.009)},
     ),
@@ -66,12 +67,12 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
         "hybridmoe_m",
         {},
         ModelTiling.DISCOURAGED,
-        {(48, 8): (0.8, 0.11), (64, 16): (0.25, 0.033)},
+        {(48, 8): (0.8, 0.11), (64, 16): (0.3, 0.033)},
     ),
     "l": ("hybridmoe_l", {}, ModelTiling.DISCOURAGED, {(64, 16): (1.0, 0.22)}),
     "nano-fft-split": (
-        "hybridmoe_nano",
-        {"global_mixer": "none", "freq_split": "fft"},
+        "hybridmoe",
+        {**SMALL_UNET, "global_mixer": "none", "freq_split": "fft"},
         ModelTiling.DISCOURAGED,
         {(48, 8): (10.0, 0.33), (64, 16): (8.0, 0.39)},
     ),
@@ -211,7 +212,7 @@ def test_aligned_tiles_match_better(lr_image: torch.Tensor) -> None:
     from hybridmoe import upscale
 
     desc = perturbed_descriptor(
-        "hybridmoe_nano",
+        "hybridmoe",
         std=0.03,
         dim=8,
         enc_blocks=(1, 1, 1),

@@ -43,3 +43,16 @@ def legacy_meta(hp: dict[str, Any], version: int) -> list[int]:
         round(hp["mlp_ratio"] * 1000),
     ]
     return values + ([*hp["hf_blocks"], hp["num_experts"]] if version >= 2 else [])
+
+
+SMALL_UNET: dict[str, Any] = {
+    "dim": 16,
+    "enc_blocks": (1, 1, 1),
+    "hf_blocks": (1, 0, 0),
+    "mid_blocks": 1,
+    "dec_blocks": (1, 1),
+    "num_experts": 4,
+    "top_k": 1,
+}
+"""A small network with every part of the three-level design (top-1 MoE bottleneck, window
+attention, Fourier mixer, HF path); ``hybridmoe(**SMALL_UNET)`` builds it."""

@@ -1610,14 +1610,18 @@ class HybridMoE(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 VARIANTS: dict[str, dict[str, Any]] = {
+    # nano: all compute in a x1 trunk of re-param 3x3 blocks (fused: plain 3x3 convs) over the
+    # fixed base upsampler; the measured best per millisecond (docs/ABLATIONS.md)
     "hybridmoe_nano": {
-        "dim": 16,
-        "enc_blocks": (1, 1, 1),
-        "hf_blocks": (1, 0, 0),
-        "mid_blocks": 1,
-        "dec_blocks": (1, 1),
-        "num_experts": 4,
-        "top_k": 1,
+        "dim": 48,
+        "levels": 1,
+        "enc_blocks": (8, 0, 0),
+        "hf_blocks": (0, 0, 0),
+        "mid_blocks": 0,
+        "dec_blocks": (8, 0),
+        "use_hf": False,
+        "conv_block": "rep3",
+        "global_mixer": "none",
     },
     "hybridmoe_s": {
         "dim": 32,
@@ -1677,7 +1681,9 @@ def _factory(name: str, doc: str) -> Callable[..., HybridMoE]:
 
 
 hybridmoe = _factory("hybridmoe", "General constructor: every option, defaults = the ``s`` size.")
-hybridmoe_nano = _factory("hybridmoe_nano", "Real-time size (dim 16, shallow, top-1 MoE).")
+hybridmoe_nano = _factory(
+    "hybridmoe_nano", "Real-time size: a x1 trunk of 16 re-param 3x3 blocks (dim 48), no MoE."
+)
 hybridmoe_s = _factory("hybridmoe_s", "Small size (dim 32).")
 hybridmoe_m = _factory("hybridmoe_m", "Medium size (dim 48).")
 hybridmoe_l = _factory("hybridmoe_l", "Large, quality-first size (dim 64, window 16, detail MoE).")
