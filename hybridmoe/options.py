@@ -518,6 +518,34 @@ def base_name(scale: int, variant: str) -> str:
     return f"{scale}x_HybridMoE_{VARIANTS[variant][1]}"
 
 
+def _has_moe(arch: str) -> bool:
+    """Whether the registered network ``arch`` builds any MoE layer."""
+    import hybridmoe_arch
+
+    return hybridmoe_arch.FACTORIES[arch](scale=2).num_experts > 0
+
+
+def _losses(template: str, arch: str, prefix: str) -> str:
+    """The loss block; the MoE balance loss only for networks with MoE layers (it refuses a
+    network without router statistics). Items are a ``- type:`` line with the comment lines
+    before it and the deeper-indented lines after it."""
+    text = _render(template, **_loss_values(prefix))
+    if _has_moe(arch):
+        return text
+    items: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        stripped = line.lstrip()
+        starts_item = stripped.startswith("- type:")
+        if stripped.startswith("#") and items[-1] and any("- type:" in x for x in items[-1]):
+            items.append([])  # comments open the next item
+        elif starts_item and any("- type:" in x for x in items[-1]):
+            items.append([])
+        items[-1].append(line)
+    return "".join(
+        "".join(item) for item in items if not any("hybridmoebalanceloss" in x for x in item)
+    )
+
+
 def _loss_values(prefix: str) -> dict[str, str]:
     lw = LOSS_WEIGHTS
     vals = {
@@ -603,7 +631,7 @@ def train_config(scale: int, variant: str, kind: str) -> str:
             total_iter=sched["total_iter"],
             warmup_iter=-1 if gan else s["warmup"],
         ),
-        _render(LOSSES_GAN if gan else LOSSES_FIDELITY, **_loss_values("gan" if gan else "")),
+        _losses(LOSSES_GAN if gan else LOSSES_FIDELITY, arch, "gan" if gan else ""),
         _render(
             TRAIN_VAL,
             val_freq=1000 if gan else 5000,

@@ -3,7 +3,8 @@ upscale an image, and compare with a shipped pretrained model.
 
 1. trains ``hybridmoe_nano`` ×2 for ``--iters`` steps on real photos (``../shared/data/train``
    if present, else the bundled ``tests/data/T91_sample``) with the project's losses
-   (Charbonnier + FFT frequency loss + MoE load balance), AdamW and an EMA copy;
+   (Charbonnier + FFT frequency loss, + MoE load balance for networks with MoE layers),
+   AdamW and an EMA copy;
 2. saves the EMA weights as traiNNer-redux does (flat ``.safetensors``, hyperparameters as
    JSON in the header) to ``--out/net_g_ema_latest.safetensors``;
 3. loads that file with spandrel's ``ModelLoader`` (HybridMoE registered) and upscales a
@@ -90,9 +91,9 @@ def train(args: argparse.Namespace) -> Path:
         lr_img, hr_img = batch(pairs, args.batch, args.crop, 2)
         out = model(lr_img)
         pix = torch.sqrt((out - hr_img) ** 2 + 1e-6).mean()  # Charbonnier
-        loss = (
-            pix + freq.loss_weight * freq(out, hr_img) + balance.loss_weight * balance(out, hr_img)
-        )
+        loss = pix + freq.loss_weight * freq(out, hr_img)
+        if model.num_experts:  # the balance loss needs router statistics
+            loss = loss + balance.loss_weight * balance(out, hr_img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -206,6 +206,18 @@ def known_names() -> list[str]:
     return [*CONFIGS, *A.FACTORIES, *timing_tools.MODELS]
 
 
+def registered_name(config: str) -> str:
+    """The name a configuration is registered under in traiNNer-redux: a variant when the
+    options are exactly a variant's, ``hybridmoe`` (with options) for other configurations
+    of ours, the peer's arch name otherwise."""
+    if config in CONFIGS:
+        for variant, options in A.VARIANTS.items():
+            if CONFIGS[config] == options:
+                return variant
+        return "hybridmoe"
+    return config
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -604,7 +616,8 @@ def evaluate_runs(args: argparse.Namespace) -> int:
         psnr = {k: round(float(np.mean([r["psnr"] for r in v])), 4) for k, v in scores[i].items()}
         ssim = {k: round(float(np.mean([r["ssim"] for r in v])), 5) for k, v in scores[i].items()}
         rec = {
-            "model": meta["config"],
+            "model": registered_name(meta["config"]),
+            "config": meta["config"],
             "scale": meta["scale"],
             "iterations": meta["iterations"],
             "recipe": args.recipe,
@@ -673,7 +686,7 @@ def table(args: argparse.Namespace) -> int:
     for scale in sorted({r["scale"] for r in recs}, reverse=True):
         for iters in sorted({r["iterations"] for r in recs if r["scale"] == scale}):
             rows = [r for r in recs if r["scale"] == scale and r["iterations"] == iters]
-            base = next((r for r in rows if r["model"] == args.baseline), None)
+            base = next((r for r in rows if r.get("config", r["model"]) == args.baseline), None)
             delta = base is not None
             head = "Δ PSNR vs " + args.baseline if delta else "PSNR"
             lines += [
@@ -686,11 +699,11 @@ def table(args: argparse.Namespace) -> int:
             ]
             for r in sorted(rows, key=lambda r: -float(np.mean([r["psnr"][s] for s in SETS]))):
                 vals = [r["psnr"][s] - (base["psnr"][s] if delta else 0) for s in SETS]
-                sp = speed.get((r["model"], scale))
+                sp = speed.get((r.get("config", r["model"]), scale))
                 mean = float(np.mean(vals))
                 sign = "+" if delta else ""
                 lines.append(
-                    f"| {r['model']} | "
+                    f"| {r.get('config', r['model'])} | "
                     + " | ".join(f"{v:{sign}.2f}" for v in vals)
                     + f" | {mean:{sign}.3f} | {fmt_ms(sp)} | "
                     + (f"{sp['tflops_s']:.0f}" if sp else "–")
@@ -716,11 +729,12 @@ def plot(
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
     for ax, (scale, iters) in zip(axes[0], groups, strict=True):
         for r in recs:
-            sp = speed.get((r["model"], scale))
+            name = r.get("config", r["model"])
+            sp = speed.get((name, scale))
             if r["scale"] != scale or r["iterations"] != iters or sp is None:
                 continue
             mean = float(np.mean([r["psnr"][s] for s in SETS]))
-            peer = r["model"] in PEERS
+            peer = name in PEERS
             ax.scatter(
                 sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
             )
