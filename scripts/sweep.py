@@ -739,7 +739,7 @@ def plot(
                 sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
             )
             ax.annotate(
-                r["model"], (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
+                name, (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
         ax.set_xscale("log")
         ax.set_title(f"x{scale}, {iters} iterations ({CASES.get(scale, '')} input)")
