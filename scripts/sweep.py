@@ -686,6 +686,7 @@ def table(args: argparse.Namespace) -> int:
     for scale in sorted({r["scale"] for r in recs}, reverse=True):
         for iters in sorted({r["iterations"] for r in recs if r["scale"] == scale}):
             rows = [r for r in recs if r["scale"] == scale and r["iterations"] == iters]
+            sets = [s for s in SETS if all(s in r["psnr"] for r in rows)]  # shared by all
             base = next((r for r in rows if r.get("config", r["model"]) == args.baseline), None)
             delta = base is not None
             head = "Δ PSNR vs " + args.baseline if delta else "PSNR"
@@ -694,11 +695,11 @@ def table(args: argparse.Namespace) -> int:
                 f"**x{scale}, {iters} iterations** ({head}, dB; latency ms, fp16, "
                 f"batch 1, {CASES.get(scale, '?')} input, median (min–max) of runs)",
                 "",
-                "| configuration | " + " | ".join(SETS) + " | mean | ms | TFLOP/s |",
-                "|---|" + "---:|" * (len(SETS) + 3),
+                "| configuration | " + " | ".join(sets) + " | mean | ms | TFLOP/s |",
+                "|---|" + "---:|" * (len(sets) + 3),
             ]
-            for r in sorted(rows, key=lambda r: -float(np.mean([r["psnr"][s] for s in SETS]))):
-                vals = [r["psnr"][s] - (base["psnr"][s] if delta else 0) for s in SETS]
+            for r in sorted(rows, key=lambda r: -float(np.mean([r["psnr"][s] for s in sets]))):
+                vals = [r["psnr"][s] - (base["psnr"][s] if delta else 0) for s in sets]
                 sp = speed.get((r.get("config", r["model"]), scale))
                 mean = float(np.mean(vals))
                 sign = "+" if delta else ""
@@ -733,7 +734,7 @@ def plot(
             sp = speed.get((name, scale))
             if r["scale"] != scale or r["iterations"] != iters or sp is None:
                 continue
-            mean = float(np.mean([r["psnr"][s] for s in SETS]))
+            mean = float(np.mean([r["psnr"][s] for s in SETS if s in r["psnr"]]))
             peer = name in PEERS
             ax.scatter(
                 sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
