@@ -745,7 +745,7 @@ def plot(
         ax.set_xscale("log")
         ax.set_title(f"x{scale}, {iters} iterations ({CASES.get(scale, '')} input)")
         ax.set_xlabel("latency, ms (fp16, batch 1; log scale)")
-        ax.set_ylabel("mean Y-PSNR of Set5/Set14/B100/Urban100, dB")
+        ax.set_ylabel("mean Y-PSNR over the evaluated sets, dB")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
