@@ -156,11 +156,13 @@ def test_option_file_is_consistent(path: Path) -> None:
         assert "loss_weight" in entry
     active = {e["type"]: e for e in losses if float(e["loss_weight"]) != 0}
     assert hybridmoe_loss.FREQ_LOSS_NAME in active
-    assert hybridmoe_loss.BALANCE_LOSS_NAME in active
+    # the balance loss exactly where the network has MoE layers (it refuses one without)
+    has_moe = hybridmoe_arch.FACTORIES[arch](scale=2).num_experts > 0
+    assert (hybridmoe_loss.BALANCE_LOSS_NAME in active) == has_moe
     assert "fftloss" not in types
     assert "ffloss" not in types
     # our entries construct with exactly these keyword arguments
-    for name, cls in OUR_LOSSES.items():
+    for name, cls in ((n, c) for n, c in OUR_LOSSES.items() if n in active):
         kwargs = {k: v for k, v in active[name].items() if k != "type"}
         assert set(kwargs) <= set(inspect.signature(cls.__init__).parameters)
         assert cls(**kwargs).loss_weight == kwargs["loss_weight"]
@@ -219,7 +221,10 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
     assert train["scheduler"]["gamma"] == 0.5
     weights = {e["type"]: e["loss_weight"] for e in train["losses"]}
     assert weights["charbonnierloss"] == 1.0
-    assert weights[hybridmoe_loss.BALANCE_LOSS_NAME] == 0.01
+    if hybridmoe_arch.FACTORIES[cfg["network_g"]["type"]](scale=2).num_experts:
+        assert weights[hybridmoe_loss.BALANCE_LOSS_NAME] == 0.01
+    else:
+        assert hybridmoe_loss.BALANCE_LOSS_NAME not in weights
     assert weights[hybridmoe_loss.FREQ_LOSS_NAME] == 0.05  # as in the fine-tuning check
 
 
