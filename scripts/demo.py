@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 import hybridmoe_arch as arch
 import hybridmoe_loss as losses
+from hybridmoe import upscale
 from hybridmoe.checkpoint import load_checkpoint
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.paths import REPO_ROOT
@@ -117,7 +118,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def set5_scores(desc: object) -> dict[str, float]:
     """Mean Y-PSNR on Set5 (×2, MATLAB-bicubic LR, border 2) of bicubic and of the model."""
-    from evaluate import evaluate_set
+    from hybridmoe.evaluate import evaluate_set
 
     res = evaluate_set(REPO_ROOT / "tests" / "data" / "Set5", 2, desc)
     return {"bicubic": res["bicubic"]["psnr"], "model": res["model"]["psnr"]}
@@ -135,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     desc = load_checkpoint(ckpt)
     print(f"spandrel loaded: {desc.architecture.name}, x{desc.scale}, tags {desc.tags}")
 
-    import upscale
-
     src = REPO_ROOT / "tests" / "data" / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png"
     dst = args.out / "butterfly_x2_demo.png"
     rc = upscale.main([str(ckpt), str(src), str(dst), "--overwrite"])  # rerun: replace
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  demo model ({args.iters:4d} steps)    {demo['model']:.3f} dB")
     if pretrained.is_file():
         score = set5_scores(load_checkpoint(pretrained))["model"]
-        print(f"  pretrained 2x nano          {score:.3f} dB")
+        print(f"  shipped 2x_HybridMoE_Nano   {score:.3f} dB")
     return 0
 
 

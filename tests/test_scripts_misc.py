@@ -136,3 +136,32 @@ def test_comparison_configs_differ_only_in_network(tmp_path: Path) -> None:
         assert a[key] == b[key]
     assert a["train"]["scheduler"]["milestones"] == [50, 75]
     assert a["datasets"]["train"]["lq_size"] == compare_training.LQ_SIZE[4]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """README's first command: train briefly, save, load through spandrel, upscale, score."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "scripts" / "demo.py"),
+            "--iters",
+            "2",
+            "--batch",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "demo model (   2 steps)" in proc.stdout
+    assert (out / "net_g_ema_latest.safetensors").is_file()
+    assert (out / "butterfly_x2_demo.png").is_file()
