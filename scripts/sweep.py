@@ -55,6 +55,31 @@ from hybridmoe import metrics
 from hybridmoe.paths import REPO_ROOT
 
 S = A.VARIANTS["hybridmoe_s"]
+NANO = A.VARIANTS["hybridmoe_nano"]  # the x1 re-param trunk, 16 blocks of 48
+
+
+def _trunk(dim: int, blocks: int, **options: Any) -> dict[str, Any]:
+    """A x1 trunk of ``blocks`` re-param 3x3 blocks (half encoder, half decoder)."""
+    half = blocks // 2
+    return {**NANO, "dim": dim, "enc_blocks": (half, 0, 0), "dec_blocks": (half, 0), **options}
+
+
+# an 8 + 4 block x1 trunk as the HF path, the LF path at x1/2 and x1/4 with a top-1 MoE bottleneck
+_TRUNKCTX = {
+    "dim": 48,
+    "levels": 3,
+    "use_hf": True,
+    "conv_block": "rep3",
+    "hf_block": "rep3",
+    "enc_blocks": (0, 1, 1),
+    "hf_blocks": (8, 0, 0),
+    "mid_blocks": 1,
+    "dec_blocks": (4, 0),
+    "num_experts": 4,
+    "top_k": 1,
+}
+_REFINE = {"refine_moe": True, "num_experts": 4, "top_k": 1, "mlp_ratio": 2.0}
+
 CONFIGS: dict[str, dict[str, Any]] = {
     # ---- ablations around hybridmoe_s (one change each)
     "s": dict(S),
@@ -70,106 +95,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "s_rep3": {**S, "conv_block": "rep3", "hf_block": "rep3"},
     "s_refine": {**S, "refine_moe": True},
     "s_refine_dense": {**S, "refine_moe": True, "use_moe": False},
+    **{f"s_k{k}": {**S, "top_k": k} for k in (1, 3, 4)},  # the top-k dial (latency only)
     # ---- compute placement: everything at x1 (conv trunk), or a trunk plus LF context below
-    "trunk48x16": {
-        "dim": 48,
-        "levels": 1,
-        "use_hf": False,
-        "conv_block": "rep3",
-        "enc_blocks": (8, 0, 0),
-        "hf_blocks": (0, 0, 0),
-        "mid_blocks": 0,
-        "dec_blocks": (8, 0),
-        "global_mixer": "none",
-    },
-    "trunk64x12": {
-        "dim": 64,
-        "levels": 1,
-        "use_hf": False,
-        "conv_block": "rep3",
-        "enc_blocks": (6, 0, 0),
-        "hf_blocks": (0, 0, 0),
-        "mid_blocks": 0,
-        "dec_blocks": (6, 0),
-        "global_mixer": "none",
-    },
-    "trunkctx48": {
-        "dim": 48,
-        "levels": 3,
-        "use_hf": True,
-        "conv_block": "rep3",
-        "hf_block": "rep3",
-        "enc_blocks": (0, 1, 1),
-        "hf_blocks": (8, 0, 0),
-        "mid_blocks": 1,
-        "dec_blocks": (4, 0),
-        "num_experts": 4,
-        "top_k": 1,
-    },
-    "trunkctx48_dense": {
-        "dim": 48,
-        "levels": 3,
-        "use_hf": True,
-        "conv_block": "rep3",
-        "hf_block": "rep3",
-        "enc_blocks": (0, 1, 1),
-        "hf_blocks": (8, 0, 0),
-        "mid_blocks": 1,
-        "dec_blocks": (4, 0),
-        "num_experts": 4,
-        "top_k": 1,
-        "use_moe": False,
-    },
-    "trunk48_refine": {
-        "dim": 48,
-        "levels": 1,
-        "use_hf": False,
-        "conv_block": "rep3",
-        "enc_blocks": (6, 0, 0),
-        "hf_blocks": (0, 0, 0),
-        "mid_blocks": 0,
-        "dec_blocks": (6, 0),
-        "global_mixer": "none",
-        "refine_moe": True,
-        "num_experts": 4,
-        "top_k": 1,
-        "mlp_ratio": 2.0,
-    },
-    "trunk48_refine_dense": {
-        "dim": 48,
-        "levels": 1,
-        "use_hf": False,
-        "conv_block": "rep3",
-        "enc_blocks": (6, 0, 0),
-        "hf_blocks": (0, 0, 0),
-        "mid_blocks": 0,
-        "dec_blocks": (6, 0),
-        "global_mixer": "none",
-        "refine_moe": True,
-        "num_experts": 4,
-        "top_k": 1,
-        "mlp_ratio": 2.0,
-        "use_moe": False,
-    },
+    "trunk48x16": dict(NANO),
+    "trunk64x12": _trunk(64, 12),
+    "trunk48_refine": _trunk(48, 12, **_REFINE),
+    "trunk48_refine_dense": _trunk(48, 12, **_REFINE, use_moe=False),
+    "trunkctx48": dict(_TRUNKCTX),
+    "trunkctx48_dense": {**_TRUNKCTX, "use_moe": False},
+    **{f"trunkctx48_k{k}": {**_TRUNKCTX, "top_k": k} for k in (2, 3, 4)},
+    # ---- launch-bound speed candidates: fewer kernels (bicubic base, no texture head)
+    "trunk48x16_bic": {**NANO, "base": "bicubic"},
+    "trunk48x12_lean": _trunk(48, 12, base="bicubic", texture_head=False),
+    "trunk64x12_lean": _trunk(64, 12, base="bicubic", texture_head=False),
 }
-_TRUNK = CONFIGS["trunk48x16"]
-CONFIGS.update(
-    {
-        # launch-bound speed candidates: fewer kernels (bicubic base, no texture head)
-        "trunk48x16_bic": {**_TRUNK, "base": "bicubic"},
-        "trunk48x12_lean": {
-            **_TRUNK,
-            "enc_blocks": (6, 0, 0),
-            "dec_blocks": (6, 0),
-            "base": "bicubic",
-            "texture_head": False,
-        },
-        "trunk64x12_lean": {**CONFIGS["trunk64x12"], "base": "bicubic", "texture_head": False},
-        # the top-k dial (latency does not depend on the weights)
-        **{f"s_k{k}": {**S, "top_k": k} for k in (1, 3, 4)},
-        **{f"trunkctx48_k{k}": {**CONFIGS["trunkctx48"], "top_k": k} for k in (2, 3, 4)},
-    }
-)
 """Our configurations (``HybridMoE`` options); the scale is given per run."""
 
 PEERS = ("compact", "span", "plksr_tiny", "plksr", "safmn")
