@@ -54,34 +54,7 @@ def test_topk_gates_are_renormalised_and_mix_the_selected_experts() -> None:
 
 
 # --------------------------------------------------------------------------- selective scan
-
-
-def naive_scan(x, dt, a, b, c):  # float64 reference
-    """h_t = exp(dt_t a) h_{t-1} + dt_t x_t ⊗ b_t ; y_t = h_t · c_t, one step at a time."""
-    bsz, length, heads, p = x.shape
-    h = torch.zeros(bsz, heads, p, b.shape[-1], dtype=torch.float64)
-    ys = []
-    for t in range(length):
-        decay = torch.exp(dt[:, t] * a)  # (B,H)
-        h = (
-            decay[..., None, None] * h
-            + (dt[:, t, :, None] * x[:, t])[..., None] * b[:, t, None, None, :]
-        )
-        ys.append((h * c[:, t, None, None, :]).sum(-1))
-    return torch.stack(ys, 1)
-
-
-def test_ssd_scan_matches_a_sequential_reference_across_chunks() -> None:
-    g = torch.Generator().manual_seed(0)
-    bsz, length, heads, p, st = 2, 37, 3, 4, 5
-    x = torch.randn(bsz, length, heads, p, generator=g)
-    dt = torch.rand(bsz, length, heads, generator=g) * 0.5 + 0.01
-    a = -torch.rand(heads, generator=g) * 2 - 0.1
-    b = torch.randn(bsz, length, st, generator=g)
-    c = torch.randn(bsz, length, st, generator=g)
-    got = A.ssd_scan(x, dt, a, b, c, chunk=8)  # several chunks and a padded tail
-    ref = naive_scan(*(t.double() for t in (x, dt, a, b, c)))
-    assert torch.allclose(got.double(), ref, atol=1e-4, rtol=1e-4)
+# (ssd_scan against a sequential reference: tests/test_arch.py)
 
 
 def test_selective_scan_2d_sees_both_directions() -> None:
