@@ -44,3 +44,15 @@ def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
     res = evaluate_set(set5_dir, scale, desc, limit=2)  # baby, bird
     gain = res["model"]["psnr"] - res["bicubic"]["psnr"]
     assert gain > MIN_GAIN_DB[scale], (path.name, res["model"], res["bicubic"])
+
+
+@pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+@pytest.mark.usefixtures("one_thread")
+def test_pretrained_matches_its_model_card(path: Path, set5_dir: Path) -> None:
+    """Set5 Y-PSNR of every shipped model equals its card's number (±0.01 dB, the card rounds
+    to 0.01): a network change that alters a shipped model's output cannot pass unnoticed."""
+    card = (path.parent / f"{path.stem}.md").read_text(encoding="utf-8")
+    row = next(line for line in card.splitlines() if line.startswith("| Set5 |"))
+    expected = float(row.split("|")[4].strip().strip("*").split("/")[0])
+    res = evaluate_set(set5_dir, int(path.stem[0]), C.load_checkpoint(path))
+    assert abs(res["model"]["psnr"] - expected) <= 0.01, (path.name, res["model"], expected)
