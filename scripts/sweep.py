@@ -108,6 +108,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "trunk48x16_bic": {**NANO, "base": "bicubic"},
     "trunk48x12_lean": _trunk(48, 12, base="bicubic", texture_head=False),
     "trunk64x12_lean": _trunk(64, 12, base="bicubic", texture_head=False),
+    # ---- the x1 trunk at other widths and depths (lean: bicubic base, no texture head)
+    "trunk64x10_lean": _trunk(64, 10, base="bicubic", texture_head=False),
+    "trunk64x24_lean": _trunk(64, 24, base="bicubic", texture_head=False),
+    "trunk96x12_lean": _trunk(96, 12, base="bicubic", texture_head=False),
 }
 """Our configurations (``HybridMoE`` options); the scale is given per run."""
 
@@ -123,6 +127,12 @@ RECIPE = {
     "gamma": 0.5,
 }
 SAVE_EVERY = 500
+
+
+def run_name(config: str, scale: int, seed: int) -> str:
+    """The run folder of a configuration: ``<config>_x<scale>``, ``_seed<N>`` appended for
+    seeds other than 0."""
+    return f"{config}_x{scale}" + (f"_seed{seed}" if seed else "")
 
 
 def lr_size(scale: int) -> int:
@@ -244,7 +254,7 @@ def train_one(args: argparse.Namespace) -> int:
     """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl."""
     name, scale = args.config, args.scale
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run = Path(args.out) / f"{name}_x{scale}"
+    run = Path(args.out) / run_name(name, scale, args.seed)
     run.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
     torch.manual_seed(args.seed)
@@ -269,7 +279,8 @@ def train_one(args: argparse.Namespace) -> int:
     if start >= args.iters:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
-    pool = CropPool(load_pairs(Path(args.data), scale, device), scale, lr_size(scale), gen)
+    pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device)]
+    pool = CropPool(pairs, scale, lr_size(scale), gen)
     milestones = [int(args.iters * m) for m in RECIPE["milestones"]]
     moe = getattr(model, "num_experts", 0) > 0
     amp = torch.autocast(
@@ -284,6 +295,9 @@ def train_one(args: argparse.Namespace) -> int:
         "options": CONFIGS.get(name),
         "recipe": {**RECIPE, "lr_size": lr_size(scale)},
         "seed": args.seed,
+        "data": [str(d) for d in args.data],
+        "pairs": len(pairs),
+        "data_megapixels": round(sum(hr[0].numel() for hr, _ in pairs) / 1e6, 1),
     }
 
     def save(final: bool) -> None:
@@ -302,9 +316,10 @@ def train_one(args: argparse.Namespace) -> int:
         os.replace(tmp, state_path)
         torch.save(sd, run / "ema.pt.tmp")
         os.replace(run / "ema.pt.tmp", run / "ema.pt")
-        (run / "meta.json").write_text(
+        (run / "meta.json.tmp").write_text(
             json.dumps({**meta, "iterations": it, "finished": final}, indent=1)
         )
+        os.replace(run / "meta.json.tmp", run / "meta.json")
 
     while it < args.iters:
         lr = RECIPE["lr"] * RECIPE["gamma"] ** sum(it >= m for m in milestones)
@@ -370,7 +385,7 @@ def train_many(args: argparse.Namespace) -> int:
             "--iters",
             str(args.iters),
             "--data",
-            args.data,
+            *args.data,
             "--out",
             args.out,
             "--seed",
@@ -378,7 +393,7 @@ def train_many(args: argparse.Namespace) -> int:
         ]
         if args.deadline_s:
             cmd += ["--deadline-s", str(args.deadline_s)]
-        logf = (Path(args.out) / f"{name}_x{args.scale}.stdout").open("a")
+        logf = (Path(args.out) / f"{run_name(name, args.scale, args.seed)}.stdout").open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
     rc = 0
     for name, p in procs:
@@ -389,22 +404,27 @@ def train_many(args: argparse.Namespace) -> int:
 
 
 def pack(args: argparse.Namespace) -> int:
-    """EMA weights (fp16), meta and logs of every run into tar files of at most 15 MiB."""
+    """EMA weights (fp16), meta and logs of every run of every ``--runs`` folder into tar files
+    of at most 15 MiB, as ``<folder>/<run>/...``."""
     import io
     import tarfile
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     members: list[tuple[str, bytes]] = []
-    for run in sorted(p for p in Path(args.runs).iterdir() if (p / "meta.json").is_file()):
-        sd = torch.load(run / "ema.pt", map_location="cpu", weights_only=True)
-        buf = io.BytesIO()
-        torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, buf)
-        members += [
-            (f"{run.name}/ema16.pt", buf.getvalue()),
-            (f"{run.name}/meta.json", (run / "meta.json").read_bytes()),
-            (f"{run.name}/log.jsonl", (run / "log.jsonl").read_bytes()),
-        ]
+    for runs in map(Path, args.runs):
+        for run in sorted(p for p in runs.iterdir() if (p / "meta.json").is_file()):
+            sd = torch.load(run / "ema.pt", map_location="cpu", weights_only=True)
+            buf = io.BytesIO()
+            torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, buf)
+            members += [
+                (f"{runs.name}/{run.name}/{name}", data)
+                for name, data in (
+                    ("ema16.pt", buf.getvalue()),
+                    ("meta.json", (run / "meta.json").read_bytes()),
+                    ("log.jsonl", (run / "log.jsonl").read_bytes()),
+                )
+            ]
     part, size, tf = 0, 0, None
     for name, data in members:
         if tf is None or size + len(data) > 15 * 2**20:
@@ -432,13 +452,41 @@ def flops_of(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def graph_ms(model: nn.Module, x: torch.Tensor, target_s: float) -> float | None:
+    """Median GPU time of one forward replayed from a CUDA graph (no CPU dispatch in the
+    timing: what a deployment that captures the network, e.g. TensorRT, pays); None when the
+    network cannot be captured."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            model(x)
+    except Exception as exc:  # data-dependent control flow (MoE dispatch) cannot be captured
+        print(f"  (no CUDA graph: {type(exc).__name__}: {str(exc)[:80]})")
+        return None
+    timing = timing_tools.time_loop(
+        lambda: (graph.replay(), x)[1], torch.device("cuda"), 3, None, target_s
+    )
+    return float(np.median(timing.times_ms))
+
+
 def bench(args: argparse.Namespace) -> int:
-    """fp16 weights, batch 1, deploy forms; two cases; one JSON row per model and case."""
+    """fp16 weights, batch 1, deploy forms; two cases; one JSON row per model, case and round.
+
+    Rounds interleave the models (every model once per round), so slow drifts of the machine
+    spread over all of them; ``ms`` is eager PyTorch (CPU dispatch included), ``ms_graph`` the
+    same forward replayed from a CUDA graph."""
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     cases = [(4, (480, 270)), (2, (1920, 1080))]
     rows = []
     for scale, (w, h) in cases:
+        models = {}
         for name in args.configs:
             torch.manual_seed(0)
             model = build(name, scale).eval()
@@ -449,29 +497,37 @@ def bench(args: argparse.Namespace) -> int:
             gflops = flops_of(model, x32)
             model = model.half().to(memory_format=torch.channels_last)
             x = x32.half().contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                timing = timing_tools.time_loop(
-                    lambda m=model, x=x: m(x), device, 10, None, args.target_s
+            models[name] = (model, x, gflops)
+        for rnd in range(args.rounds):
+            for name, (model, x, gflops) in models.items():
+                with torch.inference_mode():
+                    timing = timing_tools.time_loop(
+                        lambda m=model, x=x: m(x), device, 10, None, args.target_s
+                    )
+                ms = float(np.median(timing.times_ms))
+                ms_graph = graph_ms(model, x, args.target_s) if args.graph else None
+                row = {
+                    "model": name,
+                    "scale": scale,
+                    "input": f"{w}x{h}",
+                    "dtype": "fp16",
+                    "round": rnd,
+                    "ms": ms,
+                    "ms_graph": ms_graph,
+                    "gflops": gflops,
+                    "tflops_s": gflops / ms,
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "finite": timing.finite,
+                }
+                rows.append(row)
+                print(
+                    f"x{scale} {w}x{h} r{rnd} {name:<18} {ms:8.3f} ms "
+                    + (f"(graph {ms_graph:7.3f}) " if ms_graph else "")
+                    + f"{gflops:8.1f} GFLOP {gflops / ms:6.1f} TFLOP/s",
+                    flush=True,
                 )
-            ms = float(np.median(timing.times_ms))
-            row = {
-                "model": name,
-                "scale": scale,
-                "input": f"{w}x{h}",
-                "dtype": "fp16",
-                "ms": ms,
-                "gflops": gflops,
-                "tflops_s": gflops / ms,
-                "params": sum(p.numel() for p in model.parameters()),
-                "finite": timing.finite,
-            }
-            rows.append(row)
-            print(
-                f"x{scale} {w}x{h} {name:<22} {ms:8.3f} ms {gflops:9.1f} GFLOP "
-                f"{gflops / ms:6.1f} TFLOP/s"
-            )
-            del model
-            torch.cuda.empty_cache()
+        del models
+        torch.cuda.empty_cache()
     record = {
         "command": " ".join(sys.argv),
         "device": torch.cuda.get_device_name(),
@@ -560,6 +616,8 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "scale": meta["scale"],
             "iterations": meta["iterations"],
             "recipe": args.recipe,
+            "seed": meta.get("seed", 0),
+            "train_data": {k: meta[k] for k in ("data", "pairs", "data_megapixels") if k in meta},
             "psnr": psnr,
             "ssim": ssim,
             "images": {k: len(v) for k, v in scores[i].items()},
@@ -700,17 +758,19 @@ def main(argv: list[str] | None = None) -> int:
             t.add_argument("--config", required=True)
         t.add_argument("--scale", type=int, default=4)
         t.add_argument("--iters", type=int, required=True)
-        t.add_argument("--data", required=True)
+        t.add_argument("--data", nargs="+", required=True, help="pair folders (or HR folders)")
         t.add_argument("--out", required=True)
         t.add_argument("--deadline-s", type=float, default=0)
         t.add_argument("--seed", type=int, default=0)
     pk = sub.add_parser("pack")
-    pk.add_argument("--runs", required=True)
+    pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)
     b = sub.add_parser("bench")
     b.add_argument("--configs", nargs="+", required=True)
     b.add_argument("--json")
     b.add_argument("--target-s", type=float, default=0.5)
+    b.add_argument("--rounds", type=int, default=1, help="times every model is timed, interleaved")
+    b.add_argument("--graph", action="store_true", help="also time CUDA-graph replay")
     e = sub.add_parser("eval")
     e.add_argument("--runs", required=True)
     e.add_argument("--records", required=True)

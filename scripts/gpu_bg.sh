@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# gpu_bg.sh — side-by-side training runs that outlive one device call (scripts/sweep.py).
+# Source-free: every subcommand sets up its own environment. From the repository root:
+#   scripts/gpu_bg.sh pairs SCALE OUT SRC...        MATLAB-bicubic pairs (skipped if OUT/hr exists)
+#   scripts/gpu_bg.sh start GROUP SCALE ITERS SEED DATA[,DATA...] CONFIG...
+#                                                    train in the background, own process session,
+#                                                    state in $RUNS/GROUP (default RUNS=/tmp/runs)
+#   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return early
+#                                                    when no run is left
+#   scripts/gpu_bg.sh pack                           EMA weights + logs of all groups into $OUT
+set -uo pipefail
+RUNS=${RUNS:-/tmp/runs}
+WHEELS=${WHEELS:-.whl}
+if [[ ! -d /tmp/site ]] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
+fi
+export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses:/tmp/site"
+export PYTHONUNBUFFERED=1 SWEEP_COMMIT=${SWEEP_COMMIT:-unknown}
+cmd=$1; shift
+case $cmd in
+  pairs)
+    scale=$1 out=$2; shift 2
+    [[ -d $out/hr ]] || python3 -m hybridmoe make-pairs "$@" --out "$out" --scale "$scale" | tail -1 ;;
+  start)
+    group=$1 scale=$2 iters=$3 seed=$4 data=$5; shift 5
+    mkdir -p "$RUNS/$group"
+    IFS=, read -ra dirs <<<"$data"
+    setsid nohup python3 scripts/sweep.py train --configs "$@" --scale "$scale" --iters "$iters" \
+      --seed "$seed" --data "${dirs[@]}" --out "$RUNS/$group" >>"$RUNS/$group/train.log" 2>&1 &
+    echo "started $group: $*" ;;
+  wait)
+    end=$((SECONDS + $1))
+    while ((SECONDS < end)) && pgrep -f "sweep.py train" >/dev/null; do
+      sleep $((end - SECONDS < 60 ? end - SECONDS : 60))
+      echo "--- ${SECONDS}s $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
+      for f in "$RUNS"/*/*/log.jsonl; do
+        [[ -f $f ]] && echo "$(basename "$(dirname "$(dirname "$f")")")/$(basename "$(dirname "$f")") $(tail -1 "$f" | cut -c1-70)"
+      done
+    done ;;
+  pack)
+    python3 scripts/sweep.py pack --runs "$RUNS"/*/ --out "$OUT" ;;
+  *) echo "unknown subcommand $cmd" >&2; exit 2 ;;
+esac
