@@ -7,6 +7,7 @@
 #                                                    state in $RUNS/GROUP (default RUNS=/tmp/runs)
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return early
 #                                                    when no run is left
+#   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
 #   scripts/gpu_bg.sh pack                           EMA weights + logs of all groups into $OUT
 set -uo pipefail
 RUNS=${RUNS:-/tmp/runs}
@@ -37,6 +38,7 @@ case $cmd in
         [[ -f $f ]] && echo "$(basename "$(dirname "$(dirname "$f")")")/$(basename "$(dirname "$f")") $(tail -1 "$f" | cut -c1-70)"
       done
     done ;;
+  py) python3 "$@" ;;
   pack)
     python3 scripts/sweep.py pack --runs "$RUNS"/*/ --out "$OUT" ;;
   *) echo "unknown subcommand $cmd" >&2; exit 2 ;;
