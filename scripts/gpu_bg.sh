@@ -16,7 +16,7 @@ if [[ ! -d /tmp/site ]] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
 fi
 export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses:/tmp/site"
-export PYTHONUNBUFFERED=1 SWEEP_COMMIT=${SWEEP_COMMIT:-unknown}
+export PYTHONUNBUFFERED=1
 cmd=$1; shift
 case $cmd in
   pairs)

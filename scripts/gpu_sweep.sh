@@ -15,7 +15,7 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
 fi
 # this checkout's package and single-file modules (python -m hybridmoe ...)
 export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 SWEEP_COMMIT=${SWEEP_COMMIT:-unknown}
+export PYTHONUNBUFFERED=1
 DATA=${DATA:-/tmp/pairs_x$SCALE}
 if [[ ! -d $DATA/hr ]]; then
   python3 -m hybridmoe make-pairs ${SRC:-.ref/src/T91 .ref/src/BSDS200} --out "$DATA" --scale "$SCALE" | tail -1

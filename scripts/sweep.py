@@ -54,8 +54,30 @@ from hybridmoe import evaluate as ev
 from hybridmoe import metrics
 from hybridmoe.paths import REPO_ROOT
 
-S = A.VARIANTS["hybridmoe_s"]
-NANO = A.VARIANTS["hybridmoe_nano"]  # the x1 re-param trunk, 16 blocks of 48
+# The configurations the ablations start from, written out: the variants may change, these
+# records may not. S3: the three-level network (frequency split, HF path, window attention,
+# Fourier mixer, MoE bottleneck) that was hybridmoe_s; TRUNK: the x1 re-param trunk of 16 blocks
+# of 48 with the MKS2021 base and the texture head.
+S = {
+    "dim": 32,
+    "enc_blocks": (2, 1, 1),
+    "hf_blocks": (2, 1, 0),
+    "mid_blocks": 1,
+    "dec_blocks": (1, 1),
+    "num_experts": 4,
+    "top_k": 2,
+}
+NANO = {
+    "dim": 48,
+    "levels": 1,
+    "enc_blocks": (8, 0, 0),
+    "hf_blocks": (0, 0, 0),
+    "mid_blocks": 0,
+    "dec_blocks": (8, 0),
+    "use_hf": False,
+    "conv_block": "rep3",
+    "global_mixer": "none",
+}
 
 
 def _trunk(dim: int, blocks: int, **options: Any) -> dict[str, Any]:
@@ -542,6 +564,9 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def git_commit() -> str | None:
+    """``SWEEP_COMMIT`` when set (a copied checkout's git metadata can be stale), else HEAD."""
+    if os.environ.get("SWEEP_COMMIT"):
+        return os.environ["SWEEP_COMMIT"]
     try:
         return subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
@@ -550,7 +575,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
     except Exception:
-        return os.environ.get("SWEEP_COMMIT")
+        return None
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -579,7 +604,8 @@ def evaluate_runs(args: argparse.Namespace) -> int:
     todo = []
     for meta_path in sorted(Path(args.runs).glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
-        rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}.json"
+        k_tag = f"_k{args.top_k}" if args.top_k else ""
+        rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}{k_tag}.json"
         if rec_path.exists():
             continue
         model = build(meta["config"], meta["scale"])
@@ -588,6 +614,10 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             ema = meta_path.parent / "ema16.pt"  # packed for transfer: fp16 copies
         sd = torch.load(ema, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+        if args.top_k:
+            if not getattr(model, "num_experts", 0):
+                continue  # the dial applies to networks with MoE layers only
+            model.set_top_k(args.top_k)
         if hasattr(model, "fuse"):
             model.fuse()
         todo.append((meta, rec_path, ModuleDescriptor(model, meta["scale"], device)))
@@ -612,7 +642,8 @@ def evaluate_runs(args: argparse.Namespace) -> int:
         ssim = {k: round(float(np.mean([r["ssim"] for r in v])), 5) for k, v in scores[i].items()}
         rec = {
             "model": registered_name(meta["config"]),
-            "config": meta["config"],
+            "config": meta["config"] + (f"@k{args.top_k}" if args.top_k else ""),
+            "top_k": args.top_k or None,
             "scale": meta["scale"],
             "iterations": meta["iterations"],
             "recipe": args.recipe,
@@ -652,7 +683,9 @@ def load_speed(paths: list[str]) -> dict[tuple[str, int], dict[str, float]]:
     for key, rows in runs.items():
         ms = [r["ms"] for r in rows]
         med = float(np.median(ms))
+        graph = [r["ms_graph"] for r in rows if r.get("ms_graph")]
         out[key] = {
+            "graph": float(np.median(graph)) if graph else None,
             "ms": med,
             "min": min(ms),
             "max": max(ms),
@@ -662,6 +695,40 @@ def load_speed(paths: list[str]) -> dict[tuple[str, int], dict[str, float]]:
             "params": rows[0]["params"],
         }
     return out
+
+
+def speed_table(args: argparse.Namespace) -> int:
+    """Markdown: per configuration and case, eager latency (median and range over all rows of
+    the given bench JSON files), CUDA-graph latency, ratio to ``--ref`` and TFLOP/s."""
+    speed = load_speed(args.speed)
+    lines = [
+        "| configuration | params | "
+        + " | ".join(
+            f"x{sc} ms ({CASES[sc]} in) | x{sc} graph ms | x{sc} / {args.ref} | x{sc} TFLOP/s"
+            for sc in (4, 2)
+        )
+        + " | rows |",
+        "|---|" + "---:|" * 10,
+    ]
+    names = [n for n in args.configs if (n, 4) in speed or (n, 2) in speed]
+    for name in names:
+        cells = []
+        for sc in (4, 2):
+            sp, ref = speed.get((name, sc)), speed.get((args.ref, sc))
+            if sp is None:
+                cells += ["–"] * 4
+                continue
+            cells += [
+                fmt_ms(sp),
+                f"{sp['graph']:.2f}" if sp["graph"] else "–",
+                f"{sp['ms'] / ref['ms']:.2f}" if ref else "–",
+                f"{sp['tflops_s']:.0f}",
+            ]
+        any_sp = speed.get((name, 4)) or speed[(name, 2)]
+        params = f"{any_sp['params'] / 1e6:.2f} M"
+        lines.append(f"| {name} | {params} | " + " | ".join(cells) + f" | {any_sp['n']} |")
+    print("\n".join(lines))
+    return 0
 
 
 def load_records(path: str, recipe: str | None = None) -> list[dict[str, Any]]:
@@ -700,8 +767,9 @@ def table(args: argparse.Namespace) -> int:
                 sp = speed.get((r.get("config", r["model"]), scale))
                 mean = float(np.mean(vals))
                 sign = "+" if delta else ""
+                seed = f" (seed {r['seed']})" if r.get("seed") else ""
                 lines.append(
-                    f"| {r.get('config', r['model'])} | "
+                    f"| {r.get('config', r['model'])}{seed} | "
                     + " | ".join(f"{v:{sign}.2f}" for v in vals)
                     + f" | {mean:{sign}.3f} | {fmt_ms(sp)} | "
                     + (f"{sp['tflops_s']:.0f}" if sp else "–")
@@ -779,12 +847,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100", "Urban100"])
     e.add_argument("--device", default="cpu")
     e.add_argument("--limit", type=int)
+    e.add_argument("--top-k", type=int, default=0, help="evaluate MoE networks at this top-k")
     tb = sub.add_parser("table")
     tb.add_argument("--records", required=True)
     tb.add_argument("--recipe")
     tb.add_argument("--speed", nargs="*", help="bench JSON files (median over them)")
     tb.add_argument("--baseline", default="", help="report differences to this configuration")
     tb.add_argument("--plot")
+    sp = sub.add_parser("speed")
+    sp.add_argument("--speed", nargs="+", required=True, help="bench JSON files")
+    sp.add_argument("--configs", nargs="+", required=True)
+    sp.add_argument("--ref", default="compact")
     args = p.parse_args(argv)
     cmd: Callable[[argparse.Namespace], int] = {
         "train": train_many,
@@ -793,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": bench,
         "eval": evaluate_runs,
         "table": table,
+        "speed": speed_table,
     }[args.cmd]
     return cmd(args)
 

@@ -578,3 +578,26 @@ def test_from_state_dict_recovers_every_option() -> None:
     rebuilt = M.model_from_state_dict(model.state_dict())
     expected = {k: tuple(v) if isinstance(v, list) else v for k, v in model.hyperparameters.items()}
     assert rebuilt.hyperparameters == expected
+
+
+@pytest.mark.parametrize(("variant", "blocks"), [("hybridmoe_nano", 10), ("hybridmoe_s", 24)])
+def test_trunk_variants_deploy_as_a_plain_conv_stack(variant: str, blocks: int) -> None:
+    """nano and s spend their compute in dense 3x3 convolutions only: after fuse() the network
+    is stem + ``blocks`` 3x3 convs + the 1x1 between encoder and decoder + the upsampler conv
+    (no norm, attention, MoE or texture head), and the fused output equals the training form's."""
+    torch.manual_seed(0)
+    model = A.FACTORIES[variant](scale=2).eval()
+    for p in model.parameters():  # leave the near-zero init of the output conv
+        p.data.add_(torch.randn_like(p) * 0.01)
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        ref = model(x)
+        model.fuse()
+        out = model(x)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-3)
+    weighted = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    assert all(isinstance(m, torch.nn.Conv2d) for m in weighted), {type(m) for m in weighted}
+    kernels = [m.kernel_size for m in weighted]
+    assert kernels.count((3, 3)) == blocks + 2 and kernels.count((1, 1)) == 1
+    assert len(kernels) == blocks + 3
+    assert model.num_experts == 0 and model.head is None

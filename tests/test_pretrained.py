@@ -39,8 +39,10 @@ def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
         assert "nano" not in desc.tags and "16dim" in desc.tags
         hp = desc.model.hyperparameters
         assert (hp["dim"], hp["levels"], hp["num_experts"], hp["top_k"]) == (16, 3, 4, 1)
-    else:
-        assert "s" in desc.tags
+    else:  # the earlier s configuration (three levels, dim 32): the constructor's defaults
+        assert "s" not in desc.tags and "32dim" in desc.tags
+        hp = desc.model.hyperparameters
+        assert (hp["dim"], hp["levels"], hp["num_experts"], hp["top_k"]) == (32, 3, 4, 2)
     res = evaluate_set(set5_dir, scale, desc, limit=2)  # baby, bird
     gain = res["model"]["psnr"] - res["bicubic"]["psnr"]
     assert gain > MIN_GAIN_DB[scale], (path.name, res["model"], res["bicubic"])

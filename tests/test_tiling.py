@@ -57,8 +57,8 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.6, 0.045), (64, 16): (0.12, 0.009)},
     ),
-    "s": (
-        "hybridmoe_s",
+    "three-level": (
+        "hybridmoe",
         {},
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.6, 0.06), (64, 16): (0.25, 0.017)},

@@ -20,6 +20,9 @@ Data flow (``s`` = scale, ``c1 = dim``, ``c2 = 2·dim``, ``c3 = 4·dim``)::
 
     x: (N, C, H, W) in [0, 1]; SR: (N, C, s·H, s·W).
 
+``levels=1`` keeps level 1 alone: with ``use_hf=False`` and ``conv_block="rep3"`` the detail
+path is a ×1 trunk of re-param 3×3 blocks (the ``nano`` and ``s`` variants).
+
 Training form vs deploy form: re-parameterizable convolutions (:class:`RepConv`) train as several
 parallel branches and :meth:`HybridMoE.fuse` folds them into one convolution each.
 """
@@ -1223,7 +1226,8 @@ class HybridMoE(nn.Module):
     """HybridMoE-FreqNet super-resolution / restoration network.
 
     Input (N, in_ch, H, W) in [0, 1] (any N, H, W ≥ 1); output (N, in_ch, H·scale, W·scale).
-    The defaults are the ``hybridmoe_s`` size.
+    The defaults are the full three-level design at dim 32 (the ``hybridmoe`` arch name);
+    :data:`VARIANTS` holds the named sizes.
 
     Args (keyword only):
         scale: integer upscaling factor (1 = restoration).
@@ -1609,29 +1613,24 @@ class HybridMoE(nn.Module):
 # Variants and factories (traiNNer-redux registers these names)
 # ---------------------------------------------------------------------------------------------
 
+# nano and s: all compute in a x1 trunk of re-param 3x3 blocks (fused: plain dense 3x3 convs,
+# the most arithmetic per millisecond) over a fixed bicubic base, no texture head (fewest
+# kernels); measured ahead of Compact at 0.6-0.7x its latency (nano) and ahead of every
+# three-level layout per millisecond (docs/ABLATIONS.md). m and l: the full three-level design.
+_TRUNK: dict[str, Any] = {
+    "levels": 1,
+    "hf_blocks": (0, 0, 0),
+    "mid_blocks": 0,
+    "use_hf": False,
+    "conv_block": "rep3",
+    "global_mixer": "none",
+    "texture_head": False,
+    "base": "bicubic",
+}
+
 VARIANTS: dict[str, dict[str, Any]] = {
-    # nano: all compute in a x1 trunk of re-param 3x3 blocks (fused: plain 3x3 convs) over the
-    # fixed base upsampler; the measured best per millisecond (docs/ABLATIONS.md)
-    "hybridmoe_nano": {
-        "dim": 48,
-        "levels": 1,
-        "enc_blocks": (8, 0, 0),
-        "hf_blocks": (0, 0, 0),
-        "mid_blocks": 0,
-        "dec_blocks": (8, 0),
-        "use_hf": False,
-        "conv_block": "rep3",
-        "global_mixer": "none",
-    },
-    "hybridmoe_s": {
-        "dim": 32,
-        "enc_blocks": (2, 1, 1),
-        "hf_blocks": (2, 1, 0),
-        "mid_blocks": 1,
-        "dec_blocks": (1, 1),
-        "num_experts": 4,
-        "top_k": 2,
-    },
+    "hybridmoe_nano": {**_TRUNK, "dim": 64, "enc_blocks": (5, 0, 0), "dec_blocks": (5, 0)},
+    "hybridmoe_s": {**_TRUNK, "dim": 64, "enc_blocks": (12, 0, 0), "dec_blocks": (12, 0)},
     "hybridmoe_m": {
         "dim": 48,
         "enc_blocks": (3, 2, 2),
@@ -1680,11 +1679,15 @@ def _factory(name: str, doc: str) -> Callable[..., HybridMoE]:
     return factory
 
 
-hybridmoe = _factory("hybridmoe", "General constructor: every option, defaults = the ``s`` size.")
-hybridmoe_nano = _factory(
-    "hybridmoe_nano", "Real-time size: a x1 trunk of 16 re-param 3x3 blocks (dim 48), no MoE."
+hybridmoe = _factory(
+    "hybridmoe", "General constructor: every option; defaults = the three-level design, dim 32."
 )
-hybridmoe_s = _factory("hybridmoe_s", "Small size (dim 32).")
+hybridmoe_nano = _factory(
+    "hybridmoe_nano", "Real-time size: a x1 trunk of 10 re-param 3x3 blocks (dim 64), no MoE."
+)
+hybridmoe_s = _factory(
+    "hybridmoe_s", "Small size: a x1 trunk of 24 re-param 3x3 blocks (dim 64), no MoE."
+)
 hybridmoe_m = _factory("hybridmoe_m", "Medium size (dim 48).")
 hybridmoe_l = _factory("hybridmoe_l", "Large, quality-first size (dim 64, window 16, detail MoE).")
 
