@@ -731,6 +731,52 @@ def speed_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def dial(args: argparse.Namespace) -> int:
+    """The MoE top-k dial of one trained configuration: mean PSNR over the sets evaluated at
+    every k (records of ``eval --top-k``, and the configuration's own record at its trained k)
+    against the latency of the same network at that k in both speed cases (bench rows
+    ``<config>_k<k>``, or the configuration's own rows at its trained k); a table and
+    optionally a plot against the ``--plot-scale`` case."""
+    recs = load_records(args.records, args.recipe)
+    speed = load_speed(args.speed)
+    trained_k = CONFIGS[args.config]["top_k"]
+    rows = []
+    for r in recs:
+        if r["scale"] != args.scale or r.get("seed"):
+            continue
+        if r.get("config", "").split("@k")[0] != args.config:
+            continue
+        k = r.get("top_k") or trained_k
+        name = args.config if k == trained_k else f"{args.config}_k{k}"
+        rows.append((k, r, {sc: speed.get((name, sc)) for sc in CASES}))
+    rows.sort(key=lambda t: t[0])
+    sets = [s for s in SETS if all(s in r["psnr"] for _, r, _ in rows)]
+    means = {k: float(np.mean([r["psnr"][s] for s in sets])) for k, r, _ in rows}
+    print(f"| top-k | {' | '.join(sets)} | mean | x4 ms ({CASES[4]} in) | x2 ms ({CASES[2]} in) |")
+    print("|---:|" + "---:|" * (len(sets) + 3))
+    for k, r, sp in rows:
+        vals = " | ".join(f"{r['psnr'][s]:.3f}" for s in sets)
+        print(f"| {k} | {vals} | {means[k]:.3f} | {fmt_ms(sp[4])} | {fmt_ms(sp[2])} |")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        sc = args.plot_scale
+        pts = [(sp[sc]["ms"], means[k], k) for k, _, sp in rows if sp[sc]]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+        for ms, psnr, k in pts:
+            ax.annotate(f"k={k}", (ms, psnr), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"latency, ms (x{sc}, {CASES[sc]} in, fp16, batch 1)")
+        ax.set_ylabel(f"x{args.scale} mean Y-PSNR, {', '.join(sets)} (dB)")
+        ax.set_title(f"top-k dial of {args.config} ({args.recipe})")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+    return 0
+
+
 def load_records(path: str, recipe: str | None = None) -> list[dict[str, Any]]:
     recs = [json.loads(p.read_text()) for p in sorted(Path(path).glob("*.json"))]
     return [r for r in recs if "psnr" in r and (not recipe or r["recipe"] == recipe)]
@@ -745,6 +791,8 @@ def fmt_ms(sp: dict[str, float] | None) -> str:
 def table(args: argparse.Namespace) -> int:
     """Markdown: PSNR per set (or the difference to --baseline) and latency per configuration."""
     recs = load_records(args.records, args.recipe)
+    if args.configs:
+        recs = [r for r in recs if r.get("config", r["model"]) in args.configs]
     speed = load_speed(args.speed) if args.speed else {}
     lines = []
     for scale in sorted({r["scale"] for r in recs}, reverse=True):
@@ -854,10 +902,19 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--speed", nargs="*", help="bench JSON files (median over them)")
     tb.add_argument("--baseline", default="", help="report differences to this configuration")
     tb.add_argument("--plot")
+    tb.add_argument("--configs", nargs="*", help="only these configurations")
     sp = sub.add_parser("speed")
     sp.add_argument("--speed", nargs="+", required=True, help="bench JSON files")
     sp.add_argument("--configs", nargs="+", required=True)
     sp.add_argument("--ref", default="compact")
+    dl = sub.add_parser("dial")
+    dl.add_argument("--records", required=True)
+    dl.add_argument("--recipe", required=True)
+    dl.add_argument("--config", required=True)
+    dl.add_argument("--scale", type=int, default=4)
+    dl.add_argument("--speed", nargs="+", required=True)
+    dl.add_argument("--plot")
+    dl.add_argument("--plot-scale", type=int, default=2, choices=sorted(CASES))
     args = p.parse_args(argv)
     cmd: Callable[[argparse.Namespace], int] = {
         "train": train_many,
@@ -867,6 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": evaluate_runs,
         "table": table,
         "speed": speed_table,
+        "dial": dial,
     }[args.cmd]
     return cmd(args)
 

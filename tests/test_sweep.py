@@ -1,0 +1,119 @@
+"""scripts/sweep.py, the side-by-side training / timing / evaluation driver of the ablations:
+training resumes from its saved state, seeds get their own runs, several data folders are
+pooled, the evaluator writes one record per trained model, and the tables read the records."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import sweep
+import torch
+
+from conftest import TEST_DATA
+
+HR = TEST_DATA / "Set5" / "HR"
+
+
+def _train(out: Path, iters: int, seed: int, data: list[Path]) -> None:
+    args = ["train-one", "--config", "trunk64x10_lean", "--scale", "4", "--iters", str(iters)]
+    assert sweep.main([*args, "--seed", str(seed), "--data", *map(str, data), "--out", str(out)]) == 0
+
+
+def _iters(run: Path) -> list[int]:
+    return [json.loads(line)["iter"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
+    monkeypatch.setattr(sweep, "SAVE_EVERY", 1)
+    runs = tmp_path / "runs"
+    _train(runs, 2, 1, [HR, HR])
+    run = runs / "trunk64x10_lean_x4_seed1"
+    meta = json.loads((run / "meta.json").read_text())
+    assert (meta["iterations"], meta["finished"], meta["seed"]) == (2, True, 1)
+    assert meta["pairs"] == 10  # both folders pooled
+    first = torch.load(run / "ema.pt", weights_only=True)
+    _train(runs, 3, 1, [HR, HR])  # a larger budget continues the run
+    assert json.loads((run / "meta.json").read_text())["iterations"] == 3
+    assert not torch.equal(
+        first["stem.weight"], torch.load(run / "ema.pt", weights_only=True)["stem.weight"]
+    )
+    _train(runs, 1, 0, [HR])
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [
+        "trunk64x10_lean_x4",
+        "trunk64x10_lean_x4_seed1",
+    ]
+
+    records = tmp_path / "records"
+    argv = ["eval", "--runs", str(runs), "--records", str(records), "--recipe", "t"]
+    assert sweep.main([*argv, "--data", str(TEST_DATA), "--sets", "Set5", "--limit", "1"]) == 0
+    recs = {p.name: json.loads(p.read_text()) for p in records.glob("*.json")}
+    assert set(recs) == {"t_trunk64x10_lean_x4_1.json", "t_trunk64x10_lean_x4_seed1_3.json"}
+    rec = recs["t_trunk64x10_lean_x4_seed1_3.json"]
+    assert rec["model"] == "hybridmoe_nano" and rec["config"] == "trunk64x10_lean"
+    assert rec["seed"] == 1 and rec["iterations"] == 3 and rec["images"] == {"Set5": 1}
+    assert rec["train_data"]["pairs"] == 10 and 10 < rec["psnr"]["Set5"] < 60
+
+    assert sweep.main(["pack", "--runs", str(runs), "--out", str(tmp_path / "pack")]) == 0
+    with tarfile.open(tmp_path / "pack" / "runs_00.tar") as tf:
+        names = tf.getnames()
+    assert "runs/trunk64x10_lean_x4_seed1/ema16.pt" in names
+    assert "runs/trunk64x10_lean_x4/meta.json" in names
+
+
+def _record(path: Path, config: str, psnr: float, **extra: object) -> None:
+    rec = {
+        "model": "hybridmoe",
+        "config": config,
+        "scale": 4,
+        "iterations": 8000,
+        "recipe": "r",
+        "psnr": dict.fromkeys(("Set5", "Set14", "B100"), psnr),
+        **extra,
+    }
+    name = config.replace("@", "_") + "_" + str(extra.get("seed", 0))
+    (path / f"{name}.json").write_text(json.dumps(rec))
+
+
+def _speed(path: Path, rows: list[tuple[str, int, float]]) -> Path:
+    cols = [
+        {"model": m, "scale": sc, "ms": ms, "ms_graph": ms * 0.9, "gflops": 10.0, "params": 1000}
+        for m, sc, ms in rows
+    ]
+    path.write_text(json.dumps({"rows": cols}))
+    return path
+
+
+def test_tables_read_the_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recs = tmp_path / "q"
+    recs.mkdir()
+    _record(recs, "compact", 30.0)
+    _record(recs, "trunk64x10_lean", 30.2)
+    _record(recs, "trunk64x10_lean", 30.3, seed=1)
+    _record(recs, "s", 30.5)
+    _record(recs, "s@k1", 30.4, top_k=1)
+    a = _speed(tmp_path / "a.json", [("compact", 4, 2.0), ("trunk64x10_lean", 4, 1.0)])
+    b = _speed(tmp_path / "b.json", [("compact", 4, 4.0), ("s", 4, 6.0), ("s_k1", 4, 5.0)])
+
+    argv = ["table", "--records", str(recs), "--speed", str(a), str(b)]
+    assert sweep.main([*argv, "--baseline", "compact", "--configs", "compact", "trunk64x10_lean"]) == 0
+    out = capsys.readouterr().out
+    assert "| trunk64x10_lean (seed 1) | +0.30 | +0.30 | +0.30 | +0.300 | 1.00 | 10 |" in out
+    assert "| compact | +0.00 | +0.00 | +0.00 | +0.000 | 3.00 (2.00–4.00) | 3 |" in out
+    assert "| s |" not in out  # filtered out
+
+    assert sweep.main(["speed", "--speed", str(a), str(b), "--configs", "trunk64x10_lean"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("| trunk64x10_lean | 0.00 M | 1.00 | 0.90 | 0.33 | 10 | –")
+
+    argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s", "--speed", str(b)]
+    assert sweep.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| 1 | 30.400 | 30.400 | 30.400 | 30.400 | 5.00 |")
+    assert lines[3].startswith("| 2 | 30.500 | 30.500 | 30.500 | 30.500 | 6.00 |")
