@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import sweep
 import torch
-
 from conftest import TEST_DATA
 
 HR = TEST_DATA / "Set5" / "HR"
@@ -19,7 +18,8 @@ HR = TEST_DATA / "Set5" / "HR"
 
 def _train(out: Path, iters: int, seed: int, data: list[Path]) -> None:
     args = ["train-one", "--config", "trunk64x10_lean", "--scale", "4", "--iters", str(iters)]
-    assert sweep.main([*args, "--seed", str(seed), "--data", *map(str, data), "--out", str(out)]) == 0
+    args += ["--seed", str(seed), "--data", *map(str, data), "--out", str(out)]
+    assert sweep.main(args) == 0
 
 
 def _iters(run: Path) -> list[int]:
@@ -101,8 +101,8 @@ def test_tables_read_the_records(tmp_path: Path, capsys: pytest.CaptureFixture[s
     a = _speed(tmp_path / "a.json", [("compact", 4, 2.0), ("trunk64x10_lean", 4, 1.0)])
     b = _speed(tmp_path / "b.json", [("compact", 4, 4.0), ("s", 4, 6.0), ("s_k1", 4, 5.0)])
 
-    argv = ["table", "--records", str(recs), "--speed", str(a), str(b)]
-    assert sweep.main([*argv, "--baseline", "compact", "--configs", "compact", "trunk64x10_lean"]) == 0
+    argv = ["table", "--records", str(recs), "--speed", str(a), str(b), "--baseline", "compact"]
+    assert sweep.main([*argv, "--configs", "compact", "trunk64x10_lean"]) == 0
     out = capsys.readouterr().out
     assert "| trunk64x10_lean (seed 1) | +0.30 | +0.30 | +0.30 | +0.300 | 1.00 | 10 |" in out
     assert "| compact | +0.00 | +0.00 | +0.00 | +0.000 | 3.00 (2.00–4.00) | 3 |" in out
