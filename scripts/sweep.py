@@ -463,6 +463,32 @@ def pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    """The EMA weights of one run (``ema.pt`` or the packed ``ema16.pt``) as a traiNNer-redux
+    checkpoint: flat float32 safetensors with the hyperparameters as JSON in the header (the
+    form its ``net_g_ema_*.safetensors`` files have). Refuses to overwrite."""
+    from safetensors.torch import save_file
+
+    run, out = Path(args.run), Path(args.out)
+    meta = json.loads((run / "meta.json").read_text())
+    if not meta.get("finished"):
+        raise SystemExit(f"{run}: the run did not finish its budget ({meta['iterations']} it.)")
+    if out.exists():
+        raise SystemExit(f"{out} exists; remove it first")
+    model = build(meta["config"], meta["scale"])
+    if not hasattr(model, "hyperparameters"):
+        raise SystemExit(f"{meta['config']} is a peer network; export ours only")
+    ema = run / "ema.pt" if (run / "ema.pt").is_file() else run / "ema16.pt"
+    sd = torch.load(ema, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp), metadata={"metadata": json.dumps(model.hyperparameters)})
+    os.replace(tmp, out)
+    print(f"{out}: {meta['config']} x{meta['scale']}, {meta['iterations']} iterations")
+    return 0
+
+
 # ----------------------------------------------------------------------------- speed
 
 
@@ -881,6 +907,9 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)
+    ex = sub.add_parser("export")
+    ex.add_argument("--run", required=True, help="a run folder (meta.json + ema.pt/ema16.pt)")
+    ex.add_argument("--out", required=True, help=".safetensors file to write")
     b = sub.add_parser("bench")
     b.add_argument("--configs", nargs="+", required=True)
     b.add_argument("--json")
@@ -920,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": train_many,
         "train-one": train_one,
         "pack": pack,
+        "export": export,
         "bench": bench,
         "eval": evaluate_runs,
         "table": table,

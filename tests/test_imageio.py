@@ -25,7 +25,6 @@ from hybridmoe.models import perturb
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 SET5_HR = DATA / "Set5" / "HR"
-NANO_X2 = ROOT / "experiments" / "pretrained_models" / "2x_HybridMoE_Nano.safetensors"
 QUICK = ["--data", str(DATA), "--sets", "Set5", "--limit", "1", "--crop", "16", "--threads", "1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -357,7 +356,7 @@ def test_moe_usage_json(
 
 
 def test_moe_usage_reads_16bit_greyscale(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A 16-bit greyscale image routes like its 8-bit version (it used to read as white)."""
     from PIL import Image
@@ -367,7 +366,9 @@ def test_moe_usage_reads_16bit_greyscale(
     Image.fromarray(grey).save(tmp_path / "g8.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
     hists = []
-    for name in ("g8.png", "g16.png"):
-        assert moe_usage.main([str(NANO_X2), str(tmp_path / name)]) == 0
+    Image.fromarray(np.full_like(grey, 255)).save(tmp_path / "white.png")
+    for name in ("g8.png", "g16.png", "white.png"):
+        assert moe_usage.main([str(tiny_ckpt), str(tmp_path / name)]) == 0
         hists.append([ln for ln in capsys.readouterr().out.splitlines() if "ffn" in ln])
     assert hists[0] and hists[0] == hists[1]
+    assert hists[2] != hists[0]  # the routing does see the image
