@@ -795,6 +795,9 @@ def dial(args: argparse.Namespace) -> int:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
         for ms, psnr, k in pts:
             ax.annotate(f"k={k}", (ms, psnr), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        mid = float(np.mean([p[1] for p in pts]))
+        ax.set_ylim(min(mid - 0.05, *[p[1] for p in pts]), max(mid + 0.05, *[p[1] for p in pts]))
+        ax.ticklabel_format(axis="y", useOffset=False)  # at least 0.1 dB of range: no zoom-in
         ax.set_xlabel(f"latency, ms (x{sc}, {CASES[sc]} in, fp16, batch 1)")
         ax.set_ylabel(f"x{args.scale} mean Y-PSNR, {', '.join(sets)} (dB)")
         ax.set_title(f"top-k dial of {args.config} ({args.recipe})")
@@ -803,9 +806,11 @@ def dial(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_records(path: str, recipe: str | None = None) -> list[dict[str, Any]]:
+def load_records(path: str, recipe: str | list[str] | None = None) -> list[dict[str, Any]]:
+    """The quality records under ``path`` (of the given recipe or recipes)."""
+    recipes = [recipe] if isinstance(recipe, str) else recipe
     recs = [json.loads(p.read_text()) for p in sorted(Path(path).glob("*.json"))]
-    return [r for r in recs if "psnr" in r and (not recipe or r["recipe"] == recipe)]
+    return [r for r in recs if "psnr" in r and (not recipes or r["recipe"] in recipes)]
 
 
 def fmt_ms(sp: dict[str, float] | None) -> str:
@@ -819,6 +824,8 @@ def table(args: argparse.Namespace) -> int:
     recs = load_records(args.records, args.recipe)
     if args.configs:
         recs = [r for r in recs if r.get("config", r["model"]) in args.configs]
+    if args.scale:
+        recs = [r for r in recs if r["scale"] == args.scale]
     speed = load_speed(args.speed) if args.speed else {}
     lines = []
     for scale in sorted({r["scale"] for r in recs}, reverse=True):
@@ -868,23 +875,26 @@ def plot(
     groups = sorted({(r["scale"], r["iterations"]) for r in recs}, reverse=True)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
     for ax, (scale, iters) in zip(axes[0], groups, strict=True):
-        for r in recs:
+        panel = [r for r in recs if r["scale"] == scale and r["iterations"] == iters]
+        sets = [s for s in SETS if all(s in r["psnr"] for r in panel)]  # shared by the panel
+        for r in panel:
             name = r.get("config", r["model"])
             sp = speed.get((name, scale))
-            if r["scale"] != scale or r["iterations"] != iters or sp is None:
+            if sp is None:
                 continue
-            mean = float(np.mean([r["psnr"][s] for s in SETS if s in r["psnr"]]))
+            mean = float(np.mean([r["psnr"][s] for s in sets]))
             peer = name in PEERS
             ax.scatter(
                 sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
             )
+            label = r["model"] if r["model"].startswith("hybridmoe_") else name
             ax.annotate(
-                name, (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
+                label, (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
         ax.set_xscale("log")
         ax.set_title(f"x{scale}, {iters} iterations ({CASES.get(scale, '')} input)")
         ax.set_xlabel("latency, ms (fp16, batch 1; log scale)")
-        ax.set_ylabel("mean Y-PSNR over the evaluated sets, dB")
+        ax.set_ylabel(f"mean Y-PSNR, {', '.join(sets)} (dB)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -927,11 +937,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--top-k", type=int, default=0, help="evaluate MoE networks at this top-k")
     tb = sub.add_parser("table")
     tb.add_argument("--records", required=True)
-    tb.add_argument("--recipe")
+    tb.add_argument("--recipe", nargs="*", help="only records of these recipes")
     tb.add_argument("--speed", nargs="*", help="bench JSON files (median over them)")
     tb.add_argument("--baseline", default="", help="report differences to this configuration")
     tb.add_argument("--plot")
     tb.add_argument("--configs", nargs="*", help="only these configurations")
+    tb.add_argument("--scale", type=int, help="only this scale")
     sp = sub.add_parser("speed")
     sp.add_argument("--speed", nargs="+", required=True, help="bench JSON files")
     sp.add_argument("--configs", nargs="+", required=True)
