@@ -8,7 +8,11 @@
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return early
 #                                                    when no run is left
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
-#   scripts/gpu_bg.sh pack                           EMA weights + logs of all groups into $OUT
+#   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
+#                                                    (with the training states: resumable on
+#                                                    a fresh machine, ~12 bytes per parameter)
+# SWEEP_COMMIT: the commit recorded in the speed records (a copied checkout's git metadata can
+# be stale).
 set -uo pipefail
 RUNS=${RUNS:-/tmp/runs}
 WHEELS=${WHEELS:-.whl}
@@ -40,6 +44,6 @@ case $cmd in
     done ;;
   py) python3 "$@" ;;
   pack)
-    python3 scripts/sweep.py pack --runs "$RUNS"/*/ --out "$OUT" ;;
+    python3 scripts/sweep.py pack --runs "$RUNS"/*/ --out "$OUT" "$@" ;;
   *) echo "unknown subcommand $cmd" >&2; exit 2 ;;
 esac

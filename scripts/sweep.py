@@ -427,7 +427,9 @@ def train_many(args: argparse.Namespace) -> int:
 
 def pack(args: argparse.Namespace) -> int:
     """EMA weights (fp16), meta and logs of every run of every ``--runs`` folder into tar files
-    of at most 15 MiB, as ``<folder>/<run>/...``."""
+    of at most 15 MiB, as ``<folder>/<run>/...``; with ``--with-state`` also each run's full
+    training state, so that the run, unpacked into a runs folder elsewhere, resumes exactly
+    (a part holds one member at least, so a state over 15 MiB gets a part of its own)."""
     import io
     import tarfile
 
@@ -439,14 +441,14 @@ def pack(args: argparse.Namespace) -> int:
             sd = torch.load(run / "ema.pt", map_location="cpu", weights_only=True)
             buf = io.BytesIO()
             torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, buf)
-            members += [
-                (f"{runs.name}/{run.name}/{name}", data)
-                for name, data in (
-                    ("ema16.pt", buf.getvalue()),
-                    ("meta.json", (run / "meta.json").read_bytes()),
-                    ("log.jsonl", (run / "log.jsonl").read_bytes()),
-                )
+            files = [
+                ("ema16.pt", buf.getvalue()),
+                ("meta.json", (run / "meta.json").read_bytes()),
+                ("log.jsonl", (run / "log.jsonl").read_bytes()),
             ]
+            if args.with_state:  # the full training state: the run resumes where it stopped
+                files.append(("state.pt", (run / "state.pt").read_bytes()))
+            members += [(f"{runs.name}/{run.name}/{name}", data) for name, data in files]
     part, size, tf = 0, 0, None
     for name, data in members:
         if tf is None or size + len(data) > 15 * 2**20:
@@ -917,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)
+    pk.add_argument("--with-state", action="store_true", help="include state.pt (resumable)")
     ex = sub.add_parser("export")
     ex.add_argument("--run", required=True, help="a run folder (meta.json + ema.pt/ema16.pt)")
     ex.add_argument("--out", required=True, help=".safetensors file to write")

@@ -65,6 +65,18 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
         names = tf.getnames()
     assert "runs/trunk64x10_lean_x4_seed1/ema16.pt" in names
     assert "runs/trunk64x10_lean_x4/meta.json" in names
+    assert not any(n.endswith("state.pt") for n in names)
+
+    # packed with its state, a run unpacked elsewhere continues where it stopped
+    argv = ["pack", "--runs", str(runs), "--out", str(tmp_path / "full"), "--with-state"]
+    assert sweep.main(argv) == 0
+    moved = tmp_path / "moved"
+    for part in sorted((tmp_path / "full").glob("*.tar")):
+        with tarfile.open(part) as tf:
+            tf.extractall(moved, filter="data")
+    run2 = moved / "runs" / "trunk64x10_lean_x4_seed1"
+    _train(moved / "runs", 4, 1, [HR, HR])
+    assert _iters(run2) == [*_iters(run), 4]
 
 
 def _record(path: Path, config: str, psnr: float, **extra: object) -> None:
