@@ -10,7 +10,7 @@
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
 #   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
 #                                                    (with the training states: resumable on
-#                                                    a fresh machine, ~12 bytes per parameter)
+#                                                    a fresh machine, ~16 bytes per parameter)
 # SWEEP_COMMIT: the commit recorded in the speed records (a copied checkout's git metadata can
 # be stale).
 set -uo pipefail
