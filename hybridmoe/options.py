@@ -127,7 +127,7 @@ GENERATED_NOTE = (
 MEASURED_NOTE = (
     "# MEASURED recipe: lr, betas, batch size, lq_size, bf16 AMP, channels_last, EMA and the\n"
     "# schedule shape (halve at 1/2 and 3/4) of this variant's same-budget runs at x2 and x4\n"
-    "# (nano, s: docs/ABLATIONS.md, 2,000-16,000 iterations; m: docs/TRAINING.md \"GPU runs\",\n"
+    '# (nano, s: docs/ABLATIONS.md, 2,000-16,000 iterations; m: docs/TRAINING.md "GPU runs",\n'
     "# 3,000 iterations; from scratch, Charbonnier, plus the balance loss where the network has\n"
     "# MoE layers). Not measured from scratch: total_iter, and the frequency loss (it ran in a\n"
     "# fine-tuning check of an x2 model).\n"
