@@ -521,6 +521,7 @@ def atomic_output(path: Path, *, overwrite: bool = False, what: str = "output") 
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # writers that recreate the file (safetensors) reset it
         _commit(tmp, path, overwrite, what)
     finally:
         tmp.unlink(missing_ok=True)

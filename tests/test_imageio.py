@@ -86,6 +86,12 @@ def test_atomic_output_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
         tmp.write_text("new")
     assert out.read_text() == "new" and leftovers(tmp_path) == []
     assert (out.stat().st_mode & 0o777) == 0o666 & ~_umask()  # not mkstemp's 0600
+    with imageio.atomic_output(out, overwrite=True) as tmp:  # a writer that recreates the file
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"new")
+        os.close(fd)
+    assert (out.stat().st_mode & 0o777) == 0o666 & ~_umask()
     # without overwrite, a file that appeared meanwhile is not replaced
     with (
         pytest.raises(imageio.OutputError, match="appeared"),
