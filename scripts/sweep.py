@@ -55,9 +55,9 @@ from hybridmoe import metrics
 from hybridmoe.paths import REPO_ROOT
 
 # The configurations the ablations start from, written out: the variants may change, these
-# records may not. S3: the three-level network (frequency split, HF path, window attention,
-# Fourier mixer, MoE bottleneck) that was hybridmoe_s; TRUNK: the x1 re-param trunk of 16 blocks
-# of 48 with the MKS2021 base and the texture head.
+# records may not. S: the three-level network (frequency split, HF path, window attention,
+# Fourier mixer, MoE bottleneck) that was hybridmoe_s; NANO: the x1 re-param trunk of 16 blocks
+# of 48 with the MKS2021 base and the texture head that was hybridmoe_nano.
 S = {
     "dim": 32,
     "enc_blocks": (2, 1, 1),
@@ -465,29 +465,34 @@ def pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(args: argparse.Namespace) -> int:
-    """The EMA weights of one run (``ema.pt`` or the packed ``ema16.pt``) as a traiNNer-redux
-    checkpoint: flat float32 safetensors with the hyperparameters as JSON in the header (the
-    form its ``net_g_ema_*.safetensors`` files have). Refuses to overwrite."""
-    from safetensors.torch import save_file
-
-    run, out = Path(args.run), Path(args.out)
+def load_run(run: Path) -> tuple[dict[str, Any], nn.Module]:
+    """A run's meta and its network with the EMA weights (``ema.pt``, or the fp16 copies of a
+    packed run, ``ema16.pt``), in the training form."""
     meta = json.loads((run / "meta.json").read_text())
-    if not meta.get("finished"):
-        raise SystemExit(f"{run}: the run did not finish its budget ({meta['iterations']} it.)")
-    if out.exists():
-        raise SystemExit(f"{out} exists; remove it first")
     model = build(meta["config"], meta["scale"])
-    if not hasattr(model, "hyperparameters"):
-        raise SystemExit(f"{meta['config']} is a peer network; export ours only")
     ema = run / "ema.pt" if (run / "ema.pt").is_file() else run / "ema16.pt"
     sd = torch.load(ema, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(state, str(tmp), metadata={"metadata": json.dumps(model.hyperparameters)})
-    os.replace(tmp, out)
-    print(f"{out}: {meta['config']} x{meta['scale']}, {meta['iterations']} iterations")
+    return meta, model
+
+
+def export(args: argparse.Namespace) -> int:
+    """The EMA weights of one finished run as a traiNNer-redux checkpoint (the package's
+    writer: flat float32 safetensors, hyperparameters as JSON in the header); written
+    atomically, an existing file is refused."""
+    from hybridmoe.fuse import save_checkpoint
+    from hybridmoe.imageio import atomic_output
+
+    meta, model = load_run(Path(args.run))
+    if not meta.get("finished"):
+        raise SystemExit(f"{args.run}: the run stopped at {meta['iterations']} iterations")
+    if not hasattr(model, "hyperparameters"):
+        raise SystemExit(f"{meta['config']} is a peer network; export ours only")
+    if Path(args.out).exists():
+        raise SystemExit(f"{args.out} exists; remove it first or choose another name")
+    with atomic_output(Path(args.out), what="checkpoint") as tmp:
+        save_checkpoint(model, tmp)
+    print(f"{args.out}: {meta['config']} x{meta['scale']}, {meta['iterations']} iterations")
     return 0
 
 
@@ -636,12 +641,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
         rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}{k_tag}.json"
         if rec_path.exists():
             continue
-        model = build(meta["config"], meta["scale"])
-        ema = meta_path.parent / "ema.pt"
-        if not ema.is_file():
-            ema = meta_path.parent / "ema16.pt"  # packed for transfer: fp16 copies
-        sd = torch.load(ema, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+        _, model = load_run(meta_path.parent)
         if args.top_k:
             if not getattr(model, "num_experts", 0):
                 continue  # the dial applies to networks with MoE layers only

@@ -13,6 +13,8 @@ import sweep
 import torch
 from conftest import TEST_DATA
 
+from hybridmoe import checkpoint as C
+
 HR = TEST_DATA / "Set5" / "HR"
 
 
@@ -59,6 +61,16 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     assert rec["model"] == "hybridmoe_nano" and rec["config"] == "trunk64x10_lean"
     assert rec["seed"] == 1 and rec["iterations"] == 3 and rec["images"] == {"Set5": 1}
     assert rec["train_data"]["pairs"] == 10 and 10 < rec["psnr"]["Set5"] < 60
+
+    # a finished run as a traiNNer-redux checkpoint that loads as the variant it is
+    ckpt = tmp_path / "nano.safetensors"
+    assert sweep.main(["export", "--run", str(run), "--out", str(ckpt)]) == 0
+    desc = C.load_checkpoint(ckpt)
+    assert "nano" in desc.tags and desc.scale == 4
+    last = torch.load(run / "ema.pt", weights_only=True)["stem.weight"]
+    assert torch.equal(desc.model.state_dict()["stem.weight"], last)
+    with pytest.raises(SystemExit, match="exists"):
+        sweep.main(["export", "--run", str(run), "--out", str(ckpt)])
 
     assert sweep.main(["pack", "--runs", str(runs), "--out", str(tmp_path / "pack")]) == 0
     with tarfile.open(tmp_path / "pack" / "runs_00.tar") as tf:
