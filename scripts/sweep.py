@@ -134,6 +134,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "trunk64x10_lean": _trunk(64, 10, base="bicubic", texture_head=False),
     "trunk64x24_lean": _trunk(64, 24, base="bicubic", texture_head=False),
     "trunk96x12_lean": _trunk(96, 12, base="bicubic", texture_head=False),
+    "trunk96x16_lean": _trunk(96, 16, base="bicubic", texture_head=False),
+    "trunk128x24_lean": _trunk(128, 24, base="bicubic", texture_head=False),
 }
 """Our configurations (``HybridMoE`` options); the scale is given per run."""
 
