@@ -173,6 +173,7 @@ def test_sampled_parameters_stay_in_their_ranges() -> None:
     p = D.sample_params(400, D.RESTORE, _gen(0))
     lo, hi = D.RESTORE.jpeg_quality
     assert int(p.quality.min()) == lo and int(p.quality.max()) == hi
+    assert float(p.theta.min()) < 0.1 and 3.0 < float(p.theta.max()) < math.pi  # all angles
     assert D.RESTORE.blur_sigma[0] <= float(p.sigma_x.min()) <= float(p.sigma_x.max()) <= 1.5
     assert 0.35 < float(p.blur.double().mean()) < 0.65 and float(p.jpeg.double().mean()) > 0.6
 
