@@ -73,6 +73,12 @@ def _pairs(argv: Sequence[str]) -> int:
     return _status(pairs.main(list(argv)))
 
 
+def _degraded(argv: Sequence[str]) -> int:
+    from hybridmoe import degraded_sets
+
+    return _status(degraded_sets.main(list(argv)))
+
+
 def _options(argv: Sequence[str]) -> int:
     from hybridmoe import options
 
@@ -99,6 +105,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "bench": (_bench, "time the variants and their peers"),
     "install-trainner": (_install, "install into / remove from a traiNNer-redux checkout"),
     "make-pairs": (_pairs, "make HR/LR training pairs (MATLAB bicubic)"),
+    "make-degraded": (_degraded, "fixed-seed degraded sets (blur, noise, JPEG) for x1 restoration"),
     "make-options": (_options, "write the traiNNer-redux option templates"),
     "moe-usage": (_moe_usage, "how often each MoE expert is chosen on images"),
     "check-precision": (_precision, "compare fp32/fp16/bf16 outputs and scores"),

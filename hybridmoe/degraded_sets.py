@@ -1,0 +1,243 @@
+"""Fixed-seed degraded copies of image sets, for evaluating x1 restoration models.
+
+Usage::
+
+    hybridmoe make-degraded --out datasets/restore_eval [--sets Set5 Set14 B100 Urban100]
+        [--data DIR] [--seed 0] [--preset restore]
+    hybridmoe make-degraded my_photos/HR --out datasets/restore_mine [--name mine]
+
+Every image of a set (the benchmark sets are found as ``hybridmoe evaluate`` finds them; an HR
+folder given on the command line is a set named after it, or after its parent when it is
+called ``HR``) is degraded with :func:`hybridmoe.degrade.degrade_batch` and the preset
+(blur -> noise -> 8-bit rounding -> JPEG, same size). It is written as::
+
+    OUT/<set>/HR/<name>.png      the image as read (8-bit; greyscale stays greyscale)
+    OUT/<set>/LQ/<name>.png      its degraded copy
+    OUT/<set>/manifest.json      preset values, seeds and every image's drawn parameters
+
+Each image has its own generator, seeded from ``--seed``, the set name and the image name, so
+its degraded copy does not depend on which other images are in the folder. A greyscale image
+is degraded as the RGB image with three equal channels and turned back to grey with BT.601
+luma weights (the convention of ``hybridmoe evaluate`` for model outputs).
+
+A set folder that already exists under OUT is refused before any work; every file is written
+atomically, the manifest last (a set without a manifest is incomplete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hybridmoe import degrade, imageio
+
+FORMAT = "hybridmoe-degraded-set/1"
+EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+LUMA = np.array([0.299, 0.587, 0.114])
+ORDER = "blur, noise, clamp and round to 8 bits, JPEG"
+
+
+class DegradedSetError(Exception):
+    """A user-facing problem with a degraded set (to make or to read); the message says why."""
+
+
+def image_seed(seed: int, set_name: str, stem: str) -> int:
+    """The generator seed of one image: a hash of the global seed, set and image name."""
+    digest = hashlib.sha256(f"{seed}/{set_name}/{stem}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def degrade_image(
+    img: np.ndarray, cfg: degrade.Degradation, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Degrade a uint8 ``(H, W)`` or ``(H, W, 3)`` image with a generator seeded by ``seed``;
+    returns the uint8 result (same shape) and the parameters drawn."""
+    grey = img.ndim == 2
+    rgb = np.repeat(img[:, :, None], 3, axis=2) if grey else img
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise DegradedSetError(f"expected a greyscale or RGB image, got shape {img.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None] / 255
+    gen = torch.Generator().manual_seed(seed)
+    params = degrade.sample_params(1, cfg, gen)
+    try:
+        y = degrade.apply_params(x, params, gen)[0]
+    except ValueError as exc:
+        raise DegradedSetError(str(exc)) from exc
+    out = y.permute(1, 2, 0).double().numpy() * 255.0
+    if grey:
+        out = out @ LUMA
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), params.describe(0)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    with imageio.atomic_output(path, what="image") as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+
+
+def set_images(folder: Path) -> list[Path]:
+    """The images of an HR folder, sorted; file names (stems) must be unique."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTS and p.is_file())
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise DegradedSetError(f"two images of {folder} share a file name; rename one")
+    if not files:
+        raise DegradedSetError(f"no images ({', '.join(sorted(EXTS))}) in {folder}")
+    return files
+
+
+def make_set(
+    name: str,
+    hr_dir: Path,
+    out: Path,
+    *,
+    cfg: degrade.Degradation,
+    preset: str,
+    seed: int,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Write ``out/<name>/{HR,LQ}/*.png`` and ``manifest.json``; returns the manifest."""
+    from hybridmoe.evaluate import EvaluationError, read_image
+
+    set_dir = out / name
+    images: dict[str, Any] = {}
+    for path in set_images(hr_dir)[:limit]:
+        try:
+            hr = read_image(path)
+        except EvaluationError as exc:
+            raise DegradedSetError(str(exc)) from exc
+        s = image_seed(seed, name, path.stem)
+        lq, params = degrade_image(hr, cfg, s)
+        _write_png(set_dir / "HR" / f"{path.stem}.png", hr)
+        _write_png(set_dir / "LQ" / f"{path.stem}.png", lq)
+        images[path.stem] = {
+            "source": path.name,
+            "seed": s,
+            "size": list(hr.shape[:2]),
+            "grey": hr.ndim == 2,
+            **params,
+        }
+    manifest = {
+        "format": FORMAT,
+        "set": name,
+        "source": str(hr_dir),
+        "preset": preset,
+        "degradation": cfg.to_dict(),
+        "order": ORDER,
+        "seed": seed,
+        "images": images,
+    }
+    text = json.dumps(manifest, indent=1) + "\n"
+    imageio.write_text_atomic(set_dir / "manifest.json", text, what="manifest")
+    return manifest
+
+
+def read_manifest(set_dir: Path) -> dict[str, Any]:
+    """The manifest of a degraded set folder, checked: every image has its HR and LQ file."""
+    path = set_dir / "manifest.json"
+    if not path.is_file():
+        raise DegradedSetError(
+            f"{path} not found: {set_dir} is not a complete degraded set; make one with "
+            f"hybridmoe make-degraded --out {set_dir.parent}"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DegradedSetError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DegradedSetError(f"{path} is not a degraded-set manifest (format {FORMAT})")
+    for stem in manifest["images"]:
+        for sub in ("HR", "LQ"):
+            if not (set_dir / sub / f"{stem}.png").is_file():
+                raise DegradedSetError(f"{set_dir / sub / stem}.png is missing (see {path})")
+    return manifest
+
+
+def find_degraded_sets(root: Path) -> list[str]:
+    """The names of the degraded sets under ``root`` (folders holding a manifest), sorted."""
+    if not root.is_dir():
+        raise DegradedSetError(f"degraded-set folder not found: {root}")
+    return sorted(p.parent.name for p in root.glob("*/manifest.json"))
+
+
+def _sources(args: argparse.Namespace) -> dict[str, Path]:
+    """Set name -> HR folder, from the positional folders or the benchmark sets."""
+    from hybridmoe import evaluate as ev
+
+    if args.hr_dirs:
+        if args.name and len(args.hr_dirs) > 1:
+            raise DegradedSetError("--name names a single HR folder; give one folder")
+        named = {}
+        for d in args.hr_dirs:
+            if not d.is_dir():
+                raise DegradedSetError(f"HR folder not found: {d}")
+            name = args.name or (d.resolve().parent.name if d.name == "HR" else d.name)
+            if name in named:
+                raise DegradedSetError(f"two HR folders give the set name {name!r}; use --name")
+            named[name] = d
+        return named
+    data = args.data if args.data is not None else ev.default_data_dir()
+    try:
+        return {name: ev.find_set(data, name) / "HR" for name in args.sets}
+    except ev.EvaluationError as exc:
+        raise DegradedSetError(str(exc)) from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    from hybridmoe.evaluate import DEFAULT_SETS
+
+    ap = argparse.ArgumentParser(
+        prog="hybridmoe make-degraded",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    ap.add_argument("hr_dirs", nargs="*", type=Path, help="HR folders (default: --sets)")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (one per set)")
+    ap.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), help="benchmark sets")
+    ap.add_argument("--data", type=Path, default=None, help="folder holding benchmark/<Set>/HR")
+    ap.add_argument("--name", default=None, help="set name of a single HR folder")
+    ap.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
+    ap.add_argument("--preset", choices=sorted(degrade.PRESETS), default="restore")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set only")
+    args = ap.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        ap.error(f"--limit must be >= 1, got {args.limit}")
+    cfg = degrade.PRESETS[args.preset]
+    try:
+        sources = _sources(args)
+        for name in sources:  # before any work
+            if (args.out / name).exists():
+                raise DegradedSetError(
+                    f"{args.out / name} already exists; choose another --out or remove it"
+                )
+            imageio.check_output(
+                args.out / name / "manifest.json", overwrite=False, what="manifest"
+            )
+        for name, hr_dir in sources.items():
+            manifest = make_set(
+                name,
+                hr_dir,
+                args.out,
+                cfg=cfg,
+                preset=args.preset,
+                seed=args.seed,
+                limit=args.limit,
+            )
+            print(f"{name}: {len(manifest['images'])} images -> {args.out / name}")
+    except (DegradedSetError, imageio.OutputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
