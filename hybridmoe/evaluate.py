@@ -6,6 +6,7 @@ Usage::
         [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json [--overwrite]]
         [--limit N]
     hybridmoe evaluate --bicubic-only --scale 4 [--sets ...]
+    hybridmoe evaluate --degraded DIR MODEL [--sets ...] [...]
 
 MODEL is any checkpoint spandrel can load (HybridMoE included). For every HR image of every set
 the protocol of the super-resolution literature is followed: mod-crop the HR image to a multiple
@@ -17,6 +18,12 @@ reported beside the model as a baseline.
 Data layout: ``<data>/benchmark/<Set>/HR/*.png`` (or ``<data>/<Set>/HR/*.png``). Where a set ships
 its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``, as Set5 does), the generated LR
 images are checked against them bit for bit.
+
+``--degraded DIR`` evaluates a scale-1 (restoration) model instead, on the fixed-seed degraded
+sets that ``hybridmoe make-degraded`` wrote under DIR (``DIR/<Set>/{HR,LQ}``, every set there by
+default): each LQ image is restored and scored against its HR image (PSNR and SSIM on Y, no
+border cropped: the output has the input's size and the degradations reach the image edges);
+the degraded input itself is scored as the baseline ("input" row).
 
 Greyscale images (Set14's ``bridge``) given to a 3-channel model are replicated to RGB, and the
 RGB output is turned back to grey with BT.601 luma weights, so that its Y is exactly the Y of the
@@ -37,7 +44,7 @@ import json
 import math
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +194,11 @@ def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
-def load_descriptor(path: Path, device: str, dtype: str) -> Any:
+def load_descriptor(path: Path, device: str, dtype: str, *, restoration: bool = False) -> Any:
     """Load an SR checkpoint as a spandrel ``ImageModelDescriptor`` on ``device`` / ``dtype``.
 
     Any checkpoint spandrel supports loads, HybridMoE included (through the project loader).
+    Super-resolution evaluation needs scale >= 2; ``restoration`` (degraded sets) needs scale 1.
     """
     import spandrel
 
@@ -211,11 +219,17 @@ def load_descriptor(path: Path, device: str, dtype: str) -> Any:
         raise EvaluationError(
             f"{path} is not an image-to-image model ({type(descriptor).__name__})"
         )
-    if descriptor.scale == 1:
+    if restoration and descriptor.scale != 1:
+        raise EvaluationError(
+            f"{path} is a x{descriptor.scale} model; degraded sets (--degraded) measure x1 "
+            "restoration and need a scale-1 model. Evaluate super-resolution without --degraded"
+        )
+    if not restoration and descriptor.scale == 1:
         raise EvaluationError(
             f"{path} is a scale-1 ({descriptor.purpose}) model. This evaluation measures "
             "super-resolution of bicubic-downscaled images and needs a model with scale >= 2; "
-            "running a scale-1 model on undegraded HR images measures nothing."
+            "running a scale-1 model on undegraded HR images measures nothing. Evaluate a "
+            "restoration model on degraded sets (hybridmoe make-degraded) with --degraded DIR."
         )
     try:
         descriptor.to(device, DTYPES[dtype])
@@ -409,6 +423,121 @@ def evaluate(
     }
 
 
+RESTORE_BORDER = 0
+"""Border (pixels) cropped before scoring x1 restoration: none."""
+
+
+def score_restored(out: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+    """PSNR (dB) and SSIM on Y, border :data:`RESTORE_BORDER`, of uint8 ``out`` against ``hr``."""
+    return score_pair(out, hr, RESTORE_BORDER)
+
+
+def degraded_images(set_dir: Path, limit: int | None = None) -> Iterator[tuple[str, Any, Any]]:
+    """``(name, hr, lq)`` uint8 images of a degraded set (:mod:`hybridmoe.degraded_sets`),
+    checked to have the same size."""
+    manifest = _read_degraded(set_dir)
+    for stem in sorted(manifest["images"])[:limit]:
+        hr = read_image(set_dir / "HR" / f"{stem}.png")
+        lq = read_image(set_dir / "LQ" / f"{stem}.png")
+        if hr.shape != lq.shape:
+            raise EvaluationError(
+                f"{set_dir.name}/{stem}: LQ {lq.shape} and HR {hr.shape} differ; remake the set"
+            )
+        yield stem, hr, lq
+
+
+def _read_degraded(set_dir: Path) -> dict[str, Any]:
+    from hybridmoe.degraded_sets import DegradedSetError, read_manifest
+
+    try:
+        return read_manifest(set_dir)
+    except DegradedSetError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
+def degraded_set_names(root: Path, sets: Sequence[str] | None) -> list[str]:
+    """``sets`` (each must be a complete degraded set under ``root``), or every set there."""
+    from hybridmoe.degraded_sets import DegradedSetError, find_degraded_sets
+
+    try:
+        found = find_degraded_sets(root)
+    except DegradedSetError as exc:
+        raise EvaluationError(str(exc)) from None
+    if not found:
+        raise EvaluationError(
+            f"no degraded sets (<Set>/manifest.json) in {root}; make them with "
+            f"hybridmoe make-degraded --out {root}"
+        )
+    names = (
+        list(sets)
+        if sets
+        else [n for n in DEFAULT_SETS if n in found] + [n for n in found if n not in DEFAULT_SETS]
+    )
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise EvaluationError(
+            f"degraded set(s) {', '.join(missing)} not in {root} (found: {', '.join(found)})"
+        )
+    return names
+
+
+def evaluate_degraded_set(
+    set_dir: Path, descriptor: Any, tile: int | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """Input and model scores on one degraded set, as :func:`evaluate_set` with an
+    ``"input"`` baseline (the degraded image itself) instead of ``"bicubic"``."""
+    manifest = _read_degraded(set_dir)
+    per_image: dict[str, dict[str, dict[str, float]]] = {}
+    rows = list(degraded_images(set_dir, limit))
+    for stem, hr, lq in tqdm(rows, desc=f"{set_dir.name} x1", unit="img", file=sys.stderr):
+        out = super_resolve(descriptor, lq, tile, name=f"{set_dir.name}/{stem}")
+        per_image[stem] = {"input": score_restored(lq, hr), "model": score_restored(out, hr)}
+    result: dict[str, Any] = {"images": len(per_image)}
+    for method in ("input", "model"):
+        result[method] = _mean_scores([r[method] for r in per_image.values()])
+    result.update(
+        preset=manifest["preset"], degradation=manifest["degradation"], seed=manifest["seed"]
+    )
+    result["per_image"] = per_image
+    return result
+
+
+def evaluate_degraded(
+    model: Path,
+    degraded_dir: Path,
+    sets: Sequence[str] | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    tile: int | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate the scale-1 ``model`` on the degraded sets under ``degraded_dir``.
+
+    Returns ``{"model": info, "scale": 1, "task": "restoration", "border": 0, "data": str,
+    "sets": {name: evaluate_degraded_set(...)}}``.
+    """
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"limit must be >= 1, got {limit}")
+    if tile is not None and tile < 1:
+        raise EvaluationError(f"tile must be >= 1, got {tile}")
+    names = degraded_set_names(degraded_dir, sets)
+    for name in names:
+        _read_degraded(degraded_dir / name)  # all sets checked before any work
+    descriptor = load_descriptor(model, device, dtype, restoration=True)
+    return {
+        "model": model_info(descriptor, model, device, dtype),
+        "scale": 1,
+        "task": "restoration",
+        "border": RESTORE_BORDER,
+        "data": str(degraded_dir),
+        "sets": {
+            name: evaluate_degraded_set(degraded_dir / name, descriptor, tile=tile, limit=limit)
+            for name in names
+        },
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
@@ -422,10 +551,13 @@ def format_table(results: dict[str, Any]) -> str:
             f"model: {info['path']} ({info['arch']}, x{info['scale']}, "
             f"{info['params']:,} params, {info['device']}/{info['dtype']})"
         )
-    lines.append(f"scale x{results['scale']}, PSNR/SSIM on Y, border {results['scale']}")
+    base = "input" if results.get("task") == "restoration" else "bicubic"
+    border = results.get("border", results["scale"])
+    task = "x1 restoration of degraded sets" if base == "input" else f"scale x{results['scale']}"
+    lines.append(f"{task}, PSNR/SSIM on Y, border {border}")
     lines.append(f"{'set':<10} {'images':>6}  {'method':<24} {'PSNR':>8} {'SSIM':>7}")
     for set_name, r in results["sets"].items():
-        rows = [("bicubic", r["bicubic"])] + ([(name, r["model"])] if "model" in r else [])
+        rows = [(base, r[base])] + ([(name, r["model"])] if "model" in r else [])
         for method, s in rows:
             lines.append(
                 f"{set_name:<10} {r['images']:>6}  {method:<24} {s['psnr']:>8.3f} {s['ssim']:>7.4f}"
@@ -461,7 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder holding benchmark/<Set>/HR (default: ../shared/data, else tests/data)",
     )
-    p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), help="sets to evaluate")
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        default=None,
+        help="sets to evaluate (default: Set5 Set14 B100 Urban100; with --degraded, every set "
+        "in DIR)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--tile", type=int, default=None, help="LR tile size (default: whole image)")
@@ -470,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images of each set only")
     p.add_argument("--bicubic-only", action="store_true", help="skip the model")
     p.add_argument("--scale", type=int, default=None, help="scale of a --bicubic-only run")
+    p.add_argument(
+        "--degraded",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate a scale-1 restoration MODEL on the sets of hybridmoe make-degraded",
+    )
     return p
 
 
@@ -483,23 +628,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bicubic-only without MODEL needs --scale S")
     if args.model is not None and args.scale is not None:
         parser.error("--scale is read from MODEL; drop --scale")
+    if args.degraded is not None and (args.bicubic_only or args.data is not None):
+        parser.error("--degraded DIR holds the HR and LQ images; drop --bicubic-only and --data")
     try:
         if args.json is not None:  # before minutes of work
             inputs = [args.model] if args.model is not None else []
             imageio.check_output(
                 args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report"
             )
-        results = evaluate(
-            args.model,
-            args.data if args.data is not None else default_data_dir(),
-            args.sets,
-            device=args.device,
-            dtype=args.dtype,
-            tile=args.tile,
-            limit=args.limit,
-            bicubic_only=args.bicubic_only,
-            scale=args.scale,
-        )
+        if args.degraded is not None:
+            results = evaluate_degraded(
+                args.model,
+                args.degraded,
+                args.sets,
+                device=args.device,
+                dtype=args.dtype,
+                tile=args.tile,
+                limit=args.limit,
+            )
+        else:
+            results = evaluate(
+                args.model,
+                args.data if args.data is not None else default_data_dir(),
+                args.sets or DEFAULT_SETS,
+                device=args.device,
+                dtype=args.dtype,
+                tile=args.tile,
+                limit=args.limit,
+                bicubic_only=args.bicubic_only,
+                scale=args.scale,
+            )
     except (EvaluationError, imageio.OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

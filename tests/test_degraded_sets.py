@@ -1,0 +1,135 @@
+"""hybridmoe make-degraded (fixed-seed degraded sets) and hybridmoe evaluate --degraded (x1
+restoration scored against HR, with the degraded input as the baseline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from spandrel.architectures.Compact import Compact
+
+from hybridmoe import cli, evaluate, metrics
+from hybridmoe.degraded_sets import image_seed
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _hr_folder(root: Path, names: tuple[str, ...] = ("grey", "rgb")) -> Path:
+    """A folder ``root/mine/HR`` with a greyscale and an RGB image (small crops of Set5)."""
+    folder = root / "mine" / "HR"
+    folder.mkdir(parents=True)
+    src = np.asarray(Image.open(DATA / "Set5" / "HR" / "bird.png").convert("RGB"))[:40, :48]
+    for name in names:
+        img = Image.fromarray(src).convert("L") if name == "grey" else Image.fromarray(src)
+        img.save(folder / f"{name}.png")
+    return folder
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _make(*argv: str) -> int:
+    return cli.main(["make-degraded", *argv])
+
+
+def test_make_degraded_writes_seeded_sets_with_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hr = _hr_folder(tmp_path)
+    out = tmp_path / "out"
+    assert _make(str(hr), "--out", str(out), "--seed", "3") == 0
+    set_dir = out / "mine"  # named after the folder holding HR/
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    assert manifest["preset"] == "restore" and manifest["seed"] == 3
+    assert manifest["degradation"]["jpeg_quality"] == [40, 95]
+    assert set(manifest["images"]) == {"grey", "rgb"}
+    row = manifest["images"]["grey"]
+    assert row["grey"] and row["size"] == [40, 48] and row["seed"] == image_seed(3, "mine", "grey")
+    assert set(row) >= {"blur", "noise", "jpeg"}
+    grey_lq = _png(set_dir / "LQ" / "grey.png")
+    assert grey_lq.shape == (40, 48)  # greyscale stays greyscale
+    assert np.array_equal(_png(set_dir / "HR" / "grey.png"), _png(hr / "grey.png"))
+    rgb_lq = _png(set_dir / "LQ" / "rgb.png")
+    assert rgb_lq.shape == (40, 48, 3) and not np.array_equal(rgb_lq, _png(hr / "rgb.png"))
+
+    # an existing set is refused before any work, nothing is touched
+    before = (set_dir / "manifest.json").read_bytes()
+    assert _make(str(hr), "--out", str(out), "--seed", "4") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (set_dir / "manifest.json").read_bytes() == before
+
+    # one image's copy does not depend on the others; another seed gives another copy
+    alone = _hr_folder(tmp_path / "alone", ("rgb",))
+    assert _make(str(alone), "--out", str(tmp_path / "o2"), "--seed", "3") == 0
+    assert np.array_equal(_png(tmp_path / "o2" / "mine" / "LQ" / "rgb.png"), rgb_lq)
+    assert _make(str(alone), "--out", str(tmp_path / "o3"), "--seed", "4") == 0
+    assert not np.array_equal(_png(tmp_path / "o3" / "mine" / "LQ" / "rgb.png"), rgb_lq)
+
+
+def test_make_degraded_finds_benchmark_sets_and_reports_missing_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+    assert _make("--out", str(out), "--data", str(DATA), "--sets", "Set5", "--limit", "1") == 0
+    assert sorted(p.name for p in (out / "Set5" / "LQ").iterdir()) == ["baby.png"]
+    assert _make("--out", str(tmp_path / "x"), "--data", str(DATA), "--sets", "Urban100") == 2
+    assert "set 'Urban100' not found" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def degraded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-image degraded Set5 (``DIR/Set5``)."""
+    out = tmp_path_factory.mktemp("degraded")
+    assert _make("--out", str(out), "--data", str(DATA), "--sets", "Set5", "--limit", "1") == 0
+    return out
+
+
+def _compact(tmp: Path, scale: int) -> Path:
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale)
+    path = tmp / f"compact_x{scale}.safetensors"
+    save_file(net.state_dict(), str(path))
+    return path
+
+
+def test_evaluate_degraded_scores_model_and_input(degraded: Path, tmp_path: Path) -> None:
+    model = _compact(tmp_path, 1)
+    report = tmp_path / "r.json"
+    assert evaluate.main([str(model), "--degraded", str(degraded), "--json", str(report)]) == 0
+    res = json.loads(report.read_text())
+    assert res["scale"] == 1 and res["task"] == "restoration" and res["border"] == 0
+    s = res["sets"]["Set5"]
+    assert s["images"] == 1 and s["preset"] == "restore" and s["seed"] == 0
+    hr = _png(degraded / "Set5" / "HR" / "baby.png")
+    lq = _png(degraded / "Set5" / "LQ" / "baby.png")
+    assert s["input"]["psnr"] == pytest.approx(metrics.calculate_psnr(lq, hr, 0))
+    assert 10 < s["model"]["psnr"] < 60 and s["model"]["psnr"] != s["input"]["psnr"]
+    assert set(s["per_image"]["baby"]) == {"input", "model"}
+
+
+def test_evaluate_degraded_refusals(
+    degraded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x2 = _compact(tmp_path, 2)
+    assert evaluate.main([str(x2), "--degraded", str(degraded)]) == 2
+    assert "need a scale-1 model" in capsys.readouterr().err
+    x1 = _compact(tmp_path, 1)
+    assert evaluate.main([str(x1), "--data", str(DATA), "--sets", "Set5"]) == 2
+    assert "--degraded DIR" in capsys.readouterr().err  # bicubic SR still refuses x1
+    assert evaluate.main([str(x1), "--degraded", str(degraded), "--sets", "Set14"]) == 2
+    assert "Set14 not in" in capsys.readouterr().err
+    assert evaluate.main([str(x1), "--degraded", str(tmp_path)]) == 2
+    assert "no degraded sets" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main([str(x1), "--degraded", str(degraded), "--bicubic-only"])
