@@ -16,12 +16,17 @@ Commands::
         state every 500 iterations and when the deadline comes, and resumes from it when run
         again with the same --out (so a budget can span several machine sessions). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
+        --scale 1 --degrade restore: x1 restoration; the LQ batch is made on the device from
+        the HR crops with hybridmoe.degrade's preset (blur, noise, JPEG), drawn from a
+        generator seeded by --seed and saved with the training state (run <config>_x1_restore).
     sweep.py bench  --configs A B ... [--json OUT]
         fp16 weights, batch 1, fused forms: ×4 to 1920×1080 (480×270 in) and ×2 from 1920×1080;
         median latency (CUDA events), GFLOPs per forward and achieved TFLOP/s.
-    sweep.py eval   --runs RUNS [--sets ...] [--records DIR] [--recipe NAME]
+    sweep.py eval   --runs RUNS [--sets ...] [--records DIR] [--recipe NAME] [--degraded DIR]
         the project's evaluator (Y channel, border = scale, MATLAB bicubic LR) on every finished
-        run; one JSON record per trained model.
+        run; one JSON record per trained model. With --degraded DIR (sets of hybridmoe
+        make-degraded): the restoration runs, PSNR/SSIM (Y, border 0) per set and the degraded
+        input's as psnr_input/ssim_input.
     sweep.py table  --records DIR [--speed JSON] [--plot OUT.png]
         one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
 
@@ -50,8 +55,8 @@ from torch import nn
 
 import hybridmoe_arch as A
 from hybridmoe import bench as timing_tools
+from hybridmoe import degrade, metrics
 from hybridmoe import evaluate as ev
-from hybridmoe import metrics
 from hybridmoe.paths import REPO_ROOT
 
 # The configurations the ablations start from, written out: the variants may change, these
@@ -153,10 +158,11 @@ RECIPE = {
 SAVE_EVERY = 500
 
 
-def run_name(config: str, scale: int, seed: int) -> str:
-    """The run folder of a configuration: ``<config>_x<scale>``, ``_seed<N>`` appended for
-    seeds other than 0."""
-    return f"{config}_x{scale}" + (f"_seed{seed}" if seed else "")
+def run_name(config: str, scale: int, seed: int, degrade_preset: str | None = None) -> str:
+    """The run folder of a configuration: ``<config>_x<scale>``, then ``_<preset>`` for a
+    restoration run (``--degrade``) and ``_seed<N>`` for seeds other than 0."""
+    tag = f"_{degrade_preset}" if degrade_preset else ""
+    return f"{config}_x{scale}{tag}" + (f"_seed{seed}" if seed else "")
 
 
 def lr_size(scale: int) -> int:
@@ -231,6 +237,22 @@ def load_pairs(data: Path, scale: int, device: torch.device) -> list[tuple[torch
     return pairs
 
 
+def load_hr(data: Path, device: torch.device) -> list[torch.Tensor]:
+    """The HR images of a data folder as uint8 CHW tensors: ``hr/*.png`` of a make_pairs.py
+    folder, else the folder's ``*.jpg``/``*.png`` (the targets of x1 restoration)."""
+    from PIL import Image
+
+    folder = data / "hr" if (data / "hr").is_dir() else data
+    paths = sorted([*folder.glob("*.jpg"), *folder.glob("*.png")])
+    if not paths:
+        raise SystemExit(f"no HR images (*.jpg, *.png) under {folder}")
+    images = []
+    for path in paths:
+        hr = np.asarray(Image.open(path).convert("RGB"))
+        images.append(torch.from_numpy(hr.copy()).permute(2, 0, 1).to(device))
+    return images
+
+
 class CropPool:
     """Random aligned crops of the pairs, drawn on the GPU: ``batch() -> (lq, gt)`` float in
     [0, 1], with one of the 8 flips/rotations per sample."""
@@ -278,7 +300,10 @@ def train_one(args: argparse.Namespace) -> int:
     """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl."""
     name, scale = args.config, args.scale
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run = Path(args.out) / run_name(name, scale, args.seed)
+    preset = getattr(args, "degrade", None)
+    if preset and scale != 1:
+        raise SystemExit(f"--degrade trains x1 restoration; use --scale 1 (got --scale {scale})")
+    run = Path(args.out) / run_name(name, scale, args.seed, preset)
     run.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
     torch.manual_seed(args.seed)
@@ -290,6 +315,8 @@ def train_one(args: argparse.Namespace) -> int:
     )
     gen = torch.Generator()  # CPU: crop positions are drawn on the host
     gen.manual_seed(args.seed)
+    # restoration: the degradations are drawn on the device, from their own seeded generator
+    dgen = torch.Generator(device=device).manual_seed(args.seed) if preset else None
     start = 0
     state_path = run / "state.pt"
     if state_path.is_file():
@@ -300,10 +327,15 @@ def train_one(args: argparse.Namespace) -> int:
             e.copy_(v)
         start = int(st["iter"])
         gen.set_state(st["gen"].cpu())
+        if dgen is not None:
+            dgen.set_state(st["degrade_gen"].cpu())
     if start >= args.iters:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
-    pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device)]
+    if preset:
+        pairs = [(hr, hr) for d in args.data for hr in load_hr(Path(d), device)]
+    else:
+        pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device)]
     pool = CropPool(pairs, scale, lr_size(scale), gen)
     milestones = [int(args.iters * m) for m in RECIPE["milestones"]]
     moe = getattr(model, "num_experts", 0) > 0
@@ -323,6 +355,8 @@ def train_one(args: argparse.Namespace) -> int:
         "pairs": len(pairs),
         "data_megapixels": round(sum(hr[0].numel() for hr, _ in pairs) / 1e6, 1),
     }
+    if preset:
+        meta["degradation"] = {"preset": preset, **degrade.PRESETS[preset].to_dict()}
 
     def save(final: bool) -> None:
         sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
@@ -334,6 +368,7 @@ def train_one(args: argparse.Namespace) -> int:
                 "ema": ema,
                 "iter": it,
                 "gen": gen.get_state(),
+                **({"degrade_gen": dgen.get_state()} if dgen is not None else {}),
             },
             tmp,
         )
@@ -350,6 +385,9 @@ def train_one(args: argparse.Namespace) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         lq, gt = pool.batch(RECIPE["batch"])
+        if dgen is not None:
+            lq = degrade.degrade_batch(gt, degrade.PRESETS[preset], dgen)
+            lq = lq.contiguous(memory_format=torch.channels_last)
         with amp:
             out = model(lq)
         loss = charbonnier(out.float(), gt)
@@ -417,7 +455,10 @@ def train_many(args: argparse.Namespace) -> int:
         ]
         if args.deadline_s:
             cmd += ["--deadline-s", str(args.deadline_s)]
-        logf = (Path(args.out) / f"{run_name(name, args.scale, args.seed)}.stdout").open("a")
+        if args.degrade:
+            cmd += ["--degrade", args.degrade]
+        stdout = f"{run_name(name, args.scale, args.seed, args.degrade)}.stdout"
+        logf = (Path(args.out) / stdout).open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
     rc = 0
     for name, p in procs:
@@ -631,14 +672,24 @@ class ModuleDescriptor:
 def evaluate_runs(args: argparse.Namespace) -> int:
     """Every finished run of ``--runs`` (one scale) on every set, with the evaluator's own
     steps (mod-crop, MATLAB-bicubic LR, 8-bit output, Y PSNR/SSIM with border = scale); each
-    LR image is made once and fed to all models."""
+    LR image is made once and fed to all models. With ``--degraded DIR``, the x1 restoration
+    runs (trained with ``--degrade``) instead, on the degraded sets of ``hybridmoe
+    make-degraded`` (Y, border 0), the degraded input scored beside them."""
     device = torch.device(args.device)
-    data = Path(args.data) if args.data else ev.default_data_dir()
     out = Path(args.records)
     out.mkdir(parents=True, exist_ok=True)
+    restoring = args.degraded is not None
     todo = []
     for meta_path in sorted(Path(args.runs).glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
+        if bool(meta.get("degradation")) != restoring:
+            kind = "an x1 restoration run (evaluate it with --degraded DIR)"
+            print(
+                f"skipping {meta_path.parent.name}: "
+                + (kind if not restoring else "not a restoration run (trained without --degrade)"),
+                file=sys.stderr,
+            )
+            continue
         k_tag = f"_k{args.top_k}" if args.top_k else ""
         rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}{k_tag}.json"
         if rec_path.exists():
@@ -656,20 +707,17 @@ def evaluate_runs(args: argparse.Namespace) -> int:
         raise SystemExit(f"--runs mixes scales {sorted(scales)}; evaluate one scale at a time")
     if not todo:
         return 0
-    scale = scales.pop()
-    scores: dict[int, dict[str, list[dict[str, float]]]] = {i: {} for i in range(len(todo))}
-    for set_name in args.sets:
-        paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[: args.limit]
-        for n, path in enumerate(paths):
-            hr = metrics.mod_crop(ev.read_image(path), scale)
-            lr = ev.make_lr(hr, scale)
-            for i, (_, _, desc) in enumerate(todo):
-                sr = ev.super_resolve(desc, lr, None)
-                scores[i].setdefault(set_name, []).append(ev.score_pair(sr, hr, scale))
-            print(f"{set_name} {n + 1}/{len(paths)}", file=sys.stderr, flush=True)
+    descs = [d for _, _, d in todo]
+    if restoring:
+        scores, inputs, about = score_degraded(descs, Path(args.degraded), args.sets, args.limit)
+        evaluator = "hybridmoe evaluate --degraded steps (Y, border 0, x1 restoration)"
+    else:
+        data = Path(args.data) if args.data else ev.default_data_dir()
+        scores = score_sr(descs, data, args.sets or list(SETS), scales.pop(), args.limit)
+        inputs, about = None, None
+        evaluator = "hybridmoe evaluate steps (Y, border=scale, MATLAB bicubic LR)"
     for i, (meta, rec_path, desc) in enumerate(todo):
-        psnr = {k: round(float(np.mean([r["psnr"] for r in v])), 4) for k, v in scores[i].items()}
-        ssim = {k: round(float(np.mean([r["ssim"] for r in v])), 5) for k, v in scores[i].items()}
+        psnr, ssim = _means(scores[i])
         rec = {
             "model": registered_name(meta["config"]),
             "config": meta["config"] + (f"@k{args.top_k}" if args.top_k else ""),
@@ -684,16 +732,74 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "images": {k: len(v) for k, v in scores[i].items()},
             "options": meta.get("options"),
             "training": meta.get("recipe"),
-            "evaluator": "hybridmoe evaluate steps (Y, border=scale, MATLAB bicubic LR)",
+            "evaluator": evaluator,
             "command": " ".join(sys.argv),
             "commit": git_commit(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(),
             "eval_device": str(device),
             "params": sum(p.numel() for p in desc.model.parameters()),
         }
+        if inputs is not None:
+            rec["psnr_input"], rec["ssim_input"] = _means(inputs)
+            rec["degradation"] = meta["degradation"]
+            rec["degraded_sets"] = about
         rec_path.write_text(json.dumps(rec, indent=1))
         print(rec_path.name, psnr)
     return 0
+
+
+Scores = dict[str, list[dict[str, float]]]
+"""Per set, the per-image ``{"psnr", "ssim"}`` of one model."""
+
+
+def _means(scores: Scores) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean PSNR (4 decimals) and SSIM (5 decimals) per set."""
+    psnr = {k: round(float(np.mean([r["psnr"] for r in v])), 4) for k, v in scores.items()}
+    ssim = {k: round(float(np.mean([r["ssim"] for r in v])), 5) for k, v in scores.items()}
+    return psnr, ssim
+
+
+def score_sr(
+    descs: list[ModuleDescriptor], data: Path, sets: list[str], scale: int, limit: int | None
+) -> list[Scores]:
+    """Super-resolution scores of every model on every set (each LR image made once)."""
+    scores: list[Scores] = [{} for _ in descs]
+    for set_name in sets:
+        paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[:limit]
+        for n, path in enumerate(paths):
+            hr = metrics.mod_crop(ev.read_image(path), scale)
+            lr = ev.make_lr(hr, scale)
+            for i, desc in enumerate(descs):
+                sr = ev.super_resolve(desc, lr, None)
+                scores[i].setdefault(set_name, []).append(ev.score_pair(sr, hr, scale))
+            print(f"{set_name} {n + 1}/{len(paths)}", file=sys.stderr, flush=True)
+    return scores
+
+
+def score_degraded(
+    descs: list[ModuleDescriptor], root: Path, sets: list[str] | None, limit: int | None
+) -> tuple[list[Scores], Scores, dict[str, Any]]:
+    """Restoration scores of every model on every degraded set under ``root``, the scores of
+    the degraded inputs, and what the sets are (folder, preset, seed per set)."""
+    from hybridmoe.degraded_sets import read_manifest
+
+    try:
+        names = ev.degraded_set_names(root, sets)
+    except ev.EvaluationError as exc:
+        raise SystemExit(str(exc)) from None
+    scores: list[Scores] = [{} for _ in descs]
+    inputs: Scores = {}
+    about: dict[str, Any] = {"dir": str(root), "sets": {}}
+    for set_name in names:
+        manifest = read_manifest(root / set_name)
+        about["sets"][set_name] = {k: manifest[k] for k in ("preset", "seed", "degradation")}
+        for n, (_, hr, lq) in enumerate(ev.degraded_images(root / set_name, limit)):
+            inputs.setdefault(set_name, []).append(ev.score_restored(lq, hr))
+            for i, desc in enumerate(descs):
+                restored = ev.super_resolve(desc, lq, None)
+                scores[i].setdefault(set_name, []).append(ev.score_restored(restored, hr))
+            print(f"{set_name} {n + 1}", file=sys.stderr, flush=True)
+    return scores, inputs, about
 
 
 # ----------------------------------------------------------------------------- tables
@@ -918,6 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument("--out", required=True)
         t.add_argument("--deadline-s", type=float, default=0)
         t.add_argument("--seed", type=int, default=0)
+        t.add_argument(
+            "--degrade",
+            choices=sorted(degrade.PRESETS),
+            help="x1 restoration: LQ made from the HR crops with this degradation preset",
+        )
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)
@@ -936,7 +1047,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--records", required=True)
     e.add_argument("--recipe", required=True)
     e.add_argument("--data")
-    e.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100", "Urban100"])
+    e.add_argument("--sets", nargs="+", help="default: the four benchmarks, or every set of DIR")
+    e.add_argument(
+        "--degraded",
+        metavar="DIR",
+        help="evaluate the x1 restoration runs (--degrade) on hybridmoe make-degraded sets",
+    )
     e.add_argument("--device", default="cpu")
     e.add_argument("--limit", type=int)
     e.add_argument("--top-k", type=int, default=0, help="evaluate MoE networks at this top-k")

@@ -12,6 +12,7 @@ import pytest
 import sweep
 import torch
 from conftest import TEST_DATA
+from PIL import Image
 
 from hybridmoe import checkpoint as C
 
@@ -141,3 +142,72 @@ def test_tables_read_the_records(tmp_path: Path, capsys: pytest.CaptureFixture[s
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("| 1 | 30.400 | 30.400 | 30.400 | 30.400 | 5.00 |")
     assert lines[3].startswith("| 2 | 30.500 | 30.500 | 30.500 | 30.500 | 6.00 |")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_restoration_runs_degrade_on_the_fly_resume_exactly_and_eval_on_degraded_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hybridmoe import degrade, degraded_sets
+
+    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
+    monkeypatch.setattr(sweep, "SAVE_EVERY", 1)
+    batches: list[torch.Tensor] = []
+    real = degrade.degrade_batch
+    monkeypatch.setattr(
+        degrade, "degrade_batch", lambda *a: batches.append(real(*a)) or batches[-1]
+    )
+
+    def train(out: Path, iters: int) -> None:
+        args = ["train-one", "--config", "trunk64x10_lean", "--scale", "1", "--iters", str(iters)]
+        assert (
+            sweep.main([*args, "--degrade", "restore", "--data", str(HR), "--out", str(out)]) == 0
+        )
+
+    train(tmp_path / "a", 2)  # two runs: one straight to 3, one 2 then resumed to 3
+    train(tmp_path / "a", 3)
+    train(tmp_path / "b", 3)
+    assert len(batches) == 6
+    for a, b in zip(batches[:3], batches[3:], strict=True):
+        assert torch.equal(a, b)  # the resumed run drew the same degraded batches
+    assert not torch.equal(batches[0], batches[1])
+    run = tmp_path / "a" / "trunk64x10_lean_x1_restore"
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["degradation"] == {"preset": "restore", **degrade.RESTORE.to_dict()}
+    assert meta["scale"] == 1 and meta["recipe"]["lr_size"] == 64 and meta["pairs"] == 5
+    with pytest.raises(SystemExit, match="use --scale 1"):
+        sweep.main(
+            [
+                "train-one",
+                "--config",
+                "s",
+                "--scale",
+                "2",
+                "--iters",
+                "1",
+                "--degrade",
+                "restore",
+                "--data",
+                str(HR),
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+
+    small = tmp_path / "small"  # a small set keeps the x1 forward passes cheap
+    small.mkdir()
+    for name in ("bird", "head"):
+        Image.open(HR / f"{name}.png").crop((0, 0, 48, 40)).save(small / f"{name}.png")
+    sets = tmp_path / "sets"
+    assert degraded_sets.main([str(small), "--out", str(sets), "--name", "tiny"]) == 0
+    records = tmp_path / "records"
+    argv = ["eval", "--runs", str(tmp_path / "a"), "--records", str(records), "--recipe", "r"]
+    assert sweep.main([*argv, "--degraded", str(sets)]) == 0
+    rec = json.loads((records / "r_trunk64x10_lean_x1_restore_3.json").read_text())
+    assert rec["recipe"] == "r" and rec["scale"] == 1 and rec["images"] == {"tiny": 2}
+    assert set(rec["psnr"]) == set(rec["psnr_input"]) == set(rec["ssim_input"]) == {"tiny"}
+    assert 10 < rec["psnr"]["tiny"] < 60 and rec["psnr"]["tiny"] != rec["psnr_input"]["tiny"]
+    assert rec["degradation"]["preset"] == "restore" and rec["degraded_sets"]["dir"] == str(sets)
+    # the bicubic SR evaluation leaves restoration runs alone
+    assert sweep.main([*argv[:-1], "r2", "--data", str(TEST_DATA), "--sets", "Set5"]) == 0
+    assert not list(records.glob("r2_*"))
