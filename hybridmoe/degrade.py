@@ -160,7 +160,9 @@ def gaussian_blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any = 0.0)
     k = gaussian_kernels(sx, sy, th, size).to(x.dtype)
     weight = k.repeat_interleave(ch, dim=0)[:, None]  # (N*3, 1, size, size)
     padded = F.pad(x.reshape(1, n * ch, h, w), (pad, pad, pad, pad), mode="reflect")
-    return F.conv2d(padded, weight, groups=n * ch).reshape(n, ch, h, w)
+    out = F.conv2d(padded, weight, groups=n * ch).reshape(n, ch, h, w)
+    # a normalised non-negative kernel keeps [0, 1]; clamp only the float rounding (1 + 1e-7)
+    return out.clamp_(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
