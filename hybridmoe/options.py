@@ -13,6 +13,10 @@ Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
   PSNR/SSIM validation, safetensors checkpoints.
 * ``train/HybridMoE/<x>_HybridMoE_<V>_gan.yml`` — fine-tuning a fidelity model with
   perceptual + GAN losses against a U-Net discriminator.
+* ``train/HybridMoE/1x_HybridMoE_<V>_restore.yml`` (``<V>`` = Nano, S) — x1 restoration with
+  traiNNer-redux's on-the-fly degradations (``high_order_degradation``, RealESRGANModel) set to
+  reproduce :data:`hybridmoe.degrade.RESTORE`, with the recipe of the measured x1 restoration
+  run (``scripts/sweep.py --scale 1 --degrade restore``, 10,000 iterations).
 * ``test/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``test.py`` on a folder of LR images.
 * ``onnx/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``convert_to_onnx.py``.
 
@@ -30,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import functools
 import sys
 import tempfile
 from pathlib import Path
 from string import Template
 from typing import Any
 
+from hybridmoe.degrade import RESTORE, Degradation, kernel_size
 from hybridmoe.paths import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "options"
@@ -103,6 +109,23 @@ FINETUNE_SCHEDULE = {
     "ema_decay": 0.999,
 }
 
+# x1 restoration with on-the-fly degradations: the recipe of the measured x1 restoration run
+# (scripts/sweep.py train --scale 1 --degrade restore: RECIPE there, 10,000 iterations, from
+# scratch, Charbonnier, no frequency loss); the degradations come from RESTORE_PRESET
+RESTORE_VARIANTS = ("nano", "s")
+RESTORE_PRESET: Degradation = RESTORE
+RESTORE_RECIPE: dict[str, Any] = {
+    "lr": 5e-4,
+    "betas": (0.9, 0.99),
+    "batch": 16,
+    "lq": 64,  # = the HR crop at x1
+    "total_iter": 10_000,
+    "milestones": (0.5, 0.75),  # fractions of total_iter where the rate is halved
+    "gamma": 0.5,
+    "ema_decay": 0.999,
+    "queue_size": 160,  # traiNNer's training-pair pool; a multiple of the batch size
+}
+
 LOSS_WEIGHTS = {
     "charbonnier": 1.0,
     "freq": 0.05,  # hybridmoefreqloss (amplitude L1 of the orthonormal FFT)
@@ -138,6 +161,9 @@ NOT_MEASURED_NOTE = (
     '# starting values (nano, s and m were trained on a GPU, docs/TRAINING.md "GPU runs").\n'
 )
 FINETUNE_NOTE = "# NOT MEASURED YET: the fine-tuning (GAN) values are starting values.\n"
+RESTORE_EMA_POWER = (
+    "  ema_power: 10  # No warm-up (traiNNer's default): 0.999 from the start, as measured.\n"
+)
 LQ_NOTE = "Square crop from the LR images. Multiple of 8 for AMP; any size works."
 LQ_48_NOTE = "48 suits small training images (T91); 64 is fine with larger ones (DIV2K)."
 
@@ -363,6 +389,103 @@ logger:
   use_tb_logger: true
 """
 
+OTF_RESTORE = """
+#########################################################################################
+# On-the-fly degradations (traiNNer-redux RealESRGANModel): the RESTORE preset at x1
+# https://trainner-redux.readthedocs.io/en/latest/config_reference.html#top-level-options
+#########################################################################################
+high_order_degradation: true  # LQ made on the GPU from the HR crops (RealESRGANModel).
+high_order_degradations_debug: false  # Save LQ/HR tiles to debug/otf to inspect them.
+high_order_degradations_debug_limit: 100  # The max number of iterations to save tiles for.
+lq_usm: false  # No unsharp mask.
+thicklines_prob: 0.0
+
+# The first degradation: blur, (no) resize, noise, JPEG.
+blur_prob: $blur_prob  # Kernel from datasets.train (kernel_list, blur_sigma, kernel_range).
+resize_prob: [0.0, 0.0, 1.0]  # up, down, keep: always keep (x1 restoration, no resize).
+resize_mode_list: ['bilinear']
+resize_mode_prob: [1.0]
+resize_range: [1.0, 1.0]
+gaussian_noise_prob: $noise_prob  # Otherwise the Poisson branch, of scale 0 below: no noise.
+noise_range: [$noise_lo, $noise_hi]  # Gaussian sigma on the 0-255 scale.
+poisson_scale_range: [0.0, 0.0]
+gray_noise_prob: $gray_prob  # Same noise on all channels.
+jpeg_prob: $jpeg_prob
+jpeg_range: [$jpeg_lo, $jpeg_hi]  # JPEG quality.
+
+# The second degradation: off (every stage has probability 0 or zero strength).
+blur_prob2: 0.0
+resize_prob2: [0.0, 0.0, 1.0]
+resize_mode_list2: ['bilinear']
+resize_mode_prob2: [1.0]
+resize_range2: [1.0, 1.0]
+gaussian_noise_prob2: 0.0
+noise_range2: [0.0, 0.0]
+poisson_scale_range2: [0.0, 0.0]
+gray_noise_prob2: 0.0
+jpeg_prob2: 0.0
+
+# The final resize to the LQ size: at x1 the size the image already has (an identity).
+resize_mode_list3: ['bilinear']
+resize_mode_prob3: [1.0]
+
+queue_size: $queue_size  # Pool of training pairs ($queue_batches batches); a multiple of the batch.
+"""
+
+RESTORE_DATASETS = """
+########################################################################################################################
+# Dataset and Dataloader Settings
+# https://trainner-redux.readthedocs.io/en/latest/config_reference.html#dataset-options-datasets-train-and-datasets-val
+########################################################################################################################
+datasets:
+  # Settings for the training dataset.
+  train:
+    name: Train Dataset
+    type: realesrgandataset
+    # Path to the HR (high res) images; the LQ images are made from them on the fly.
+    dataroot_gt: [
+      $train_gt
+    ]
+
+    # Blur kernel of the first degradation: anisotropic Gaussian, sigma_x and sigma_y drawn
+    # independently from blur_sigma (pixels), angle from -pi to pi.
+    kernel_list: ['aniso']
+    kernel_prob: [1.0]
+    kernel_range: [$kernel, $kernel]  # Kernel side, odd, inclusive range.
+    blur_sigma: [$sigma_lo, $sigma_hi]
+    sinc_prob: 0.0
+    final_sinc_prob: 0.0
+
+    lq_size: $lq_size  # Square crop; at x1 the LQ and HR crops are the same size.
+    use_hflip: true  # Randomly flip the images horizontally.
+    use_rot: true  # Randomly rotate the images.
+
+    num_worker_per_gpu: $workers
+    batch_size_per_gpu: $batch_size  # Use multiple of 8 for best performance with AMP.
+    accum_iter: 1  # Gradient accumulation: effective batch = accum_iter * batch_size_per_gpu.
+  # Validation: a fixed-seed degraded copy of Set14 (hybridmoe make-degraded --out
+  # datasets/restore_eval --seed 0 writes <set>/HR and <set>/LQ).
+  val:
+    name: Val Dataset
+    type: pairedimagedataset
+    dataroot_gt: [
+      $val_gt
+    ]
+    dataroot_lq: [
+      $val_lq
+    ]
+"""
+
+LOSSES_RESTORE = """\
+    # Charbonnier loss (the loss of the measured run)
+    - type: charbonnierloss
+      loss_weight: $w_charbonnier
+    # HybridMoE mixture-of-experts load-balance loss (Switch-style, ~1.0 when balanced).
+    # Remove it for networks built with use_moe: false.
+    - type: hybridmoebalanceloss
+      loss_weight: $w_balance
+"""
+
 GAN_EXTRA_METRICS = """\
     #topiq:
       #type: calculate_topiq
@@ -519,8 +642,9 @@ def base_name(scale: int, variant: str) -> str:
     return f"{scale}x_HybridMoE_{VARIANTS[variant][1]}"
 
 
+@functools.cache
 def _has_moe(arch: str) -> bool:
-    """Whether the registered network ``arch`` builds any MoE layer."""
+    """Whether the registered network ``arch`` builds any MoE layer (built once per name)."""
     import hybridmoe_arch
 
     return hybridmoe_arch.FACTORIES[arch](scale=2).num_experts > 0
@@ -647,6 +771,122 @@ def train_config(scale: int, variant: str, kind: str) -> str:
     return "".join(parts)
 
 
+def restore_kernel_size(preset: Degradation = RESTORE_PRESET) -> int:
+    """The blur kernel side of the template: the one ``hybridmoe.degrade`` uses for a batch
+    that holds the preset's largest sigma."""
+    return kernel_size(preset.blur_sigma[1])
+
+
+def restore_note(preset: Degradation = RESTORE_PRESET) -> str:
+    """The comment block of a restoration file: what is measured, and how traiNNer's
+    on-the-fly degradations match the preset (exactly or approximately)."""
+    r = RESTORE_RECIPE
+    (s0, s1), (n0, n1), (q0, q1) = preset.blur_sigma, preset.noise_sigma, preset.jpeg_quality
+    pool = r["queue_size"] // r["batch"]
+    lr = yaml_float(r["lr"]).removeprefix("!!float ")
+    return (
+        f"# MEASURED recipe: AdamW lr {lr}, betas {r['betas']}, no weight decay, batch "
+        f"{r['batch']},\n"
+        f"# {r['lq']}x{r['lq']} crops, bf16 AMP, EMA {r['ema_decay']}, Charbonnier loss, "
+        f"{r['total_iter']:,} iterations with the\n"
+        "# rate halved at 1/2 and 3/4: the values of the measured x1 restoration run\n"
+        "# (scripts/sweep.py --scale 1 --degrade restore, photo tiles; docs/TRAINING.md 5d).\n"
+        "# Degradations: traiNNer-redux's on-the-fly pipeline (high_order_degradation,\n"
+        "# RealESRGANModel) set to the RESTORE preset of hybridmoe/degrade.py.\n"
+        f"# Exact: blur probability {preset.blur_prob:g}, anisotropic Gaussian kernel, sigma_x and "
+        f"sigma_y\n"
+        f"# uniform {s0:g}-{s1:g} px, any angle; Gaussian noise probability {preset.noise_prob:g}, "
+        f"sigma uniform {n0:g}-{n1:g}\n"
+        "# on the 0-255 scale (traiNNer's noise_range uses that scale too), the same on all\n"
+        f"# channels for {preset.noise_gray_prob:.0%} of the noisy images; JPEG probability "
+        f"{preset.jpeg_prob:g}, quality {q0}-{q1};\n"
+        "# no resize; the second degradation and the sinc filters are off.\n"
+        "# Approximate: traiNNer switches blur, noise and JPEG on or off once per batch (RESTORE:\n"
+        f"# per image); its pool of training pairs (queue_size) mixes {pool} batches, so each "
+        "image\n"
+        "# keeps the same probability. The kernel is always "
+        f"{restore_kernel_size(preset)}x{restore_kernel_size(preset)} (RESTORE: 2*ceil(3*sigma)+1 "
+        "for\n"
+        "# the batch's largest sigma). Grey noise is one pattern per batch, scaled per image.\n"
+        "# traiNNer's JPEG (DiffJPEG) takes a real-valued quality with unrounded quantisation\n"
+        "# tables, repeats the chroma samples and pads with zeros (RESTORE: integer quality,\n"
+        "# libjpeg tables, triangle-filter chroma, edge padding); the 8-bit rounding comes after\n"
+        "# JPEG only (RESTORE: before and after it).\n"
+    ) + GENERATED_NOTE
+
+
+def restore_config(variant: str, preset: Degradation = RESTORE_PRESET) -> str:
+    """The x1 restoration training config of ``variant`` with on-the-fly degradations."""
+    arch = VARIANTS[variant][0]
+    r = RESTORE_RECIPE
+    total = r["total_iter"]
+    train = _paths(["datasets/train/dataset1/hr"], [])
+    val = _paths(["datasets/restore_eval/Set14/HR"], ["datasets/restore_eval/Set14/LQ"])
+    (n0, n1), (q0, q1) = preset.noise_sigma, preset.jpeg_quality
+    kernel = restore_kernel_size(preset)
+    parts = [
+        _render(GENERAL, name=restore_name(variant), scale=1, **_header(restore_note(preset))),
+        _render(
+            OTF_RESTORE,
+            blur_prob=yaml_number(preset.blur_prob),
+            noise_prob=yaml_number(preset.noise_prob),
+            noise_lo=yaml_number(n0),
+            noise_hi=yaml_number(n1),
+            gray_prob=yaml_number(preset.noise_gray_prob),
+            jpeg_prob=yaml_number(preset.jpeg_prob),
+            jpeg_lo=q0,
+            jpeg_hi=q1,
+            queue_size=r["queue_size"],
+            queue_batches=r["queue_size"] // r["batch"],
+        ),
+        _render(
+            RESTORE_DATASETS,
+            train_gt=train["gt"],
+            val_gt=val["gt"],
+            val_lq=val["lq"],
+            kernel=kernel,
+            sigma_lo=yaml_number(preset.blur_sigma[0]),
+            sigma_hi=yaml_number(preset.blur_sigma[1]),
+            lq_size=r["lq"],
+            workers=8,
+            batch_size=r["batch"],
+        ),
+        _render(NETWORK_G, arch=arch),
+        _render(
+            TRAIN_PATH,
+            pretrain="# pretrain_network_g: experiments/pretrained_models/pretrain.safetensors",
+        ),
+        _render(
+            TRAIN_OPTIM,
+            ema_decay=r["ema_decay"],
+            ema_power=RESTORE_EMA_POWER,
+            lr=yaml_float(r["lr"]),
+            optim_d="",
+            milestones=_list([int(total * m) for m in r["milestones"]]),
+            gamma=r["gamma"],
+            total_iter=total,
+            warmup_iter=-1,
+        ),
+        _losses(LOSSES_RESTORE, arch, ""),
+        _render(
+            TRAIN_VAL,
+            val_freq=1000,
+            save_img="false",
+            tile_size=0,
+            crop_border=0,  # as hybridmoe evaluate --degraded
+            extra_metrics="",
+            print_freq=100,
+            save_freq=1000,
+        ),
+    ]
+    return "".join(parts)
+
+
+def restore_name(variant: str) -> str:
+    """``1x_HybridMoE_<V>_restore``: experiment name and file stem."""
+    return f"{base_name(1, variant)}_restore"
+
+
 def test_config(scale: int, variant: str) -> str:
     """``test.py`` config running the model on a folder of LR images."""
     return _render(
@@ -680,6 +920,8 @@ def generate() -> dict[str, str]:
             files[f"train/HybridMoE/{stem}_gan.yml"] = train_config(scale, variant, "gan")
             files[f"test/HybridMoE/{stem}.yml"] = test_config(scale, variant)
             files[f"onnx/HybridMoE/{stem}.yml"] = onnx_config(scale, variant)
+    for variant in RESTORE_VARIANTS:
+        files[f"train/HybridMoE/{restore_name(variant)}.yml"] = restore_config(variant)
     return files
 
 

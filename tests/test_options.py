@@ -11,6 +11,7 @@ config loader (``traiNNer.utils.options.yaml_load``: msgspec, unknown keys are e
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -23,11 +24,12 @@ from typing import Any
 
 import compare_training
 import pytest
+import sweep
 import yaml
 
 import hybridmoe_arch
 import hybridmoe_loss
-from hybridmoe import options
+from hybridmoe import degrade, options
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = ROOT / "options"
@@ -62,6 +64,8 @@ def _load(path: Path) -> dict[str, Any]:
 def _kind(path: Path) -> str:
     rel = path.relative_to(OPTIONS).parts
     if rel[0] == "train":
+        if path.stem.endswith("_restore"):
+            return "restore"
         return "gan" if path.stem.endswith("_gan") else "fidelity"
     return rel[0]  # test | onnx
 
@@ -79,7 +83,9 @@ def test_the_expected_files_exist() -> None:
             assert f"train/HybridMoE/{stem}_gan.yml" in rel
             assert f"test/HybridMoE/{stem}.yml" in rel
             assert f"onnx/HybridMoE/{stem}.yml" in rel
-    assert len(rel) == 16 * 4
+    for v in ("Nano", "S"):
+        assert f"train/HybridMoE/1x_HybridMoE_{v}_restore.yml" in rel
+    assert len(rel) == 16 * 4 + 2
 
 
 def test_generator_output_equals_committed_files(tmp_path: Path) -> None:
@@ -131,14 +137,17 @@ def test_option_file_is_consistent(path: Path) -> None:
     assert train_ds["lq_size"] % 8 == 0
     assert train_ds["batch_size_per_gpu"] > 0
     assert train_ds["dataroot_gt"]
-    assert train_ds["dataroot_lq"]
+    # on-the-fly degradations make the LQ from the HR images
+    assert ("dataroot_lq" in train_ds) == (kind != "restore")
     assert cfg["datasets"]["val"]["type"] == "pairedimagedataset"
     assert cfg["val"]["val_enabled"] is True
     assert cfg["val"]["val_freq"] > 0
     metrics = cfg["val"]["metrics"]
     assert metrics["psnr"]["type"] == "calculate_psnr"
     assert metrics["ssim"]["type"] == "calculate_ssim"
-    assert metrics["psnr"]["crop_border"] == scale
+    # restoration is scored with no border cropped, as hybridmoe evaluate --degraded does
+    assert metrics["psnr"]["crop_border"] == (0 if kind == "restore" else scale)
+    assert metrics["ssim"]["crop_border"] == metrics["psnr"]["crop_border"]
     assert cfg["logger"]["save_checkpoint_format"] == "safetensors"
     train = cfg["train"]
     assert train["ema_decay"] > 0
@@ -155,7 +164,8 @@ def test_option_file_is_consistent(path: Path) -> None:
         assert "type" in entry
         assert "loss_weight" in entry
     active = {e["type"]: e for e in losses if float(e["loss_weight"]) != 0}
-    assert hybridmoe_loss.FREQ_LOSS_NAME in active
+    # the measured restoration run had no frequency loss
+    assert (hybridmoe_loss.FREQ_LOSS_NAME in active) == (kind != "restore")
     # the balance loss exactly where the network has MoE layers (it refuses one without)
     has_moe = hybridmoe_arch.FACTORIES[arch](scale=2).num_experts > 0
     assert (hybridmoe_loss.BALANCE_LOSS_NAME in active) == has_moe
@@ -241,6 +251,124 @@ def test_measured_recipe_matches_the_comparison_runs() -> None:
     assert options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
     assert options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
     assert not options.FROM_SCRATCH["l"]["measured"]
+
+
+RESTORE_FILES = [p for p in ALL_FILES if _kind(p) == "restore"]
+
+
+@pytest.mark.parametrize("path", RESTORE_FILES, ids=_id)
+def test_restore_file_is_x1_with_trainner_otf_degradations(path: Path) -> None:
+    """scale 1, traiNNer's RealESRGANModel path (high_order_degradation) with the
+    realesrgandataset, no resize anywhere, the second degradation and sinc filters off."""
+    cfg = _load(path)
+    assert cfg["scale"] == 1
+    assert cfg["name"] == path.stem
+    assert cfg["high_order_degradation"] is True  # build_model picks RealESRGANModel
+    assert cfg.get("dataroot_lq_prob", 0) == 0  # (> 0 would pick RealESRGANPairedModel)
+    train_ds = cfg["datasets"]["train"]
+    assert train_ds["type"] == "realesrgandataset"
+    assert train_ds["batch_size_per_gpu"] > 0
+    assert cfg["queue_size"] % train_ds["batch_size_per_gpu"] == 0  # traiNNer asserts it
+    assert cfg["queue_size"] > train_ds["batch_size_per_gpu"]  # the pool mixes batches
+    for key in ("resize_prob", "resize_prob2"):
+        assert cfg[key] == [0.0, 0.0, 1.0], key  # up, down, keep: always keep
+    assert cfg["resize_mode_list3"] == ["bilinear"]  # same-size resize: an identity
+    assert cfg["resize_mode_prob3"] == [1.0]
+    assert cfg["lq_usm"] is False
+    assert cfg["thicklines_prob"] == 0
+    assert cfg["poisson_scale_range"] == [0.0, 0.0]  # the non-Gaussian noise branch is a no-op
+    # the second degradation: nothing happens
+    assert cfg["blur_prob2"] == 0
+    assert cfg["gaussian_noise_prob2"] == 0
+    assert cfg["noise_range2"] == [0.0, 0.0]
+    assert cfg["poisson_scale_range2"] == [0.0, 0.0]
+    assert cfg["jpeg_prob2"] == 0
+    assert train_ds["sinc_prob"] == 0
+    assert train_ds["final_sinc_prob"] == 0
+
+
+@pytest.mark.parametrize("path", RESTORE_FILES, ids=_id)
+def test_restore_file_degradations_equal_the_restore_preset(path: Path) -> None:
+    """The committed values are those of hybridmoe.degrade.RESTORE (a changed preset without
+    regenerated options fails here)."""
+    cfg = _load(path)
+    train_ds = cfg["datasets"]["train"]
+    preset = degrade.RESTORE
+    assert cfg["blur_prob"] == preset.blur_prob
+    assert train_ds["kernel_list"] == ["aniso"]  # anisotropic Gaussian, any angle
+    assert train_ds["kernel_prob"] == [1.0]
+    assert train_ds["blur_sigma"] == list(preset.blur_sigma)
+    side = degrade.kernel_size(preset.blur_sigma[1])
+    assert train_ds["kernel_range"] == [side, side]
+    assert cfg["gaussian_noise_prob"] == preset.noise_prob
+    assert cfg["noise_range"] == list(preset.noise_sigma)  # both on the 0-255 scale
+    assert cfg["gray_noise_prob"] == preset.noise_gray_prob
+    assert cfg["jpeg_prob"] == preset.jpeg_prob
+    assert cfg["jpeg_range"] == list(preset.jpeg_quality)
+
+
+@pytest.mark.parametrize("path", RESTORE_FILES, ids=_id)
+def test_restore_file_carries_the_measured_restoration_recipe(path: Path) -> None:
+    """The training values are those of the measured x1 restoration run (sweep.py RECIPE,
+    10,000 iterations, Charbonnier only), and the header says so."""
+    text = path.read_text(encoding="utf-8")
+    header = text.split("#####", 1)[0]
+    assert "MEASURED recipe" in header
+    assert "NOT MEASURED YET" not in text
+    assert "Approximate:" in header  # names what traiNNer's options cannot match exactly
+    cfg = _load(path)
+    recipe = sweep.RECIPE
+    assert cfg["use_amp"] is True
+    assert cfg["amp_bf16"] is True
+    train_ds = cfg["datasets"]["train"]
+    assert train_ds["batch_size_per_gpu"] == recipe["batch"] == 16
+    assert train_ds["accum_iter"] == 1
+    assert train_ds["lq_size"] == 64
+    assert train_ds["use_hflip"] is True
+    assert train_ds["use_rot"] is True
+    train = cfg["train"]
+    assert train["optim_g"]["type"] == "AdamW"
+    assert train["optim_g"]["lr"] == recipe["lr"] == 5e-4
+    assert tuple(train["optim_g"]["betas"]) == recipe["betas"] == (0.9, 0.99)
+    assert train["optim_g"]["weight_decay"] == 0
+    assert train["ema_decay"] == recipe["ema_decay"] == 0.999
+    assert train["warmup_iter"] == -1
+    total = train["total_iter"]
+    assert total == 10_000
+    assert train["scheduler"]["milestones"] == [int(total * m) for m in recipe["milestones"]]
+    assert train["scheduler"]["milestones"] == [5000, 7500]
+    assert train["scheduler"]["gamma"] == recipe["gamma"]
+    weights = {e["type"]: e["loss_weight"] for e in train["losses"]}
+    expected = {"charbonnierloss": 1.0}
+    if hybridmoe_arch.FACTORIES[cfg["network_g"]["type"]](scale=1).num_experts:
+        expected[hybridmoe_loss.BALANCE_LOSS_NAME] = recipe["balance_weight"]
+    assert weights == expected
+
+
+def test_restore_template_follows_the_preset_it_is_generated_from() -> None:
+    """make-options writes the preset's values, not copies of them."""
+    changed = dataclasses.replace(
+        degrade.RESTORE, blur_prob=0.25, noise_sigma=(2.0, 9.0), jpeg_quality=(50, 90)
+    )
+    cfg = yaml.safe_load(options.restore_config("s", changed))
+    assert cfg["blur_prob"] == 0.25
+    assert cfg["noise_range"] == [2.0, 9.0]
+    assert cfg["jpeg_range"] == [50, 90]
+    assert cfg["datasets"]["train"]["blur_sigma"] == list(changed.blur_sigma)
+    default = yaml.safe_load(options.restore_config("s"))
+    assert {k for k in cfg if cfg[k] != default[k]} == {"blur_prob", "noise_range", "jpeg_range"}
+
+
+def test_make_options_check_reports_a_stale_restore_template(tmp_path: Path) -> None:
+    """--check exits 0 on a fresh copy and 1 naming the file once a restore file differs."""
+    options.write(tmp_path)
+    assert options.main(["--check", "--out", str(tmp_path)]) == 0
+    stale = tmp_path / "train" / "HybridMoE" / "1x_HybridMoE_S_restore.yml"
+    text = stale.read_text(encoding="utf-8")
+    assert "\njpeg_prob: 0.7\n" in text
+    stale.write_text(text.replace("\njpeg_prob: 0.7\n", "\njpeg_prob: 0.5\n"), encoding="utf-8")
+    assert options.diff(tmp_path) == ["differs: train/HybridMoE/1x_HybridMoE_S_restore.yml"]
+    assert options.main(["--check", "--out", str(tmp_path)]) == 1
 
 
 def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> None:
