@@ -13,6 +13,12 @@ to a temporary folder and our files are installed there with hybridmoe install-t
     run tools (folder ``TRAINNER_TOOLS``, default ``.ref/tools``; it lets train.py run without
     CUDA and turns a crash inside the training loop, which train.py exits 0 from, into exit 3);
     the data set is built with that folder's ``make_tiny_dataset.py`` from tests/data.
+(c) ``train.py`` on our ×1 restoration template ``1x_HybridMoE_Nano_restore.yml`` made
+    CPU-sized: traiNNer-redux's on-the-fly degradations (RealESRGANDataset + RealESRGANModel)
+    make the LQ from HR-only crops, validation on a ``hybridmoe make-degraded`` copy of two Set5
+    images. RealESRGANModel is CUDA-only as written, so the run goes through
+    ``tests/trainner_cpu_otf.py`` (its docstring names the two CUDA dependencies and the CPU
+    stand-ins) in front of ``train_shim.py``.
 """
 
 from __future__ import annotations
@@ -336,3 +342,181 @@ def test_test_py_on_the_checkpoint(workcopy: Path, trained: dict[str, Any]) -> N
     assert psnr, log[-2000:]
     assert 15.0 < float(psnr[-1]) < 50.0
     assert list(results.rglob("*.png")), "test.py wrote no image"
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) train.py on the x1 restoration template (traiNNer-redux's on-the-fly degradations)
+# ---------------------------------------------------------------------------------------------
+
+RESTORE_NAME = "hmoe_nano_x1_restore_cpu_smoke"
+RESTORE_ITERS = 4
+RESTORE_BATCH = 2
+RESTORE_LQ = 32
+RESTORE_TRAIN = ("t1.png", "t13.png", "t15.png", "t19.png")  # HR only: LQ is made on the fly
+RESTORE_VAL = ("butterfly.png", "head.png")
+CPU_OTF = ROOT / "tests" / "trainner_cpu_otf.py"
+
+
+@pytest.fixture(scope="module")
+def restore_data(workcopy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """datasets/restore/train/hr (HR crops source) and val/set/{HR,LQ} from make-degraded."""
+    out = workcopy / "datasets" / "restore"
+    hr = out / "train" / "hr"
+    hr.mkdir(parents=True)
+    for name in RESTORE_TRAIN:
+        shutil.copy(TEST_DATA / "T91_sample" / name, hr / name)
+    src = tmp_path_factory.mktemp("restore_val") / "HR"
+    src.mkdir()
+    for name in RESTORE_VAL:
+        shutil.copy(TEST_DATA / "Set5" / "HR" / name, src / name)
+    proc = sh(
+        [sys.executable, "-m", "hybridmoe", "make-degraded", str(src),
+         "--out", str(out / "val"), "--name", "set", "--seed", "0"],
+        ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, tail(proc)
+    for sub in ("HR", "LQ"):
+        assert sorted(p.name for p in (out / "val" / "set" / sub).iterdir()) == list(RESTORE_VAL)
+    return out
+
+
+def restore_config() -> dict[str, Any]:
+    """Our x1 nano restoration template, made CPU-sized (both pool branches run in 4 iterations)."""
+    cfg = yaml.safe_load(
+        (ROOT / "options/train/HybridMoE/1x_HybridMoE_Nano_restore.yml").read_text()
+    )
+    assert cfg["high_order_degradation"] is True, "the template no longer uses the OTF pipeline"
+    cfg.update(
+        name=RESTORE_NAME,
+        num_gpu=0,
+        use_amp=False,
+        amp_bf16=False,
+        use_channels_last=False,
+        use_compile=False,
+        manual_seed=1024,
+        # the pool fills in 2 iterations, then iterations 3-4 swap batches with it
+        queue_size=2 * RESTORE_BATCH,
+        # traiNNer saves every LQ/GT batch it trains on to debug/otf
+        high_order_degradations_debug=True,
+        high_order_degradations_debug_limit=RESTORE_ITERS,
+    )
+    cfg["datasets"]["train"].update(
+        dataroot_gt=["datasets/restore/train/hr"],
+        lq_size=RESTORE_LQ,
+        batch_size_per_gpu=RESTORE_BATCH,
+        num_worker_per_gpu=0,
+        pin_memory=False,
+        persistent_workers=False,
+        prefetch_factor=None,
+    )
+    cfg["datasets"]["val"].update(
+        dataroot_gt=["datasets/restore/val/set/HR"],
+        dataroot_lq=["datasets/restore/val/set/LQ"],
+        pin_memory=False,
+    )
+    cfg["train"].update(total_iter=RESTORE_ITERS, warmup_iter=-1)
+    cfg["train"]["scheduler"]["milestones"] = [1000]
+    cfg["val"].update(val_freq=1000, save_img=False)  # once, after training
+    cfg["logger"].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def restored(workcopy: Path, restore_data: Path) -> dict[str, Any]:
+    """One real train.py run of the restoration template through the CPU OTF runner."""
+    tools = need_tools()
+    cfg_rel = write_config(workcopy, restore_config(), "cpu_restore_smoke")
+    stats = workcopy / "shim_train_restore.json"
+    proc = sh(
+        [sys.executable, str(CPU_OTF), str(tools / "train_shim.py"), "train.py", "-opt", cfg_rel],
+        workcopy,
+        env={"TRAINNER_SHIM_STATS": str(stats)},
+    )
+    info = json.loads(stats.read_text()) if stats.is_file() else {}
+    exp = workcopy / "experiments" / RESTORE_NAME
+    logs = sorted(exp.glob("train_*.log"))
+    return {
+        "proc": proc,
+        "info": info,
+        "exp": exp,
+        "log": logs[-1].read_text() if logs else "",
+        "otf": workcopy / "debug" / "otf",
+    }
+
+
+def psnr_u8(a: Any, b: Any) -> float:
+    """PSNR in dB of two uint8 arrays (inf when identical)."""
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
+def test_restore_template_trains_with_otf_degradations(restored: dict[str, Any]) -> None:
+    proc, info, log = restored["proc"], restored["info"], restored["log"]
+    assert proc.returncode == 0, tail(proc)
+    assert info.get("exit_code") == 0, info
+    assert info.get("exceptions_logged") == 0, info
+    assert "[cpu_otf]" in proc.stderr
+    assert "End of training" in log
+    # traiNNer's on-the-fly path: HR-only dataset, LQ synthesised by RealESRGANModel
+    assert "Dataset [bold]RealESRGANDataset[/bold] - Train Dataset is built" in log
+    assert "Model [bold]RealESRGANModel[/bold] is created" in log
+    assert "Network [bold]HybridMoE[/bold]({'scale': 1})" in log
+    assert re.search(rf"HR crop size:\s+{RESTORE_LQ}\s+LR crop size:\s+{RESTORE_LQ}\b", log), log
+    loss = [float(v) for v in re.findall(r"l_g_charbonnier: ([0-9.eE+-]+)", log)]
+    assert len(loss) == RESTORE_ITERS, loss
+    assert all(0 < v < 1 for v in loss), loss
+    psnr = re.findall(r"# psnr : ([0-9.]+)", log)
+    assert psnr, "no validation PSNR in the log"
+    assert 15.0 < float(psnr[-1]) < 50.0
+
+
+def test_restore_training_pairs_are_degraded_at_scale_1(restored: dict[str, Any]) -> None:
+    """The LQ/GT batches traiNNer trained on (its debug/otf tiles): same size, LQ degraded."""
+    import numpy as np
+    from PIL import Image
+
+    assert restored["proc"].returncode == 0, tail(restored["proc"])
+    otf = restored["otf"]
+    values = []
+    for i in range(1, RESTORE_ITERS + 1):
+        lq = np.asarray(Image.open(otf / f"{i:06d}_otf_lq.png").convert("RGB"))
+        gt = np.asarray(Image.open(otf / f"{i:06d}_otf_gt.png").convert("RGB"))
+        # a batch is saved as one row of tiles: x1 means LQ and GT have the same size
+        assert lq.shape == gt.shape == (RESTORE_LQ, RESTORE_BATCH * RESTORE_LQ, 3), i
+        values.append(psnr_u8(lq, gt))
+    # each stage is on or off per batch: a clean batch has p = 0.5 * 0.3 * 0.3 (no blur, noise,
+    # JPEG); the degraded ones are far from GT but not garbage (RESTORE: ~22-40 dB)
+    degraded = [v for v in values if v < 40.0]
+    assert len(degraded) >= RESTORE_ITERS // 2, values
+    assert all(v > 15.0 for v in values), values
+
+
+def test_restore_checkpoint_is_a_scale1_hybridmoe(restored: dict[str, Any]) -> None:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import hybridmoe_arch
+    from hybridmoe.checkpoint import load_checkpoint
+
+    models = restored["exp"] / "models"
+    assert restored["proc"].returncode == 0, tail(restored["proc"])
+    for it in (2, RESTORE_ITERS):
+        assert (models / f"net_g_ema_{it}.safetensors").is_file()
+        assert (restored["exp"] / "training_states" / f"{it}.state").is_file()
+    path = models / "net_g_ema_latest.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    hp = json.loads(meta["metadata"])
+    assert hp["scale"] == 1
+    hybridmoe_arch.hybridmoe_nano(scale=1).load_state_dict(load_file(str(path)), strict=True)
+    desc = load_checkpoint(path)  # through spandrel
+    assert desc.architecture.id == "HybridMoE"
+    assert desc.scale == 1
+    x = torch.rand(1, 3, 20, 14)
+    with torch.no_grad():
+        out = desc.model(x)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
