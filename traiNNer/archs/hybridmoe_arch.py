@@ -1616,7 +1616,9 @@ class HybridMoE(nn.Module):
 # nano and s: all compute in a x1 trunk of re-param 3x3 blocks (fused: plain dense 3x3 convs,
 # the most arithmetic per millisecond) over a fixed bicubic base, no texture head (fewest
 # kernels); measured ahead of Compact at 0.6-0.7x its latency (nano) and ahead of every
-# three-level layout per millisecond (docs/ABLATIONS.md). m and l: the full three-level design.
+# three-level layout per millisecond (docs/ABLATIONS.md). s is wide rather than deep: 12 blocks
+# of 96 beat 24 blocks of 64 at both scales and run faster (96 channels fill the tensor cores
+# better). m and l: the full three-level design.
 _TRUNK: dict[str, Any] = {
     "levels": 1,
     "hf_blocks": (0, 0, 0),
@@ -1630,7 +1632,7 @@ _TRUNK: dict[str, Any] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "hybridmoe_nano": {**_TRUNK, "dim": 64, "enc_blocks": (5, 0, 0), "dec_blocks": (5, 0)},
-    "hybridmoe_s": {**_TRUNK, "dim": 64, "enc_blocks": (12, 0, 0), "dec_blocks": (12, 0)},
+    "hybridmoe_s": {**_TRUNK, "dim": 96, "enc_blocks": (6, 0, 0), "dec_blocks": (6, 0)},
     "hybridmoe_m": {
         "dim": 48,
         "enc_blocks": (3, 2, 2),
@@ -1686,7 +1688,7 @@ hybridmoe_nano = _factory(
     "hybridmoe_nano", "Real-time size: a x1 trunk of 10 re-param 3x3 blocks (dim 64), no MoE."
 )
 hybridmoe_s = _factory(
-    "hybridmoe_s", "Small size: a x1 trunk of 24 re-param 3x3 blocks (dim 64), no MoE."
+    "hybridmoe_s", "Small size: a x1 trunk of 12 re-param 3x3 blocks (dim 96), no MoE."
 )
 hybridmoe_m = _factory("hybridmoe_m", "Medium size (dim 48).")
 hybridmoe_l = _factory("hybridmoe_l", "Large, quality-first size (dim 64, window 16, detail MoE).")
