@@ -12,24 +12,27 @@ from hybridmoe.evaluate import evaluate_set
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = sorted((ROOT / "experiments" / "pretrained_models").glob("*.safetensors"))
+SR_WEIGHTS = [p for p in WEIGHTS if not p.stem.startswith("1x_")]  # super-resolution
+RESTORE_WEIGHTS = [p for p in WEIGHTS if p.stem.startswith("1x_")]  # x1 restoration
 # Set5 Y-PSNR gain over MATLAB bicubic measured with hybridmoe evaluate (docs/BENCHMARKS.md);
 # the assertion keeps a margin below it
 MIN_GAIN_DB = {2: 2.0, 4: 1.0}
 
 
-def test_all_four_models_are_shipped() -> None:
+def test_all_models_are_shipped() -> None:
     names = {p.stem for p in WEIGHTS}
     assert names == {
         "2x_HybridMoE_Nano",
         "4x_HybridMoE_Nano",
         "2x_HybridMoE_S",
         "4x_HybridMoE_S",
+        "1x_HybridMoE_Nano_Restore",
     }
     for p in WEIGHTS:
         assert (p.parent / f"{p.stem}.md").is_file(), f"model card missing for {p.name}"
 
 
-@pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SR_WEIGHTS, ids=lambda p: p.stem)
 @pytest.mark.usefixtures("one_thread")
 def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
     desc = C.load_checkpoint(path)
@@ -44,7 +47,7 @@ def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
     assert gain > MIN_GAIN_DB[scale], (path.name, res["model"], res["bicubic"])
 
 
-@pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SR_WEIGHTS, ids=lambda p: p.stem)
 @pytest.mark.usefixtures("one_thread")
 def test_pretrained_matches_its_model_card(path: Path, set5_dir: Path) -> None:
     """Set5 Y-PSNR of every shipped model equals its card's number (±0.01 dB, the card rounds
@@ -99,3 +102,36 @@ def test_shipped_onnx_matches_the_checkpoint(path: Path) -> None:
     out = sess.run(None, {"input": x.numpy().astype(np.float16)})[0].astype(np.float32)
     assert out.shape == ref.shape == (1, 3, 37 * int(path.stem[0]), 45 * int(path.stem[0]))
     assert float(np.abs(out - ref).max()) < 0.02
+
+
+def _card_set5(path: Path) -> float:
+    card = (path.parent / f"{path.stem}.md").read_text(encoding="utf-8")
+    row = next(line for line in card.splitlines() if line.startswith("| Set5 |"))
+    return float(row.split("|")[-2].strip().strip("*").split("/")[0])  # last column
+
+
+@pytest.mark.parametrize("path", RESTORE_WEIGHTS, ids=lambda p: p.stem)
+@pytest.mark.usefixtures("one_thread")
+def test_restoration_model_matches_its_card_on_degraded_set5(path: Path, tmp_path: Path) -> None:
+    """The x1 restoration model, on Set5 degraded with the card's preset and seed (hybridmoe
+    make-degraded, seed 0), gives the card's Y-PSNR (±0.02 dB) and is well above the degraded
+    input: a change to the network or to the degradations cannot pass unnoticed."""
+    from hybridmoe import degrade
+    from hybridmoe.degraded_sets import make_set
+    from hybridmoe.evaluate import evaluate_degraded_set
+
+    desc = C.load_checkpoint(path)
+    assert desc.scale == 1 and desc.purpose == "Restoration"
+    assert "nano" in desc.tags
+    make_set(
+        "Set5",
+        ROOT / "tests" / "data" / "Set5" / "HR",
+        tmp_path,
+        cfg=degrade.RESTORE,
+        preset="restore",
+        seed=0,
+    )
+    res = evaluate_degraded_set(tmp_path / "Set5", desc)
+    assert res["images"] == 5
+    assert abs(res["model"]["psnr"] - _card_set5(path)) <= 0.02, (res["model"], _card_set5(path))
+    assert res["model"]["psnr"] - res["input"]["psnr"] > 2.0, res
