@@ -60,7 +60,11 @@ def degrade_image(
     img: np.ndarray, cfg: degrade.Degradation, seed: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Degrade a uint8 ``(H, W)`` or ``(H, W, 3)`` image with a generator seeded by ``seed``;
-    returns the uint8 result (same shape) and the parameters drawn."""
+    returns the uint8 result (same shape) and the parameters drawn.
+
+    Unlike a training batch, an evaluation image always gets at least one stage: a draw with
+    every stage off is drawn again from the same generator (``redraws`` in the parameters),
+    so an image whose first draw has a stage is degraded exactly as before."""
     grey = img.ndim == 2
     rgb = np.repeat(img[:, :, None], 3, axis=2) if grey else img
     if rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -68,6 +72,11 @@ def degrade_image(
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None] / 255
     gen = torch.Generator().manual_seed(seed)
     params = degrade.sample_params(1, cfg, gen)
+    redraws = 0
+    while not _any_stage(params) and _any_stage_possible(cfg) and redraws < MAX_REDRAWS:
+        # an evaluation image left clean would score an infinite input PSNR: draw again
+        params = degrade.sample_params(1, cfg, gen)
+        redraws += 1
     try:
         y = degrade.apply_params(x, params, gen)[0]
     except ValueError as exc:
@@ -75,7 +84,23 @@ def degrade_image(
     out = y.permute(1, 2, 0).double().numpy() * 255.0
     if grey:
         out = out @ LUMA
-    return np.clip(np.round(out), 0, 255).astype(np.uint8), params.describe(0)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), {
+        **params.describe(0),
+        "redraws": redraws,
+    }
+
+
+MAX_REDRAWS = 1000
+"""Draws allowed for an image to get at least one stage (any preset with a non-zero stage
+probability gets one long before this)."""
+
+
+def _any_stage(p: degrade.DegradeParams) -> bool:
+    return bool(p.blur[0] or p.noise[0] or p.jpeg[0])
+
+
+def _any_stage_possible(cfg: degrade.Degradation) -> bool:
+    return cfg.blur_prob > 0 or cfg.noise_prob > 0 or cfg.jpeg_prob > 0
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:

@@ -133,3 +133,28 @@ def test_evaluate_degraded_refusals(
     assert "no degraded sets" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main([str(x1), "--degraded", str(degraded), "--bicubic-only"])
+
+
+def test_every_evaluation_image_gets_at_least_one_stage() -> None:
+    """A draw with every stage off is drawn again (a clean copy would score an infinite input
+    PSNR and make the set's mean meaningless); a first draw with a stage is kept as it was."""
+    from hybridmoe import degrade
+    from hybridmoe.degraded_sets import degrade_image
+
+    img = np.asarray(Image.open(DATA / "Set5" / "HR" / "bird.png").convert("RGB"))[:24, :24]
+    rare = degrade.Degradation(
+        blur_prob=0.05, blur_sigma=(0.5, 1.0), noise_prob=0.05, noise_sigma=(5.0, 10.0),
+        noise_gray_prob=0.0, jpeg_prob=0.05, jpeg_quality=(50, 60),
+    )  # fmt: skip
+    redrawn = 0
+    for seed in range(40):
+        lq, params = degrade_image(img, rare, seed)
+        assert any(params[k] is not None for k in ("blur", "noise", "jpeg")), params
+        assert not np.array_equal(lq, img)
+        redrawn += params["redraws"] > 0
+    assert redrawn > 30  # with 5 % per stage, most first draws have no stage
+    for seed in range(20):  # the shipped preset: images whose first draw has a stage keep it
+        _, params = degrade_image(img, degrade.RESTORE, seed)
+        first = degrade.sample_params(1, degrade.RESTORE, torch.Generator().manual_seed(seed))
+        if params["redraws"] == 0:
+            assert params == {**first.describe(0), "redraws": 0}
