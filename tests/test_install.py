@@ -88,7 +88,9 @@ def test_install_check_uninstall_cycle(checkout: Path) -> None:
     r = run("install", str(checkout))
     assert r.returncode == 0, r.stderr
     entries = it.plan()
-    assert len(entries) == 2 + 16 * 4  # code + train (fidelity, gan), test, onnx templates
+    # code + train (fidelity, gan), test, onnx templates + the x1 restore templates (nano, s)
+    assert len(entries) == 2 + 16 * 4 + 2
+    assert sum(e.dest.endswith("_restore.yml") for e in entries) == 2
     for e in entries:
         dest = checkout / e.dest
         assert dest.is_file()
