@@ -139,6 +139,11 @@ def gaussian_blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any = 0.0)
     reflected (the image must be larger than half the kernel on each side).
     """
     _check_batch(x)
+    return _blur(x, sigma_x, sigma_y, theta)
+
+
+def _blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any) -> torch.Tensor:
+    """:func:`gaussian_blur` without the scan of ``x``'s values (the pipeline checks once)."""
     n, ch, h, w = x.shape
     sx = _per_image(sigma_x, n, x.device, "sigma_x")
     sy = _per_image(sigma_y, n, x.device, "sigma_y")
@@ -186,6 +191,17 @@ def add_noise(
     numbers are drawn on the generator's device and moved to ``x``'s.
     """
     _check_batch(x)
+    return _noise(x, sigma, gray_prob, generator, gray)
+
+
+def _noise(
+    x: torch.Tensor,
+    sigma: Any,
+    gray_prob: float,
+    generator: torch.Generator | None,
+    gray: Any,
+) -> torch.Tensor:
+    """:func:`add_noise` without the scan of ``x``'s values (the pipeline checks once)."""
     n = x.shape[0]
     s = _per_image(sigma, n, x.device, "sigma")
     if (s < 0).any():
@@ -277,6 +293,11 @@ def jpeg(x: torch.Tensor, quality: Any) -> torch.Tensor:
     multiple of 16 by edge replication and cropped back. Returns float values ``k / 255``.
     """
     _check_batch(x)
+    return _jpeg(x, quality)
+
+
+def _jpeg(x: torch.Tensor, quality: Any) -> torch.Tensor:
+    """:func:`jpeg` without the scan of ``x``'s values (the pipeline checks once)."""
     n, _, h, w = x.shape
     tables = quant_tables(quality, x.device)
     if tables.shape[0] == 1:
@@ -438,13 +459,13 @@ def apply_params(
     idx = p.blur.to(dev).nonzero().flatten()
     if idx.numel():
         sx, sy, th = (t.to(dev)[idx] for t in (p.sigma_x, p.sigma_y, p.theta))
-        x[idx] = gaussian_blur(x[idx], sx, sy, th)
+        x[idx] = _blur(x[idx], sx, sy, th)
     sigma = torch.where(p.noise, p.noise_sigma, torch.zeros_like(p.noise_sigma))
-    x = add_noise(x, sigma, generator=generator, gray=p.gray)
+    x = _noise(x, sigma, 0.0, generator, p.gray)
     x = (x.clamp(0, 1) * 255).round() / 255
     idx = p.jpeg.to(dev).nonzero().flatten()
     if idx.numel():
-        x[idx] = jpeg(x[idx], p.quality.to(dev)[idx])
+        x[idx] = _jpeg(x[idx], p.quality.to(dev)[idx])
     return x
 
 
@@ -454,7 +475,7 @@ def degrade_batch(
     """The degraded (LQ) version of ``hr`` ``(N, 3, H, W)`` in [0, 1], same size (x1).
 
     Parameters and noise come from ``generator`` (CPU or on the images' device); the same
-    generator state reproduces the batch exactly on the same device.
+    generator state reproduces the batch exactly on the same device. ``hr`` is checked once
+    (shape, dtype, finite values in [0, 1]), by :func:`apply_params`.
     """
-    _check_batch(hr, "hr")
     return apply_params(hr, sample_params(hr.shape[0], cfg, generator), generator)
