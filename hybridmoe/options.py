@@ -193,7 +193,7 @@ find_unused_parameters: false
 $seed
 """
 
-TRAIN_DATASETS = """
+DATASETS_HEAD = """
 ########################################################################################################################
 # Dataset and Dataloader Settings
 # https://trainner-redux.readthedocs.io/en/latest/config_reference.html#dataset-options-datasets-train-and-datasets-val
@@ -202,6 +202,35 @@ datasets:
   # Settings for the training dataset.
   train:
     name: Train Dataset
+"""
+"""The start of the ``datasets`` section, up to the training set's name."""
+
+TRAIN_LOADER = """\
+    use_hflip: true  # Randomly flip the images horizontally.
+    use_rot: true  # Randomly rotate the images.
+
+    num_worker_per_gpu: $workers
+    batch_size_per_gpu: $batch_size  # Use multiple of 8 for best performance with AMP.
+    accum_iter: 1  # Gradient accumulation: effective batch = accum_iter * batch_size_per_gpu.
+"""
+"""Flips, workers, batch size: the end of every training set."""
+
+VAL_PAIRED = """\
+  val:
+    name: Val Dataset
+    type: pairedimagedataset
+    dataroot_gt: [
+      $val_gt
+    ]
+    dataroot_lq: [
+      $val_lq
+    ]
+"""
+"""A validation set of HR/LQ pairs."""
+
+TRAIN_DATASETS = (
+    DATASETS_HEAD
+    + """\
     type: pairedimagedataset
     # Path to the HR (high res) images in your training dataset. Specify one or multiple folders.
     dataroot_gt: [
@@ -213,23 +242,11 @@ datasets:
     ]
 
     lq_size: $lq_size  # $lq_note
-    use_hflip: true  # Randomly flip the images horizontally.
-    use_rot: true  # Randomly rotate the images.
-
-    num_worker_per_gpu: $workers
-    batch_size_per_gpu: $batch_size  # Use multiple of 8 for best performance with AMP.
-    accum_iter: 1  # Gradient accumulation: effective batch = accum_iter * batch_size_per_gpu.
-  # Settings for your validation dataset.
-  val:
-    name: Val Dataset
-    type: pairedimagedataset
-    dataroot_gt: [
-      $val_gt
-    ]
-    dataroot_lq: [
-      $val_lq
-    ]
 """
+    + TRAIN_LOADER
+    + "  # Settings for your validation dataset.\n"
+    + VAL_PAIRED
+)
 
 NETWORK_G = """
 #####################################################################
@@ -432,15 +449,9 @@ resize_mode_prob3: [1.0]
 queue_size: $queue_size  # Pool of training pairs ($queue_batches batches); a multiple of the batch.
 """
 
-RESTORE_DATASETS = """
-########################################################################################################################
-# Dataset and Dataloader Settings
-# https://trainner-redux.readthedocs.io/en/latest/config_reference.html#dataset-options-datasets-train-and-datasets-val
-########################################################################################################################
-datasets:
-  # Settings for the training dataset.
-  train:
-    name: Train Dataset
+RESTORE_DATASETS = (
+    DATASETS_HEAD
+    + """\
     type: realesrgandataset
     # Path to the HR (high res) images; the LQ images are made from them on the fly.
     dataroot_gt: [
@@ -457,24 +468,14 @@ datasets:
     final_sinc_prob: 0.0
 
     lq_size: $lq_size  # Square crop; at x1 the LQ and HR crops are the same size.
-    use_hflip: true  # Randomly flip the images horizontally.
-    use_rot: true  # Randomly rotate the images.
-
-    num_worker_per_gpu: $workers
-    batch_size_per_gpu: $batch_size  # Use multiple of 8 for best performance with AMP.
-    accum_iter: 1  # Gradient accumulation: effective batch = accum_iter * batch_size_per_gpu.
+"""
+    + TRAIN_LOADER
+    + """\
   # Validation: a fixed-seed degraded copy of Set14 (hybridmoe make-degraded --out
   # datasets/restore_eval --seed 0 writes <set>/HR and <set>/LQ).
-  val:
-    name: Val Dataset
-    type: pairedimagedataset
-    dataroot_gt: [
-      $val_gt
-    ]
-    dataroot_lq: [
-      $val_lq
-    ]
 """
+    + VAL_PAIRED
+)
 
 LOSSES_RESTORE = """\
     # Charbonnier loss (the loss of the measured run)
