@@ -195,7 +195,11 @@ def _from_keys(sd: dict[str, Tensor]) -> dict[str, Any]:
     gated_any = any_key(r"^((lf1|dec1)\.\d+\.pw1|hf\d\.\d+\.mix)\.weight$")
     return {
         "levels": 1 + int("lf_down1.weight" in sd) + int("lf_down2.weight" in sd),
-        "conv_block": "rep3" if any_key(r"^(lf1|dec1)\.\d+\.conv\.") else "gated",
+        "conv_block": "rep3"
+        if any_key(r"^(lf1|dec1)\.\d+\.conv\.")
+        else "rep3res"
+        if any_key(r"^(lf1|dec1)\.\d+\.branch\.")
+        else "gated",
         "hf_block": "rep3" if any_key(r"^hf\d\.\d+\.conv\.") else "plk",
         "gate_norm": gated_norm or not gated_any,  # versions 1, 2 (version 3 records it)
         "enc_blocks": (_seq_len(sd, "lf1."), _seq_len(sd, "lf2."), _seq_len(sd, "lf3.")),

@@ -141,6 +141,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "trunk96x12_lean": _trunk(96, 12, base="bicubic", texture_head=False),
     "trunk96x16_lean": _trunk(96, 16, base="bicubic", texture_head=False),
     "trunk128x24_lean": _trunk(128, 24, base="bicubic", texture_head=False),
+    # ---- residual re-param blocks (x + SiLU(conv x)): do deep trunks start faster?
+    **{
+        f"trunk{d}x{n}_res": _trunk(d, n, base="bicubic", texture_head=False, conv_block="rep3res")
+        for d, n in ((96, 12), (96, 16), (128, 24))
+    },
 }
 """Our configurations (``HybridMoE`` options); the scale is given per run."""
 

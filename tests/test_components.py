@@ -155,6 +155,7 @@ SWITCHES = [
     {"base": "none"},
     {"base": "bicubic"},
     {"conv_block": "rep3"},
+    {"conv_block": "rep3res"},
     {"hf_block": "rep3"},
     {"levels": 2},
     {"levels": 1},
@@ -255,3 +256,21 @@ def test_a_nonfinite_input_pixel_stays_local() -> None:
         assert torch.isfinite(y2).all()
         far = (slice(None), slice(None), slice(30, None), slice(30, None))
         assert (y2 - y)[far].abs().max() < 0.5  # the rest of the image is still an image
+
+
+def test_residual_rep_blocks_start_near_the_identity_and_fuse() -> None:
+    """A deep stack of residual re-param blocks passes its input through nearly unchanged at
+    initialization (the plain blocks of the same depth do not), and fuses exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 16, 16)
+    plain = torch.nn.Sequential(*[A.RepConvBlock(32, False) for _ in range(24)])
+    residual = torch.nn.Sequential(*[A.RepConvResBlock(32, False) for _ in range(24)])
+    with torch.no_grad():
+        rel_plain = ((plain(x) - x).norm() / x.norm()).item()
+        y = residual(x)
+        rel_res = ((y - x).norm() / x.norm()).item()
+        for m in residual.modules():
+            if isinstance(m, A.RepConv):
+                m.fuse()
+        assert torch.allclose(residual(x), y, atol=1e-5)
+    assert rel_res < 0.5 < rel_plain

@@ -77,6 +77,18 @@ OPTIONS: dict[str, dict[str, Any]] = {
     # count; the model has none, so no "…e-top…" tag)
     "no-mid-no-dec2": {"mid_blocks": 0, "dec_blocks": (1, 0), "num_experts": 5},
     "moe-off-6e-top1": {"use_moe": False, "num_experts": 6, "top_k": 1},
+    "rep3res": {"conv_block": "rep3res"},
+    "rep3res-trunk": {
+        "levels": 1,
+        "use_hf": False,
+        "conv_block": "rep3res",
+        "enc_blocks": (2, 0, 0),
+        "hf_blocks": (0, 0, 0),
+        "mid_blocks": 0,
+        "dec_blocks": (2, 0),
+        "global_mixer": "none",
+        "scale": 2,
+    },
     "everything": {
         "freq_split": "fft",
         "global_mixer": "ssm",

@@ -66,7 +66,7 @@ BASE_CHOICES = ("mks2021", "bicubic", "none")
 SPLIT_CHOICES = ("laplacian", "fft")
 MIXER_CHOICES = ("fourier", "ssm", "none")
 UPSAMPLER_CHOICES = ("pixelshuffle", "dysample")
-CONV_BLOCK_CHOICES = ("gated", "rep3")
+CONV_BLOCK_CHOICES = ("gated", "rep3", "rep3res")
 HF_BLOCK_CHOICES = ("plk", "rep3")
 SHIFT_CHOICES = ("stage", "alternate", "none")
 
@@ -135,6 +135,7 @@ MLP_RATIO_MAX = META_FIELD["mlp_ratio"].high / META_FIELD["mlp_ratio"].unit
 """Largest ``mlp_ratio`` the meta can record (the constructor refuses larger ones)."""
 RENAMED_PREFIXES = {"lf3_global.": "global_block.", "refine_moe.moe.": "refine_moe.ffn."}
 """Module paths renamed since earlier checkpoints (old prefix -> new); loading maps them."""
+RES_INIT_STD = 1e-3  # initial weights of the residual re-param blocks (near-identity start)
 HEAD_KERNEL = 5  # depthwise re-param kernel of the texture head (fast path in cuDNN)
 DENSE_MOE_MAX_SLOTS = 1 << 18  # "auto" MoE dispatch: dense below tokens × experts = 262144
 SSM_STATE, SSM_HEAD_DIM = 16, 16  # selective scan: state size, channels per head
@@ -428,8 +429,8 @@ class RepConv(nn.Module):
     """Re-parameterizable ``k×k`` convolution without bias: (N,Cin,H,W) -> (N,Cout,H,W).
 
     Training form: ``k×k`` + ``3×3`` (when ``k > 3``) + ``1×1`` branches, plus identity when
-    ``Cin == Cout``. Deploy form (:meth:`fuse`): one ``k×k`` convolution with the summed kernel,
-    which gives the same output up to float rounding.
+    ``Cin == Cout`` and ``identity`` is set. Deploy form (:meth:`fuse`): one ``k×k``
+    convolution with the summed kernel, which gives the same output up to float rounding.
     """
 
     def __init__(
@@ -440,11 +441,12 @@ class RepConv(nn.Module):
         *,
         groups: int = 1,
         bias: bool = False,
+        identity: bool = True,
         deploy: bool = False,
     ) -> None:
         super().__init__()
         self.cin, self.cout, self.k, self.groups = cin, cout, kernel_size, groups
-        self.identity = cin == cout
+        self.identity = identity and cin == cout
         self.bias = bias
         pad = kernel_size // 2
         if deploy:
@@ -653,6 +655,27 @@ class RepConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.silu(self.conv(x))
+
+
+class RepConvResBlock(nn.Module):
+    """Residual re-param block ``x + SiLU(3×3(x))``: (N,C,H,W) -> same.
+
+    The convolution trains as 3×3 + 1×1 branches (no identity branch: the skip is outside the
+    activation), both initialized small and without bias, so a deep stack starts near the
+    identity. Deploys as one 3×3 convolution, one activation and one add.
+    """
+
+    def __init__(self, channels: int, deploy: bool) -> None:
+        super().__init__()
+        self.branch = RepConv(channels, channels, 3, bias=True, identity=False, deploy=deploy)
+        if self.branch.pw is not None:  # training form: both branches start small, no bias
+            for conv in (self.branch.lk, self.branch.pw):
+                assert conv is not None
+                nn.init.trunc_normal_(conv.weight, std=RES_INIT_STD)
+            nn.init.zeros_(self.branch.lk.bias)  # type: ignore[union-attr]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + F.silu(self.branch(x))
 
 
 class PartialLargeKernel(nn.Module):
@@ -1249,8 +1272,9 @@ class HybridMoE(nn.Module):
             the head.
         use_hf: keep the high-frequency path (False: single LF stream, no split).
         use_attn: window attention (False: depthwise-conv token mixer).
-        conv_block: ×1 blocks of the LF path and decoder: "gated" (NAF-style) or "rep3"
-            (re-param dense 3×3 + SiLU, fastest per FLOP).
+        conv_block: ×1 blocks of the LF path and decoder: "gated" (NAF-style), "rep3"
+            (re-param dense 3×3 + SiLU, fastest per FLOP) or "rep3res" (the same with a residual
+            skip around each block: one add more per block, for deep trunks).
         hf_block: HF-path blocks: "plk" (re-param partial large kernel + gated mix) or "rep3".
         gate_norm: RMS-normalize the input of multiplicative gates (keeps one-pixel patterns
             bounded; False only for checkpoints made before it existed).
@@ -1380,6 +1404,8 @@ class HybridMoE(nn.Module):
         def conv_blocks(c: int, n: int) -> nn.Sequential:
             if conv_block == "rep3":
                 return nn.Sequential(*[RepConvBlock(c, deploy) for _ in range(n)])
+            if conv_block == "rep3res":
+                return nn.Sequential(*[RepConvResBlock(c, deploy) for _ in range(n)])
             return nn.Sequential(*[GatedConvBlock(c, gate_norm) for _ in range(n)])
 
         def hf_blocks_(c: int, n: int) -> nn.Sequential:
