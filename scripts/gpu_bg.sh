@@ -4,7 +4,8 @@
 #   scripts/gpu_bg.sh pairs SCALE OUT SRC...        MATLAB-bicubic pairs (skipped if OUT/hr exists)
 #   scripts/gpu_bg.sh start GROUP SCALE ITERS SEED DATA[,DATA...] CONFIG...
 #                                                    train in the background, own process session,
-#                                                    state in $RUNS/GROUP (default RUNS=/tmp/runs)
+#                                                    state in $RUNS/GROUP (default RUNS=/tmp/runs);
+#                                                    DEGRADE=PRESET: x1 restoration (--degrade)
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return early
 #                                                    when no run is left
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
@@ -31,7 +32,8 @@ case $cmd in
     mkdir -p "$RUNS/$group"
     IFS=, read -ra dirs <<<"$data"
     setsid nohup python3 scripts/sweep.py train --configs "$@" --scale "$scale" --iters "$iters" \
-      --seed "$seed" --data "${dirs[@]}" --out "$RUNS/$group" >>"$RUNS/$group/train.log" 2>&1 &
+      --seed "$seed" --data "${dirs[@]}" --out "$RUNS/$group" ${DEGRADE:+--degrade "$DEGRADE"} \
+      >>"$RUNS/$group/train.log" 2>&1 &
     echo "started $group: $*" ;;
   wait)
     end=$((SECONDS + $1))
