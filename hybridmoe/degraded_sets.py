@@ -189,7 +189,10 @@ def read_manifest(set_dir: Path) -> dict[str, Any]:
 def find_degraded_sets(root: Path) -> list[str]:
     """The names of the degraded sets under ``root`` (folders holding a manifest), sorted."""
     if not root.is_dir():
-        raise DegradedSetError(f"degraded-set folder not found: {root}")
+        raise DegradedSetError(
+            f"degraded-set folder not found: {root}; make the sets with "
+            f"hybridmoe make-degraded --out {root}"
+        )
     return sorted(p.parent.name for p in root.glob("*/manifest.json"))
 
 

@@ -7,6 +7,7 @@ Usage::
         [--tol-db 0.05] [--json OUT.json [--overwrite]]
     hybridmoe check-precision .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
         --device cuda --json precision.json
+    hybridmoe check-precision 1x_model.safetensors --degraded datasets/restore_eval
 
 Each MODEL_OR_VARIANT is a checkpoint spandrel loads (HybridMoE or any other architecture) or a
 HybridMoE variant name (``hybridmoe_nano``, ``hybridmoe_s``, ``hybridmoe_m``, ``hybridmoe_l``):
@@ -20,6 +21,10 @@ downscaling, checked against a set's shipped LR files) and super-resolved in eac
 * ``fp32``: the reference;
 * ``fp16-autocast`` / ``bf16-autocast``: fp32 weights under ``torch.autocast``;
 * ``fp16-cast`` / ``bf16-cast``: weights and input cast (``.half()`` / ``.bfloat16()``).
+
+``--degraded DIR`` checks scale-1 (restoration) models instead, on the degraded sets of
+``hybridmoe make-degraded`` (the LQ images in, scored against HR on Y with no border cropped, as
+``hybridmoe evaluate --degraded`` does); a variant name is then built at scale 1.
 
 Reported per precision: whether any output had NaN/Inf (raw model output, before spandrel's
 clamp to [0, 1]), Y-PSNR/SSIM against HR (mean over all images), the PSNR difference to fp32
@@ -81,12 +86,19 @@ def variant_names() -> list[str]:
 
 
 def load_model(
-    spec: str, scale: int, device: str, perturb: float = DEFAULT_PERTURB, seed: int = 0
+    spec: str,
+    scale: int,
+    device: str,
+    perturb: float = DEFAULT_PERTURB,
+    seed: int = 0,
+    *,
+    restoration: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """A spandrel ``ImageModelDescriptor`` (fp32, eval, on ``device``) and a description.
 
     ``spec`` is a checkpoint path, or a variant name (random weights at ``scale``, every
-    parameter perturbed by N(0, ``perturb``²) with a fixed ``seed``).
+    parameter perturbed by N(0, ``perturb``²) with a fixed ``seed``). ``restoration``: the
+    checkpoint must be a scale-1 model (degraded sets), otherwise one of scale >= 2.
     """
     if spec in arch.FACTORIES and not Path(spec).exists():
         from spandrel import ModelLoader
@@ -105,7 +117,7 @@ def load_model(
                 f"{spec!r} is neither a file nor a variant ({', '.join(variant_names())})"
             )
         try:
-            desc = ev.load_descriptor(path, device, "fp32")
+            desc = ev.load_descriptor(path, device, "fp32", restoration=restoration)
         except ev.EvaluationError as e:
             raise PrecisionError(str(e)) from e
         source = str(path)
@@ -247,6 +259,24 @@ def load_images(
     return images
 
 
+def load_degraded_images(
+    root: Path, sets: Sequence[str], limit: int | None, crop: int | None
+) -> list[Image]:
+    """The HR and degraded (LQ) images of the ``hybridmoe make-degraded`` sets under ``root``
+    (``limit`` per set); with ``crop``, both centre-cropped to at most ``crop`` a side."""
+    images = []
+    for set_name in ev.degraded_set_names(root, sets):
+        for name, hr, lq in ev.degraded_images(root / set_name, limit):
+            if crop is None:
+                images.append(Image(set_name, name, hr, lq))
+                continue
+            top = max(0, (hr.shape[0] - crop) // 2)
+            left = max(0, (hr.shape[1] - crop) // 2)
+            window = (slice(top, top + crop), slice(left, left + crop))
+            images.append(Image(set_name, name, hr[window], lq[window]))
+    return images
+
+
 @dataclass
 class PrecisionResult:
     """Outcome of one precision over all images (``per_image``: name -> psnr/ssim/delta)."""
@@ -285,7 +315,11 @@ def run_precision(
     try:
         for img in images:
             sr = ev.super_resolve(rec, img.lr, None)
-            scores = ev.score_pair(sr, img.hr, desc.scale)
+            scores = (
+                ev.score_restored(sr, img.hr)  # x1: the degraded-set scores
+                if desc.scale == 1
+                else ev.score_pair(sr, img.hr, desc.scale)
+            )
             key = f"{img.set_name}/{img.name}"
             res.per_image[key] = {"psnr": scores["psnr"], "ssim": scores["ssim"]}
             if ref_psnr is not None:
@@ -404,9 +438,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("models", nargs="+", metavar="MODEL_OR_VARIANT", help="checkpoints/variants")
     p.add_argument("--data", type=Path, default=None, help="folder holding benchmark/<Set>/HR")
-    p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), help="benchmark sets")
+    p.add_argument("--sets", nargs="+", default=None, help="benchmark (or degraded) sets")
+    p.add_argument(
+        "--degraded",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="check scale-1 restoration models on the sets of hybridmoe make-degraded in DIR",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--scale", type=int, default=4, help="scale of variant-name models")
+    p.add_argument(
+        "--scale", type=int, default=None, help="variant models' scale (4; 1 with --degraded)"
+    )
     p.add_argument("--limit", type=int, default=None, help="at most N images per set")
     p.add_argument("--crop", type=int, default=None, help="centre-crop LR images to N×N")
     p.add_argument(
@@ -442,23 +485,43 @@ def run(args: argparse.Namespace) -> int:
         raise PrecisionError(f"--limit must be >= 1, got {args.limit}")
     if args.crop is not None and args.crop < 8:
         raise PrecisionError(f"--crop must be >= 8, got {args.crop}")
-    if args.scale < 2:
-        raise PrecisionError(f"--scale must be >= 2, got {args.scale}")
+    restoration = args.degraded is not None
+    if args.scale is None:
+        args.scale = 1 if restoration else 4
+    if restoration and args.scale != 1:
+        raise PrecisionError(
+            f"--degraded checks scale-1 restoration models; got --scale {args.scale}"
+        )
+    if not restoration and args.scale < 2:
+        raise PrecisionError(
+            f"--scale must be >= 2, got {args.scale} (scale-1 models: --degraded DIR)"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PrecisionError("--device cuda requested but CUDA is not available")
     if args.json is not None:  # before minutes of work
         inputs = [Path(m) for m in args.models if Path(m).exists()]
         imageio.check_output(args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report")
-    data_dir = args.data if args.data is not None else ev.default_data_dir()
-    for name in args.sets:  # fail before any model work
-        ev.find_set(data_dir, name)
+    if restoration:
+        if args.data is not None:
+            raise PrecisionError("--data and --degraded exclude each other (--degraded: the sets)")
+        data_dir = args.degraded
+        args.sets = ev.degraded_set_names(data_dir, args.sets)  # fail before any model work
+    else:
+        data_dir = args.data if args.data is not None else ev.default_data_dir()
+        args.sets = args.sets or list(DEFAULT_SETS)
+        for name in args.sets:  # fail before any model work
+            ev.find_set(data_dir, name)
     # load every model first: a bad path fails before minutes of work
-    loaded = [load_model(spec, args.scale, args.device, args.perturb) for spec in args.models]
+    loaded = [
+        load_model(spec, args.scale, args.device, args.perturb, restoration=restoration)
+        for spec in args.models
+    ]
     cache: dict[int, list[Image]] = {}
     report: dict[str, Any] = {
         "device": args.device,
         "torch": torch.__version__,
         "data": str(data_dir),
+        "degraded": restoration,
         "sets": list(args.sets),
         "limit": args.limit,
         "crop": args.crop,
@@ -471,7 +534,11 @@ def run(args: argparse.Namespace) -> int:
     for desc, info in loaded:
         scale = desc.scale
         if scale not in cache:
-            cache[scale] = load_images(data_dir, args.sets, scale, args.limit, args.crop)
+            cache[scale] = (
+                load_degraded_images(data_dir, args.sets, args.limit, args.crop)
+                if restoration
+                else load_images(data_dir, args.sets, scale, args.limit, args.crop)
+            )
         images = cache[scale]
         print(
             f"{info['model']}: {info['arch']} x{scale}, {info['params']:,} parameters, "

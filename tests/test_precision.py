@@ -197,3 +197,61 @@ def test_cli_several_models_and_a_variant(tiny_ckpt: Path, tmp_path: Path) -> No
     assert report["models"][2]["info"]["source"].startswith("hybridmoe_nano x2, random weights")
     for m in report["models"]:
         assert [r["precision"] for r in m["results"]] == ["fp32", "fp16-cast", "bf16-autocast"]
+
+
+@pytest.fixture(scope="module")
+def degraded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Set5 degraded with the RESTORE preset (two images, seed 0), as make-degraded writes it."""
+    from hybridmoe import degrade
+    from hybridmoe.degraded_sets import make_set
+
+    out = tmp_path_factory.mktemp("degraded")
+    make_set(
+        "Set5", DATA / "Set5" / "HR", out, cfg=degrade.RESTORE, preset="restore", seed=0, limit=2
+    )
+    return out
+
+
+def test_degraded_sets_check_x1_models(
+    degraded_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--degraded runs a scale-1 model on the LQ images and scores it as evaluate --degraded
+    does (same fp32 PSNR per image); every precision is compared with fp32."""
+    from hybridmoe import evaluate as ev
+
+    ckpt = save_tiny(tmp_path / "tiny_x1.pth", scale=1)
+    out = tmp_path / "x1.json"
+    args = [str(ckpt), "--degraded", str(degraded_dir), "--limit", "1", "--threads", "1"]
+    assert cp.main([*args, "--precisions", "fp16-cast", "bf16-cast", "--json", str(out)]) in (0, 1)
+    assert set(rows(capsys.readouterr().out)) == {"fp32", "fp16-cast", "bf16-cast"}
+    report = json.loads(out.read_text())
+    assert report["degraded"] is True and report["sets"] == ["Set5"]
+    (entry,) = report["models"]
+    assert entry["info"]["scale"] == 1
+    res = {r["precision"]: r for r in entry["results"]}
+    (key,) = res["fp32"]["per_image"]
+    desc = ev.load_descriptor(ckpt, "cpu", "fp32", restoration=True)
+    expected = ev.evaluate_degraded_set(degraded_dir / "Set5", desc, limit=1)
+    assert res["fp32"]["per_image"][key]["psnr"] == pytest.approx(
+        expected["per_image"][key.split("/")[1]]["model"]["psnr"], abs=1e-6
+    )
+    for name in ("fp16-cast", "bf16-cast"):
+        assert res[name]["nonfinite"] == 0 and 0 < res[name]["max_abs_diff"] < 0.1
+
+
+def test_degraded_usage_errors(
+    tiny_ckpt: Path, degraded_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An SR model on degraded sets, a scale-1 model without them and a scale other than 1
+    with them are refused, each with the fix."""
+    assert cp.main([str(tiny_ckpt), "--degraded", str(degraded_dir)]) == 2
+    assert "need a scale-1 model" in capsys.readouterr().err
+    x1 = save_tiny(tmp_path / "tiny_x1.pth", scale=1)
+    assert cp.main([str(x1), *QUICK]) == 2
+    assert "with --degraded DIR" in capsys.readouterr().err
+    assert cp.main(["hybridmoe_nano", "--degraded", str(degraded_dir), "--scale", "2"]) == 2
+    assert "--degraded checks scale-1" in capsys.readouterr().err
+    assert cp.main(["hybridmoe_nano", "--scale", "1", *QUICK]) == 2
+    assert "scale-1 models: --degraded DIR" in capsys.readouterr().err
+    assert cp.main([str(x1), "--degraded", str(tmp_path / "none")]) == 2
+    assert "make-degraded" in capsys.readouterr().err
