@@ -429,8 +429,10 @@ class RepConv(nn.Module):
     """Re-parameterizable ``k×k`` convolution without bias: (N,Cin,H,W) -> (N,Cout,H,W).
 
     Training form: ``k×k`` + ``3×3`` (when ``k > 3``) + ``1×1`` branches, plus identity when
-    ``Cin == Cout`` and ``identity`` is set. Deploy form (:meth:`fuse`): one ``k×k``
-    convolution with the summed kernel, which gives the same output up to float rounding.
+    ``Cin == Cout`` and ``identity`` is set. ``init_std``: every branch's weights drawn with this
+    std and the bias zeroed (default: the ``k×k`` weights at std 0.02, the others PyTorch's).
+    Deploy form (:meth:`fuse`): one ``k×k`` convolution with the summed kernel, which gives the
+    same output up to float rounding.
     """
 
     def __init__(
@@ -442,6 +444,7 @@ class RepConv(nn.Module):
         groups: int = 1,
         bias: bool = False,
         identity: bool = True,
+        init_std: float | None = None,
         deploy: bool = False,
     ) -> None:
         super().__init__()
@@ -464,6 +467,12 @@ class RepConv(nn.Module):
             )
             self.pw = nn.Conv2d(cin, cout, 1, 1, 0, groups=groups, bias=False)
             nn.init.trunc_normal_(self.lk.weight, std=0.02)
+            if init_std is not None:
+                for conv in (self.lk, self.sk, self.pw):
+                    if conv is not None:
+                        nn.init.trunc_normal_(conv.weight, std=init_std)
+                if self.lk.bias is not None:
+                    nn.init.zeros_(self.lk.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused is not None:
@@ -667,12 +676,15 @@ class RepConvResBlock(nn.Module):
 
     def __init__(self, channels: int, deploy: bool) -> None:
         super().__init__()
-        self.branch = RepConv(channels, channels, 3, bias=True, identity=False, deploy=deploy)
-        if self.branch.pw is not None:  # training form: both branches start small, no bias
-            for conv in (self.branch.lk, self.branch.pw):
-                assert conv is not None
-                nn.init.trunc_normal_(conv.weight, std=RES_INIT_STD)
-            nn.init.zeros_(self.branch.lk.bias)  # type: ignore[union-attr]
+        self.branch = RepConv(
+            channels,
+            channels,
+            3,
+            bias=True,
+            identity=False,
+            init_std=RES_INIT_STD,
+            deploy=deploy,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + F.silu(self.branch(x))
