@@ -16,6 +16,10 @@ Commands::
         state every 500 iterations and when the deadline comes, and resumes from it when run
         again with the same --out (so a budget can span several machine sessions). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
+        --warmup N: the rate rises linearly over the first N iterations (a recipe change: give
+        such runs their own --out and recipe name). --val DIR: the EMA weights' Y-PSNR on the
+        HR images of DIR (the evaluator's steps) at every save, logged as the run's
+        validation curve.
         --scale 1 --degrade restore: x1 restoration; the LQ batch is made on the device from
         the HR crops with hybridmoe.degrade's preset (blur, noise, JPEG), drawn from a
         generator seeded by --seed and saved with the training state (run <config>_x1_restore).
@@ -141,6 +145,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "trunk96x12_lean": _trunk(96, 12, base="bicubic", texture_head=False),
     "trunk96x16_lean": _trunk(96, 16, base="bicubic", texture_head=False),
     "trunk128x24_lean": _trunk(128, 24, base="bicubic", texture_head=False),
+    # ---- wide and shallow: the width of an m-sized network at the depth that trains fast
+    **{
+        f"trunk{d}x{n}_lean": _trunk(d, n, base="bicubic", texture_head=False)
+        for d, n in ((128, 12), (160, 12), (192, 12), (256, 12), (160, 16))
+    },
     # ---- residual re-param blocks (x + SiLU(conv x)): do deep trunks start faster?
     **{
         f"trunk{d}x{n}_res": _trunk(d, n, base="bicubic", texture_head=False, conv_block="rep3res")
@@ -161,6 +170,7 @@ RECIPE = {
     "gamma": 0.5,
 }
 SAVE_EVERY = 500
+LOG_EVERY = 100
 
 
 def run_name(config: str, scale: int, seed: int, degrade_preset: str | None = None) -> str:
@@ -297,6 +307,41 @@ class CropPool:
 # ----------------------------------------------------------------------------- training
 
 
+class Validator:
+    """Y-PSNR (border = scale, MATLAB-bicubic LR, 8-bit output: the evaluator's steps) of a
+    network's EMA weights on the HR images of one folder: the validation curve of a run."""
+
+    def __init__(self, hr_dir: Path, scale: int, device: torch.device) -> None:
+        paths = sorted(hr_dir.glob("*.png"))
+        if not paths:
+            raise SystemExit(f"--val {hr_dir}: no .png images there (give a folder of HR images)")
+        self.name = hr_dir.parent.name if hr_dir.name == "HR" else hr_dir.name
+        self.scale, self.device = scale, device
+        self.pairs = []
+        for path in paths:
+            hr = metrics.mod_crop(ev.read_image(path), scale)
+            self.pairs.append((hr, ev.make_lr(hr, scale)))
+
+    def __call__(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean Y-PSNR of ``model``'s architecture with ``weights`` (a copy; ``model`` is
+        left as it is), in float32 without TF32."""
+        import copy
+
+        net = copy.deepcopy(model).float()
+        net.load_state_dict(weights)
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            desc = ModuleDescriptor(net, self.scale, self.device)
+            scores = [
+                ev.score_pair(ev.super_resolve(desc, lr, None), hr, self.scale)["psnr"]
+                for hr, lr in self.pairs
+            ]
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        return {self.name: round(float(np.mean(scores)), 4)}
+
+
 def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.sqrt((x - y) ** 2 + eps).mean()
 
@@ -308,6 +353,8 @@ def train_one(args: argparse.Namespace) -> int:
     preset = getattr(args, "degrade", None)
     if preset and scale != 1:
         raise SystemExit(f"--degrade trains x1 restoration; use --scale 1 (got --scale {scale})")
+    if preset and getattr(args, "val", None):
+        raise SystemExit("--val scores super-resolution; a --degrade run has no validation set")
     run = Path(args.out) / run_name(name, scale, args.seed, preset)
     run.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
@@ -334,9 +381,19 @@ def train_one(args: argparse.Namespace) -> int:
         gen.set_state(st["gen"].cpu())
         if dgen is not None:
             dgen.set_state(st["degrade_gen"].cpu())
+    warmup = getattr(args, "warmup", 0)
+    meta_path = run / "meta.json"
+    if start and meta_path.is_file():
+        before = json.loads(meta_path.read_text())["recipe"].get("warmup", 0)
+        if before != warmup:
+            raise SystemExit(
+                f"{run} was trained with --warmup {before}; resume it with the same value "
+                f"(got --warmup {warmup}), or give the new recipe its own --out"
+            )
     if start >= args.iters:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
+    val = Validator(Path(args.val), scale, device) if getattr(args, "val", None) else None
     if preset:
         pairs = [(hr, hr) for d in args.data for hr in load_hr(Path(d), device)]
     else:
@@ -354,7 +411,7 @@ def train_one(args: argparse.Namespace) -> int:
         "config": name,
         "scale": scale,
         "options": CONFIGS.get(name),
-        "recipe": {**RECIPE, "lr_size": lr_size(scale)},
+        "recipe": {**RECIPE, "lr_size": lr_size(scale), "warmup": warmup},
         "seed": args.seed,
         "data": [str(d) for d in args.data],
         "pairs": len(pairs),
@@ -387,6 +444,8 @@ def train_one(args: argparse.Namespace) -> int:
 
     while it < args.iters:
         lr = RECIPE["lr"] * RECIPE["gamma"] ** sum(it >= m for m in milestones)
+        if it < warmup:
+            lr *= (it + 1) / warmup
         for g in opt.param_groups:
             g["lr"] = lr
         lq, gt = pool.batch(RECIPE["batch"])
@@ -413,7 +472,7 @@ def train_one(args: argparse.Namespace) -> int:
                 if not e.is_floating_point():
                     e.copy_(c)
         it += 1
-        if it % 100 == 0 or it == args.iters:
+        if it % LOG_EVERY == 0 or it == args.iters:
             rec = {
                 "iter": it,
                 "loss": loss.item(),
@@ -427,6 +486,10 @@ def train_one(args: argparse.Namespace) -> int:
                 return 3
         if it % SAVE_EVERY == 0 or it == args.iters or time.time() > deadline:
             save(it == args.iters)
+            if val is not None:
+                vrec = {"iter": it, "val": val(model, dict(zip(keys, ema, strict=True)))}
+                log.write(json.dumps(vrec) + "\n")
+                log.flush()
             if time.time() > deadline:
                 break
     print(
@@ -462,6 +525,10 @@ def train_many(args: argparse.Namespace) -> int:
             cmd += ["--deadline-s", str(args.deadline_s)]
         if args.degrade:
             cmd += ["--degrade", args.degrade]
+        if args.warmup:
+            cmd += ["--warmup", str(args.warmup)]
+        if args.val:
+            cmd += ["--val", args.val]
         stdout = f"{run_name(name, args.scale, args.seed, args.degrade)}.stdout"
         logf = (Path(args.out) / stdout).open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
@@ -681,6 +748,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
     runs (trained with ``--degrade``) instead, on the degraded sets of ``hybridmoe
     make-degraded`` (Y, border 0), the degraded input scored beside them."""
     device = torch.device(args.device)
+    torch.backends.cudnn.allow_tf32 = False  # float32 scores on the GPU too
     out = Path(args.records)
     out.mkdir(parents=True, exist_ok=True)
     restoring = args.degraded is not None
@@ -1034,6 +1102,8 @@ def main(argv: list[str] | None = None) -> int:
             choices=sorted(degrade.PRESETS),
             help="x1 restoration: LQ made from the HR crops with this degradation preset",
         )
+        t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
+        t.add_argument("--val", help="HR folder (e.g. Set5/HR): validation PSNR at every save")
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)

@@ -211,3 +211,33 @@ def test_restoration_runs_degrade_on_the_fly_resume_exactly_and_eval_on_degraded
     # the bicubic SR evaluation leaves restoration runs alone
     assert sweep.main([*argv[:-1], "r2", "--data", str(TEST_DATA), "--sets", "Set5"]) == 0
     assert not list(records.glob("r2_*"))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_warmup_ramps_the_rate_val_logs_a_curve_and_resume_keeps_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
+    monkeypatch.setattr(sweep, "SAVE_EVERY", 2)
+    monkeypatch.setattr(sweep, "LOG_EVERY", 1)
+    runs = tmp_path / "runs"
+    argv = ["train-one", "--config", "trunk64x10_lean", "--scale", "4", "--data", str(HR)]
+    argv += ["--out", str(runs), "--warmup", "4", "--val", str(HR)]
+    assert sweep.main([*argv, "--iters", "4"]) == 0
+    run = runs / "trunk64x10_lean_x4"
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    # the rate rises linearly over the warm-up (budget 4: the milestones at 2 and 3 halve it)
+    peak = sweep.RECIPE["lr"]
+    assert [r["lr"] for r in lines if "lr" in r] == pytest.approx(
+        [peak / 4, peak * 2 / 4, peak / 2 * 3 / 4, peak / 4]
+    )
+    curve = [(r["iter"], r["val"]["Set5"]) for r in lines if "val" in r]
+    assert [i for i, _ in curve] == [2, 4] and all(10 < p < 60 for _, p in curve)
+    assert json.loads((run / "meta.json").read_text())["recipe"]["warmup"] == 4
+    # the validation PSNR is the evaluator's score of the EMA weights
+    desc = sweep.ModuleDescriptor(sweep.load_run(run)[1], 4, torch.device("cpu"))
+    scores = sweep.score_sr([desc], TEST_DATA, ["Set5"], 4, None)
+    assert curve[-1][1] == pytest.approx(sweep._means(scores[0])[0]["Set5"], abs=1e-3)
+    # resuming under another warm-up is another recipe: refused, naming the fix
+    with pytest.raises(SystemExit, match="--warmup 4"):
+        sweep.main([*argv[:-4], "--iters", "6"])
