@@ -16,10 +16,10 @@ Commands::
         state every 500 iterations and when the deadline comes, and resumes from it when run
         again with the same --out (so a budget can span several machine sessions). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
-        --warmup N: the rate rises linearly over the first N iterations (a recipe change: give
-        such runs their own --out and recipe name). --val DIR: the EMA weights' Y-PSNR on the
-        HR images of DIR (the evaluator's steps) at every save, logged as the run's
-        validation curve.
+        --warmup N: the rate rises linearly over the first N iterations; --lr X: another peak
+        rate (both are recipe changes: give such runs their own --out and recipe name).
+        --val DIR: the EMA weights' Y-PSNR on the HR images of DIR (the evaluator's steps) at
+        every save, logged as the run's validation curve.
         --scale 1 --degrade restore: x1 restoration; the LQ batch is made on the device from
         the HR crops with hybridmoe.degrade's preset (blur, noise, JPEG), drawn from a
         generator seeded by --seed and saved with the training state (run <config>_x1_restore).
@@ -33,6 +33,8 @@ Commands::
         input's as psnr_input/ssim_input.
     sweep.py table  --records DIR [--speed JSON] [--plot OUT.png]
         one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
+    sweep.py curves --runs RUNS ... --out OUT.png [--set Set5]
+        the validation curves (--val) of the runs in one plot.
 
 Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
 spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.py``).
@@ -362,9 +364,7 @@ def train_one(args: argparse.Namespace) -> int:
     model = build(name, scale).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     ema = [p.detach().clone() for p in model.state_dict().values()]
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"], weight_decay=0.0
-    )
+    opt = torch.optim.AdamW(model.parameters(), betas=RECIPE["betas"], weight_decay=0.0)
     gen = torch.Generator()  # CPU: crop positions are drawn on the host
     gen.manual_seed(args.seed)
     # restoration: the degradations are drawn on the device, from their own seeded generator
@@ -382,14 +382,17 @@ def train_one(args: argparse.Namespace) -> int:
         if dgen is not None:
             dgen.set_state(st["degrade_gen"].cpu())
     warmup = getattr(args, "warmup", 0)
+    peak = getattr(args, "lr", None) or RECIPE["lr"]
     meta_path = run / "meta.json"
     if start and meta_path.is_file():
-        before = json.loads(meta_path.read_text())["recipe"].get("warmup", 0)
-        if before != warmup:
-            raise SystemExit(
-                f"{run} was trained with --warmup {before}; resume it with the same value "
-                f"(got --warmup {warmup}), or give the new recipe its own --out"
-            )
+        before = json.loads(meta_path.read_text())["recipe"]
+        for flag, key, now in (("--warmup", "warmup", warmup), ("--lr", "lr", peak)):
+            was = before.get(key, 0 if key == "warmup" else RECIPE["lr"])
+            if was != now:
+                raise SystemExit(
+                    f"{run} was trained with {flag} {was}; resume it with the same value "
+                    f"(got {flag} {now}), or give the new recipe its own --out"
+                )
     if start >= args.iters:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
@@ -411,7 +414,7 @@ def train_one(args: argparse.Namespace) -> int:
         "config": name,
         "scale": scale,
         "options": CONFIGS.get(name),
-        "recipe": {**RECIPE, "lr_size": lr_size(scale), "warmup": warmup},
+        "recipe": {**RECIPE, "lr": peak, "lr_size": lr_size(scale), "warmup": warmup},
         "seed": args.seed,
         "data": [str(d) for d in args.data],
         "pairs": len(pairs),
@@ -443,7 +446,7 @@ def train_one(args: argparse.Namespace) -> int:
         os.replace(run / "meta.json.tmp", run / "meta.json")
 
     while it < args.iters:
-        lr = RECIPE["lr"] * RECIPE["gamma"] ** sum(it >= m for m in milestones)
+        lr = peak * RECIPE["gamma"] ** sum(it >= m for m in milestones)
         if it < warmup:
             lr *= (it + 1) / warmup
         for g in opt.param_groups:
@@ -527,6 +530,8 @@ def train_many(args: argparse.Namespace) -> int:
             cmd += ["--degrade", args.degrade]
         if args.warmup:
             cmd += ["--warmup", str(args.warmup)]
+        if args.lr:
+            cmd += ["--lr", str(args.lr)]
         if args.val:
             cmd += ["--val", args.val]
         stdout = f"{run_name(name, args.scale, args.seed, args.degrade)}.stdout"
@@ -1046,6 +1051,48 @@ def table(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """A run's validation curve from its log: per validation set, (iteration, Y-PSNR)."""
+    curve: dict[str, list[tuple[int, float]]] = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        for name, psnr in rec.get("val", {}).items():
+            curve.setdefault(name, []).append((int(rec["iter"]), float(psnr)))
+    return curve
+
+
+def curves(args: argparse.Namespace) -> int:
+    """Validation curves of runs (``--val``) in one plot; a run without one is named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    shown = 0
+    for folder in args.runs:
+        for log in sorted(Path(folder).glob("*/log.jsonl")):
+            points = read_curve(log.parent).get(args.set)
+            if not points:
+                print(f"{log.parent}: no {args.set} validation curve", file=sys.stderr)
+                continue
+            label = f"{Path(folder).name}/{log.parent.name}"
+            ax.plot(*zip(*points, strict=True), marker=".", label=label)
+            shown += 1
+    if not shown:
+        raise SystemExit(f"no run under {' '.join(args.runs)} has a {args.set} validation curve")
+    if args.ymin is not None:
+        ax.set_ylim(bottom=args.ymin)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"{args.set} Y-PSNR of the EMA weights (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"{shown} curves -> {args.out}")
+    return 0
+
+
 def plot(
     recs: list[dict[str, Any]], speed: dict[tuple[str, int], dict[str, float]], path: str
 ) -> None:
@@ -1103,6 +1150,7 @@ def main(argv: list[str] | None = None) -> int:
             help="x1 restoration: LQ made from the HR crops with this degradation preset",
         )
         t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
+        t.add_argument("--lr", type=float, help=f"peak learning rate (default {RECIPE['lr']})")
         t.add_argument("--val", help="HR folder (e.g. Set5/HR): validation PSNR at every save")
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
@@ -1143,6 +1191,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--speed", nargs="+", required=True, help="bench JSON files")
     sp.add_argument("--configs", nargs="+", required=True)
     sp.add_argument("--ref", default="compact")
+    cv = sub.add_parser("curves")
+    cv.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
+    cv.add_argument("--out", required=True, help="PNG to write")
+    cv.add_argument("--set", default="Set5", help="validation set (the name given to --val)")
+    cv.add_argument("--ymin", type=float, help="lower end of the PSNR axis")
     dl = sub.add_parser("dial")
     dl.add_argument("--records", required=True)
     dl.add_argument("--recipe", required=True)
@@ -1162,6 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
         "table": table,
         "speed": speed_table,
         "dial": dial,
+        "curves": curves,
     }[args.cmd]
     return cmd(args)
 

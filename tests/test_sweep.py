@@ -238,6 +238,20 @@ def test_warmup_ramps_the_rate_val_logs_a_curve_and_resume_keeps_the_recipe(
     desc = sweep.ModuleDescriptor(sweep.load_run(run)[1], 4, torch.device("cpu"))
     scores = sweep.score_sr([desc], TEST_DATA, ["Set5"], 4, None)
     assert curve[-1][1] == pytest.approx(sweep._means(scores[0])[0]["Set5"], abs=1e-3)
-    # resuming under another warm-up is another recipe: refused, naming the fix
+    # resuming under another warm-up or peak rate is another recipe: refused, naming the fix
     with pytest.raises(SystemExit, match="--warmup 4"):
         sweep.main([*argv[:-4], "--iters", "6"])
+    with pytest.raises(SystemExit, match=r"--lr 0\.0005"):
+        sweep.main([*argv, "--iters", "6", "--lr", "2e-4"])
+    # a run of its own at another peak rate follows that rate
+    other = tmp_path / "lr2"
+    assert sweep.main([*argv[:-5], str(other), "--iters", "4", "--lr", "2e-4"]) == 0
+    lines = (other / "trunk64x10_lean_x4" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["lr"] for line in lines] == pytest.approx([2e-4, 2e-4, 1e-4, 5e-5])
+
+    # the curves plot reads the logged validation; a folder without any is refused by name
+    png = tmp_path / "curves.png"
+    assert sweep.main(["curves", "--runs", str(runs), "--out", str(png)]) == 0
+    assert Image.open(png).size[0] > 100
+    with pytest.raises(SystemExit, match=r"no run under .*lr2 has a Set5 validation curve"):
+        sweep.main(["curves", "--runs", str(other), "--out", str(png)])
