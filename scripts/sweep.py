@@ -17,7 +17,8 @@ Commands::
         again with the same --out (so a budget can span several machine sessions). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
         --warmup N: the rate rises linearly over the first N iterations; --lr X: another peak
-        rate (both are recipe changes: give such runs their own --out and recipe name).
+        rate; --batch N, --crop N: another batch size, LR crop side (small CPU probes). All are
+        recipe changes, kept with the run: give such runs their own --out and recipe name.
         --val DIR: the EMA weights' Y-PSNR on the HR images of DIR (the evaluator's steps) at
         every save, logged as the run's validation curve.
         --scale 1 --degrade restore: x1 restoration; the LQ batch is made on the device from
@@ -383,11 +384,19 @@ def train_one(args: argparse.Namespace) -> int:
             dgen.set_state(st["degrade_gen"].cpu())
     warmup = getattr(args, "warmup", 0)
     peak = getattr(args, "lr", None) or RECIPE["lr"]
+    batch = getattr(args, "batch", None) or RECIPE["batch"]
+    crop = getattr(args, "crop", None) or lr_size(scale)
     meta_path = run / "meta.json"
     if start and meta_path.is_file():
         before = json.loads(meta_path.read_text())["recipe"]
-        for flag, key, now in (("--warmup", "warmup", warmup), ("--lr", "lr", peak)):
-            was = before.get(key, 0 if key == "warmup" else RECIPE["lr"])
+        changes = (
+            ("--warmup", "warmup", warmup, 0),
+            ("--lr", "lr", peak, RECIPE["lr"]),
+            ("--batch", "batch", batch, RECIPE["batch"]),
+            ("--crop", "lr_size", crop, lr_size(scale)),
+        )
+        for flag, key, now, default in changes:
+            was = before.get(key, default)
             if was != now:
                 raise SystemExit(
                     f"{run} was trained with {flag} {was}; resume it with the same value "
@@ -401,7 +410,7 @@ def train_one(args: argparse.Namespace) -> int:
         pairs = [(hr, hr) for d in args.data for hr in load_hr(Path(d), device)]
     else:
         pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device)]
-    pool = CropPool(pairs, scale, lr_size(scale), gen)
+    pool = CropPool(pairs, scale, crop, gen)
     milestones = [int(args.iters * m) for m in RECIPE["milestones"]]
     moe = getattr(model, "num_experts", 0) > 0
     amp = torch.autocast(
@@ -414,7 +423,7 @@ def train_one(args: argparse.Namespace) -> int:
         "config": name,
         "scale": scale,
         "options": CONFIGS.get(name),
-        "recipe": {**RECIPE, "lr": peak, "lr_size": lr_size(scale), "warmup": warmup},
+        "recipe": {**RECIPE, "lr": peak, "batch": batch, "lr_size": crop, "warmup": warmup},
         "seed": args.seed,
         "data": [str(d) for d in args.data],
         "pairs": len(pairs),
@@ -451,7 +460,7 @@ def train_one(args: argparse.Namespace) -> int:
             lr *= (it + 1) / warmup
         for g in opt.param_groups:
             g["lr"] = lr
-        lq, gt = pool.batch(RECIPE["batch"])
+        lq, gt = pool.batch(batch)
         if dgen is not None:
             lq = degrade.degrade_batch(gt, degrade.PRESETS[preset], dgen)
             lq = lq.contiguous(memory_format=torch.channels_last)
@@ -530,8 +539,9 @@ def train_many(args: argparse.Namespace) -> int:
             cmd += ["--degrade", args.degrade]
         if args.warmup:
             cmd += ["--warmup", str(args.warmup)]
-        if args.lr:
-            cmd += ["--lr", str(args.lr)]
+        for flag in ("lr", "batch", "crop"):
+            if getattr(args, flag):
+                cmd += [f"--{flag}", str(getattr(args, flag))]
         if args.val:
             cmd += ["--val", args.val]
         stdout = f"{run_name(name, args.scale, args.seed, args.degrade)}.stdout"
@@ -1151,6 +1161,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
         t.add_argument("--lr", type=float, help=f"peak learning rate (default {RECIPE['lr']})")
+        t.add_argument("--batch", type=int, help=f"batch size (default {RECIPE['batch']})")
+        t.add_argument("--crop", type=int, help="LR crop side (default 48 at x3/x4, 64 below)")
         t.add_argument("--val", help="HR folder (e.g. Set5/HR): validation PSNR at every save")
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")

@@ -245,9 +245,18 @@ def test_warmup_ramps_the_rate_val_logs_a_curve_and_resume_keeps_the_recipe(
         sweep.main([*argv, "--iters", "6", "--lr", "2e-4"])
     # a run of its own at another peak rate follows that rate
     other = tmp_path / "lr2"
-    assert sweep.main([*argv[:-5], str(other), "--iters", "4", "--lr", "2e-4"]) == 0
+    assert (
+        sweep.main(
+            [*argv[:-5], str(other), "--iters", "4", "--lr", "2e-4", "--batch", "1", "--crop", "24"]
+        )
+        == 0
+    )
     lines = (other / "trunk64x10_lean_x4" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["lr"] for line in lines] == pytest.approx([2e-4, 2e-4, 1e-4, 5e-5])
+    recipe = json.loads((other / "trunk64x10_lean_x4" / "meta.json").read_text())["recipe"]
+    assert (recipe["lr"], recipe["batch"], recipe["lr_size"]) == (2e-4, 1, 24)
+    with pytest.raises(SystemExit, match="--crop 24"):
+        sweep.main([*argv[:-5], str(other), "--iters", "6", "--lr", "2e-4", "--batch", "1"])
 
     # the curves plot reads the logged validation; a folder without any is refused by name
     png = tmp_path / "curves.png"
