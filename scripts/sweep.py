@@ -1073,24 +1073,24 @@ def read_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 def curves(args: argparse.Namespace) -> int:
     """Validation curves of runs (``--val``) in one plot; a run without one is named."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    shown = 0
+    found = []
     for folder in args.runs:
         for log in sorted(Path(folder).glob("*/log.jsonl")):
             points = read_curve(log.parent).get(args.set)
             if not points:
                 print(f"{log.parent}: no {args.set} validation curve", file=sys.stderr)
                 continue
-            label = f"{Path(folder).name}/{log.parent.name}"
-            ax.plot(*zip(*points, strict=True), marker=".", label=label)
-            shown += 1
-    if not shown:
+            found.append((f"{Path(folder).name}/{log.parent.name}", points))
+    if not found:
         raise SystemExit(f"no run under {' '.join(args.runs)} has a {args.set} validation curve")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, points in found:
+        ax.plot(*zip(*points, strict=True), marker=".", label=label)
     if args.ymin is not None:
         ax.set_ylim(bottom=args.ymin)
     ax.set_xlabel("iteration")
@@ -1099,7 +1099,7 @@ def curves(args: argparse.Namespace) -> int:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
-    print(f"{shown} curves -> {args.out}")
+    print(f"{len(found)} curves -> {args.out}")
     return 0
 
 

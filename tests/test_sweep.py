@@ -259,8 +259,22 @@ def test_warmup_ramps_the_rate_val_logs_a_curve_and_resume_keeps_the_recipe(
         sweep.main([*argv[:-5], str(other), "--iters", "6", "--lr", "2e-4", "--batch", "1"])
 
     # the curves plot reads the logged validation; a folder without any is refused by name
+    assert sweep.read_curve(run) == {"Set5": curve}
+    assert sweep.read_curve(other / "trunk64x10_lean_x4") == {}
     png = tmp_path / "curves.png"
-    assert sweep.main(["curves", "--runs", str(runs), "--out", str(png)]) == 0
-    assert Image.open(png).size[0] > 100
     with pytest.raises(SystemExit, match=r"no run under .*lr2 has a Set5 validation curve"):
         sweep.main(["curves", "--runs", str(other), "--out", str(png)])
+
+
+def test_curves_plot_draws_the_logged_validation(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
+    run = tmp_path / "g" / "a_x4"
+    run.mkdir(parents=True)
+    lines = [{"iter": 100, "loss": 0.1, "lr": 5e-4}, {"iter": 500, "val": {"Set5": 28.5}}]
+    lines.append({"iter": 1000, "val": {"Set5": 29.0}})
+    (run / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    png = tmp_path / "c.png"
+    assert sweep.main(["curves", "--runs", str(tmp_path / "g"), "--out", str(png)]) == 0
+    assert Image.open(png).size[0] > 100
+    with pytest.raises(SystemExit, match="Set14 validation curve"):
+        sweep.main(["curves", "--runs", str(tmp_path / "g"), "--out", str(png), "--set", "Set14"])
