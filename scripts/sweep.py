@@ -537,13 +537,9 @@ def train_many(args: argparse.Namespace) -> int:
             cmd += ["--deadline-s", str(args.deadline_s)]
         if args.degrade:
             cmd += ["--degrade", args.degrade]
-        if args.warmup:
-            cmd += ["--warmup", str(args.warmup)]
-        for flag in ("lr", "batch", "crop"):
+        for flag in ("warmup", "lr", "batch", "crop", "val"):  # recipe changes, validation
             if getattr(args, flag):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
-        if args.val:
-            cmd += ["--val", args.val]
         stdout = f"{run_name(name, args.scale, args.seed, args.degrade)}.stdout"
         logf = (Path(args.out) / stdout).open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))

@@ -217,12 +217,11 @@ def test_restoration_runs_degrade_on_the_fly_resume_exactly_and_eval_on_degraded
 def test_warmup_ramps_the_rate_val_logs_a_curve_and_resume_keeps_the_recipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
     monkeypatch.setattr(sweep, "SAVE_EVERY", 2)
     monkeypatch.setattr(sweep, "LOG_EVERY", 1)
     runs = tmp_path / "runs"
     argv = ["train-one", "--config", "trunk64x10_lean", "--scale", "4", "--data", str(HR)]
-    argv += ["--out", str(runs), "--warmup", "4", "--val", str(HR)]
+    argv += ["--batch", "2", "--out", str(runs), "--warmup", "4", "--val", str(HR)]
     assert sweep.main([*argv, "--iters", "4"]) == 0
     run = runs / "trunk64x10_lean_x4"
     lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
