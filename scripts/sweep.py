@@ -156,7 +156,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # ---- residual re-param blocks (x + SiLU(conv x)): do deep trunks start faster?
     **{
         f"trunk{d}x{n}_res": _trunk(d, n, base="bicubic", texture_head=False, conv_block="rep3res")
-        for d, n in ((96, 12), (96, 16), (128, 24))
+        for d, n in ((96, 12), (96, 16), (128, 24), (192, 24))
     },
 }
 """Our configurations (``HybridMoE`` options); the scale is given per run."""
