@@ -20,11 +20,11 @@ Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
 * ``test/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``test.py`` on a folder of LR images.
 * ``onnx/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``convert_to_onnx.py``.
 
-Which numbers are measured (``docs/TRAINING.md`` § "GPU runs"; traiNNer-redux ``train.py`` on an
-H100): the from-scratch recipe of ``nano``, ``s`` and ``m`` — AdamW lr 5e-4, betas (0.9, 0.99),
+Which numbers are measured (``docs/TRAINING.md`` § "GPU runs" and ``docs/ABLATIONS.md``): the
+from-scratch recipe of ``nano``, ``s`` and ``m`` — AdamW lr 5e-4 (``m``: 2e-4), betas (0.9, 0.99),
 batch 16, lq_size 64 (×1/×2) and 48 (×3/×4), bf16 AMP, channels_last, EMA 0.999 (power 0.75),
 MultiStepLR halving at 1/2 and 3/4 of the run, Charbonnier 1.0 + balance loss 0.01 — from
-same-budget runs of 3000 iterations at ×2 and ×4, and the frequency loss 0.05 with the balance
+same-budget runs at ×2 and ×4 (``m`` at ×4 only), and the frequency loss 0.05 with the balance
 loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: ``l`` (starting values),
 the 500k-iteration length of a full run, and every fine-tuning (GAN) value. The generated files
 say which of their values are measured. Edit the tables, then re-run this script.
@@ -74,11 +74,14 @@ MEASURED_FROM_SCRATCH: dict[str, Any] = {
     "warmup": -1,
     "milestones": [250_000, 375_000],
     "measured": True,
+    "scales": MEASURED_SCALES,
 }
 FROM_SCRATCH: dict[str, dict[str, Any]] = {
     "nano": MEASURED_FROM_SCRATCH,
     "s": MEASURED_FROM_SCRATCH,
-    "m": MEASURED_FROM_SCRATCH,
+    # 192 channels: at 5e-4 the runs stall on the shallow path (and one collapsed); at 2e-4 the
+    # x4 photo runs of 4,000 and 16,000 iterations train (docs/ABLATIONS.md, the lower rate)
+    "m": {**MEASURED_FROM_SCRATCH, "lr": 2e-4, "scales": (4,)},
     "l": {
         "lr": 2e-4,
         "batch": 8,
@@ -149,13 +152,13 @@ GENERATED_NOTE = (
 )
 MEASURED_NOTE = (
     "# MEASURED recipe: lr, betas, batch size, lq_size, bf16 AMP, channels_last, EMA and the\n"
-    "# schedule shape (halve at 1/2 and 3/4) of this variant's same-budget runs at x2 and x4\n"
-    '# (nano, s: docs/ABLATIONS.md, 2,000-16,000 iterations; m: docs/TRAINING.md "GPU runs",\n'
-    "# 3,000 iterations; from scratch, Charbonnier, plus the balance loss where the network has\n"
-    "# MoE layers). Not measured from scratch: total_iter, and the frequency loss (it ran in a\n"
-    "# fine-tuning check of an x2 model).\n"
+    "# schedule shape (halve at 1/2 and 3/4) of this variant's same-budget runs\n"
+    "# (docs/ABLATIONS.md: nano and s at x2 and x4, 2,000-16,000 iterations, lr 5e-4; m at x4,\n"
+    "# 4,000 and 16,000 iterations, lr 2e-4; from scratch, Charbonnier, plus the balance loss\n"
+    "# where the network has MoE layers). Not measured from scratch: total_iter, and the\n"
+    "# frequency loss (it ran in a fine-tuning check of an x2 model).\n"
 )
-CARRIED_SCALE_NOTE = "# This scale was not run: the x2/x4 recipe is carried over.\n"
+CARRIED_SCALE_NOTE = "# This scale was not run with this recipe: it is carried over from {measured}.\n"
 NOT_MEASURED_NOTE = (
     "# NOT MEASURED YET: lr, batch size, lq_size, warm-up and schedule of this variant are\n"
     '# starting values (nano, s and m were trained on a GPU, docs/TRAINING.md "GPU runs").\n'
@@ -632,7 +635,9 @@ def train_note(scale: int, variant: str, kind: str) -> str:
     if kind == "gan":
         note = FINETUNE_NOTE
     elif FROM_SCRATCH[variant]["measured"]:
-        note = MEASURED_NOTE + ("" if scale in MEASURED_SCALES else CARRIED_SCALE_NOTE)
+        measured = FROM_SCRATCH[variant]["scales"]
+        carried = CARRIED_SCALE_NOTE.format(measured="/".join(f"x{m}" for m in measured))
+        note = MEASURED_NOTE + ("" if scale in measured else carried)
     else:
         note = NOT_MEASURED_NOTE
     return note + GENERATED_NOTE

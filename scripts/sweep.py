@@ -112,11 +112,22 @@ _TRUNKCTX = {
     "num_experts": 4,
     "top_k": 1,
 }
+# the three-level network that was hybridmoe_m (MoE top-2 of 6 experts at 1/4)
+M3 = {
+    "dim": 48,
+    "enc_blocks": (3, 2, 2),
+    "hf_blocks": (3, 2, 1),
+    "mid_blocks": 2,
+    "dec_blocks": (2, 2),
+    "num_experts": 6,
+    "top_k": 2,
+}
 _REFINE = {"refine_moe": True, "num_experts": 4, "top_k": 1, "mlp_ratio": 2.0}
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # ---- ablations around hybridmoe_s (one change each)
     "s": dict(S),
+    "m3": dict(M3),
     "s_dense": {**S, "use_moe": False},
     "s_nohf": {**S, "use_hf": False},
     "s_noattn": {**S, "use_attn": False},
@@ -1084,9 +1095,20 @@ def curves(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # one colour per run (configuration), one line style per folder (group)
+    runs = sorted({label.split("/", 1)[1] for label, _ in found})
+    colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
+    styles = {Path(f).name: ("-", "--", ":", "-.")[i % 4] for i, f in enumerate(args.runs)}
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, points in found:
-        ax.plot(*zip(*points, strict=True), marker=".", label=label)
+        group, run = label.split("/", 1)
+        ax.plot(
+            *zip(*points, strict=True),
+            marker=".",
+            label=label,
+            color=colors(runs.index(run)),
+            linestyle=styles[group],
+        )
     if args.ymin is not None:
         ax.set_ylim(bottom=args.ymin)
     ax.set_xlabel("iteration")

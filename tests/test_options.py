@@ -213,14 +213,15 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
         return
     assert "MEASURED recipe" in header
     assert "NOT MEASURED" not in header
-    assert ("This scale was not run" in header) == (scale not in (2, 4))
+    measured_scales = (4,) if variant == "M" else (2, 4)
+    assert ("This scale was not run" in header) == (scale not in measured_scales)
     cfg = _load(path)
     train_ds = cfg["datasets"]["train"]
     assert train_ds["batch_size_per_gpu"] == 16
     assert train_ds["accum_iter"] == 1
     assert train_ds["lq_size"] == MEASURED_LQ[scale]
     train = cfg["train"]
-    assert train["optim_g"]["lr"] == 5e-4
+    assert train["optim_g"]["lr"] == (2e-4 if variant == "M" else 5e-4)
     assert train["optim_g"]["betas"] == [0.9, 0.99]
     assert train["optim_g"]["weight_decay"] == 0
     assert train["ema_decay"] == 0.999
@@ -242,7 +243,7 @@ def test_measured_recipe_matches_the_comparison_runs() -> None:
     """The recipe of the nano/s/m templates is the one compare_training.py trained with."""
     recipe = compare_training.RECIPE
     assert compare_training.LQ_SIZE == MEASURED_LQ == options.MEASURED_LQ
-    for variant in ("nano", "s", "m"):
+    for variant in ("nano", "s"):
         row = options.FROM_SCRATCH[variant]
         assert row["measured"] is True
         assert row["lr"] == recipe["lr"]
@@ -251,6 +252,27 @@ def test_measured_recipe_matches_the_comparison_runs() -> None:
     assert options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
     assert options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
     assert not options.FROM_SCRATCH["l"]["measured"]
+
+
+def test_m_recipe_is_the_one_of_its_quality_records() -> None:
+    """m's template rate and scales are those of the same-budget records of its network (12
+    re-param blocks of 192, ``trunk192x12_lean`` in the records) at that rate."""
+    row = options.FROM_SCRATCH["m"]
+    assert row["measured"] is True and row["lr"] != options.FROM_SCRATCH["s"]["lr"]
+    assert hybridmoe_arch.VARIANTS["hybridmoe_m"]["dim"] == 192
+    records = [
+        json.loads(p.read_text())
+        for p in (ROOT / "docs" / "measurements" / "quality").glob("*trunk192x12_lean*.json")
+    ]
+    at_rate = [r for r in records if r["training"]["lr"] == row["lr"]]
+    assert {r["iterations"] for r in at_rate} >= {4000, 16000}
+    assert {r["scale"] for r in at_rate} == set(row["scales"])
+    assert all(r["model"] == "hybridmoe_m" for r in at_rate)
+    for name in ("4x_HybridMoE_M_fidelity", "2x_HybridMoE_M_fidelity"):
+        cfg = _load(OPTIONS / "train" / "HybridMoE" / f"{name}.yml")
+        assert cfg["train"]["optim_g"]["lr"] == row["lr"]
+    note = (OPTIONS / "train" / "HybridMoE" / "2x_HybridMoE_M_fidelity.yml").read_text()
+    assert "carried over from x4" in note
 
 
 RESTORE_FILES = [p for p in ALL_FILES if _kind(p) == "restore"]

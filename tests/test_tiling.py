@@ -63,9 +63,17 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.6, 0.06), (64, 16): (0.25, 0.017)},
     ),
-    "m": (
-        "hybridmoe_m",
-        {},
+    "three-level-moe": (  # the three-level layout with MoE top-2 at 1/4 (hybridmoe_m before)
+        "hybridmoe",
+        {
+            "dim": 48,
+            "enc_blocks": (3, 2, 2),
+            "hf_blocks": (3, 2, 1),
+            "mid_blocks": 2,
+            "dec_blocks": (2, 2),
+            "num_experts": 6,
+            "top_k": 2,
+        },
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.8, 0.11), (64, 16): (0.3, 0.033)},
     ),
@@ -242,3 +250,22 @@ def test_aligned_tiles_match_better(lr_image: torch.Tensor) -> None:
             where = f"overlap {overlap}: max {plain.max():.3f} -> {aligned.max():.3f}"
             assert aligned.max() < 0.7 * plain.max(), where
             assert aligned.mean() < 0.7 * plain.mean(), where
+
+
+@pytest.mark.parametrize("variant", ["hybridmoe_nano", "hybridmoe_s", "hybridmoe_m"])
+def test_trunk_variants_tile_exactly_with_enough_overlap(
+    variant: str, lr_image: torch.Tensor
+) -> None:
+    """The x1 trunks see 1 + blocks pixels around each LR pixel (stem and blocks are 3x3,
+    the bicubic base 2): an overlap wider than that gives the whole-image output up to float
+    rounding (under one 8-bit step); a narrower one leaves seams that differ far more. The
+    weights are perturbed strongly (std 0.05) so that distant pixels matter."""
+    desc = perturbed_descriptor(variant, std=0.05)
+    assert desc.tiling == ModelTiling.SUPPORTED
+    radius = 1 + sum(A.VARIANTS[variant]["enc_blocks"]) + sum(A.VARIANTS[variant]["dec_blocks"])
+    assert 8 < radius < 16
+    wide = tiling_differences(desc, lr_image, 64, 16)
+    assert wide["max"] < 1.0, wide
+    narrow = tiling_differences(desc, lr_image, 48, 8)
+    assert narrow["max"] > 10 * wide["max"], narrow
+    assert narrow["interior_max"] < 1.0, narrow

@@ -21,7 +21,7 @@ Data flow (``s`` = scale, ``c1 = dim``, ``c2 = 2·dim``, ``c3 = 4·dim``)::
     x: (N, C, H, W) in [0, 1]; SR: (N, C, s·H, s·W).
 
 ``levels=1`` keeps level 1 alone: with ``use_hf=False`` and ``conv_block="rep3"`` the detail
-path is a ×1 trunk of re-param 3×3 blocks (the ``nano`` and ``s`` variants).
+path is a ×1 trunk of re-param 3×3 blocks (the ``nano``, ``s`` and ``m`` variants).
 
 Training form vs deploy form: re-parameterizable convolutions (:class:`RepConv`) train as several
 parallel branches and :meth:`HybridMoE.fuse` folds them into one convolution each.
@@ -1654,9 +1654,10 @@ class HybridMoE(nn.Module):
 # nano and s: all compute in a x1 trunk of re-param 3x3 blocks (fused: plain dense 3x3 convs,
 # the most arithmetic per millisecond) over a fixed bicubic base, no texture head (fewest
 # kernels); measured ahead of Compact at 0.6-0.7x its latency (nano) and ahead of every
-# three-level layout per millisecond (docs/ABLATIONS.md). s is wide rather than deep: 12 blocks
-# of 96 beat 24 blocks of 64 at both scales and run faster (96 channels fill the tensor cores
-# better). m and l: the full three-level design.
+# three-level layout per millisecond (docs/ABLATIONS.md). s and m are wide rather than deep: 12
+# blocks of 96 beat 24 blocks of 64 at both scales and run faster (wide layers fill the tensor
+# cores better); m's 192 channels train at a lower peak rate (2e-4; at 5e-4 they stall). l: the
+# full three-level design.
 _TRUNK: dict[str, Any] = {
     "levels": 1,
     "hf_blocks": (0, 0, 0),
@@ -1671,15 +1672,7 @@ _TRUNK: dict[str, Any] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "hybridmoe_nano": {**_TRUNK, "dim": 64, "enc_blocks": (5, 0, 0), "dec_blocks": (5, 0)},
     "hybridmoe_s": {**_TRUNK, "dim": 96, "enc_blocks": (6, 0, 0), "dec_blocks": (6, 0)},
-    "hybridmoe_m": {
-        "dim": 48,
-        "enc_blocks": (3, 2, 2),
-        "hf_blocks": (3, 2, 1),
-        "mid_blocks": 2,
-        "dec_blocks": (2, 2),
-        "num_experts": 6,
-        "top_k": 2,
-    },
+    "hybridmoe_m": {**_TRUNK, "dim": 192, "enc_blocks": (6, 0, 0), "dec_blocks": (6, 0)},
     "hybridmoe_l": {
         "dim": 64,
         "enc_blocks": (4, 4, 4),
@@ -1728,7 +1721,9 @@ hybridmoe_nano = _factory(
 hybridmoe_s = _factory(
     "hybridmoe_s", "Small size: a x1 trunk of 12 re-param 3x3 blocks (dim 96), no MoE."
 )
-hybridmoe_m = _factory("hybridmoe_m", "Medium size (dim 48).")
+hybridmoe_m = _factory(
+    "hybridmoe_m", "Medium size: a x1 trunk of 12 re-param 3x3 blocks (dim 192), no MoE."
+)
 hybridmoe_l = _factory("hybridmoe_l", "Large, quality-first size (dim 64, window 16, detail MoE).")
 
 FACTORIES: dict[str, Callable[..., HybridMoE]] = {
