@@ -158,7 +158,9 @@ MEASURED_NOTE = (
     "# where the network has MoE layers). Not measured from scratch: total_iter, and the\n"
     "# frequency loss (it ran in a fine-tuning check of an x2 model).\n"
 )
-CARRIED_SCALE_NOTE = "# This scale was not run with this recipe: it is carried over from {measured}.\n"
+CARRIED_SCALE_NOTE = (
+    "# This scale was not run with this recipe: it is carried over from {measured}.\n"
+)
 NOT_MEASURED_NOTE = (
     "# NOT MEASURED YET: lr, batch size, lq_size, warm-up and schedule of this variant are\n"
     '# starting values (nano, s and m were trained on a GPU, docs/TRAINING.md "GPU runs").\n'
