@@ -1037,7 +1037,22 @@ def table(args: argparse.Namespace) -> int:
         for iters in sorted({r["iterations"] for r in recs if r["scale"] == scale}):
             rows = [r for r in recs if r["scale"] == scale and r["iterations"] == iters]
             sets = [s for s in SETS if all(s in r["psnr"] for r in rows)]  # shared by all
-            base = next((r for r in rows if r.get("config", r["model"]) == args.baseline), None)
+            mixed = len({r["recipe"] for r in rows}) > 1  # rows name their recipe then
+            base_config, _, base_recipe = args.baseline.partition("@")
+            if mixed and base_config and not base_recipe:
+                raise SystemExit(
+                    f"these rows come from several recipes; name the baseline's as "
+                    f"--baseline {base_config}@RECIPE"
+                )
+            base = next(
+                (
+                    r
+                    for r in rows
+                    if r.get("config", r["model"]) == base_config
+                    and base_recipe in ("", r["recipe"])
+                ),
+                None,
+            )
             delta = base is not None
             head = "Δ PSNR vs " + args.baseline if delta else "PSNR"
             lines += [
@@ -1054,6 +1069,7 @@ def table(args: argparse.Namespace) -> int:
                 mean = float(np.mean(vals))
                 sign = "+" if delta else ""
                 seed = f" (seed {r['seed']})" if r.get("seed") else ""
+                seed += f" [{r['recipe']}]" if mixed else ""
                 lines.append(
                     f"| {r.get('config', r['model'])}{seed} | "
                     + " | ".join(f"{v:{sign}.2f}" for v in vals)
@@ -1213,7 +1229,12 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--records", required=True)
     tb.add_argument("--recipe", nargs="*", help="only records of these recipes")
     tb.add_argument("--speed", nargs="*", help="bench JSON files (median over them)")
-    tb.add_argument("--baseline", default="", help="report differences to this configuration")
+    tb.add_argument(
+        "--baseline",
+        default="",
+        help="report differences to this configuration (CONFIG@RECIPE when the records of "
+        "several recipes are shown)",
+    )
     tb.add_argument("--plot")
     tb.add_argument("--configs", nargs="*", help="only these configurations")
     tb.add_argument("--scale", type=int, help="only this scale")

@@ -137,6 +137,19 @@ def test_tables_read_the_records(tmp_path: Path, capsys: pytest.CaptureFixture[s
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("| trunk64x10_lean | 0.00 M | 1.00 | 0.90 | 0.33 | 10 | –")
 
+    # records of two recipes in one table: every row names its recipe, the baseline must too
+    other = json.loads((recs / "compact_0.json").read_text())
+    other.update(recipe="lr", psnr=dict.fromkeys(("Set5", "Set14", "B100"), 29.5))
+    (recs / "compact_lr.json").write_text(json.dumps(other))
+    argv = ["table", "--records", str(recs), "--configs", "compact", "trunk64x10_lean"]
+    with pytest.raises(SystemExit, match="--baseline compact@RECIPE"):
+        sweep.main([*argv, "--baseline", "compact"])
+    assert sweep.main([*argv, "--baseline", "compact@lr"]) == 0
+    out = capsys.readouterr().out
+    assert "| compact [lr] | +0.00 | +0.00 | +0.00 | +0.000 | – | – |" in out
+    assert "| compact [r] | +0.50 | +0.50 | +0.50 | +0.500 | – | – |" in out
+    assert "| trunk64x10_lean (seed 1) [r] | +0.80 |" in out
+
     argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s", "--speed", str(b)]
     assert sweep.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
