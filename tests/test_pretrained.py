@@ -26,6 +26,7 @@ def test_all_models_are_shipped() -> None:
         "4x_HybridMoE_Nano",
         "2x_HybridMoE_S",
         "4x_HybridMoE_S",
+        "4x_HybridMoE_M",
         "1x_HybridMoE_Nano_Restore",
         "1x_HybridMoE_S_Restore",
     }
@@ -40,7 +41,7 @@ def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
     scale = int(path.stem[0])
     assert desc.architecture.id == "HybridMoE"
     assert desc.scale == scale and desc.purpose == "SR"
-    size = "nano" if "Nano" in path.stem else "s"
+    size = path.stem.split("_")[2].lower()  # Nano, S, M
     assert size in desc.tags  # the options in the file are exactly the variant's
     assert desc.model.hyperparameters["levels"] == 1 and desc.model.num_experts == 0
     res = evaluate_set(set5_dir, scale, desc, limit=2)  # baby, bird
