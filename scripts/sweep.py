@@ -34,6 +34,8 @@ Commands::
         input's as psnr_input/ssim_input.
     sweep.py table  --records DIR [--speed JSON] [--plot OUT.png]
         one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
+    sweep.py pack --runs RUNS ... --out DIR [--with-state] / unpack --tars T ... --out DIR
+        the runs as tar parts of at most 15 MiB (large files in chunks) and back.
     sweep.py curves --runs RUNS ... --out OUT.png [--set Set5]
         the validation curves (--val) of the runs in one plot.
 
@@ -184,6 +186,7 @@ RECIPE = {
     "gamma": 0.5,
 }
 SAVE_EVERY = 500
+PACK_PART_BYTES = 15 * 2**20  # tar parts and chunks of pack (the device returns files <= 16 MB)
 LOG_EVERY = 100
 
 
@@ -564,9 +567,10 @@ def train_many(args: argparse.Namespace) -> int:
 
 def pack(args: argparse.Namespace) -> int:
     """EMA weights (fp16), meta and logs of every run of every ``--runs`` folder into tar files
-    of at most 15 MiB, as ``<folder>/<run>/...``; with ``--with-state`` also each run's full
-    training state, so that the run, unpacked into a runs folder elsewhere, resumes exactly
-    (a part holds one member at least, so a state over 15 MiB gets a part of its own)."""
+    of at most 15 MiB (plus tar headers), as ``<folder>/<run>/...``; with ``--with-state`` also
+    each run's full training state, so that the run, unpacked into a runs folder elsewhere
+    (``sweep.py unpack``), resumes exactly. A file over 15 MiB is cut into chunks, each in a
+    part of its own."""
     import io
     import tarfile
 
@@ -586,9 +590,19 @@ def pack(args: argparse.Namespace) -> int:
             if args.with_state:  # the full training state: the run resumes where it stopped
                 files.append(("state.pt", (run / "state.pt").read_bytes()))
             members += [(f"{runs.name}/{run.name}/{name}", data) for name, data in files]
-    part, size, tf = 0, 0, None
+    # a member over a part's size travels as NAME.chunkNN pieces (``sweep.py unpack`` joins them)
+    pieces: list[tuple[str, bytes]] = []
     for name, data in members:
-        if tf is None or size + len(data) > 15 * 2**20:
+        if len(data) <= PACK_PART_BYTES:
+            pieces.append((name, data))
+            continue
+        starts = range(0, len(data), PACK_PART_BYTES)
+        for i, start in enumerate(starts):
+            piece = data[start : start + PACK_PART_BYTES]
+            pieces.append((f"{name}.chunk{i:02d}of{len(starts):02d}", piece))
+    part, size, tf = 0, 0, None
+    for name, data in pieces:
+        if tf is None or size + len(data) > PACK_PART_BYTES:
             if tf is not None:
                 tf.close()
             tf = tarfile.open(out / f"runs_{part:02d}.tar", "w")  # noqa: SIM115 (one per part)
@@ -600,6 +614,46 @@ def pack(args: argparse.Namespace) -> int:
     if tf is not None:
         tf.close()
     return 0
+
+
+def unpack(args: argparse.Namespace) -> int:
+    """The tar files of ``pack`` into ``--out`` (``<folder>/<run>/...``), chunked files joined;
+    members with absolute or parent-relative paths, links and existing files are refused."""
+    import tarfile
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chunks: dict[Path, tuple[int, dict[int, bytes]]] = {}
+    for tar in map(Path, args.tars):
+        with tarfile.open(tar) as tf:
+            for info in tf.getmembers():
+                rel = Path(info.name)
+                if not info.isfile() or rel.is_absolute() or ".." in rel.parts:
+                    raise SystemExit(f"{tar}: {info.name!r} is not a plain relative file")
+                data = tf.extractfile(info).read()  # type: ignore[union-attr]
+                stem, dot, tail = rel.name.rpartition(".chunk")
+                index, of, count = tail.partition("of")
+                if dot and of and index.isdigit() and count.isdigit():
+                    chunks.setdefault(out / rel.with_name(stem), (int(count), {}))[1][
+                        int(index)
+                    ] = data
+                else:
+                    _write_new(out / rel, data)
+    for path, (count, parts) in chunks.items():
+        if sorted(parts) != list(range(count)):
+            raise SystemExit(
+                f"{path}: {len(parts)} of its {count} chunks found; unpack every part (incomplete)"
+            )
+        _write_new(path, b"".join(parts[i] for i in range(count)))
+    print(f"unpacked {len(args.tars)} part(s) into {out}")
+    return 0
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    if path.exists():
+        raise SystemExit(f"{path} exists; unpack into an empty folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def load_run(run: Path) -> tuple[dict[str, Any], nn.Module]:
@@ -1242,6 +1296,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--speed", nargs="+", required=True, help="bench JSON files")
     sp.add_argument("--configs", nargs="+", required=True)
     sp.add_argument("--ref", default="compact")
+    up = sub.add_parser("unpack")
+    up.add_argument("--tars", nargs="+", required=True, help="the tar files of pack")
+    up.add_argument("--out", required=True, help="runs folder to unpack into")
     cv = sub.add_parser("curves")
     cv.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     cv.add_argument("--out", required=True, help="PNG to write")
@@ -1260,6 +1317,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": train_many,
         "train-one": train_one,
         "pack": pack,
+        "unpack": unpack,
         "export": export,
         "bench": bench,
         "eval": evaluate_runs,

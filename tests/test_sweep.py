@@ -80,16 +80,36 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     assert "runs/trunk64x10_lean_x4/meta.json" in names
     assert not any(n.endswith("state.pt") for n in names)
 
-    # packed with its state, a run unpacked elsewhere continues where it stopped
+    # packed with its state, a run unpacked elsewhere continues where it stopped; with parts of
+    # 256 KiB the state (~7 MB) travels in chunks, each in a tar of its own
+    monkeypatch.setattr(sweep, "PACK_PART_BYTES", 256 * 1024)
     argv = ["pack", "--runs", str(runs), "--out", str(tmp_path / "full"), "--with-state"]
     assert sweep.main(argv) == 0
+    parts = sorted((tmp_path / "full").glob("*.tar"))
+    assert all(p.stat().st_size <= 256 * 1024 + 4096 for p in parts)
+    names_of = {p: _tar_names(p) for p in parts}
+    chunked = [n for p in parts for n in names_of[p] if ".chunk" in n]
+    last = max(n for n in chunked if n.startswith("runs/trunk64x10_lean_x4_seed1/state.pt"))
+    count = int(last.rpartition("of")[2])
+    assert count > 2 and last.endswith(f".chunk{count - 1:02d}of{count:02d}")
     moved = tmp_path / "moved"
-    for part in sorted((tmp_path / "full").glob("*.tar")):
-        with tarfile.open(part) as tf:
-            tf.extractall(moved, filter="data")
+    missing = [p for p in parts if last in names_of[p]]
+    rest = [str(p) for p in parts if p not in missing]
+    with pytest.raises(SystemExit, match="incomplete"):
+        sweep.main(["unpack", "--tars", *rest, "--out", str(tmp_path / "x")])
+    assert sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(moved)]) == 0
+    state = "runs/trunk64x10_lean_x4_seed1/state.pt"
+    assert (moved / state).read_bytes() == (tmp_path / state).read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(moved)])
     run2 = moved / "runs" / "trunk64x10_lean_x4_seed1"
     _train(moved / "runs", 4, 1, [HR, HR])
     assert _iters(run2) == [*_iters(run), 4]
+
+
+def _tar_names(path: Path) -> list[str]:
+    with tarfile.open(path) as tf:
+        return tf.getnames()
 
 
 def _record(path: Path, config: str, psnr: float, **extra: object) -> None:
