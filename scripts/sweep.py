@@ -623,7 +623,8 @@ def unpack(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    chunks: dict[Path, tuple[int, dict[int, bytes]]] = {}
+    chunks: dict[Path, dict[int, bytes]] = {}  # file -> chunk index -> bytes
+    counts: dict[Path, int] = {}  # file -> number of chunks it was cut into
     for tar in map(Path, args.tars):
         with tarfile.open(tar) as tf:
             for info in tf.getmembers():
@@ -634,12 +635,13 @@ def unpack(args: argparse.Namespace) -> int:
                 stem, dot, tail = rel.name.rpartition(".chunk")
                 index, of, count = tail.partition("of")
                 if dot and of and index.isdigit() and count.isdigit():
-                    chunks.setdefault(out / rel.with_name(stem), (int(count), {}))[1][
-                        int(index)
-                    ] = data
+                    whole = out / rel.with_name(stem)
+                    chunks.setdefault(whole, {})[int(index)] = data
+                    counts[whole] = int(count)
                 else:
                     _write_new(out / rel, data)
-    for path, (count, parts) in chunks.items():
+    for path, parts in chunks.items():
+        count = counts[path]
         if sorted(parts) != list(range(count)):
             raise SystemExit(
                 f"{path}: {len(parts)} of its {count} chunks found; unpack every part (incomplete)"

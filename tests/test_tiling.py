@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sweep
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling
 from tiny_options import SMALL_UNET
@@ -65,15 +66,7 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
     ),
     "three-level-moe": (  # the three-level layout with MoE top-2 at 1/4 (hybridmoe_m before)
         "hybridmoe",
-        {
-            "dim": 48,
-            "enc_blocks": (3, 2, 2),
-            "hf_blocks": (3, 2, 1),
-            "mid_blocks": 2,
-            "dec_blocks": (2, 2),
-            "num_experts": 6,
-            "top_k": 2,
-        },
+        sweep.M3,
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.8, 0.11), (64, 16): (0.3, 0.033)},
     ),
