@@ -38,6 +38,8 @@ Commands::
         the runs as tar parts of at most 15 MiB (large files in chunks) and back.
     sweep.py curves --runs RUNS ... --out OUT.png [--set Set5]
         the validation curves (--val) of the runs in one plot.
+    sweep.py times --runs RUNS ...
+        iterations and wall-clock training minutes of every run (from its log).
 
 Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
 spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.py``).
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -504,6 +507,7 @@ def train_one(args: argparse.Namespace) -> int:
                 "loss": loss.item(),
                 "lr": lr,
                 "it_s": (it - start) / (time.time() - t0),
+                "elapsed_s": time.time() - t0,  # since this process began (or resumed) the run
             }
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -1150,6 +1154,41 @@ def read_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
     return curve
 
 
+def train_seconds(run: Path) -> float:
+    """Wall-clock training time of a run from its log: the sum over its segments (a resume
+    starts a new one) of each segment's last ``elapsed_s``. Logs written before that field
+    existed give ``iter / it_s`` of their last line (``it_s`` is the average since the
+    process began); a resume cannot be located in those, so a resumed one is refused."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "it_s" in r]
+    if not rows:
+        raise SystemExit(f"{run}: the log has no training lines")
+    if all("elapsed_s" in r for r in rows):
+        total, last = 0.0, 0.0
+        for r in rows:
+            if r["elapsed_s"] < last:  # a resumed process starts its clock again
+                total += last
+            last = r["elapsed_s"]
+        return total + last
+    clock = [r["iter"] / r["it_s"] for r in rows]
+    if any(b < a for a, b in itertools.pairwise(clock)):
+        raise SystemExit(
+            f"{run}: resumed, and its log predates elapsed_s: its training time is unknown"
+        )
+    return clock[-1]
+
+
+def times(args: argparse.Namespace) -> int:
+    """Iterations and wall-clock training minutes of every run (shared GPU: the runs of one
+    call overlap, so the minutes of a round do not add up)."""
+    for folder in args.runs:
+        for log in sorted(Path(folder).glob("*/log.jsonl")):
+            iters = max(json.loads(line)["iter"] for line in log.read_text().splitlines())
+            minutes = train_seconds(log.parent) / 60
+            print(f"{Path(folder).name}/{log.parent.name}\t{iters}\t{minutes:.1f} min")
+    return 0
+
+
 def curves(args: argparse.Namespace) -> int:
     """Validation curves of runs (``--val``) in one plot; a run without one is named."""
     found = []
@@ -1306,6 +1345,8 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--out", required=True, help="PNG to write")
     cv.add_argument("--set", default="Set5", help="validation set (the name given to --val)")
     cv.add_argument("--ymin", type=float, help="lower end of the PSNR axis")
+    tm = sub.add_parser("times")
+    tm.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     dl = sub.add_parser("dial")
     dl.add_argument("--records", required=True)
     dl.add_argument("--recipe", required=True)
@@ -1327,6 +1368,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": speed_table,
         "dial": dial,
         "curves": curves,
+        "times": times,
     }[args.cmd]
     return cmd(args)
 

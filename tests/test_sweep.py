@@ -310,3 +310,52 @@ def test_curves_plot_draws_the_logged_validation(tmp_path: Path) -> None:
     assert Image.open(png).size[0] > 100
     with pytest.raises(SystemExit, match="Set14 validation curve"):
         sweep.main(["curves", "--runs", str(tmp_path / "g"), "--out", str(png), "--set", "Set14"])
+
+
+def _log(run: Path, rows: list[dict[str, float]]) -> Path:
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_training_time_sums_the_segments_of_a_resumed_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # elapsed_s restarts with a resumed process: both segments count
+    resumed = _log(
+        tmp_path / "g" / "a_x4",
+        [
+            {"iter": 100, "it_s": 10.0, "elapsed_s": 10.0},
+            {"iter": 200, "it_s": 10.0, "elapsed_s": 20.0},
+            {"iter": 200, "val": {"Set5": 30.0}},
+            {"iter": 300, "it_s": 10.0, "elapsed_s": 10.0},
+            {"iter": 400, "it_s": 5.0, "elapsed_s": 40.0},
+        ],
+    )
+    assert sweep.train_seconds(resumed) == pytest.approx(60.0)
+    # an older log: iter / it_s of the last line (it_s averages over the whole process),
+    # not the sum over lines of 100 / it_s (which counts the slow start again in every line)
+    old = _log(tmp_path / "g" / "b_x4", [{"iter": 100, "it_s": 4.0}, {"iter": 200, "it_s": 8.0}])
+    assert sweep.train_seconds(old) == pytest.approx(25.0)
+    assert sweep.main(["times", "--runs", str(tmp_path / "g")]) == 0
+    assert capsys.readouterr().out.splitlines() == ["g/a_x4\t400\t1.0 min", "g/b_x4\t200\t0.4 min"]
+    # an older log with a resume in it cannot be timed: refused by name
+    bad = _log(tmp_path / "h" / "c_x4", [{"iter": 400, "it_s": 4.0}, {"iter": 500, "it_s": 50.0}])
+    with pytest.raises(SystemExit, match=r"c_x4: resumed, and its log predates elapsed_s"):
+        sweep.train_seconds(bad)
+
+
+def test_training_logs_carry_the_elapsed_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweep, "LOG_EVERY", 1)
+    argv = ["train-one", "--config", "trunk64x10_lean", "--scale", "4", "--data", str(HR)]
+    assert (
+        sweep.main([*argv, "--batch", "1", "--crop", "16", "--iters", "2", "--out", str(tmp_path)])
+        == 0
+    )
+    run = tmp_path / "trunk64x10_lean_x4"
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    elapsed = [r["elapsed_s"] for r in lines if "it_s" in r]
+    assert len(elapsed) == 2 and 0 < elapsed[0] <= elapsed[1]
+    assert sweep.train_seconds(run) == pytest.approx(elapsed[-1])
