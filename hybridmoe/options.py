@@ -80,8 +80,9 @@ FROM_SCRATCH: dict[str, dict[str, Any]] = {
     "nano": MEASURED_FROM_SCRATCH,
     "s": MEASURED_FROM_SCRATCH,
     # 192 channels: at 5e-4 the runs stall on the shallow path (and one collapsed); at 2e-4 the
-    # x4 photo runs of 4,000 and 16,000 iterations train (docs/ABLATIONS.md, the lower rate)
-    "m": {**MEASURED_FROM_SCRATCH, "lr": 2e-4, "scales": (4,)},
+    # photo runs train: x4 at 4,000 and 16,000 iterations, x2 at 3,000 and 12,000
+    # (docs/ABLATIONS.md, the lower rate)
+    "m": {**MEASURED_FROM_SCRATCH, "lr": 2e-4},
     "l": {
         "lr": 2e-4,
         "batch": 8,
@@ -153,8 +154,8 @@ GENERATED_NOTE = (
 MEASURED_NOTE = (
     "# MEASURED recipe: lr, betas, batch size, lq_size, bf16 AMP, channels_last, EMA and the\n"
     "# schedule shape (halve at 1/2 and 3/4) of this variant's same-budget runs\n"
-    "# (docs/ABLATIONS.md: nano and s at x2 and x4, 2,000-16,000 iterations, lr 5e-4; m at x4,\n"
-    "# 4,000 and 16,000 iterations, lr 2e-4; from scratch, Charbonnier, plus the balance loss\n"
+    "# (docs/ABLATIONS.md: nano and s at x2 and x4, 2,000-16,000 iterations, lr 5e-4; m at x2\n"
+    "# and x4, 3,000-16,000 iterations, lr 2e-4; from scratch, Charbonnier, plus the balance loss\n"
     "# where the network has MoE layers). Not measured from scratch: total_iter, and the\n"
     "# frequency loss (it ran in a fine-tuning check of an x2 model).\n"
 )

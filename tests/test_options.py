@@ -213,8 +213,7 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
         return
     assert "MEASURED recipe" in header
     assert "NOT MEASURED" not in header
-    measured_scales = (4,) if variant == "M" else (2, 4)
-    assert ("This scale was not run" in header) == (scale not in measured_scales)
+    assert ("This scale was not run" in header) == (scale not in (2, 4))
     cfg = _load(path)
     train_ds = cfg["datasets"]["train"]
     assert train_ds["batch_size_per_gpu"] == 16
@@ -265,14 +264,20 @@ def test_m_recipe_is_the_one_of_its_quality_records() -> None:
         for p in (ROOT / "docs" / "measurements" / "quality").glob("*trunk192x12_lean*.json")
     ]
     at_rate = [r for r in records if r["training"]["lr"] == row["lr"]]
-    assert {r["iterations"] for r in at_rate} >= {4000, 16000}
+    assert {(r["scale"], r["iterations"]) for r in at_rate} >= {
+        (4, 4000),
+        (4, 16000),
+        (2, 3000),
+        (2, 12000),
+    }
     assert {r["scale"] for r in at_rate} == set(row["scales"])
     assert all(r["model"] == "hybridmoe_m" for r in at_rate)
     for name in ("4x_HybridMoE_M_fidelity", "2x_HybridMoE_M_fidelity"):
         cfg = _load(OPTIONS / "train" / "HybridMoE" / f"{name}.yml")
         assert cfg["train"]["optim_g"]["lr"] == row["lr"]
-    note = (OPTIONS / "train" / "HybridMoE" / "2x_HybridMoE_M_fidelity.yml").read_text()
-    assert "carried over from x4" in note
+    for scale, carried in ((2, False), (3, True)):
+        note = (OPTIONS / "train" / "HybridMoE" / f"{scale}x_HybridMoE_M_fidelity.yml").read_text()
+        assert ("carried over from x2/x4" in note) is carried, scale
 
 
 RESTORE_FILES = [p for p in ALL_FILES if _kind(p) == "restore"]

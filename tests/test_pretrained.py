@@ -26,6 +26,7 @@ def test_all_models_are_shipped() -> None:
         "4x_HybridMoE_Nano",
         "2x_HybridMoE_S",
         "4x_HybridMoE_S",
+        "2x_HybridMoE_M",
         "4x_HybridMoE_M",
         "1x_HybridMoE_Nano_Restore",
         "1x_HybridMoE_S_Restore",
