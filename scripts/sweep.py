@@ -29,7 +29,9 @@ Commands::
         median latency (CUDA events), GFLOPs per forward and achieved TFLOP/s.
     sweep.py eval   --runs RUNS [--sets ...] [--records DIR] [--recipe NAME] [--degraded DIR]
         the project's evaluator (Y channel, border = scale, MATLAB bicubic LR) on every finished
-        run; one JSON record per trained model. With --degraded DIR (sets of hybridmoe
+        run; one JSON record per trained model. An existing record is not rewritten: sets
+        named in --sets that it lacks are added to it (listed under "added"). With
+        --degraded DIR (sets of hybridmoe
         make-degraded): the restoration runs, PSNR/SSIM (Y, border 0) per set and the degraded
         input's as psnr_input/ssim_input.
     sweep.py table  --records DIR [--speed JSON] [--plot OUT.png]
@@ -847,8 +849,12 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             continue
         k_tag = f"_k{args.top_k}" if args.top_k else ""
         rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}{k_tag}.json"
+        old = None
         if rec_path.exists():
-            continue
+            # a record is never rewritten; sets asked for by name that it lacks are added to it
+            old = json.loads(rec_path.read_text())
+            if restoring or not args.sets or set(args.sets) <= set(old["psnr"]):
+                continue
         _, model = load_run(meta_path.parent)
         if args.top_k:
             if not getattr(model, "num_experts", 0):
@@ -856,22 +862,34 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             model.set_top_k(args.top_k)
         if hasattr(model, "fuse"):
             model.fuse()
-        todo.append((meta, rec_path, ModuleDescriptor(model, meta["scale"], device)))
-    scales = {m["scale"] for m, _, _ in todo}
+        params = sum(p.numel() for p in model.parameters())
+        if old is not None and old.get("params") not in (None, params):
+            raise SystemExit(
+                f"{rec_path.name}: the run has {params} parameters, the record {old['params']}: "
+                "another network; give its evaluation another --recipe or --records folder"
+            )
+        todo.append((meta, rec_path, ModuleDescriptor(model, meta["scale"], device), old))
+    scales = {m["scale"] for m, _, _, _ in todo}
     if len(scales) > 1:
         raise SystemExit(f"--runs mixes scales {sorted(scales)}; evaluate one scale at a time")
     if not todo:
         return 0
-    descs = [d for _, _, d in todo]
+    descs = [d for _, _, d, _ in todo]
     if restoring:
         scores, inputs, about = score_degraded(descs, Path(args.degraded), args.sets, args.limit)
         evaluator = "hybridmoe evaluate --degraded steps (Y, border 0, x1 restoration)"
     else:
         data = Path(args.data) if args.data else ev.default_data_dir()
-        scores = score_sr(descs, data, args.sets or list(SETS), scales.pop(), args.limit)
+        sets = args.sets or list(SETS)
+        if all(old is not None for *_, old in todo):  # only additions: just the missing sets
+            sets = [s for s in sets if any(s not in old["psnr"] for *_, old in todo)]
+        scores = score_sr(descs, data, sets, scales.pop(), args.limit)
         inputs, about = None, None
         evaluator = "hybridmoe evaluate steps (Y, border=scale, MATLAB bicubic LR)"
-    for i, (meta, rec_path, desc) in enumerate(todo):
+    for i, (meta, rec_path, desc, old) in enumerate(todo):
+        if old is not None:
+            _add_sets(old, rec_path, scores[i], device)
+            continue
         psnr, ssim = _means(scores[i])
         rec = {
             "model": registered_name(meta["config"]),
@@ -905,6 +923,26 @@ def evaluate_runs(args: argparse.Namespace) -> int:
 
 Scores = dict[str, list[dict[str, float]]]
 """Per set, the per-image ``{"psnr", "ssim"}`` of one model."""
+
+
+def _add_sets(rec: dict[str, Any], rec_path: Path, scores: Scores, device: torch.device) -> None:
+    """Add the sets a record lacks (its existing numbers stay), noting how they were made."""
+    psnr, ssim = _means(scores)
+    added = [s for s in psnr if s not in rec["psnr"]]
+    for name in added:
+        rec["psnr"][name], rec["ssim"][name] = psnr[name], ssim[name]
+        rec["images"][name] = len(scores[name])
+    rec.setdefault("added", []).append(
+        {
+            "sets": added,
+            "command": " ".join(sys.argv),
+            "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            "eval_device": str(device),
+        }
+    )
+    rec_path.write_text(json.dumps(rec, indent=1))
+    print(rec_path.name, "added", {s: psnr[s] for s in added})
 
 
 def _means(scores: Scores) -> tuple[dict[str, float], dict[str, float]]:
@@ -1311,7 +1349,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--records", required=True)
     e.add_argument("--recipe", required=True)
     e.add_argument("--data")
-    e.add_argument("--sets", nargs="+", help="default: the four benchmarks, or every set of DIR")
+    e.add_argument(
+        "--sets",
+        nargs="+",
+        help="default: the four benchmarks, or every set of DIR; a set named here that an "
+        "existing record lacks is evaluated and added to it",
+    )
     e.add_argument(
         "--degraded",
         metavar="DIR",

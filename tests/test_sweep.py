@@ -62,6 +62,29 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     assert rec["model"] == "hybridmoe_nano" and rec["config"] == "trunk64x10_lean"
     assert rec["seed"] == 1 and rec["iterations"] == 3 and rec["images"] == {"Set5": 1}
     assert rec["train_data"]["pairs"] == 10 and 10 < rec["psnr"]["Set5"] < 60
+    # a set asked for by name that a record lacks is added to it; its other numbers stay
+    data = tmp_path / "sets"
+    (data / "Set14" / "HR").mkdir(parents=True)
+    (data / "Set5").symlink_to(TEST_DATA / "Set5")
+    (data / "Set14" / "HR" / "bird.png").write_bytes((HR / "bird.png").read_bytes())
+    path = records / "t_trunk64x10_lean_x4_seed1_3.json"
+    assert sweep.main([*argv, "--data", str(data), "--sets", "Set5", "Set14", "--limit", "1"]) == 0
+    grown = json.loads(path.read_text())
+    assert grown["psnr"]["Set5"] == rec["psnr"]["Set5"] and 10 < grown["psnr"]["Set14"] < 60
+    assert grown["psnr"]["Set14"] != rec["psnr"]["Set5"]  # bird, not baby
+    assert grown["images"] == {"Set5": 1, "Set14": 1}
+    assert [a["sets"] for a in grown["added"]] == [["Set14"]]
+    unchanged = {k: v for k, v in rec.items() if k not in ("psnr", "ssim", "images")}
+    assert {k: grown[k] for k in unchanged} == unchanged
+    before = path.read_text()
+    assert sweep.main([*argv, "--data", str(data), "--sets", "Set14", "--limit", "1"]) == 0
+    assert path.read_text() == before  # nothing missing: nothing evaluated, nothing rewritten
+    # a record of another network under the same name is not extended
+    other = {**grown, "params": grown["params"] + 1, "psnr": {"Set5": grown["psnr"]["Set5"]}}
+    path.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="another network"):
+        sweep.main([*argv, "--data", str(data), "--sets", "Set5", "Set14", "--limit", "1"])
+    assert json.loads(path.read_text()) == other
 
     # a finished run as a traiNNer-redux checkpoint that loads as the variant it is
     ckpt = tmp_path / "nano.safetensors"
