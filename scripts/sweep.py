@@ -504,12 +504,13 @@ def train_one(args: argparse.Namespace) -> int:
                     e.copy_(c)
         it += 1
         if it % LOG_EVERY == 0 or it == args.iters:
+            elapsed = time.time() - t0  # since this process began (or resumed) the run
             rec = {
                 "iter": it,
                 "loss": loss.item(),
                 "lr": lr,
-                "it_s": (it - start) / (time.time() - t0),
-                "elapsed_s": time.time() - t0,  # since this process began (or resumed) the run
+                "it_s": (it - start) / elapsed,
+                "elapsed_s": elapsed,
             }
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -1193,21 +1194,22 @@ def read_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def train_seconds(run: Path) -> float:
-    """Wall-clock training time of a run from its log: the sum over its segments (a resume
-    starts a new one) of each segment's last ``elapsed_s``. Logs written before that field
-    existed give ``iter / it_s`` of their last line (``it_s`` is the average since the
-    process began); a resume cannot be located in those, so a resumed one is refused."""
+    """Wall-clock training time of a run from its log: the sum over its segments (each
+    process that began or resumed the run) of the segment's last ``elapsed_s``. A line's
+    segment is the iteration its process started from, ``iter - it_s * elapsed_s``. Logs
+    written before ``elapsed_s`` existed give ``iter / it_s`` of their last line (``it_s`` is
+    the average since the process began); a resume cannot be located in those, so a resumed
+    one is refused."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "it_s" in r]
     if not rows:
         raise SystemExit(f"{run}: the log has no training lines")
     if all("elapsed_s" in r for r in rows):
-        total, last = 0.0, 0.0
+        segments: dict[int, float] = {}  # start iteration -> seconds
         for r in rows:
-            if r["elapsed_s"] < last:  # a resumed process starts its clock again
-                total += last
-            last = r["elapsed_s"]
-        return total + last
+            segment = round(r["iter"] - r["it_s"] * r["elapsed_s"])
+            segments[segment] = max(segments.get(segment, 0.0), r["elapsed_s"])
+        return sum(segments.values())
     clock = [r["iter"] / r["it_s"] for r in rows]
     if any(b < a for a, b in itertools.pairwise(clock)):
         raise SystemExit(

@@ -356,6 +356,16 @@ def test_training_time_sums_the_segments_of_a_resumed_run(
         ],
     )
     assert sweep.train_seconds(resumed) == pytest.approx(60.0)
+    # a short first process: the resumed one's first line shows more seconds, still its own
+    short = _log(
+        tmp_path / "h2" / "s_x4",
+        [
+            {"iter": 100, "it_s": 10.0, "elapsed_s": 10.0},
+            {"iter": 200, "it_s": 5.0, "elapsed_s": 20.0},
+            {"iter": 300, "it_s": 5.0, "elapsed_s": 40.0},
+        ],
+    )
+    assert sweep.train_seconds(short) == pytest.approx(50.0)
     # an older log: iter / it_s of the last line (it_s averages over the whole process),
     # not the sum over lines of 100 / it_s (which counts the slow start again in every line)
     old = _log(tmp_path / "g" / "b_x4", [{"iter": 100, "it_s": 4.0}, {"iter": 200, "it_s": 8.0}])
