@@ -171,6 +171,35 @@ CONFIGS: dict[str, dict[str, Any]] = {
         f"trunk{d}x{n}_lean": _trunk(d, n, base="bicubic", texture_head=False)
         for d, n in ((128, 12), (160, 12), (192, 12), (256, 12), (160, 16))
     },
+    # ---- l candidates: m's trunk plus what may pay at a 60 ms budget (more width and depth; a
+    # x1 HF path of partial large kernels with the frequency split and fusion; window attention,
+    # the Fourier mixer and a top-1 MoE at x1/2; a large-kernel stem)
+    "trunk256x16_lean": _trunk(256, 16, base="bicubic", texture_head=False),
+    "trunk192x12_hfplk": _trunk(
+        192,
+        12,
+        base="bicubic",
+        texture_head=False,
+        use_hf=True,
+        hf_block="plk",
+        hf_blocks=(4, 0, 0),
+        kernel_size=17,
+    ),
+    "trunk192x12_ctx": _trunk(
+        192,
+        12,
+        base="bicubic",
+        texture_head=False,
+        levels=2,
+        enc_blocks=(6, 2, 0),
+        mid_blocks=1,
+        global_mixer="fourier",
+        num_experts=4,
+        top_k=1,
+    ),
+    "trunk192x12_stemlk": _trunk(
+        192, 12, base="bicubic", texture_head=False, stem_lk=True, kernel_size=17
+    ),
     # ---- residual re-param blocks (x + SiLU(conv x)): do deep trunks start faster?
     **{
         f"trunk{d}x{n}_res": _trunk(d, n, base="bicubic", texture_head=False, conv_block="rep3res")
