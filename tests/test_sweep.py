@@ -392,3 +392,37 @@ def test_training_logs_carry_the_elapsed_time(
     elapsed = [r["elapsed_s"] for r in lines if "it_s" in r]
     assert len(elapsed) == 2 and 0 < elapsed[0] <= elapsed[1]
     assert sweep.train_seconds(run) == pytest.approx(elapsed[-1])
+
+
+def test_trunk_names_say_their_width_and_depth() -> None:
+    """A ``trunk<dim>x<blocks>`` configuration has that level-1 width and that many x1 blocks."""
+    import re
+
+    for name, options in sweep.CONFIGS.items():
+        m = re.match(r"trunk(\d+)x(\d+)_", name)
+        if m:
+            assert options["dim"] == int(m[1]), name
+            assert options["enc_blocks"][0] + options["dec_blocks"][0] == int(m[2]), name
+
+
+@pytest.mark.parametrize(
+    "name", ["trunk192x12_hfplk", "trunk192x12_ctx", "trunk192x12_stemlk", "trunk256x16_lean"]
+)
+def test_l_candidates_build_and_use_their_extra_parts(name: str) -> None:
+    """Each l candidate maps an odd-sized image to twice its size, and holds the part that sets
+    it apart from m's trunk (HF path, x1/2 attention + mixer + MoE, large-kernel stem)."""
+    from hybridmoe_arch import FourierMixer, HFBlock, MoEFFN, RepConv
+
+    model = sweep.build(name, 2).eval()
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 9, 7))
+    assert y.shape == (1, 3, 18, 14)
+    assert torch.isfinite(y).all()
+    kinds = {type(m) for m in model.modules()}
+    extra = {
+        "trunk192x12_hfplk": HFBlock in kinds,
+        "trunk192x12_ctx": FourierMixer in kinds and MoEFFN in kinds,
+        "trunk192x12_stemlk": isinstance(model.stem_lk, RepConv),
+        "trunk256x16_lean": len(model.lf1) + len(model.dec1) == 16,
+    }
+    assert extra[name]
