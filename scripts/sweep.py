@@ -105,6 +105,12 @@ def _trunk(dim: int, blocks: int, **options: Any) -> dict[str, Any]:
     return {**NANO, "dim": dim, "enc_blocks": (half, 0, 0), "dec_blocks": (half, 0), **options}
 
 
+def _lean(dim: int, blocks: int, **options: Any) -> dict[str, Any]:
+    """A lean x1 trunk (bicubic base, no texture head: the fewest kernels), the form of the
+    nano, s and m variants."""
+    return _trunk(dim, blocks, base="bicubic", texture_head=False, **options)
+
+
 # an 8 + 4 block x1 trunk as the HF path, the LF path at x1/2 and x1/4 with a top-1 MoE bottleneck
 _TRUNKCTX = {
     "dim": 48,
@@ -158,38 +164,34 @@ CONFIGS: dict[str, dict[str, Any]] = {
     **{f"trunkctx48_k{k}": {**_TRUNKCTX, "top_k": k} for k in (2, 3, 4)},
     # ---- launch-bound speed candidates: fewer kernels (bicubic base, no texture head)
     "trunk48x16_bic": {**NANO, "base": "bicubic"},
-    "trunk48x12_lean": _trunk(48, 12, base="bicubic", texture_head=False),
-    "trunk64x12_lean": _trunk(64, 12, base="bicubic", texture_head=False),
+    "trunk48x12_lean": _lean(48, 12),
+    "trunk64x12_lean": _lean(64, 12),
     # ---- the x1 trunk at other widths and depths (lean: bicubic base, no texture head)
-    "trunk64x10_lean": _trunk(64, 10, base="bicubic", texture_head=False),
-    "trunk64x24_lean": _trunk(64, 24, base="bicubic", texture_head=False),
-    "trunk96x12_lean": _trunk(96, 12, base="bicubic", texture_head=False),
-    "trunk96x16_lean": _trunk(96, 16, base="bicubic", texture_head=False),
-    "trunk128x24_lean": _trunk(128, 24, base="bicubic", texture_head=False),
+    "trunk64x10_lean": _lean(64, 10),
+    "trunk64x24_lean": _lean(64, 24),
+    "trunk96x12_lean": _lean(96, 12),
+    "trunk96x16_lean": _lean(96, 16),
+    "trunk128x24_lean": _lean(128, 24),
     # ---- wide and shallow: the width of an m-sized network at the depth that trains fast
     **{
-        f"trunk{d}x{n}_lean": _trunk(d, n, base="bicubic", texture_head=False)
+        f"trunk{d}x{n}_lean": _lean(d, n)
         for d, n in ((128, 12), (160, 12), (192, 12), (256, 12), (160, 16))
     },
     # ---- l candidates: m's trunk plus what may pay at a 60 ms budget (more width and depth; a
     # x1 HF path of partial large kernels with the frequency split and fusion; window attention,
     # the Fourier mixer and a top-1 MoE at x1/2; a large-kernel stem)
-    "trunk256x16_lean": _trunk(256, 16, base="bicubic", texture_head=False),
-    "trunk192x12_hfplk": _trunk(
+    "trunk256x16_lean": _lean(256, 16),
+    "trunk192x12_hfplk": _lean(
         192,
         12,
-        base="bicubic",
-        texture_head=False,
         use_hf=True,
         hf_block="plk",
         hf_blocks=(4, 0, 0),
         kernel_size=17,
     ),
-    "trunk192x12_ctx": _trunk(
+    "trunk192x12_ctx": _lean(
         192,
         12,
-        base="bicubic",
-        texture_head=False,
         levels=2,
         enc_blocks=(6, 2, 0),
         mid_blocks=1,
@@ -197,12 +199,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         num_experts=4,
         top_k=1,
     ),
-    "trunk192x12_stemlk": _trunk(
-        192, 12, base="bicubic", texture_head=False, stem_lk=True, kernel_size=17
-    ),
+    "trunk192x12_stemlk": _lean(192, 12, stem_lk=True, kernel_size=17),
     # ---- residual re-param blocks (x + SiLU(conv x)): do deep trunks start faster?
     **{
-        f"trunk{d}x{n}_res": _trunk(d, n, base="bicubic", texture_head=False, conv_block="rep3res")
+        f"trunk{d}x{n}_res": _lean(d, n, conv_block="rep3res")
         for d, n in ((96, 12), (96, 16), (128, 24), (192, 24))
     },
 }

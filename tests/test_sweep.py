@@ -5,6 +5,7 @@ pooled, the evaluator writes one record per trained model, and the tables read t
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -396,8 +397,6 @@ def test_training_logs_carry_the_elapsed_time(
 
 def test_trunk_names_say_their_width_and_depth() -> None:
     """A ``trunk<dim>x<blocks>`` configuration has that level-1 width and that many x1 blocks."""
-    import re
-
     for name, options in sweep.CONFIGS.items():
         m = re.match(r"trunk(\d+)x(\d+)_", name)
         if m:
