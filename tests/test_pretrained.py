@@ -1,4 +1,7 @@
-"""The shipped pretrained weights load through spandrel and restore real images."""
+"""The shipped pretrained weights load through spandrel and restore real images.
+
+The whole-image evaluations run with PyTorch's default thread count (real models on full
+benchmark images use every core); the small ONNX comparison runs on one thread."""
 
 from __future__ import annotations
 
@@ -36,7 +39,6 @@ def test_all_models_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("path", SR_WEIGHTS, ids=lambda p: p.stem)
-@pytest.mark.usefixtures("one_thread")
 def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
     desc = C.load_checkpoint(path)
     scale = int(path.stem[0])
@@ -51,7 +53,6 @@ def test_pretrained_loads_and_beats_bicubic(path: Path, set5_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SR_WEIGHTS, ids=lambda p: p.stem)
-@pytest.mark.usefixtures("one_thread")
 def test_pretrained_matches_its_model_card(path: Path, set5_dir: Path) -> None:
     """Set5 Y-PSNR of every shipped model equals its card's number (±0.01 dB, the card rounds
     to 0.01): a network change that alters a shipped model's output cannot pass unnoticed."""
@@ -114,7 +115,6 @@ def _card_set5(path: Path) -> float:
 
 
 @pytest.mark.parametrize("path", RESTORE_WEIGHTS, ids=lambda p: p.stem)
-@pytest.mark.usefixtures("one_thread")
 def test_restoration_model_matches_its_card_on_degraded_set5(path: Path, tmp_path: Path) -> None:
     """The x1 restoration model, on Set5 degraded with the card's preset and seed (hybridmoe
     make-degraded, seed 0), gives the card's Y-PSNR (±0.02 dB) and is well above the degraded
