@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from textures import checkerboard, dithered
 from tiny_options import TINY
 
 import hybridmoe_arch as A
@@ -19,18 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def build(**options: object) -> A.HybridMoE:
     torch.manual_seed(0)
     return A.HybridMoE(**{**TINY, "scale": 2, **options}).eval()  # type: ignore[arg-type]
-
-
-def checkerboard(size: int = 32) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return ((yy + xx) % 2).float().expand(1, 3, size, size).clone()
-
-
-def dithered(size: int = 32, seed: int = 0) -> torch.Tensor:
-    """A 1-bit random dither of a smooth ramp (what a dithered GIF looks like)."""
-    g = torch.Generator().manual_seed(seed)
-    ramp = torch.linspace(0, 1, size).expand(size, size)
-    return (torch.rand(size, size, generator=g) < ramp).float().expand(1, 3, size, size).clone()
 
 
 # --------------------------------------------------------------------------- MoE routing

@@ -9,6 +9,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
+from textures import checkerboard, dithered
 
 from hybridmoe import checkpoint as C
 from hybridmoe.evaluate import evaluate_set
@@ -61,6 +63,31 @@ def test_pretrained_matches_its_model_card(path: Path, set5_dir: Path) -> None:
     expected = float(row.split("|")[-2].strip().strip("*").split("/")[0])  # last column
     res = evaluate_set(set5_dir, int(path.stem[0]), C.load_checkpoint(path))
     assert abs(res["model"]["psnr"] - expected) <= 0.01, (path.name, res["model"], expected)
+
+
+# Largest output difference to fp32, relative to the output's peak magnitude: a few units in
+# the last place of each format (fp16 keeps 11 significant bits, bf16 8) after a dozen layers.
+REDUCED_PRECISION_TOL = {torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
+
+
+@pytest.mark.parametrize("texture", [checkerboard, dithered], ids=["checkerboard", "dithered"])
+@pytest.mark.parametrize("path", WEIGHTS, ids=lambda p: p.stem)
+def test_pretrained_is_finite_and_close_in_fp16_bf16_on_adversarial_textures(
+    path: Path, texture: object
+) -> None:
+    """One-pixel patterns at full contrast drive the trained weights hardest: every shipped
+    model stays finite in fp32, fp16 and bf16 on them, and close to its fp32 output."""
+    model = C.load_checkpoint(path).model.eval()
+    x = texture()  # type: ignore[operator]
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.isfinite(ref).all()
+        for dtype, tol in REDUCED_PRECISION_TOL.items():
+            y = model.to(dtype)(x.to(dtype)).float()
+            model.float()
+            assert torch.isfinite(y).all(), (path.stem, dtype)
+            err = (y - ref).abs().max().item()
+            assert err <= tol * ref.abs().max().item(), (path.stem, dtype, err)
 
 
 CARD_FIELDS = (
