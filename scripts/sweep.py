@@ -1304,16 +1304,21 @@ def curves(args: argparse.Namespace) -> int:
 def plot(
     recs: list[dict[str, Any]], speed: dict[tuple[str, int], dict[str, float]], path: str
 ) -> None:
-    """One panel per (scale, iterations): mean PSNR over the sets against latency."""
+    """One panel per (scale, iterations, recipe): mean PSNR over the sets against latency.
+    Runs of different recipes (data, rate) never share a panel; a panel names its recipe."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["scale"], r["iterations"]) for r in recs}, reverse=True)
+    groups = sorted({(r["scale"], r["iterations"], r["recipe"]) for r in recs}, reverse=True)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
-    for ax, (scale, iters) in zip(axes[0], groups, strict=True):
-        panel = [r for r in recs if r["scale"] == scale and r["iterations"] == iters]
+    for ax, (scale, iters, recipe) in zip(axes[0], groups, strict=True):
+        panel = [
+            r
+            for r in recs
+            if r["scale"] == scale and r["iterations"] == iters and r["recipe"] == recipe
+        ]
         sets = [s for s in SETS if all(s in r["psnr"] for r in panel)]  # shared by the panel
         for r in panel:
             name = r.get("config", r["model"])
@@ -1330,7 +1335,9 @@ def plot(
                 label, (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
         ax.set_xscale("log")
-        ax.set_title(f"x{scale}, {iters} iterations ({CASES.get(scale, '')} input)")
+        ax.set_title(
+            f"{recipe}: x{scale}, {iters} iterations ({CASES.get(scale, '')} input)", fontsize=9
+        )
         ax.set_xlabel("latency, ms (fp16, batch 1; log scale)")
         ax.set_ylabel(f"mean Y-PSNR, {', '.join(sets)} (dB)", fontsize=8)
     fig.tight_layout()

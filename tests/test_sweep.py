@@ -4,6 +4,7 @@ pooled, the evaluator writes one record per trained model, and the tables read t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import tarfile
@@ -193,6 +194,13 @@ def test_tables_read_the_records(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "| compact [lr] | +0.00 | +0.00 | +0.00 | +0.000 | – | – |" in out
     assert "| compact [r] | +0.50 | +0.50 | +0.50 | +0.500 | – | – |" in out
     assert "| trunk64x10_lean (seed 1) [r] | +0.80 |" in out
+    if importlib.util.find_spec("matplotlib") is not None:  # the plot: one panel per recipe
+        png = tmp_path / "front.png"
+        speed = _speed(tmp_path / "c.json", [("compact", 4, 2.0), ("trunk64x10_lean", 4, 1.0)])
+        assert sweep.main([*argv, "--speed", str(speed), "--plot", str(png)]) == 0
+        one_panel = 5.5 * 110  # figure inches per panel x dpi
+        assert Image.open(png).size[0] == pytest.approx(2 * one_panel, abs=2)
+        capsys.readouterr()
 
     argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s", "--speed", str(b)]
     assert sweep.main(argv) == 0
