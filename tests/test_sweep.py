@@ -4,7 +4,6 @@ pooled, the evaluator writes one record per trained model, and the tables read t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import tarfile
@@ -194,13 +193,6 @@ def test_tables_read_the_records(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "| compact [lr] | +0.00 | +0.00 | +0.00 | +0.000 | – | – |" in out
     assert "| compact [r] | +0.50 | +0.50 | +0.50 | +0.500 | – | – |" in out
     assert "| trunk64x10_lean (seed 1) [r] | +0.80 |" in out
-    if importlib.util.find_spec("matplotlib") is not None:  # the plot: one panel per recipe
-        png = tmp_path / "front.png"
-        speed = _speed(tmp_path / "c.json", [("compact", 4, 2.0), ("trunk64x10_lean", 4, 1.0)])
-        assert sweep.main([*argv, "--speed", str(speed), "--plot", str(png)]) == 0
-        one_panel = 5.5 * 110  # figure inches per panel x dpi
-        assert Image.open(png).size[0] == pytest.approx(2 * one_panel, abs=2)
-        capsys.readouterr()
 
     argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s", "--speed", str(b)]
     assert sweep.main(argv) == 0
@@ -328,6 +320,25 @@ def test_warmup_ramps_the_rate_val_logs_a_curve_and_resume_keeps_the_recipe(
     png = tmp_path / "curves.png"
     with pytest.raises(SystemExit, match=r"no run under .*lr2 has a Set5 validation curve"):
         sweep.main(["curves", "--runs", str(other), "--out", str(png)])
+
+
+def test_front_plot_gives_every_recipe_its_own_panel(tmp_path: Path) -> None:
+    """Runs of two recipes at the same scale and budget (other data or rate) never share a
+    panel of the PSNR-vs-latency plot."""
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
+    recs = tmp_path / "q"
+    recs.mkdir()
+    _record(recs, "compact", 30.0)
+    _record(recs, "trunk64x10_lean", 30.2)
+    other = json.loads((recs / "compact_0.json").read_text())
+    other.update(recipe="lr", psnr=dict.fromkeys(("Set5", "Set14", "B100"), 29.5))
+    (recs / "compact_lr.json").write_text(json.dumps(other))
+    speed = _speed(tmp_path / "s.json", [("compact", 4, 2.0), ("trunk64x10_lean", 4, 1.0)])
+    png = tmp_path / "front.png"
+    argv = ["table", "--records", str(recs), "--speed", str(speed), "--plot", str(png)]
+    assert sweep.main(argv) == 0
+    one_panel = 5.5 * 110  # figure inches per panel x dpi
+    assert Image.open(png).size[0] == pytest.approx(2 * one_panel, abs=2)
 
 
 def test_curves_plot_draws_the_logged_validation(tmp_path: Path) -> None:
