@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -218,6 +219,22 @@ def test_matmul_dft_equals_fft(size: tuple[int, int]) -> None:
     assert torch.allclose(re, re2, atol=1e-5) and torch.allclose(im, im2, atol=1e-5)
     back = A.irfft2_real(re, im, size, use_matmul=True)
     assert torch.allclose(back, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [128, 480])
+def test_dft_matrices_match_float64_at_large_lengths(n: int) -> None:
+    # the angle 2π·i·j/n reaches thousands of radians at these lengths; computed without
+    # reducing i·j modulo n, its float32 rounding alone puts the matrices ~1e-5 off, and
+    # onnxruntime's cos/sin lose more there (an exported FFT split was 1.6e-4 off at 128 px)
+    cos, sin, _ = A._dft_mats(n, n // 2 + 1, torch.device("cpu"))
+    i = torch.arange(n, dtype=torch.float64).view(-1, 1)
+    j = torch.arange(n // 2 + 1, dtype=torch.float64).view(1, -1)
+    ang = 2 * math.pi * (i * j) / n
+    assert (cos.double() - ang.cos() / math.sqrt(n)).abs().max() < 2e-7
+    assert (sin.double() - ang.sin() / math.sqrt(n)).abs().max() < 2e-7
+    # the reduction happens in the traced graph too: angles stay below 2π
+    x = torch.arange(n, dtype=torch.float32)
+    assert (torch.remainder(torch.outer(x, x), float(n)) < n).all()
 
 
 def test_frequency_split_sums_to_input() -> None:

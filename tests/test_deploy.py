@@ -561,3 +561,23 @@ def test_graph_traced_without_padding_runs_at_sizes_that_need_it(tmp_path: Path)
         out = sess.run(None, {"input": x.numpy()})[0]
         assert out.shape == ref.shape
         assert float(abs(out - ref).max()) < 1e-4
+
+
+def test_every_matrix_case_builds() -> None:
+    # `export-onnx --matrix` walks these cases; one that the network refuses to build (an
+    # option combination that became invalid) used to crash the whole run
+    for name, variant, scale, opts in export.matrix_cases():
+        model = A.FACTORIES[variant](scale=scale, **opts)
+        assert model.scale == scale, name
+
+
+def test_matrix_counts_an_unbuildable_case_as_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = ("bad case", "hybridmoe_nano", 2, {"noise": True})  # noise needs texture_head
+    good = ("good case", "hybridmoe_nano", 2, {})
+    monkeypatch.setattr(export, "matrix_cases", lambda: [bad, good])
+    assert export.matrix(tmp_path / "mx", fp16="none") == 1
+    out = capsys.readouterr().out
+    assert "FAIL bad case: cannot build: ValueError" in out and "texture_head" in out
+    assert "ok   good case fp32" in out and "2 configurations, 1 failure(s)" in out

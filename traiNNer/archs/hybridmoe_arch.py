@@ -534,11 +534,14 @@ def _dft_mats(n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor, Ten
 
     Returns cos and sin matrices (n, m) of the angle 2π·i·j/n, both scaled by 1/√n, and the
     frequency index row (1, m). Built with tensor ops only, so traced graphs stay dynamic.
+    The index product is reduced modulo n first (exact in float32 while n² < 2²⁴): angles
+    stay in [0, 2π), where every runtime's cos/sin is accurate (onnxruntime's are not at the
+    hundreds of radians that i·j·2π/n reaches at n = 128).
     """
     i = torch.arange(n, device=device, dtype=torch.float32)
     j = torch.arange(m, device=device, dtype=torch.float32)
     nt = i.amax(0, keepdim=True) + 1.0  # n as a (1,) tensor
-    ang = torch.outer(i, j) * (2.0 * math.pi) / nt
+    ang = torch.remainder(torch.outer(i, j), nt) * (2.0 * math.pi) / nt
     s = torch.rsqrt(nt)
     return torch.cos(ang) * s, torch.sin(ang) * s, j.view(1, -1) / nt
 
