@@ -92,9 +92,11 @@ pixels are cross-faded linearly with the neighbour, so windows overlap by 3 x --
 and --tile must be larger than that. For a model whose receptive field is at most
 --tile-overlap pixels the result is identical to untiled inference. Windows are padded to the
 model's size requirements and the output is cropped to exactly H*scale x W*scale. For
-HybridMoE models windows start at multiples of 4 x window_size input pixels (32 for the
-default window of 8), the network's internal grid, which keeps tiles much closer to the
-whole-image result (a divisor of it when --tile minus 3 x --tile-overlap is shorter).
+HybridMoE models with downsampling levels and window attention, windows start at multiples
+of the network's internal grid (4 x window_size input pixels for the three-level network: 32
+for windows of 8; a divisor of it when --tile minus 3 x --tile-overlap is shorter), which
+keeps tiles much closer to the whole-image result; the x1 trunks (the shipped variants) have
+no such grid.
 Auto (default): the whole image in one pass when it fits in memory, else the largest tiles
 that fit. The memory of one forward is measured on a {PROBE_SIDE} x {PROBE_SIDE} probe, scaled by
 the pixel count (x {MEMORY_HEADROOM}) and compared with {int(MEMORY_SHARE * 100)}% of the free GPU
@@ -321,15 +323,24 @@ def check_tiling(descriptor: ImageModelDescriptor, tile: int | None, overlap: in
 def tile_alignment(descriptor: ImageModelDescriptor) -> int:
     """Window-start alignment in input pixels for tiling ``descriptor``'s model.
 
-    HybridMoE downsamples twice by 2 and partitions the ×¼ features into attention windows of
-    ``window_size`` tokens: tiles starting at multiples of ``4·window_size`` see the same
-    grid as the whole image (32 for the default window of 8). Other models: 1.
+    A HybridMoE of ``levels`` levels downsamples ``levels − 1`` times by 2 and, where it has
+    window attention (every block below ×1, and the bottleneck blocks), partitions the deepest
+    level into windows of ``window_size`` tokens: tiles starting at multiples of
+    ``2^(levels−1)·window_size`` see the same grid as the whole image (32 for the three-level
+    network with windows of 8). A ×1 trunk without attention (the shipped variants) has no
+    grid: 1, as for other models.
     """
     if descriptor.architecture.id != "HybridMoE":
         return 1
-    hyperparameters = getattr(descriptor.model, "hyperparameters", None) or {}
-    window = hyperparameters.get("window_size")
-    return 4 * window if isinstance(window, int) and window > 0 else 1
+    hp = getattr(descriptor.model, "hyperparameters", None) or {}
+    levels, window = hp.get("levels", 3), hp.get("window_size")
+    if not isinstance(levels, int) or levels < 1:
+        return 1
+    grid = 2 ** (levels - 1)
+    has_windows = hp.get("use_attn", True) and (levels > 1 or hp.get("mid_blocks", 0) > 0)
+    if has_windows and isinstance(window, int) and window > 0:
+        grid *= window
+    return grid
 
 
 def plan_tile(settings: Settings, height: int, width: int, channels: int, src: Path) -> int:

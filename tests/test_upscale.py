@@ -238,6 +238,23 @@ def test_tile_alignment_follows_hybridmoe_window(
     )
     path = save_model(net, tmp_path / "hybridmoe.safetensors")
     assert upscale.tile_alignment(upscale.load_descriptor(path)) == 16
+    # the x1 trunk of the shipped variants has no downsampling and no attention grid
+    trunk = save_model(A.FACTORIES["hybridmoe_nano"](scale=2), tmp_path / "trunk.safetensors")
+    assert upscale.tile_alignment(upscale.load_descriptor(trunk)) == 1
+    # two levels with attention below x1: windows of 4 tokens at x1/2 -> 8 input pixels
+    two = A.HybridMoE(
+        scale=2,
+        dim=8,
+        levels=2,
+        enc_blocks=(1, 1, 0),
+        hf_blocks=(1, 1, 0),
+        mid_blocks=1,
+        dec_blocks=(1, 1),
+        window_size=4,
+        global_mixer="none",
+    )
+    two_path = save_model(two, tmp_path / "two.safetensors")
+    assert upscale.tile_alignment(upscale.load_descriptor(two_path)) == 8
 
     seen: list[int] = []
     real = tiling.upscale_tiled

@@ -1,0 +1,36 @@
+"""torch.compile: the eval forward traces into one graph (no graph break) on CPU.
+
+A graph break splits the compiled model into pieces with Python in between, which costs the
+launch savings that make compiling worth it at batch 1 (docs/DEPLOY.md section 6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from check_compile import explain
+from tiny_options import TINY
+
+import hybridmoe_arch as A
+
+
+@pytest.mark.parametrize(
+    ("variant", "options", "fused"),
+    [
+        ("hybridmoe_nano", {}, True),
+        ("hybridmoe_nano", {}, False),
+        ("hybridmoe", {**TINY, "global_mixer": "ssm", "freq_split": "fft"}, True),
+        ("hybridmoe", {**TINY, "upsampler": "dysample", "refine_moe": True}, False),
+    ],
+)
+def test_eval_forward_has_no_graph_break(
+    variant: str, options: dict[str, Any], fused: bool
+) -> None:
+    model = A.FACTORIES[variant](scale=2, **options).eval()
+    if fused:
+        model.fuse()
+    x = torch.rand(1, 3, 24, 20)
+    with torch.inference_mode():
+        graphs, breaks, reasons = explain(model, x)
+    assert (graphs, breaks) == (1, 0), reasons
