@@ -250,13 +250,13 @@ def test_aligned_tiles_match_better(lr_image: torch.Tensor) -> None:
 def test_trunk_variants_tile_exactly_with_enough_overlap(
     variant: str, lr_image: torch.Tensor
 ) -> None:
-    """The x1 trunks see 2 + blocks pixels around each LR pixel (stem, blocks and the
-    upsampler's convolution are 3x3; the bicubic base 2): an overlap wider than that gives the
-    whole-image output up to the rounding of the float32 blend (under 1/1000 of an 8-bit
-    step); a narrower one leaves seams of whole 8-bit steps. The weights are perturbed strongly (std 0.05) so that distant
-    pixels matter, and the network runs in float64: at that amplitude float32 rounding alone
-    moves a few outputs of the 192-channel m by up to two 8-bit steps, depending on the CPU's
-    convolution kernels."""
+    """The x1 trunks see 2 + blocks pixels around each LR pixel (stem, blocks and the upsampler's
+    convolution are 3x3; the bicubic base 2): an overlap wider than that gives the whole-image
+    output up to the rounding of the float32 blend (under 1/1000 of an 8-bit step); a narrower
+    one leaves seams of whole 8-bit steps. The weights are perturbed strongly (std 0.05) so that
+    distant pixels matter, and the network runs in float64: at that amplitude float32 rounding
+    alone moves a few outputs of the 192-channel m by up to two 8-bit steps, depending on the
+    CPU's convolution kernels."""
     desc = perturbed_descriptor(variant, std=0.05)
     desc.model.double()
     image = lr_image.double()
