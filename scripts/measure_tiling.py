@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -47,8 +46,10 @@ from spandrel import ImageModelDescriptor
 
 import hybridmoe_arch as arch
 from hybridmoe import upscale
+from hybridmoe.bench import git_commit
 from hybridmoe.checkpoint import load_checkpoint
 from hybridmoe.imageio import read_image
+from hybridmoe.install import sha256_of
 from hybridmoe.models import shipped_models
 from hybridmoe.tiling import (
     count_tiles,
@@ -71,14 +72,6 @@ PLAN_SIZES = (
 )
 """(height, width, tile, overlap) for which tile counts are listed with align 1 and the
 alignment ``hybridmoe upscale`` uses."""
-
-
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the checkout."""
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
 
 
 CODE_PATHS = ("hybridmoe", "traiNNer/archs", "scripts")
@@ -109,7 +102,7 @@ def code_changes() -> list[str]:
 
 def file_provenance(path: Path) -> dict[str, Any]:
     """SHA-256 of ``path`` and whether its content is the blob HEAD holds at that path."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     rel = path.resolve().relative_to(ROOT).as_posix() if path.resolve().is_relative_to(ROOT) else ""
 
     def run(*cmd: str) -> str:
@@ -316,7 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overlaps", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--probe-side", type=int, default=upscale.PROBE_SIDE)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
+    if args.json.exists() and not args.overwrite:
+        p.error(f"{args.json} exists; give another path or --overwrite")
+    commit, changes = git_commit(), code_changes()  # the code that is measured, before the run
 
     torch.set_num_threads(args.threads)
     shipped = shipped_models()
@@ -333,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch": torch.__version__,
         "spandrel": spandrel.__version__,
         "python": platform.python_version(),
-        "commit": git_commit(),
-        "code_changes_vs_commit": code_changes(),
+        "commit": commit,
+        "code_changes_vs_commit": changes,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "values": {
             "inputs": (

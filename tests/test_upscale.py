@@ -220,22 +220,15 @@ def test_aligned_tiling_is_still_exact(tmp_path: Path, tile: int, overlap: int, 
 def test_tile_alignment_follows_hybridmoe_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """HybridMoE: windows start at multiples of 4·window_size (its ×¼ attention grid);
-    other architectures: 1. The CLI passes it on to the tiler."""
+    """HybridMoE: windows start at multiples of 2^(levels-1)·window_size where it has window
+    attention below x1, else 1 (the x1 trunks); other architectures: 1. The CLI passes it on
+    to the tiler."""
     import hybridmoe_arch as A
 
     assert upscale.tile_alignment(descriptor_of(compact(), tmp_path)) == 1
     register_spandrel()
-    net = A.HybridMoE(
-        scale=2,
-        dim=8,
-        enc_blocks=(1, 1, 1),
-        hf_blocks=(1, 1, 1),
-        mid_blocks=1,
-        dec_blocks=(1, 1),
-        window_size=4,
-        global_mixer="none",
-    )
+    common = {"scale": 2, "dim": 8, "mid_blocks": 1, "dec_blocks": (1, 1), "window_size": 4}
+    net = A.HybridMoE(enc_blocks=(1, 1, 1), hf_blocks=(1, 1, 1), global_mixer="none", **common)
     path = save_model(net, tmp_path / "hybridmoe.safetensors")
     assert upscale.tile_alignment(upscale.load_descriptor(path)) == 16
     # the x1 trunk of the shipped variants has no downsampling and no attention grid
@@ -243,15 +236,7 @@ def test_tile_alignment_follows_hybridmoe_window(
     assert upscale.tile_alignment(upscale.load_descriptor(trunk)) == 1
     # two levels with attention below x1: windows of 4 tokens at x1/2 -> 8 input pixels
     two = A.HybridMoE(
-        scale=2,
-        dim=8,
-        levels=2,
-        enc_blocks=(1, 1, 0),
-        hf_blocks=(1, 1, 0),
-        mid_blocks=1,
-        dec_blocks=(1, 1),
-        window_size=4,
-        global_mixer="none",
+        levels=2, enc_blocks=(1, 1, 0), hf_blocks=(1, 1, 0), global_mixer="none", **common
     )
     two_path = save_model(two, tmp_path / "two.safetensors")
     assert upscale.tile_alignment(upscale.load_descriptor(two_path)) == 8
