@@ -97,6 +97,12 @@ def _precision(argv: Sequence[str]) -> int:
     return _status(precision.main(list(argv)))
 
 
+def _perceptual(argv: Sequence[str]) -> int:
+    from hybridmoe import perceptual
+
+    return _status(perceptual.main(list(argv)))
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "upscale": (_upscale, "upscale images with a model file or a shipped model"),
     "evaluate": (_evaluate, "PSNR/SSIM (Y channel) on benchmark sets"),
@@ -109,6 +115,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "make-options": (_options, "write the traiNNer-redux option templates"),
     "moe-usage": (_moe_usage, "how often each MoE expert is chosen on images"),
     "check-precision": (_precision, "compare fp32/fp16/bf16 outputs and scores"),
+    "perceptual-weights": (
+        _perceptual,
+        "LPIPS weights as .safetensors (no download later)",
+    ),
     "models": (_models, "list the shipped pretrained models"),
 }
 """Subcommand -> (runner, one-line help)."""

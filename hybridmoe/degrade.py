@@ -1,18 +1,34 @@
-"""Seeded, batched image degradations for x1 restoration (blur, noise, JPEG) in PyTorch.
+"""Seeded, batched image degradations (blur, noise, resizing, JPEG) in PyTorch: x1 restoration
+and a second-order "real-world" pipeline for x4 super-resolution.
 
 Every function takes float RGB batches ``(N, 3, H, W)`` with values in ``[0, 1]`` on any device
 and works per image: each image has its own blur kernel, noise level and JPEG quality.
 :func:`degrade_batch` draws those per-image parameters from a ``torch.Generator`` (on the
-generator's device) and applies, in this order:
+generator's device). With ``scale == 1`` (x1 restoration, same size) it applies, in this order:
 
 1. anisotropic Gaussian blur (with probability ``blur_prob``),
 2. Gaussian noise, colour or the same on all channels (with probability ``noise_prob``),
 3. clamping and rounding to 8-bit levels,
 4. a JPEG round trip (with probability ``jpeg_prob``).
 
-The same generator state gives the same batch; every parameter is drawn for every image
-whether its stage is switched on or not, so switching one stage off leaves the others as they
-were. :data:`RESTORE` is the preset the x1 restoration recipe trains and is evaluated with.
+With ``scale > 1`` (a Real-ESRGAN-style second-order degradation; ``H`` and ``W`` must be
+multiples of the scale) every image goes, one image at a time since its size changes between
+stages, through:
+
+1. stage 1: blur (``blur_prob``, ``blur_sigma``) -> resize by a factor drawn in
+   ``resize_range`` (mode drawn among :data:`RESIZE_MODES`, antialiased when shrinking) ->
+   noise (``noise_prob``, ``noise_sigma``, ``noise_gray_prob``) -> 8-bit -> JPEG
+   (``jpeg_prob``, ``jpeg_quality``);
+2. stage 2, with probability ``second_prob``: blur (``second_blur_prob``,
+   ``second_blur_sigma``) -> resize (``second_resize_range``) -> noise (``second_noise_prob``,
+   ``second_noise_sigma``, grey with ``noise_gray_prob``) -> 8-bit;
+3. final: resize to exactly ``(H / scale, W / scale)`` (mode drawn) -> 8-bit -> JPEG
+   (``final_jpeg_prob``, ``final_jpeg_quality``).
+
+The same generator state gives the same batch on the same device; every parameter (and every
+noise field) is drawn for every image whether its stage is switched on or not, so switching one
+stage off leaves the others as they were. :data:`RESTORE` is the preset the x1 restoration
+recipe trains and is evaluated with; :data:`REALWORLD4` is the x4 real-world preset.
 
 :func:`jpeg` is a JPEG baseline encode/decode written with tensor operations (so it runs on the
 GPU): JFIF YCbCr, 4:2:0 chroma, 8x8 orthonormal DCT, the standard (Annex K) quantisation tables
@@ -31,9 +47,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "PRESETS",
+    "REALWORLD4",
+    "RESIZE_MODES",
     "RESTORE",
     "Degradation",
     "DegradeParams",
+    "SecondOrderParams",
     "add_noise",
     "apply_params",
     "degrade_batch",
@@ -45,6 +65,10 @@ __all__ = [
 
 MAX_KERNEL = 21
 """Largest blur kernel side (odd)."""
+RESIZE_MODES = ("area", "bilinear", "bicubic")
+"""Interpolation modes the x4 pipeline draws from (``torch.nn.functional.interpolate`` names)."""
+RESIZE_LIMITS = (0.05, 4.0)
+"""Smallest and largest resize factor a :class:`Degradation` range may hold."""
 
 _LUMA_TABLE = (
     (16, 11, 10, 16, 24, 40, 51, 61),
@@ -142,8 +166,13 @@ def gaussian_blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any = 0.0)
     return _blur(x, sigma_x, sigma_y, theta)
 
 
-def _blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any) -> torch.Tensor:
-    """:func:`gaussian_blur` without the scan of ``x``'s values (the pipeline checks once)."""
+def _blur(
+    x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any, *, small_ok: bool = False
+) -> torch.Tensor:
+    """:func:`gaussian_blur` without the scan of ``x``'s values (the pipeline checks once).
+
+    ``small_ok``: pad an image too small for reflect padding by edge replication instead of
+    refusing it (the x4 pipeline, whose random resizing can make images small)."""
     n, ch, h, w = x.shape
     sx = _per_image(sigma_x, n, x.device, "sigma_x")
     sy = _per_image(sigma_y, n, x.device, "sigma_y")
@@ -157,14 +186,17 @@ def _blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any) -> torch.Tens
         )
     size = kernel_size(float(torch.maximum(sx, sy).max()))
     pad = size // 2
-    if min(h, w) <= pad:
+    pad_mode = "reflect"
+    if min(h, w) <= pad and small_ok:
+        pad_mode = "replicate"
+    elif min(h, w) <= pad:
         raise ValueError(
             f"images of {h}x{w} are too small for a {size}x{size} blur kernel (reflect padding "
             f"needs more than {pad} pixels per side); use smaller sigmas or larger images"
         )
     k = gaussian_kernels(sx, sy, th, size).to(x.dtype)
     weight = k.repeat_interleave(ch, dim=0)[:, None]  # (N*3, 1, size, size)
-    padded = F.pad(x.reshape(1, n * ch, h, w), (pad, pad, pad, pad), mode="reflect")
+    padded = F.pad(x.reshape(1, n * ch, h, w), (pad, pad, pad, pad), mode=pad_mode)
     out = F.conv2d(padded, weight, groups=n * ch).reshape(n, ch, h, w)
     # a normalised non-negative kernel keeps [0, 1]; clamp only the float rounding (1 + 1e-7)
     return out.clamp_(0.0, 1.0)
@@ -344,6 +376,14 @@ class Degradation:
 
     Blur sigmas are in pixels (one per axis, drawn independently, at a uniform angle); noise
     sigma is on the 0..255 scale; JPEG quality is an integer range, both ends included.
+
+    ``scale`` is the downscaling factor of the pipeline: 1 (x1 restoration, the default) uses
+    only the blur / noise / JPEG fields; a larger scale runs the second-order pipeline of the
+    module docstring, where the ``blur_*``, ``noise_*`` and ``jpeg_*`` fields are stage 1's,
+    ``resize_range`` is stage 1's resize factor, the ``second_*`` fields stage 2's (whose noise
+    is grey with ``noise_gray_prob`` too) and the ``final_*`` fields the last JPEG's. Their
+    defaults (no resizing in stage 1, no stage 2, no final JPEG) apply nothing beyond the x1
+    stages and the final downscale; :data:`REALWORLD4` sets them all.
     """
 
     blur_prob: float = 0.5
@@ -353,17 +393,47 @@ class Degradation:
     noise_gray_prob: float = 0.3
     jpeg_prob: float = 0.7
     jpeg_quality: tuple[int, int] = (40, 95)
+    scale: int = 1
+    resize_range: tuple[float, float] = (1.0, 1.0)
+    second_prob: float = 0.0
+    second_blur_prob: float = 0.8
+    second_blur_sigma: tuple[float, float] = (0.2, 1.5)
+    second_resize_range: tuple[float, float] = (0.6, 1.2)
+    second_noise_prob: float = 0.8
+    second_noise_sigma: tuple[float, float] = (1.0, 15.0)
+    final_jpeg_prob: float = 0.0
+    final_jpeg_quality: tuple[int, int] = (30, 95)
 
     def __post_init__(self) -> None:
-        for name in ("blur_prob", "noise_prob", "noise_gray_prob", "jpeg_prob"):
+        for name in (
+            "blur_prob",
+            "noise_prob",
+            "noise_gray_prob",
+            "jpeg_prob",
+            "second_prob",
+            "second_blur_prob",
+            "second_noise_prob",
+            "final_jpeg_prob",
+        ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-        _check_range("blur_sigma", self.blur_sigma, 1e-3, (MAX_KERNEL - 1) / 6)
+        max_sigma = (MAX_KERNEL - 1) / 6
+        _check_range("blur_sigma", self.blur_sigma, 1e-3, max_sigma)
+        _check_range("second_blur_sigma", self.second_blur_sigma, 1e-3, max_sigma)
         _check_range("noise_sigma", self.noise_sigma, 0.0, 255.0)
-        _check_range("jpeg_quality", self.jpeg_quality, 1, 100)
-        if not all(isinstance(q, int) for q in self.jpeg_quality):
-            raise ValueError(f"jpeg_quality must be two ints, got {self.jpeg_quality}")
+        _check_range("second_noise_sigma", self.second_noise_sigma, 0.0, 255.0)
+        for name in ("jpeg_quality", "final_jpeg_quality"):
+            _check_range(name, getattr(self, name), 1, 100)
+            if not all(isinstance(q, int) for q in getattr(self, name)):
+                raise ValueError(f"{name} must be two ints, got {getattr(self, name)}")
+        for name in ("resize_range", "second_resize_range"):
+            _check_range(f"{name} (resize factors)", getattr(self, name), *RESIZE_LIMITS)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
+            raise ValueError(
+                f"scale must be an int >= 1 (1: same-size restoration, e.g. 4: x4 "
+                f"super-resolution), got {self.scale!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The values as JSON-ready lists and numbers."""
@@ -381,8 +451,45 @@ RESTORE = Degradation(
 )
 """The x1 restoration preset: mild blur, light to moderate noise, JPEG 40..95."""
 
-PRESETS = {"restore": RESTORE}
-"""Named presets (``--degrade NAME``)."""
+REALWORLD4 = Degradation(
+    scale=4,
+    blur_prob=0.8,
+    blur_sigma=(0.2, 3.0),
+    resize_range=(0.3, 1.5),
+    noise_prob=0.8,
+    noise_sigma=(1.0, 25.0),
+    noise_gray_prob=0.4,
+    jpeg_prob=0.8,
+    jpeg_quality=(30, 95),
+    second_prob=0.5,
+    second_blur_prob=0.8,
+    second_blur_sigma=(0.2, 1.5),
+    second_resize_range=(0.6, 1.2),
+    second_noise_prob=0.8,
+    second_noise_sigma=(1.0, 15.0),
+    final_jpeg_prob=0.8,
+    final_jpeg_quality=(30, 95),
+)
+"""The x4 "real-world" preset: a Real-ESRGAN-style second-order degradation with moderate
+ranges. Stage 1: blur (p 0.8, sigma 0.2..3.0), resize x0.3..1.5, noise (p 0.8, sigma 1..25,
+grey 0.4), JPEG (p 0.8, q 30..95); stage 2 (p 0.5): blur (p 0.8, sigma 0.2..1.5), resize
+x0.6..1.2, noise (p 0.8, sigma 1..15); then a resize to 1/4 of the HR size and JPEG (p 0.8,
+q 30..95). The LQ image is a quarter of the HR image's size on each axis."""
+
+PRESETS = {"restore": RESTORE, "realworld4": REALWORLD4}
+"""Named presets (``--degrade NAME``, ``--preset NAME``)."""
+
+
+def _r6(v: torch.Tensor) -> float:
+    return round(float(v), 6)
+
+
+def _describe_blur(on: Any, sx: Any, sy: Any, th: Any) -> dict[str, float] | None:
+    return {"sigma_x": _r6(sx), "sigma_y": _r6(sy), "theta": _r6(th)} if on else None
+
+
+def _describe_noise(on: Any, sigma: Any, gray: Any) -> dict[str, Any] | None:
+    return {"sigma": _r6(sigma), "gray": bool(gray)} if on else None
 
 
 @dataclass
@@ -403,17 +510,65 @@ class DegradeParams:
     def describe(self, i: int) -> dict[str, Any]:
         """Image ``i``'s stages as JSON-ready values (``None`` for a stage not applied)."""
         return {
-            "blur": {
-                "sigma_x": round(float(self.sigma_x[i]), 6),
-                "sigma_y": round(float(self.sigma_y[i]), 6),
-                "theta": round(float(self.theta[i]), 6),
-            }
-            if self.blur[i]
-            else None,
-            "noise": {"sigma": round(float(self.noise_sigma[i]), 6), "gray": bool(self.gray[i])}
-            if self.noise[i]
-            else None,
+            "blur": _describe_blur(self.blur[i], self.sigma_x[i], self.sigma_y[i], self.theta[i]),
+            "noise": _describe_noise(self.noise[i], self.noise_sigma[i], self.gray[i]),
             "jpeg": {"quality": int(self.quality[i])} if self.jpeg[i] else None,
+        }
+
+
+@dataclass
+class SecondOrderParams(DegradeParams):
+    """The per-image parameters of the second-order pipeline (``scale > 1``): stage 1's in the
+    :class:`DegradeParams` fields plus its resize (``resize`` factor, ``resize_mode`` index
+    into :data:`RESIZE_MODES`), stage 2's (flag ``second``; fields ending in ``2``) and the
+    final resize mode and JPEG."""
+
+    resize: torch.Tensor
+    resize_mode: torch.Tensor
+    second: torch.Tensor
+    blur2: torch.Tensor
+    sigma_x2: torch.Tensor
+    sigma_y2: torch.Tensor
+    theta2: torch.Tensor
+    resize2: torch.Tensor
+    resize_mode2: torch.Tensor
+    noise2: torch.Tensor
+    noise_sigma2: torch.Tensor
+    gray2: torch.Tensor
+    final_mode: torch.Tensor
+    final_jpeg: torch.Tensor
+    final_quality: torch.Tensor
+    scale: int = 4
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """Image ``i``'s stages as JSON-ready values (``None`` for a stage not applied):
+        ``blur``, ``resize``, ``noise``, ``jpeg`` (stage 1), ``second`` (``None`` or its
+        ``blur``, ``resize``, ``noise``) and ``final`` (``resize`` mode, ``jpeg``)."""
+        first = super().describe(i)
+        return {
+            "blur": first["blur"],
+            "resize": {
+                "factor": _r6(self.resize[i]),
+                "mode": RESIZE_MODES[int(self.resize_mode[i])],
+            },
+            "noise": first["noise"],
+            "jpeg": first["jpeg"],
+            "second": {
+                "blur": _describe_blur(
+                    self.blur2[i], self.sigma_x2[i], self.sigma_y2[i], self.theta2[i]
+                ),
+                "resize": {
+                    "factor": _r6(self.resize2[i]),
+                    "mode": RESIZE_MODES[int(self.resize_mode2[i])],
+                },
+                "noise": _describe_noise(self.noise2[i], self.noise_sigma2[i], self.gray2[i]),
+            }
+            if self.second[i]
+            else None,
+            "final": {
+                "resize": {"scale": self.scale, "mode": RESIZE_MODES[int(self.final_mode[i])]},
+                "jpeg": {"quality": int(self.final_quality[i])} if self.final_jpeg[i] else None,
+            },
         }
 
 
@@ -428,7 +583,9 @@ def sample_params(
     n: int, cfg: Degradation, generator: torch.Generator | None = None
 ) -> DegradeParams:
     """Draw the parameters of ``n`` images from ``generator`` (all of them, in a fixed order,
-    whatever the probabilities)."""
+    whatever the probabilities); a :class:`SecondOrderParams` when ``cfg.scale > 1``."""
+    if cfg.scale > 1:
+        return _sample_second_order(n, cfg, generator)
     dev = _gen_device(generator, torch.device("cpu"))
     flags = torch.rand(3, n, generator=generator, device=dev, dtype=torch.float64)
     lo, hi = cfg.jpeg_quality
@@ -445,6 +602,52 @@ def sample_params(
     )
 
 
+def _sample_second_order(
+    n: int, cfg: Degradation, gen: torch.Generator | None
+) -> SecondOrderParams:
+    """:func:`sample_params` of the second-order pipeline: the flags, then every stage's
+    values in pipeline order."""
+    dev = _gen_device(gen, torch.device("cpu"))
+    flags = torch.rand(7, n, generator=gen, device=dev, dtype=torch.float64)
+
+    def quality(lo_hi: tuple[int, int]) -> torch.Tensor:
+        return torch.randint(lo_hi[0], lo_hi[1] + 1, (n,), generator=gen, device=dev)
+
+    def mode() -> torch.Tensor:
+        return torch.randint(0, len(RESIZE_MODES), (n,), generator=gen, device=dev)
+
+    def gray() -> torch.Tensor:
+        return torch.rand(n, generator=gen, device=dev) < cfg.noise_gray_prob
+
+    return SecondOrderParams(
+        blur=flags[0] < cfg.blur_prob,
+        sigma_x=_uniform(n, cfg.blur_sigma, gen, dev),
+        sigma_y=_uniform(n, cfg.blur_sigma, gen, dev),
+        theta=_uniform(n, (0.0, math.pi), gen, dev),
+        resize=_uniform(n, cfg.resize_range, gen, dev),
+        resize_mode=mode(),
+        noise=flags[1] < cfg.noise_prob,
+        noise_sigma=_uniform(n, cfg.noise_sigma, gen, dev),
+        gray=gray(),
+        jpeg=flags[2] < cfg.jpeg_prob,
+        quality=quality(cfg.jpeg_quality),
+        second=flags[3] < cfg.second_prob,
+        blur2=flags[4] < cfg.second_blur_prob,
+        sigma_x2=_uniform(n, cfg.second_blur_sigma, gen, dev),
+        sigma_y2=_uniform(n, cfg.second_blur_sigma, gen, dev),
+        theta2=_uniform(n, (0.0, math.pi), gen, dev),
+        resize2=_uniform(n, cfg.second_resize_range, gen, dev),
+        resize_mode2=mode(),
+        noise2=flags[5] < cfg.second_noise_prob,
+        noise_sigma2=_uniform(n, cfg.second_noise_sigma, gen, dev),
+        gray2=gray(),
+        final_mode=mode(),
+        final_jpeg=flags[6] < cfg.final_jpeg_prob,
+        final_quality=quality(cfg.final_jpeg_quality),
+        scale=cfg.scale,
+    )
+
+
 def apply_params(
     hr: torch.Tensor, p: DegradeParams, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -452,8 +655,12 @@ def apply_params(
 
     The noise field is drawn from ``generator`` for every image (zero-weighted where noise is
     off). Returns a new tensor of ``hr``'s shape and dtype holding 8-bit levels ``k / 255``.
+    For :class:`SecondOrderParams`, the second-order pipeline instead (see
+    :func:`degrade_batch`), returning ``(N, 3, H / scale, W / scale)``.
     """
     _check_batch(hr, "hr")
+    if isinstance(p, SecondOrderParams):
+        return _apply_second_order(hr, p, generator)
     dev = hr.device
     x = hr.clone()
     idx = p.blur.to(dev).nonzero().flatten()
@@ -469,10 +676,102 @@ def apply_params(
     return x
 
 
+def _to_8bit(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def _resized(size: tuple[int, int], factor: torch.Tensor) -> tuple[int, int]:
+    """``size`` times ``factor``, rounded, at least one pixel per axis."""
+    f = float(factor)
+    return max(1, round(size[0] * f)), max(1, round(size[1] * f))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(1, 3, h, w)`` resized to ``size`` with mode ``RESIZE_MODES[mode]``
+    (antialiased when shrinking an axis), clamped to [0, 1]; unchanged at the same size."""
+    if size == tuple(x.shape[-2:]):
+        return x
+    name = RESIZE_MODES[int(mode)]
+    if name == "area":  # averages the covered pixels: antialiased by construction
+        y = F.interpolate(x, size=size, mode="area")
+    else:
+        shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+        y = F.interpolate(x, size=size, mode=name, align_corners=False, antialias=shrink)
+    return y.clamp(0.0, 1.0)
+
+
+def _stage(
+    x: torch.Tensor,
+    gen: torch.Generator | None,
+    blur: tuple[Any, Any, Any, Any],
+    resize: tuple[Any, Any],
+    noise: tuple[Any, Any, Any],
+) -> torch.Tensor:
+    """One image through blur (``(on, sigma_x, sigma_y, theta)``) -> resize (``(factor,
+    mode)``) -> noise (``(on, sigma, gray)``; its field always drawn) -> 8 bits."""
+    on, sx, sy, th = blur
+    if on:
+        x = _blur(x, float(sx), float(sy), float(th), small_ok=True)
+    x = _resize(x, _resized(tuple(x.shape[-2:]), resize[0]), resize[1])
+    on, sigma, gray = noise
+    x = _noise(x, float(sigma) if on else 0.0, 0.0, gen, gray.reshape(1))
+    return _to_8bit(x)
+
+
+def _apply_second_order(
+    hr: torch.Tensor, p: SecondOrderParams, gen: torch.Generator | None
+) -> torch.Tensor:
+    """The second-order pipeline, image by image (sizes differ between stages), in float32."""
+    n, _, h, w = hr.shape
+    s = p.scale
+    if h % s or w % s:
+        raise ValueError(
+            f"hr images of {h}x{w} are not divisible by the scale {s}; crop them to a multiple "
+            f"of {s} first (top-left: hr[..., :{h - h % s}, :{w - w % s}])"
+        )
+    if p.blur.shape != (n,):
+        raise ValueError(f"the parameters are drawn for {p.blur.shape[0]} images, hr has {n}")
+    outs = []
+    for i in range(n):
+        x = hr[i : i + 1].to(torch.float32)
+        x = _stage(
+            x,
+            gen,
+            (p.blur[i], p.sigma_x[i], p.sigma_y[i], p.theta[i]),
+            (p.resize[i], p.resize_mode[i]),
+            (p.noise[i], p.noise_sigma[i], p.gray[i]),
+        )
+        if p.jpeg[i]:
+            x = _jpeg(x, p.quality[i : i + 1].to(x.device))
+        second = (
+            (p.blur2[i], p.sigma_x2[i], p.sigma_y2[i], p.theta2[i]),
+            (p.resize2[i], p.resize_mode2[i]),
+            (p.noise2[i], p.noise_sigma2[i], p.gray2[i]),
+        )
+        if p.second[i]:
+            x = _stage(x, gen, *second)
+        else:  # draw the stage's noise field all the same: later draws stay as they were
+            size = _resized(tuple(x.shape[-2:]), p.resize2[i])
+            _noise(x.new_zeros((1, 3, *size)), 0.0, 0.0, gen, p.gray2[i].reshape(1))
+        x = _to_8bit(_resize(x, (h // s, w // s), p.final_mode[i]))
+        if p.final_jpeg[i]:
+            x = _jpeg(x, p.final_quality[i : i + 1].to(x.device))
+        outs.append(x)
+    if not outs:
+        return hr.new_zeros((0, 3, h // s, w // s))
+    return (torch.cat(outs).to(hr.dtype) * 255).round() / 255
+
+
 def degrade_batch(
     hr: torch.Tensor, cfg: Degradation = RESTORE, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The degraded (LQ) version of ``hr`` ``(N, 3, H, W)`` in [0, 1], same size (x1).
+    """The degraded (LQ) version of ``hr`` ``(N, 3, H, W)`` in [0, 1].
+
+    ``cfg.scale == 1``: the same size, the whole batch at once (blur -> noise -> 8 bits ->
+    JPEG). ``cfg.scale = s > 1``: ``H`` and ``W`` must be multiples of ``s`` (``ValueError``
+    otherwise); each image goes, one at a time, through the second-order pipeline of the
+    module docstring, and the result is ``(N, 3, H / s, W / s)`` in ``hr``'s dtype (computed in
+    float32).
 
     Parameters and noise come from ``generator`` (CPU or on the images' device); the same
     generator state reproduces the batch exactly on the same device. ``hr`` is checked once

@@ -1,19 +1,25 @@
-"""Fixed-seed degraded copies of image sets, for evaluating x1 restoration models.
+"""Fixed-seed degraded copies of image sets, for evaluating x1 restoration models and x4
+"real-world" super-resolution models.
 
 Usage::
 
     hybridmoe make-degraded --out datasets/restore_eval [--sets Set5 Set14 B100 Urban100]
         [--data DIR] [--seed 0] [--preset restore]
+    hybridmoe make-degraded --out datasets/realworld4_eval --preset realworld4
     hybridmoe make-degraded my_photos/HR --out datasets/restore_mine [--name mine]
 
 Every image of a set (the benchmark sets are found as ``hybridmoe evaluate`` finds them; an HR
 folder given on the command line is a set named after it, or after its parent when it is
-called ``HR``) is degraded with :func:`hybridmoe.degrade.degrade_batch` and the preset
-(blur -> noise -> 8-bit rounding -> JPEG, same size). It is written as::
+called ``HR``) is degraded with :func:`hybridmoe.degrade.degrade_batch` and the preset: with
+``restore`` (scale 1) blur -> noise -> 8-bit rounding -> JPEG, same size; with ``realworld4``
+(scale 4) the second-order pipeline of :mod:`hybridmoe.degrade` (blur, resize, noise, JPEG,
+a second such stage, a resize to a quarter of the size and a last JPEG). For a scale ``s > 1``
+the image is first cropped to a multiple of ``s`` (top-left, "mod-crop"), the LQ image is
+``s`` times smaller on each axis. It is written as::
 
-    OUT/<set>/HR/<name>.png      the image as read (8-bit; greyscale stays greyscale)
-    OUT/<set>/LQ/<name>.png      its degraded copy
-    OUT/<set>/manifest.json      preset values, seeds and every image's drawn parameters
+    OUT/<set>/HR/<name>.png      the image as read, mod-cropped (8-bit; greyscale stays grey)
+    OUT/<set>/LQ/<name>.png      its degraded copy (1/scale of the HR size)
+    OUT/<set>/manifest.json      scale, preset values, seeds and every image's drawn parameters
 
 Each image has its own generator, seeded from ``--seed``, the set name and the image name, so
 its degraded copy does not depend on which other images are in the folder. A greyscale image
@@ -38,12 +44,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hybridmoe import degrade, imageio
+from hybridmoe import degrade, imageio, metrics
 
 FORMAT = "hybridmoe-degraded-set/1"
 EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 LUMA = np.array([0.299, 0.587, 0.114])
 ORDER = "blur, noise, clamp and round to 8 bits, JPEG"
+ORDER_SECOND = (
+    "stage 1: blur, resize, noise, 8 bits, JPEG; stage 2 (second_prob): blur, resize, noise, "
+    "8 bits; final: resize to 1/scale, 8 bits, JPEG"
+)
+
+
+def order(cfg: degrade.Degradation) -> str:
+    """The order of the stages of ``cfg``'s pipeline, in words (recorded in the manifest)."""
+    return ORDER if cfg.scale == 1 else ORDER_SECOND
 
 
 class DegradedSetError(Exception):
@@ -60,11 +75,13 @@ def degrade_image(
     img: np.ndarray, cfg: degrade.Degradation, seed: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Degrade a uint8 ``(H, W)`` or ``(H, W, 3)`` image with a generator seeded by ``seed``;
-    returns the uint8 result (same shape) and the parameters drawn.
+    returns the uint8 result (same shape, or ``(H / s, W / s[, 3])`` for ``cfg.scale = s``;
+    ``H`` and ``W`` must then be multiples of ``s``) and the parameters drawn.
 
-    Unlike a training batch, an evaluation image always gets at least one stage: a draw with
+    Unlike a training batch, an x1 evaluation image always gets at least one stage: a draw with
     every stage off is drawn again from the same generator (``redraws`` in the parameters),
-    so an image whose first draw has a stage is degraded exactly as before."""
+    so an image whose first draw has a stage is degraded exactly as before. (A scale > 1 image
+    is always degraded: it is downscaled; ``redraws`` is 0.)"""
     grey = img.ndim == 2
     rgb = np.repeat(img[:, :, None], 3, axis=2) if grey else img
     if rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -73,7 +90,12 @@ def degrade_image(
     gen = torch.Generator().manual_seed(seed)
     params = degrade.sample_params(1, cfg, gen)
     redraws = 0
-    while not _any_stage(params) and _any_stage_possible(cfg) and redraws < MAX_REDRAWS:
+    while (
+        cfg.scale == 1
+        and not _any_stage(params)
+        and _any_stage_possible(cfg)
+        and redraws < MAX_REDRAWS
+    ):
         # an evaluation image left clean would score an infinite input PSNR: draw again
         params = degrade.sample_params(1, cfg, gen)
         redraws += 1
@@ -136,17 +158,26 @@ def make_set(
     images: dict[str, Any] = {}
     for path in set_images(hr_dir)[:limit]:
         try:
-            hr = read_image(path)
+            source = read_image(path)
         except EvaluationError as exc:
             raise DegradedSetError(str(exc)) from exc
+        hr = metrics.mod_crop(source, cfg.scale)
+        if hr.shape[0] == 0 or hr.shape[1] == 0:
+            raise DegradedSetError(
+                f"{path} ({source.shape[0]}x{source.shape[1]}) is smaller than the scale "
+                f"{cfg.scale} of preset {preset!r}; remove it from {hr_dir}"
+            )
         s = image_seed(seed, name, path.stem)
         lq, params = degrade_image(hr, cfg, s)
         _write_png(set_dir / "HR" / f"{path.stem}.png", hr)
         _write_png(set_dir / "LQ" / f"{path.stem}.png", lq)
+        sizes = {"size": list(hr.shape[:2])}
+        if cfg.scale > 1:
+            sizes.update(source_size=list(source.shape[:2]), lq_size=list(lq.shape[:2]))
         images[path.stem] = {
             "source": path.name,
             "seed": s,
-            "size": list(hr.shape[:2]),
+            **sizes,
             "grey": hr.ndim == 2,
             **params,
         }
@@ -155,14 +186,24 @@ def make_set(
         "set": name,
         "source": str(hr_dir),
         "preset": preset,
+        "scale": cfg.scale,
         "degradation": cfg.to_dict(),
-        "order": ORDER,
+        "order": order(cfg),
         "seed": seed,
         "images": images,
     }
     text = json.dumps(manifest, indent=1) + "\n"
     imageio.write_text_atomic(set_dir / "manifest.json", text, what="manifest")
     return manifest
+
+
+def manifest_scale(manifest: dict[str, Any]) -> int:
+    """The scale of a degraded set (HR size / LQ size): 1 for manifests written before scales
+    were recorded."""
+    scale = manifest.get("scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise DegradedSetError(f"the manifest of set {manifest.get('set')!r} has scale {scale!r}")
+    return scale
 
 
 def read_manifest(set_dir: Path) -> dict[str, Any]:
@@ -179,6 +220,7 @@ def read_manifest(set_dir: Path) -> dict[str, Any]:
         raise DegradedSetError(f"cannot read {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DegradedSetError(f"{path} is not a degraded-set manifest (format {FORMAT})")
+    manifest_scale(manifest)
     for stem in manifest["images"]:
         for sub in ("HR", "LQ"):
             if not (set_dir / sub / f"{stem}.png").is_file():

@@ -19,11 +19,16 @@ Data layout: ``<data>/benchmark/<Set>/HR/*.png`` (or ``<data>/<Set>/HR/*.png``).
 its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``, as Set5 does), the generated LR
 images are checked against them bit for bit.
 
-``--degraded DIR`` evaluates a scale-1 (restoration) model instead, on the fixed-seed degraded
-sets that ``hybridmoe make-degraded`` wrote under DIR (``DIR/<Set>/{HR,LQ}``, every set there by
-default): each LQ image is restored and scored against its HR image (PSNR and SSIM on Y, no
-border cropped: the output has the input's size and the degradations reach the image edges);
-the degraded input itself is scored as the baseline ("input" row).
+``--degraded DIR`` evaluates the model instead on the fixed-seed degraded sets that
+``hybridmoe make-degraded`` wrote under DIR (``DIR/<Set>/{HR,LQ}``, every set there by default);
+the model's scale must be the sets' (``scale`` in their manifests). Sets of scale 1 (preset
+``restore``) take a restoration model: each LQ image is restored and scored against its HR image
+(PSNR and SSIM on Y, no border cropped: the output has the input's size and the degradations
+reach the image edges); the degraded input itself is scored as the baseline ("input" row). Sets
+of a scale s > 1 (preset ``realworld4``: second-order "real-world" degradations, LQ images s
+times smaller) are scored as super-resolution is above, with the LQ image in place of the
+bicubic LR image: PSNR and SSIM on Y with s border pixels cropped, and MATLAB bicubic upscaling
+of the LQ image as the baseline ("bicubic" row).
 
 Greyscale images (Set14's ``bridge``) given to a 3-channel model are replicated to RGB, and the
 RGB output is turned back to grey with BT.601 luma weights, so that its Y is exactly the Y of the
@@ -194,13 +199,26 @@ def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
-def load_descriptor(path: Path, device: str, dtype: str, *, restoration: bool = False) -> Any:
+def load_descriptor(
+    path: Path,
+    device: str,
+    dtype: str,
+    *,
+    restoration: bool = False,
+    degraded_scale: int | None = None,
+) -> Any:
     """Load an SR checkpoint as a spandrel ``ImageModelDescriptor`` on ``device`` / ``dtype``.
 
     Any checkpoint spandrel supports loads, HybridMoE included (through the project loader).
-    Super-resolution evaluation needs scale >= 2; ``restoration`` (degraded sets) needs scale 1.
+    Super-resolution evaluation needs scale >= 2; degraded sets of scale ``degraded_scale``
+    need a model of that scale (``restoration=True`` is ``degraded_scale=1``).
     """
     import spandrel
+
+    if restoration:
+        if degraded_scale not in (None, 1):
+            raise ValueError(f"restoration=True means degraded_scale=1, got {degraded_scale}")
+        degraded_scale = 1
 
     try:
         path = resolve_model(path)
@@ -219,12 +237,9 @@ def load_descriptor(path: Path, device: str, dtype: str, *, restoration: bool = 
         raise EvaluationError(
             f"{path} is not an image-to-image model ({type(descriptor).__name__})"
         )
-    if restoration and descriptor.scale != 1:
-        raise EvaluationError(
-            f"{path} is a x{descriptor.scale} model; degraded sets (--degraded) measure x1 "
-            "restoration and need a scale-1 model. Evaluate super-resolution without --degraded"
-        )
-    if not restoration and descriptor.scale == 1:
+    if degraded_scale is not None and descriptor.scale != degraded_scale:
+        raise EvaluationError(_scale_mismatch(path, descriptor.scale, degraded_scale))
+    if degraded_scale is None and descriptor.scale == 1:
         raise EvaluationError(
             f"{path} is a scale-1 ({descriptor.purpose}) model. This evaluation measures "
             "super-resolution of bicubic-downscaled images and needs a model with scale >= 2; "
@@ -237,6 +252,28 @@ def load_descriptor(path: Path, device: str, dtype: str, *, restoration: bool = 
         raise EvaluationError(f"{path}: {exc}; use --dtype fp32") from exc
     descriptor.eval()
     return descriptor
+
+
+def _scale_mismatch(path: Path, model_scale: int, set_scale: int) -> str:
+    """Why a x``model_scale`` model cannot be scored on degraded sets of ``set_scale``, and
+    what to do instead."""
+    from hybridmoe.degrade import PRESETS
+
+    task = "x1 restoration" if set_scale == 1 else f"x{set_scale} super-resolution"
+    fixes = [f"evaluate a x{set_scale} model on them"]
+    presets = [name for name, cfg in sorted(PRESETS.items()) if cfg.scale == model_scale]
+    if presets:
+        fixes.append(
+            f"make x{model_scale} sets for this model with hybridmoe make-degraded --preset "
+            + " or --preset ".join(presets)
+        )
+    if model_scale > 1:
+        fixes.append("evaluate bicubic super-resolution without --degraded")
+    return (
+        f"{path} is a x{model_scale} model, but the degraded sets (--degraded) are x{set_scale} "
+        f"(scale {set_scale} in their manifests): they measure {task} and need a "
+        f"scale-{set_scale} model. Fix: {'; or '.join(fixes)}"
+    )
 
 
 def model_info(descriptor: Any, path: Path, device: str, dtype: str) -> dict[str, Any]:
@@ -346,6 +383,25 @@ def _mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
 
 
+def score_sr(
+    lr: np.ndarray,
+    hr: np.ndarray,
+    scale: int,
+    descriptor: Any | None,
+    *,
+    tile: int | None = None,
+    name: str = "the image",
+) -> dict[str, dict[str, float]]:
+    """Scores of super-resolving the uint8 ``lr`` to ``hr`` (``scale`` times its size), border
+    ``scale``: ``{"bicubic": ..., "model": ...}`` (MATLAB bicubic upscaling, and the model
+    unless ``descriptor`` is None)."""
+    row = {"bicubic": score_pair(metrics.imresize_matlab_uint8(lr, scale), hr, scale)}
+    if descriptor is not None:
+        sr = super_resolve(descriptor, lr, tile, name=name)
+        row["model"] = score_pair(sr, hr, scale)
+    return row
+
+
 def evaluate_set(
     set_dir: Path,
     scale: int,
@@ -364,11 +420,8 @@ def evaluate_set(
         hr = metrics.mod_crop(read_image(path), scale)
         lr = make_lr(hr, scale)
         check_shipped_lr(set_dir, path, scale, lr)
-        row = {"bicubic": score_pair(metrics.imresize_matlab_uint8(lr, scale), hr, scale)}
-        if descriptor is not None:
-            sr = super_resolve(descriptor, lr, tile, name=f"{set_dir.name}/{path.name}")
-            row["model"] = score_pair(sr, hr, scale)
-        per_image[path.stem] = row
+        name = f"{set_dir.name}/{path.name}"
+        per_image[path.stem] = score_sr(lr, hr, scale, descriptor, tile=tile, name=name)
     result: dict[str, Any] = {"images": len(paths)}
     for method in ("bicubic", "model") if descriptor is not None else ("bicubic",):
         result[method] = _mean_scores([r[method] for r in per_image.values()])
@@ -434,16 +487,40 @@ def score_restored(out: np.ndarray, hr: np.ndarray) -> dict[str, float]:
 
 def degraded_images(set_dir: Path, limit: int | None = None) -> Iterator[tuple[str, Any, Any]]:
     """``(name, hr, lq)`` uint8 images of a degraded set (:mod:`hybridmoe.degraded_sets`),
-    checked to have the same size."""
+    checked: ``hr`` is the set's scale times ``lq``'s size (the same size for x1 sets)."""
     manifest = _read_degraded(set_dir)
+    s = degraded_scale(manifest)
     for stem in sorted(manifest["images"])[:limit]:
         hr = read_image(set_dir / "HR" / f"{stem}.png")
         lq = read_image(set_dir / "LQ" / f"{stem}.png")
-        if hr.shape != lq.shape:
+        if hr.shape != (lq.shape[0] * s, lq.shape[1] * s, *lq.shape[2:]):
+            expected = "the same" if s == 1 else f"{s} times LQ's"
             raise EvaluationError(
-                f"{set_dir.name}/{stem}: LQ {lq.shape} and HR {hr.shape} differ; remake the set"
+                f"{set_dir.name}/{stem}: LQ {lq.shape} and HR {hr.shape} do not fit a x{s} "
+                f"set (HR size must be {expected}); remake the set"
             )
         yield stem, hr, lq
+
+
+def degraded_scale(manifest: dict[str, Any]) -> int:
+    """The scale of a degraded set from its manifest (1 for sets made before x4 presets)."""
+    from hybridmoe.degraded_sets import DegradedSetError, manifest_scale
+
+    try:
+        return manifest_scale(manifest)
+    except DegradedSetError as exc:
+        raise EvaluationError(str(exc)) from None
+
+
+def degraded_border(scale: int) -> int:
+    """Border cropped before scoring degraded sets of ``scale``: :data:`RESTORE_BORDER` for x1
+    restoration, ``scale`` for super-resolution (as :func:`evaluate_set`)."""
+    return RESTORE_BORDER if scale == 1 else scale
+
+
+def degraded_baseline(scale: int) -> str:
+    """The baseline row of degraded sets: the degraded ``"input"`` (x1) or ``"bicubic"``."""
+    return "input" if scale == 1 else "bicubic"
 
 
 def _read_degraded(set_dir: Path) -> dict[str, Any]:
@@ -484,16 +561,23 @@ def degraded_set_names(root: Path, sets: Sequence[str] | None) -> list[str]:
 def evaluate_degraded_set(
     set_dir: Path, descriptor: Any, tile: int | None = None, limit: int | None = None
 ) -> dict[str, Any]:
-    """Input and model scores on one degraded set, as :func:`evaluate_set` with an
-    ``"input"`` baseline (the degraded image itself) instead of ``"bicubic"``."""
+    """Baseline and model scores on one degraded set. x1 sets: as :func:`evaluate_set` with an
+    ``"input"`` baseline (the degraded image itself) instead of ``"bicubic"``, border 0; sets of
+    a scale s > 1: :func:`score_sr` of the LQ image (``"bicubic"`` baseline, border s)."""
     manifest = _read_degraded(set_dir)
+    scale = degraded_scale(manifest)
     per_image: dict[str, dict[str, dict[str, float]]] = {}
     rows = list(degraded_images(set_dir, limit))
-    for stem, hr, lq in tqdm(rows, desc=f"{set_dir.name} x1", unit="img", file=sys.stderr):
-        out = super_resolve(descriptor, lq, tile, name=f"{set_dir.name}/{stem}")
+    desc = f"{set_dir.name} x{scale}"
+    for stem, hr, lq in tqdm(rows, desc=desc, unit="img", file=sys.stderr):
+        name = f"{set_dir.name}/{stem}"
+        if scale > 1:
+            per_image[stem] = score_sr(lq, hr, scale, descriptor, tile=tile, name=name)
+            continue
+        out = super_resolve(descriptor, lq, tile, name=name)
         per_image[stem] = {"input": score_restored(lq, hr), "model": score_restored(out, hr)}
     result: dict[str, Any] = {"images": len(per_image)}
-    for method in ("input", "model"):
+    for method in (degraded_baseline(scale), "model"):
         result[method] = _mean_scores([r[method] for r in per_image.values()])
     result.update(
         preset=manifest["preset"], degradation=manifest["degradation"], seed=manifest["seed"]
@@ -512,24 +596,33 @@ def evaluate_degraded(
     tile: int | None = None,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the scale-1 ``model`` on the degraded sets under ``degraded_dir``.
+    """Evaluate ``model`` on the degraded sets under ``degraded_dir`` (all of one scale, the
+    model's).
 
-    Returns ``{"model": info, "scale": 1, "task": "restoration", "border": 0, "data": str,
-    "sets": {name: evaluate_degraded_set(...)}}``.
+    Returns ``{"model": info, "scale": s, "task": "restoration" (x1) or "degraded-sr",
+    "border": 0 (x1) or s, "data": str, "sets": {name: evaluate_degraded_set(...)}}``.
     """
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
     if tile is not None and tile < 1:
         raise EvaluationError(f"tile must be >= 1, got {tile}")
     names = degraded_set_names(degraded_dir, sets)
-    for name in names:
-        _read_degraded(degraded_dir / name)  # all sets checked before any work
-    descriptor = load_descriptor(model, device, dtype, restoration=True)
+    scales = {  # all sets checked before any work
+        name: degraded_scale(_read_degraded(degraded_dir / name)) for name in names
+    }
+    if len(set(scales.values())) > 1:
+        found = ", ".join(f"{name} x{s}" for name, s in scales.items())
+        raise EvaluationError(
+            f"the degraded sets under {degraded_dir} have different scales ({found}); a model "
+            "has one scale: choose the sets of its scale with --sets"
+        )
+    scale = scales[names[0]]
+    descriptor = load_descriptor(model, device, dtype, degraded_scale=scale)
     return {
         "model": model_info(descriptor, model, device, dtype),
-        "scale": 1,
-        "task": "restoration",
-        "border": RESTORE_BORDER,
+        "scale": scale,
+        "task": "restoration" if scale == 1 else "degraded-sr",
+        "border": degraded_border(scale),
         "data": str(degraded_dir),
         "sets": {
             name: evaluate_degraded_set(degraded_dir / name, descriptor, tile=tile, limit=limit)
@@ -553,7 +646,10 @@ def format_table(results: dict[str, Any]) -> str:
         )
     base = "input" if results.get("task") == "restoration" else "bicubic"
     border = results.get("border", results["scale"])
-    task = "x1 restoration of degraded sets" if base == "input" else f"scale x{results['scale']}"
+    task = {
+        "restoration": "x1 restoration of degraded sets",
+        "degraded-sr": f"scale x{results['scale']}, super-resolution of degraded sets",
+    }.get(results.get("task", ""), f"scale x{results['scale']}")
     lines.append(f"{task}, PSNR/SSIM on Y, border {border}")
     lines.append(f"{'set':<10} {'images':>6}  {'method':<24} {'PSNR':>8} {'SSIM':>7}")
     for set_name, r in results["sets"].items():
@@ -613,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="evaluate a scale-1 restoration MODEL on the sets of hybridmoe make-degraded",
+        help="evaluate MODEL on the sets of hybridmoe make-degraded (of the model's scale)",
     )
     return p
 

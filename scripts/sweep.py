@@ -24,6 +24,11 @@ Commands::
         --scale 1 --degrade restore: x1 restoration; the LQ batch is made on the device from
         the HR crops with hybridmoe.degrade's preset (blur, noise, JPEG), drawn from a
         generator seeded by --seed and saved with the training state (run <config>_x1_restore).
+        --scale 4 --degrade realworld4: the same at x4 with the second-order preset.
+        --init DIR --gan LPIPS: GAN fine-tuning (run <config>_x<s>[_<preset>]_gan): the weights
+        start from DIR/<config>_x<s> (a run of this recipe), and the loss is Charbonnier
+        + LPIPS-VGG (weights of hybridmoe perceptual-weights) + the adversarial term of a
+        U-Net discriminator (hybridmoe.gan) trained beside it; constant rate (GAN_RECIPE).
     sweep.py bench  --configs A B ... [--json OUT]
         fp16 weights, batch 1, fused forms: ×4 to 1920×1080 (480×270 in) and ×2 from 1920×1080;
         median latency (CUDA events), GFLOPs per forward and achieved TFLOP/s.
@@ -219,16 +224,48 @@ RECIPE = {
     "milestones": (0.5, 0.75),
     "gamma": 0.5,
 }
+GAN_RECIPE = {
+    "lr": 1e-4,
+    "lr_d": 1e-4,
+    "pixel_weight": 1.0,
+    "lpips_weight": 1.0,
+    "gan_weight": 0.1,
+    "d_width": 64,
+}
+"""The GAN fine-tuning recipe (``--gan``): generator and discriminator rates (constant), the
+weights of Charbonnier, LPIPS-VGG and the adversarial term, the discriminator's width."""
 SAVE_EVERY = 500
 PACK_PART_BYTES = 15 * 2**20  # tar parts and chunks of pack (the device returns files <= 16 MB)
 LOG_EVERY = 100
 
 
-def run_name(config: str, scale: int, seed: int, degrade_preset: str | None = None) -> str:
+def run_name(
+    config: str, scale: int, seed: int, degrade_preset: str | None = None, gan: bool = False
+) -> str:
     """The run folder of a configuration: ``<config>_x<scale>``, then ``_<preset>`` for a
-    restoration run (``--degrade``) and ``_seed<N>`` for seeds other than 0."""
-    tag = f"_{degrade_preset}" if degrade_preset else ""
+    degraded-input run (``--degrade``), ``_gan`` for GAN fine-tuning and ``_seed<N>`` for
+    seeds other than 0."""
+    tag = (f"_{degrade_preset}" if degrade_preset else "") + ("_gan" if gan else "")
     return f"{config}_x{scale}{tag}" + (f"_seed{seed}" if seed else "")
+
+
+def load_init(init_dir: Path, config: str, scale: int) -> dict[str, torch.Tensor]:
+    """The EMA weights of run ``<config>_x<scale>`` under ``init_dir`` (float32), checked
+    against its meta.json: the start of a fine-tuning run."""
+    run = init_dir / run_name(config, scale, 0)
+    meta_path = run / "meta.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"--init: no run {run} (meta.json) to start {config} x{scale} from")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("config") != config or meta.get("scale") != scale:
+        raise SystemExit(
+            f"--init: {run} is {meta.get('config')} x{meta.get('scale')}, not {config} x{scale}"
+        )
+    for name in ("ema.pt", "ema16.pt"):
+        if (run / name).is_file():
+            sd = torch.load(run / name, map_location="cpu", weights_only=True)
+            return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    raise SystemExit(f"--init: {run} has no ema.pt / ema16.pt")
 
 
 def lr_size(scale: int) -> int:
@@ -397,16 +434,63 @@ def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.T
     return torch.sqrt((x - y) ** 2 + eps).mean()
 
 
+def gan_generator_loss(  # noqa: PLR0917 (the parts of one step)
+    out: torch.Tensor,
+    gt: torch.Tensor,
+    pixel: torch.Tensor,
+    lpips: nn.Module,
+    disc: nn.Module,
+    amp: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The generator's GAN fine-tuning loss: weighted Charbonnier ``pixel`` + LPIPS-VGG + the
+    adversarial term of the (frozen for this step) discriminator; returns it and its parts."""
+    from hybridmoe.gan import g_loss
+
+    disc.requires_grad_(False)
+    perceptual = lpips(out, gt)
+    with amp:
+        adv = g_loss(disc(out.contiguous(memory_format=torch.channels_last)))
+    disc.requires_grad_(True)
+    g = GAN_RECIPE
+    loss = g["pixel_weight"] * pixel + g["lpips_weight"] * perceptual + g["gan_weight"] * adv
+    parts = {"pixel": pixel.item(), "lpips": perceptual.item(), "adv": adv.item()}
+    return loss, parts
+
+
+def gan_discriminator_step(
+    fake: torch.Tensor, gt: torch.Tensor, disc: nn.Module, opt_d: Any, amp: Any
+) -> float:
+    """One discriminator update on the real ``gt`` and the generator's (detached) ``fake``."""
+    from hybridmoe.gan import d_loss
+
+    cl = torch.channels_last
+    with amp:
+        loss = d_loss(
+            disc(gt.contiguous(memory_format=cl)), disc(fake.contiguous(memory_format=cl))
+        )
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_d.step()
+    return loss.item()
+
+
 def train_one(args: argparse.Namespace) -> int:
     """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl."""
     name, scale = args.config, args.scale
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = getattr(args, "degrade", None)
-    if preset and scale != 1:
-        raise SystemExit(f"--degrade trains x1 restoration; use --scale 1 (got --scale {scale})")
+    gan_weights = getattr(args, "gan", None)
+    init_dir = getattr(args, "init", None)
+    if preset and scale != degrade.PRESETS[preset].scale:
+        raise SystemExit(
+            f"--degrade {preset} makes x{degrade.PRESETS[preset].scale} inputs; use --scale "
+            f"{degrade.PRESETS[preset].scale} (got --scale {scale})"
+        )
     if preset and getattr(args, "val", None):
-        raise SystemExit("--val scores super-resolution; a --degrade run has no validation set")
-    run = Path(args.out) / run_name(name, scale, args.seed, preset)
+        raise SystemExit("--val scores bicubic inputs; a --degrade run has no validation set")
+    if gan_weights and not init_dir:
+        raise SystemExit("--gan fine-tunes a trained network; give its run folder with --init")
+    run = Path(args.out) / run_name(name, scale, args.seed, preset, bool(gan_weights))
     run.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
     torch.manual_seed(args.seed)
@@ -418,12 +502,31 @@ def train_one(args: argparse.Namespace) -> int:
     gen.manual_seed(args.seed)
     # restoration: the degradations are drawn on the device, from their own seeded generator
     dgen = torch.Generator(device=device).manual_seed(args.seed) if preset else None
+    disc = opt_d = lpips = None
+    if gan_weights:
+        from hybridmoe.gan import UNetDiscriminator
+        from hybridmoe_loss import HybridMoELPIPSLoss
+
+        disc = UNetDiscriminator(GAN_RECIPE["d_width"]).to(device)
+        disc = disc.to(memory_format=torch.channels_last).train()
+        opt_d = torch.optim.AdamW(
+            disc.parameters(), lr=GAN_RECIPE["lr_d"], betas=RECIPE["betas"], weight_decay=0.0
+        )
+        lpips = HybridMoELPIPSLoss(1.0, gan_weights, net="vgg").to(device)
     start = 0
     state_path = run / "state.pt"
+    if init_dir and not state_path.is_file():
+        init = load_init(Path(init_dir), name, scale)
+        model.load_state_dict(init)
+        for e, v in zip(ema, model.state_dict().values(), strict=True):
+            e.copy_(v)
     if state_path.is_file():
         st = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
+        if disc is not None:
+            disc.load_state_dict(st["disc"])
+            opt_d.load_state_dict(st["opt_d"])
         for e, v in zip(ema, st["ema"], strict=True):
             e.copy_(v)
         start = int(st["iter"])
@@ -431,7 +534,7 @@ def train_one(args: argparse.Namespace) -> int:
         if dgen is not None:
             dgen.set_state(st["degrade_gen"].cpu())
     warmup = getattr(args, "warmup", 0)
-    peak = getattr(args, "lr", None) or RECIPE["lr"]
+    peak = getattr(args, "lr", None) or (GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"])
     batch = getattr(args, "batch", None) or RECIPE["batch"]
     crop = getattr(args, "crop", None) or lr_size(scale)
     meta_path = run / "meta.json"
@@ -439,7 +542,7 @@ def train_one(args: argparse.Namespace) -> int:
         before = json.loads(meta_path.read_text())["recipe"]
         changes = (
             ("--warmup", "warmup", warmup, 0),
-            ("--lr", "lr", peak, RECIPE["lr"]),
+            ("--lr", "lr", peak, GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"]),
             ("--batch", "batch", batch, RECIPE["batch"]),
             ("--crop", "lr_size", crop, lr_size(scale)),
         )
@@ -454,12 +557,14 @@ def train_one(args: argparse.Namespace) -> int:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
     val = Validator(Path(args.val), scale, device) if getattr(args, "val", None) else None
-    if preset:
+    if preset:  # HR crops of crop * scale; the LQ is made from them
         pairs = [(hr, hr) for d in args.data for hr in load_hr(Path(d), device)]
+        pool = CropPool(pairs, 1, crop * scale, gen)
     else:
         pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device)]
-    pool = CropPool(pairs, scale, crop, gen)
-    milestones = [int(args.iters * m) for m in RECIPE["milestones"]]
+        pool = CropPool(pairs, scale, crop, gen)
+    # GAN fine-tuning keeps its rate constant
+    milestones = [] if disc is not None else [int(args.iters * m) for m in RECIPE["milestones"]]
     moe = getattr(model, "num_experts", 0) > 0
     amp = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
@@ -479,6 +584,8 @@ def train_one(args: argparse.Namespace) -> int:
     }
     if preset:
         meta["degradation"] = {"preset": preset, **degrade.PRESETS[preset].to_dict()}
+    if disc is not None:
+        meta["gan"] = {**GAN_RECIPE, "lpips_weights": str(gan_weights), "init": str(init_dir)}
 
     def save(final: bool) -> None:
         sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
@@ -491,6 +598,11 @@ def train_one(args: argparse.Namespace) -> int:
                 "iter": it,
                 "gen": gen.get_state(),
                 **({"degrade_gen": dgen.get_state()} if dgen is not None else {}),
+                **(
+                    {"disc": disc.state_dict(), "opt_d": opt_d.state_dict()}
+                    if disc is not None
+                    else {}
+                ),
             },
             tmp,
         )
@@ -515,6 +627,9 @@ def train_one(args: argparse.Namespace) -> int:
         with amp:
             out = model(lq)
         loss = charbonnier(out.float(), gt)
+        parts: dict[str, float] = {}
+        if disc is not None:
+            loss, parts = gan_generator_loss(out.float(), gt, loss, lpips, disc, amp)
         if moe:
             bal = A.MOE_AUX.take_balance_loss()
             if bal is not None:
@@ -522,6 +637,8 @@ def train_one(args: argparse.Namespace) -> int:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if disc is not None:
+            parts["d"] = gan_discriminator_step(out.detach().float(), gt, disc, opt_d, amp)
         with torch.no_grad():
             cur = list(model.state_dict().values())
             floats = [(e, c) for e, c in zip(ema, cur, strict=True) if e.is_floating_point()]
@@ -537,6 +654,7 @@ def train_one(args: argparse.Namespace) -> int:
             rec = {
                 "iter": it,
                 "loss": loss.item(),
+                **{k: round(v, 6) for k, v in parts.items()},
                 "lr": lr,
                 "it_s": (it - start) / elapsed,
                 "elapsed_s": elapsed,
@@ -587,10 +705,18 @@ def train_many(args: argparse.Namespace) -> int:
             cmd += ["--deadline-s", str(args.deadline_s)]
         if args.degrade:
             cmd += ["--degrade", args.degrade]
-        for flag in ("warmup", "lr", "batch", "crop", "val"):  # recipe changes, validation
+        for flag in (
+            "warmup",
+            "lr",
+            "batch",
+            "crop",
+            "val",
+            "init",
+            "gan",
+        ):  # recipe changes, validation
             if getattr(args, flag):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
-        stdout = f"{run_name(name, args.scale, args.seed, args.degrade)}.stdout"
+        stdout = f"{run_name(name, args.scale, args.seed, args.degrade, bool(args.gan))}.stdout"
         logf = (Path(args.out) / stdout).open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
     rc = 0
@@ -1362,8 +1488,10 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument(
             "--degrade",
             choices=sorted(degrade.PRESETS),
-            help="x1 restoration: LQ made from the HR crops with this degradation preset",
+            help="LQ made from the HR crops with this preset (x1 restore, x4 realworld4)",
         )
+        t.add_argument("--init", help="fine-tune: start from the runs in this folder")
+        t.add_argument("--gan", help="GAN fine-tuning with these LPIPS-VGG weights (needs --init)")
         t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
         t.add_argument("--lr", type=float, help=f"peak learning rate (default {RECIPE['lr']})")
         t.add_argument("--batch", type=int, help=f"batch size (default {RECIPE['batch']})")

@@ -4,8 +4,9 @@ tensor JPEG measured against Pillow's (libjpeg) round trip."""
 from __future__ import annotations
 
 import io
+import json
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,4 +204,131 @@ def test_sampled_parameters_stay_in_their_ranges() -> None:
 )
 def test_bad_input_is_refused_with_a_clear_message(call: object, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
+        call()  # type: ignore[operator]
+
+
+# --------------------------------------------------------------------- the x4 real-world pipeline
+
+ALL_ON4 = replace(
+    D.REALWORLD4,
+    blur_prob=1.0,
+    noise_prob=1.0,
+    jpeg_prob=1.0,
+    second_prob=1.0,
+    second_blur_prob=1.0,
+    second_noise_prob=1.0,
+    final_jpeg_prob=1.0,
+)
+"""The x4 preset with every stage on."""
+SWITCHES = {
+    "blur": {"blur_prob": 0.0, "second_blur_prob": 0.0},
+    "second": {"second_prob": 0.0},
+    "noise": {"noise_prob": 0.0, "second_noise_prob": 0.0},
+    "jpeg": {"jpeg_prob": 0.0, "final_jpeg_prob": 0.0},
+}
+"""Each x4 stage switched off (the flag fields it sets to False)."""
+FLAGS = {
+    "blur": {"blur", "blur2"},
+    "second": {"second"},
+    "noise": {"noise", "noise2"},
+    "jpeg": {"jpeg", "final_jpeg"},
+}
+
+
+def test_realworld4_shapes_levels_and_seeding() -> None:
+    x = _batch(3, 32)[:, :, :, :24]
+    y = D.degrade_batch(x, D.REALWORLD4, _gen(5))
+    assert y.shape == (3, 3, 8, 6) and y.dtype == x.dtype
+    assert torch.equal(y, (y * 255).round() / 255) and y.min() >= 0 and y.max() <= 1
+    assert torch.equal(y, D.degrade_batch(x, D.REALWORLD4, _gen(5)))
+    assert not torch.equal(y, D.degrade_batch(x, D.REALWORLD4, _gen(6)))
+    g = _gen(5)  # degrade_batch = sample_params then apply_params, from the same generator
+    p = D.sample_params(3, D.REALWORLD4, g)
+    assert isinstance(p, D.SecondOrderParams) and torch.equal(D.apply_params(x, p, g), y)
+    assert D.degrade_batch(x.double(), D.REALWORLD4, _gen(5)).dtype == torch.float64
+    assert D.degrade_batch(x[:0], D.REALWORLD4, _gen(5)).shape == (0, 3, 8, 6)
+    # JSON-ready parameters of every stage; to_dict holds the new fields
+    d = json.loads(json.dumps(p.describe(0)))
+    assert list(d) == ["blur", "resize", "noise", "jpeg", "second", "final"]
+    assert d["resize"]["mode"] in D.RESIZE_MODES and d["final"]["resize"]["scale"] == 4
+    cfg = D.REALWORLD4.to_dict()
+    assert D.PRESETS["realworld4"] is D.REALWORLD4
+    assert cfg["scale"] == 4 and cfg["resize_range"] == [0.3, 1.5]
+    assert cfg["second_prob"] == 0.5 and cfg["final_jpeg_quality"] == [30, 95]
+
+
+@pytest.mark.parametrize("stage", list(SWITCHES))
+def test_realworld4_each_stage_switch(stage: str) -> None:
+    x = _batch(2, 32)
+    off = replace(ALL_ON4, **SWITCHES[stage])
+    assert not torch.equal(D.degrade_batch(x, ALL_ON4, _gen(4)), D.degrade_batch(x, off, _gen(4)))
+    # every value is drawn whatever the probabilities: only the switched flags differ
+    p_on, p_off = D.sample_params(2, ALL_ON4, _gen(4)), D.sample_params(2, off, _gen(4))
+    for f in fields(p_on):
+        a, b = getattr(p_on, f.name), getattr(p_off, f.name)
+        if f.name in FLAGS[stage]:
+            assert bool(a.all()) and not bool(b.any()), f.name
+        else:
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, f.name
+
+
+def test_realworld4_final_jpeg_is_the_last_step_and_draws_stay_aligned() -> None:
+    """Switching the final JPEG off leaves every earlier draw (noise fields included) as it was:
+    applying the drawn final JPEG to that output gives the full pipeline's output."""
+    x = _batch(3, 32)
+    full = D.degrade_batch(x, ALL_ON4, _gen(9))
+    without = D.degrade_batch(x, replace(ALL_ON4, final_jpeg_prob=0.0), _gen(9))
+    q = D.sample_params(3, ALL_ON4, _gen(9)).final_quality
+    assert torch.equal(D.jpeg(without, q), full)
+    # image 0's second stage off: its noise field is still drawn, so the later images start
+    # from the same generator state and come out as they were
+    g = _gen(9)
+    p = D.sample_params(3, ALL_ON4, g)
+    p.second[0] = False
+    mixed = D.apply_params(x, p, g)
+    assert not torch.equal(mixed[0], full[0]) and torch.equal(mixed[1:], full[1:])
+
+
+def test_realworld4_leaves_scale_1_untouched() -> None:
+    """The second-order fields do nothing at scale 1: RESTORE's output is that of the x1 path."""
+    x = _batch(3, 32)
+    busy = replace(
+        D.RESTORE, resize_range=(0.5, 0.5), second_prob=1.0, final_jpeg_prob=1.0, scale=1
+    )
+    assert torch.equal(D.degrade_batch(x, busy, _gen(2)), D.degrade_batch(x, D.RESTORE, _gen(2)))
+    assert type(D.sample_params(3, D.RESTORE, _gen(2))) is D.DegradeParams
+
+
+def test_realworld4_is_finite_on_hard_textures_and_tiny_images() -> None:
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = ((yy + xx) % 2).float().expand(1, 3, 32, 32)
+    ramp = (xx.float() / 31).expand(1, 3, 32, 32)
+    dither = (ramp > torch.rand(1, 3, 32, 32, generator=_gen(0))).float()
+    tiny = _batch(2, 8)  # resized to a few pixels: the blur pads by edge replication
+    for x in (torch.cat([checker, dither]), tiny):
+        for seed in range(4):
+            y = D.degrade_batch(x, ALL_ON4, _gen(seed))
+            assert torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+            assert y.shape == (x.shape[0], 3, x.shape[2] // 4, x.shape[3] // 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: D.degrade_batch(torch.rand(1, 3, 10, 8), D.REALWORLD4),
+            r"10x8 are not divisible by the scale 4; crop them .* hr\[\.\.\., :8, :8\]",
+        ),
+        (lambda: D.Degradation(scale=0), "scale must be an int >= 1"),
+        (lambda: D.Degradation(scale=2.0), "scale must be an int >= 1"),  # type: ignore[arg-type]
+        (lambda: D.Degradation(resize_range=(0.0, 1.0)), "resize_range .*must be a range"),
+        (lambda: D.Degradation(second_resize_range=(1.2, 0.6)), "second_resize_range"),
+        (lambda: D.Degradation(second_prob=1.5), "second_prob must be a probability"),
+        (lambda: D.Degradation(second_blur_sigma=(0.2, 5.0)), "second_blur_sigma must be"),
+        (lambda: D.Degradation(final_jpeg_quality=(30, 101)), "final_jpeg_quality must be"),
+        (lambda: D.Degradation(final_jpeg_quality=(30.0, 90.0)), "two ints"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_x4_settings_are_refused(call: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         call()  # type: ignore[operator]

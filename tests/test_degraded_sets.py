@@ -4,6 +4,7 @@ restoration scored against HR, with the degraded input as the baseline)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,14 @@ DATA = ROOT / "tests" / "data"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _hr_folder(root: Path, names: tuple[str, ...] = ("grey", "rgb")) -> Path:
+def _hr_folder(
+    root: Path, names: tuple[str, ...] = ("grey", "rgb"), size: tuple[int, int] = (40, 48)
+) -> Path:
     """A folder ``root/mine/HR`` with a greyscale and an RGB image (small crops of Set5)."""
     folder = root / "mine" / "HR"
     folder.mkdir(parents=True)
-    src = np.asarray(Image.open(DATA / "Set5" / "HR" / "bird.png").convert("RGB"))[:40, :48]
+    src = np.asarray(Image.open(DATA / "Set5" / "HR" / "bird.png").convert("RGB"))
+    src = src[: size[0], : size[1]]
     for name in names:
         img = Image.fromarray(src).convert("L") if name == "grey" else Image.fromarray(src)
         img.save(folder / f"{name}.png")
@@ -158,3 +162,66 @@ def test_every_evaluation_image_gets_at_least_one_stage() -> None:
         first = degrade.sample_params(1, degrade.RESTORE, torch.Generator().manual_seed(seed))
         if params["redraws"] == 0:
             assert params == {**first.describe(0), "redraws": 0}
+
+
+# ------------------------------------------------------------------ x4 real-world degraded sets
+
+
+@pytest.fixture(scope="module")
+def degraded4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``DIR/mine``: a greyscale and an RGB image of 41x50 degraded with realworld4."""
+    root = tmp_path_factory.mktemp("degraded4")
+    hr = _hr_folder(root / "src", size=(41, 50))
+    assert _make(str(hr), "--out", str(root / "out"), "--preset", "realworld4") == 0
+    return root / "out"
+
+
+def test_make_degraded_x4_mod_crops_and_writes_quarter_size_lq(degraded4: Path) -> None:
+    set_dir = degraded4 / "mine"
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    assert manifest["preset"] == "realworld4" and manifest["scale"] == 4
+    assert manifest["degradation"]["scale"] == 4 and "stage 2" in manifest["order"]
+    src = _png(set_dir.parent.parent / "src" / "mine" / "HR" / "rgb.png")
+    assert src.shape == (41, 50, 3)
+    for name, grey in (("grey", True), ("rgb", False)):
+        row = manifest["images"][name]
+        assert row["size"] == [40, 48] and row["source_size"] == [41, 50]
+        assert row["lq_size"] == [10, 12] and row["grey"] is grey and row["redraws"] == 0
+        assert set(row) >= {"blur", "resize", "noise", "jpeg", "second", "final"}
+        hr, lq = _png(set_dir / "HR" / f"{name}.png"), _png(set_dir / "LQ" / f"{name}.png")
+        assert hr.shape[:2] == (40, 48) and lq.shape[:2] == (10, 12)
+        assert (hr.ndim, lq.ndim) == ((2, 2) if grey else (3, 3))  # greyscale stays grey
+    assert np.array_equal(_png(set_dir / "HR" / "rgb.png"), src[:40, :48])  # top-left crop
+
+
+def test_evaluate_degraded_x4_scores_bicubic_and_model(degraded4: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r4.json"
+    model = _compact(tmp_path, 4)
+    assert evaluate.main([str(model), "--degraded", str(degraded4), "--json", str(report)]) == 0
+    res = json.loads(report.read_text())
+    assert res["scale"] == 4 and res["task"] == "degraded-sr" and res["border"] == 4
+    s = res["sets"]["mine"]
+    assert s["images"] == 2 and s["preset"] == "realworld4"
+    assert set(s["per_image"]["rgb"]) == {"bicubic", "model"}
+    hr = _png(degraded4 / "mine" / "HR" / "rgb.png")
+    lq = _png(degraded4 / "mine" / "LQ" / "rgb.png")
+    bicubic = metrics.calculate_psnr(metrics.imresize_matlab_uint8(lq, 4), hr, 4)
+    assert s["per_image"]["rgb"]["bicubic"]["psnr"] == pytest.approx(bicubic)
+    assert 5 < s["model"]["psnr"] < 60 and s["model"]["psnr"] != s["bicubic"]["psnr"]
+    table = evaluate.format_table(res)
+    assert "super-resolution of degraded sets" in table and "border 4" in table
+
+
+def test_evaluate_degraded_x4_refuses_other_scales(
+    degraded4: Path, degraded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x1 = _compact(tmp_path, 1)
+    assert evaluate.main([str(x1), "--degraded", str(degraded4)]) == 2
+    err = capsys.readouterr().err
+    assert "is a x1 model, but the degraded sets (--degraded) are x4" in err
+    assert "need a scale-4 model" in err and "--preset restore" in err
+    mixed = tmp_path / "mixed"
+    for src in (degraded4 / "mine", degraded / "Set5"):
+        shutil.copytree(src, mixed / src.name)
+    assert evaluate.main([str(x1), "--degraded", str(mixed)]) == 2
+    assert "different scales (Set5 x1, mine x4)" in capsys.readouterr().err

@@ -436,11 +436,15 @@ def test_registers_under_trainner_names(monkeypatch: pytest.MonkeyPatch) -> None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "traiNNer.losses.hybridmoe_loss", module)
     spec.loader.exec_module(module)
-    assert set(registry.names) == {"hybridmoefreqloss", "hybridmoebalanceloss"}
+    assert set(registry.names) == {
+        "hybridmoefreqloss",
+        "hybridmoebalanceloss",
+        "hybridmoelpipsloss",
+    }
     taken = {"fftloss", "ffloss", "freqloss", "moeloss", "l1loss", "charbonnierloss"}
     assert not set(registry.names) & taken
     assert module._arch_module_name() == "traiNNer.archs.hybridmoe_arch"
     assert module.arch_module() is hybridmoe_arch
     # traiNNer labels a loss "l_g_" + type without "loss"
     labels = {"l_g_" + n.replace("loss", "") for n in registry.names}
-    assert labels == {"l_g_hybridmoefreq", "l_g_hybridmoebalance"}
+    assert labels == {"l_g_hybridmoefreq", "l_g_hybridmoebalance", "l_g_hybridmoelpips"}

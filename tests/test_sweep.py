@@ -444,3 +444,55 @@ def test_l_candidates_build_and_use_their_extra_parts(name: str) -> None:
         "trunk256x16_lean": len(model.lf1) + len(model.dec1) == 16,
     }
     assert extra[name]
+
+
+def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import save_file
+    from torchvision.models import vgg16
+
+    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
+    monkeypatch.setattr(sweep, "GAN_RECIPE", {**sweep.GAN_RECIPE, "d_width": 8})
+    monkeypatch.setattr(sweep, "SAVE_EVERY", 1)
+    torch.manual_seed(0)  # an LPIPS-VGG file of the real layout (random values)
+    feats = {f"features.{k}": v for k, v in vgg16(weights=None).features[:30].state_dict().items()}
+    heads = {f"lin.{n}": torch.rand(1, c, 1, 1) for n, c in enumerate((64, 128, 256, 512, 512))}
+    lp = tmp_path / "lpips_vgg.safetensors"
+    save_file({**feats, **heads}, str(lp))
+    base = ["train-one", "--config", "compact", "--scale", "4", "--data", str(HR), "--crop", "8"]
+    assert sweep.main([*base, "--iters", "2", "--out", str(tmp_path / "fid")]) == 0
+    start = torch.load(tmp_path / "fid" / "compact_x4" / "ema.pt", weights_only=True)
+
+    gan = [*base, "--out", str(tmp_path / "gan"), "--init", str(tmp_path / "fid")]
+    with pytest.raises(SystemExit, match="--init"):
+        sweep.main([*base, "--iters", "1", "--out", str(tmp_path / "x"), "--gan", str(lp)])
+    lr0 = {**sweep.GAN_RECIPE, "lr": 1e-12, "lr_d": 1e-12}  # a step that moves nothing
+    monkeypatch.setattr(sweep, "GAN_RECIPE", lr0)
+    assert sweep.main([*gan, "--iters", "1", "--gan", str(lp)]) == 0
+    run = tmp_path / "gan" / "compact_x4_gan"
+    after = torch.load(run / "ema.pt", weights_only=True)
+    for k, v in start.items():  # the fine-tune started from the fidelity run's EMA weights
+        torch.testing.assert_close(after[k], v, rtol=0, atol=1e-6)
+    assert sweep.main([*gan, "--iters", "3", "--gan", str(lp)]) == 0  # resumed
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [1, 3]
+    assert {"pixel", "lpips", "adv", "d"} <= set(log[-1])
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["iter"] == 3 and "disc" in state and "opt_d" in state
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["gan"]["init"] == str(tmp_path / "fid") and meta["recipe"]["lr"] == 1e-12
+    with pytest.raises(SystemExit, match="no run"):
+        sweep.main(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "y"),
+                "--init",
+                str(tmp_path),
+                "--iters",
+                "1",
+                "--gan",
+                str(lp),
+            ]
+        )

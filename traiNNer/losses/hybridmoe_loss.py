@@ -10,9 +10,11 @@ class                      YAML ``type``                log label
 =========================  ===========================  ========================
 :class:`HybridMoEFreqLoss`     ``hybridmoefreqloss``        ``l_g_hybridmoefreq``
 :class:`HybridMoEBalanceLoss`  ``hybridmoebalanceloss``     ``l_g_hybridmoebalance``
+:class:`HybridMoELPIPSLoss`    ``hybridmoelpipsloss``       ``l_g_hybridmoelpips``
 =========================  ===========================  ========================
 
-Outside traiNNer-redux the file imports with PyTorch alone (for example as the top-level
+Outside traiNNer-redux the file imports with PyTorch alone (the LPIPS loss also needs
+torchvision and safetensors, both traiNNer-redux dependencies) (for example as the top-level
 module ``hybridmoe_loss`` next to ``hybridmoe_arch``).
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "REDUCTIONS",
     "HybridMoEBalanceLoss",
     "HybridMoEFreqLoss",
+    "HybridMoELPIPSLoss",
     "arch_module",
     "frequency_weight",
 ]
@@ -41,6 +44,7 @@ REDUCTIONS = ("mean", "sum")
 
 FREQ_LOSS_NAME = "hybridmoefreqloss"
 BALANCE_LOSS_NAME = "hybridmoebalanceloss"
+LPIPS_LOSS_NAME = "hybridmoelpipsloss"
 
 _F_MAX = math.sqrt(0.5)
 """Largest radial frequency of a sampled image (cycles/pixel): the spectrum corner (½, ½)."""
@@ -254,11 +258,112 @@ class HybridMoEBalanceLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# LPIPS perceptual loss
+# ---------------------------------------------------------------------------------------------
+
+LPIPS_TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
+"""torchvision ``features`` index of the ReLU after which each of the five layers is compared."""
+
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+class HybridMoELPIPSLoss(nn.Module):
+    """LPIPS v0.1 distance as a loss, from a local weights file (no download).
+
+    ``d(x, y) = Σ_l mean_hw( w_l · (φ̂_l(x) − φ̂_l(y))² )``: ``φ_l`` are the activations of five
+    ReLU layers of an ImageNet AlexNet or VGG16 (inputs mapped to ``[-1, 1]`` and shifted and
+    scaled per channel as LPIPS does), ``φ̂`` their unit-length normalisation over channels,
+    ``w_l`` the learned non-negative 1x1 heads. Computed in float32 (under autocast too); the
+    network is frozen. The result is the batch mean.
+
+    Args:
+        loss_weight: weight traiNNer-redux multiplies the value by (stored, not applied here).
+        weights: a ``.safetensors`` file written by ``hybridmoe perceptual-weights``
+            (``lpips_vgg.safetensors`` or ``lpips_alex.safetensors``).
+        net: ``"vgg"`` (the usual choice for training) or ``"alex"``; must match the file.
+
+    Shapes:
+        pred, target: (N, 3, H, W) in [0, 1]. output: () float32.
+    """
+
+    def __init__(self, loss_weight: float, weights: str, net: str = "vgg") -> None:
+        super().__init__()
+        from safetensors.torch import load_file
+        from torchvision.models import alexnet, vgg16
+
+        cls = type(self).__name__
+        self.loss_weight = _check_real(cls, "loss_weight", loss_weight)
+        if net not in LPIPS_TAPS:
+            raise ValueError(f"{cls}: net must be one of {sorted(LPIPS_TAPS)}, got {net!r}")
+        try:
+            sd = load_file(str(weights))
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(
+                f"{cls}: cannot read the LPIPS weights {weights!r} ({exc}); write them with "
+                "'hybridmoe perceptual-weights --out DIR' and point 'weights' at "
+                f"DIR/lpips_{net}.safetensors"
+            ) from exc
+        taps = LPIPS_TAPS[net]
+        features = (vgg16 if net == "vgg" else alexnet)(weights=None).features[: taps[-1] + 1]
+        want = {k for k in features.state_dict()}
+        got = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
+        if set(got) != want:
+            raise ValueError(
+                f"{cls}: {weights!r} does not hold the {net} backbone (net={net!r}); use "
+                f"lpips_{net}.safetensors from 'hybridmoe perceptual-weights'"
+            )
+        features.load_state_dict(got)
+        self.features = features
+        self.net = net
+        self.taps = taps
+        heads = [sd[f"lin.{k}"].float() for k in range(len(taps))]
+        for k, head in enumerate(heads):
+            self.register_buffer(f"lin{k}", head)
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> HybridMoELPIPSLoss:
+        """The backbone always stays in eval mode."""
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"loss_weight={self.loss_weight:g}, net={self.net!r}"
+
+    def _layers(self, x: Tensor) -> list[Tensor]:
+        x = ((2 * x - 1) - self.shift) / self.scale
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x / (torch.sqrt(torch.sum(x * x, dim=1, keepdim=True)) + 1e-10))
+        return out
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        """pred, target (N, 3, H, W) in [0, 1] -> 0-dim mean LPIPS distance (float32)."""
+        _check_pair(type(self).__name__, pred, target)
+        if pred.shape[1] != 3:
+            raise ValueError(
+                f"{type(self).__name__}: LPIPS compares RGB images, got {pred.shape[1]} channels"
+            )
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            a = self._layers(pred.float())
+            b = self._layers(target.float())
+            total = pred.new_zeros((), dtype=torch.float32)
+            for k, (fa, fb) in enumerate(zip(a, b, strict=True)):
+                head = getattr(self, f"lin{k}")
+                total = total + nn.functional.conv2d((fa - fb) ** 2, head).mean()
+        return total
+
+
+# ---------------------------------------------------------------------------------------------
 # traiNNer-redux registration (only when imported as traiNNer.losses.hybridmoe_loss)
 # ---------------------------------------------------------------------------------------------
 
 if __name__ == "traiNNer.losses.hybridmoe_loss":
     from traiNNer.utils.registry import LOSS_REGISTRY
 
-    for _cls in (HybridMoEFreqLoss, HybridMoEBalanceLoss):
+    for _cls in (HybridMoEFreqLoss, HybridMoEBalanceLoss, HybridMoELPIPSLoss):
         LOSS_REGISTRY.register()(_cls)

