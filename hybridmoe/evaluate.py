@@ -36,6 +36,11 @@ RGB output. A 1-channel model processes each colour channel separately. Images o
 depth and Pillow mode are read at their own white level and rounded to 8 bits (16-bit PNGs
 included; see :func:`read_image`); images with transparent pixels are refused.
 
+``--lpips FILE`` adds LPIPS (v0.1, AlexNet; lower is better) to every row: the ``lpips`` package's
+metric with the backbone of ``FILE`` (``lpips_alex.safetensors`` of ``hybridmoe
+perceptual-weights``), on the RGB images with the same border cropped (greyscale images
+replicated to three channels).
+
 A model output holding NaN or Inf stops the run with an error naming the image and dtype (exit
 status 2). ``--json`` is checked before the run (it must not be the model file, nor an existing
 file unless ``--overwrite``) and written atomically.
@@ -49,7 +54,7 @@ import json
 import math
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,40 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # BT.601, = (65.481, 128.553, 24
 
 class EvaluationError(Exception):
     """A user-facing problem (missing file, unusable model, bad data); the message says why."""
+
+
+Perceptual = Callable[[np.ndarray, np.ndarray, int], float]
+"""A perceptual distance of two uint8 images with a border cropped: ``(sr, hr, border)``."""
+
+
+def lpips_scorer(weights: Path, device: str = "cpu") -> Perceptual:
+    """LPIPS-Alex (:func:`hybridmoe.perceptual.lpips_metric`) of two uint8 images (HxW or
+    HxWx3), ``border`` pixels cropped, greyscale replicated to RGB; float32."""
+    from hybridmoe.perceptual import PerceptualWeightsError, lpips_metric
+
+    if not Path(weights).is_file():
+        raise EvaluationError(
+            f"--lpips: no such file {weights}; write it with hybridmoe perceptual-weights "
+            "--out DIR and pass DIR/lpips_alex.safetensors"
+        )
+    try:
+        metric = lpips_metric(Path(weights), "alex").to(device)
+    except (PerceptualWeightsError, KeyError) as exc:
+        raise EvaluationError(f"--lpips {weights}: {exc}") from exc
+
+    def to_tensor(img: np.ndarray, border: int) -> torch.Tensor:
+        if border:
+            img = img[border:-border, border:-border]
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+        return t.to(device=device, dtype=torch.float32) / 255
+
+    def score(sr: np.ndarray, hr: np.ndarray, border: int) -> float:
+        with torch.no_grad():
+            return float(metric(to_tensor(sr, border), to_tensor(hr, border), normalize=True))
+
+    return score
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,17 +409,23 @@ def _check_finite(y: torch.Tensor, descriptor: Any, name: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
-def score_pair(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
-    """PSNR (dB) and SSIM on Y, border ``scale``, of uint8 ``sr`` against ``hr`` (same shape)."""
-    return {
+def score_pair(
+    sr: np.ndarray, hr: np.ndarray, scale: int, perceptual: Perceptual | None = None
+) -> dict[str, float]:
+    """PSNR (dB) and SSIM on Y, border ``scale``, of uint8 ``sr`` against ``hr`` (same shape),
+    and ``"lpips"`` with a ``perceptual`` scorer."""
+    row = {
         "psnr": metrics.calculate_psnr(sr, hr, scale),
         "ssim": metrics.calculate_ssim(sr, hr, scale),
     }
+    if perceptual is not None:
+        row["lpips"] = perceptual(sr, hr, scale)
+    return row
 
 
 def _mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Average of per-image ``{"psnr", "ssim"}`` dicts."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
+    """Average of per-image score dicts (``psnr``, ``ssim``, and ``lpips`` where scored)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def score_sr(
@@ -391,14 +436,16 @@ def score_sr(
     *,
     tile: int | None = None,
     name: str = "the image",
+    perceptual: Perceptual | None = None,
 ) -> dict[str, dict[str, float]]:
     """Scores of super-resolving the uint8 ``lr`` to ``hr`` (``scale`` times its size), border
     ``scale``: ``{"bicubic": ..., "model": ...}`` (MATLAB bicubic upscaling, and the model
     unless ``descriptor`` is None)."""
-    row = {"bicubic": score_pair(metrics.imresize_matlab_uint8(lr, scale), hr, scale)}
+    bicubic = metrics.imresize_matlab_uint8(lr, scale)
+    row = {"bicubic": score_pair(bicubic, hr, scale, perceptual)}
     if descriptor is not None:
         sr = super_resolve(descriptor, lr, tile, name=name)
-        row["model"] = score_pair(sr, hr, scale)
+        row["model"] = score_pair(sr, hr, scale, perceptual)
     return row
 
 
@@ -408,6 +455,8 @@ def evaluate_set(
     descriptor: Any | None,
     tile: int | None = None,
     limit: int | None = None,
+    *,
+    perceptual: Perceptual | None = None,
 ) -> dict[str, Any]:
     """Bicubic (and model, unless ``descriptor`` is None) scores on one set.
 
@@ -421,7 +470,9 @@ def evaluate_set(
         lr = make_lr(hr, scale)
         check_shipped_lr(set_dir, path, scale, lr)
         name = f"{set_dir.name}/{path.name}"
-        per_image[path.stem] = score_sr(lr, hr, scale, descriptor, tile=tile, name=name)
+        per_image[path.stem] = score_sr(
+            lr, hr, scale, descriptor, tile=tile, name=name, perceptual=perceptual
+        )
     result: dict[str, Any] = {"images": len(paths)}
     for method in ("bicubic", "model") if descriptor is not None else ("bicubic",):
         result[method] = _mean_scores([r[method] for r in per_image.values()])
@@ -440,6 +491,7 @@ def evaluate(
     limit: int | None = None,
     bicubic_only: bool = False,
     scale: int | None = None,
+    lpips: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (and the bicubic baseline) on ``sets`` under ``data_dir``.
 
@@ -465,14 +517,30 @@ def evaluate(
     if scale is None or scale < 2:
         raise EvaluationError(f"a bicubic-only run needs a scale >= 2, got {scale}")
     run_model = None if bicubic_only else descriptor
+    perceptual = lpips_scorer(lpips, device) if lpips is not None else None
     return {
         "model": info,
         "scale": scale,
         "data": str(data_dir),
+        **_lpips_info(lpips),
         "sets": {
-            name: evaluate_set(d, scale, run_model, tile=tile, limit=limit)
+            name: evaluate_set(d, scale, run_model, tile=tile, limit=limit, perceptual=perceptual)
             for name, d in set_dirs.items()
         },
+    }
+
+
+def _lpips_info(lpips: Path | None) -> dict[str, Any]:
+    if lpips is None:
+        return {}
+    from hybridmoe.install import sha256_of
+
+    return {
+        "lpips": {
+            "metric": "LPIPS v0.1, AlexNet",
+            "weights": str(lpips),
+            "sha256": sha256_of(lpips),
+        }
     }
 
 
@@ -480,15 +548,17 @@ RESTORE_BORDER = 0
 """Border (pixels) cropped before scoring x1 restoration: none."""
 
 
-def score_restored(out: np.ndarray, hr: np.ndarray) -> dict[str, float]:
+def score_restored(
+    out: np.ndarray, hr: np.ndarray, perceptual: Perceptual | None = None
+) -> dict[str, float]:
     """PSNR (dB) and SSIM on Y, border :data:`RESTORE_BORDER`, of uint8 ``out`` against ``hr``."""
-    return score_pair(out, hr, RESTORE_BORDER)
+    return score_pair(out, hr, RESTORE_BORDER, perceptual)
 
 
 def degraded_images(set_dir: Path, limit: int | None = None) -> Iterator[tuple[str, Any, Any]]:
     """``(name, hr, lq)`` uint8 images of a degraded set (:mod:`hybridmoe.degraded_sets`),
     checked: ``hr`` is the set's scale times ``lq``'s size (the same size for x1 sets)."""
-    manifest = _read_degraded(set_dir)
+    manifest = read_degraded_manifest(set_dir)
     s = degraded_scale(manifest)
     for stem in sorted(manifest["images"])[:limit]:
         hr = read_image(set_dir / "HR" / f"{stem}.png")
@@ -523,7 +593,7 @@ def degraded_baseline(scale: int) -> str:
     return "input" if scale == 1 else "bicubic"
 
 
-def _read_degraded(set_dir: Path) -> dict[str, Any]:
+def read_degraded_manifest(set_dir: Path) -> dict[str, Any]:
     from hybridmoe.degraded_sets import DegradedSetError, read_manifest
 
     try:
@@ -559,12 +629,16 @@ def degraded_set_names(root: Path, sets: Sequence[str] | None) -> list[str]:
 
 
 def evaluate_degraded_set(
-    set_dir: Path, descriptor: Any, tile: int | None = None, limit: int | None = None
+    set_dir: Path,
+    descriptor: Any,
+    tile: int | None = None,
+    limit: int | None = None,
+    perceptual: Perceptual | None = None,
 ) -> dict[str, Any]:
     """Baseline and model scores on one degraded set. x1 sets: as :func:`evaluate_set` with an
     ``"input"`` baseline (the degraded image itself) instead of ``"bicubic"``, border 0; sets of
     a scale s > 1: :func:`score_sr` of the LQ image (``"bicubic"`` baseline, border s)."""
-    manifest = _read_degraded(set_dir)
+    manifest = read_degraded_manifest(set_dir)
     scale = degraded_scale(manifest)
     per_image: dict[str, dict[str, dict[str, float]]] = {}
     rows = list(degraded_images(set_dir, limit))
@@ -572,10 +646,15 @@ def evaluate_degraded_set(
     for stem, hr, lq in tqdm(rows, desc=desc, unit="img", file=sys.stderr):
         name = f"{set_dir.name}/{stem}"
         if scale > 1:
-            per_image[stem] = score_sr(lq, hr, scale, descriptor, tile=tile, name=name)
+            per_image[stem] = score_sr(
+                lq, hr, scale, descriptor, tile=tile, name=name, perceptual=perceptual
+            )
             continue
         out = super_resolve(descriptor, lq, tile, name=name)
-        per_image[stem] = {"input": score_restored(lq, hr), "model": score_restored(out, hr)}
+        per_image[stem] = {
+            "input": score_restored(lq, hr, perceptual),
+            "model": score_restored(out, hr, perceptual),
+        }
     result: dict[str, Any] = {"images": len(per_image)}
     for method in (degraded_baseline(scale), "model"):
         result[method] = _mean_scores([r[method] for r in per_image.values()])
@@ -595,6 +674,7 @@ def evaluate_degraded(
     dtype: str = "fp32",
     tile: int | None = None,
     limit: int | None = None,
+    lpips: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the degraded sets under ``degraded_dir`` (all of one scale, the
     model's).
@@ -608,7 +688,7 @@ def evaluate_degraded(
         raise EvaluationError(f"tile must be >= 1, got {tile}")
     names = degraded_set_names(degraded_dir, sets)
     scales = {  # all sets checked before any work
-        name: degraded_scale(_read_degraded(degraded_dir / name)) for name in names
+        name: degraded_scale(read_degraded_manifest(degraded_dir / name)) for name in names
     }
     if len(set(scales.values())) > 1:
         found = ", ".join(f"{name} x{s}" for name, s in scales.items())
@@ -618,14 +698,18 @@ def evaluate_degraded(
         )
     scale = scales[names[0]]
     descriptor = load_descriptor(model, device, dtype, degraded_scale=scale)
+    perceptual = lpips_scorer(lpips, device) if lpips is not None else None
     return {
         "model": model_info(descriptor, model, device, dtype),
         "scale": scale,
         "task": "restoration" if scale == 1 else "degraded-sr",
         "border": degraded_border(scale),
         "data": str(degraded_dir),
+        **_lpips_info(lpips),
         "sets": {
-            name: evaluate_degraded_set(degraded_dir / name, descriptor, tile=tile, limit=limit)
+            name: evaluate_degraded_set(
+                degraded_dir / name, descriptor, tile=tile, limit=limit, perceptual=perceptual
+            )
             for name in names
         },
     }
@@ -650,13 +734,16 @@ def format_table(results: dict[str, Any]) -> str:
         "restoration": "x1 restoration of degraded sets",
         "degraded-sr": f"scale x{results['scale']}, super-resolution of degraded sets",
     }.get(results.get("task", ""), f"scale x{results['scale']}")
-    lines.append(f"{task}, PSNR/SSIM on Y, border {border}")
-    lines.append(f"{'set':<10} {'images':>6}  {'method':<24} {'PSNR':>8} {'SSIM':>7}")
+    lp = "lpips" in results
+    lines.append(f"{task}, PSNR/SSIM on Y, border {border}" + (", LPIPS-Alex on RGB" if lp else ""))
+    head = f"{'set':<10} {'images':>6}  {'method':<24} {'PSNR':>8} {'SSIM':>7}"
+    lines.append(head + (f" {'LPIPS':>7}" if lp else ""))
     for set_name, r in results["sets"].items():
         rows = [(base, r[base])] + ([(name, r["model"])] if "model" in r else [])
         for method, s in rows:
             lines.append(
                 f"{set_name:<10} {r['images']:>6}  {method:<24} {s['psnr']:>8.3f} {s['ssim']:>7.4f}"
+                + (f" {s['lpips']:>7.4f}" if lp else "")
             )
     return "\n".join(lines)
 
@@ -711,6 +798,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="evaluate MODEL on the sets of hybridmoe make-degraded (of the model's scale)",
     )
+    p.add_argument(
+        "--lpips",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also LPIPS-Alex with these weights (lpips_alex.safetensors of perceptual-weights)",
+    )
     return p
 
 
@@ -741,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dtype=args.dtype,
                 tile=args.tile,
                 limit=args.limit,
+                lpips=args.lpips,
             )
         else:
             results = evaluate(
@@ -753,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 limit=args.limit,
                 bicubic_only=args.bicubic_only,
                 scale=args.scale,
+                lpips=args.lpips,
             )
     except (EvaluationError, imageio.OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

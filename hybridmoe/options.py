@@ -17,6 +17,12 @@ Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
   traiNNer-redux's on-the-fly degradations (``high_order_degradation``, RealESRGANModel) set to
   reproduce :data:`hybridmoe.degrade.RESTORE`, with the recipe of the measured x1 restoration
   run (``scripts/sweep.py --scale 1 --degrade restore``, 10,000 iterations).
+* ``train/HybridMoE/4x_HybridMoE_S_realworld.yml`` — x4 real-world GAN fine-tune of the ``s``
+  fidelity model with the same on-the-fly pipeline set to :data:`hybridmoe.degrade.REALWORLD4`
+  (second order), with the recipe of the harness run (``scripts/sweep.py --scale 4 --degrade
+  realworld4 --init RUNS --gan lpips_vgg.safetensors --crop 64``: Charbonnier + LPIPS-VGG +
+  vanilla GAN against a U-Net SN discriminator, constant rate; its length is
+  ``REALWORLD_RECIPE["iterations"]``).
 * ``test/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``test.py`` on a folder of LR images.
 * ``onnx/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``convert_to_onnx.py``.
 
@@ -41,7 +47,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from hybridmoe.degrade import RESTORE, Degradation, kernel_size
+from hybridmoe.degrade import REALWORLD4, RESIZE_MODES, RESTORE, Degradation, kernel_size
 from hybridmoe.paths import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "options"
@@ -130,6 +136,32 @@ RESTORE_RECIPE: dict[str, Any] = {
     "queue_size": 160,  # traiNNer's training-pair pool; a multiple of the batch size
 }
 
+# x4 real-world GAN fine-tune (4x_HybridMoE_S_realworld.yml): the recipe of the harness run
+# scripts/sweep.py train --scale 4 --degrade realworld4 --init RUNS --gan lpips_vgg.safetensors
+# --crop 64 (sweep.RECIPE batch, betas and EMA; sweep.GAN_RECIPE rates and loss weights, which
+# REALWORLD_GAN copies: tests/test_options.py checks they are equal). The degradations come from
+# REALWORLD_PRESET through realworld_otf() and realworld_kernels().
+REALWORLD_VARIANT = "s"
+REALWORLD_PRESET: Degradation = REALWORLD4
+REALWORLD_RECIPE: dict[str, Any] = {
+    "iterations": 6000,  # total_iter: the length of that run (update it, re-run make-options)
+    "betas": (0.9, 0.99),
+    "batch": 16,
+    "lq": 64,  # --crop 64: HR crops of 256 at x4
+    "ema_decay": 0.999,
+    "queue_size": 160,  # traiNNer's training-pair pool; a multiple of the batch size
+}
+REALWORLD_GAN: dict[str, Any] = {
+    "lr": 1e-4,  # generator, constant
+    "lr_d": 1e-4,  # discriminator, constant
+    "pixel_weight": 1.0,  # Charbonnier
+    "lpips_weight": 1.0,  # hybridmoelpipsloss (LPIPS-VGG)
+    "gan_weight": 0.1,  # vanilla (non-saturating) GAN loss
+    "d_width": 64,  # discriminator width (num_feat)
+}
+LPIPS_WEIGHTS = "experiments/pretrained_models/lpips_vgg.safetensors"
+PROB_DIGITS = 4  # derived probabilities are rounded to this many decimals in the templates
+
 LOSS_WEIGHTS = {
     "charbonnier": 1.0,
     "freq": 0.05,  # hybridmoefreqloss (amplitude L1 of the orthonormal FFT)
@@ -169,6 +201,9 @@ NOT_MEASURED_NOTE = (
 FINETUNE_NOTE = "# NOT MEASURED YET: the fine-tuning (GAN) values are starting values.\n"
 RESTORE_EMA_POWER = (
     "  ema_power: 10  # No warm-up (traiNNer's default): 0.999 from the start, as measured.\n"
+)
+REALWORLD_EMA_POWER = (
+    "  ema_power: 10  # No warm-up (traiNNer's default): 0.999 from the start, as in the run.\n"
 )
 LQ_NOTE = "Square crop from the LR images. Multiple of 8 for AMP; any size works."
 LQ_48_NOTE = "48 suits small training images (T91); 64 is fine with larger ones (DIV2K)."
@@ -493,6 +528,120 @@ LOSSES_RESTORE = """\
       loss_weight: $w_balance
 """
 
+OTF_REALWORLD = """
+#########################################################################################
+# On-the-fly degradations (traiNNer-redux RealESRGANModel): the REALWORLD4 preset at x4
+# https://trainner-redux.readthedocs.io/en/latest/config_reference.html#top-level-options
+#########################################################################################
+high_order_degradation: true  # LQ made on the GPU from the HR crops (RealESRGANModel).
+high_order_degradations_debug: false  # Save LQ/HR tiles to debug/otf to inspect them.
+high_order_degradations_debug_limit: 100  # The max number of iterations to save tiles for.
+lq_usm: false  # No unsharp mask.
+thicklines_prob: 0.0
+
+# The first degradation: blur, resize, noise, JPEG.
+blur_prob: $blur_prob  # Kernel from datasets.train (kernel_list, blur_sigma, kernel_range).
+# up, down, keep: the factor is uniform in resize_range (up: 1-max, down: min-1, each in
+# proportion to its part of the range), a factor of the HR size as in REALWORLD4.
+resize_prob: $resize_prob
+resize_mode_list: $resize_mode_list
+resize_mode_prob: $resize_mode_prob  # Equal weights (traiNNer normalises them).
+resize_range: $resize_range
+gaussian_noise_prob: $gaussian_noise_prob  # Otherwise the Poisson branch, of scale 0: no noise.
+noise_range: $noise_range  # Gaussian sigma on the 0-255 scale.
+poisson_scale_range: $poisson_scale_range
+gray_noise_prob: $gray_noise_prob  # Same noise on all channels.
+jpeg_prob: $jpeg_prob
+jpeg_range: $jpeg_range  # JPEG quality.
+
+# The second degradation: REALWORLD4 runs it for a share of the images (second_prob); traiNNer
+# has no switch for the whole stage, so each part gets that share times its own probability.
+blur_prob2: $blur_prob2  # Kernel from datasets.train (kernel_list2, blur_sigma2, kernel_range2).
+# Always keep: traiNNer resizes this stage to a factor of the LQ size (REALWORLD4: of the
+# current size), so the stage runs at the first stage's size instead (see the header).
+resize_prob2: $resize_prob2
+resize_mode_list2: $resize_mode_list2
+resize_mode_prob2: $resize_mode_prob2
+resize_range2: $resize_range2
+gaussian_noise_prob2: $gaussian_noise_prob2
+noise_range2: $noise_range2  # Gaussian sigma on the 0-255 scale.
+poisson_scale_range2: $poisson_scale_range2
+gray_noise_prob2: $gray_noise_prob2  # REALWORLD4 uses one grey probability for both stages.
+
+# The final resize to the LQ size (HR / scale), then JPEG (traiNNer: or JPEG, then resize).
+resize_mode_list3: $resize_mode_list3
+resize_mode_prob3: $resize_mode_prob3
+jpeg_prob2: $jpeg_prob2  # The final JPEG.
+jpeg_range2: $jpeg_range2
+
+queue_size: $queue_size  # Pool of training pairs ($queue_batches batches); a multiple of the batch.
+"""
+
+REALWORLD_DATASETS = (
+    DATASETS_HEAD
+    + """\
+    type: realesrgandataset
+    # Path to the HR (high res) images; the LQ images are made from them on the fly.
+    dataroot_gt: [
+      $train_gt
+    ]
+
+    # Blur kernels: anisotropic Gaussian, sigma_x and sigma_y drawn independently from
+    # blur_sigma (pixels), angle from -pi to pi; no sinc filters.
+    kernel_list: $kernel_list  # The first degradation.
+    kernel_prob: $kernel_prob
+    kernel_range: $kernel_range  # Kernel side, odd, inclusive range.
+    blur_sigma: $blur_sigma
+    sinc_prob: $sinc_prob
+    kernel_list2: $kernel_list2  # The second degradation.
+    kernel_prob2: $kernel_prob2
+    kernel_range2: $kernel_range2
+    blur_sigma2: $blur_sigma2
+    sinc_prob2: $sinc_prob2
+    final_sinc_prob: $final_sinc_prob
+
+    lq_size: $lq_size  # LR crop; the HR crop is lq_size * scale ($gt_size).
+"""
+    + TRAIN_LOADER
+    + """\
+  # Validation: a fixed-seed degraded copy of Set14 (hybridmoe make-degraded --preset realworld4
+  # --out datasets/realworld4_eval --sets Set14 --seed 0 writes Set14/HR and Set14/LQ, the LQ a
+  # quarter of the HR size).
+"""
+    + VAL_PAIRED
+)
+
+NETWORK_D_REALWORLD = """
+# Discriminator model settings. The harness trained hybridmoe.gan.UNetDiscriminator (width
+# $d_width), the same design: a U-Net of spectrally normalised convolutions (three stride-2
+# downsamplings, bilinear upsamplings with skips) giving per-pixel real/fake logits. Its input
+# is mapped to [-1, 1] there and taken as [0, 1] here.
+network_d:
+  type: unetdiscriminatorsn
+  num_feat: $d_width
+  skip_connection: true
+"""
+
+LOSSES_REALWORLD = """\
+    # Charbonnier loss (the harness's pixel term)
+    - type: charbonnierloss
+      loss_weight: $w_pixel
+    # LPIPS-VGG (HybridMoE's hybridmoelpipsloss, traiNNer/losses/hybridmoe_loss.py: float32,
+    # frozen backbone). Write its weights first, no download during training:
+    # hybridmoe perceptual-weights --out experiments/pretrained_models
+    - type: hybridmoelpipsloss
+      loss_weight: $w_lpips
+      weights: $lpips_weights
+      net: vgg
+    # GAN loss: binary cross-entropy on the per-pixel logits (hybridmoe.gan g_loss / d_loss)
+    - type: ganloss
+      gan_type: vanilla
+      loss_weight: $w_gan
+    # HybridMoE mixture-of-experts load-balance loss
+    - type: hybridmoebalanceloss
+      loss_weight: $w_balance
+"""
+
 GAN_EXTRA_METRICS = """\
     #topiq:
       #type: calculate_topiq
@@ -659,11 +808,12 @@ def _has_moe(arch: str) -> bool:
     return hybridmoe_arch.FACTORIES[arch](scale=2).num_experts > 0
 
 
-def _losses(template: str, arch: str, prefix: str) -> str:
-    """The loss block; the MoE balance loss only for networks with MoE layers (it refuses a
-    network without router statistics). Items are a ``- type:`` line with the comment lines
-    before it and the deeper-indented lines after it."""
-    text = _render(template, **_loss_values(prefix))
+def _losses(template: str, arch: str, prefix: str, values: dict[str, str] | None = None) -> str:
+    """The loss block (filled with ``values``, by default the ``LOSS_WEIGHTS`` of ``prefix``);
+    the MoE balance loss only for networks with MoE layers (it refuses a network without
+    router statistics). Items are a ``- type:`` line with the comment lines before it and the
+    deeper-indented lines after it."""
+    text = _render(template, **(values if values is not None else _loss_values(prefix)))
     if _has_moe(arch):
         return text
     items: list[list[str]] = [[]]
@@ -896,6 +1046,232 @@ def restore_name(variant: str) -> str:
     return f"{base_name(1, variant)}_restore"
 
 
+def _yaml(value: object) -> str:
+    """A template value as flow-style YAML: lists in brackets, strings quoted, floats plain."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, float):
+        return yaml_number(value)
+    return str(value)
+
+
+def _prob(p: float) -> float:
+    return round(p, PROB_DIGITS)
+
+
+def resize_probs(factors: tuple[float, float], prob: float = 1.0) -> list[float]:
+    """traiNNer's ``resize_prob`` (up, down, keep) for a factor uniform in ``factors``, drawn
+    with probability ``prob``: traiNNer draws up in (1, max) and down in (min, 1), so each
+    gets its part of the range."""
+    lo, hi = factors
+    if hi == lo:
+        return [0.0, 0.0, 1.0]
+    up = max(hi - 1.0, 0.0) / (hi - lo)
+    down = max(1.0 - lo, 0.0) / (hi - lo)
+    return [_prob(prob * up), _prob(prob * down), _prob(1.0 - prob * (up + down))]
+
+
+def realworld_otf(preset: Degradation = REALWORLD_PRESET) -> dict[str, Any]:
+    """The top-level traiNNer-redux options (RealESRGANModel) of the on-the-fly degradations
+    that stand for ``preset`` (a second-order preset such as REALWORLD4), by option name.
+
+    Exact in distribution (apart from traiNNer's per-batch switches): stage 1 (blur
+    probability, resize factor and modes, Gaussian noise, grey share, JPEG), the final resize
+    modes and JPEG. Stage 2's blur and noise get ``second_prob`` times their probability
+    (traiNNer has no switch for the stage); its resize is left out (always keep), since
+    traiNNer resizes that stage to a factor of the LQ size, not of the current size."""
+    modes = list(RESIZE_MODES)
+    mode_probs = [_prob(1.0 / len(modes))] * len(modes)
+    return {
+        "blur_prob": preset.blur_prob,
+        "resize_prob": resize_probs(preset.resize_range),
+        "resize_mode_list": modes,
+        "resize_mode_prob": mode_probs,
+        "resize_range": list(preset.resize_range),
+        "gaussian_noise_prob": preset.noise_prob,
+        "noise_range": list(preset.noise_sigma),
+        "poisson_scale_range": [0.0, 0.0],
+        "gray_noise_prob": preset.noise_gray_prob,
+        "jpeg_prob": preset.jpeg_prob,
+        "jpeg_range": list(preset.jpeg_quality),
+        "blur_prob2": _prob(preset.second_prob * preset.second_blur_prob),
+        "resize_prob2": [0.0, 0.0, 1.0],
+        "resize_mode_list2": modes,
+        "resize_mode_prob2": mode_probs,
+        "resize_range2": [1.0, 1.0],
+        "gaussian_noise_prob2": _prob(preset.second_prob * preset.second_noise_prob),
+        "noise_range2": list(preset.second_noise_sigma),
+        "poisson_scale_range2": [0.0, 0.0],
+        "gray_noise_prob2": preset.noise_gray_prob,
+        "resize_mode_list3": modes,
+        "resize_mode_prob3": mode_probs,
+        "jpeg_prob2": preset.final_jpeg_prob,
+        "jpeg_range2": list(preset.final_jpeg_quality),
+    }
+
+
+def realworld_kernels(preset: Degradation = REALWORLD_PRESET) -> dict[str, Any]:
+    """The blur-kernel options of traiNNer-redux's realesrgandataset for ``preset``: one
+    anisotropic Gaussian per stage, the kernel side that hybridmoe.degrade uses for the
+    stage's largest sigma, no sinc filters."""
+    k1, k2 = kernel_size(preset.blur_sigma[1]), kernel_size(preset.second_blur_sigma[1])
+    return {
+        "kernel_list": ["aniso"],
+        "kernel_prob": [1.0],
+        "kernel_range": [k1, k1],
+        "blur_sigma": list(preset.blur_sigma),
+        "sinc_prob": 0.0,
+        "kernel_list2": ["aniso"],
+        "kernel_prob2": [1.0],
+        "kernel_range2": [k2, k2],
+        "blur_sigma2": list(preset.second_blur_sigma),
+        "sinc_prob2": 0.0,
+        "final_sinc_prob": 0.0,
+    }
+
+
+def realworld_name() -> str:
+    """``4x_HybridMoE_S_RealWorld``: the experiment name (the file stem is lower-case)."""
+    return f"{base_name(REALWORLD_PRESET.scale, REALWORLD_VARIANT)}_RealWorld"
+
+
+def realworld_note(preset: Degradation = REALWORLD_PRESET) -> str:
+    """The comment block of the real-world file: the recipe of the harness run, and how
+    traiNNer's on-the-fly degradations match the preset (exactly or approximately)."""
+    r, g = REALWORLD_RECIPE, REALWORLD_GAN
+    otf = realworld_otf(preset)
+    kernels = realworld_kernels(preset)
+    scale, lq = preset.scale, r["lq"]
+    k1, k2 = kernels["kernel_range"][0], kernels["kernel_range2"][0]
+    lr = yaml_float(g["lr"]).removeprefix("!!float ")
+    lr_d = yaml_float(g["lr_d"]).removeprefix("!!float ")
+    pool = r["queue_size"] // r["batch"]
+    (s0, s1), (n0, n1), (q0, q1) = preset.blur_sigma, preset.noise_sigma, preset.jpeg_quality
+    (f0, f1), (t0, t1) = preset.resize_range, preset.second_resize_range
+    return (
+        "# RECIPE of the x4 real-world GAN fine-tune run with the project's harness:\n"
+        f"# scripts/sweep.py train --scale {scale} --degrade realworld4 --init RUNS --gan\n"
+        f"# lpips_vgg.safetensors --crop {lq}. From the x{scale} "
+        f"{VARIANTS[REALWORLD_VARIANT][1]} fidelity model; AdamW G lr {lr}, D lr {lr_d},\n"
+        f"# betas {r['betas']}, no weight decay, constant rate, batch {r['batch']}, "
+        f"{lq}x{lq} LR crops ({lq * scale}x{lq * scale} HR),\n"
+        f"# bf16 AMP, EMA {r['ema_decay']}; Charbonnier {g['pixel_weight']} + LPIPS-VGG "
+        f"{g['lpips_weight']} + vanilla GAN {g['gan_weight']} against a\n"
+        f"# U-Net SN discriminator of width {g['d_width']}; {r['iterations']:,} iterations "
+        '(REALWORLD_RECIPE["iterations"]).\n'
+        "# Degradations: traiNNer-redux's on-the-fly pipeline (high_order_degradation,\n"
+        "# RealESRGANModel) set to the REALWORLD4 preset of hybridmoe/degrade.py.\n"
+        f"# Exact: stage 1 blur probability {preset.blur_prob:g}, anisotropic Gaussian, sigma_x "
+        "and sigma_y uniform\n"
+        f"# {s0:g}-{s1:g} px, any angle; resize by a factor uniform in {f0:g}-{f1:g} of the "
+        "HR size, modes\n"
+        f"# {'/'.join(RESIZE_MODES)} equally likely (antialiased when shrinking); Gaussian "
+        "noise\n"
+        f"# probability {preset.noise_prob:g}, sigma {n0:g}-{n1:g} on the 0-255 scale, grey for "
+        f"{preset.noise_gray_prob:.0%}; JPEG probability {preset.jpeg_prob:g},\n"
+        f"# quality {q0}-{q1}. Stage 2: blur sigma {preset.second_blur_sigma[0]:g}-"
+        f"{preset.second_blur_sigma[1]:g} px, noise sigma {preset.second_noise_sigma[0]:g}-"
+        f"{preset.second_noise_sigma[1]:g}, no JPEG.\n"
+        f"# Final: resize to 1/{scale} (same modes), JPEG probability "
+        f"{preset.final_jpeg_prob:g}, quality "
+        f"{preset.final_jpeg_quality[0]}-{preset.final_jpeg_quality[1]}.\n"
+        "# Sinc filters, Poisson noise, unsharp mask: off.\n"
+        "# Approximate: traiNNer switches blur, resize (with its factor and mode), noise and\n"
+        f"# JPEG once per batch (REALWORLD4: per image); its pool of training pairs mixes {pool}\n"
+        f"# batches. REALWORLD4 runs stage 2 for {preset.second_prob:.0%} of the images, then "
+        f"its blur ({preset.second_blur_prob:g})\n"
+        f"# and noise ({preset.second_noise_prob:g}); traiNNer has no stage switch: blur_prob2 "
+        f"{otf['blur_prob2']:g} and gaussian_noise_prob2\n"
+        f"# {otf['gaussian_noise_prob2']:g} (the same shares, drawn independently). REALWORLD4 "
+        f"resizes stage 2 by {t0:g}-{t1:g} of\n"
+        f"# its input; traiNNer resizes it to a factor of the LQ size (HR/{scale}), which would "
+        "add its\n"
+        "# noise at the LQ scale, so the template keeps stage 2 at the stage-1 size (no second\n"
+        "# resize). traiNNer puts the final JPEG before the final resize for half of the batches\n"
+        f"# (REALWORLD4: always after it). The kernels are always {k1}x{k1} and {k2}x{k2} "
+        "(REALWORLD4:\n"
+        "# 2*ceil(3*sigma)+1 for the image's largest sigma). Grey noise is one pattern per\n"
+        "# batch, scaled per image. traiNNer's JPEG (DiffJPEG) takes a real-valued quality with\n"
+        "# unrounded tables, repeats the chroma samples and pads with zeros (REALWORLD4: integer\n"
+        "# quality, libjpeg tables and chroma filter, edge padding), and it rounds to 8 bits at\n"
+        "# the end only (REALWORLD4: after every stage). It degrades a "
+        f"{lq * scale + 32} px HR crop and cuts\n"
+        f"# the {lq * scale}/{lq} pair from the result (REALWORLD4: the {lq * scale} px crop "
+        "itself).\n"
+    ) + GENERATED_NOTE
+
+
+def realworld_config(preset: Degradation = REALWORLD_PRESET) -> str:
+    """The x4 real-world GAN fine-tuning config with on-the-fly degradations of ``preset``."""
+    variant = REALWORLD_VARIANT
+    arch = VARIANTS[variant][0]
+    scale = preset.scale
+    r, g = REALWORLD_RECIPE, REALWORLD_GAN
+    train = _paths(["datasets/train/dataset1/hr"], [])
+    val = _paths(["datasets/realworld4_eval/Set14/HR"], ["datasets/realworld4_eval/Set14/LQ"])
+    pretrain = (
+        f"pretrain_network_g: experiments/{base_name(scale, variant)}/models/"
+        "net_g_ema_latest.safetensors  # the fidelity model"
+    )
+    losses = {
+        "w_pixel": yaml_number(g["pixel_weight"]),
+        "w_lpips": yaml_number(g["lpips_weight"]),
+        "lpips_weights": LPIPS_WEIGHTS,
+        "w_gan": yaml_number(g["gan_weight"]),
+        "w_balance": yaml_number(LOSS_WEIGHTS["balance"]),
+    }
+    parts = [
+        _render(GENERAL, name=realworld_name(), scale=scale, **_header(realworld_note(preset))),
+        _render(
+            OTF_REALWORLD,
+            **{k: _yaml(v) for k, v in realworld_otf(preset).items()},
+            queue_size=r["queue_size"],
+            queue_batches=r["queue_size"] // r["batch"],
+        ),
+        _render(
+            REALWORLD_DATASETS,
+            train_gt=train["gt"],
+            val_gt=val["gt"],
+            val_lq=val["lq"],
+            **{k: _yaml(v) for k, v in realworld_kernels(preset).items()},
+            lq_size=r["lq"],
+            gt_size=r["lq"] * scale,
+            workers=8,
+            batch_size=r["batch"],
+        ),
+        _render(NETWORK_G, arch=arch),
+        _render(NETWORK_D_REALWORLD, d_width=g["d_width"]),
+        _render(TRAIN_PATH, pretrain=pretrain),
+        _render(
+            TRAIN_OPTIM,
+            ema_decay=r["ema_decay"],
+            ema_power=REALWORLD_EMA_POWER,
+            lr=yaml_float(g["lr"]),
+            optim_d=_render(OPTIM_D, lr=yaml_float(g["lr_d"])),
+            milestones="[]  # No milestones: a constant rate, as in the harness.",
+            gamma=0.5,
+            total_iter=r["iterations"],
+            warmup_iter=-1,
+        ),
+        _losses(LOSSES_REALWORLD, arch, "", losses),
+        _render(
+            TRAIN_VAL,
+            val_freq=1000,
+            save_img="true",
+            tile_size=0,
+            crop_border=scale,
+            extra_metrics=GAN_EXTRA_METRICS,
+            print_freq=100,
+            save_freq=1000,
+        ),
+    ]
+    return "".join(parts)
+
+
 def test_config(scale: int, variant: str) -> str:
     """``test.py`` config running the model on a folder of LR images."""
     return _render(
@@ -931,6 +1307,8 @@ def generate() -> dict[str, str]:
             files[f"onnx/HybridMoE/{stem}.yml"] = onnx_config(scale, variant)
     for variant in RESTORE_VARIANTS:
         files[f"train/HybridMoE/{restore_name(variant)}.yml"] = restore_config(variant)
+    stem = f"{base_name(REALWORLD_PRESET.scale, REALWORLD_VARIANT)}_realworld"
+    files[f"train/HybridMoE/{stem}.yml"] = realworld_config()
     return files
 
 

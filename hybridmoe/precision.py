@@ -266,6 +266,12 @@ def load_degraded_images(
     (``limit`` per set); with ``crop``, both centre-cropped to at most ``crop`` a side."""
     images = []
     for set_name in ev.degraded_set_names(root, sets):
+        set_scale = ev.degraded_scale(ev.read_degraded_manifest(root / set_name))
+        if set_scale != 1:
+            raise PrecisionError(
+                f"{root / set_name} is a x{set_scale} degraded set; --degraded checks x1 "
+                "restoration models on x1 sets (make-degraded --preset restore)"
+            )
         for name, hr, lq in ev.degraded_images(root / set_name, limit):
             if crop is None:
                 images.append(Image(set_name, name, hr, lq))

@@ -1141,6 +1141,12 @@ def score_degraded(
     about: dict[str, Any] = {"dir": str(root), "sets": {}}
     for set_name in names:
         manifest = read_manifest(root / set_name)
+        if ev.degraded_scale(manifest) != 1:
+            raise SystemExit(
+                f"{root / set_name} is a x{ev.degraded_scale(manifest)} degraded set; sweep.py "
+                "eval --degraded scores x1 restoration runs. Evaluate x4 real-world models with "
+                "hybridmoe evaluate --degraded DIR MODEL (export a run with sweep.py export)"
+            )
         about["sets"][set_name] = {k: manifest[k] for k in ("preset", "seed", "degradation")}
         for n, (_, hr, lq) in enumerate(ev.degraded_images(root / set_name, limit)):
             inputs.setdefault(set_name, []).append(ev.score_restored(lq, hr))

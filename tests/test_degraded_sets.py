@@ -16,6 +16,7 @@ from spandrel.architectures.Compact import Compact
 
 from hybridmoe import cli, evaluate, metrics
 from hybridmoe.degraded_sets import image_seed
+from hybridmoe.imageio import OutputError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -225,3 +226,65 @@ def test_evaluate_degraded_x4_refuses_other_scales(
         shutil.copytree(src, mixed / src.name)
     assert evaluate.main([str(x1), "--degraded", str(mixed)]) == 2
     assert "different scales (Set5 x1, mine x4)" in capsys.readouterr().err
+
+
+def test_evaluate_adds_lpips_to_every_row(degraded4: Path, tmp_path: Path) -> None:
+    """--lpips FILE scores every row with the lpips package's metric and the file's backbone;
+    an identical pair scores 0 and the record names the weights."""
+    lpips = pytest.importorskip("lpips")
+    from torchvision.models import alexnet
+
+    from hybridmoe.install import sha256_of
+
+    torch.manual_seed(0)
+    sd = {f"features.{k}": v for k, v in alexnet(weights=None).features.state_dict().items()}
+    package = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).state_dict()
+    sd |= {f"lin.{n}": package[f"lin{n}.model.1.weight"].clone() for n in range(5)}
+    weights = tmp_path / "lpips_alex.safetensors"
+    save_file(sd, str(weights))
+    report = tmp_path / "r.json"
+    model = _compact(tmp_path, 4)
+    argv = [str(model), "--degraded", str(degraded4), "--json", str(report)]
+    assert evaluate.main([*argv, "--lpips", str(weights)]) == 0
+    res = json.loads(report.read_text())
+    assert res["lpips"]["sha256"] == sha256_of(weights)
+    s = res["sets"]["mine"]
+    for row in (s["bicubic"], s["model"], *s["per_image"]["rgb"].values()):
+        assert 0 < row["lpips"] < 2
+    assert s["bicubic"]["lpips"] != s["model"]["lpips"]
+    score = evaluate.lpips_scorer(weights)
+    hr = _png(degraded4 / "mine" / "HR" / "grey.png")
+    assert score(hr, hr, 4) == 0.0
+    assert evaluate.main([*argv, "--overwrite", "--lpips", str(tmp_path / "none")]) == 2
+
+
+def test_sweep_and_precision_refuse_x4_sets_for_x1_restoration(degraded4: Path) -> None:
+    import sweep
+
+    from hybridmoe import precision
+
+    with pytest.raises(SystemExit, match=r"x4 degraded set.*hybridmoe evaluate --degraded"):
+        sweep.score_degraded([], degraded4, None, None)
+    with pytest.raises(precision.PrecisionError, match="x4 degraded set"):
+        precision.load_degraded_images(degraded4, ["mine"], None, None)
+
+
+def test_side_by_side_sheet_has_a_column_per_method(degraded4: Path, tmp_path: Path) -> None:
+    import side_by_side
+
+    model = _compact(tmp_path, 4)
+    out = tmp_path / "sheet.png"
+    argv = ["--set", str(degraded4 / "mine"), "--crop", "rgb:8,4,16", "--crop", "grey:0,0,32"]
+    argv += ["--model", f"C={model}", "--out", str(out), "--cell", "40"]
+    assert side_by_side.main(argv) == 0
+    sheet = Image.open(out)
+    assert sheet.size == (40 * 4, side_by_side.LABEL_H + 40 * 2)  # input, bicubic, C, HR
+    hr = _png(degraded4 / "mine" / "HR" / "rgb.png")
+    cell = np.asarray(sheet)[side_by_side.LABEL_H : side_by_side.LABEL_H + 40, 120:160]
+    assert np.array_equal(cell[:: 40 // 16 + 0, :: 40 // 16 + 0][:1, :1], hr[4:5, 8:9])
+    with pytest.raises(SystemExit, match="multiples of x4"):
+        side_by_side.main([*argv[:2], "--crop", "rgb:1,0,16", "--out", str(tmp_path / "b.png")])
+    with pytest.raises(SystemExit, match="outside"):
+        side_by_side.main([*argv[:2], "--crop", "rgb:40,0,16", "--out", str(tmp_path / "c.png")])
+    with pytest.raises(OutputError):
+        side_by_side.main(argv)  # no overwrite

@@ -66,6 +66,8 @@ def _kind(path: Path) -> str:
     if rel[0] == "train":
         if path.stem.endswith("_restore"):
             return "restore"
+        if path.stem.endswith("_realworld"):
+            return "realworld"
         return "gan" if path.stem.endswith("_gan") else "fidelity"
     return rel[0]  # test | onnx
 
@@ -85,7 +87,8 @@ def test_the_expected_files_exist() -> None:
             assert f"onnx/HybridMoE/{stem}.yml" in rel
     for v in ("Nano", "S"):
         assert f"train/HybridMoE/1x_HybridMoE_{v}_restore.yml" in rel
-    assert len(rel) == 16 * 4 + 2
+    assert "train/HybridMoE/4x_HybridMoE_S_realworld.yml" in rel
+    assert len(rel) == 16 * 4 + 2 + 1
 
 
 def test_generator_output_equals_committed_files(tmp_path: Path) -> None:
@@ -138,7 +141,7 @@ def test_option_file_is_consistent(path: Path) -> None:
     assert train_ds["batch_size_per_gpu"] > 0
     assert train_ds["dataroot_gt"]
     # on-the-fly degradations make the LQ from the HR images
-    assert ("dataroot_lq" in train_ds) == (kind != "restore")
+    assert ("dataroot_lq" in train_ds) == (kind not in ("restore", "realworld"))
     assert cfg["datasets"]["val"]["type"] == "pairedimagedataset"
     assert cfg["val"]["val_enabled"] is True
     assert cfg["val"]["val_freq"] > 0
@@ -164,8 +167,8 @@ def test_option_file_is_consistent(path: Path) -> None:
         assert "type" in entry
         assert "loss_weight" in entry
     active = {e["type"]: e for e in losses if float(e["loss_weight"]) != 0}
-    # the measured restoration run had no frequency loss
-    assert (hybridmoe_loss.FREQ_LOSS_NAME in active) == (kind != "restore")
+    # the measured restoration run and the real-world GAN run had no frequency loss
+    assert (hybridmoe_loss.FREQ_LOSS_NAME in active) == (kind in ("fidelity", "gan"))
     # the balance loss exactly where the network has MoE layers (it refuses one without)
     has_moe = hybridmoe_arch.FACTORIES[arch](scale=2).num_experts > 0
     assert (hybridmoe_loss.BALANCE_LOSS_NAME in active) == has_moe
@@ -187,6 +190,12 @@ def test_option_file_is_consistent(path: Path) -> None:
         assert pretrain == (
             f"experiments/{scale}x_HybridMoE_{m['variant']}/models/net_g_ema_latest.safetensors"
         )
+    elif kind == "realworld":
+        assert cfg["name"] != f"{scale}x_HybridMoE_{m['variant']}"  # not the pretrain's folder
+        assert cfg["network_d"]["type"] == "unetdiscriminatorsn"
+        assert "optim_d" in train
+        assert {"charbonnierloss", hybridmoe_loss.LPIPS_LOSS_NAME, "ganloss"} <= set(active)
+        assert train["ema_power"] > 0
     else:
         assert "network_d" not in cfg
         assert "pretrain_network_g" not in cfg["path"]
@@ -384,6 +393,170 @@ def test_restore_template_follows_the_preset_it_is_generated_from() -> None:
     assert cfg["datasets"]["train"]["blur_sigma"] == list(changed.blur_sigma)
     default = yaml.safe_load(options.restore_config("s"))
     assert {k for k in cfg if cfg[k] != default[k]} == {"blur_prob", "noise_range", "jpeg_range"}
+
+
+REALWORLD_FILE = OPTIONS / "train" / "HybridMoE" / "4x_HybridMoE_S_realworld.yml"
+
+
+def test_realworld_file_is_x4_with_trainner_otf_degradations() -> None:
+    """scale 4, traiNNer's RealESRGANModel path with the realesrgandataset, no sinc filters,
+    Poisson noise, unsharp mask or thick lines; validation on the degraded Set14."""
+    cfg = _load(REALWORLD_FILE)
+    assert cfg["scale"] == degrade.REALWORLD4.scale == 4
+    assert cfg["name"] == "4x_HybridMoE_S_RealWorld"
+    assert cfg["high_order_degradation"] is True  # build_model picks RealESRGANModel
+    assert cfg.get("dataroot_lq_prob", 0) == 0  # (> 0 would pick RealESRGANPairedModel)
+    train_ds = cfg["datasets"]["train"]
+    assert train_ds["type"] == "realesrgandataset"
+    assert cfg["queue_size"] % train_ds["batch_size_per_gpu"] == 0  # traiNNer asserts it
+    assert cfg["queue_size"] > train_ds["batch_size_per_gpu"]  # the pool mixes batches
+    assert cfg["lq_usm"] is False
+    assert cfg["thicklines_prob"] == 0
+    assert cfg["poisson_scale_range"] == cfg["poisson_scale_range2"] == [0.0, 0.0]
+    for key in ("sinc_prob", "sinc_prob2", "final_sinc_prob"):
+        assert train_ds[key] == 0, key
+    for key in ("resize_prob", "resize_prob2"):
+        assert len(cfg[key]) == 3 and sum(cfg[key]) == pytest.approx(1.0, abs=1e-3), key
+    for n in ("", "2", "3"):
+        modes, probs = cfg[f"resize_mode_list{n}"], cfg[f"resize_mode_prob{n}"]
+        assert modes == list(degrade.RESIZE_MODES)
+        assert len(probs) == len(modes) and len(set(probs)) == 1  # equally likely
+    val = cfg["datasets"]["val"]
+    assert val["dataroot_gt"] == ["datasets/realworld4_eval/Set14/HR"]
+    assert val["dataroot_lq"] == ["datasets/realworld4_eval/Set14/LQ"]
+    for metric in ("psnr", "ssim"):
+        assert cfg["val"]["metrics"][metric]["crop_border"] == 4
+        assert cfg["val"]["metrics"][metric]["test_y_channel"] is True
+
+
+def test_realworld_file_degradations_equal_the_realworld4_mapping() -> None:
+    """The committed values are REALWORLD4's (a changed preset without regenerated options
+    fails here): each traiNNer option against the preset field it stands for."""
+    cfg = _load(REALWORLD_FILE)
+    train_ds = cfg["datasets"]["train"]
+    p = degrade.REALWORLD4
+    # exactly what options.realworld_otf / realworld_kernels map REALWORLD4 to
+    for key, value in options.realworld_otf(p).items():
+        assert cfg[key] == value, key
+    for key, value in options.realworld_kernels(p).items():
+        assert train_ds[key] == value, key
+    # stage 1
+    assert cfg["blur_prob"] == p.blur_prob
+    assert train_ds["kernel_list"] == ["aniso"] and train_ds["kernel_prob"] == [1.0]
+    assert train_ds["blur_sigma"] == list(p.blur_sigma)
+    assert train_ds["kernel_range"] == [degrade.kernel_size(p.blur_sigma[1])] * 2
+    lo, hi = p.resize_range
+    assert cfg["resize_range"] == [lo, hi]
+    up, down, keep = cfg["resize_prob"]  # the factor uniform in (lo, hi), never kept
+    assert up == pytest.approx((hi - 1) / (hi - lo), abs=1e-4)
+    assert down == pytest.approx((1 - lo) / (hi - lo), abs=1e-4)
+    assert keep == 0
+    assert cfg["gaussian_noise_prob"] == p.noise_prob
+    assert cfg["noise_range"] == list(p.noise_sigma)  # both on the 0-255 scale
+    assert cfg["gray_noise_prob"] == p.noise_gray_prob
+    assert cfg["jpeg_prob"] == p.jpeg_prob
+    assert cfg["jpeg_range"] == list(p.jpeg_quality)
+    # stage 2: its share of the images times each part's probability, no resize
+    assert cfg["blur_prob2"] == pytest.approx(p.second_prob * p.second_blur_prob)
+    assert train_ds["kernel_list2"] == ["aniso"] and train_ds["kernel_prob2"] == [1.0]
+    assert train_ds["blur_sigma2"] == list(p.second_blur_sigma)
+    assert train_ds["kernel_range2"] == [degrade.kernel_size(p.second_blur_sigma[1])] * 2
+    assert cfg["resize_prob2"] == [0.0, 0.0, 1.0]
+    assert cfg["gaussian_noise_prob2"] == pytest.approx(p.second_prob * p.second_noise_prob)
+    assert cfg["noise_range2"] == list(p.second_noise_sigma)
+    assert cfg["gray_noise_prob2"] == p.noise_gray_prob
+    # final: resize to HR / scale (traiNNer's own), then JPEG
+    assert cfg["jpeg_prob2"] == p.final_jpeg_prob
+    assert cfg["jpeg_range2"] == list(p.final_jpeg_quality)
+
+
+def test_realworld_file_carries_the_harness_gan_recipe() -> None:
+    """The GAN weights and rates are sweep.GAN_RECIPE's, batch/betas/EMA sweep.RECIPE's, the
+    rate constant, the length REALWORLD_RECIPE's; the header says what is approximate."""
+    assert options.REALWORLD_GAN == sweep.GAN_RECIPE
+    g, recipe, rw = sweep.GAN_RECIPE, sweep.RECIPE, options.REALWORLD_RECIPE
+    text = REALWORLD_FILE.read_text(encoding="utf-8")
+    header = text.split("#####", 1)[0]
+    assert "Approximate:" in header
+    assert "--degrade realworld4" in header and "--crop 64" in header
+    cfg = _load(REALWORLD_FILE)
+    assert cfg["use_amp"] is True and cfg["amp_bf16"] is True
+    train_ds = cfg["datasets"]["train"]
+    assert train_ds["batch_size_per_gpu"] == recipe["batch"] == rw["batch"] == 16
+    assert train_ds["accum_iter"] == 1
+    assert train_ds["lq_size"] == rw["lq"] == 64  # --crop 64: HR 256
+    assert cfg["network_g"] == {"type": "hybridmoe_s"}
+    assert cfg["network_d"] == {
+        "type": "unetdiscriminatorsn",
+        "num_feat": g["d_width"],
+        "skip_connection": True,
+    }
+    assert cfg["path"]["pretrain_network_g"] == (
+        "experiments/4x_HybridMoE_S/models/net_g_ema_latest.safetensors"
+    )
+    assert cfg["path"]["strict_load_g"] is True
+    train = cfg["train"]
+    for opt, lr in (("optim_g", g["lr"]), ("optim_d", g["lr_d"])):
+        assert train[opt]["type"] == "AdamW"
+        assert train[opt]["lr"] == lr == 1e-4
+        assert tuple(train[opt]["betas"]) == recipe["betas"] == rw["betas"]
+        assert train[opt]["weight_decay"] == 0
+    assert train["scheduler"]["type"] == "MultiStepLR"
+    assert train["scheduler"]["milestones"] == []  # a constant rate
+    assert train["warmup_iter"] == -1
+    assert train["ema_decay"] == recipe["ema_decay"] == rw["ema_decay"]
+    assert train["total_iter"] == rw["iterations"]
+    losses = {e["type"]: e for e in train["losses"]}
+    assert list(losses) == ["charbonnierloss", hybridmoe_loss.LPIPS_LOSS_NAME, "ganloss"]
+    assert losses["charbonnierloss"]["loss_weight"] == g["pixel_weight"]
+    lpips = losses[hybridmoe_loss.LPIPS_LOSS_NAME]
+    assert lpips == {
+        "type": hybridmoe_loss.LPIPS_LOSS_NAME,
+        "loss_weight": g["lpips_weight"],
+        "weights": "experiments/pretrained_models/lpips_vgg.safetensors",
+        "net": "vgg",
+    }
+    params = inspect.signature(hybridmoe_loss.HybridMoELPIPSLoss.__init__).parameters
+    assert set(lpips) - {"type"} <= set(params)
+    assert losses["ganloss"] == {"type": "ganloss", "gan_type": "vanilla", "loss_weight": 0.1}
+    assert losses["ganloss"]["loss_weight"] == g["gan_weight"]
+    # hybridmoe_s has no MoE layers, so no balance loss (the harness adds it only with MoE)
+    assert hybridmoe_arch.FACTORIES["hybridmoe_s"](scale=4).num_experts == 0
+
+
+def test_realworld_template_follows_the_preset_it_is_generated_from() -> None:
+    """make-options writes the preset's values, not copies of them."""
+    changed = dataclasses.replace(
+        degrade.REALWORLD4,
+        blur_sigma=(0.5, 2.0),
+        resize_range=(0.5, 1.0),
+        second_prob=0.25,
+        final_jpeg_quality=(50, 90),
+    )
+    cfg = yaml.safe_load(options.realworld_config(changed))
+    default = yaml.safe_load(options.realworld_config())
+    assert cfg["resize_range"] == [0.5, 1.0]
+    assert cfg["resize_prob"] == [0.0, 1.0, 0.0]
+    assert cfg["blur_prob2"] == pytest.approx(0.25 * 0.8)
+    assert cfg["gaussian_noise_prob2"] == pytest.approx(0.25 * 0.8)
+    assert cfg["jpeg_range2"] == [50, 90]
+    assert cfg["datasets"]["train"]["blur_sigma"] == [0.5, 2.0]
+    assert cfg["datasets"]["train"]["kernel_range"] == [13, 13]
+    assert {k for k in cfg if cfg[k] != default[k]} == {
+        "resize_range",
+        "resize_prob",
+        "blur_prob2",
+        "gaussian_noise_prob2",
+        "jpeg_range2",
+        "datasets",
+    }
+
+
+def test_resize_probs_split_the_range_at_one() -> None:
+    assert options.resize_probs((0.3, 1.5)) == [0.4167, 0.5833, 0.0]
+    assert options.resize_probs((0.6, 1.2), 0.5) == [0.1667, 0.3333, 0.5]
+    assert options.resize_probs((1.0, 1.0)) == [0.0, 0.0, 1.0]
+    assert options.resize_probs((1.0, 2.0)) == [1.0, 0.0, 0.0]
 
 
 def test_make_options_check_reports_a_stale_restore_template(tmp_path: Path) -> None:
