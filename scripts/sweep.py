@@ -839,8 +839,11 @@ def export(args: argparse.Namespace) -> int:
     from hybridmoe.imageio import atomic_output
 
     meta, model = load_run(Path(args.run))
-    if not meta.get("finished"):
-        raise SystemExit(f"{args.run}: the run stopped at {meta['iterations']} iterations")
+    if not meta.get("finished") and not args.unfinished:
+        raise SystemExit(
+            f"{args.run}: the run stopped at {meta['iterations']} iterations (of a longer "
+            "budget); pass --unfinished to export the weights of that iteration"
+        )
     if not hasattr(model, "hyperparameters"):
         raise SystemExit(f"{meta['config']} is a peer network; export ours only")
     if Path(args.out).exists():
@@ -1510,6 +1513,9 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export")
     ex.add_argument("--run", required=True, help="a run folder (meta.json + ema.pt/ema16.pt)")
     ex.add_argument("--out", required=True, help=".safetensors file to write")
+    ex.add_argument(
+        "--unfinished", action="store_true", help="export a run stopped before its budget"
+    )
     b = sub.add_parser("bench")
     b.add_argument("--configs", nargs="+", required=True)
     b.add_argument("--json")

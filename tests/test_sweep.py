@@ -482,6 +482,13 @@ def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
     assert state["iter"] == 3 and "disc" in state and "opt_d" in state
     meta = json.loads((run / "meta.json").read_text())
     assert meta["gan"]["init"] == str(tmp_path / "fid") and meta["recipe"]["lr"] == 1e-12
+    # a run stopped before its budget (a device session ended) exports only when asked to
+    (run / "meta.json").write_text(json.dumps({**meta, "finished": False}))
+    ckpt = tmp_path / "gan.safetensors"
+    with pytest.raises(SystemExit, match="--unfinished"):
+        sweep.main(["export", "--run", str(run), "--out", str(ckpt)])
+    assert sweep.main(["export", "--run", str(run), "--out", str(ckpt), "--unfinished"]) == 0
+    assert C.load_checkpoint(ckpt).scale == 4
     with pytest.raises(SystemExit, match="no run"):
         sweep.main(
             [
