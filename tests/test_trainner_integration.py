@@ -19,6 +19,10 @@ to a temporary folder and our files are installed there with hybridmoe install-t
     images. RealESRGANModel is CUDA-only as written, so the run goes through
     ``tests/trainner_cpu_otf.py`` (its docstring names the two CUDA dependencies and the CPU
     stand-ins) in front of ``train_shim.py``.
+(d) ``train.py`` on our ×4 real-world GAN template ``4x_HybridMoE_S_realworld.yml`` made
+    CPU-sized the same way: second-order on-the-fly degradations, ``hybridmoe_s`` started from
+    the shipped ``4x_HybridMoE_S``, ``unetdiscriminatorsn``, Charbonnier + ``hybridmoelpipsloss``
+    (a weights file of the real layout with random values) + GAN loss.
 """
 
 from __future__ import annotations
@@ -520,3 +524,144 @@ def test_restore_checkpoint_is_a_scale1_hybridmoe(restored: dict[str, Any]) -> N
         out = desc.model(x)
     assert out.shape == x.shape
     assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) train.py on the x4 real-world GAN template
+# ---------------------------------------------------------------------------------------------
+
+REALWORLD_NAME = "hmoe_s_x4_realworld_cpu_smoke"
+REALWORLD_ITERS = 4
+REALWORLD_BATCH = 2
+REALWORLD_LQ = 16  # HR 64: the U-Net discriminator halves it three times
+
+
+@pytest.fixture(scope="module")
+def realworld_data(workcopy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HR crops source, a realworld4 copy of two Set5 images, the fidelity model and an
+    LPIPS-VGG file of the real layout (random values: the smoke checks the wiring)."""
+    import torch
+    from safetensors.torch import save_file
+    from torchvision.models import vgg16
+
+    out = workcopy / "datasets" / "realworld"
+    hr = out / "train" / "hr"
+    hr.mkdir(parents=True)
+    for name in RESTORE_TRAIN:
+        shutil.copy(TEST_DATA / "T91_sample" / name, hr / name)
+    src = tmp_path_factory.mktemp("realworld_val") / "HR"
+    src.mkdir()
+    for name in RESTORE_VAL:
+        shutil.copy(TEST_DATA / "Set5" / "HR" / name, src / name)
+    proc = sh(
+        [sys.executable, "-m", "hybridmoe", "make-degraded", str(src), "--preset", "realworld4",
+         "--out", str(out / "val"), "--name", "set", "--seed", "0"],
+        ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, tail(proc)
+    models = workcopy / "experiments" / "pretrained_models"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "experiments/pretrained_models/4x_HybridMoE_S.safetensors", models)
+    torch.manual_seed(0)
+    feats = vgg16(weights=None).features[:30].state_dict()
+    sd = {f"features.{k}": v for k, v in feats.items()}
+    sd |= {f"lin.{n}": torch.rand(1, c, 1, 1) for n, c in enumerate((64, 128, 256, 512, 512))}
+    save_file(sd, str(models / "lpips_vgg.safetensors"))
+    return out
+
+
+def realworld_config() -> dict[str, Any]:
+    """Our x4 real-world GAN template, made CPU-sized."""
+    cfg = yaml.safe_load(
+        (ROOT / "options/train/HybridMoE/4x_HybridMoE_S_realworld.yml").read_text()
+    )
+    assert cfg["high_order_degradation"] is True, "the template no longer uses the OTF pipeline"
+    losses = {loss["type"]: loss for loss in cfg["train"]["losses"]}
+    assert losses["hybridmoelpipsloss"]["weights"] == (
+        "experiments/pretrained_models/lpips_vgg.safetensors"
+    )
+    cfg.update(
+        name=REALWORLD_NAME,
+        num_gpu=0,
+        use_amp=False,
+        amp_bf16=False,
+        use_channels_last=False,
+        use_compile=False,
+        manual_seed=1024,
+        queue_size=2 * REALWORLD_BATCH,
+        high_order_degradations_debug=True,
+        high_order_degradations_debug_limit=REALWORLD_ITERS,
+    )
+    cfg["path"]["pretrain_network_g"] = "experiments/pretrained_models/4x_HybridMoE_S.safetensors"
+    cfg["datasets"]["train"].update(
+        dataroot_gt=["datasets/realworld/train/hr"],
+        lq_size=REALWORLD_LQ,
+        batch_size_per_gpu=REALWORLD_BATCH,
+        num_worker_per_gpu=0,
+        pin_memory=False,
+        persistent_workers=False,
+        prefetch_factor=None,
+    )
+    cfg["datasets"]["val"].update(
+        dataroot_gt=["datasets/realworld/val/set/HR"],
+        dataroot_lq=["datasets/realworld/val/set/LQ"],
+        pin_memory=False,
+    )
+    cfg["train"].update(total_iter=REALWORLD_ITERS, warmup_iter=-1)
+    cfg["val"].update(val_freq=1000, save_img=False)  # once, after training
+    cfg["logger"].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def realworld_run(workcopy: Path, realworld_data: Path) -> dict[str, Any]:
+    """One real train.py run of the real-world GAN template through the CPU OTF runner."""
+    tools = need_tools()
+    cfg_rel = write_config(workcopy, realworld_config(), "cpu_realworld_smoke")
+    stats = workcopy / "shim_train_realworld.json"
+    otf = workcopy / "debug" / "otf"
+    shutil.rmtree(otf, ignore_errors=True)  # the restore smoke's tiles
+    proc = sh(
+        [sys.executable, str(CPU_OTF), str(tools / "train_shim.py"), "train.py", "-opt", cfg_rel],
+        workcopy,
+        env={"TRAINNER_SHIM_STATS": str(stats)},
+    )
+    info = json.loads(stats.read_text()) if stats.is_file() else {}
+    exp = workcopy / "experiments" / REALWORLD_NAME
+    logs = sorted(exp.glob("train_*.log"))
+    return {
+        "proc": proc,
+        "info": info,
+        "exp": exp,
+        "log": logs[-1].read_text() if logs else "",
+        "otf": otf,
+    }
+
+
+def test_realworld_template_fine_tunes_with_lpips_and_a_discriminator(
+    realworld_run: dict[str, Any],
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from hybridmoe.checkpoint import load_checkpoint
+
+    proc, info, log = realworld_run["proc"], realworld_run["info"], realworld_run["log"]
+    assert proc.returncode == 0, tail(proc)
+    assert info.get("exit_code") == 0, info
+    assert info.get("exceptions_logged") == 0, info
+    assert "End of training" in log
+    assert "Model [bold]RealESRGANModel[/bold] is created" in log
+    assert re.search(rf"HR crop size:\s+{4 * REALWORLD_LQ}\s+LR crop size:\s+{REALWORLD_LQ}\b", log)
+    for label in ("l_g_charbonnier", "l_g_hybridmoelpips", "l_g_gan"):
+        values = [float(v) for v in re.findall(rf"{label}: ([0-9.eE+-]+)", log)]
+        assert len(values) == REALWORLD_ITERS and all(v > 0 for v in values), (label, values)
+    assert re.search(r"l_d_real: [0-9.eE+-]+", log) and re.search(r"l_d_fake: [0-9.eE+-]+", log)
+    for i in range(1, REALWORLD_ITERS + 1):  # the pairs it trained on: LQ a quarter of GT
+        lq = np.asarray(Image.open(realworld_run["otf"] / f"{i:06d}_otf_lq.png"))
+        gt = np.asarray(Image.open(realworld_run["otf"] / f"{i:06d}_otf_gt.png"))
+        assert gt.shape[:2] == (4 * lq.shape[0], 4 * lq.shape[1]) == (64, 64 * REALWORLD_BATCH)
+    desc = load_checkpoint(realworld_run["exp"] / "models" / "net_g_ema_latest.safetensors")
+    assert desc.scale == 4 and "s" in desc.tags
+    psnr = re.findall(r"# psnr : ([0-9.]+)", log)
+    assert psnr and 10.0 < float(psnr[-1]) < 50.0
