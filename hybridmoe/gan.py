@@ -52,14 +52,13 @@ class UNetDiscriminator(nn.Module):
                 f"UNetDiscriminator takes (N, 3, H, W) with H, W multiples of 8, got "
                 f"{tuple(x.shape)}; crop the images to a multiple of 8"
             )
-        act = nn.functional.leaky_relu
-        skips = [act(self.stem(2 * x - 1), 0.2)]
+        skips = [F.leaky_relu(self.stem(2 * x - 1), 0.2)]
         for conv in self.down:
-            skips.append(act(conv(skips[-1]), 0.2))
+            skips.append(F.leaky_relu(conv(skips[-1]), 0.2))
         y = skips.pop()
         for conv in self.up:
             y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
-            y = act(conv(y), 0.2) + skips.pop()
+            y = F.leaky_relu(conv(y), 0.2) + skips.pop()
         return self.head(self.tail(y))
 
 

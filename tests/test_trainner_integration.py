@@ -361,37 +361,40 @@ RESTORE_VAL = ("butterfly.png", "head.png")
 CPU_OTF = ROOT / "tests" / "trainner_cpu_otf.py"
 
 
-@pytest.fixture(scope="module")
-def restore_data(workcopy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """datasets/restore/train/hr (HR crops source) and val/set/{HR,LQ} from make-degraded."""
-    out = workcopy / "datasets" / "restore"
+def otf_data(
+    workcopy: Path, tmp_path_factory: pytest.TempPathFactory, sub: str, preset: str
+) -> Path:
+    """datasets/<sub>/train/hr (HR crops source) and val/set/{HR,LQ}: two Set5 images degraded
+    with make-degraded's ``preset`` (seed 0)."""
+    out = workcopy / "datasets" / sub
     hr = out / "train" / "hr"
     hr.mkdir(parents=True)
     for name in RESTORE_TRAIN:
         shutil.copy(TEST_DATA / "T91_sample" / name, hr / name)
-    src = tmp_path_factory.mktemp("restore_val") / "HR"
+    src = tmp_path_factory.mktemp(f"{sub}_val") / "HR"
     src.mkdir()
     for name in RESTORE_VAL:
         shutil.copy(TEST_DATA / "Set5" / "HR" / name, src / name)
     proc = sh(
-        [sys.executable, "-m", "hybridmoe", "make-degraded", str(src),
+        [sys.executable, "-m", "hybridmoe", "make-degraded", str(src), "--preset", preset,
          "--out", str(out / "val"), "--name", "set", "--seed", "0"],
         ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, tail(proc)
-    for sub in ("HR", "LQ"):
-        assert sorted(p.name for p in (out / "val" / "set" / sub).iterdir()) == list(RESTORE_VAL)
+    for folder in ("HR", "LQ"):
+        assert sorted(p.name for p in (out / "val" / "set" / folder).iterdir()) == list(RESTORE_VAL)
     return out
 
 
-def restore_config() -> dict[str, Any]:
-    """Our x1 nano restoration template, made CPU-sized (both pool branches run in 4 iterations)."""
-    cfg = yaml.safe_load(
-        (ROOT / "options/train/HybridMoE/1x_HybridMoE_Nano_restore.yml").read_text()
-    )
+def cpu_sized_otf(
+    cfg: dict[str, Any], name: str, sub: str, *, iters: int, batch: int, lq: int
+) -> dict[str, Any]:
+    """An on-the-fly degradation template made CPU-sized: datasets/<sub>, ``iters`` iterations
+    of ``batch`` LR crops of ``lq``, every trained LQ/GT batch saved to debug/otf, one
+    validation after training."""
     assert cfg["high_order_degradation"] is True, "the template no longer uses the OTF pipeline"
     cfg.update(
-        name=RESTORE_NAME,
+        name=name,
         num_gpu=0,
         use_amp=False,
         amp_bf16=False,
@@ -399,53 +402,78 @@ def restore_config() -> dict[str, Any]:
         use_compile=False,
         manual_seed=1024,
         # the pool fills in 2 iterations, then iterations 3-4 swap batches with it
-        queue_size=2 * RESTORE_BATCH,
+        queue_size=2 * batch,
         # traiNNer saves every LQ/GT batch it trains on to debug/otf
         high_order_degradations_debug=True,
-        high_order_degradations_debug_limit=RESTORE_ITERS,
+        high_order_degradations_debug_limit=iters,
     )
     cfg["datasets"]["train"].update(
-        dataroot_gt=["datasets/restore/train/hr"],
-        lq_size=RESTORE_LQ,
-        batch_size_per_gpu=RESTORE_BATCH,
+        dataroot_gt=[f"datasets/{sub}/train/hr"],
+        lq_size=lq,
+        batch_size_per_gpu=batch,
         num_worker_per_gpu=0,
         pin_memory=False,
         persistent_workers=False,
         prefetch_factor=None,
     )
     cfg["datasets"]["val"].update(
-        dataroot_gt=["datasets/restore/val/set/HR"],
-        dataroot_lq=["datasets/restore/val/set/LQ"],
+        dataroot_gt=[f"datasets/{sub}/val/set/HR"],
+        dataroot_lq=[f"datasets/{sub}/val/set/LQ"],
         pin_memory=False,
     )
-    cfg["train"].update(total_iter=RESTORE_ITERS, warmup_iter=-1)
-    cfg["train"]["scheduler"]["milestones"] = [1000]
+    cfg["train"].update(total_iter=iters, warmup_iter=-1)
     cfg["val"].update(val_freq=1000, save_img=False)  # once, after training
     cfg["logger"].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
     return cfg
 
 
-@pytest.fixture(scope="module")
-def restored(workcopy: Path, restore_data: Path) -> dict[str, Any]:
-    """One real train.py run of the restoration template through the CPU OTF runner."""
+def run_otf(workcopy: Path, cfg: dict[str, Any], label: str) -> dict[str, Any]:
+    """One real train.py run of ``cfg`` through the CPU OTF runner: the process, the shim's
+    statistics, the experiment folder, its log and the debug/otf folder of its batches."""
     tools = need_tools()
-    cfg_rel = write_config(workcopy, restore_config(), "cpu_restore_smoke")
-    stats = workcopy / "shim_train_restore.json"
+    cfg_rel = write_config(workcopy, cfg, f"cpu_{label}_smoke")
+    stats = workcopy / f"shim_train_{label}.json"
+    otf = workcopy / "debug" / "otf"
+    shutil.rmtree(otf, ignore_errors=True)  # another smoke's tiles
     proc = sh(
         [sys.executable, str(CPU_OTF), str(tools / "train_shim.py"), "train.py", "-opt", cfg_rel],
         workcopy,
         env={"TRAINNER_SHIM_STATS": str(stats)},
     )
     info = json.loads(stats.read_text()) if stats.is_file() else {}
-    exp = workcopy / "experiments" / RESTORE_NAME
+    exp = workcopy / "experiments" / cfg["name"]
     logs = sorted(exp.glob("train_*.log"))
     return {
         "proc": proc,
         "info": info,
         "exp": exp,
         "log": logs[-1].read_text() if logs else "",
-        "otf": workcopy / "debug" / "otf",
+        "otf": otf,
     }
+
+
+@pytest.fixture(scope="module")
+def restore_data(workcopy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """datasets/restore: HR crops source and a restore-preset copy of two Set5 images."""
+    return otf_data(workcopy, tmp_path_factory, "restore", "restore")
+
+
+def restore_config() -> dict[str, Any]:
+    """Our x1 nano restoration template, made CPU-sized (both pool branches run in 4 iterations)."""
+    cfg = yaml.safe_load(
+        (ROOT / "options/train/HybridMoE/1x_HybridMoE_Nano_restore.yml").read_text()
+    )
+    cfg = cpu_sized_otf(
+        cfg, RESTORE_NAME, "restore", iters=RESTORE_ITERS, batch=RESTORE_BATCH, lq=RESTORE_LQ
+    )
+    cfg["train"]["scheduler"]["milestones"] = [1000]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def restored(workcopy: Path, restore_data: Path) -> dict[str, Any]:
+    """One real train.py run of the restoration template through the CPU OTF runner."""
+    return run_otf(workcopy, restore_config(), "restore")
 
 
 def psnr_u8(a: Any, b: Any) -> float:
@@ -544,21 +572,7 @@ def realworld_data(workcopy: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from safetensors.torch import save_file
     from torchvision.models import vgg16
 
-    out = workcopy / "datasets" / "realworld"
-    hr = out / "train" / "hr"
-    hr.mkdir(parents=True)
-    for name in RESTORE_TRAIN:
-        shutil.copy(TEST_DATA / "T91_sample" / name, hr / name)
-    src = tmp_path_factory.mktemp("realworld_val") / "HR"
-    src.mkdir()
-    for name in RESTORE_VAL:
-        shutil.copy(TEST_DATA / "Set5" / "HR" / name, src / name)
-    proc = sh(
-        [sys.executable, "-m", "hybridmoe", "make-degraded", str(src), "--preset", "realworld4",
-         "--out", str(out / "val"), "--name", "set", "--seed", "0"],
-        ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, tail(proc)
+    out = otf_data(workcopy, tmp_path_factory, "realworld", "realworld4")
     models = workcopy / "experiments" / "pretrained_models"
     models.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "experiments/pretrained_models/4x_HybridMoE_S.safetensors", models)
@@ -575,67 +589,26 @@ def realworld_config() -> dict[str, Any]:
     cfg = yaml.safe_load(
         (ROOT / "options/train/HybridMoE/4x_HybridMoE_S_realworld.yml").read_text()
     )
-    assert cfg["high_order_degradation"] is True, "the template no longer uses the OTF pipeline"
     losses = {loss["type"]: loss for loss in cfg["train"]["losses"]}
     assert losses["hybridmoelpipsloss"]["weights"] == (
         "experiments/pretrained_models/lpips_vgg.safetensors"
     )
-    cfg.update(
-        name=REALWORLD_NAME,
-        num_gpu=0,
-        use_amp=False,
-        amp_bf16=False,
-        use_channels_last=False,
-        use_compile=False,
-        manual_seed=1024,
-        queue_size=2 * REALWORLD_BATCH,
-        high_order_degradations_debug=True,
-        high_order_degradations_debug_limit=REALWORLD_ITERS,
+    cfg = cpu_sized_otf(
+        cfg,
+        REALWORLD_NAME,
+        "realworld",
+        iters=REALWORLD_ITERS,
+        batch=REALWORLD_BATCH,
+        lq=REALWORLD_LQ,
     )
     cfg["path"]["pretrain_network_g"] = "experiments/pretrained_models/4x_HybridMoE_S.safetensors"
-    cfg["datasets"]["train"].update(
-        dataroot_gt=["datasets/realworld/train/hr"],
-        lq_size=REALWORLD_LQ,
-        batch_size_per_gpu=REALWORLD_BATCH,
-        num_worker_per_gpu=0,
-        pin_memory=False,
-        persistent_workers=False,
-        prefetch_factor=None,
-    )
-    cfg["datasets"]["val"].update(
-        dataroot_gt=["datasets/realworld/val/set/HR"],
-        dataroot_lq=["datasets/realworld/val/set/LQ"],
-        pin_memory=False,
-    )
-    cfg["train"].update(total_iter=REALWORLD_ITERS, warmup_iter=-1)
-    cfg["val"].update(val_freq=1000, save_img=False)  # once, after training
-    cfg["logger"].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
     return cfg
 
 
 @pytest.fixture(scope="module")
 def realworld_run(workcopy: Path, realworld_data: Path) -> dict[str, Any]:
     """One real train.py run of the real-world GAN template through the CPU OTF runner."""
-    tools = need_tools()
-    cfg_rel = write_config(workcopy, realworld_config(), "cpu_realworld_smoke")
-    stats = workcopy / "shim_train_realworld.json"
-    otf = workcopy / "debug" / "otf"
-    shutil.rmtree(otf, ignore_errors=True)  # the restore smoke's tiles
-    proc = sh(
-        [sys.executable, str(CPU_OTF), str(tools / "train_shim.py"), "train.py", "-opt", cfg_rel],
-        workcopy,
-        env={"TRAINNER_SHIM_STATS": str(stats)},
-    )
-    info = json.loads(stats.read_text()) if stats.is_file() else {}
-    exp = workcopy / "experiments" / REALWORLD_NAME
-    logs = sorted(exp.glob("train_*.log"))
-    return {
-        "proc": proc,
-        "info": info,
-        "exp": exp,
-        "log": logs[-1].read_text() if logs else "",
-        "otf": otf,
-    }
+    return run_otf(workcopy, realworld_config(), "realworld")
 
 
 def test_realworld_template_fine_tunes_with_lpips_and_a_discriminator(
