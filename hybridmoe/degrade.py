@@ -39,9 +39,10 @@ same quality with ``subsampling=2``; the tests measure how close.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -115,9 +116,13 @@ def _check_batch(x: torch.Tensor, what: str = "x") -> None:
         )
 
 
-def _per_image(value: Any, n: int, device: torch.device, what: str) -> torch.Tensor:
-    """A scalar or an ``(N,)`` sequence/tensor as a float64 ``(N,)`` tensor on ``device``."""
-    t = torch.as_tensor(value, dtype=torch.float64).to(device)
+def _per_image(value: Any, n: int, what: str) -> torch.Tensor:
+    """A scalar or an ``(N,)`` sequence/tensor as a float64 ``(N,)`` tensor on the host.
+
+    The checks and the small tensors built from these values (blur kernels, noise scales) are
+    computed on the host and sent to the images' device without waiting for it: a per-image
+    pipeline on a GPU then queues its work without a synchronisation per value."""
+    t = torch.as_tensor(value, dtype=torch.float64).cpu()
     if t.ndim == 0:
         t = t.expand(n)
     if t.shape != (n,):
@@ -127,6 +132,11 @@ def _per_image(value: Any, n: int, device: torch.device, what: str) -> torch.Ten
     if not torch.isfinite(t).all():
         raise ValueError(f"{what} must be finite, got {t.tolist()}")
     return t
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor is sent without waiting for the device's queue."""
+    return t.to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,9 +184,9 @@ def _blur(
     ``small_ok``: pad an image too small for reflect padding by edge replication instead of
     refusing it (the x4 pipeline, whose random resizing can make images small)."""
     n, ch, h, w = x.shape
-    sx = _per_image(sigma_x, n, x.device, "sigma_x")
-    sy = _per_image(sigma_y, n, x.device, "sigma_y")
-    th = _per_image(theta, n, x.device, "theta")
+    sx = _per_image(sigma_x, n, "sigma_x")
+    sy = _per_image(sigma_y, n, "sigma_y")
+    th = _per_image(theta, n, "theta")
     if n == 0:
         return x.clone()
     if (sx <= 0).any() or (sy <= 0).any():
@@ -194,7 +204,7 @@ def _blur(
             f"images of {h}x{w} are too small for a {size}x{size} blur kernel (reflect padding "
             f"needs more than {pad} pixels per side); use smaller sigmas or larger images"
         )
-    k = gaussian_kernels(sx, sy, th, size).to(x.dtype)
+    k = _to_device(gaussian_kernels(sx, sy, th, size).to(x.dtype), x.device)
     weight = k.repeat_interleave(ch, dim=0)[:, None]  # (N*3, 1, size, size)
     padded = F.pad(x.reshape(1, n * ch, h, w), (pad, pad, pad, pad), mode=pad_mode)
     out = F.conv2d(padded, weight, groups=n * ch).reshape(n, ch, h, w)
@@ -235,7 +245,7 @@ def _noise(
 ) -> torch.Tensor:
     """:func:`add_noise` without the scan of ``x``'s values (the pipeline checks once)."""
     n = x.shape[0]
-    s = _per_image(sigma, n, x.device, "sigma")
+    s = _per_image(sigma, n, "sigma")
     if (s < 0).any():
         raise ValueError(f"noise sigma must be >= 0 (0..255 scale), got {s.tolist()}")
     if not 0.0 <= gray_prob <= 1.0:
@@ -243,12 +253,12 @@ def _noise(
     dev = _gen_device(generator, x.device)
     if gray is None:
         gray = torch.rand(n, generator=generator, device=dev) < gray_prob
-    mono = torch.as_tensor(gray, dtype=torch.bool).to(x.device).reshape(-1)
+    mono = _to_device(torch.as_tensor(gray, dtype=torch.bool), x.device).reshape(-1)
     if mono.shape != (n,):
         raise ValueError(f"gray must have one value per image ({n}), got {tuple(mono.shape)}")
     noise = torch.randn(x.shape, generator=generator, device=dev).to(x.device, x.dtype)
     noise = torch.where(mono[:, None, None, None], noise[:, :1].expand_as(noise), noise)
-    return x + noise * (s / 255.0).to(x.dtype)[:, None, None, None]
+    return x + noise * _to_device((s / 255.0).to(x.dtype), x.device)[:, None, None, None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,8 +287,10 @@ def quant_tables(quality: Any, device: torch.device | str = "cpu") -> torch.Tens
     return ((base[None] * scale + 50) // 100).clamp(1, 255)
 
 
+@functools.cache
 def _dct_matrix(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The orthonormal 8-point DCT-II matrix ``D`` (``D @ v`` transforms a column ``v``)."""
+    """The orthonormal 8-point DCT-II matrix ``D`` (``D @ v`` transforms a column ``v``), made
+    once per device and dtype (callers must not modify it)."""
     k = torch.arange(8, dtype=torch.float64)
     d = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     d[0] /= math.sqrt(2)
@@ -331,7 +343,9 @@ def jpeg(x: torch.Tensor, quality: Any) -> torch.Tensor:
 def _jpeg(x: torch.Tensor, quality: Any) -> torch.Tensor:
     """:func:`jpeg` without the scan of ``x``'s values (the pipeline checks once)."""
     n, _, h, w = x.shape
-    tables = quant_tables(quality, x.device)
+    # the tables are built where the qualities are (on the host in the per-image pipeline)
+    q_device = quality.device if isinstance(quality, torch.Tensor) else torch.device("cpu")
+    tables = _to_device(quant_tables(quality, q_device), x.device)
     if tables.shape[0] == 1:
         tables = tables.expand(n, -1, -1, -1)
     if tables.shape[0] != n:
@@ -492,6 +506,9 @@ def _describe_noise(on: Any, sigma: Any, gray: Any) -> dict[str, Any] | None:
     return {"sigma": _r6(sigma), "gray": bool(gray)} if on else None
 
 
+_Params = TypeVar("_Params", bound="DegradeParams")
+
+
 @dataclass
 class DegradeParams:
     """The per-image parameters drawn by :func:`sample_params` (tensors of length N, on the
@@ -506,6 +523,16 @@ class DegradeParams:
     gray: torch.Tensor
     jpeg: torch.Tensor
     quality: torch.Tensor
+
+    def host(self: _Params) -> _Params:
+        """The same parameters with every tensor on the host (one copy per field): reading
+        them one value at a time then never waits for a device."""
+        moved = {
+            f.name: getattr(self, f.name).cpu()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
 
     def describe(self, i: int) -> dict[str, Any]:
         """Image ``i``'s stages as JSON-ready values (``None`` for a stage not applied)."""
@@ -731,6 +758,7 @@ def _apply_second_order(
         )
     if p.blur.shape != (n,):
         raise ValueError(f"the parameters are drawn for {p.blur.shape[0]} images, hr has {n}")
+    p = p.host()  # the loop reads the values one by one: from the host, without device waits
     outs = []
     for i in range(n):
         x = hr[i : i + 1].to(torch.float32)
@@ -742,7 +770,7 @@ def _apply_second_order(
             (p.noise[i], p.noise_sigma[i], p.gray[i]),
         )
         if p.jpeg[i]:
-            x = _jpeg(x, p.quality[i : i + 1].to(x.device))
+            x = _jpeg(x, p.quality[i : i + 1])
         second = (
             (p.blur2[i], p.sigma_x2[i], p.sigma_y2[i], p.theta2[i]),
             (p.resize2[i], p.resize_mode2[i]),
@@ -755,7 +783,7 @@ def _apply_second_order(
             _noise(x.new_zeros((1, 3, *size)), 0.0, 0.0, gen, p.gray2[i].reshape(1))
         x = _to_8bit(_resize(x, (h // s, w // s), p.final_mode[i]))
         if p.final_jpeg[i]:
-            x = _jpeg(x, p.final_quality[i : i + 1].to(x.device))
+            x = _jpeg(x, p.final_quality[i : i + 1])
         outs.append(x)
     if not outs:
         return hr.new_zeros((0, 3, h // s, w // s))

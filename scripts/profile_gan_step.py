@@ -9,8 +9,9 @@ Times, on the current device with CUDA synchronisation (median of ``--reps`` aft
 repetitions), the parts of one step on random HR crops: the realworld4 degradations of the
 batch, the generator's forward and backward with the pixel loss alone, the LPIPS-VGG term
 (forward on output and target, backward), the generator's adversarial term and the
-discriminator's update, and the whole step as sweep.py runs it. Writes JSON with the command,
-device, commit and date (an existing file is refused).
+discriminator's update, and the whole step as sweep.py runs it; on a GPU also how many times
+one batch of degradations waits for the device (``torch.cuda.set_sync_debug_mode``). Writes
+JSON with the command, device, commit and date (an existing file is refused).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         "whole_step": whole_step,
     }
     ms = {name: round(_time(fn, args.reps, device), 3) for name, fn in parts.items()}
+    syncs = None
+    if device.type == "cuda":  # how often one batch of degradations waits for the device
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            degradations()
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = sum("synchroniz" in str(w.message) for w in caught)
     rec = {
         "what": "median ms of the parts of one GAN fine-tuning step (sweep.py --gan, realworld4)",
         "command": "python scripts/profile_gan_step.py " + " ".join(argv or sys.argv[1:]),
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "hr_crop": side,
         "reps": args.reps,
         "ms": ms,
+        "degradation_syncs": syncs,
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -26,7 +26,8 @@ Commands::
         generator seeded by --seed and saved with the training state (run <config>_x1_restore).
         --scale 4 --degrade realworld4: the same at x4 with the second-order preset.
         --init DIR --gan LPIPS: GAN fine-tuning (run <config>_x<s>[_<preset>]_gan): the weights
-        start from DIR/<config>_x<s> (a run of this recipe), and the loss is Charbonnier
+        start from DIR/<config>_x<s> (a run of this recipe; --init-config C: from DIR/C_x<s>,
+        C's layout plus a texture head, which starts as the identity), and the loss is Charbonnier
         + LPIPS-VGG (weights of hybridmoe perceptual-weights) + the adversarial term of a
         U-Net discriminator (hybridmoe.gan) trained beside it; constant rate (GAN_RECIPE).
     sweep.py bench  --configs A B ... [--json OUT]
@@ -205,6 +206,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
         top_k=1,
     ),
     "trunk192x12_stemlk": _lean(192, 12, stem_lk=True, kernel_size=17),
+    # ---- the s trunk with the texture head and its learned noise injection (generative
+    # detail): GAN fine-tuning from trunk96x12_lean (--init-config), starting at its output
+    "trunk96x12_lean_noise": {**_lean(96, 12), "texture_head": True, "noise": True},
     # ---- residual re-param blocks (x + SiLU(conv x)): do deep trunks start faster?
     **{
         f"trunk{d}x{n}_res": _lean(d, n, conv_block="rep3res")
@@ -266,6 +270,31 @@ def load_init(init_dir: Path, config: str, scale: int) -> dict[str, torch.Tensor
             sd = torch.load(run / name, map_location="cpu", weights_only=True)
             return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     raise SystemExit(f"--init: {run} has no ema.pt / ema16.pt")
+
+
+def start_from(model: nn.Module, init: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load a fine-tune's starting weights ``init`` (the EMA weights of a run of configuration
+    ``source``) into ``model``; returns the keys ``model`` has beyond them.
+
+    ``model`` may add a texture head (``head.*``, e.g. the ``_noise`` configurations) to the
+    source's layout, nothing else: that head's residual scale starts at 0 and its noise strength
+    is 0, so the fine-tune starts at the source network's output exactly. Any other difference
+    is refused with the keys named."""
+    fix = "a fine-tune may only add the texture head to its source's layout"
+    try:
+        missing, unexpected = model.load_state_dict(init, strict=False)
+    except RuntimeError as e:  # tensors of other shapes
+        raise SystemExit(f"--init-config {source}: its weights do not fit ({e}); {fix}") from None
+    other = [k for k in missing if not k.startswith("head.")]
+    if unexpected or other:
+        raise SystemExit(
+            f"--init-config {source}: its weights do not fit this configuration (missing: "
+            f"{other[:6] or 'none'}, unexpected: {unexpected[:6] or 'none'}); {fix}"
+        )
+    if missing:
+        with torch.no_grad():
+            model.head.ls.gamma.zero_()  # the new head starts as the identity
+    return list(missing)
 
 
 def lr_size(scale: int) -> int:
@@ -483,6 +512,9 @@ def train_one(args: argparse.Namespace) -> int:
     preset = getattr(args, "degrade", None)
     gan_weights = getattr(args, "gan", None)
     init_dir = getattr(args, "init", None)
+    init_config = getattr(args, "init_config", None) or name
+    if getattr(args, "init_config", None) and not init_dir:
+        raise SystemExit("--init-config names the run to start from; give its folder with --init")
     if preset and scale != degrade.PRESETS[preset].scale:
         raise SystemExit(
             f"--degrade {preset} makes x{degrade.PRESETS[preset].scale} inputs; use --scale "
@@ -518,8 +550,9 @@ def train_one(args: argparse.Namespace) -> int:
     start = 0
     state_path = run / "state.pt"
     if init_dir and not state_path.is_file():
-        init = load_init(Path(init_dir), name, scale)
-        model.load_state_dict(init)
+        added = start_from(model, load_init(Path(init_dir), init_config, scale), init_config)
+        if added:
+            print(f"{name} x{scale}: from {init_config}, new (identity at the start): {added}")
         for e, v in zip(ema, model.state_dict().values(), strict=True):
             e.copy_(v)
     if state_path.is_file():
@@ -587,7 +620,12 @@ def train_one(args: argparse.Namespace) -> int:
     if preset:
         meta["degradation"] = {"preset": preset, **degrade.PRESETS[preset].to_dict()}
     if disc is not None:
-        meta["gan"] = {**GAN_RECIPE, "lpips_weights": str(gan_weights), "init": str(init_dir)}
+        meta["gan"] = {
+            **GAN_RECIPE,
+            "lpips_weights": str(gan_weights),
+            "init": str(init_dir),
+            "init_config": init_config,
+        }
 
     def save(final: bool) -> None:
         sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
@@ -715,6 +753,7 @@ def train_many(args: argparse.Namespace) -> int:
             "crop",
             "val",
             "init",
+            "init_config",
             "gan",
         ):  # recipe changes, validation
             if getattr(args, flag):
@@ -1503,6 +1542,11 @@ def main(argv: list[str] | None = None) -> int:
             help="LQ made from the HR crops with this preset (x1 restore, x4 realworld4)",
         )
         t.add_argument("--init", help="fine-tune: start from the runs in this folder")
+        t.add_argument(
+            "--init-config",
+            help="fine-tune from the run of this configuration in --init (default: the same); "
+            "the configuration may add the texture head (e.g. trunk96x12_lean_noise)",
+        )
         t.add_argument("--gan", help="GAN fine-tuning with these LPIPS-VGG weights (needs --init)")
         t.add_argument("--warmup", type=int, default=0, help="linear lr warm-up iterations")
         t.add_argument("--lr", type=float, help=f"peak learning rate (default {RECIPE['lr']})")

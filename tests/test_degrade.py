@@ -235,6 +235,13 @@ FLAGS = {
 }
 
 
+def _gen_after_params(seed: int, n: int) -> torch.Generator:
+    """A generator of ``seed`` past the parameter draws of ``n`` realworld4 images."""
+    g = _gen(seed)
+    D.sample_params(n, D.REALWORLD4, g)
+    return g
+
+
 def test_realworld4_shapes_levels_and_seeding() -> None:
     x = _batch(3, 32)[:, :, :, :24]
     y = D.degrade_batch(x, D.REALWORLD4, _gen(5))
@@ -245,6 +252,10 @@ def test_realworld4_shapes_levels_and_seeding() -> None:
     g = _gen(5)  # degrade_batch = sample_params then apply_params, from the same generator
     p = D.sample_params(3, D.REALWORLD4, g)
     assert isinstance(p, D.SecondOrderParams) and torch.equal(D.apply_params(x, p, g), y)
+    h = p.host()  # the per-image loop reads host copies: same values, same result
+    assert type(h) is D.SecondOrderParams and h.scale == p.scale
+    assert all(torch.equal(getattr(h, k), v) for k, v in vars(p).items() if k != "scale")
+    assert torch.equal(D.apply_params(x, h, _gen_after_params(5, 3)), y)
     assert D.degrade_batch(x.double(), D.REALWORLD4, _gen(5)).dtype == torch.float64
     assert D.degrade_batch(x[:0], D.REALWORLD4, _gen(5)).shape == (0, 3, 8, 6)
     # JSON-ready parameters of every stage; to_dict holds the new fields

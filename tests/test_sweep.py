@@ -446,6 +446,56 @@ def test_l_candidates_build_and_use_their_extra_parts(name: str) -> None:
     assert extra[name]
 
 
+def test_a_fine_tune_may_add_the_noise_head_and_starts_at_its_source_output() -> None:
+    """trunk96x12_lean_noise loads trunk96x12_lean's weights, its new texture head is the
+    identity at the start (the outputs are equal, in training mode too, where the noise is
+    drawn), its noise strength still gets a gradient, and weights of another layout are
+    refused with the keys named."""
+    torch.manual_seed(0)
+    source = sweep.build("trunk96x12_lean", 4)
+    for p in source.parameters():
+        p.data.normal_(0, 0.02)
+    init = source.state_dict()
+    model = sweep.build("trunk96x12_lean_noise", 4)
+    added = sweep.start_from(model, init, "trunk96x12_lean")
+    assert added and all(k.startswith("head.") for k in added)
+    assert "head.noise_strength" in added
+    x = torch.rand(2, 3, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), source.eval()(x), rtol=0, atol=1e-6)
+    model.train()
+    out = model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, source.eval()(x), rtol=0, atol=1e-6)
+    out.square().mean().backward()
+    assert model.head.noise_strength.grad.abs().sum() > 0
+    assert model.head.ls.gamma.grad.abs().sum() > 0
+    with pytest.raises(SystemExit, match="do not fit"):
+        sweep.start_from(
+            sweep.build("trunk96x12_lean_noise", 4),
+            sweep.build("trunk64x10_lean", 4).state_dict(),
+            "trunk64x10_lean",
+        )
+    with pytest.raises(SystemExit, match="--init-config names"):
+        sweep.main(
+            [
+                "train-one",
+                "--config",
+                "trunk96x12_lean_noise",
+                "--scale",
+                "4",
+                "--data",
+                str(HR),
+                "--iters",
+                "1",
+                "--out",
+                "unused",
+                "--init-config",
+                "trunk96x12_lean",
+            ]
+        )
+
+
 def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
