@@ -65,7 +65,7 @@ from tqdm import tqdm
 
 from hybridmoe import imageio, metrics
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
-from hybridmoe.models import resolve_model
+from hybridmoe.models import enable_noise, resolve_model
 from hybridmoe.paths import REPO_ROOT
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
@@ -457,13 +457,16 @@ def evaluate_set(
     limit: int | None = None,
     *,
     perceptual: Perceptual | None = None,
+    noise_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Bicubic (and model, unless ``descriptor`` is None) scores on one set.
+    """Bicubic (and model, unless ``descriptor`` is None) scores on one set; ``noise_seed``:
+    torch's generator is seeded with it first (a model with its noise switched on).
 
     Returns ``{"images": n, "bicubic": {"psnr", "ssim"}, "model": {...}, "per_image":
     {name: {"bicubic": {...}, "model": {...}}}}`` (``model`` keys only with a descriptor).
     """
     paths = sorted((set_dir / "HR").glob("*.png"))[:limit]
+    _seed_noise(noise_seed)
     per_image: dict[str, dict[str, dict[str, float]]] = {}
     for path in tqdm(paths, desc=f"{set_dir.name} x{scale}", unit="img", file=sys.stderr):
         hr = metrics.mod_crop(read_image(path), scale)
@@ -492,11 +495,14 @@ def evaluate(
     bicubic_only: bool = False,
     scale: int | None = None,
     lpips: Path | None = None,
+    noise_seed: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (and the bicubic baseline) on ``sets`` under ``data_dir``.
 
     ``scale`` is taken from the model; it is needed (and only allowed) for a bicubic-only run
-    without a model. All sets are located before any work starts.
+    without a model. All sets are located before any work starts. ``noise_seed``: the model's
+    learned noise injection on (:func:`hybridmoe.models.enable_noise`), drawn from this seed
+    at the start of every set.
 
     Returns ``{"model": info or None, "scale": s, "data": str, "sets": {name: evaluate_set(...)}}``.
     """
@@ -512,8 +518,11 @@ def evaluate(
     descriptor, info = None, None
     if model is not None:
         descriptor = load_descriptor(model, device, dtype)
+        _with_noise(descriptor, noise_seed)
         info = model_info(descriptor, model, device, dtype)
         scale = descriptor.scale
+    elif noise_seed is not None:
+        raise EvaluationError("a noise seed needs a model (drop --noise with --bicubic-only)")
     if scale is None or scale < 2:
         raise EvaluationError(f"a bicubic-only run needs a scale >= 2, got {scale}")
     run_model = None if bicubic_only else descriptor
@@ -523,11 +532,39 @@ def evaluate(
         "scale": scale,
         "data": str(data_dir),
         **_lpips_info(lpips),
+        **_noise_info(noise_seed),
         "sets": {
-            name: evaluate_set(d, scale, run_model, tile=tile, limit=limit, perceptual=perceptual)
+            name: evaluate_set(
+                d,
+                scale,
+                run_model,
+                tile=tile,
+                limit=limit,
+                perceptual=perceptual,
+                noise_seed=noise_seed,
+            )
             for name, d in set_dirs.items()
         },
     }
+
+
+def _with_noise(descriptor: Any, noise_seed: int | None) -> None:
+    """Switch ``descriptor``'s noise injection on when a seed is given."""
+    if noise_seed is None:
+        return
+    try:
+        enable_noise(descriptor.model)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
+
+
+def _seed_noise(noise_seed: int | None) -> None:
+    if noise_seed is not None:
+        torch.manual_seed(noise_seed)
+
+
+def _noise_info(noise_seed: int | None) -> dict[str, Any]:
+    return {} if noise_seed is None else {"noise_seed": noise_seed}
 
 
 def _lpips_info(lpips: Path | None) -> dict[str, Any]:
@@ -633,15 +670,19 @@ def evaluate_degraded_set(
     descriptor: Any,
     tile: int | None = None,
     limit: int | None = None,
+    *,
     perceptual: Perceptual | None = None,
+    noise_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Baseline and model scores on one degraded set. x1 sets: as :func:`evaluate_set` with an
+    """Baseline and model scores on one degraded set (``noise_seed`` as in
+    :func:`evaluate_set`). x1 sets: as :func:`evaluate_set` with an
     ``"input"`` baseline (the degraded image itself) instead of ``"bicubic"``, border 0; sets of
     a scale s > 1: :func:`score_sr` of the LQ image (``"bicubic"`` baseline, border s)."""
     manifest = read_degraded_manifest(set_dir)
     scale = degraded_scale(manifest)
     per_image: dict[str, dict[str, dict[str, float]]] = {}
     rows = list(degraded_images(set_dir, limit))
+    _seed_noise(noise_seed)
     desc = f"{set_dir.name} x{scale}"
     for stem, hr, lq in tqdm(rows, desc=desc, unit="img", file=sys.stderr):
         name = f"{set_dir.name}/{stem}"
@@ -675,9 +716,10 @@ def evaluate_degraded(
     tile: int | None = None,
     limit: int | None = None,
     lpips: Path | None = None,
+    noise_seed: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the degraded sets under ``degraded_dir`` (all of one scale, the
-    model's).
+    model's); ``noise_seed`` as in :func:`evaluate`.
 
     Returns ``{"model": info, "scale": s, "task": "restoration" (x1) or "degraded-sr",
     "border": 0 (x1) or s, "data": str, "sets": {name: evaluate_degraded_set(...)}}``.
@@ -698,6 +740,7 @@ def evaluate_degraded(
         )
     scale = scales[names[0]]
     descriptor = load_descriptor(model, device, dtype, degraded_scale=scale)
+    _with_noise(descriptor, noise_seed)
     perceptual = lpips_scorer(lpips, device) if lpips is not None else None
     return {
         "model": model_info(descriptor, model, device, dtype),
@@ -706,9 +749,15 @@ def evaluate_degraded(
         "border": degraded_border(scale),
         "data": str(degraded_dir),
         **_lpips_info(lpips),
+        **_noise_info(noise_seed),
         "sets": {
             name: evaluate_degraded_set(
-                degraded_dir / name, descriptor, tile=tile, limit=limit, perceptual=perceptual
+                degraded_dir / name,
+                descriptor,
+                tile=tile,
+                limit=limit,
+                perceptual=perceptual,
+                noise_seed=noise_seed,
             )
             for name in names
         },
@@ -805,6 +854,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also LPIPS-Alex with these weights (lpips_alex.safetensors of perceptual-weights)",
     )
+    p.add_argument(
+        "--noise",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="switch on the model's learned noise injection (HybridMoE models built with "
+        "noise=True), drawn from SEED at the start of every set",
+    )
     return p
 
 
@@ -836,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tile=args.tile,
                 limit=args.limit,
                 lpips=args.lpips,
+                noise_seed=args.noise,
             )
         else:
             results = evaluate(
@@ -849,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bicubic_only=args.bicubic_only,
                 scale=args.scale,
                 lpips=args.lpips,
+                noise_seed=args.noise,
             )
     except (EvaluationError, imageio.OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ import hybridmoe_arch as arch
 from hybridmoe.meta import CheckpointError
 from hybridmoe.paths import pretrained_dir
 
-__all__ = ["perturb", "resolve_model", "shipped_models", "variant"]
+__all__ = ["enable_noise", "perturb", "resolve_model", "shipped_models", "variant"]
 
 
 def shipped_models() -> dict[str, Path]:
@@ -44,6 +44,23 @@ def variant(name: str, scale: int) -> arch.HybridMoE:
     if name not in arch.FACTORIES:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(arch.FACTORIES)}")
     return arch.FACTORIES[name](scale=scale)
+
+
+def enable_noise(model: nn.Module) -> None:
+    """Inject ``model``'s learned noise (the texture head of a HybridMoE built with
+    ``noise=True``) in inference too; it is drawn from torch's default generator, so seed it
+    (``torch.manual_seed``) for a reproducible output. ``ValueError`` for a model without it."""
+    heads = [
+        m
+        for m in model.modules()
+        if isinstance(m, arch.TextureHead) and m.noise_strength is not None
+    ]
+    if not isinstance(model, arch.HybridMoE) or not heads:
+        raise ValueError(
+            f"this {type(model).__name__} model has no learned noise injection (only HybridMoE "
+            "models built with noise=True have it, e.g. 4x_HybridMoE_S_RealWorld); drop --noise"
+        )
+    model.set_noise_in_eval(True)
 
 
 @torch.no_grad()

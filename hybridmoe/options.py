@@ -151,6 +151,15 @@ REALWORLD_RECIPE: dict[str, Any] = {
     "ema_decay": 0.999,
     "queue_size": 160,  # traiNNer's training-pair pool; a multiple of the batch size
 }
+REALWORLD_OPTIONS: dict[str, tuple[bool, str]] = {
+    "texture_head": (True, "The texture head (re-param 5x5 depthwise + 1x1) before the output."),
+    "noise": (True, "Its learned per-channel noise injection (training; off in inference)."),
+}
+"""Options on top of the variant (value, comment): the shipped real-world model is ``s`` plus the
+texture head with its noise injection (sweep.py configuration ``trunk96x12_lean_noise``)."""
+REALWORLD_STRICT_LOAD = (
+    "false  # The fidelity model has no texture head: its weights load, the head starts new."
+)
 REALWORLD_GAN: dict[str, Any] = {
     "lr": 1e-4,  # generator, constant
     "lr_d": 1e-4,  # discriminator, constant
@@ -160,6 +169,7 @@ REALWORLD_GAN: dict[str, Any] = {
     "d_width": 64,  # discriminator width (num_feat)
 }
 LPIPS_WEIGHTS = "experiments/pretrained_models/lpips_vgg.safetensors"
+STRICT_LOAD = "true  # Disable strict loading to partially load a pretrain of another scale."
 PROB_DIGITS = 4  # derived probabilities are rounded to this many decimals in the templates
 
 LOSS_WEIGHTS = {
@@ -296,7 +306,7 @@ NETWORK_G = """
 #####################################################################
 # Generator model settings
 network_g:
-  type: $arch
+  type: $arch$arch_options
 """
 
 NETWORK_D = """
@@ -313,7 +323,7 @@ TRAIN_PATH = """
 path:
   $pretrain
   param_key_g: ~
-  strict_load_g: true  # Disable strict loading to partially load a pretrain of another scale.
+  strict_load_g: $strict_load
   resume_state: ~
 """
 
@@ -780,6 +790,11 @@ def _render(template: str, **values: object) -> str:
 SEED_OFF = "# manual_seed: 1024  # Random seed for training, useful for comparing settings."
 
 
+def _arch_options(options: dict[str, tuple[bool, str]]) -> str:
+    """``network_g`` lines after ``type``: ``  name: value  # comment`` per option."""
+    return "".join(f"\n  {k}: {_yaml(v)}  # {note}" for k, (v, note) in options.items())
+
+
 def _header(note: str = GENERATED_NOTE) -> dict[str, str]:
     return {"schema": Template(SCHEMA_LINE).substitute(), "note": note, "seed": SEED_OFF}
 
@@ -899,9 +914,9 @@ def train_config(scale: int, variant: str, kind: str) -> str:
             workers=8,
             batch_size=s["batch"],
         ),
-        _render(NETWORK_G, arch=arch),
+        _render(NETWORK_G, arch=arch, arch_options=""),
         NETWORK_D if gan else "",
-        _render(TRAIN_PATH, pretrain=pretrain),
+        _render(TRAIN_PATH, pretrain=pretrain, strict_load=STRICT_LOAD),
         _render(
             TRAIN_OPTIM,
             ema_decay=sched["ema_decay"],
@@ -1012,10 +1027,11 @@ def restore_config(variant: str, preset: Degradation = RESTORE_PRESET) -> str:
             workers=8,
             batch_size=r["batch"],
         ),
-        _render(NETWORK_G, arch=arch),
+        _render(NETWORK_G, arch=arch, arch_options=""),
         _render(
             TRAIN_PATH,
             pretrain="# pretrain_network_g: experiments/pretrained_models/pretrain.safetensors",
+            strict_load=STRICT_LOAD,
         ),
         _render(
             TRAIN_OPTIM,
@@ -1156,10 +1172,17 @@ def realworld_note(preset: Degradation = REALWORLD_PRESET) -> str:
     (f0, f1), (t0, t1) = preset.resize_range, preset.second_resize_range
     return (
         "# RECIPE of the x4 real-world GAN fine-tune run with the project's harness:\n"
-        f"# scripts/sweep.py train --scale {scale} --degrade realworld4 --init RUNS --gan\n"
-        f"# lpips_vgg.safetensors --crop {lq}. From the x{scale} "
-        f"{VARIANTS[REALWORLD_VARIANT][1]} fidelity model; AdamW G lr {lr}, D lr {lr_d},\n"
-        f"# betas {r['betas']}, no weight decay, constant rate, batch {r['batch']}, "
+        "# scripts/sweep.py train --configs trunk96x12_lean_noise --scale "
+        f"{scale} --degrade realworld4\n"
+        "# --init RUNS --init-config trunk96x12_lean --gan lpips_vgg.safetensors --crop "
+        f"{lq}.\n"
+        f"# From the x{scale} {VARIANTS[REALWORLD_VARIANT][1]} fidelity model plus the texture "
+        "head with its learned noise\n"
+        "# injection (network_g below); the harness starts the new head as the identity "
+        "(residual\n"
+        "# scale 0), traiNNer from its default initialisation (strict_load_g false).\n"
+        f"# AdamW G lr {lr}, D lr {lr_d}, "
+        f"betas {r['betas']}, no weight decay, constant rate, batch {r['batch']},\n# "
         f"{lq}x{lq} LR crops ({lq * scale}x{lq * scale} HR),\n"
         f"# bf16 AMP, EMA {r['ema_decay']}; Charbonnier {g['pixel_weight']} + LPIPS-VGG "
         f"{g['lpips_weight']} + vanilla GAN {g['gan_weight']} against a\n"
@@ -1245,9 +1268,9 @@ def realworld_config(preset: Degradation = REALWORLD_PRESET) -> str:
             workers=8,
             batch_size=r["batch"],
         ),
-        _render(NETWORK_G, arch=arch),
+        _render(NETWORK_G, arch=arch, arch_options=_arch_options(REALWORLD_OPTIONS)),
         _render(NETWORK_D_REALWORLD, d_width=g["d_width"]),
-        _render(TRAIN_PATH, pretrain=pretrain),
+        _render(TRAIN_PATH, pretrain=pretrain, strict_load=REALWORLD_STRICT_LOAD),
         _render(
             TRAIN_OPTIM,
             ema_decay=r["ema_decay"],

@@ -40,6 +40,8 @@ def _tags(model: HybridMoE) -> list[str]:
     if model.num_experts:
         tags.append(f"{model.num_experts}e-top{model.top_k}")
     tags.append(hp["global_mixer"])
+    if hp.get("noise"):  # the texture head's learned noise injection (off in eval by default)
+        tags.append("noise")
     if hp["deploy"]:
         tags.append("fused")
     return tags

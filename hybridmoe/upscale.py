@@ -34,7 +34,7 @@ from hybridmoe.imageio import (
     split_alpha,
     write_image,
 )
-from hybridmoe.models import resolve_model
+from hybridmoe.models import enable_noise, resolve_model
 from hybridmoe.tiling import (
     available_memory,
     count_tiles,
@@ -156,6 +156,8 @@ class Settings:
     bytes_per_pixel: float | None = None
     """Measured forward memory per input pixel (:func:`tiling.forward_bytes_per_pixel`)."""
     guard: NonFiniteGuard | None = None
+    noise_seed: int | None = None
+    """``--noise``: torch's generator is seeded with it before each image."""
 
 
 def warn(message: str) -> None:
@@ -237,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="inference device; auto = cuda when available (default: auto)",
+    )
+    p.add_argument(
+        "--noise",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="switch on the model's learned noise injection (HybridMoE models built with "
+        "noise=True, e.g. 4x_HybridMoE_S_RealWorld: a little generated texture), drawn from "
+        "SEED for each image (default: off, the output is deterministic)",
     )
     return p
 
@@ -677,6 +688,8 @@ def process(job: Job, settings: Settings) -> None:
     h, w = pixels.shape[:2]
     desc = settings.descriptor
     tile = plan_tile(settings, h, w, pixels.shape[-1], job.src)
+    if settings.noise_seed is not None:  # after plan_tile's probe: the same noise per image
+        torch.manual_seed(settings.noise_seed)
     with tqdm(total=0, desc=job.src.name, unit="tile", leave=False, file=sys.stderr) as bar:
         try:
             out = upscale_pixels(pixels, make_runner(settings, tile, bar), desc.input_channels)
@@ -718,6 +731,11 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
     check_outputs(jobs, args.overwrite)
     device = resolve_device(args.device)
     descriptor = load_descriptor(args.model)
+    if args.noise is not None:
+        try:
+            enable_noise(descriptor.model)
+        except ValueError as e:
+            raise CliError(f"{args.model}: {e}") from None
     dtype = check_dtype(descriptor, args.dtype)
     check_tiling(descriptor, args.tile, args.tile_overlap)
     try:
@@ -734,6 +752,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
         args.quality,
         align=tile_alignment(descriptor),
         overwrite=args.overwrite,
+        noise_seed=args.noise,
     )
     return jobs, settings
 

@@ -757,7 +757,7 @@ def train_many(args: argparse.Namespace) -> int:
             "gan",
         ):  # recipe changes, validation
             if getattr(args, flag):
-                cmd += [f"--{flag}", str(getattr(args, flag))]
+                cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         stdout = f"{run_name(name, args.scale, args.seed, args.degrade, bool(args.gan))}.stdout"
         logf = (Path(args.out) / stdout).open("a")
         procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))

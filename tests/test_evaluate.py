@@ -261,3 +261,35 @@ def test_cli_usage_errors() -> None:
         evaluate.main(["--data", str(DATA)])  # neither MODEL nor --bicubic-only
     with pytest.raises(SystemExit):
         evaluate.main(["--bicubic-only"])  # no scale
+
+
+def test_noise_seed_switches_on_the_learned_noise_reproducibly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--noise SEED: the model's noise injection changes the scores, the same seed gives the
+    same scores (seeded per set), the seed is in the report; models without noise injection
+    and bicubic-only runs are refused with the fix named."""
+    import hybridmoe_arch as A
+    from hybridmoe.models import perturb
+
+    net = perturb(A.hybridmoe_nano(scale=2, texture_head=True, noise=True))
+    with torch.no_grad():
+        net.head.noise_strength.fill_(0.5)
+    path = tmp_path / "noise.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+
+    def psnr(**kw: object) -> tuple[float, dict]:
+        res = evaluate.evaluate(path, DATA, ["Set5"], limit=1, **kw)  # type: ignore[arg-type]
+        return res["sets"]["Set5"]["model"]["psnr"], res
+
+    off, res_off = psnr()
+    on, res_on = psnr(noise_seed=3)
+    assert on != off and "noise_seed" not in res_off and res_on["noise_seed"] == 3
+    assert psnr(noise_seed=3)[0] == on and psnr(noise_seed=4)[0] != on
+    assert evaluate.main([str(path), "--data", str(DATA), "--sets", "Set5", "--limit", "1"]) == 0
+    plain = _compact(tmp_path, 2, "plain.safetensors")
+    argv = ["--data", str(DATA), "--sets", "Set5", "--noise", "1"]
+    assert evaluate.main([str(plain), *argv]) == 2
+    assert "no learned noise injection" in capsys.readouterr().err
+    assert evaluate.main(["--bicubic-only", "--scale", "2", *argv]) == 2
+    assert "drop --noise" in capsys.readouterr().err

@@ -114,7 +114,11 @@ def test_option_file_is_consistent(path: Path) -> None:
     assert cfg["name"].startswith(f"{scale}x_HybridMoE_{m['variant']}")
     assert cfg["network_g"]["type"] == arch
     assert arch in hybridmoe_arch.FACTORIES
-    assert set(cfg["network_g"]) == {"type"}  # defaults only: every variant builds with them
+    # the variant's defaults (every variant builds with them); the real-world file adds the
+    # texture head with its noise injection, as the shipped model
+    extra = set(options.REALWORLD_OPTIONS) if path == REALWORLD_FILE else set()
+    assert set(cfg["network_g"]) == {"type", *extra}
+    hybridmoe_arch.FACTORIES[arch](scale=scale, **{k: cfg["network_g"][k] for k in extra})
     assert "path" in cfg
 
     if kind in ("test", "onnx"):
@@ -485,7 +489,13 @@ def test_realworld_file_carries_the_harness_gan_recipe() -> None:
     assert train_ds["batch_size_per_gpu"] == recipe["batch"] == rw["batch"] == 16
     assert train_ds["accum_iter"] == 1
     assert train_ds["lq_size"] == rw["lq"] == 64  # --crop 64: HR 256
-    assert cfg["network_g"] == {"type": "hybridmoe_s"}
+    # s plus the texture head with its noise injection, as the shipped model
+    assert cfg["network_g"] == {"type": "hybridmoe_s", "texture_head": True, "noise": True}
+    assert {k: v for k, (v, _) in options.REALWORLD_OPTIONS.items()} == {
+        k: v
+        for k, v in sweep.CONFIGS["trunk96x12_lean_noise"].items()
+        if k in ("texture_head", "noise")
+    }
     assert cfg["network_d"] == {
         "type": "unetdiscriminatorsn",
         "num_feat": g["d_width"],
@@ -494,7 +504,7 @@ def test_realworld_file_carries_the_harness_gan_recipe() -> None:
     assert cfg["path"]["pretrain_network_g"] == (
         "experiments/4x_HybridMoE_S/models/net_g_ema_latest.safetensors"
     )
-    assert cfg["path"]["strict_load_g"] is True
+    assert cfg["path"]["strict_load_g"] is False  # the fidelity model has no texture head
     train = cfg["train"]
     for opt, lr in (("optim_g", g["lr"]), ("optim_d", g["lr_d"])):
         assert train[opt]["type"] == "AdamW"

@@ -14,6 +14,7 @@ from textures import checkerboard, dithered
 
 from hybridmoe import checkpoint as C
 from hybridmoe.evaluate import evaluate_set
+from hybridmoe.spandrel_arch import variant_of
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = sorted((ROOT / "experiments" / "pretrained_models").glob("*.safetensors"))
@@ -139,9 +140,12 @@ def test_shipped_onnx_matches_the_checkpoint(path: Path) -> None:
 
 
 def _card_set5(path: Path) -> float:
-    card = (path.parent / f"{path.stem}.md").read_text(encoding="utf-8")
-    row = next(line for line in card.splitlines() if line.startswith("| Set5 |"))
-    return float(row.split("|")[-2].strip().strip("*").split("/")[0])  # last column
+    """The card's Set5 PSNR in the first column headed "this model" (its default output)."""
+    lines = (path.parent / f"{path.stem}.md").read_text(encoding="utf-8").splitlines()
+    header = [c.strip() for c in next(ln for ln in lines if ln.startswith("| set |")).split("|")]
+    column = next(i for i, c in enumerate(header) if c.startswith("this model"))
+    row = next(line for line in lines if line.startswith("| Set5 |")).split("|")
+    return float(row[column].strip().strip("*").split("/")[0])
 
 
 def _on_degraded_set5(desc: object, preset: str, tmp_path: Path) -> dict:
@@ -177,7 +181,10 @@ def test_realworld_model_matches_its_card_on_degraded_set5(path: Path, tmp_path:
     make-degraded), gives its card's Y-PSNR (±0.02 dB) and is above MATLAB bicubic of the same
     input: a change to the network or to the degradations cannot pass unnoticed."""
     desc = C.load_checkpoint(path)
-    assert desc.scale == 4 and desc.purpose == "SR" and "s" in desc.tags
+    assert desc.scale == 4 and desc.purpose == "SR" and "noise" in desc.tags
+    # the s layout plus the texture head with its noise injection
+    assert variant_of({**desc.model.hyperparameters, "texture_head": False}) == "s"
+    assert desc.model.head.noise_strength is not None
     res = _on_degraded_set5(desc, "realworld4", tmp_path)
     card = _card_set5(path)
     assert abs(res["model"]["psnr"] - card) <= 0.02, (res["model"], card)

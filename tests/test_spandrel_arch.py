@@ -209,6 +209,8 @@ def expected_tags(model: A.HybridMoE, variant: str | None = None) -> list[str]:
     if has_moe_layers(hp):  # a model without MoE layers has no expert tag
         tags.append(f"{hp['num_experts']}e-top{model.top_k}")
     tags.append(hp["global_mixer"])
+    if hp.get("noise"):
+        tags.append("noise")
     if hp["deploy"]:
         tags.append("fused")
     return tags

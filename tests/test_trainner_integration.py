@@ -635,6 +635,6 @@ def test_realworld_template_fine_tunes_with_lpips_and_a_discriminator(
         gt = np.asarray(Image.open(realworld_run["otf"] / f"{i:06d}_otf_gt.png"))
         assert gt.shape[:2] == (4 * lq.shape[0], 4 * lq.shape[1]) == (64, 64 * REALWORLD_BATCH)
     desc = load_checkpoint(realworld_run["exp"] / "models" / "net_g_ema_latest.safetensors")
-    assert desc.scale == 4 and "s" in desc.tags
+    assert desc.scale == 4 and "noise" in desc.tags and "96dim" in desc.tags
     psnr = re.findall(r"# psnr : ([0-9.]+)", log)
     assert psnr and 10.0 < float(psnr[-1]) < 50.0

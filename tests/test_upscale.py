@@ -589,3 +589,40 @@ def test_help_documents_options(capsys) -> None:
     for option in ("--tile", "--tile-overlap", "--dtype", "--device", "--format", "--quality"):
         assert option in text
     assert "alpha" in text and "--overwrite" in text and "MemAvailable" in text
+
+
+def _noise_model(tmp_path: Path) -> Path:
+    """A HybridMoE nano x2 with the texture head's noise injection (weights perturbed so that
+    every layer passes the noise on; its strength raised from 0)."""
+    import hybridmoe_arch as A
+    from hybridmoe.models import perturb
+
+    net = perturb(A.hybridmoe_nano(scale=2, texture_head=True, noise=True))
+    with torch.no_grad():
+        net.head.noise_strength.fill_(0.5)
+    return save_model(net, tmp_path / "noise.safetensors")
+
+
+def test_noise_flag_switches_on_the_learned_noise_reproducibly(tmp_path: Path, capsys) -> None:
+    """--noise SEED: the output changes, the same seed gives the same file, another seed
+    another file; a model without noise injection is refused with the fix named."""
+    register_spandrel()  # this module loads through spandrel's own registry
+    model = _noise_model(tmp_path)
+    src = save_png(tmp_path / "a.png", (rand_image(16, 12, 3) * 255).astype(np.uint8))
+    outs = {}
+    for name, extra in {
+        "off": [],
+        "s1": ["--noise", 1],
+        "s1b": ["--noise", 1],
+        "s2": ["--noise", 2],
+    }.items():
+        code, err = run_cli(capsys, model, src, tmp_path / f"{name}.png", *extra)
+        assert code == 0, err
+        outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(outs["s1"], outs["s1b"])
+    assert not np.array_equal(outs["s1"], outs["off"])
+    assert not np.array_equal(outs["s1"], outs["s2"])
+    plain = save_model(compact(), tmp_path / "plain.safetensors")
+    code, err = run_cli(capsys, plain, src, tmp_path / "plain.png", "--noise", 1)
+    assert code == 2 and "no learned noise injection" in err and "drop --noise" in err
+    assert not (tmp_path / "plain.png").exists()
