@@ -272,7 +272,7 @@ def test_noise_seed_switches_on_the_learned_noise_reproducibly(
     import hybridmoe_arch as A
     from hybridmoe.models import perturb
 
-    net = perturb(A.hybridmoe_nano(scale=2, texture_head=True, noise=True))
+    net = perturb(A.hybridmoe_nano(scale=2, dim=16, texture_head=True, noise=True))
     with torch.no_grad():
         net.head.noise_strength.fill_(0.5)
     path = tmp_path / "noise.safetensors"
