@@ -476,6 +476,8 @@ def test_a_fine_tune_may_add_the_noise_head_and_starts_at_its_source_output() ->
             sweep.build("trunk64x10_lean", 4).state_dict(),
             "trunk64x10_lean",
         )
+    with pytest.raises(SystemExit, match="unexpected: \\['head"):  # a fine-tune may not drop it
+        sweep.start_from(sweep.build("trunk96x12_lean", 4), model.state_dict(), "noise")
     with pytest.raises(SystemExit, match="--init-config names"):
         sweep.main(
             [
