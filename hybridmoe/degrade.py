@@ -646,28 +646,52 @@ def _sample_second_order(
     def gray() -> torch.Tensor:
         return torch.rand(n, generator=gen, device=dev) < cfg.noise_gray_prob
 
+    def stage(
+        blur_sigma: tuple[float, float],
+        resize_range: tuple[float, float],
+        noise_sigma: tuple[float, float],
+    ) -> tuple[torch.Tensor, ...]:
+        """One stage's values in draw order: sigma_x, sigma_y, theta, resize factor, resize
+        mode, noise sigma, grey (a tuple is evaluated left to right)."""
+        return (
+            _uniform(n, blur_sigma, gen, dev),
+            _uniform(n, blur_sigma, gen, dev),
+            _uniform(n, (0.0, math.pi), gen, dev),
+            _uniform(n, resize_range, gen, dev),
+            mode(),
+            _uniform(n, noise_sigma, gen, dev),
+            gray(),
+        )
+
+    sx, sy, th, resize, resize_mode, sigma, grey = stage(
+        cfg.blur_sigma, cfg.resize_range, cfg.noise_sigma
+    )
+    jpeg_quality = quality(cfg.jpeg_quality)
+    sx2, sy2, th2, resize2, resize_mode2, sigma2, grey2 = stage(
+        cfg.second_blur_sigma, cfg.second_resize_range, cfg.second_noise_sigma
+    )
     return SecondOrderParams(
         blur=flags[0] < cfg.blur_prob,
-        sigma_x=_uniform(n, cfg.blur_sigma, gen, dev),
-        sigma_y=_uniform(n, cfg.blur_sigma, gen, dev),
-        theta=_uniform(n, (0.0, math.pi), gen, dev),
-        resize=_uniform(n, cfg.resize_range, gen, dev),
-        resize_mode=mode(),
+        sigma_x=sx,
+        sigma_y=sy,
+        theta=th,
+        resize=resize,
+        resize_mode=resize_mode,
         noise=flags[1] < cfg.noise_prob,
-        noise_sigma=_uniform(n, cfg.noise_sigma, gen, dev),
-        gray=gray(),
+        noise_sigma=sigma,
+        gray=grey,
         jpeg=flags[2] < cfg.jpeg_prob,
-        quality=quality(cfg.jpeg_quality),
+        quality=jpeg_quality,
         second=flags[3] < cfg.second_prob,
         blur2=flags[4] < cfg.second_blur_prob,
-        sigma_x2=_uniform(n, cfg.second_blur_sigma, gen, dev),
-        sigma_y2=_uniform(n, cfg.second_blur_sigma, gen, dev),
-        theta2=_uniform(n, (0.0, math.pi), gen, dev),
-        resize2=_uniform(n, cfg.second_resize_range, gen, dev),
-        resize_mode2=mode(),
+        sigma_x2=sx2,
+        sigma_y2=sy2,
+        theta2=th2,
+        resize2=resize2,
+        resize_mode2=resize_mode2,
         noise2=flags[5] < cfg.second_noise_prob,
-        noise_sigma2=_uniform(n, cfg.second_noise_sigma, gen, dev),
-        gray2=gray(),
+        noise_sigma2=sigma2,
+        gray2=grey2,
         final_mode=mode(),
         final_jpeg=flags[6] < cfg.final_jpeg_prob,
         final_quality=quality(cfg.final_jpeg_quality),

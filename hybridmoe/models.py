@@ -50,12 +50,7 @@ def enable_noise(model: nn.Module) -> None:
     """Inject ``model``'s learned noise (the texture head of a HybridMoE built with
     ``noise=True``) in inference too; it is drawn from torch's default generator, so seed it
     (``torch.manual_seed``) for a reproducible output. ``ValueError`` for a model without it."""
-    heads = [
-        m
-        for m in model.modules()
-        if isinstance(m, arch.TextureHead) and m.noise_strength is not None
-    ]
-    if not isinstance(model, arch.HybridMoE) or not heads:
+    if not isinstance(model, arch.HybridMoE) or not model.hyperparameters["noise"]:
         raise ValueError(
             f"this {type(model).__name__} model has no learned noise injection (only HybridMoE "
             "models built with noise=True have it, e.g. 4x_HybridMoE_S_RealWorld); drop --noise"
