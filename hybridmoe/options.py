@@ -27,12 +27,12 @@ Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
 * ``onnx/HybridMoE/<x>_HybridMoE_<V>.yml`` — ``convert_to_onnx.py``.
 
 Which numbers are measured (``docs/TRAINING.md`` § "GPU runs" and ``docs/ABLATIONS.md``): the
-from-scratch recipe of ``nano``, ``s`` and ``m`` — AdamW lr 5e-4 (``m``: 2e-4), betas (0.9, 0.99),
-batch 16, lq_size 64 (×1/×2) and 48 (×3/×4), bf16 AMP, channels_last, EMA 0.999 (power 0.75),
-MultiStepLR halving at 1/2 and 3/4 of the run, Charbonnier 1.0 + balance loss 0.01 — from
-same-budget runs at ×2 and ×4 (``m`` at ×4 only), and the frequency loss 0.05 with the balance
-loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: ``l`` (starting values),
-the 500k-iteration length of a full run, and every fine-tuning (GAN) value. The generated files
+from-scratch recipe of ``nano``, ``s``, ``m`` and ``l`` — AdamW lr 5e-4 (``m``, ``l``: 2e-4),
+betas (0.9, 0.99), batch 16, lq_size 64 (×1/×2) and 48 (×3/×4), bf16 AMP, channels_last, EMA
+0.999 (power 0.75), MultiStepLR halving at 1/2 and 3/4 of the run, Charbonnier 1.0 + balance
+loss 0.01 — from same-budget runs at ×2 and ×4, and the frequency loss 0.05 with the balance
+loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: the 500k-iteration length
+of a full run, and every fine-tuning (GAN) value. The generated files
 say which of their values are measured. Edit the tables, then re-run this script.
 """
 
@@ -79,7 +79,6 @@ MEASURED_FROM_SCRATCH: dict[str, Any] = {
     "lq": MEASURED_LQ,
     "warmup": -1,
     "milestones": [250_000, 375_000],
-    "measured": True,
     "scales": MEASURED_SCALES,
 }
 FROM_SCRATCH: dict[str, dict[str, Any]] = {
@@ -89,14 +88,9 @@ FROM_SCRATCH: dict[str, dict[str, Any]] = {
     # photo runs train: x4 at 4,000 and 16,000 iterations, x2 at 3,000 and 12,000
     # (docs/ABLATIONS.md, the lower rate)
     "m": {**MEASURED_FROM_SCRATCH, "lr": 2e-4},
-    "l": {
-        "lr": 2e-4,
-        "batch": 8,
-        "lq": dict.fromkeys(SCALES, 64),
-        "warmup": 5000,
-        "milestones": [250_000, 400_000, 450_000, 475_000],
-        "measured": False,
-    },
+    # 256 channels, 16 blocks: m's rate (x4 16,000 and x2 12,000 iterations, on 919 and on all
+    # 3,234 photo tiles; docs/ABLATIONS.md, "`l` candidates" and "`l` on the whole photo set")
+    "l": {**MEASURED_FROM_SCRATCH, "lr": 2e-4},
 }
 FROM_SCRATCH_SCHEDULE = {
     "total_iter": 500_000,  # a full-length run; not measured (the GPU runs had 3000 iterations)
@@ -197,16 +191,13 @@ MEASURED_NOTE = (
     "# MEASURED recipe: lr, betas, batch size, lq_size, bf16 AMP, channels_last, EMA and the\n"
     "# schedule shape (halve at 1/2 and 3/4) of this variant's same-budget runs\n"
     "# (docs/ABLATIONS.md: nano and s at x2 and x4, 2,000-16,000 iterations, lr 5e-4; m at x2\n"
-    "# and x4, 3,000-16,000 iterations, lr 2e-4; from scratch, Charbonnier, plus the balance loss\n"
+    "# and x4, 3,000-16,000 iterations, and l at x2 and x4, 12,000-16,000 iterations, lr 2e-4;\n"
+    "# from scratch, Charbonnier, plus the balance loss\n"
     "# where the network has MoE layers). Not measured from scratch: total_iter, and the\n"
     "# frequency loss (it ran in a fine-tuning check of an x2 model).\n"
 )
 CARRIED_SCALE_NOTE = (
     "# This scale was not run with this recipe: it is carried over from {measured}.\n"
-)
-NOT_MEASURED_NOTE = (
-    "# NOT MEASURED YET: lr, batch size, lq_size, warm-up and schedule of this variant are\n"
-    '# starting values (nano, s and m were trained on a GPU, docs/TRAINING.md "GPU runs").\n'
 )
 FINETUNE_NOTE = "# NOT MEASURED YET: the fine-tuning (GAN) values are starting values.\n"
 RESTORE_EMA_POWER = (
@@ -802,14 +793,10 @@ def _header(note: str = GENERATED_NOTE) -> dict[str, str]:
 def train_note(scale: int, variant: str, kind: str) -> str:
     """The comment block of a training file: which of its values are measured."""
     if kind == "gan":
-        note = FINETUNE_NOTE
-    elif FROM_SCRATCH[variant]["measured"]:
-        measured = FROM_SCRATCH[variant]["scales"]
-        carried = CARRIED_SCALE_NOTE.format(measured="/".join(f"x{m}" for m in measured))
-        note = MEASURED_NOTE + ("" if scale in measured else carried)
-    else:
-        note = NOT_MEASURED_NOTE
-    return note + GENERATED_NOTE
+        return FINETUNE_NOTE + GENERATED_NOTE
+    measured = FROM_SCRATCH[variant]["scales"]
+    carried = CARRIED_SCALE_NOTE.format(measured="/".join(f"x{m}" for m in measured))
+    return MEASURED_NOTE + ("" if scale in measured else carried) + GENERATED_NOTE
 
 
 def base_name(scale: int, variant: str) -> str:

@@ -141,12 +141,26 @@ M3 = {
     "num_experts": 6,
     "top_k": 2,
 }
+# the three-level network that was hybridmoe_l (never trained to the end: every part of the
+# design, MoE top-2 of 8 at 1/4 and a full-resolution MoE refinement, window 16)
+L3 = {
+    "dim": 64,
+    "enc_blocks": (4, 4, 4),
+    "hf_blocks": (4, 3, 2),
+    "mid_blocks": 4,
+    "dec_blocks": (3, 3),
+    "num_experts": 8,
+    "top_k": 2,
+    "window_size": 16,
+    "refine_moe": True,
+}
 _REFINE = {"refine_moe": True, "num_experts": 4, "top_k": 1, "mlp_ratio": 2.0}
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # ---- ablations around hybridmoe_s (one change each)
     "s": dict(S),
     "m3": dict(M3),
+    "l3": dict(L3),
     "s_dense": {**S, "use_moe": False},
     "s_nohf": {**S, "use_hf": False},
     "s_noattn": {**S, "use_attn": False},

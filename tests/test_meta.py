@@ -77,7 +77,7 @@ def test_factories_show_every_option_with_the_variant_default() -> None:
         assert list(params) == [p for p in ctor if p != "self"], name
         for option, value in A.VARIANTS.get(name, {}).items():
             assert params[option].default == value, (name, option)
-    assert inspect.signature(A.hybridmoe_l).parameters["window_size"].default == 16
+    assert inspect.signature(A.hybridmoe_l).parameters["dim"].default == 256
     assert A.hybridmoe_nano(2, dim=8).hyperparameters["dim"] == 8
     with pytest.raises(TypeError, match="unknown_option"):
         A.hybridmoe_s(unknown_option=1)

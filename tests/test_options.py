@@ -212,7 +212,7 @@ MEASURED_LQ = {1: 64, 2: 64, 3: 48, 4: 48}
 
 @pytest.mark.parametrize("path", [p for p in ALL_FILES if _kind(p) in ("fidelity", "gan")], ids=_id)
 def test_training_file_says_what_is_measured(path: Path) -> None:
-    """nano/s/m from scratch carry the measured GPU recipe; l and fine-tuning say they don't."""
+    """Every variant from scratch carries its measured GPU recipe; fine-tuning says it doesn't."""
     text = path.read_text(encoding="utf-8")
     header = text.split("#####", 1)[0]
     assert "starting values for lr, batch size and lq_size" not in text.lower()
@@ -220,7 +220,7 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
     m = NAME_RE.match(path.name)
     assert m
     scale, variant = int(m["scale"]), m["variant"]
-    if _kind(path) == "gan" or variant == "L":
+    if _kind(path) == "gan":
         assert "NOT MEASURED YET" in header
         assert "MEASURED recipe" not in header
         return
@@ -233,7 +233,7 @@ def test_training_file_says_what_is_measured(path: Path) -> None:
     assert train_ds["accum_iter"] == 1
     assert train_ds["lq_size"] == MEASURED_LQ[scale]
     train = cfg["train"]
-    assert train["optim_g"]["lr"] == (2e-4 if variant == "M" else 5e-4)
+    assert train["optim_g"]["lr"] == (2e-4 if variant in ("M", "L") else 5e-4)
     assert train["optim_g"]["betas"] == [0.9, 0.99]
     assert train["optim_g"]["weight_decay"] == 0
     assert train["ema_decay"] == 0.999
@@ -257,40 +257,44 @@ def test_measured_recipe_matches_the_comparison_runs() -> None:
     assert compare_training.LQ_SIZE == MEASURED_LQ == options.MEASURED_LQ
     for variant in ("nano", "s"):
         row = options.FROM_SCRATCH[variant]
-        assert row["measured"] is True
         assert row["lr"] == recipe["lr"]
         assert row["batch"] == recipe["batch"]
         assert row["lq"] == compare_training.LQ_SIZE
     assert options.FROM_SCRATCH_SCHEDULE["ema_decay"] == recipe["ema_decay"]
     assert options.LOSS_WEIGHTS["balance"] == recipe["balance_weight"]
-    assert not options.FROM_SCRATCH["l"]["measured"]
 
 
-def test_m_recipe_is_the_one_of_its_quality_records() -> None:
-    """m's template rate and scales are those of the same-budget records of its network (12
-    re-param blocks of 192, ``trunk192x12_lean`` in the records) at that rate."""
-    row = options.FROM_SCRATCH["m"]
-    assert row["measured"] is True and row["lr"] != options.FROM_SCRATCH["s"]["lr"]
-    assert hybridmoe_arch.VARIANTS["hybridmoe_m"]["dim"] == 192
+@pytest.mark.parametrize(
+    ("variant", "config", "runs"),
+    [
+        ("m", "trunk192x12_lean", {(4, 4000), (4, 16000), (2, 3000), (2, 12000)}),
+        ("l", "trunk256x16_lean", {(4, 16000), (2, 12000)}),
+    ],
+)
+def test_low_rate_recipe_is_the_one_of_its_quality_records(
+    variant: str, config: str, runs: set[tuple[int, int]]
+) -> None:
+    """m's and l's template rate and scales are those of the same-budget records of their
+    networks (12 re-param blocks of 192 and 16 of 256; ``config`` in the records) at that rate,
+    and the records name the registered variant."""
+    row = options.FROM_SCRATCH[variant]
+    assert row["lr"] != options.FROM_SCRATCH["s"]["lr"]
+    arch, label = options.VARIANTS[variant]
+    assert sweep.registered_name(config) == arch
     records = [
         json.loads(p.read_text())
-        for p in (ROOT / "docs" / "measurements" / "quality").glob("*trunk192x12_lean*.json")
+        for p in (ROOT / "docs" / "measurements" / "quality").glob(f"*_{config}_x*.json")
     ]
     at_rate = [r for r in records if r["training"]["lr"] == row["lr"]]
-    assert {(r["scale"], r["iterations"]) for r in at_rate} >= {
-        (4, 4000),
-        (4, 16000),
-        (2, 3000),
-        (2, 12000),
-    }
+    assert {(r["scale"], r["iterations"]) for r in at_rate} >= runs
     assert {r["scale"] for r in at_rate} == set(row["scales"])
-    assert all(r["model"] == "hybridmoe_m" for r in at_rate)
-    for name in ("4x_HybridMoE_M_fidelity", "2x_HybridMoE_M_fidelity"):
-        cfg = _load(OPTIONS / "train" / "HybridMoE" / f"{name}.yml")
+    assert all(r["model"] == arch for r in at_rate)
+    for scale in (4, 2):
+        cfg = _load(OPTIONS / "train" / "HybridMoE" / f"{scale}x_HybridMoE_{label}_fidelity.yml")
         assert cfg["train"]["optim_g"]["lr"] == row["lr"]
     for scale, carried in ((2, False), (3, True)):
-        note = (OPTIONS / "train" / "HybridMoE" / f"{scale}x_HybridMoE_M_fidelity.yml").read_text()
-        assert ("carried over from x2/x4" in note) is carried, scale
+        path = OPTIONS / "train" / "HybridMoE" / f"{scale}x_HybridMoE_{label}_fidelity.yml"
+        assert ("carried over from x2/x4" in path.read_text()) is carried, scale
 
 
 RESTORE_FILES = [p for p in ALL_FILES if _kind(p) == "restore"]

@@ -47,9 +47,9 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
         ModelTiling.SUPPORTED,
         {(48, 8): (0.3, 0.03), (64, 16): (0.04, 0.003)},
     ),
-    "l-none": (
-        "hybridmoe_l",
-        {"global_mixer": "none"},
+    "l3-none": (  # the three-level layout with window 16 (hybridmoe_l before)
+        "hybridmoe",
+        {**sweep.L3, "global_mixer": "none"},
         ModelTiling.SUPPORTED,
         {(64, 16): (0.9, 0.18)},
     ),
@@ -71,7 +71,7 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
         ModelTiling.DISCOURAGED,
         {(48, 8): (0.8, 0.11), (64, 16): (0.3, 0.033)},
     ),
-    "l": ("hybridmoe_l", {}, ModelTiling.DISCOURAGED, {(64, 16): (1.0, 0.22)}),
+    "l3": ("hybridmoe", sweep.L3, ModelTiling.DISCOURAGED, {(64, 16): (1.0, 0.22)}),
     "nano-fft-split": (
         "hybridmoe",
         {**SMALL_UNET, "global_mixer": "none", "freq_split": "fft"},
@@ -80,7 +80,7 @@ CASES: dict[str, tuple[str, dict[str, Any], ModelTiling, Tol]] = {
     ),
 }
 """Case -> (variant, options, declared tiling, tolerances); the whole image is the reference.
-``l`` (window 16) runs one layout only, to keep the test short."""
+``l3`` (window 16) runs one layout only, to keep the test short."""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
