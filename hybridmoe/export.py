@@ -508,11 +508,12 @@ def verify(
 
 
 def matrix_cases() -> list[tuple[str, str, int, dict[str, Any]]]:
-    """(label, variant, scale, options) of the matrix: every variant at ×2 and ×4, every
-    ``global_mixer`` × ``freq_split`` combination of every variant at ×2, extra options on
-    nano, and nano at ×1 / ×3."""
+    """(label, variant, scale, options) of the matrix: every variant and the three-level design
+    (``hybridmoe``'s defaults: frequency split, HF path, window attention, Fourier mixer, MoE)
+    at ×2 and ×4, every ``global_mixer`` × ``freq_split`` combination of each at ×2, extra
+    options on nano, and nano at ×1 / ×3."""
     cases: list[tuple[str, str, int, dict[str, Any]]] = []
-    for variant in ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l"):
+    for variant in ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l", "hybridmoe"):
         for scale in (2, 4):
             cases.append((f"{variant} x{scale}", variant, scale, {}))
         for mixer in ("fourier", "ssm", "none"):

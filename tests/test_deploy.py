@@ -566,9 +566,16 @@ def test_graph_traced_without_padding_runs_at_sizes_that_need_it(tmp_path: Path)
 def test_every_matrix_case_builds() -> None:
     # `export-onnx --matrix` walks these cases; one that the network refuses to build (an
     # option combination that became invalid) used to crash the whole run
+    built = []
     for name, variant, scale, opts in export.matrix_cases():
         model = A.FACTORIES[variant](scale=scale, **opts)
         assert model.scale == scale, name
+        built.append(model)
+    # the named sizes are x1 trunks: the matrix must still export the three-level design with
+    # every component (attention, MoE, the image-wide mixers and the FFT split)
+    deep = [m for m in built if m.hyperparameters["levels"] == 3 and m.num_experts > 0]
+    assert {m.hyperparameters["global_mixer"] for m in deep} == {"fourier", "ssm", "none"}
+    assert {m.hyperparameters["freq_split"] for m in deep} == {"laplacian", "fft"}
 
 
 def test_matrix_counts_an_unbuildable_case_as_a_failure(
