@@ -19,7 +19,9 @@ from hybridmoe import meta as M
 from hybridmoe.models import perturb
 from hybridmoe.spandrel_arch import DETECT_KEYS
 
-VARIANTS = ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l")
+# the named sizes (x1 trunks) and the general constructor, whose defaults are the three-level
+# design with every component (frequency split, HF path, attention, Fourier mixer, MoE)
+VARIANTS = ("hybridmoe_nano", "hybridmoe_s", "hybridmoe_m", "hybridmoe_l", "hybridmoe")
 
 
 def tiny(**kw: object) -> A.HybridMoE:
