@@ -29,10 +29,10 @@ Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
 Which numbers are measured (``docs/TRAINING.md`` § "GPU runs" and ``docs/ABLATIONS.md``): the
 from-scratch recipe of ``nano``, ``s``, ``m`` and ``l`` — AdamW lr 5e-4 (``m``, ``l``: 2e-4),
 betas (0.9, 0.99), batch 16, lq_size 64 (×1/×2) and 48 (×3/×4), bf16 AMP, channels_last, EMA
-0.999 (power 0.75), MultiStepLR halving at 1/2 and 3/4 of the run, Charbonnier 1.0 + balance
-loss 0.01 — from same-budget runs at ×2 and ×4, and the frequency loss 0.05 with the balance
-loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: the 500k-iteration length
-of a full run, and every fine-tuning (GAN) value. The generated files
+0.999 (power 0.75), MultiStepLR halving at 1/2 and 3/4 of the run, Charbonnier 1.0 (+ balance
+loss 0.01 for MoE networks) — from same-budget runs at ×2 and ×4, and the frequency loss 0.05
+with the balance loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: the
+500k-iteration length of a full run, and every fine-tuning (GAN) value. The generated files
 say which of their values are measured. Edit the tables, then re-run this script.
 """
 
@@ -93,7 +93,7 @@ FROM_SCRATCH: dict[str, dict[str, Any]] = {
     "l": {**MEASURED_FROM_SCRATCH, "lr": 2e-4},
 }
 FROM_SCRATCH_SCHEDULE = {
-    "total_iter": 500_000,  # a full-length run; not measured (the GPU runs had 3000 iterations)
+    "total_iter": 500_000,  # a full-length run; not measured (the GPU runs had 2,000-16,000)
     "gamma": 0.5,
     "ema_decay": 0.999,
     "ema_power": 0.75,
