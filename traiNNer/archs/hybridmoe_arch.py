@@ -1681,7 +1681,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hybridmoe_m": {**_TRUNK, "dim": 192, "enc_blocks": (6, 0, 0), "dec_blocks": (6, 0)},
     "hybridmoe_l": {**_TRUNK, "dim": 256, "enc_blocks": (8, 0, 0), "dec_blocks": (8, 0)},
 }
-"""Named configurations: each factory's defaults (the constructor's defaults are the ``s`` size)."""
+"""Named configurations: each factory's defaults (the constructor's defaults are the three-level
+design with every component, dim 32)."""
 
 
 def _factory(name: str, doc: str) -> Callable[..., HybridMoE]:
