@@ -40,8 +40,9 @@ Commands::
         --degraded DIR (sets of hybridmoe
         make-degraded): the restoration runs, PSNR/SSIM (Y, border 0) per set and the degraded
         input's as psnr_input/ssim_input.
-    sweep.py table  --records DIR [--speed JSON] [--plot OUT.png]
-        one table of PSNR per set (and latency), and a PSNR-vs-latency plot.
+    sweep.py table  --records DIR [--speed JSON] [--plot OUT.png] [--join-rates]
+        one table of PSNR per set (and latency), and a PSNR-vs-latency plot (one panel per
+        recipe; --join-rates: recipes that differ only in the peak rate share one).
     sweep.py pack --runs RUNS ... --out DIR [--with-state] / unpack --tars T ... --out DIR
         the runs as tar parts of at most 15 MiB (large files in chunks) and back.
     sweep.py curves --runs RUNS ... --out OUT.png [--set Set5]
@@ -1399,7 +1400,7 @@ def table(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     print(text)
     if args.plot and speed:
-        plot(recs, speed, args.plot)
+        plot(recs, speed, args.plot, join_rates=args.join_rates)
     return 0
 
 
@@ -1492,24 +1493,44 @@ def curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_but_rate(rec: dict[str, Any]) -> str:
+    """What a record's recipe is apart from its peak rate: the training values and the
+    size of the data (not its paths, which differ between machines)."""
+    training = {k: v for k, v in rec.get("training", {}).items() if k != "lr"}
+    data = {k: v for k, v in rec.get("train_data", {}).items() if k != "data"}
+    return json.dumps([training, data], sort_keys=True)
+
+
 def plot(
-    recs: list[dict[str, Any]], speed: dict[tuple[str, int], dict[str, float]], path: str
+    recs: list[dict[str, Any]],
+    speed: dict[tuple[str, int], dict[str, float]],
+    path: str,
+    join_rates: bool = False,
 ) -> None:
     """One panel per (scale, iterations, recipe): mean PSNR over the sets against latency.
-    Runs of different recipes (data, rate) never share a panel; a panel names its recipe."""
+    Runs of different recipes (data, rate) never share a panel; a panel names its recipe.
+    With ``join_rates`` recipes that differ only in the peak rate share one (each point
+    labelled with its rate); recipes that differ in anything else are refused."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    groups = sorted({(r["scale"], r["iterations"], r["recipe"]) for r in recs}, reverse=True)
+    def key(r: dict[str, Any]) -> tuple[int, int, str]:
+        return r["scale"], r["iterations"], "" if join_rates else r["recipe"]
+
+    groups = sorted({key(r) for r in recs}, reverse=True)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
-    for ax, (scale, iters, recipe) in zip(axes[0], groups, strict=True):
-        panel = [
-            r
-            for r in recs
-            if r["scale"] == scale and r["iterations"] == iters and r["recipe"] == recipe
-        ]
+    for ax, group in zip(axes[0], groups, strict=True):
+        scale, iters, _ = group
+        panel = [r for r in recs if key(r) == group]
+        recipe = " + ".join(sorted({r["recipe"] for r in panel}))
+        if len({recipe_but_rate(r) for r in panel}) > 1:
+            raise SystemExit(
+                f"--join-rates: the recipes {recipe} (x{scale}, {iters} iterations) differ in "
+                "more than the peak rate (data, batch, crop or schedule); plot them apart"
+            )
         sets = [s for s in SETS if all(s in r["psnr"] for r in panel)]  # shared by the panel
         for r in panel:
             name = r.get("config", r["model"])
@@ -1522,12 +1543,18 @@ def plot(
                 sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
             )
             label = r["model"] if r["model"].startswith("hybridmoe_") else name
+            if join_rates:
+                label += f" @ {r['training']['lr']:g}"
             ax.annotate(
                 label, (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        title = recipe.replace(" + ", " +\n")  # joined recipes: one per line
         ax.set_title(
-            f"{recipe}: x{scale}, {iters} iterations ({CASES.get(scale, '')} input)", fontsize=9
+            f"{title}: x{scale}, {iters} iterations ({CASES.get(scale, '')} input)", fontsize=9
         )
         ax.set_xlabel("latency, ms (fp16, batch 1; log scale)")
         ax.set_ylabel(f"mean Y-PSNR, {', '.join(sets)} (dB)", fontsize=8)
@@ -1613,6 +1640,12 @@ def main(argv: list[str] | None = None) -> int:
         "several recipes are shown)",
     )
     tb.add_argument("--plot")
+    tb.add_argument(
+        "--join-rates",
+        action="store_true",
+        help="recipes that differ only in the peak rate share a panel of the plot (each "
+        "network at the rate it was trained with, labelled by it)",
+    )
     tb.add_argument("--configs", nargs="*", help="only these configurations")
     tb.add_argument("--scale", type=int, help="only this scale")
     sp = sub.add_parser("speed")

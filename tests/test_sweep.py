@@ -341,6 +341,31 @@ def test_front_plot_gives_every_recipe_its_own_panel(tmp_path: Path) -> None:
     assert Image.open(png).size[0] == pytest.approx(2 * one_panel, abs=2)
 
 
+def test_front_plot_joins_recipes_that_differ_only_in_the_rate(tmp_path: Path) -> None:
+    """--join-rates: each network at its own peak rate in one panel; recipes that differ in
+    anything else (here the batch) are refused by name."""
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
+    recs = tmp_path / "q"
+    recs.mkdir()
+    data = {"pairs": 3234, "data_megapixels": 476.9}
+    for config, recipe, lr, machine in (("compact", "fast", 5e-4, "/a"), ("s", "slow", 2e-4, "/b")):
+        training = {"batch": 16, "lr": lr, "lr_size": 48}
+        _record(recs, config, 30.0, recipe=recipe, training=training,
+                train_data={**data, "data": [machine]})  # fmt: skip
+    speed = _speed(tmp_path / "s.json", [("compact", 4, 2.0), ("s", 4, 3.0)])
+    png = tmp_path / "front.png"
+    argv = ["table", "--records", str(recs), "--speed", str(speed), "--plot", str(png)]
+    one_panel = 5.5 * 110  # figure inches per panel x dpi
+    assert sweep.main(argv) == 0
+    assert Image.open(png).size[0] == pytest.approx(2 * one_panel, abs=2)
+    assert sweep.main([*argv, "--join-rates"]) == 0
+    assert Image.open(png).size[0] == pytest.approx(one_panel, abs=2)
+    _record(recs, "trunk64x10_lean", 30.1, recipe="big", training={"batch": 32, "lr": 5e-4,
+            "lr_size": 48}, train_data=data)  # fmt: skip
+    with pytest.raises(SystemExit, match=r"recipes big \+ fast \+ slow .* differ in more than"):
+        sweep.main([*argv, "--join-rates"])
+
+
 def test_curves_plot_draws_the_logged_validation(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
     run = tmp_path / "g" / "a_x4"
