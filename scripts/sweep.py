@@ -1501,28 +1501,18 @@ def recipe_but_rate(rec: dict[str, Any]) -> str:
     return json.dumps([training, data], sort_keys=True)
 
 
-def plot(
-    recs: list[dict[str, Any]],
-    speed: dict[tuple[str, int], dict[str, float]],
-    path: str,
-    join_rates: bool = False,
-) -> None:
-    """One panel per (scale, iterations, recipe): mean PSNR over the sets against latency.
-    Runs of different recipes (data, rate) never share a panel; a panel names its recipe.
-    With ``join_rates`` recipes that differ only in the peak rate share one (each point
-    labelled with its rate); recipes that differ in anything else are refused."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+def front_panels(
+    recs: list[dict[str, Any]], join_rates: bool = False
+) -> list[tuple[int, int, str, list[dict[str, Any]]]]:
+    """The panels of the PSNR-vs-latency plot as (scale, iterations, recipe(s), records):
+    one per (scale, iterations, recipe), or with ``join_rates`` one per (scale, iterations)
+    for recipes that differ only in the peak rate; recipes that differ in more are refused."""
 
     def key(r: dict[str, Any]) -> tuple[int, int, str]:
         return r["scale"], r["iterations"], "" if join_rates else r["recipe"]
 
-    groups = sorted({key(r) for r in recs}, reverse=True)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
-    for ax, group in zip(axes[0], groups, strict=True):
+    panels = []
+    for group in sorted({key(r) for r in recs}, reverse=True):
         scale, iters, _ = group
         panel = [r for r in recs if key(r) == group]
         recipe = " + ".join(sorted({r["recipe"] for r in panel}))
@@ -1531,6 +1521,28 @@ def plot(
                 f"--join-rates: the recipes {recipe} (x{scale}, {iters} iterations) differ in "
                 "more than the peak rate (data, batch, crop or schedule); plot them apart"
             )
+        panels.append((scale, iters, recipe, panel))
+    return panels
+
+
+def plot(
+    recs: list[dict[str, Any]],
+    speed: dict[tuple[str, int], dict[str, float]],
+    path: str,
+    join_rates: bool = False,
+) -> None:
+    """Mean PSNR over the sets against latency, one panel per :func:`front_panels` group.
+    Runs of different recipes (data, rate) never share a panel unless ``join_rates`` (then
+    each point is labelled with its rate); a panel names its recipe(s)."""
+    panels = front_panels(recs, join_rates)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (scale, iters, recipe, panel) in zip(axes[0], panels, strict=True):
         sets = [s for s in SETS if all(s in r["psnr"] for r in panel)]  # shared by the panel
         for r in panel:
             name = r.get("config", r["model"])

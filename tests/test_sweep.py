@@ -344,7 +344,6 @@ def test_front_plot_gives_every_recipe_its_own_panel(tmp_path: Path) -> None:
 def test_front_plot_joins_recipes_that_differ_only_in_the_rate(tmp_path: Path) -> None:
     """--join-rates: each network at its own peak rate in one panel; recipes that differ in
     anything else (here the batch) are refused by name."""
-    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
     recs = tmp_path / "q"
     recs.mkdir()
     data = {"pairs": 3234, "data_megapixels": 476.9}
@@ -352,18 +351,30 @@ def test_front_plot_joins_recipes_that_differ_only_in_the_rate(tmp_path: Path) -
         training = {"batch": 16, "lr": lr, "lr_size": 48}
         _record(recs, config, 30.0, recipe=recipe, training=training,
                 train_data={**data, "data": [machine]})  # fmt: skip
+    loaded = sweep.load_records(str(recs), None)
+    assert [(p[2], len(p[3])) for p in sweep.front_panels(loaded)] == [("slow", 1), ("fast", 1)]
+    assert [(p[2], len(p[3])) for p in sweep.front_panels(loaded, join_rates=True)] == [
+        ("fast + slow", 2)
+    ]
+    _record(recs, "trunk64x10_lean", 30.1, recipe="big", training={"batch": 32, "lr": 5e-4,
+            "lr_size": 48}, train_data=data)  # fmt: skip
+    loaded = sweep.load_records(str(recs), None)
+    assert len(sweep.front_panels(loaded)) == 3
+    with pytest.raises(SystemExit, match=r"recipes big \+ fast \+ slow .* differ in more than"):
+        sweep.front_panels(loaded, join_rates=True)
+
+
+def test_front_plot_draws_recipes_joined_by_rate_in_one_panel(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
+    recs = tmp_path / "q"
+    recs.mkdir()
+    for config, recipe, lr in (("compact", "fast", 5e-4), ("s", "slow", 2e-4)):
+        _record(recs, config, 30.0, recipe=recipe, training={"batch": 16, "lr": lr})
     speed = _speed(tmp_path / "s.json", [("compact", 4, 2.0), ("s", 4, 3.0)])
     png = tmp_path / "front.png"
     argv = ["table", "--records", str(recs), "--speed", str(speed), "--plot", str(png)]
-    one_panel = 5.5 * 110  # figure inches per panel x dpi
-    assert sweep.main(argv) == 0
-    assert Image.open(png).size[0] == pytest.approx(2 * one_panel, abs=2)
-    assert sweep.main([*argv, "--join-rates"]) == 0
-    assert Image.open(png).size[0] == pytest.approx(one_panel, abs=2)
-    _record(recs, "trunk64x10_lean", 30.1, recipe="big", training={"batch": 32, "lr": 5e-4,
-            "lr_size": 48}, train_data=data)  # fmt: skip
-    with pytest.raises(SystemExit, match=r"recipes big \+ fast \+ slow .* differ in more than"):
-        sweep.main([*argv, "--join-rates"])
+    assert sweep.main([*argv, "--recipe", "fast", "slow", "--join-rates"]) == 0
+    assert Image.open(png).size[0] == pytest.approx(5.5 * 110, abs=2)  # one panel
 
 
 def test_curves_plot_draws_the_logged_validation(tmp_path: Path) -> None:
