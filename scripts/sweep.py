@@ -1516,6 +1516,11 @@ def front_panels(
         scale, iters, _ = group
         panel = [r for r in recs if key(r) == group]
         recipe = " + ".join(sorted({r["recipe"] for r in panel}))
+        if join_rates and any("lr" not in r.get("training", {}) for r in panel):
+            raise SystemExit(
+                f"--join-rates: a record of {recipe} has no peak rate (training.lr) to label "
+                "it with; plot these recipes apart"
+            )
         if len({recipe_but_rate(r) for r in panel}) > 1:
             raise SystemExit(
                 f"--join-rates: the recipes {recipe} (x{scale}, {iters} iterations) differ in "

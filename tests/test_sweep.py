@@ -362,6 +362,10 @@ def test_front_plot_joins_recipes_that_differ_only_in_the_rate(tmp_path: Path) -
     assert len(sweep.front_panels(loaded)) == 3
     with pytest.raises(SystemExit, match=r"recipes big \+ fast \+ slow .* differ in more than"):
         sweep.front_panels(loaded, join_rates=True)
+    # a record without its rate cannot be labelled by it
+    bare = [{**r, "training": {}} if r["recipe"] == "big" else r for r in loaded]
+    with pytest.raises(SystemExit, match=r"a record of big \+ fast \+ slow has no peak rate"):
+        sweep.front_panels(bare, join_rates=True)
 
 
 def test_front_plot_draws_recipes_joined_by_rate_in_one_panel(tmp_path: Path) -> None:
