@@ -1537,15 +1537,39 @@ def front_panels(
     return panels
 
 
+def front_points(
+    panel: list[dict[str, Any]], sets: list[str], join_rates: bool = False
+) -> list[tuple[str, str, float]]:
+    """The points of one plot panel as (configuration, label, mean PSNR over ``sets``): the
+    seeds of one configuration in one recipe are one point, the mean of their means, labelled
+    with their number (two seeds would print two labels on top of each other); with
+    ``join_rates`` each label also names the peak rate."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in panel:
+        groups.setdefault((r.get("config", r["model"]), r["recipe"]), []).append(r)
+    points = []
+    for (name, _), runs in groups.items():
+        first = runs[0]
+        label = first["model"] if first["model"].startswith("hybridmoe_") else name
+        if join_rates:
+            label += f" @ {first['training']['lr']:g}"
+        if len(runs) > 1:
+            label += f" ({len(runs)} seeds)"
+        mean = float(np.mean([np.mean([r["psnr"][s] for s in sets]) for r in runs]))
+        points.append((name, label, mean))
+    return points
+
+
 def plot(
     recs: list[dict[str, Any]],
     speed: dict[tuple[str, int], dict[str, float]],
     path: str,
     join_rates: bool = False,
 ) -> None:
-    """Mean PSNR over the sets against latency, one panel per :func:`front_panels` group.
-    Runs of different recipes (data, rate) never share a panel unless ``join_rates`` (then
-    each point is labelled with its rate); a panel names its recipe(s)."""
+    """Mean PSNR over the sets against latency, one panel per :func:`front_panels` group and
+    one point per :func:`front_points` entry (seeds averaged). Runs of different recipes (data,
+    rate) never share a panel unless ``join_rates`` (then each point is labelled with its
+    rate); a panel names its recipe(s)."""
     panels = front_panels(recs, join_rates)
     import matplotlib
 
@@ -1556,19 +1580,14 @@ def plot(
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     for ax, (scale, iters, recipe, panel) in zip(axes[0], panels, strict=True):
         sets = [s for s in SETS if all(s in r["psnr"] for r in panel)]  # shared by the panel
-        for r in panel:
-            name = r.get("config", r["model"])
+        for name, label, mean in front_points(panel, sets, join_rates):
             sp = speed.get((name, scale))
             if sp is None:
                 continue
-            mean = float(np.mean([r["psnr"][s] for s in sets]))
             peer = name in PEERS
             ax.scatter(
                 sp["ms"], mean, color="tab:red" if peer else "tab:blue", marker="s" if peer else "o"
             )
-            label = r["model"] if r["model"].startswith("hybridmoe_") else name
-            if join_rates:
-                label += f" @ {r['training']['lr']:g}"
             ax.annotate(
                 label, (sp["ms"], mean), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )

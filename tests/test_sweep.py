@@ -374,6 +374,27 @@ def test_front_plot_joins_recipes_that_differ_only_in_the_rate(tmp_path: Path) -
         sweep.front_panels(bare, join_rates=True)
 
 
+def test_front_points_average_the_seeds_of_one_configuration(tmp_path: Path) -> None:
+    """Two seeds of a configuration in one recipe are one point (their mean, labelled with the
+    count); the same configuration in another recipe of a joined panel stays its own point."""
+    recs = tmp_path / "q"
+    recs.mkdir()
+    for seed, psnr in ((0, 30.0), (1, 30.2)):
+        _record(recs, "m", psnr, recipe="slow", seed=seed, training={"lr": 2e-4})
+    _record(recs, "m@fast", 29.0, recipe="fast", training={"lr": 5e-4})
+    loaded = sweep.load_records(str(recs), None)
+    for r in loaded:
+        r["config"] = "m"  # the fast record was named apart only to get its own file
+    sets = ["Set5", "Set14", "B100"]
+    points = sorted(sweep.front_points(loaded, sets, join_rates=True))
+    assert [(n, label) for n, label, _ in points] == [
+        ("m", "m @ 0.0002 (2 seeds)"),
+        ("m", "m @ 0.0005"),
+    ]
+    assert [mean for *_, mean in points] == pytest.approx([30.1, 29.0])
+    assert [label for _, label, _ in sweep.front_points(loaded[:1], sets)] == ["m"]
+
+
 def test_front_plot_draws_recipes_joined_by_rate_in_one_panel(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
     recs = tmp_path / "q"
