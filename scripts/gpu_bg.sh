@@ -11,7 +11,6 @@
 #                                                    crop side; INIT=DIR GAN=LPIPS_VGG: GAN
 #                                                    fine-tuning from the runs in DIR;
 #                                                    INIT_CONFIG=C: from C's run there
-#                                                    CUDNN_BENCH=1: cuDNN algorithm search
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return early
 #                                                    when no run is left
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
@@ -40,7 +39,7 @@ case $cmd in
     setsid nohup python3 scripts/sweep.py train --configs "$@" --scale "$scale" --iters "$iters" \
       --seed "$seed" --data "${dirs[@]}" --out "$RUNS/$group" ${DEGRADE:+--degrade "$DEGRADE"} \
       ${WARMUP:+--warmup "$WARMUP"} ${LR:+--lr "$LR"} ${VAL:+--val "$VAL"} \
-      ${CROP:+--crop "$CROP"} ${INIT:+--init "$INIT"} ${CUDNN_BENCH:+--cudnn-benchmark} \
+      ${CROP:+--crop "$CROP"} ${INIT:+--init "$INIT"} \
       ${INIT_CONFIG:+--init-config "$INIT_CONFIG"} ${GAN:+--gan "$GAN"} >>"$RUNS/$group/train.log" 2>&1 &
     echo "started $group: $*" ;;
   wait)

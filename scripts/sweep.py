@@ -11,7 +11,7 @@ saved and evaluated. These are the values of the traiNNer-redux templates in ``o
 Commands::
 
     sweep.py train  --configs A B ... --scale 4 --iters 2000 --data DIR --out RUNS
-                    [--deadline-s S] [--cudnn-benchmark]
+                    [--deadline-s S] [--workers-per-gpu N]
         one process per configuration, side by side on the GPU; each saves its full training
         state every 500 iterations and when the deadline comes, and resumes from it when run
         again with the same --out (so a budget can span several machine sessions). A larger
@@ -21,9 +21,6 @@ Commands::
         recipe changes, kept with the run: give such runs their own --out and recipe name.
         --val DIR: the EMA weights' Y-PSNR on the HR images of DIR (the evaluator's steps) at
         every save, logged as the run's validation curve.
-        --cudnn-benchmark: cuDNN times its convolution algorithms on the first steps and keeps
-        the fastest (same arithmetic, not bit-reproducible; recorded in meta.json, no recipe
-        change).
         --scale 1 --degrade restore: x1 restoration; the LQ batch is made on the device from
         the HR crops with hybridmoe.degrade's preset (blur, noise, JPEG), drawn from a
         generator seeded by --seed and saved with the training state (run <config>_x1_restore).
@@ -546,7 +543,6 @@ def train_one(args: argparse.Namespace) -> int:
     run.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
     torch.manual_seed(args.seed)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     model = build(name, scale).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     ema = [p.detach().clone() for p in model.state_dict().values()]
@@ -635,7 +631,6 @@ def train_one(args: argparse.Namespace) -> int:
         "data": [str(d) for d in args.data],
         "pairs": len(pairs),
         "data_megapixels": round(sum(hr[0].numel() for hr, _ in pairs) / 1e6, 1),
-        "cudnn_benchmark": args.cudnn_benchmark,
     }
     if preset:
         meta["degradation"] = {"preset": preset, **degrade.PRESETS[preset].to_dict()}
@@ -766,8 +761,6 @@ def train_many(args: argparse.Namespace) -> int:
             cmd += ["--deadline-s", str(args.deadline_s)]
         if args.degrade:
             cmd += ["--degrade", args.degrade]
-        if args.cudnn_benchmark:
-            cmd.append("--cudnn-benchmark")
         for flag in (
             "warmup",
             "lr",
@@ -1637,12 +1630,6 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument("--batch", type=int, help=f"batch size (default {RECIPE['batch']})")
         t.add_argument("--crop", type=int, help="LR crop side (default 48 at x3/x4, 64 below)")
         t.add_argument("--val", help="HR folder (e.g. Set5/HR): validation PSNR at every save")
-        t.add_argument(
-            "--cudnn-benchmark",
-            action="store_true",
-            help="let cuDNN time its convolution algorithms on the first steps (faster for "
-            "large depthwise kernels; not a recipe change, kept in meta.json)",
-        )
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)
