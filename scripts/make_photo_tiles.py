@@ -19,7 +19,10 @@ orig_path, w, h, bytes, licence), extracted as ``RAW/<owner+name>/<blob12>.<ext>
 All tiles are then shuffled with ``--seed`` and packed into folders ``slice_00/``,
 ``slice_01/``, ... of at most ``--slice-mib`` MiB each (tiles plus the slice's own
 ``tiles.tsv``), so every slice is a random sample of all sources and can be uploaded on its
-own. ``OUT/tiles.tsv`` lists every tile with its source, blob, original path, licence and slice
+own. With ``--only LIST`` (a ``tiles.tsv`` or a training subset of one) only the listed
+tiles are packed, so the slices hold exactly that subset; a listed tile that is not cut (other
+photos or options) stops the run with its name. ``OUT/tiles.tsv`` lists every tile with its
+source, blob, original path, licence and slice
 (the attribution record for CC-BY / CC-BY-SA photos); ``OUT/skipped.tsv`` lists photos that
 could not be used. ``OUT/SLICE0_READY`` (the tile count of ``slice_00``) appears as soon as the
 first slice is complete::
@@ -273,11 +276,44 @@ def _write_slice(out: Path, idx: int, names: list[str], staging: Path, rows: dic
     return size
 
 
+def read_tile_list(path: Path) -> set[str]:
+    """The tile names of a tile list (a ``tiles.tsv`` or a training subset such as
+    ``photo3234_tiles.tsv``: tab-separated, a ``tile`` column)."""
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if "tile" not in (reader.fieldnames or []):
+            raise SystemExit(f"{path}: no 'tile' column; give a tiles.tsv written by this script")
+        names = {row["tile"] for row in reader}
+    if not names:
+        raise SystemExit(f"{path} lists no tiles")
+    return names
+
+
+def keep_listed(
+    tiles: list[tuple[str, int]], only: set[str], staging: Path, list_path: Path
+) -> list[tuple[str, int]]:
+    """The tiles named in ``only``; the others are deleted from ``staging``. A listed tile that
+    was not cut means other photos or options than the list was made with: refused by name."""
+    missing = sorted(only - {name for name, _ in tiles})
+    if missing:
+        shutil.rmtree(staging)
+        raise SystemExit(
+            f"{len(missing)} tile(s) of {list_path} were not cut from these photos (first: "
+            f"{missing[0]}): use the manifest, photos and options (--tile, --max-per-photo, "
+            "--min-std, --min-grad, --seed) the list was made with"
+        )
+    for name, _ in tiles:
+        if name not in only:
+            (staging / name).unlink()
+    return [(name, size) for name, size in tiles if name in only]
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the tiles and slices; return the process exit code."""
     t0 = time.time()
     p = TileParams(args.tile, args.max_per_photo, args.min_std, args.min_grad, args.seed)
     photos = read_manifest(args.manifest)
+    only = read_tile_list(args.only) if args.only else None
     staging = _prepare_out(args.out)
     results = []
     with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as ex:
@@ -294,6 +330,9 @@ def run(args: argparse.Namespace) -> int:
         for name, size in r["tiles"]:
             rows[name] = [name, ph.source, r["blob"], ph.orig_path or ph.blob_or_path, ph.licence]
             tiles.append((name, size))
+    if only is not None:
+        tiles = keep_listed(tiles, only, staging, args.only)
+        rows = {name: rows[name] for name, _ in tiles}
     row_bytes = max((len("\t".join([*v, "99"])) + 1 for v in rows.values()), default=0)
     slices = pack_slices(tiles, args.slice_mib * MIB - 4096, args.seed, row_bytes)
     sizes = []
@@ -348,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of tile choice and shuffle")
     ap.add_argument("--slice-mib", type=int, default=56, help="slice size limit in MiB")
     ap.add_argument("--workers", type=int, default=2, help="processes (at most 2)")
+    ap.add_argument(
+        "--only",
+        type=Path,
+        help="pack only the tiles of this list (a tiles.tsv, e.g. a training subset such as "
+        "photo3234_tiles.tsv) into the slices",
+    )
     args = ap.parse_args(argv)
     if args.tile < 16 or args.max_per_photo < 1 or args.slice_mib < 1:
         ap.error("--tile must be >= 16, --max-per-photo and --slice-mib >= 1")

@@ -158,6 +158,44 @@ def test_end_to_end_slices_attribution_and_skips(tmp_path: Path, capsys) -> None
         mpt.main(argv)
 
 
+def test_only_packs_the_listed_subset_and_refuses_a_tile_it_did_not_cut(tmp_path: Path) -> None:
+    """--only LIST: the slices hold exactly the listed tiles (a training subset, e.g. the
+    3,234-tile list); a listed tile these photos and options do not give is refused by name."""
+    manifest, raw = write_photo_set(tmp_path, sorted(T91.glob("*.png"))[:3])
+    opts = ["--tile", "32", "--workers", "1", "--max-per-photo", "3", "--slice-mib", "1"]
+    opts += ["--min-std", "0", "--min-grad", "0"]
+    full = tmp_path / "full"
+    assert mpt.main([str(manifest), str(raw), "--out", str(full), *opts]) == 0
+    lines = (full / "tiles.tsv").read_text().splitlines()
+    subset = tmp_path / "subset.tsv"
+    subset.write_text("\n".join([lines[0], *lines[1::2]]) + "\n")  # every other tile
+    wanted = {line.split("\t")[0] for line in lines[1::2]}
+    assert 0 < len(wanted) < len(lines) - 1
+    out = tmp_path / "sub"
+    assert mpt.main([str(manifest), str(raw), "--out", str(out), *opts, "--only", str(subset)]) == 0
+    assert {p.name for p in out.glob("slice_*/*.jpg")} == wanted
+    assert {line.split("\t")[0] for line in (out / "tiles.tsv").read_text().splitlines()[1:]} == (
+        wanted
+    )
+    for name in wanted:  # the same bytes as in the full run
+        assert (
+            next(out.glob(f"slice_*/{name}")).read_bytes()
+            == next(full.glob(f"slice_*/{name}")).read_bytes()
+        )
+
+    subset.write_text(lines[0] + "\nown+repo_000000000000_0000_0000.jpg\tx\tx\tx\tx\tx\n")
+    with pytest.raises(SystemExit, match=r"1 tile.*own\+repo_000000000000_0000_0000\.jpg.*--tile"):
+        mpt.main(
+            [str(manifest), str(raw), "--out", str(tmp_path / "o2"), *opts, "--only", str(subset)]
+        )
+    assert not (tmp_path / "o2" / "_staging").exists()
+    subset.write_text("name\nx\n")
+    with pytest.raises(SystemExit, match="no 'tile' column"):
+        mpt.main(
+            [str(manifest), str(raw), "--out", str(tmp_path / "o3"), *opts, "--only", str(subset)]
+        )
+
+
 def test_bad_manifest_is_refused(tmp_path: Path) -> None:
     m = tmp_path / "m.tsv"
     m.write_text("kind\tsource\n")
