@@ -2,6 +2,11 @@
 # gpu_bg.sh — side-by-side training runs that outlive one device call (scripts/sweep.py).
 # Source-free: every subcommand sets up its own environment. From the repository root:
 #   scripts/gpu_bg.sh pairs SCALE OUT SRC...        MATLAB-bicubic pairs (skipped if OUT/hr exists)
+#   scripts/gpu_bg.sh pairs-bg SCALE OUT SRC        the same in the background, from a copy of SRC
+#                                                    (a carried folder is gone in the next call);
+#                                                    OUT.done appears when OUT is complete: upload
+#                                                    one slice per call and keep going
+#   scripts/gpu_bg.sh wait-pairs OUT...             block until every OUT.done exists
 #   scripts/gpu_bg.sh start GROUP SCALE ITERS SEED DATA[,DATA...] CONFIG...
 #                                                    train in the background, own process session,
 #                                                    state in $RUNS/GROUP (default RUNS=/tmp/runs);
@@ -32,6 +37,23 @@ case $cmd in
   pairs)
     scale=$1 out=$2; shift 2
     [[ -d $out/hr ]] || python3 -m hybridmoe make-pairs "$@" --out "$out" --scale "$scale" | tail -1 ;;
+  pairs-bg)
+    scale=$1 out=$2 src=$3
+    [[ -d $src ]] || { echo "pairs-bg: $src is not a folder" >&2; exit 2; }
+    rm -rf "$out.src" "$out.done" && cp -r "$src" "$out.src" || exit 2
+    setsid nohup bash -c "python3 -m hybridmoe make-pairs '$out.src' --out '$out' --scale $scale \
+      --workers 4 >'$out.log' 2>&1 && touch '$out.done'" </dev/null >/dev/null 2>&1 &
+    echo "pairs-bg: $(ls "$out.src" | wc -l) images of $src -> $out (log $out.log)" ;;
+  wait-pairs)
+    for out in "$@"; do
+      idle=0
+      until [[ -f $out.done ]]; do
+        if pgrep -f "make-pairs $out.src" >/dev/null; then idle=0; else idle=$((idle + 1)); fi
+        ((idle < 3)) || { echo "wait-pairs: $out is not being made; see $out.log" >&2; exit 2; }
+        sleep 2
+      done
+      tail -1 "$out.log"
+    done ;;
   start)
     group=$1 scale=$2 iters=$3 seed=$4 data=$5; shift 5
     mkdir -p "$RUNS/$group"

@@ -4,14 +4,20 @@ pooled, the evaluator writes one record per trained model, and the tables read t
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import sweep
 import torch
+from conftest import ROOT as REPO
 from conftest import TEST_DATA
 from PIL import Image
 
@@ -616,3 +622,32 @@ def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
                 str(lp),
             ]
         )
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("bash", "setsid", "pgrep")),
+    reason="gpu_bg.sh needs bash, setsid and pgrep",
+)
+def test_gpu_bg_makes_pairs_in_the_background_from_a_copy(tmp_path: Path) -> None:
+    """pairs-bg copies the (carried) folder, makes the pairs in its own session and marks them
+    done; wait-pairs blocks until then, and names a folder that nothing is making."""
+    src = tmp_path / "carried"
+    shutil.copytree(HR, src)
+    env = {
+        **os.environ,
+        "WHEELS": "none",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    script = str(REPO / "scripts" / "gpu_bg.sh")
+    out = tmp_path / "q4"
+    run = functools.partial(subprocess.run, cwd=REPO, env=env, capture_output=True, text=True)
+    assert run(["bash", script, "pairs-bg", "4", str(out), str(src)]).returncode == 0
+    shutil.rmtree(src)  # the next device call no longer has the carried folder
+    done = run(["bash", script, "wait-pairs", str(out)], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "5 pairs written" in done.stdout
+    assert sorted(p.name for p in (out / "lr").iterdir()) == sorted(p.name for p in HR.iterdir())
+    missing = run(["bash", script, "wait-pairs", str(tmp_path / "none")], timeout=60)
+    assert missing.returncode == 2 and "is not being made" in missing.stderr
+    bad = run(["bash", script, "pairs-bg", "4", str(tmp_path / "x"), str(tmp_path / "nope")])
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr
