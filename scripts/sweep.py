@@ -1521,7 +1521,7 @@ def front_panels(
                 f"--join-rates: a record of {recipe} has no peak rate (training.lr) to label "
                 "it with; plot these recipes apart"
             )
-        if len({recipe_but_rate(r) for r in panel}) > 1:
+        if join_rates and len({recipe_but_rate(r) for r in panel}) > 1:
             raise SystemExit(
                 f"--join-rates: the recipes {recipe} (x{scale}, {iters} iterations) differ in "
                 "more than the peak rate (data, batch, crop or schedule); plot them apart"
