@@ -21,6 +21,11 @@ def test_deep_plain_stack_starves_its_first_blocks_residual_does_not(tmp_path: P
     assert deep < shallow / 10  # 14 more SiLU-after-sum blocks: the gradient fades on the way
     assert res > 0.3  # the skips carry it
     assert all(len(r["block_output_std"]) == r["blocks"] for r in rows.values())
+    # forward: silu(x + Wx) halves a small signal (slope 1/2 at 0), so a plain stack's output
+    # fades block by block, while x + silu(small Wx) carries its input through
+    lean_std, res_std = (rows[c]["block_output_std"] for c in ("trunk64x10_lean", "trunk96x12_res"))
+    assert lean_std[-1] < 0.3 * lean_std[0]
+    assert res_std[-1] > 0.5 * res_std[0]
     with pytest.raises(SystemExit, match="exists"):
         P.main(["trunk64x10_lean", "--json", str(out), "--data", str(TEST_DATA)])
     with pytest.raises(SystemExit, match="not an x1 trunk"):
