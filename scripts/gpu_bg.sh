@@ -16,8 +16,11 @@
 #                                                    crop side; INIT=DIR GAN=LPIPS_VGG: GAN
 #                                                    fine-tuning from the runs in DIR;
 #                                                    INIT_CONFIG=C: from C's run there
-#   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return early
-#                                                    when no run is left
+#   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return within
+#                                                    5 s of the last run's end (a poll loop of
+#                                                    one's own, `pgrep -f "sweep.py train"` in a
+#                                                    `bash -c` line, matches that line itself and
+#                                                    never ends: use this)
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
 #   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
 #                                                    (with the training states: resumable on
@@ -65,9 +68,12 @@ case $cmd in
       ${INIT_CONFIG:+--init-config "$INIT_CONFIG"} ${GAN:+--gan "$GAN"} >>"$RUNS/$group/train.log" 2>&1 &
     echo "started $group: $*" ;;
   wait)
-    end=$((SECONDS + $1))
-    while ((SECONDS < end)) && pgrep -f "sweep.py train" >/dev/null; do
-      sleep $((end - SECONDS < 60 ? end - SECONDS : 60))
+    # polls every 5 s (a finished sweep ends the wait within seconds), reports every 60 s
+    end=$((SECONDS + $1)) next=$((SECONDS + 60))
+    while ((SECONDS < end)) && pgrep -f "^python3 scripts/sweep.py train" >/dev/null; do
+      sleep $((end - SECONDS < 5 ? end - SECONDS : 5))
+      ((SECONDS >= next || SECONDS >= end)) || continue
+      next=$((SECONDS + 60))
       echo "--- ${SECONDS}s $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
       for f in "$RUNS"/*/*/log.jsonl; do
         [[ -f $f ]] && echo "$(basename "$(dirname "$(dirname "$f")")")/$(basename "$(dirname "$f")") $(tail -1 "$f" | cut -c1-70)"
