@@ -656,3 +656,36 @@ def test_gpu_bg_makes_pairs_in_the_background_from_a_copy(tmp_path: Path) -> Non
     assert missing.returncode == 2 and "is not being made" in missing.stderr
     bad = run(["bash", script, "pairs-bg", "4", str(tmp_path / "x"), str(tmp_path / "nope")])
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("bash", "setsid", "pgrep")),
+    reason="gpu_bg.sh needs bash, setsid and pgrep",
+)
+def test_gpu_bg_wait_ends_with_the_sweep_not_at_its_deadline(tmp_path: Path) -> None:
+    """wait blocks while a sweep process lives and returns soon after it ends, also when the
+    command line that calls it names the sweep (a `bash -c` line of a device call)."""
+    env = {**os.environ, "WHEELS": "none", "RUNS": str(tmp_path)}
+    sweep_proc = subprocess.Popen(
+        ["bash", "-c", 'exec -a "python3 scripts/sweep.py train --configs fake" sleep 4']
+    )
+    try:
+        waited = subprocess.run(
+            # two commands keep this shell alive with "sweep.py train" in its command line
+            [
+                "bash",
+                "-c",
+                f"bash {REPO / 'scripts' / 'gpu_bg.sh'} wait 600 && echo ok # sweep.py train",
+            ],
+            check=False,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,  # far below the 600 s deadline: only an early return gets here
+        )
+        assert waited.returncode == 0 and waited.stdout.endswith("ok\n"), waited.stderr
+        assert sweep_proc.poll() is not None  # it waited for the sweep to end
+    finally:
+        sweep_proc.kill()
+        sweep_proc.wait()
