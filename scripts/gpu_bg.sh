@@ -17,10 +17,7 @@
 #                                                    fine-tuning from the runs in DIR;
 #                                                    INIT_CONFIG=C: from C's run there
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return within
-#                                                    5 s of the last run's end (a poll loop of
-#                                                    one's own, `pgrep -f "sweep.py train"` in a
-#                                                    `bash -c` line, matches that line itself and
-#                                                    never ends: use this)
+#                                                    5 s of the last run's end (TRAINING.md §5b)
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
 #   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
 #                                                    (with the training states: resumable on
