@@ -221,6 +221,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
         top_k=1,
     ),
     "trunk192x12_stemlk": _lean(192, 12, stem_lk=True, kernel_size=17),
+    # the same context with a dense gated FFN of the top-1 MoE's active width: does the routing
+    # pay at m's scale?
+    "trunk192x12_ctx_dense": _lean(
+        192,
+        12,
+        levels=2,
+        enc_blocks=(6, 2, 0),
+        mid_blocks=1,
+        global_mixer="fourier",
+        num_experts=4,
+        top_k=1,
+        use_moe=False,
+    ),
     # ---- the s trunk with the texture head and its learned noise injection (generative
     # detail): GAN fine-tuning from trunk96x12_lean (--init-config), starting at its output
     "trunk96x12_lean_noise": {**_lean(96, 12), "texture_head": True, "noise": True},
