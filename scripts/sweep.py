@@ -221,6 +221,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
         top_k=1,
     ),
     "trunk192x12_stemlk": _lean(192, 12, stem_lk=True, kernel_size=17),
+    # the same context with eight experts (top-1: the same active compute, twice the experts)
+    "trunk192x12_ctx8": _lean(
+        192,
+        12,
+        levels=2,
+        enc_blocks=(6, 2, 0),
+        mid_blocks=1,
+        global_mixer="fourier",
+        num_experts=8,
+        top_k=1,
+    ),
     # the same context with a dense gated FFN of the top-1 MoE's active width: does the routing
     # pay at m's scale?
     "trunk192x12_ctx_dense": _lean(
