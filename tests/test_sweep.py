@@ -518,6 +518,35 @@ def test_l_candidates_build_and_use_their_extra_parts(name: str) -> None:
     assert extra[name]
 
 
+def test_the_context_moe_twins_differ_only_in_the_bottleneck_ffn() -> None:
+    """trunk192x12_ctx (4 experts, top-1), _ctx8 (8 experts, top-1) and _ctx_dense (a dense
+    gated FFN) share every module but the x1/2 bottleneck's FFN; each expert is as wide as the
+    dense FFN (equal active width at top-1), the expert count is what the name says, and the
+    FFN changes the output of the same weights elsewhere."""
+    from hybridmoe_arch import GatedFFN, MoEFFN
+
+    nets = {
+        n: sweep.build(n, 2).eval()
+        for n in ("trunk192x12_ctx", "trunk192x12_ctx8", "trunk192x12_ctx_dense")
+    }
+    names = {
+        n: {k for k, _ in m.named_modules() if not k.startswith("mid.0.ffn")}
+        for n, m in nets.items()
+    }
+    assert names["trunk192x12_ctx"] == names["trunk192x12_ctx8"] == names["trunk192x12_ctx_dense"]
+    moe4, moe8 = nets["trunk192x12_ctx"].mid[0].ffn, nets["trunk192x12_ctx8"].mid[0].ffn
+    dense = nets["trunk192x12_ctx_dense"].mid[0].ffn
+    assert isinstance(moe4, MoEFFN) and isinstance(moe8, MoEFFN) and isinstance(dense, GatedFFN)
+    assert (moe4.num_experts, moe8.num_experts, moe4.top_k, moe8.top_k) == (4, 8, 1, 1)
+    assert moe4.w_out.shape[1] == moe8.w_out.shape[1] == dense.fc2.in_channels
+    shared = {k: v for k, v in nets["trunk192x12_ctx"].state_dict().items() if ".ffn." not in k}
+    missing, _ = nets["trunk192x12_ctx_dense"].load_state_dict(shared, strict=False)
+    assert all(".ffn." in k for k in missing)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(nets["trunk192x12_ctx"](x), nets["trunk192x12_ctx_dense"](x))
+
+
 def test_a_fine_tune_may_add_the_noise_head_and_starts_at_its_source_output() -> None:
     """trunk96x12_lean_noise loads trunk96x12_lean's weights, its new texture head is the
     identity at the start (the outputs are equal, in training mode too, where the noise is
