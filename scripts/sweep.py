@@ -157,6 +157,17 @@ L3 = {
 }
 _REFINE = {"refine_moe": True, "num_experts": 4, "top_k": 1, "mlp_ratio": 2.0}
 
+# m's trunk plus a x1/2 level: two window-attention blocks, the Fourier mixer and a bottleneck
+# block whose FFN is a top-1 MoE of 4 experts (the l candidate and its twins below)
+_CTX192: dict[str, Any] = {
+    "levels": 2,
+    "enc_blocks": (6, 2, 0),
+    "mid_blocks": 1,
+    "global_mixer": "fourier",
+    "num_experts": 4,
+    "top_k": 1,
+}
+
 CONFIGS: dict[str, dict[str, Any]] = {
     # ---- ablations around hybridmoe_s (one change each)
     "s": dict(S),
@@ -210,41 +221,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
         hf_blocks=(4, 0, 0),
         kernel_size=17,
     ),
-    "trunk192x12_ctx": _lean(
-        192,
-        12,
-        levels=2,
-        enc_blocks=(6, 2, 0),
-        mid_blocks=1,
-        global_mixer="fourier",
-        num_experts=4,
-        top_k=1,
-    ),
+    "trunk192x12_ctx": _lean(192, 12, **_CTX192),
     "trunk192x12_stemlk": _lean(192, 12, stem_lk=True, kernel_size=17),
     # the same context with eight experts (top-1: the same active compute, twice the experts)
-    "trunk192x12_ctx8": _lean(
-        192,
-        12,
-        levels=2,
-        enc_blocks=(6, 2, 0),
-        mid_blocks=1,
-        global_mixer="fourier",
-        num_experts=8,
-        top_k=1,
-    ),
+    "trunk192x12_ctx8": _lean(192, 12, **{**_CTX192, "num_experts": 8}),
     # the same context with a dense gated FFN of the top-1 MoE's active width: does the routing
     # pay at m's scale?
-    "trunk192x12_ctx_dense": _lean(
-        192,
-        12,
-        levels=2,
-        enc_blocks=(6, 2, 0),
-        mid_blocks=1,
-        global_mixer="fourier",
-        num_experts=4,
-        top_k=1,
-        use_moe=False,
-    ),
+    "trunk192x12_ctx_dense": _lean(192, 12, **_CTX192, use_moe=False),
     # ---- the s trunk with the texture head and its learned noise injection (generative
     # detail): GAN fine-tuning from trunk96x12_lean (--init-config), starting at its output
     "trunk96x12_lean_noise": {**_lean(96, 12), "texture_head": True, "noise": True},
