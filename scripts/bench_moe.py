@@ -1,26 +1,39 @@
-"""Compute saved by sparse top-k routing: one MoE FFN layer, top-k vs. every expert.
+"""What sparse top-k routing costs and saves: one MoE FFN layer against its dense twin.
 
-Times the layer's forward with sparse dispatch at ``top_k`` and with every expert active
-(``top_k = E``), for several token counts, and prints the FLOPs of the expert matmuls of both::
+For each token map (H×W) times, in one dtype, the layer's routing alone, the layer with the
+sparse dispatch (only the selected experts), the layer with the dense dispatch (every expert,
+mixed by the sparse gates) and the dense gated FFN of the same active width
+(``GatedFFN(C, top_k · hidden)``: what ``use_moe=False`` builds); prints one row per map and,
+with ``--json``, writes them with the command, device and commit. ``--profile`` lists the
+kernels of one sparse forward of the last map::
 
-    python scripts/bench_moe.py [--channels 64] [--experts 8] [--top-k 2] [--device cpu]
+    python scripts/bench_moe.py --channels 384 --experts 4 --top-k 1 --sizes 960x540 \\
+        --device cuda --dtype fp16 [--json OUT.json] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torch import nn
 
 import hybridmoe_arch as arch
+from hybridmoe.bench import git_commit
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    """Median milliseconds of ``fn()`` after one warm-up call."""
+    """Median milliseconds of ``fn()`` after two warm-up calls."""
+    fn()
     fn()
     times = []
     for _ in range(repeat):
@@ -34,39 +47,113 @@ def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
     return statistics.median(times)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``WxH`` -> (W, H)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        msg = f"{text!r}: give a token map as WxH, e.g. 960x540"
+        raise argparse.ArgumentTypeError(msg) from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 1")
+    return w, h
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--mlp-ratio", type=float, default=2.0)
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--sides", type=int, nargs="+", default=[32, 64, 128, 256], help="H = W")
+    ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(64, 64), (256, 256)])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    hidden = round(args.channels * args.mlp_ratio)
-    routing = arch.MoERouting(args.top_k, dispatch="sparse")
-    layer = arch.MoEFFN(args.channels, hidden, args.experts, routing).to(dev).eval()
-    per_token = 2 * (args.channels * 2 * hidden + hidden * args.channels)  # FLOPs per expert
-    print(f"MoE FFN: C={args.channels}, hidden={hidden}, E={args.experts} on {dev}")
-    print(
-        f"{'tokens':>8s} {'top-' + str(args.top_k) + ' ms':>10s} {'all ms':>9s} {'saved':>7s}"
-        f" {'GFLOP top-k':>12s} {'GFLOP all':>10s}"
+    ap.add_argument("--dtype", choices=DTYPES, default="fp32")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--json", type=Path, help="write the rows and their context here")
+    ap.add_argument(
+        "--commit", help="the commit recorded (default: this checkout's HEAD, when it has one)"
     )
-    for side in args.sides:
-        x = torch.randn(1, args.channels, side, side, device=dev)
+    ap.add_argument("--profile", action="store_true", help="kernels of one sparse forward")
+    args = ap.parse_args(argv)
+    if not 1 <= args.top_k <= args.experts:
+        ap.error(f"--top-k {args.top_k} must be between 1 and --experts {args.experts}")
+    if args.json and args.json.exists():
+        ap.error(f"{args.json} exists; remove it first or choose another name")
+    dev, dtype = torch.device(args.device), DTYPES[args.dtype]
+    hidden = round(args.channels * args.mlp_ratio)
+    torch.manual_seed(0)
+    routing = arch.MoERouting(args.top_k, dispatch="sparse")
+    layer = arch.MoEFFN(args.channels, hidden, args.experts, routing)
+    twin = arch.GatedFFN(args.channels, args.top_k * hidden)
+    layer, twin = (m.to(dev, dtype).eval() for m in (layer, twin))
+    per_token = 2 * 3 * args.channels * hidden  # FLOPs of one expert's two matmuls
+    print(
+        f"MoE FFN C={args.channels} hidden={hidden} E={args.experts} top-{args.top_k}, "
+        f"{args.dtype} on {dev}; twin: GatedFFN of width {args.top_k * hidden}"
+    )
+    print(f"{'map':>10s} {'route':>8s} {'sparse':>8s} {'dense':>8s} {'twin':>8s}  ms")
+    rows = []
+    x = torch.empty(0)
+    for w, h in args.sizes:
+        x = torch.randn(1, args.channels, h, w, device=dev, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            routing.top_k = args.top_k
-            t_k = timed(lambda x=x: layer(x), dev, args.repeat)
-            routing.top_k = args.experts
-            t_all = timed(lambda x=x: layer(x), dev, args.repeat)
-        n = side * side
-        print(
-            f"{n:8d} {t_k:10.2f} {t_all:9.2f} {1 - t_k / t_all:6.0%} "
-            f"{n * args.top_k * per_token / 1e9:12.2f} {n * args.experts * per_token / 1e9:10.2f}"
+            route = timed(lambda x=x: layer.route_image(x), dev, args.repeat)
+            routing.dispatch = "sparse"
+            sparse = timed(lambda x=x: layer(x), dev, args.repeat)
+            routing.dispatch = "dense"
+            dense = timed(lambda x=x: layer(x), dev, args.repeat)
+            routing.dispatch = "sparse"
+            dense_twin = timed(lambda x=x: twin(x), dev, args.repeat)
+        tokens = w * h
+        rows.append(
+            {
+                "tokens": tokens,
+                "map": f"{w}x{h}",
+                "route_ms": route,
+                "sparse_ms": sparse,
+                "dense_dispatch_ms": dense,
+                "dense_twin_ms": dense_twin,
+                "expert_gflop_active": tokens * args.top_k * per_token / 1e9,
+                "expert_gflop_all": tokens * args.experts * per_token / 1e9,
+            }
         )
+        print(f"{w}x{h:<5d} {route:8.2f} {sparse:8.2f} {dense:8.2f} {dense_twin:8.2f}")
+    if args.profile:
+        print(profile_table(layer, x, dev))
+    if args.json:
+        record = {
+            "command": " ".join(["python", *sys.argv]),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "commit": args.commit or git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "layer": {
+                "channels": args.channels,
+                "hidden": hidden,
+                "experts": args.experts,
+                "top_k": args.top_k,
+                "dtype": args.dtype,
+                "memory_format": "channels_last",
+            },
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return 0
+
+
+def profile_table(layer: nn.Module, x: torch.Tensor, dev: torch.device) -> str:
+    """The kernels (CUDA) or operators (CPU) of one forward of ``layer``, by total time."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.inference_mode(), torch.profiler.profile(activities=acts) as prof:
+        layer(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=50)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,34 @@ def test_topk_gates_are_renormalised_and_mix_the_selected_experts() -> None:
         assert torch.allclose(path(x, top_i, gates), expected, atol=1e-5)
 
 
+def test_a_top1_router_learns_from_the_task_loss_with_the_output_unchanged() -> None:
+    """At top-1 the renormalized gate is the constant 1: its value stays 1, but the router must
+    still receive the task loss's gradient (the Switch gate's), on either dispatch path."""
+    x = torch.randn(2, 8, 9, 11)
+    grads = []
+    for dispatch in ("sparse", "dense"):
+        torch.manual_seed(0)
+        moe = perturbed(A.MoEFFN(8, 12, 4, A.MoERouting(top_k=1, dispatch=dispatch)), std=0.3)
+        gates = moe.route_image(x)[2]
+        assert torch.equal(gates.detach(), torch.ones_like(gates))
+        moe(x).square().mean().backward()
+        grads.append(moe.router.grad)
+        assert grads[-1].abs().max() > 1e-4, f"{dispatch}: the router gets no task gradient"
+    assert torch.allclose(grads[0], grads[1], atol=1e-6), "sparse and dense disagree"
+
+
+def test_routing_the_image_centres_the_router_input_on_its_7x7_mean() -> None:
+    """route_image (centering done on the logit maps) equals route on the centred features."""
+    moe = perturbed(A.MoEFFN(8, 12, num_experts=4, routing=A.MoERouting(top_k=2)), std=0.3)
+    x = torch.randn(2, 8, 10, 13)
+    local = F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, 1)
+    probs, top_i, gates = moe.route((x - local).permute(0, 2, 3, 1).reshape(-1, 8))
+    probs2, top_i2, gates2 = moe.route_image(x)
+    assert torch.allclose(probs, probs2, atol=1e-6)
+    assert torch.equal(top_i, top_i2)
+    assert torch.allclose(gates, gates2, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- selective scan
 # (ssd_scan against a sequential reference: tests/test_arch.py)
 

@@ -26,11 +26,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _collapsed(route):
-    """Wrap a router so that every token goes to expert 0 (router probabilities unchanged)."""
+def _collapsed(gate):
+    """Wrap a router's gate so that every token goes to expert 0 (probabilities unchanged)."""
 
-    def forced(feats: torch.Tensor):
-        probs, top_i, gates = route(feats)
+    def forced(logits: torch.Tensor):
+        probs, top_i, gates = gate(logits)
         return probs, torch.zeros_like(top_i), torch.ones_like(gates)
 
     return forced
@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         noise=True,
     ).train()
     for layer in model.moe_layers():  # collapse routing: every token to expert 0
-        layer.route = _collapsed(layer.route)  # type: ignore[method-assign]
+        layer.gate = _collapsed(layer.gate)  # type: ignore[method-assign]
     model = model.to(memory_format=torch.channels_last)  # as traiNNer's use_channels_last
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
     opt = torch.optim.SGD(ddp.parameters(), lr=1e-2)

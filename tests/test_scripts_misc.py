@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import bench_moe
 import compare_training
 import numpy as np
 import pytest
@@ -165,3 +167,31 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "demo model (   2 steps)" in proc.stdout
     assert (out / "net_g_ema_latest.safetensors").is_file()
     assert (out / "butterfly_x2_demo.png").is_file()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "moe.json"
+    argv = ["--channels", "8", "--experts", "4", "--top-k", "1", "--sizes", "6x5", "9x4"]
+    assert bench_moe.main([*argv, "--repeat", "1", "--json", str(out), "--commit", "abc"]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["map"] for r in rec["rows"]] == ["6x5", "9x4"]
+    assert rec["rows"][0]["tokens"] == 30 and rec["commit"] == "abc"
+    assert rec["layer"] == {
+        "channels": 8,
+        "hidden": 16,
+        "experts": 4,
+        "top_k": 1,
+        "dtype": "fp32",
+        "memory_format": "channels_last",
+    }
+    assert all(r["sparse_ms"] > 0 and r["dense_twin_ms"] > 0 for r in rec["rows"])
+    before = out.read_text()
+    with pytest.raises(SystemExit):
+        bench_moe.main([*argv, "--json", str(out)])
+    assert "exists" in capsys.readouterr().err and out.read_text() == before
+    with pytest.raises(SystemExit):
+        bench_moe.main([*argv[:-2], "9y4"])
+    assert "give a token map as WxH" in capsys.readouterr().err

@@ -988,9 +988,10 @@ class MoEFFN(nn.Module):
 
     Every pixel is a token. A linear router (float32) on the token's local contrast (feature
     minus its 7×7 mean) picks ``top_k`` of ``E`` experts; their outputs are mixed with the
-    renormalized router probabilities. Dispatch is vectorized: the token slots are sorted by
-    expert and each expert runs one matmul chain on its contiguous slice (a loop over experts,
-    never over tokens); see :class:`MoERouting` for the dense static-shape path used for export,
+    renormalized router probabilities (:meth:`gate`). Dispatch is vectorized: the token slots
+    are sorted by expert, each expert runs one matmul chain on its contiguous slice (a loop
+    over experts, never over tokens) and writes its rows back to their slots (a copy, no
+    atomic adds); see :class:`MoERouting` for the dense static-shape path used for export,
     compile and small GPU workloads. Deterministic in eval; ``top_k`` may be changed at
     inference through the shared ``routing``. In training forwards with autograd the
     Switch-style balance term ``E · Σ_e f_e P_e`` is published to :data:`MOE_AUX`.
@@ -1016,43 +1017,58 @@ class MoEFFN(nn.Module):
         """Dispatch mode (from the shared :class:`MoERouting`)."""
         return self.routing.dispatch
 
-    def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Router input (T,C) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32."""
-        logits = F.linear(_f32(feats), _f32(self.router))
-        probs = torch.softmax(logits, dim=-1)
+    def gate(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Router logits (T,E) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32.
+
+        The gates are the selected probabilities renormalized to sum to one. At top-1 that
+        is the constant 1, which would leave the router without a gradient from the task
+        loss (only the balance term would train it); there the gate is ``1 + p - sg(p)``:
+        the value 1, the router gradient of the Switch Transformer's gate ``p``.
+        """
+        probs = torch.softmax(_f32(logits), dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
-        gates = top_p / top_p.sum(dim=-1, keepdim=True)
+        if self.top_k == 1:
+            gates = top_p - top_p.detach() + 1.0
+        else:
+            gates = top_p / top_p.sum(dim=-1, keepdim=True)
         return probs, top_i, gates
 
+    def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Router input (T,C) -> :meth:`gate` of its float32 logits."""
+        return self.gate(F.linear(_f32(feats), _f32(self.router)))
+
     def route_image(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Route every pixel of (N,C,H,W): :meth:`route` of the features minus their 7×7
-        neighbourhood mean, token order (n, h, w).
+        """Route every pixel of (N,C,H,W) on its features minus their 7×7 (replicate-padded)
+        neighbourhood mean; token order (n, h, w).
 
         Without the centering, all tokens of an image share one dominant direction and pick
         the same experts (routing collapse); with it, routing follows local structure
-        (edges, texture, flat areas).
+        (edges, texture, flat areas). The router is linear, so the centering is applied to
+        the E logit maps rather than the C feature maps (the same function, E/C the work).
         """
-        local = F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, 1)
-        return self.route((x - local).permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
+        logits = F.conv2d(_f32(x), _f32(self.router)[:, :, None, None])
+        logits = logits - F.avg_pool2d(F.pad(logits, (3, 3, 3, 3), mode="replicate"), 7, 1)
+        return self.gate(logits.permute(0, 2, 3, 1).reshape(-1, self.num_experts))
 
     def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
-        dt = tokens.dtype
+        dt, k = tokens.dtype, self.top_k
         w_in, b_in = _cast(self.w_in, dt), _cast(self.b_in, dt)
         w_out, b_out = _cast(self.w_out, dt), _cast(self.b_out, dt)
         flat = top_i.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        tok = order // self.top_k
+        order = torch.argsort(flat, stable=True)  # token slots grouped by expert
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        xs = tokens.index_select(0, tok)
-        outs: list[Tensor] = []
+        xs = tokens.index_select(0, order // k)
+        slots = torch.empty_like(xs)  # expert outputs in (token, k) slot order
         start = 0
         for e, cnt in enumerate(counts):
             if cnt:
-                g, v = torch.addmm(b_in[e], xs[start : start + cnt], w_in[e]).chunk(2, -1)
-                outs.append(torch.addmm(b_out[e], F.gelu(g) * v, w_out[e]))
-            start += cnt
-        ys = torch.cat(outs, dim=0) * _cast(gates.reshape(-1)[order].unsqueeze(-1), dt)
-        return torch.zeros_like(tokens).index_add_(0, tok, ys)
+                end = start + cnt
+                g, v = torch.addmm(b_in[e], xs[start:end], w_in[e]).chunk(2, -1)
+                y = torch.addmm(b_out[e], F.gelu(g) * v, w_out[e])
+                slots.index_copy_(0, order[start:end], y)
+                start = end
+        mixed = slots.view(-1, k, tokens.shape[1]) * _cast(gates, dt).unsqueeze(-1)
+        return mixed.sum(1) if k > 1 else mixed.view_as(tokens)
 
     def _dense(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
         dt = tokens.dtype
