@@ -49,6 +49,8 @@ Commands::
         the validation curves (--val) of the runs in one plot.
     sweep.py times --runs RUNS ...
         iterations and wall-clock training minutes of every run (from its log).
+    sweep.py router-drift --runs RUN ... [--json OUT]
+        how far each MoE router moved from its initialization (rebuilt from the run's seed).
 
 Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
 spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.py``).
@@ -1605,6 +1607,47 @@ def plot(
     fig.savefig(path, dpi=110)
 
 
+def router_drift(args: argparse.Namespace) -> int:
+    """How far each MoE router of a trained run moved from its initialization: the network is
+    rebuilt as ``train`` builds it (the run's seed, then its configuration) and its routers are
+    compared with the run's EMA routers (norm of the difference, cosine similarity)."""
+    if args.json and Path(args.json).exists():
+        raise SystemExit(f"{args.json} exists; remove it first or choose another name")
+    rows = []
+    for run in map(Path, args.runs):
+        meta, model = load_run(run)
+        torch.manual_seed(meta["seed"])
+        start = build(meta["config"], meta["scale"]).state_dict()
+        routers = {k: v for k, v in model.state_dict().items() if k.endswith(".router")}
+        if not routers:
+            raise SystemExit(f"{run}: {meta['config']} has no MoE router")
+        for key, trained in routers.items():
+            init = start[key].float()
+            row = {
+                "run": f"{run.parent.name}/{run.name}",
+                "config": meta["config"],
+                "seed": meta["seed"],
+                "router": key,
+                "init_norm": init.norm().item(),
+                "moved": (trained - init).norm().item(),
+                "cos_with_init": F.cosine_similarity(trained.flatten(), init.flatten(), 0).item(),
+            }
+            rows.append(row)
+            print(
+                f"{row['run']:<60} {key:<16} |init| {row['init_norm']:.4f} moved "
+                f"{row['moved']:.4f} cos {row['cos_with_init']:.4f}"
+            )
+    if args.json:
+        record = {
+            "command": " ".join(sys.argv),
+            "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -1713,6 +1756,9 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--speed", nargs="+", required=True)
     dl.add_argument("--plot")
     dl.add_argument("--plot-scale", type=int, default=2, choices=sorted(CASES))
+    rd = sub.add_parser("router-drift")
+    rd.add_argument("--runs", nargs="+", required=True, help="run folders (one run each)")
+    rd.add_argument("--json", help="write the rows here (an existing file is refused)")
     args = p.parse_args(argv)
     cmd: Callable[[argparse.Namespace], int] = {
         "train": train_many,
@@ -1727,6 +1773,7 @@ def main(argv: list[str] | None = None) -> int:
         "dial": dial,
         "curves": curves,
         "times": times,
+        "router-drift": router_drift,
     }[args.cmd]
     return cmd(args)
 

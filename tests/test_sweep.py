@@ -718,3 +718,38 @@ def test_gpu_bg_wait_ends_with_the_sweep_not_at_its_deadline(tmp_path: Path) -> 
     finally:
         sweep_proc.kill()
         sweep_proc.wait()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_router_drift_measures_the_move_from_the_seeded_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(3)
+    start = sweep.build("trunkctx48", 4).state_dict()
+    key = next(k for k in start if k.endswith(".router"))
+    delta = torch.zeros_like(start[key])
+    delta[0, :4] = 0.5  # norm 1.0
+    run = tmp_path / "trunkctx48_x4_seed3"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"config": "trunkctx48", "scale": 4, "seed": 3}))
+    torch.save({**start, key: start[key] + delta}, run / "ema.pt")
+    out = tmp_path / "drift.json"
+    assert sweep.main(["router-drift", "--runs", str(run), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["router"] == key and row["seed"] == 3
+    assert row["run"] == f"{tmp_path.name}/trunkctx48_x4_seed3"  # the group names the run
+    assert row["moved"] == pytest.approx(1.0, abs=1e-5)
+    init = start[key]
+    cos = float((init * (init + delta)).sum() / (init.norm() * (init + delta).norm()))
+    assert row["cos_with_init"] == pytest.approx(cos, abs=1e-5)
+    with pytest.raises(SystemExit, match="exists"):
+        sweep.main(["router-drift", "--runs", str(run), "--json", str(out)])
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "meta.json").write_text(
+        json.dumps({"config": "trunk64x10_lean", "scale": 4, "seed": 0})
+    )
+    torch.manual_seed(0)
+    torch.save(sweep.build("trunk64x10_lean", 4).state_dict(), dense / "ema.pt")
+    with pytest.raises(SystemExit, match="has no MoE router"):
+        sweep.main(["router-drift", "--runs", str(dense)])

@@ -137,7 +137,9 @@ RENAMED_PREFIXES = {"lf3_global.": "global_block.", "refine_moe.moe.": "refine_m
 """Module paths renamed since earlier checkpoints (old prefix -> new); loading maps them."""
 RES_INIT_STD = 1e-3  # initial weights of the residual re-param blocks (near-identity start)
 HEAD_KERNEL = 5  # depthwise re-param kernel of the texture head (fast path in cuDNN)
-DENSE_MOE_MAX_SLOTS = 1 << 18  # "auto" MoE dispatch: dense below tokens × experts = 262144
+# "auto" MoE dispatch: dense below tokens × experts = 65536 (small, launch-bound maps); the
+# sparse dispatch is measured 2.2× / 3.6× faster than dense from 129,600 / 259,200 slots
+DENSE_MOE_MAX_SLOTS = 1 << 16
 SSM_STATE, SSM_HEAD_DIM = 16, 16  # selective scan: state size, channels per head
 DISPATCH_CHOICES = ("auto", "sparse", "dense")
 
