@@ -46,16 +46,19 @@ def test_a_top1_router_learns_from_the_task_loss_with_the_output_unchanged() -> 
     """At top-1 the renormalized gate is the constant 1: its value stays 1, but the router must
     still receive the task loss's gradient (the Switch gate's), on either dispatch path."""
     x = torch.randn(2, 8, 9, 11)
-    grads = []
+    grads, outs = [], []
     for dispatch in ("sparse", "dense"):
         torch.manual_seed(0)
         moe = perturbed(A.MoEFFN(8, 12, 4, A.MoERouting(top_k=1, dispatch=dispatch)), std=0.3)
         gates = moe.route_image(x)[2]
         assert torch.equal(gates.detach(), torch.ones_like(gates))
+        with torch.no_grad():
+            outs.append(moe(x))  # inference skips the mixing by the unit gate
         moe(x).square().mean().backward()
         grads.append(moe.router.grad)
         assert grads[-1].abs().max() > 1e-4, f"{dispatch}: the router gets no task gradient"
     assert torch.allclose(grads[0], grads[1], atol=1e-6), "sparse and dense disagree"
+    assert torch.allclose(outs[0], outs[1], atol=1e-5), "top-1 inference outputs disagree"
 
 
 def test_routing_the_image_centres_the_router_input_on_its_7x7_mean() -> None:

@@ -1069,6 +1069,8 @@ class MoEFFN(nn.Module):
                 y = torch.addmm(b_out[e], F.gelu(g) * v, w_out[e])
                 slots.index_copy_(0, order[start:end], y)
                 start = end
+        if k == 1 and not gates.requires_grad:  # the top-1 gate's value is 1: nothing to mix
+            return slots
         mixed = slots.view(-1, k, tokens.shape[1]) * _cast(gates, dt).unsqueeze(-1)
         return mixed.sum(1) if k > 1 else mixed.view_as(tokens)
 
