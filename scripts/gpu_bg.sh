@@ -15,7 +15,8 @@
 #                                                    VAL=HR_DIR: validation curve; CROP=N: LR
 #                                                    crop side; INIT=DIR GAN=LPIPS_VGG: GAN
 #                                                    fine-tuning from the runs in DIR;
-#                                                    INIT_CONFIG=C: from C's run there
+#                                                    INIT_CONFIG=C: from C's run there;
+#                                                    ROUTER_LR=M: MoE routers at M x the rate
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return within
 #                                                    5 s of the last run's end (TRAINING.md §5b)
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
@@ -61,7 +62,7 @@ case $cmd in
     setsid nohup python3 scripts/sweep.py train --configs "$@" --scale "$scale" --iters "$iters" \
       --seed "$seed" --data "${dirs[@]}" --out "$RUNS/$group" ${DEGRADE:+--degrade "$DEGRADE"} \
       ${WARMUP:+--warmup "$WARMUP"} ${LR:+--lr "$LR"} ${VAL:+--val "$VAL"} \
-      ${CROP:+--crop "$CROP"} ${INIT:+--init "$INIT"} \
+      ${CROP:+--crop "$CROP"} ${INIT:+--init "$INIT"} ${ROUTER_LR:+--router-lr-mult "$ROUTER_LR"} \
       ${INIT_CONFIG:+--init-config "$INIT_CONFIG"} ${GAN:+--gan "$GAN"} >>"$RUNS/$group/train.log" 2>&1 &
     echo "started $group: $*" ;;
   wait)

@@ -529,6 +529,24 @@ def gan_discriminator_step(
     return loss.detach()
 
 
+def param_groups(model: nn.Module, router_mult: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups, each with its ``lr_mult`` (the multiple of the
+    scheduled rate it trains at): one group, or with ``router_mult`` != 1 the MoE routers
+    (``MoEFFN.router``) in a second group of their own."""
+    if not (router_mult > 0 and math.isfinite(router_mult)):
+        raise SystemExit(f"--router-lr-mult must be a positive number, got {router_mult}")
+    if router_mult == 1.0:
+        return [{"params": list(model.parameters()), "lr_mult": 1.0}]
+    routers = [m.router for m in model.modules() if isinstance(m, A.MoEFFN)]
+    if not routers:
+        raise SystemExit(
+            f"--router-lr-mult {router_mult:g}: this configuration has no MoE router; "
+            "leave the flag out or choose a configuration with an MoE"
+        )
+    rest = [p for p in model.parameters() if all(p is not r for r in routers)]
+    return [{"params": rest, "lr_mult": 1.0}, {"params": routers, "lr_mult": router_mult}]
+
+
 def train_one(args: argparse.Namespace) -> int:
     """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl."""
     name, scale = args.config, args.scale
@@ -555,7 +573,10 @@ def train_one(args: argparse.Namespace) -> int:
     model = build(name, scale).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     ema = [p.detach().clone() for p in model.state_dict().values()]
-    opt = torch.optim.AdamW(model.parameters(), betas=RECIPE["betas"], weight_decay=0.0)
+    router_mult = getattr(args, "router_lr_mult", None) or 1.0
+    opt = torch.optim.AdamW(
+        param_groups(model, router_mult), betas=RECIPE["betas"], weight_decay=0.0
+    )
     gen = torch.Generator()  # CPU: crop positions are drawn on the host
     gen.manual_seed(args.seed)
     # restoration: the degradations are drawn on the device, from their own seeded generator
@@ -579,6 +600,27 @@ def train_one(args: argparse.Namespace) -> int:
             print(f"{name} x{scale}: from {init_config}, new (identity at the start): {added}")
         for e, v in zip(ema, model.state_dict().values(), strict=True):
             e.copy_(v)
+    warmup = getattr(args, "warmup", 0)
+    peak = getattr(args, "lr", None) or (GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"])
+    batch = getattr(args, "batch", None) or RECIPE["batch"]
+    crop = getattr(args, "crop", None) or lr_size(scale)
+    meta_path = run / "meta.json"
+    if state_path.is_file() and meta_path.is_file():  # a resume keeps its recipe
+        before = json.loads(meta_path.read_text())["recipe"]
+        changes = (
+            ("--warmup", "warmup", warmup, 0),
+            ("--lr", "lr", peak, GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"]),
+            ("--batch", "batch", batch, RECIPE["batch"]),
+            ("--crop", "lr_size", crop, lr_size(scale)),
+            ("--router-lr-mult", "router_lr_mult", router_mult, 1.0),
+        )
+        for flag, key, now, default in changes:
+            was = before.get(key, default)
+            if was != now:
+                raise SystemExit(
+                    f"{run} was trained with {flag} {was}; resume it with the same value "
+                    f"(got {flag} {now}), or give the new recipe its own --out"
+                )
     if state_path.is_file():
         st = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(st["model"])
@@ -592,26 +634,6 @@ def train_one(args: argparse.Namespace) -> int:
         gen.set_state(st["gen"].cpu())
         if dgen is not None:
             dgen.set_state(st["degrade_gen"].cpu())
-    warmup = getattr(args, "warmup", 0)
-    peak = getattr(args, "lr", None) or (GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"])
-    batch = getattr(args, "batch", None) or RECIPE["batch"]
-    crop = getattr(args, "crop", None) or lr_size(scale)
-    meta_path = run / "meta.json"
-    if start and meta_path.is_file():
-        before = json.loads(meta_path.read_text())["recipe"]
-        changes = (
-            ("--warmup", "warmup", warmup, 0),
-            ("--lr", "lr", peak, GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"]),
-            ("--batch", "batch", batch, RECIPE["batch"]),
-            ("--crop", "lr_size", crop, lr_size(scale)),
-        )
-        for flag, key, now, default in changes:
-            was = before.get(key, default)
-            if was != now:
-                raise SystemExit(
-                    f"{run} was trained with {flag} {was}; resume it with the same value "
-                    f"(got {flag} {now}), or give the new recipe its own --out"
-                )
     if start >= args.iters:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
@@ -635,7 +657,14 @@ def train_one(args: argparse.Namespace) -> int:
         "config": name,
         "scale": scale,
         "options": CONFIGS.get(name),
-        "recipe": {**RECIPE, "lr": peak, "batch": batch, "lr_size": crop, "warmup": warmup},
+        "recipe": {
+            **RECIPE,
+            "lr": peak,
+            "batch": batch,
+            "lr_size": crop,
+            "warmup": warmup,
+            "router_lr_mult": router_mult,
+        },
         "seed": args.seed,
         "data": [str(d) for d in args.data],
         "pairs": len(pairs),
@@ -683,7 +712,7 @@ def train_one(args: argparse.Namespace) -> int:
         if it < warmup:
             lr *= (it + 1) / warmup
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)  # states saved before the groups had one
         lq, gt = pool.batch(batch)
         if dgen is not None:
             lq = degrade.degrade_batch(gt, degrade.PRESETS[preset], dgen)
@@ -779,6 +808,7 @@ def train_many(args: argparse.Namespace) -> int:
             "init",
             "init_config",
             "gan",
+            "router_lr_mult",
         ):  # recipe changes, validation
             if getattr(args, flag):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -1680,6 +1710,11 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument("--batch", type=int, help=f"batch size (default {RECIPE['batch']})")
         t.add_argument("--crop", type=int, help="LR crop side (default 48 at x3/x4, 64 below)")
         t.add_argument("--val", help="HR folder (e.g. Set5/HR): validation PSNR at every save")
+        t.add_argument(
+            "--router-lr-mult",
+            type=float,
+            help="MoE routers train at this multiple of the rate (default 1)",
+        )
     pk = sub.add_parser("pack")
     pk.add_argument("--runs", nargs="+", required=True, help="run folders (groups of runs)")
     pk.add_argument("--out", required=True)

@@ -753,3 +753,37 @@ def test_router_drift_measures_the_move_from_the_seeded_start(
     torch.save(sweep.build("trunk64x10_lean", 4).state_dict(), dense / "ema.pt")
     with pytest.raises(SystemExit, match="has no MoE router"):
         sweep.main(["router-drift", "--runs", str(dense)])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_router_rate_multiplier_moves_only_the_routers_faster_and_is_kept_on_resume(
+    tmp_path: Path,
+) -> None:
+    """--router-lr-mult M puts the MoE routers in an optimizer group of their own at M times
+    the rate: Adam's first step moves every weight by the rate (sign of its gradient), so after
+    one iteration the routers have moved M times as far as the rest; the multiple is part of
+    the recipe (resuming with another is refused), and a network without a router refuses it."""
+    from hybridmoe_arch import MoEFFN
+
+    argv = ["train-one", "--config", "trunkctx48", "--scale", "4", "--data", str(HR)]
+    argv += ["--batch", "1", "--crop", "16", "--out", str(tmp_path), "--iters", "1"]
+    assert sweep.main([*argv, "--router-lr-mult", "10"]) == 0
+    run = tmp_path / "trunkctx48_x4"
+    trained = torch.load(run / "state.pt", weights_only=True)["model"]
+    torch.manual_seed(0)  # the run's seed: its initial weights
+    init = sweep.build("trunkctx48", 4).state_dict()
+    net = sweep.build("trunkctx48", 4)
+    routers = {f"{n}.router" for n, m in net.named_modules() if isinstance(m, MoEFFN)}
+    assert routers
+    lr = json.loads((run / "log.jsonl").read_text().splitlines()[0])["lr"]
+    moved = {k: (trained[k] - init[k]).abs().max().item() for k in init if k in trained}
+    assert all(moved[k] == pytest.approx(10 * lr, rel=1e-3) for k in routers)
+    others = [v for k, v in moved.items() if k not in routers and init[k].is_floating_point()]
+    assert max(others) == pytest.approx(lr, rel=1e-3)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["recipe"]["router_lr_mult"] == 10
+    with pytest.raises(SystemExit, match=r"--router-lr-mult 10"):
+        sweep.main([*argv[:-1], "2"])
+    with pytest.raises(SystemExit, match="has no MoE router"):
+        other = ["--out", str(tmp_path / "x"), "--router-lr-mult", "3", "--iters", "1"]
+        sweep.main(["train-one", "--config", "trunk64x10_lean", "--data", str(HR), *other])
