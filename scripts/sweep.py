@@ -196,6 +196,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "trunkctx48": dict(_TRUNKCTX),
     "trunkctx48_dense": {**_TRUNKCTX, "use_moe": False},
     **{f"trunkctx48_k{k}": {**_TRUNKCTX, "top_k": k} for k in (2, 3, 4)},
+    # the x1/2 context's dial (latency only: trained at top-1)
+    **{f"trunk192x12_ctx_k{k}": _lean(192, 12, **{**_CTX192, "top_k": k}) for k in (2, 4)},
     # ---- launch-bound speed candidates: fewer kernels (bicubic base, no texture head)
     "trunk48x16_bic": {**NANO, "base": "bicubic"},
     "trunk48x12_lean": _lean(48, 12),
