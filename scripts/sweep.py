@@ -1325,30 +1325,61 @@ def speed_table(args: argparse.Namespace) -> int:
 
 def dial(args: argparse.Namespace) -> int:
     """The MoE top-k dial of one trained configuration: mean PSNR over the sets evaluated at
-    every k (records of ``eval --top-k``, and the configuration's own record at its trained k)
-    against the latency of the same network at that k in both speed cases (bench rows
-    ``<config>_k<k>``, or the configuration's own rows at its trained k); a table and
-    optionally a plot against the ``--plot-scale`` case."""
-    recs = load_records(args.records, args.recipe)
+    every k (records of ``eval --top-k``, and the configuration's own record at its trained k),
+    averaged over ``--seeds`` (each k needs a record of every seed), against the latency of
+    the same network at that k in both speed cases (bench rows ``<config>_k<k>``, or the
+    configuration's own rows at its trained k); ``--ref`` adds another configuration of the
+    same recipe and seeds (a dense twin) as one point. A table and optionally a plot against
+    the ``--plot-scale`` case."""
+    recs = [r for r in load_records(args.records, args.recipe) if r["scale"] == args.scale]
     speed = load_speed(args.speed)
     trained_k = CONFIGS[args.config]["top_k"]
+    seeds = sorted(set(args.seeds))
+
+    def of(config: str) -> dict[int, dict[int, dict[str, Any]]]:  # k -> seed -> record
+        by_k: dict[int, dict[int, dict[str, Any]]] = {}
+        for r in recs:
+            seed = r.get("seed") or 0
+            if r.get("config", "").split("@k")[0] == config and seed in seeds:
+                by_k.setdefault(r.get("top_k") or CONFIGS[config].get("top_k"), {})[seed] = r
+        for k, got in by_k.items():
+            if sorted(got) != seeds:
+                missing = sorted(set(seeds) - set(got))
+                raise SystemExit(
+                    f"{config} at top-{k} ({args.recipe}, x{args.scale}) has no record of "
+                    f"seed {missing}: evaluate it (eval --top-k {k}) or leave the seed out"
+                )
+        return by_k
+
+    by_k = of(args.config)
+    if not by_k:
+        raise SystemExit(f"no x{args.scale} record of {args.config} in {args.recipe}")
+    sets = [s for s in SETS if all(s in r["psnr"] for g in by_k.values() for r in g.values())]
+
+    def point(group: dict[int, dict[str, Any]]) -> tuple[dict[str, float], float]:
+        per_set = {s: float(np.mean([r["psnr"][s] for r in group.values()])) for s in sets}
+        return per_set, float(np.mean(list(per_set.values())))
+
     rows = []
-    for r in recs:
-        if r["scale"] != args.scale or r.get("seed"):
-            continue
-        if r.get("config", "").split("@k")[0] != args.config:
-            continue
-        k = r.get("top_k") or trained_k
+    for k in sorted(by_k):
         name = args.config if k == trained_k else f"{args.config}_k{k}"
-        rows.append((k, r, {sc: speed.get((name, sc)) for sc in CASES}))
-    rows.sort(key=lambda t: t[0])
-    sets = [s for s in SETS if all(s in r["psnr"] for _, r, _ in rows)]
-    means = {k: float(np.mean([r["psnr"][s] for s in sets])) for k, r, _ in rows}
+        rows.append((f"{k}", *point(by_k[k]), {sc: speed.get((name, sc)) for sc in CASES}))
+    if args.ref:
+        ref = of(args.ref)
+        if len(ref) != 1:
+            raise SystemExit(f"--ref {args.ref}: no record of it in {args.recipe}")
+        rows.append(
+            (
+                args.ref,
+                *point(next(iter(ref.values()))),
+                {sc: speed.get((args.ref, sc)) for sc in CASES},
+            )
+        )
     print(f"| top-k | {' | '.join(sets)} | mean | x4 ms ({CASES[4]} in) | x2 ms ({CASES[2]} in) |")
     print("|---:|" + "---:|" * (len(sets) + 3))
-    for k, r, sp in rows:
-        vals = " | ".join(f"{r['psnr'][s]:.3f}" for s in sets)
-        print(f"| {k} | {vals} | {means[k]:.3f} | {fmt_ms(sp[4])} | {fmt_ms(sp[2])} |")
+    for label, per_set, mean, sp in rows:
+        vals = " | ".join(f"{per_set[s]:.3f}" for s in sets)
+        print(f"| {label} | {vals} | {mean:.3f} | {fmt_ms(sp[4])} | {fmt_ms(sp[2])} |")
     if args.plot:
         import matplotlib
 
@@ -1356,17 +1387,28 @@ def dial(args: argparse.Namespace) -> int:
         import matplotlib.pyplot as plt
 
         sc = args.plot_scale
-        pts = [(sp[sc]["ms"], means[k], k) for k, _, sp in rows if sp[sc]]
+        pts = [(sp[sc]["ms"], mean, label) for label, _, mean, sp in rows if sp[sc]]
+        dial_pts = [p for p in pts if p[2].isdigit()]
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
-        for ms, psnr, k in pts:
-            ax.annotate(f"k={k}", (ms, psnr), fontsize=8, xytext=(3, 3), textcoords="offset points")
-        mid = float(np.mean([p[1] for p in pts]))
-        ax.set_ylim(min(mid - 0.05, *[p[1] for p in pts]), max(mid + 0.05, *[p[1] for p in pts]))
+        ax.plot([p[0] for p in dial_pts], [p[1] for p in dial_pts], "o-", label="top-k dial")
+        for ms, psnr, label in pts:
+            text = f"k={label}" if label.isdigit() else label
+            ax.annotate(text, (ms, psnr), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        for ms, psnr, label in pts:
+            if not label.isdigit():
+                ax.plot([ms], [psnr], "s", color="tab:red", label=label)
+        ys = [p[1] for p in pts]
+        mid = float(np.mean(ys))
+        ax.set_ylim(min(mid - 0.05, *ys) - 0.01, max(mid + 0.05, *ys) + 0.01)
         ax.ticklabel_format(axis="y", useOffset=False)  # at least 0.1 dB of range: no zoom-in
         ax.set_xlabel(f"latency, ms (x{sc}, {CASES[sc]} in, fp16, batch 1)")
-        ax.set_ylabel(f"x{args.scale} mean Y-PSNR, {', '.join(sets)} (dB)")
-        ax.set_title(f"top-k dial of {args.config} ({args.recipe})")
+        ax.set_ylabel(f"x{args.scale} mean Y-PSNR (dB)")
+        seed_note = f", seeds {', '.join(map(str, seeds))}" if seeds != [0] else ""
+        ax.set_title(
+            f"top-k dial of {args.config}\n{args.recipe}{seed_note}\nmean of {', '.join(sets)}",
+            fontsize=8,
+        )
+        ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
     return 0
@@ -1793,6 +1835,8 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("--speed", nargs="+", required=True)
     dl.add_argument("--plot")
     dl.add_argument("--plot-scale", type=int, default=2, choices=sorted(CASES))
+    dl.add_argument("--seeds", type=int, nargs="+", default=[0], help="mean over these seeds")
+    dl.add_argument("--ref", help="another configuration as one point (e.g. the dense twin)")
     rd = sub.add_parser("router-drift")
     rd.add_argument("--runs", nargs="+", required=True, help="run folders (one run each)")
     rd.add_argument("--json", help="write the rows here (an existing file is refused)")

@@ -787,3 +787,30 @@ def test_router_rate_multiplier_moves_only_the_routers_faster_and_is_kept_on_res
     with pytest.raises(SystemExit, match="has no MoE router"):
         other = ["--out", str(tmp_path / "x"), "--router-lr-mult", "3", "--iters", "1"]
         sweep.main(["train-one", "--config", "trunk64x10_lean", "--data", str(HR), *other])
+
+
+def test_dial_averages_seeds_adds_the_twin_and_names_a_missing_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recs = tmp_path / "q"
+    recs.mkdir()
+    for seed, base in ((0, 30.5), (1, 30.7)):
+        _record(recs, "s", base, seed=seed)
+        _record(recs, "s@k1", base - 0.1, top_k=1, seed=seed)
+        _record(recs, "s_dense", base - 0.4, seed=seed)
+    _record(recs, "s", 99.0, seed=2)  # a seed not asked for is left out
+    speed = _speed(tmp_path / "b.json", [("s", 4, 6.0), ("s_k1", 4, 5.0), ("s_dense", 4, 4.0)])
+    argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s", "--speed"]
+    argv += [str(speed), "--seeds", "0", "1", "--ref", "s_dense"]
+    assert sweep.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| 1 | 30.500 | 30.500 | 30.500 | 30.500 | 5.00 |")
+    assert lines[3].startswith("| 2 | 30.600 | 30.600 | 30.600 | 30.600 | 6.00 |")
+    assert lines[4].startswith("| s_dense | 30.200 | 30.200 | 30.200 | 30.200 | 4.00 |")
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
+    png = tmp_path / "dial.png"
+    assert sweep.main([*argv, "--plot", str(png), "--plot-scale", "4"]) == 0
+    assert png.stat().st_size > 1000
+    (recs / "s_k1_1.json").unlink()
+    with pytest.raises(SystemExit, match=r"s at top-1 .* no record of seed \[1\]"):
+        sweep.main(argv)
