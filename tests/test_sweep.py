@@ -771,8 +771,8 @@ def test_router_rate_multiplier_moves_only_the_routers_faster_and_is_kept_on_res
     run = tmp_path / "trunkctx48_x4"
     trained = torch.load(run / "state.pt", weights_only=True)["model"]
     torch.manual_seed(0)  # the run's seed: its initial weights
-    init = sweep.build("trunkctx48", 4).state_dict()
     net = sweep.build("trunkctx48", 4)
+    init = net.state_dict()
     routers = {f"{n}.router" for n, m in net.named_modules() if isinstance(m, MoEFFN)}
     assert routers
     lr = json.loads((run / "log.jsonl").read_text().splitlines()[0])["lr"]
