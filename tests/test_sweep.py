@@ -789,9 +789,9 @@ def test_router_rate_multiplier_moves_only_the_routers_faster_and_is_kept_on_res
         sweep.main(["train-one", "--config", "trunk64x10_lean", "--data", str(HR), *other])
 
 
-def test_dial_averages_seeds_adds_the_twin_and_names_a_missing_seed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _dial_records(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Records of ``s`` at top-1 and top-2 and of ``s_dense``, seeds 0 and 1, a speed file,
+    and the ``dial`` arguments over both seeds with the dense twin as the reference."""
     recs = tmp_path / "q"
     recs.mkdir()
     for seed, base in ((0, 30.5), (1, 30.7)):
@@ -801,16 +801,26 @@ def test_dial_averages_seeds_adds_the_twin_and_names_a_missing_seed(
     _record(recs, "s", 99.0, seed=2)  # a seed not asked for is left out
     speed = _speed(tmp_path / "b.json", [("s", 4, 6.0), ("s_k1", 4, 5.0), ("s_dense", 4, 4.0)])
     argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s", "--speed"]
-    argv += [str(speed), "--seeds", "0", "1", "--ref", "s_dense"]
+    return recs, [*argv, str(speed), "--seeds", "0", "1", "--ref", "s_dense"]
+
+
+def test_dial_averages_seeds_adds_the_twin_and_names_a_missing_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recs, argv = _dial_records(tmp_path)
     assert sweep.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("| 1 | 30.500 | 30.500 | 30.500 | 30.500 | 5.00 |")
     assert lines[3].startswith("| 2 | 30.600 | 30.600 | 30.600 | 30.600 | 6.00 |")
     assert lines[4].startswith("| s_dense | 30.200 | 30.200 | 30.200 | 30.200 | 4.00 |")
-    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
-    png = tmp_path / "dial.png"
-    assert sweep.main([*argv, "--plot", str(png), "--plot-scale", "4"]) == 0
-    assert png.stat().st_size > 1000
     (recs / "s_k1_1.json").unlink()
     with pytest.raises(SystemExit, match=r"s at top-1 .* no record of seed \[1\]"):
         sweep.main(argv)
+
+
+def test_dial_plot_draws_the_dial_and_the_twin(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs matplotlib (not a dependency)")
+    _, argv = _dial_records(tmp_path)
+    png = tmp_path / "dial.png"
+    assert sweep.main([*argv, "--plot", str(png), "--plot-scale", "4"]) == 0
+    assert png.stat().st_size > 1000
