@@ -49,6 +49,7 @@ import datetime
 import gc
 import json
 import math
+import os
 import platform
 import shlex
 import subprocess
@@ -822,8 +823,15 @@ def package_version(name: str) -> str | None:
         return None
 
 
+COMMIT_ENV = "HYBRIDMOE_COMMIT"
+
+
 def git_commit() -> str | None:
-    """Commit of the checkout the script runs from (None outside a git checkout)."""
+    """The commit that measurement records name: ``$HYBRIDMOE_COMMIT`` when set (a checkout
+    copied to another machine can carry stale git metadata), else the HEAD of the checkout the
+    script runs from (None outside a git checkout)."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],

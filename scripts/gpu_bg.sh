@@ -23,7 +23,7 @@
 #   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
 #                                                    (with the training states: resumable on
 #                                                    a fresh machine, ~16 bytes per parameter)
-# SWEEP_COMMIT: the commit recorded in the speed records (a copied checkout's git metadata can
+# HYBRIDMOE_COMMIT: the commit recorded in the records (a copied checkout's git metadata can
 # be stale).
 set -uo pipefail
 RUNS=${RUNS:-/tmp/runs}

@@ -80,7 +80,7 @@ import hybridmoe_arch as A
 from hybridmoe import bench as timing_tools
 from hybridmoe import degrade, metrics
 from hybridmoe import evaluate as ev
-from hybridmoe.paths import REPO_ROOT
+from hybridmoe.bench import git_commit
 
 # The configurations the ablations start from, written out: the variants may change, these
 # records may not. S: the three-level network (frequency split, HF path, window attention,
@@ -1050,21 +1050,6 @@ def bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1))
     return 0
-
-
-def git_commit() -> str | None:
-    """``SWEEP_COMMIT`` when set (a copied checkout's git metadata can be stale), else HEAD."""
-    if os.environ.get("SWEEP_COMMIT"):
-        return os.environ["SWEEP_COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except Exception:
-        return None
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -148,3 +148,18 @@ def test_failures_become_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert compact["ratio_to_ref"] == pytest.approx(1.0)
     assert result["train_steps"] == []
     assert json.loads(path.read_text())["rows"][0]["status"] == "error"
+
+
+def test_records_name_the_commit_from_the_environment_over_git(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkout copied to a GPU machine can carry stale git metadata: $HYBRIDMOE_COMMIT, when
+    set, is the commit every measurement record names (the sweep's records included)."""
+    import sweep
+
+    monkeypatch.delenv(bench.COMMIT_ENV, raising=False)
+    head = bench.git_commit()
+    monkeypatch.setenv(bench.COMMIT_ENV, "0123abc")
+    assert bench.git_commit() == sweep.git_commit() == "0123abc"
+    monkeypatch.setenv(bench.COMMIT_ENV, "")
+    assert bench.git_commit() == head
