@@ -18,7 +18,6 @@ import datetime
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,25 +25,15 @@ import torch
 from torch import nn
 
 import hybridmoe_arch as arch
-from hybridmoe.bench import git_commit
+from hybridmoe.bench import git_commit, time_loop
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    """Median milliseconds of ``fn()`` after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int) -> float:
+    """Median milliseconds of ``repeat`` calls of ``fn()`` after two warm-up calls (the
+    package's timing loop: CUDA events on the GPU)."""
+    return statistics.median(time_loop(fn, device, 2, repeat, 0.0).times_ms)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -98,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(1, args.channels, h, w, device=dev, dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            route = timed(lambda x=x: layer.route_image(x), dev, args.repeat)
+            route = timed(lambda x=x: layer.route_image(x)[2], dev, args.repeat)
             routing.dispatch = "sparse"
             sparse = timed(lambda x=x: layer(x), dev, args.repeat)
             routing.dispatch = "dense"
