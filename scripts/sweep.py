@@ -1561,10 +1561,17 @@ def curves(args: argparse.Namespace) -> int:
     return 0
 
 
+# Recipe values that later records carry and earlier ones (trained before the option
+# existed, i.e. at its default) lack.
+RECIPE_ADDED_DEFAULTS: dict[str, Any] = {"warmup": 0, "router_lr_mult": 1.0}
+
+
 def recipe_but_rate(rec: dict[str, Any]) -> str:
-    """What a record's recipe is apart from its peak rate: the training values and the
-    size of the data (not its paths, which differ between machines)."""
-    training = {k: v for k, v in rec.get("training", {}).items() if k != "lr"}
+    """What a record's recipe is apart from its peak rate: the training values (a value
+    added later counts at its default where a record lacks it) and the size of the data
+    (not its paths, which differ between machines)."""
+    training = {**RECIPE_ADDED_DEFAULTS, **rec.get("training", {})}
+    training.pop("lr", None)
     data = {k: v for k, v in rec.get("train_data", {}).items() if k != "data"}
     return json.dumps([training, data], sort_keys=True)
 

@@ -366,6 +366,13 @@ def test_front_plot_joins_recipes_that_differ_only_in_the_rate(tmp_path: Path) -
             "lr_size": 48}, train_data=data)  # fmt: skip
     loaded = sweep.load_records(str(recs), None)
     assert len(sweep.front_panels(loaded)) == 3
+    # a value added to the recipe later joins the earlier records at its default, not beside it
+    later = [{**r, "training": {**r["training"], "router_lr_mult": 1.0, "warmup": 0}}
+             if r["config"] == "s" else r for r in loaded if r["recipe"] != "big"]  # fmt: skip
+    assert [len(p[3]) for p in sweep.front_panels(later, join_rates=True)] == [2]
+    later[0]["training"]["router_lr_mult"] = 10.0
+    with pytest.raises(SystemExit, match=r"recipes fast \+ slow .* differ in more than"):
+        sweep.front_panels(later, join_rates=True)
     # without the flag a panel is one recipe, whatever its records hold (older records of a
     # recipe may lack fields that later ones carry)
     mixed = [{**r, "training": {}} if r["config"] == "s" else r for r in loaded]
