@@ -186,8 +186,21 @@ def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
         "top_k": 1,
         "dtype": "fp32",
         "memory_format": "channels_last",
+        "mode": "inference",
     }
     assert all(r["sparse_ms"] > 0 and r["dense_twin_ms"] > 0 for r in rec["rows"])
+    # the sparse dispatch twice: as the layer picks its expert kernel (grouped GEMM on the CPU
+    # for these aligned widths) and with the per-expert loop; no CUDA graph asked for
+    assert all(r["sparse_grouped_gemm"] and r["sparse_looped_ms"] > 0 for r in rec["rows"])
+    assert all(r["sparse_graph_ms"] is None for r in rec["rows"])
+    trained = tmp_path / "moe_train.json"
+    assert bench_moe.main([*argv, "--repeat", "1", "--train", "--json", str(trained)]) == 0
+    rec = json.loads(trained.read_text())
+    assert rec["layer"]["mode"] == "forward + backward" and len(rec["rows"]) == 2
+    assert not A.MOE_AUX.has_terms()  # the timed training forwards leave no balance terms
+    with pytest.raises(SystemExit):
+        bench_moe.main([*argv, "--graph"])
+    assert "--graph replays an inference forward on the GPU" in capsys.readouterr().err
     before = out.read_text()
     with pytest.raises(SystemExit):
         bench_moe.main([*argv, "--json", str(out)])
