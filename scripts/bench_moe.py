@@ -34,6 +34,7 @@ import hybridmoe_arch as arch
 from hybridmoe.bench import git_commit, time_loop
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ALL_DEVICES = ("cpu", "cuda")
 
 
 def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int) -> float:
@@ -55,14 +56,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def looped_experts() -> Iterator[None]:
-    """The sparse dispatch with its per-expert loop instead of grouped GEMM (the baseline)."""
-    saved = arch._grouped_gemm_ok
-    arch._grouped_gemm_ok = lambda *_: False
+def expert_kernel(devices: tuple[str, ...]) -> Iterator[None]:
+    """The sparse dispatch with grouped GEMM allowed on these device types only: ``()`` is the
+    per-expert loop everywhere, ``("cpu", "cuda")`` grouped GEMM wherever it can run."""
+    saved = arch.GROUPED_GEMM_DEVICES
+    arch.GROUPED_GEMM_DEVICES = devices
     try:
         yield
     finally:
-        arch._grouped_gemm_ok = saved
+        arch.GROUPED_GEMM_DEVICES = saved
 
 
 def step(module: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -134,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         f"MoE FFN C={args.channels} hidden={hidden} E={args.experts} top-{args.top_k}, "
         f"{args.dtype} on {dev}, {mode}; twin: GatedFFN of width {args.top_k * hidden}"
     )
-    print(
-        f"{'map':>10s} {'route':>8s} {'sparse':>8s} {'looped':>8s} {'dense':>8s} {'twin':>8s}  ms"
-    )
+    heads = ("route", "sparse", "grouped", "looped", "dense", "twin")
+    print(f"{'map':>10s} " + " ".join(f"{h:>8s}" for h in heads) + "  ms (sparse: as picked)")
     rows = []
     x = torch.empty(0)
     for w, h in args.sizes:
@@ -146,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             route = timed(lambda x=x: layer.route_image(x)[2], dev, args.repeat)
         tokens = layer.route_image(x)[1].shape[0]
-        grouped = arch._grouped_gemm_ok(
-            x.new_empty(0, args.channels, dtype=dtype if args.train else x.dtype), hidden
-        )
+        rows_in = x.new_empty(0, args.channels, dtype=dtype if args.train and x.is_cuda else None)
+        picked = "grouped" if arch._grouped_gemm_ok(rows_in, hidden) else "looped"
         sparse = timed(lambda run=run: run(layer), dev, args.repeat)
-        with looped_experts():
+        with expert_kernel(ALL_DEVICES):
+            runs = arch._grouped_gemm_ok(rows_in, hidden)
+            grouped = timed(lambda run=run: run(layer), dev, args.repeat) if runs else None
+            graph = graph_ms(layer, x, args.repeat) if args.graph and runs else None
+        with expert_kernel(()):
             looped = timed(lambda run=run: run(layer), dev, args.repeat)
-        graph = graph_ms(layer, x, args.repeat) if args.graph else None
         routing.dispatch = "dense"
         dense = timed(lambda run=run: run(layer), dev, args.repeat)
         routing.dispatch = "sparse"
@@ -163,18 +166,22 @@ def main(argv: list[str] | None = None) -> int:
                 "map": f"{w}x{h}",
                 "route_ms": route,
                 "sparse_ms": sparse,
-                "sparse_grouped_gemm": grouped,
+                "sparse_kernel": picked,
+                "sparse_grouped_ms": grouped,
                 "sparse_looped_ms": looped,
-                "sparse_graph_ms": graph,
+                "sparse_grouped_graph_ms": graph,
                 "dense_dispatch_ms": dense,
                 "dense_twin_ms": dense_twin,
                 "expert_gflop_active": tokens * args.top_k * per_token / 1e9,
                 "expert_gflop_all": tokens * args.experts * per_token / 1e9,
             }
         )
+        cols = (route, sparse, grouped, looped, dense, dense_twin)
         print(
-            f"{w}x{h:<5d} {route:8.2f} {sparse:8.2f} {looped:8.2f} {dense:8.2f} "
-            f"{dense_twin:8.2f}" + ("" if graph is None else f"  graph {graph:.2f}")
+            f"{w}x{h:<5d} "
+            + " ".join("       –" if v is None else f"{v:8.2f}" for v in cols)
+            + f"  ({picked})"
+            + ("" if graph is None else f"  grouped from a CUDA graph {graph:.2f}")
         )
     if args.profile:
         print(profile_table(layer, x, dev))

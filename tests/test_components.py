@@ -54,11 +54,10 @@ def test_grouped_and_looped_experts_compute_the_same_layer(
     tokens = torch.randn(40, 8)
     top_i = torch.stack([torch.randperm(3)[:top_k] for _ in range(40)])  # expert 3 idle
     gates = torch.softmax(torch.randn(40, top_k), -1)
-    grouped = A._grouped_gemm_ok
     results = {}
     for name in ("grouped", "looped", "dense"):
-        use = name == "grouped"
-        monkeypatch.setattr(A, "_grouped_gemm_ok", lambda *a, use=use: use and grouped(*a))
+        monkeypatch.setattr(A, "GROUPED_GEMM_DEVICES", ("cpu",) if name == "grouped" else ())
+        assert A._grouped_gemm_ok(tokens, 12) == (name == "grouped")
         moe.zero_grad()
         x = tokens.clone().requires_grad_()
         out = (moe._dense if name == "dense" else moe._sparse)(x, top_i, gates)
@@ -75,14 +74,17 @@ def test_grouped_and_looped_experts_compute_the_same_layer(
     assert ref_grads["w_in"][3].abs().max() == 0 < ref_grads["w_in"][:3].abs().max()
 
 
-def test_grouped_gemm_is_used_only_where_it_runs() -> None:
+def test_grouped_gemm_is_used_only_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Grouped GEMM takes CPU rows in any float dtype with 16-byte aligned rows; misaligned
-    widths (and, on CUDA, float16 / float32: see _grouped_gemm_ok) use the per-expert loop."""
+    widths, devices outside GROUPED_GEMM_DEVICES (CUDA until it is timed there) and, on CUDA,
+    float16 / float32 use the per-expert loop."""
     assert A._grouped_gemm_ok(torch.zeros(5, 8), 12)
     assert not A._grouped_gemm_ok(torch.zeros(5, 8), 6)  # 24-byte rows of float32
     assert not A._grouped_gemm_ok(torch.zeros(5, 8, dtype=torch.bfloat16), 12)  # 24 bytes
     assert A._grouped_gemm_ok(torch.zeros(5, 16, dtype=torch.bfloat16), 32)
     assert not A._grouped_gemm_ok(torch.zeros(5, 8, device="meta"), 12)
+    monkeypatch.setattr(A, "GROUPED_GEMM_DEVICES", ())
+    assert not A._grouped_gemm_ok(torch.zeros(5, 8), 12)
 
 
 def test_a_top1_router_learns_from_the_task_loss_with_the_output_unchanged() -> None:

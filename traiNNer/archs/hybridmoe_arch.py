@@ -974,13 +974,22 @@ def _matmul_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+GROUPED_GEMM_DEVICES = ("cpu",)
+"""Device types on which the sparse MoE dispatch runs its experts as grouped GEMMs. CUDA
+(bfloat16, SM ≥ 8.0) can run them too and would drop the dispatch's host synchronisation;
+it joins this list once the grouped kernel is timed against the per-expert loop there
+(``scripts/bench_moe.py``, which times both kernels on any device)."""
+
+
 def _grouped_gemm_ok(x: Tensor, hidden: int) -> bool:
-    """Whether ``F.grouped_mm`` (PyTorch ≥ 2.10) takes the expert matmuls of rows ``x`` (S,C)
-    with ``hidden`` channels: on the CPU in any float dtype; on CUDA in bfloat16 from SM 8.0
-    (float16 needs cuBLASLt grouped GEMM of CUDA ≥ 13.3, which builds before it lack; float32
-    is not offered), with every row 16-byte aligned."""
+    """Whether the experts of rows ``x`` (S,C) with ``hidden`` channels run as grouped GEMMs
+    (``F.grouped_mm``, PyTorch ≥ 2.10): on a device of :data:`GROUPED_GEMM_DEVICES`, with
+    16-byte aligned rows, on the CPU in any float dtype, on CUDA in bfloat16 from SM 8.0
+    (float16 needs cuBLASLt grouped GEMM of CUDA ≥ 13.3; float32 is not offered there)."""
     align = 16 // x.element_size()
-    if not hasattr(F, "grouped_mm") or x.shape[1] % align or hidden % align:
+    if x.device.type not in GROUPED_GEMM_DEVICES or not hasattr(F, "grouped_mm"):
+        return False
+    if x.shape[1] % align or hidden % align:
         return False
     if x.device.type == "cpu":
         return True
