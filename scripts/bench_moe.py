@@ -1,30 +1,26 @@
 """What sparse top-k routing costs and saves: one MoE FFN layer against its dense twin.
 
 For each token map (H×W) times, in one dtype, the layer's routing alone, the layer with the
-sparse dispatch (only the selected experts; its expert kernel as the layer picks it, grouped
-GEMM where available, and again with the per-expert loop), the layer with the dense dispatch
-(every expert, mixed by the sparse gates) and the dense gated FFN of the same active width
+sparse dispatch (only the selected experts), the layer with the dense dispatch (every expert,
+mixed by the sparse gates) and the dense gated FFN of the same active width
 (``GatedFFN(C, top_k · hidden)``: what ``use_moe=False`` builds); prints one row per map and,
 with ``--json``, writes them with the command, device and commit. ``--train`` times forward +
 backward instead (float32 parameters, autocast to ``--dtype`` on the GPU, as in training);
-``--graph`` also replays the sparse inference forward from a CUDA graph (possible only without
-a host synchronisation, i.e. with grouped GEMM); ``--profile`` lists the kernels of one
-sparse forward of the last map::
+``--profile`` lists the kernels of one sparse forward of the last map::
 
     python scripts/bench_moe.py --channels 384 --experts 4 --top-k 1 --sizes 960x540 \\
-        --device cuda --dtype bf16 [--train] [--graph] [--json OUT.json] [--profile]
+        --device cuda --dtype fp16 [--train] [--json OUT.json] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import json
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +30,6 @@ import hybridmoe_arch as arch
 from hybridmoe.bench import git_commit, time_loop
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ALL_DEVICES = ("cpu", "cuda")
 
 
 def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int) -> float:
@@ -55,18 +50,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-@contextlib.contextmanager
-def expert_kernel(devices: tuple[str, ...]) -> Iterator[None]:
-    """The sparse dispatch with grouped GEMM allowed on these device types only: ``()`` is the
-    per-expert loop everywhere, ``("cpu", "cuda")`` grouped GEMM wherever it can run."""
-    saved = arch.GROUPED_GEMM_DEVICES
-    arch.GROUPED_GEMM_DEVICES = devices
-    try:
-        yield
-    finally:
-        arch.GROUPED_GEMM_DEVICES = saved
-
-
 def step(module: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype) -> torch.Tensor:
     """One inference forward, or (``train``) forward + backward under autocast on the GPU."""
     if not train:
@@ -77,25 +60,6 @@ def step(module: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype) ->
     out.float().square().mean().backward()
     arch.MOE_AUX.begin_forward()  # drop the balance terms the forward published
     return out.detach()
-
-
-def graph_ms(layer: nn.Module, x: torch.Tensor, repeat: int) -> float | None:
-    """Median ms of the inference forward replayed from a CUDA graph; None if it cannot be
-    captured (a host synchronisation inside it)."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):
-                layer(x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
-            layer(x)
-    except RuntimeError as exc:
-        print(f"  (no CUDA graph: {str(exc)[:100]})")
-        return None
-    return timed(lambda: (graph.replay(), x)[1], x.device, repeat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=DTYPES, default="fp32")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--train", action="store_true", help="forward + backward (autocast on GPU)")
-    ap.add_argument("--graph", action="store_true", help="also a CUDA-graph replay (inference)")
     ap.add_argument("--json", type=Path, help="write the rows and their context here")
     ap.add_argument(
         "--commit", help="the commit recorded (default: this checkout's HEAD, when it has one)"
@@ -121,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and args.json.exists():
         ap.error(f"{args.json} exists; remove it first or choose another name")
     dev, dtype = torch.device(args.device), DTYPES[args.dtype]
-    if args.graph and (dev.type != "cuda" or args.train):
-        ap.error("--graph replays an inference forward on the GPU: use it with --device cuda")
     hidden = round(args.channels * args.mlp_ratio)
     torch.manual_seed(0)
     routing = arch.MoERouting(args.top_k, dispatch="sparse")
@@ -136,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"MoE FFN C={args.channels} hidden={hidden} E={args.experts} top-{args.top_k}, "
         f"{args.dtype} on {dev}, {mode}; twin: GatedFFN of width {args.top_k * hidden}"
     )
-    heads = ("route", "sparse", "grouped", "looped", "dense", "twin")
-    print(f"{'map':>10s} " + " ".join(f"{h:>8s}" for h in heads) + "  ms (sparse: as picked)")
+    print(f"{'map':>10s} {'route':>8s} {'sparse':>8s} {'dense':>8s} {'twin':>8s}  ms")
     rows = []
     x = torch.empty(0)
     for w, h in args.sizes:
@@ -146,43 +106,26 @@ def main(argv: list[str] | None = None) -> int:
         run = functools.partial(step, x=x, train=args.train, dtype=dtype)
         with torch.inference_mode():
             route = timed(lambda x=x: layer.route_image(x)[2], dev, args.repeat)
-        tokens = layer.route_image(x)[1].shape[0]
-        rows_in = x.new_empty(0, args.channels, dtype=dtype if args.train and x.is_cuda else None)
-        picked = "grouped" if arch._grouped_gemm_ok(rows_in, hidden) else "looped"
+        routing.dispatch = "sparse"
         sparse = timed(lambda run=run: run(layer), dev, args.repeat)
-        with expert_kernel(ALL_DEVICES):
-            runs = arch._grouped_gemm_ok(rows_in, hidden)
-            grouped = timed(lambda run=run: run(layer), dev, args.repeat) if runs else None
-            graph = graph_ms(layer, x, args.repeat) if args.graph and runs else None
-        with expert_kernel(()):
-            looped = timed(lambda run=run: run(layer), dev, args.repeat)
         routing.dispatch = "dense"
         dense = timed(lambda run=run: run(layer), dev, args.repeat)
         routing.dispatch = "sparse"
         dense_twin = timed(lambda run=run: run(twin), dev, args.repeat)
+        tokens = w * h
         rows.append(
             {
                 "tokens": tokens,
                 "map": f"{w}x{h}",
                 "route_ms": route,
                 "sparse_ms": sparse,
-                "sparse_kernel": picked,
-                "sparse_grouped_ms": grouped,
-                "sparse_looped_ms": looped,
-                "sparse_grouped_graph_ms": graph,
                 "dense_dispatch_ms": dense,
                 "dense_twin_ms": dense_twin,
                 "expert_gflop_active": tokens * args.top_k * per_token / 1e9,
                 "expert_gflop_all": tokens * args.experts * per_token / 1e9,
             }
         )
-        cols = (route, sparse, grouped, looped, dense, dense_twin)
-        print(
-            f"{w}x{h:<5d} "
-            + " ".join("       –" if v is None else f"{v:8.2f}" for v in cols)
-            + f"  ({picked})"
-            + ("" if graph is None else f"  grouped from a CUDA graph {graph:.2f}")
-        )
+        print(f"{w}x{h:<5d} {route:8.2f} {sparse:8.2f} {dense:8.2f} {dense_twin:8.2f}")
     if args.profile:
         print(profile_table(layer, x, dev))
     if args.json:

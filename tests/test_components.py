@@ -42,51 +42,6 @@ def test_topk_gates_are_renormalised_and_mix_the_selected_experts() -> None:
         assert torch.allclose(path(x, top_i, gates), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("top_k", [1, 2])
-def test_grouped_and_looped_experts_compute_the_same_layer(
-    top_k: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The sparse dispatch's two expert kernels (grouped GEMM with the slice ends on the device;
-    one matmul chain per expert where grouped GEMM is unavailable) give the same output and the
-    same gradients, also with an expert that receives no token, and equal the dense dispatch."""
-    torch.manual_seed(0)
-    moe = perturbed(A.MoEFFN(8, 12, 4, A.MoERouting(top_k=top_k)), std=0.3)
-    tokens = torch.randn(40, 8)
-    top_i = torch.stack([torch.randperm(3)[:top_k] for _ in range(40)])  # expert 3 idle
-    gates = torch.softmax(torch.randn(40, top_k), -1)
-    results = {}
-    for name in ("grouped", "looped", "dense"):
-        monkeypatch.setattr(A, "GROUPED_GEMM_DEVICES", ("cpu",) if name == "grouped" else ())
-        assert A._grouped_gemm_ok(tokens, 12) == (name == "grouped")
-        moe.zero_grad()
-        x = tokens.clone().requires_grad_()
-        out = (moe._dense if name == "dense" else moe._sparse)(x, top_i, gates)
-        out.square().mean().backward()
-        grads = {n: q.grad.clone() for n, q in moe.named_parameters() if q.grad is not None}
-        results[name] = (out.detach(), x.grad, grads)
-    ref, ref_x, ref_grads = results["grouped"]
-    for name in ("looped", "dense"):
-        out, gx, grads = results[name]
-        assert torch.allclose(out, ref, atol=1e-5), name
-        assert torch.allclose(gx, ref_x, atol=1e-5), name
-        for n in ("w_in", "b_in", "w_out", "b_out"):
-            assert torch.allclose(grads[n], ref_grads[n], atol=1e-5), (name, n)
-    assert ref_grads["w_in"][3].abs().max() == 0 < ref_grads["w_in"][:3].abs().max()
-
-
-def test_grouped_gemm_is_used_only_where_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Grouped GEMM takes CPU rows in any float dtype with 16-byte aligned rows; misaligned
-    widths, devices outside GROUPED_GEMM_DEVICES (CUDA until it is timed there) and, on CUDA,
-    float16 / float32 use the per-expert loop."""
-    assert A._grouped_gemm_ok(torch.zeros(5, 8), 12)
-    assert not A._grouped_gemm_ok(torch.zeros(5, 8), 6)  # 24-byte rows of float32
-    assert not A._grouped_gemm_ok(torch.zeros(5, 8, dtype=torch.bfloat16), 12)  # 24 bytes
-    assert A._grouped_gemm_ok(torch.zeros(5, 16, dtype=torch.bfloat16), 32)
-    assert not A._grouped_gemm_ok(torch.zeros(5, 8, device="meta"), 12)
-    monkeypatch.setattr(A, "GROUPED_GEMM_DEVICES", ())
-    assert not A._grouped_gemm_ok(torch.zeros(5, 8), 12)
-
-
 def test_a_top1_router_learns_from_the_task_loss_with_the_output_unchanged() -> None:
     """At top-1 the renormalized gate is the constant 1: its value stays 1, but the router must
     still receive the task loss's gradient (the Switch gate's), on either dispatch path."""

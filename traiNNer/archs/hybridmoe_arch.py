@@ -967,44 +967,11 @@ class SelectiveScan2D(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _matmul_dtype(x: Tensor) -> torch.dtype:
-    """The dtype matmuls on ``x`` run in: autocast's on its device when enabled, else x's."""
-    if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-GROUPED_GEMM_DEVICES = ("cpu",)
-"""Device types on which the sparse MoE dispatch runs its experts as grouped GEMMs. CUDA
-(bfloat16, SM ≥ 8.0) can run them too and would drop the dispatch's host synchronisation;
-it joins this list once the grouped kernel is timed against the per-expert loop there
-(``scripts/bench_moe.py``, which times both kernels on any device)."""
-
-
-def _grouped_gemm_ok(x: Tensor, hidden: int) -> bool:
-    """Whether the experts of rows ``x`` (S,C) with ``hidden`` channels run as grouped GEMMs
-    (``F.grouped_mm``, PyTorch ≥ 2.10): on a device of :data:`GROUPED_GEMM_DEVICES`, with
-    16-byte aligned rows, on the CPU in any float dtype, on CUDA in bfloat16 from SM 8.0
-    (float16 needs cuBLASLt grouped GEMM of CUDA ≥ 13.3; float32 is not offered there)."""
-    align = 16 // x.element_size()
-    if x.device.type not in GROUPED_GEMM_DEVICES or not hasattr(F, "grouped_mm"):
-        return False
-    if x.shape[1] % align or hidden % align:
-        return False
-    if x.device.type == "cpu":
-        return True
-    return (
-        x.is_cuda
-        and x.dtype == torch.bfloat16
-        and torch.cuda.get_device_capability(x.device) >= (8, 0)
-    )
-
-
 class MoERouting:
     """Routing settings shared by every MoE layer of one network (each is kept in one place):
 
-    ``top_k``: experts per token. ``dispatch``: "sparse" (token slots sorted by expert, only the
-    selected experts computed), "dense" (every expert on every token, mixed by the sparse gates:
+    ``top_k``: experts per token. ``dispatch``: "sparse" (sorted per-expert dispatch, computes
+    only the selected experts), "dense" (every expert on every token, mixed by the sparse gates:
     static shapes, used for ONNX export and torch.compile) or "auto" (dense for small CUDA
     workloads, where one matmul chain per expert costs more than the skipped arithmetic, sparse
     otherwise). All dispatches compute the same function.
@@ -1024,10 +991,9 @@ class MoEFFN(nn.Module):
     Every pixel is a token. A linear router (float32) on the token's local contrast (feature
     minus its 7×7 mean) picks ``top_k`` of ``E`` experts; their outputs are mixed with the
     renormalized router probabilities (:meth:`gate`). Dispatch is vectorized: the token slots
-    are sorted by expert, the experts run as two grouped GEMMs over their contiguous slices
-    (or, where grouped GEMM is not available, one matmul chain per expert: a loop over
-    experts, never over tokens) and the rows go back to their slots (a copy, no atomic adds);
-    see :class:`MoERouting` for the dense static-shape path used for export,
+    are sorted by expert, each expert runs one matmul chain on its contiguous slice (a loop
+    over experts, never over tokens) and writes its rows back to their slots (a copy, no
+    atomic adds); see :class:`MoERouting` for the dense static-shape path used for export,
     compile and small GPU workloads. Deterministic in eval; ``top_k`` may be changed at
     inference through the shared ``routing``. In training forwards with autograd the
     Switch-style balance term ``E · Σ_e f_e P_e`` is published to :data:`MOE_AUX`.
@@ -1087,48 +1053,26 @@ class MoEFFN(nn.Module):
         return self.gate(logits.permute(0, 2, 3, 1).reshape(-1, self.num_experts))
 
     def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
-        dt, k = _matmul_dtype(tokens), self.top_k
-        flat = top_i.reshape(-1)
-        order = torch.argsort(flat, stable=True)  # token slots grouped by expert
-        xs = _cast(tokens, dt).index_select(0, order // k)
-        if _grouped_gemm_ok(xs, self.w_out.shape[1]):
-            ys = self._experts_grouped(xs, flat.index_select(0, order))
-        else:
-            ys = self._experts_looped(xs, torch.bincount(flat, minlength=self.num_experts))
-        slots = _cast(torch.empty_like(ys).index_copy_(0, order, ys), tokens.dtype)
-        if k == 1 and not gates.requires_grad:  # the top-1 gate's value is 1: nothing to mix
-            return slots
-        mixed = slots.view(-1, k, tokens.shape[1]) * _cast(gates, tokens.dtype).unsqueeze(-1)
-        return mixed.sum(1) if k > 1 else mixed.view_as(tokens)
-
-    def _experts_grouped(self, xs: Tensor, experts: Tensor) -> Tensor:
-        """Expert outputs of slots sorted by expert: xs (S,C), experts (S,) ascending -> (S,C).
-
-        Two grouped GEMMs over the per-expert slices; the slice ends stay on the device
-        (no host synchronisation, so a CUDA graph can capture it).
-        """
-        dt, e = xs.dtype, self.num_experts
-        ids = torch.arange(e, device=xs.device, dtype=experts.dtype)
-        ends = torch.searchsorted(experts, ids, right=True).to(torch.int32)
-        h = F.grouped_mm(xs, _cast(self.w_in, dt), offs=ends)
-        g, v = (h + _cast(self.b_in, dt).index_select(0, experts)).chunk(2, -1)
-        y = F.grouped_mm(F.gelu(g) * v, _cast(self.w_out, dt), offs=ends)
-        return y + _cast(self.b_out, dt).index_select(0, experts)
-
-    def _experts_looped(self, xs: Tensor, counts: Tensor) -> Tensor:
-        """:meth:`_experts_grouped` as one matmul chain per expert (the counts go to the host),
-        where grouped GEMM is not available (see :func:`_grouped_gemm_ok`)."""
-        dt = xs.dtype
+        dt, k = tokens.dtype, self.top_k
         w_in, b_in = _cast(self.w_in, dt), _cast(self.b_in, dt)
         w_out, b_out = _cast(self.w_out, dt), _cast(self.b_out, dt)
-        ys, start = [], 0
-        for e, cnt in enumerate(counts.tolist()):
+        flat = top_i.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # token slots grouped by expert
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = tokens.index_select(0, order // k)
+        slots = torch.empty_like(xs)  # expert outputs in (token, k) slot order
+        start = 0
+        for e, cnt in enumerate(counts):
             if cnt:
                 end = start + cnt
                 g, v = torch.addmm(b_in[e], xs[start:end], w_in[e]).chunk(2, -1)
-                ys.append(torch.addmm(b_out[e], F.gelu(g) * v, w_out[e]))
+                y = torch.addmm(b_out[e], F.gelu(g) * v, w_out[e])
+                slots.index_copy_(0, order[start:end], y)
                 start = end
-        return torch.cat(ys) if ys else xs.new_zeros(xs.shape)
+        if k == 1 and not gates.requires_grad:  # the top-1 gate's value is 1: nothing to mix
+            return slots
+        mixed = slots.view(-1, k, tokens.shape[1]) * _cast(gates, dt).unsqueeze(-1)
+        return mixed.sum(1) if k > 1 else mixed.view_as(tokens)
 
     def _dense(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
         dt = tokens.dtype
