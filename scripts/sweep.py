@@ -51,6 +51,10 @@ Commands::
         iterations and wall-clock training minutes of every run (from its log).
     sweep.py router-drift --runs RUN ... [--json OUT]
         how far each MoE router moved from its initialization (rebuilt from the run's seed).
+    sweep.py margin --runs REF RUN ... [--sets ...] [--json OUT]
+        per-image margins of runs over the first (the evaluator's steps), set against how much
+        the first gains over bicubic on each image: mean margin, share of images ahead, their
+        correlation, and the margin per third of the images ranked by that gain.
 
 Configurations are named in :data:`CONFIGS` (ours: ``HybridMoE`` keyword options; peers:
 spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.py``).
@@ -1714,6 +1718,105 @@ def router_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def margin_rows(
+    names: list[str], per_image: dict[str, dict[str, list[float]]]
+) -> list[dict[str, Any]]:
+    """Where a run's margin over the reference (``names[0]``) comes from, per set: per_image
+    holds, per set, the PSNR of every image for ``"bicubic"`` and for every name. For each other
+    run: its mean margin, the fraction of images it is ahead on, the correlation of its margin
+    with the reference's gain over bicubic, and the images split into thirds by that gain (mean
+    gain, mean margin and their ratio in each third)."""
+    ref = names[0]
+    rows = []
+    for set_name, psnr in per_image.items():
+        gain = np.asarray(psnr[ref]) - np.asarray(psnr["bicubic"])
+        thirds = np.array_split(np.argsort(gain, kind="stable"), 3)
+        for name in names[1:]:
+            d = np.asarray(psnr[name]) - np.asarray(psnr[ref])
+            corr = float(np.corrcoef(d, gain)[0, 1]) if len(d) > 2 and d.std() > 0 else None
+            rows.append(
+                {
+                    "set": set_name,
+                    "run": name,
+                    "ref": ref,
+                    "images": len(d),
+                    "margin_db": float(d.mean()),
+                    "ahead": float((d > 0).mean()),
+                    "corr_with_ref_gain": corr,
+                    "thirds": [
+                        {
+                            "ref_gain_db": float(gain[t].mean()),
+                            "margin_db": float(d[t].mean()),
+                            "ratio": float(d[t].mean() / gain[t].mean()),
+                        }
+                        for t in thirds
+                        if len(t)
+                    ],
+                }
+            )
+    return rows
+
+
+def margin(args: argparse.Namespace) -> int:
+    """Per-image margins of runs over a reference run (the first of ``--runs``) on benchmark
+    sets, with the evaluator's steps, set against how much the reference gains over bicubic on
+    each image (``margin_rows``); prints a table and writes per-image PSNRs and rows to
+    ``--json``."""
+    if args.json and Path(args.json).exists():
+        raise SystemExit(f"{args.json} exists; remove it first or choose another name")
+    runs = [Path(r) for r in args.runs]
+    loaded = [load_run(r) for r in runs]
+    scales = {meta["scale"] for meta, _ in loaded}
+    if len(scales) != 1:
+        raise SystemExit(f"--runs mixes scales {sorted(scales)}: compare runs of one scale")
+    (scale,) = scales
+    names = [f"{r.parent.name}/{r.name}" for r in runs]
+    if len(set(names)) != len(names):
+        raise SystemExit("--runs names one run twice")
+    device = torch.device(args.device)
+    torch.backends.cudnn.allow_tf32 = False
+    descs = [ModuleDescriptor(model, scale, device) for _, model in loaded]
+    data = Path(args.data) if args.data else ev.default_data_dir()
+    per_image: dict[str, dict[str, list[float]]] = {}
+    images: dict[str, list[str]] = {}
+    for set_name in args.sets:
+        paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[: args.limit]
+        psnr: dict[str, list[float]] = {"bicubic": [], **{n: [] for n in names}}
+        for path in paths:
+            hr = metrics.mod_crop(ev.read_image(path), scale)
+            lr = ev.make_lr(hr, scale)
+            psnr["bicubic"].append(ev.score_sr(lr, hr, scale, None)["bicubic"]["psnr"])
+            for name, desc in zip(names, descs, strict=True):
+                sr = ev.super_resolve(desc, lr, None)
+                psnr[name].append(ev.score_pair(sr, hr, scale)["psnr"])
+        per_image[set_name], images[set_name] = psnr, [p.stem for p in paths]
+    rows = margin_rows(names, per_image)
+    for row in rows:
+        thirds = "  ".join(
+            f"{t['ref_gain_db']:.2f}:{t['margin_db']:+.3f} ({t['ratio']:.3f})"
+            for t in row["thirds"]
+        )
+        corr = "–" if row["corr_with_ref_gain"] is None else f"{row['corr_with_ref_gain']:.2f}"
+        print(
+            f"{row['set']:<9} {row['run']:<48} {row['margin_db']:+.3f} dB, ahead on "
+            f"{row['ahead']:.0%}, corr {corr}; thirds by the ref's gain: {thirds}"
+        )
+    if args.json:
+        record = {
+            "command": " ".join(sys.argv),
+            "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "device": args.device,
+            "scale": scale,
+            "runs": names,
+            "rows": rows,
+            "images": images,
+            "psnr": per_image,
+        }
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -1832,6 +1935,13 @@ def main(argv: list[str] | None = None) -> int:
     rd = sub.add_parser("router-drift")
     rd.add_argument("--runs", nargs="+", required=True, help="run folders (one run each)")
     rd.add_argument("--json", help="write the rows here (an existing file is refused)")
+    mg = sub.add_parser("margin")
+    mg.add_argument("--runs", nargs="+", required=True, help="run folders; the first is the ref")
+    mg.add_argument("--data", help="benchmark folder (default: the evaluator's)")
+    mg.add_argument("--sets", nargs="+", default=list(SETS))
+    mg.add_argument("--limit", type=int)
+    mg.add_argument("--device", default="cpu")
+    mg.add_argument("--json", help="write per-image PSNRs and rows here (never overwritten)")
     args = p.parse_args(argv)
     cmd: Callable[[argparse.Namespace], int] = {
         "train": train_many,
@@ -1847,6 +1957,7 @@ def main(argv: list[str] | None = None) -> int:
         "curves": curves,
         "times": times,
         "router-drift": router_drift,
+        "margin": margin,
     }[args.cmd]
     return cmd(args)
 

@@ -831,3 +831,59 @@ def test_dial_plot_draws_the_dial_and_the_twin(tmp_path: Path) -> None:
     png = tmp_path / "dial.png"
     assert sweep.main([*argv, "--plot", str(png), "--plot-scale", "4"]) == 0
     assert png.stat().st_size > 1000
+
+
+def test_margin_rows_split_the_margin_by_what_the_reference_recovers() -> None:
+    """A run whose margin is a tenth of the reference's gain over bicubic on every image: the
+    ratio is 0.1 in every third, the correlation 1, the run ahead everywhere; the thirds are
+    ranked by the reference's gain, not by image order."""
+    gain = [6.0, 1.0, 4.0, 2.0, 5.0, 3.0]
+    bicubic = [20.0 + i for i in range(6)]
+    psnr = {
+        "bicubic": bicubic,
+        "ref": [b + g for b, g in zip(bicubic, gain, strict=True)],
+        "run": [b + 1.1 * g for b, g in zip(bicubic, gain, strict=True)],
+    }
+    (row,) = sweep.margin_rows(["ref", "run"], {"B100": psnr})
+    assert (row["set"], row["run"], row["ref"], row["images"]) == ("B100", "run", "ref", 6)
+    assert row["margin_db"] == pytest.approx(0.35) and row["ahead"] == 1.0
+    assert row["corr_with_ref_gain"] == pytest.approx(1.0)
+    assert [t["ref_gain_db"] for t in row["thirds"]] == pytest.approx([1.5, 3.5, 5.5])
+    assert [t["ratio"] for t in row["thirds"]] == pytest.approx([0.1, 0.1, 0.1])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_margin_scores_runs_per_image_against_the_first(tmp_path: Path) -> None:
+    """sweep.py margin: per-image PSNRs of bicubic and every run (the evaluator's steps), one row
+    per other run and set; an existing JSON is refused, runs of two scales are refused."""
+    runs = []
+    for seed, scale in ((0, 2), (1, 2), (2, 4)):
+        run = tmp_path / "g" / f"trunk64x10_lean_x{scale}_seed{seed}"
+        run.mkdir(parents=True)
+        meta = {"config": "trunk64x10_lean", "scale": scale, "seed": seed}
+        (run / "meta.json").write_text(json.dumps(meta))
+        torch.manual_seed(seed)
+        model = sweep.build("trunk64x10_lean", scale)
+        with torch.no_grad():
+            for q in model.parameters():
+                q.add_(torch.randn_like(q) * 0.01)
+        torch.save(model.state_dict(), run / "ema.pt")
+        runs.append(str(run))
+    out = tmp_path / "margin.json"
+    argv = ["margin", "--runs", *runs[:2], "--data", str(TEST_DATA), "--sets", "Set5"]
+    assert sweep.main([*argv, "--limit", "2", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["scale"] == 2 and rec["runs"] == [
+        "g/trunk64x10_lean_x2_seed0",
+        "g/trunk64x10_lean_x2_seed1",
+    ]
+    psnr = rec["psnr"]["Set5"]
+    assert len(rec["images"]["Set5"]) == 2 and all(len(v) == 2 for v in psnr.values())
+    (row,) = rec["rows"]
+    d = [a - b for a, b in zip(psnr[rec["runs"][1]], psnr[rec["runs"][0]], strict=True)]
+    assert row["margin_db"] == pytest.approx(sum(d) / 2)
+    assert psnr["bicubic"] != psnr[rec["runs"][0]] != psnr[rec["runs"][1]]
+    with pytest.raises(SystemExit, match="exists"):
+        sweep.main([*argv, "--json", str(out)])
+    with pytest.raises(SystemExit, match=r"mixes scales \[2, 4\]"):
+        sweep.main(["margin", "--runs", runs[0], runs[2], "--data", str(TEST_DATA)])
