@@ -1765,6 +1765,8 @@ def margin(args: argparse.Namespace) -> int:
     if args.json and Path(args.json).exists():
         raise SystemExit(f"{args.json} exists; remove it first or choose another name")
     runs = [Path(r) for r in args.runs]
+    if len(runs) < 2:
+        raise SystemExit("--runs: give the reference run and at least one run to compare with it")
     loaded = [load_run(r) for r in runs]
     scales = {meta["scale"] for meta, _ in loaded}
     if len(scales) != 1:

@@ -885,5 +885,7 @@ def test_margin_scores_runs_per_image_against_the_first(tmp_path: Path) -> None:
     assert psnr["bicubic"] != psnr[rec["runs"][0]] != psnr[rec["runs"][1]]
     with pytest.raises(SystemExit, match="exists"):
         sweep.main([*argv, "--json", str(out)])
+    with pytest.raises(SystemExit, match="at least one run to compare"):
+        sweep.main(["margin", "--runs", runs[0], "--data", str(TEST_DATA)])
     with pytest.raises(SystemExit, match=r"mixes scales \[2, 4\]"):
         sweep.main(["margin", "--runs", runs[0], runs[2], "--data", str(TEST_DATA)])
