@@ -922,6 +922,15 @@ def _write_new(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def provenance() -> dict[str, str]:
+    """What every record carries about how it was made: the command, commit and date (UTC)."""
+    return {
+        "command": " ".join(sys.argv),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def load_run(run: Path) -> tuple[dict[str, Any], nn.Module]:
     """A run's meta and its network with the EMA weights (``ema.pt``, or the fp16 copies of a
     packed run, ``ema16.pt``), in the training form."""
@@ -1044,11 +1053,9 @@ def bench(args: argparse.Namespace) -> int:
         del models
         torch.cuda.empty_cache()
     record = {
-        "command": " ".join(sys.argv),
+        **provenance(),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(),
-        "commit": git_commit(),
         "rows": rows,
     }
     if args.json:
@@ -1152,9 +1159,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "options": meta.get("options"),
             "training": meta.get("recipe"),
             "evaluator": evaluator,
-            "command": " ".join(sys.argv),
-            "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            **provenance(),
             "eval_device": str(device),
             "params": sum(p.numel() for p in desc.model.parameters()),
         }
@@ -1181,9 +1186,7 @@ def _add_sets(rec: dict[str, Any], rec_path: Path, scores: Scores, device: torch
     rec.setdefault("added", []).append(
         {
             "sets": added,
-            "command": " ".join(sys.argv),
-            "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(),
+            **provenance(),
             "eval_device": str(device),
         }
     )
@@ -1708,12 +1711,7 @@ def router_drift(args: argparse.Namespace) -> int:
                 f"{row['moved']:.4f} cos {row['cos_with_init']:.4f}"
             )
     if args.json:
-        record = {
-            "command": " ".join(sys.argv),
-            "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "rows": rows,
-        }
+        record = {**provenance(), "rows": rows}
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
@@ -1805,9 +1803,7 @@ def margin(args: argparse.Namespace) -> int:
         )
     if args.json:
         record = {
-            "command": " ".join(sys.argv),
-            "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **provenance(),
             "device": args.device,
             "scale": scale,
             "runs": names,
