@@ -1201,16 +1201,31 @@ def _means(scores: Scores) -> tuple[dict[str, float], dict[str, float]]:
     return psnr, ssim
 
 
+def set_images(data: Path, set_name: str, limit: int | None) -> list[Path]:
+    """The HR images of a benchmark set, in name order (the first ``limit``)."""
+    return sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[:limit]
+
+
 def score_sr(
-    descs: list[ModuleDescriptor], data: Path, sets: list[str], scale: int, limit: int | None
+    descs: list[ModuleDescriptor],
+    data: Path,
+    sets: list[str],
+    scale: int,
+    limit: int | None,
+    *,
+    bicubic: Scores | None = None,
 ) -> list[Scores]:
-    """Super-resolution scores of every model on every set (each LR image made once)."""
+    """Super-resolution scores of every model on every set (each LR image made once); with
+    ``bicubic``, the MATLAB-bicubic upscale's scores are added to it as well."""
     scores: list[Scores] = [{} for _ in descs]
     for set_name in sets:
-        paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[:limit]
+        paths = set_images(data, set_name, limit)
         for n, path in enumerate(paths):
             hr = metrics.mod_crop(ev.read_image(path), scale)
             lr = ev.make_lr(hr, scale)
+            if bicubic is not None:
+                row = ev.score_sr(lr, hr, scale, None)["bicubic"]
+                bicubic.setdefault(set_name, []).append(row)
             for i, desc in enumerate(descs):
                 sr = ev.super_resolve(desc, lr, None)
                 scores[i].setdefault(set_name, []).append(ev.score_pair(sr, hr, scale))
@@ -1777,19 +1792,16 @@ def margin(args: argparse.Namespace) -> int:
     torch.backends.cudnn.allow_tf32 = False
     descs = [ModuleDescriptor(model, scale, device) for _, model in loaded]
     data = Path(args.data) if args.data else ev.default_data_dir()
-    per_image: dict[str, dict[str, list[float]]] = {}
-    images: dict[str, list[str]] = {}
-    for set_name in args.sets:
-        paths = sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[: args.limit]
-        psnr: dict[str, list[float]] = {"bicubic": [], **{n: [] for n in names}}
-        for path in paths:
-            hr = metrics.mod_crop(ev.read_image(path), scale)
-            lr = ev.make_lr(hr, scale)
-            psnr["bicubic"].append(ev.score_sr(lr, hr, scale, None)["bicubic"]["psnr"])
-            for name, desc in zip(names, descs, strict=True):
-                sr = ev.super_resolve(desc, lr, None)
-                psnr[name].append(ev.score_pair(sr, hr, scale)["psnr"])
-        per_image[set_name], images[set_name] = psnr, [p.stem for p in paths]
+    bicubic: Scores = {}
+    scores = score_sr(descs, data, args.sets, scale, args.limit, bicubic=bicubic)
+    per_image = {
+        s: {
+            n: [row["psnr"] for row in sc[s]]
+            for n, sc in zip(["bicubic", *names], [bicubic, *scores], strict=True)
+        }
+        for s in args.sets
+    }
+    images = {s: [p.stem for p in set_images(data, s, args.limit)] for s in args.sets}
     rows = margin_rows(names, per_image)
     for row in rows:
         thirds = "  ".join(
