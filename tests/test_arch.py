@@ -513,6 +513,13 @@ def test_set_ssm_kernel_reaches_every_scan() -> None:
         ({"enc_blocks": (1, 1)}, "enc_blocks must list 3 block counts"),
         ({"dec_blocks": (1, 1, 1)}, r"dec_blocks must list 2 block counts \(levels x1, x1/2\)"),
         ({"kernel_size": 8}, "kernel_size must be odd"),
+        ({"use_moe": "false"}, "use_moe must be true or false, got 'false'"),
+        ({"noise": 2}, "noise must be true or false"),
+        ({"scale": 17}, r"scale=17 is outside 1\.\.16, the range a checkpoint records"),
+        ({"window_size": 80}, r"window_size=80 is outside 1\.\.64"),
+        ({"kernel_size": 65}, r"kernel_size=65 is outside 3\.\.63"),
+        ({"num_experts": 300}, r"num_experts=300 is outside 1\.\.256"),
+        ({"hf_blocks": (2, 1, 257)}, r"hf_blocks\[2\]=257 is outside 0\.\.256"),
     ],
 )
 def test_configuration_errors(kwargs: dict[str, object], pattern: str) -> None:
@@ -522,6 +529,22 @@ def test_configuration_errors(kwargs: dict[str, object], pattern: str) -> None:
 
 def test_float_scale_that_is_integral_is_accepted() -> None:
     assert tiny(scale=2.0).scale == 2
+
+
+def test_options_are_recorded_as_checked_and_the_checkpoint_round_trips() -> None:
+    """Choices in any case, integral floats, 0/1 flags and lists (as YAML gives them) are
+    recorded in their checked form, so that saving (the meta) and loading work."""
+    model = tiny(scale=2.0, base="BICUBIC", shift="None", use_moe=1, enc_blocks=[1, 1, 1])
+    hp = model.hyperparameters
+    assert (hp["scale"], hp["base"], hp["shift"], hp["use_moe"]) == (2, "bicubic", "none", True)
+    assert hp["enc_blocks"] == (1, 1, 1)
+    loaded = M.model_from_state_dict(model.state_dict())
+    assert {k: loaded.hyperparameters[k] for k in ("base", "shift", "use_moe", "scale")} == {
+        "base": "bicubic",
+        "shift": "none",
+        "use_moe": True,
+        "scale": 2,
+    }
 
 
 def test_unknown_option_names_are_listed() -> None:

@@ -1,4 +1,5 @@
-"""torch.compile: the eval forward traces into one graph (no graph break) on CPU.
+"""torch.compile: the eval forward (and the training forward of the MoE) traces into one graph
+(no graph break) on CPU.
 
 A graph break splits the compiled model into pieces with Python in between, which costs the
 launch savings that make compiling worth it at batch 1 (docs/DEPLOY.md section 6)."""
@@ -33,4 +34,13 @@ def test_eval_forward_has_no_graph_break(
     x = torch.rand(1, 3, 24, 20)
     with torch.inference_mode():
         graphs, breaks, reasons = explain(model, x)
+    assert (graphs, breaks) == (1, 0), reasons
+
+
+def test_moe_training_forward_has_no_graph_break() -> None:
+    """traiNNer-redux's ``use_compile`` compiles the training forward: the MoE's expert usage
+    statistics must not need a data-dependent shape."""
+    model = A.hybridmoe(scale=2, **TINY, refine_moe=True).train()
+    graphs, breaks, reasons = explain(model, torch.rand(1, 3, 24, 20))
+    A.MOE_AUX.begin_forward()  # drop the terms the traced forward recorded
     assert (graphs, breaks) == (1, 0), reasons

@@ -73,6 +73,23 @@ def test_routing_the_image_centres_the_router_input_on_its_7x7_mean() -> None:
     assert torch.allclose(gates, gates2, atol=1e-6)
 
 
+def test_router_and_sparse_dispatch_under_autocast() -> None:
+    """Under autocast the router still computes in float32 (AMP and float32 forwards pick the
+    same experts), and the sparse dispatch takes float32 tokens (CUDA autocast gives the norm
+    float32) while its matmuls run in bfloat16."""
+    torch.manual_seed(0)
+    moe = perturbed(A.MoEFFN(8, 12, 4, A.MoERouting(top_k=2, dispatch="sparse")), std=0.3)
+    x = torch.randn(2, 8, 32, 32)
+    _, top_i, _ = moe.route_image(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs_amp, top_i_amp, _ = moe.route_image(x)
+        y_amp = moe(x)
+    assert probs_amp.dtype == torch.float32
+    assert torch.equal(top_i, top_i_amp)
+    assert y_amp.dtype == torch.float32 and torch.isfinite(y_amp).all()
+    assert (y_amp - moe(x)).abs().max() < 0.05 * moe(x).abs().max()
+
+
 # --------------------------------------------------------------------------- selective scan
 # (ssd_scan against a sequential reference: tests/test_arch.py)
 
@@ -130,6 +147,24 @@ def test_dysample_moves_the_sampling_point_vertically_and_horizontally() -> None
         up.offset.bias[:4] = 0.6  # x offsets
     shift = up(feats)[inner] - ref[inner]
     assert torch.allclose(shift, torch.full_like(shift, 0.3), atol=1e-3), "horizontal"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dysample_samples_a_wide_image_in_float32(dtype: torch.dtype) -> None:
+    """A half-precision model keeps the sampling grid in float32: in float16 a 1920-px grid is
+    off by up to 0.2 LR pixels, in bfloat16 a 256-px grid already by more."""
+    up = A.DySampleUpsampler(3, 3, 2)
+    with torch.no_grad():
+        up.conv.weight.zero_()
+        for c in range(3):
+            up.conv.weight[c, c, 1, 1] = 1.0  # the prediction is the input: plain bilinear ×2
+        up.conv.bias.zero_()
+        up.offset.weight.zero_()
+    width = 1920 if dtype == torch.float16 else 256
+    x = torch.rand(1, 3, 4, width, generator=torch.Generator().manual_seed(0))
+    ref = up(x)
+    got = up.to(dtype)(x.to(dtype)).float()
+    assert (got - ref).abs().max() < 0.02
 
 
 # --------------------------------------------------------------------------- window attention

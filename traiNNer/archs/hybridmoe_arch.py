@@ -21,7 +21,7 @@ Data flow (``s`` = scale, ``c1 = dim``, ``c2 = 2·dim``, ``c3 = 4·dim``)::
     x: (N, C, H, W) in [0, 1]; SR: (N, C, s·H, s·W).
 
 ``levels=1`` keeps level 1 alone: with ``use_hf=False`` and ``conv_block="rep3"`` the detail
-path is a ×1 trunk of re-param 3×3 blocks (the ``nano``, ``s`` and ``m`` variants).
+path is a ×1 trunk of re-param 3×3 blocks (the ``nano``, ``s``, ``m`` and ``l`` variants).
 
 Training form vs deploy form: re-parameterizable convolutions (:class:`RepConv`) train as several
 parallel branches and :meth:`HybridMoE.fuse` folds them into one convolution each.
@@ -194,6 +194,32 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return ivalue
 
 
+def _check_flag(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise ValueError(
+        f"HybridMoE: {name} must be true or false, got {value!r} (in YAML write it unquoted)"
+    )
+
+
+def _check_range(options: dict[str, Any]) -> None:
+    """Refuse integer options outside what ``hmoe_meta`` records (the checkpoint could be saved
+    but not loaded again)."""
+    for f in META_FIELDS:
+        if f.choices or f.unit != 1 or (f.low, f.high) == (0, 1):
+            continue  # choices, flags and mlp_ratio are checked where they are read
+        values = options[f.name] if f.size > 1 else (options[f.name],)
+        for i, v in enumerate(values):
+            if not f.low <= v <= f.high:
+                where = f"{f.name}[{i}]" if f.size > 1 else f.name
+                raise ValueError(
+                    f"HybridMoE: {where}={v} is outside {f.low}..{f.high}, the range a checkpoint "
+                    f"records; choose a value in it"
+                )
+
+
 def _check_blocks(name: str, value: object, levels: int = 3) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or len(value) != levels:
         where = ("x1", "x1/2", "x1/4")[:levels]
@@ -223,24 +249,25 @@ def _f32(t: Tensor) -> Tensor:
     return _cast(t, torch.float32)
 
 
+def _onnx_export() -> bool:
+    """True while exporting to ONNX: size-dependent branches must then take the general path
+    (a graph traced at a size that needs no padding would fail at sizes that do), and ops the
+    exporter renders badly take a plain-op form with the same math."""
+    return torch.onnx.is_in_onnx_export()
+
+
 def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Replicate-pad (N,C,H,W) on the bottom/right so H and W are multiples of ``multiple``."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw or _tracing():  # traced graphs keep the pad for sizes that need one
+    if ph or pw or _onnx_export():  # traced graphs keep the pad for sizes that need one
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     return x
 
 
-def _tracing() -> bool:
-    """True while exporting to ONNX: size-dependent branches must then take the general path,
-    or a graph traced at a size that needs no padding would fail at sizes that do."""
-    return torch.onnx.is_in_onnx_export()
-
-
 def _export_mode() -> bool:
     """True while tracing for ONNX or compiling with dynamo: use static-shape code paths."""
-    if torch.onnx.is_in_onnx_export():
+    if _onnx_export():
         return True
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and compiler.is_compiling())
@@ -367,7 +394,7 @@ class RMSNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.onnx.is_in_onnx_export():  # ONNX has RMSNormalization only from opset 23
+        if _onnx_export():  # ONNX has RMSNormalization only from opset 23
             xf = _f32(x)
             y = xf * torch.rsqrt(xf.square().mean(1, keepdim=True) + self.eps)
             return _cast(y * _f32(self.weight).view(1, -1, 1, 1), x.dtype)
@@ -422,7 +449,7 @@ class LayerScale(_ChannelParamModule):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         g = _cast(self.gamma, y.dtype)
-        if torch.onnx.is_in_onnx_export():  # addcmul exports with mixed types; same math
+        if _onnx_export():  # addcmul exports with mixed types; same math
             return x + y * g
         return torch.addcmul(x, y, g)
 
@@ -742,7 +769,7 @@ class CrossFrequencyFusion(nn.Module):
 
     def forward(self, lf: Tensor, hf: Tensor) -> tuple[Tensor, Tensor]:
         a, b, c, d = self.conv(torch.cat([lf, hf], dim=1)).chunk(4, dim=1)
-        if torch.onnx.is_in_onnx_export():  # addcmul exports with mixed types; same math
+        if _onnx_export():  # addcmul exports with mixed types; same math
             return lf + torch.sigmoid(a) * b, hf + torch.sigmoid(c) * d
         return torch.addcmul(lf, torch.sigmoid(a), b), torch.addcmul(hf, torch.sigmoid(c), d)
 
@@ -758,7 +785,8 @@ class WindowAttention(nn.Module):
     Uses ``F.scaled_dot_product_attention``. Any H, W: the q/k/v maps are replicate-padded to a
     window multiple; a shifted block offsets the window grid by ``w/2`` through asymmetric
     padding (no roll, so nothing wraps around the image). Position information comes from the
-    depthwise convolutions of the surrounding blocks (the FFN's 3×3).
+    convolutions around it (the dense FFN's depthwise 3×3; the MoE FFN has none, so a
+    bottleneck block takes it from the convolutions before it).
     """
 
     def __init__(self, channels: int, window: int, shift: bool) -> None:
@@ -775,7 +803,7 @@ class WindowAttention(nn.Module):
         ws, s = self.window, self.shift
         qkv = self.qkv(x)
         ph, pw = (-(h + s)) % ws, (-(w + s)) % ws
-        if s or ph or pw or _tracing():
+        if s or ph or pw or _onnx_export():
             qkv = F.pad(qkv, (s, pw, s, ph), mode="replicate")
         hp, wp = qkv.shape[-2:]
         nh, nw = hp // ws, wp // ws
@@ -783,19 +811,20 @@ class WindowAttention(nn.Module):
         t = qkv.reshape(n, 3, self.heads, d, nh, ws, nw, ws)
         t = t.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, n * nh * nw, self.heads, ws * ws, d)
         q, k, v = t.unbind(0)
-        if torch.onnx.is_in_onnx_export():  # plain ops: the exporter's SDPA adds Cast nodes
+        if _onnx_export():  # plain ops: the exporter's SDPA adds Cast nodes
             o = torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1) @ v
         else:
             o = F.scaled_dot_product_attention(q, k, v)
         o = o.reshape(n, nh, nw, self.heads, ws, ws, d).permute(0, 3, 6, 1, 4, 2, 5)
         o = o.reshape(n, c, hp, wp)
-        if s or ph or pw or _tracing():
+        if s or ph or pw or _onnx_export():
             o = o[:, :, s : s + h, s : s + w]
         return self.proj(o)
 
 
 class DepthwiseMixer(nn.Module):
-    """Attention-free token mixer (ablation ``use_attn=False``): depthwise 7×7 + 1×1."""
+    """Attention-free token mixer (ablation ``use_attn=False``): depthwise 7×7 + 1×1.
+    (N,C,H,W) -> (N,C,H,W)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -1036,8 +1065,10 @@ class MoEFFN(nn.Module):
         return probs, top_i, gates
 
     def route(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Router input (T,C) -> :meth:`gate` of its float32 logits."""
-        return self.gate(F.linear(_f32(feats), _f32(self.router)))
+        """Router input (T,C) -> :meth:`gate` of its float32 logits (float32 under autocast
+        too, so that AMP and float32 forwards pick the same experts)."""
+        with torch.autocast(device_type=feats.device.type, enabled=False):
+            return self.gate(F.linear(_f32(feats), _f32(self.router)))
 
     def route_image(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Route every pixel of (N,C,H,W) on its features minus their 7×7 (replicate-padded)
@@ -1048,9 +1079,10 @@ class MoEFFN(nn.Module):
         (edges, texture, flat areas). The router is linear, so the centering is applied to
         the E logit maps rather than the C feature maps (the same function, E/C the work).
         """
-        logits = F.conv2d(_f32(x), _f32(self.router)[:, :, None, None])
-        logits = logits - F.avg_pool2d(F.pad(logits, (3, 3, 3, 3), mode="replicate"), 7, 1)
-        return self.gate(logits.permute(0, 2, 3, 1).reshape(-1, self.num_experts))
+        with torch.autocast(device_type=x.device.type, enabled=False):  # float32, as route()
+            logits = F.conv2d(_f32(x), _f32(self.router)[:, :, None, None])
+            logits = logits - F.avg_pool2d(F.pad(logits, (3, 3, 3, 3), mode="replicate"), 7, 1)
+            return self.gate(logits.permute(0, 2, 3, 1).reshape(-1, self.num_experts))
 
     def _sparse(self, tokens: Tensor, top_i: Tensor, gates: Tensor) -> Tensor:
         dt, k = tokens.dtype, self.top_k
@@ -1067,7 +1099,7 @@ class MoEFFN(nn.Module):
                 end = start + cnt
                 g, v = torch.addmm(b_in[e], xs[start:end], w_in[e]).chunk(2, -1)
                 y = torch.addmm(b_out[e], F.gelu(g) * v, w_out[e])
-                slots.index_copy_(0, order[start:end], y)
+                slots.index_copy_(0, order[start:end], _cast(y, slots.dtype))
                 start = end
         if k == 1 and not gates.requires_grad:  # the top-1 gate's value is 1: nothing to mix
             return slots
@@ -1098,7 +1130,9 @@ class MoEFFN(nn.Module):
         tokens = x.permute(0, 2, 3, 1).reshape(-1, c)
         probs, top_i, gates = self.route_image(x)
         if self.training and torch.is_grad_enabled():
-            counts = torch.bincount(top_i.reshape(-1), minlength=self.num_experts).float()
+            flat = top_i.reshape(-1)  # counted by a scatter, not bincount: a static shape
+            ones = probs.new_ones(flat.shape)  # for torch.compile
+            counts = probs.new_zeros(self.num_experts).index_add_(0, flat, ones)
             frac = counts / counts.sum()
             MOE_AUX.record(self.num_experts * (frac * probs.mean(0)).sum(), frac)
         if self._use_dense(tokens):
@@ -1185,7 +1219,7 @@ class RefineBlock(nn.Module):
 
 
 class TextureHead(_ChannelParamModule):
-    """Re-param large-kernel depthwise conv + pointwise refinement, with optional noise
+    """Re-param depthwise ``k×k`` conv (``HEAD_KERNEL``) + pointwise refinement, with optional noise
     injection (StyleGAN2-style, learned per-channel strength). (N,C,H,W) -> same.
 
     Noise is added in training; in eval only after ``HybridMoE.set_noise_in_eval(True)``.
@@ -1262,8 +1296,12 @@ class DySampleUpsampler(nn.Module):
         xs = (torch.arange(w * s, device=x.device, dtype=torch.float32) + 0.5) / s
         gx = (xs.view(1, 1, -1) + off[:, 0]) * (2.0 / w) - 1.0
         gy = (ys.view(1, -1, 1) + off[:, 1]) * (2.0 / h) - 1.0
-        grid = _cast(torch.stack([gx, gy], dim=-1), img.dtype)
-        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        grid = torch.stack([gx, gy], dim=-1)  # float32: fp16 / bf16 move a 1920-px grid by ~0.2 px
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = F.grid_sample(
+                _f32(img), grid, mode="bilinear", padding_mode="border", align_corners=False
+            )
+        return _cast(out, img.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1296,7 +1334,10 @@ class HybridMoE(nn.Module):
         enc_blocks: LF-path blocks per level (``conv_block`` at ×1, attention below).
         hf_blocks: HF-path blocks per level (``hf_block``).
         mid_blocks: bottleneck attention + MoE blocks (at the deepest level).
-        dec_blocks: decoder blocks at ×1 (``conv_block``) and ×½ (attention).
+        dec_blocks: decoder blocks at ×1 (``conv_block``) and ×½ (attention; with levels=3
+            only: at levels=2 the ×½ level is the deepest and holds the bottleneck).
+            Block counts of levels the network does not build (``levels`` < 3) are not used
+            (they keep the defaults' entries valid for every ``levels``).
         window_size: attention window (tokens per side).
         mlp_ratio: FFN hidden width / channels (per MoE expert).
         kernel_size: large-kernel size of the ``plk`` HF blocks and the optional stem block.
@@ -1313,12 +1354,13 @@ class HybridMoE(nn.Module):
         hf_block: HF-path blocks: "plk" (re-param partial large kernel + gated mix) or "rep3".
         gate_norm: RMS-normalize the input of multiplicative gates (keeps one-pixel patterns
             bounded; False only for checkpoints made before it existed).
-        shift: shifted attention windows: "stage" (odd blocks of each stage), "alternate"
-            (every other attention block of the whole network) or "none".
+        shift: shifted attention windows: "stage" (odd blocks of each stage; none where a
+            stage has one attention block, as in the defaults), "alternate" (every other
+            attention block of the whole network) or "none".
         freq_split: "laplacian" or "fft".
         global_mixer: "fourier", "ssm" or "none" (long-range branch of the deepest level).
         stem_lk: add a re-param large-kernel conv to the stem.
-        texture_head: the re-param large-kernel texture head before the upsampler (False:
+        texture_head: the re-param depthwise texture head before the upsampler (False:
             the features go to the upsampler directly; no noise injection then).
         noise: learned noise injection in the texture head.
         upsampler: "pixelshuffle" or "dysample" (a plain conv at scale 1).
@@ -1388,22 +1430,46 @@ class HybridMoE(nn.Module):
         shift = _check_choice("shift", shift, SHIFT_CHOICES)
         num_experts = _check_int("num_experts", num_experts, 1)
         top_k = _check_int("top_k", top_k, 1)
+        use_moe, refine_moe = _check_flag("use_moe", use_moe), _check_flag("refine_moe", refine_moe)
+        use_hf, use_attn = _check_flag("use_hf", use_hf), _check_flag("use_attn", use_attn)
+        gate_norm, stem_lk = _check_flag("gate_norm", gate_norm), _check_flag("stem_lk", stem_lk)
+        texture_head, noise = _check_flag("texture_head", texture_head), _check_flag("noise", noise)
+        deploy = _check_flag("deploy", deploy)
         if top_k > num_experts:
             raise ValueError(
                 f"HybridMoE: top_k={top_k} exceeds num_experts={num_experts}; "
                 f"choose 1 <= top_k <= num_experts"
             )
+        if noise and not texture_head:
+            raise ValueError(
+                "HybridMoE: noise=True needs texture_head=True (the noise is injected there)"
+            )
+        checked = {
+            "scale": scale, "in_ch": in_ch, "dim": dim, "levels": levels, "enc_blocks": enc,
+            "hf_blocks": hfb, "mid_blocks": mid_blocks, "dec_blocks": dec,
+            "window_size": window_size, "kernel_size": kernel_size, "use_moe": use_moe,
+            "num_experts": num_experts, "top_k": top_k, "refine_moe": refine_moe,
+            "use_hf": use_hf, "use_attn": use_attn, "conv_block": conv_block,
+            "hf_block": hf_block, "gate_norm": gate_norm, "shift": shift,
+            "freq_split": freq_split, "global_mixer": global_mixer, "stem_lk": stem_lk,
+            "texture_head": texture_head, "noise": noise, "upsampler": upsampler, "base": base,
+            "deploy": deploy,
+        }  # fmt: skip
+        _check_range(checked)
 
         self.scale, self.in_ch, self.levels = scale, in_ch, levels
         self.deploy = bool(deploy)
         has_moe = use_moe and (mid_blocks > 0 or refine_moe)
         self.num_experts = num_experts if has_moe else 0
         self.routing = MoERouting(top_k)
+        # recorded as checked ("BICUBIC" -> "bicubic", lists -> tuples): the meta encodes these
+        self.hyperparameters = {**self.hyperparameters, **checked}
         widths = [dim * 2**i for i in range(levels)]
         self.pad_multiple = 2 ** (levels - 1)
         self.global_ops = global_mixer != "none" or (use_hf and freq_split == "fft")
         """Whether any operation mixes the whole image (a non-finite input pixel would then
-        reach every output pixel, so such pixels are zeroed first)."""
+        reach every output pixel, so such pixels are replaced first: NaN and -inf by 0, +inf
+        by 1)."""
 
         self.base: nn.Module | None
         if base == "mks2021":
@@ -1487,10 +1553,6 @@ class HybridMoE(nn.Module):
         self.dec1 = conv_blocks(widths[0], dec[0])
         # reconstruction
         self.refine_moe = RefineBlock(c1, hidden[0] * dense_k, moe_cfg) if refine_moe else None
-        if noise and not texture_head:
-            raise ValueError(
-                "HybridMoE: noise=True needs texture_head=True (the noise is injected there)"
-            )
         self.head = TextureHead(c1, HEAD_KERNEL, noise, deploy) if texture_head else None
         self.up: nn.Module = (
             DySampleUpsampler(c1, in_ch, scale)
