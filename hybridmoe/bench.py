@@ -890,6 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     configs = "\n".join(f"  {spec.name:<15} {spec.config}" for spec in MODELS.values())
     parser = argparse.ArgumentParser(
+        prog="hybridmoe bench",
         description=__doc__,
         epilog=f"models (random weights):\n{configs}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

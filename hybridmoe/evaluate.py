@@ -817,7 +817,7 @@ def write_json(results: dict[str, Any], path: Path, *, overwrite: bool = False) 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="hybridmoe evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", type=Path, help="spandrel-loadable SR checkpoint")
     p.add_argument(
         "--data",

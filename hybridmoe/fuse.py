@@ -143,6 +143,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        prog="hybridmoe fuse",
         description=__doc__.split("\n\n", 1)[0],
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,

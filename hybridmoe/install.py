@@ -511,6 +511,7 @@ def check(checkout: Path, source_root: Path = REPO_ROOT) -> tuple[list[str], boo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
+        prog="hybridmoe install-trainner",
         description="Install HybridMoE-FreqNet into a traiNNer-redux checkout.",
         epilog="See the module docstring (or docs/TRAINING.md) for what goes where.",
     )

@@ -106,7 +106,11 @@ def load_tensor(path: Path, channels: int, device: torch.device) -> torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="hybridmoe moe-usage",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     ap.add_argument("model", help="HybridMoE checkpoint (any form spandrel loads)")
     ap.add_argument("images", nargs="+", type=Path, help="image files or folders")
     ap.add_argument("--device", default="cpu")

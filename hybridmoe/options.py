@@ -1356,7 +1356,9 @@ def diff(out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="hybridmoe make-options", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="options folder to write")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on differences")
     args = ap.parse_args(argv)

@@ -69,7 +69,11 @@ def make_pair(src: Path, out: Path, scale: int, check: Path | None, min_lr: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="hybridmoe make-pairs",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     ap.add_argument("hr_dirs", nargs="+", type=Path, help="folders of HR images")
     ap.add_argument("--out", type=Path, required=True, help="output folder (hr/ and lr/)")
     ap.add_argument("--scale", type=int, required=True, help="integer scale >= 2")

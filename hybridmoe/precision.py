@@ -438,6 +438,7 @@ def _json_safe(obj: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        prog="hybridmoe check-precision",
         description=__doc__.split("\n\n", 1)[0],
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -56,3 +56,13 @@ def test_unknown_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown subcommand 'frobnicate'" in capsys.readouterr().err
     assert cli.main(["--help"]) == 0
     assert "install-trainner" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_subcommand_names_itself_in_its_usage(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main([name, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: hybridmoe {name} ")
