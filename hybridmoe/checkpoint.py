@@ -9,6 +9,7 @@ an ``ImageModelDescriptor`` in eval mode.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,13 @@ def _deserialize(p: Path) -> object:
             return load_file(str(p), device="cpu")
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e):
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
             raise CheckpointError(
                 f"{p}: the file holds Python objects other than tensors and plain containers "
-                f"({_error_detail(e)}); loading them could run code from the file, so it is "
-                f"refused. Save the weights with torch.save(model.state_dict()) or as .safetensors"
+                f"(it refers to {found.group(1)}); loading them could run code from the file, so "
+                f"it is refused. Save the weights with torch.save(model.state_dict()) or as "
+                f".safetensors"
             ) from e
         raise _unreadable(p, e) from e
     except Exception as e:  # zip, pickle, safetensors and storage errors: an unreadable file

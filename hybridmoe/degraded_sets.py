@@ -133,9 +133,13 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 def set_images(folder: Path) -> list[Path]:
     """The images of an HR folder, sorted; file names (stems) must be unique."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTS and p.is_file())
-    stems = [p.stem for p in files]
-    if len(set(stems)) != len(stems):
-        raise DegradedSetError(f"two images of {folder} share a file name; rename one")
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise DegradedSetError(
+                f"{seen[p.stem].name} and {p.name} in {folder} share a file name; rename one"
+            )
+        seen[p.stem] = p
     if not files:
         raise DegradedSetError(f"no images ({', '.join(sorted(EXTS))}) in {folder}")
     return files

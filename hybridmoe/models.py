@@ -33,7 +33,7 @@ def resolve_model(spec: str | Path) -> Path:
     if len(path.parts) == 1 and not path.suffix:
         names = ", ".join(shipped_models()) or "none found"
         raise CheckpointError(
-            f"model file not found: {spec!r} is neither a file nor a shipped model name "
+            f"model file not found: {str(spec)!r} is neither a file nor a shipped model name "
             f"(shipped: {names}; `hybridmoe models` lists them)"
         )
     raise CheckpointError(f"model file not found: {path}")

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,13 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", type=Path, help="checkpoint file (.safetensors, .pth, .pt, .ckpt)")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="checkpoint file (.safetensors, .pth, .pt, .ckpt) or a shipped model's name "
+        "(`hybridmoe models`)",
+    )
     p.add_argument("input", type=Path, help="image file or folder of images")
     p.add_argument(
         "output",
-        type=Path,
-        help="output file (single input; an existing folder receives INPUT's name) "
-        "or folder (folder input; created if missing)",
+        help="output file (single input; an existing folder, or a name ending in '/', "
+        "receives INPUT's name) or folder (folder input; created if missing)",
     )
     p.add_argument(
         "--recursive", action="store_true", help="also process sub-folders of a folder INPUT"
@@ -449,10 +453,13 @@ def _output_suffix(src: Path, src_fmt: str | None, fmt: str | None) -> str:
     return FORMATS[fmt][0]
 
 
-def plan_single(src: Path, output: Path, fmt: str | None) -> Job:
-    """The job for a single input file (see ``--help`` for how the format is chosen)."""
+def plan_single(src: Path, output: Path, fmt: str | None, as_folder: bool = False) -> Job:
+    """The job for a single input file (see ``--help`` for how the format is chosen);
+    ``as_folder``: OUTPUT was written as a folder (a trailing ``/``) and may not exist yet."""
     src_fmt = format_from_suffix(src)
-    if output.is_dir():
+    if output.exists() and not output.is_dir() and as_folder:
+        raise CliError(f"output {output}/ names a folder, but {output} is a file")
+    if output.is_dir() or as_folder:
         return Job(src, output / (src.stem + _output_suffix(src, src_fmt, fmt)), fmt or src_fmt)
     out_fmt = format_from_suffix(output)
     if fmt and out_fmt and fmt != out_fmt:
@@ -460,17 +467,22 @@ def plan_single(src: Path, output: Path, fmt: str | None) -> Job:
     return Job(src, output, fmt or out_fmt or src_fmt)
 
 
-def _folder_images(folder: Path, recursive: bool, output: Path) -> Iterator[Path]:
-    """Image files (known suffix) in ``folder``, sorted, skipping earlier results in ``output``.
-
-    ``output`` is skipped only when it is a sub-folder of ``folder``.
-    """
+def _folder_files(folder: Path, recursive: bool, output: Path) -> tuple[list[Path], list[Path]]:
+    """(image files by suffix, other non-hidden files) in ``folder``, sorted, skipping earlier
+    results in ``output`` (only when it is a sub-folder of ``folder``)."""
     out = output.resolve()
     skip = out if out != folder.resolve() else None
     entries = folder.rglob("*") if recursive else folder.iterdir()
+    images: list[Path] = []
+    others: list[Path] = []
     for path in sorted(entries):
-        if path.is_file() and format_from_suffix(path) and skip not in path.resolve().parents:
-            yield path
+        if not path.is_file() or skip in path.resolve().parents:
+            continue
+        if format_from_suffix(path):
+            images.append(path)
+        elif not path.name.startswith("."):
+            others.append(path)
+    return images, others
 
 
 def plan_folder(src: Path, output: Path, recursive: bool, fmt: str | None) -> list[Job]:
@@ -479,7 +491,12 @@ def plan_folder(src: Path, output: Path, recursive: bool, fmt: str | None) -> li
         raise CliError(f"output {output} is a file, but input {src} is a folder")
     jobs: list[Job] = []
     targets: dict[Path, Path] = {}
-    for path in _folder_images(src, recursive, output):
+    images, others = _folder_files(src, recursive, output)
+    if others:
+        names = ", ".join(str(p.relative_to(src)) for p in others[:3])
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        warn(f"left out {len(others)} files that are not PNG, JPEG or WebP: {names}{more}")
+    for path in images:
         src_fmt = format_from_suffix(path)
         rel = path.relative_to(src)
         dst = output / rel.parent / (rel.stem + _output_suffix(path, src_fmt, fmt))
@@ -495,13 +512,15 @@ def plan_folder(src: Path, output: Path, recursive: bool, fmt: str | None) -> li
     return jobs
 
 
-def plan_jobs(src: Path, output: Path, recursive: bool, fmt: str | None) -> list[Job]:
-    """All jobs for INPUT ``src``; :class:`CliError` if it does not exist."""
+def plan_jobs(src: Path, output: str, recursive: bool, fmt: str | None) -> list[Job]:
+    """All jobs for INPUT ``src`` and OUTPUT as typed; :class:`CliError` if INPUT does not
+    exist."""
     if not src.exists():
         raise CliError(f"input not found: {src}")
     if src.is_dir():
-        return plan_folder(src, output, recursive, fmt)
-    job = plan_single(src, output, fmt)
+        return plan_folder(src, Path(output), recursive, fmt)
+    as_folder = output.endswith(("/", os.sep))
+    job = plan_single(src, Path(output), fmt, as_folder)
     if job.dst.resolve() == src.resolve():
         raise CliError(f"output {job.dst} would overwrite the input")
     return [job]
@@ -774,6 +793,8 @@ def run_jobs(jobs: list[Job], settings: Settings, single: bool) -> int:
     finally:
         settings.guard.remove()
         settings.guard = None
+    if skipped == len(jobs):
+        raise CliError(f"none of the {skipped} images could be read; nothing was written")
     if skipped:
         warn(f"{skipped} of {len(jobs)} images skipped")
     return 0

@@ -214,7 +214,16 @@ def test_pickled_objects_are_refused_unexecuted(zipped: bool, tmp_path: Path) ->
     with pytest.raises(C.CheckpointError, match="Python objects other than tensors") as info:
         C.load_checkpoint(path)
     assert "refused" in str(info.value) and path.name in str(info.value)
+    assert "(it refers to getattr)" in str(info.value)  # Path.touch pickles as getattr
+    assert "weights_only" not in str(info.value)  # not torch's advice to turn the check off
     assert not target.exists()
+
+
+def test_a_whole_pickled_module_is_refused_by_its_class_name(tmp_path: Path) -> None:
+    path = tmp_path / "module.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(C.CheckpointError, match=r"refers to torch\.nn\.modules\.linear\.Linear"):
+        C.load_checkpoint(path)
 
 
 # ------------------------------------------------------------ plain state dicts still load

@@ -35,6 +35,8 @@ def test_model_names_resolve_case_insensitively() -> None:
     assert load_checkpoint("4x_HybridMoE_Nano.safetensors").scale == 4
     with pytest.raises(CheckpointError, match="neither a file nor a shipped model name"):
         resolve_model("3x_HybridMoE_XL")
+    with pytest.raises(CheckpointError, match=r"not found: '3x_HybridMoE_XL' is neither"):
+        resolve_model(Path("3x_HybridMoE_XL"))  # the name as typed, not PosixPath('...')
 
 
 def test_export_without_the_onnx_extra_names_it(

@@ -288,3 +288,12 @@ def test_side_by_side_sheet_has_a_column_per_method(degraded4: Path, tmp_path: P
         side_by_side.main([*argv[:2], "--crop", "rgb:40,0,16", "--out", str(tmp_path / "c.png")])
     with pytest.raises(OutputError):
         side_by_side.main(argv)  # no overwrite
+
+
+def test_two_images_with_one_stem_are_named(tmp_path: Path) -> None:
+    from hybridmoe.degraded_sets import DegradedSetError, set_images
+
+    for name in ("x.png", "x.jpg"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
+    with pytest.raises(DegradedSetError, match=r"x\.jpg and x\.png in .* share a file name"):
+        set_images(tmp_path)

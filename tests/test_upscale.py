@@ -464,6 +464,7 @@ def test_folder_mode(tmp_path: Path, model: Path, capsys) -> None:
     code, err = run_cli(capsys, model, src, tmp_path / "out")
     assert code == 0, err
     assert "broken.png" in err and "skipped" in err
+    assert "left out 1 files that are not PNG, JPEG or WebP: notes.txt" in err
     written = sorted(
         p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
     )
@@ -474,6 +475,23 @@ def test_folder_mode(tmp_path: Path, model: Path, capsys) -> None:
     assert code == 0, err
     assert (tmp_path / "out2" / "sub" / "c.webp").is_file()
     assert Image.open(tmp_path / "out2" / "d.webp").format == "WEBP"
+
+
+def test_a_folder_of_only_unreadable_images_fails(tmp_path: Path, model: Path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"not an image")
+    code, err = run_cli(capsys, model, tmp_path / "in", tmp_path / "out")
+    assert code == 2 and "none of the 1 images could be read; nothing was written" in err
+
+
+def test_an_output_name_ending_in_a_slash_is_a_folder(tmp_path: Path, model: Path, capsys) -> None:
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    code, err = run_cli(capsys, model, src, f"{tmp_path / 'new'}/")
+    assert code == 0, err
+    assert Image.open(tmp_path / "new" / "a.png").size == (8, 8)
+    (tmp_path / "file").write_bytes(b"x")
+    code, err = run_cli(capsys, model, src, f"{tmp_path / 'file'}/")
+    assert code == 2 and "names a folder" in err
 
 
 def test_folder_input_with_file_output(tmp_path: Path, model: Path, capsys) -> None:
