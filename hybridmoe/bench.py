@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hybridmoe_arch as arch
+from hybridmoe import imageio
 from hybridmoe.paths import REPO_ROOT
 
 DTYPES: dict[str, torch.dtype] = {
@@ -971,8 +972,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--json", type=Path, default=Path("benchmark.json"), metavar="PATH",
-        help="where to write all results (default: benchmark.json)",
+        help="where to write all results (default: benchmark.json; an existing file is kept "
+        "unless --overwrite)",
     )  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return parser
 
 
@@ -986,6 +989,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"unknown model name(s): {', '.join(unknown)}; valid names: {valid}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
+    try:  # before the run, not after it
+        imageio.check_output(args.json, overwrite=args.overwrite, what="JSON report")
+    except imageio.OutputError as e:
+        parser.error(str(e))
     args.models = list(dict.fromkeys(args.models))
     if args.ref not in args.models:
         print(f"note: adding the reference model {args.ref!r} to the run")
@@ -1049,7 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {
         "environment": env,
         "config": {
-            **{k: v for k, v in vars(args).items() if k not in ("json", "out_size")},
+            **{k: v for k, v in vars(args).items() if k not in ("json", "out_size", "overwrite")},
             "out_size": list(args.out_size),
             "flops_unit": "GFLOPs per output megapixel (FlopCounterMode, multiply-add = 2)",
             "reference": {"model": args.ref, "variant": reference_variant(args.ref)},
@@ -1064,8 +1071,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": [asdict(r) for r in rows],
         "train_steps": [asdict(t) for t in train_rows],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json_dumps(result))
+    imageio.write_text_atomic(
+        args.json, json_dumps(result), overwrite=args.overwrite, what="JSON report"
+    )
     print(f"wrote {args.json}")
     return result
 

@@ -108,6 +108,21 @@ def test_unknown_model_lists_valid_names(capsys: pytest.CaptureFixture[str]) -> 
         assert name in err
 
 
+def test_an_existing_report_is_kept_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bench.json"
+    path.write_text("{}")
+    with pytest.raises(SystemExit) as exc:  # refused before anything is timed
+        bench.main([*CPU_ARGS, "--models", "compact", "--json", str(path)])
+    assert exc.value.code == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert path.read_text() == "{}"
+    args = [*CPU_ARGS, "--models", "compact", "--ref", "compact", "--no-train-step"]
+    bench.main([*args, "--json", str(path), "--overwrite"])
+    assert rows_of(json.loads(path.read_text()), "compact")
+
+
 class Broken(nn.Module):
     """A network whose forward always fails."""
 
