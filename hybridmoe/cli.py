@@ -111,7 +111,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "bench": (_bench, "time the variants and their peers"),
     "install-trainner": (_install, "install into / remove from a traiNNer-redux checkout"),
     "make-pairs": (_pairs, "make HR/LR training pairs (MATLAB bicubic)"),
-    "make-degraded": (_degraded, "fixed-seed degraded sets (blur, noise, JPEG) for x1 restoration"),
+    "make-degraded": (_degraded, "fixed-seed degraded sets: x1 restoration or x4 real-world"),
     "make-options": (_options, "write the traiNNer-redux option templates"),
     "moe-usage": (_moe_usage, "how often each MoE expert is chosen on images"),
     "check-precision": (_precision, "compare fp32/fp16/bf16 outputs and scores"),
