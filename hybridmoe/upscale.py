@@ -756,6 +756,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
         except ValueError as e:
             raise CliError(f"{args.model}: {e}") from None
     dtype = check_dtype(descriptor, args.dtype)
+    if device.type == "cpu" and dtype == torch.float16:
+        warn("float16 is slow on a CPU (emulated there): --dtype fp32 runs several times faster")
     check_tiling(descriptor, args.tile, args.tile_overlap)
     try:
         descriptor.to(device=device, dtype=dtype)

@@ -644,3 +644,14 @@ def test_noise_flag_switches_on_the_learned_noise_reproducibly(tmp_path: Path, c
     code, err = run_cli(capsys, plain, src, tmp_path / "plain.png", "--noise", 1)
     assert code == 2 and "no learned noise injection" in err and "drop --noise" in err
     assert not (tmp_path / "plain.png").exists()
+
+
+def test_float16_on_the_cpu_is_flagged_as_slow(tmp_path: Path, model: Path, capsys) -> None:
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    code, err = run_cli(
+        capsys, model, src, tmp_path / "o.png", "--dtype", "fp16", "--device", "cpu"
+    )
+    assert code == 0, err
+    assert "float16 is slow on a CPU" in err
+    code, err = run_cli(capsys, model, src, tmp_path / "o32.png", "--device", "cpu")
+    assert code == 0 and "slow" not in err
