@@ -1,10 +1,17 @@
-"""Generate the traiNNer-redux option files (YAML) of HybridMoE-FreqNet into ``options/``.
+"""Generate the traiNNer-redux option files (YAML) of HybridMoE-FreqNet into ``./options``.
 
 Usage::
 
-    hybridmoe make-options            # (re)write every file under options/
-    hybridmoe make-options --out DIR  # write into DIR instead
-    hybridmoe make-options --check    # exit 1 if options/ differs from the output
+    hybridmoe make-options              # write the files under options/ of the current folder
+    hybridmoe make-options --out DIR    # write under DIR instead
+    hybridmoe make-options --overwrite  # also replace files that differ (edited by hand)
+    hybridmoe make-options --check      # exit 1 if ./options differs from the output
+
+Run from the checkout's root, it (re)generates the committed ``options/``. A file already equal
+to the output is left alone; a file that differs (edited by hand, or from another version of
+the tables) is replaced only with ``--overwrite``: without it nothing is written and the command
+fails naming those files. Each file is written atomically (a temporary file beside it replaces
+it once complete).
 
 Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
 
@@ -33,14 +40,15 @@ betas (0.9, 0.99), batch 16, lq_size 64 (×1/×2) and 48 (×3/×4), bf16 AMP, ch
 loss 0.01 for MoE networks) — from same-budget runs at ×2 and ×4, and the frequency loss 0.05
 with the balance loss 0.01 in a fine-tuning check of the ×2 ``s`` model. Not measured: the
 500k-iteration length of a full run, and every fine-tuning (GAN) value. The generated files
-say which of their values are measured. Edit the tables, then re-run this script.
+say which of their values are measured. Edit the tables, then re-run this script from the
+checkout's root with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
-import filecmp
 import functools
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,9 +56,9 @@ from string import Template
 from typing import Any
 
 from hybridmoe.degrade import REALWORLD4, RESIZE_MODES, RESTORE, Degradation, kernel_size
-from hybridmoe.paths import REPO_ROOT
 
-DEFAULT_OUT = REPO_ROOT / "options"
+DEFAULT_OUT = Path("options")
+"""Where make-options writes by default: ``options/`` of the current folder."""
 
 # ---------------------------------------------------------------------------------------------
 # Settings tables (``measured``: the values come from the GPU runs; see the module docstring)
@@ -1324,34 +1332,98 @@ def generate() -> dict[str, str]:
     return files
 
 
-def write(out: Path) -> list[Path]:
-    """Write every file under ``out``; returns the written paths."""
+class OptionsError(Exception):
+    """The option files cannot or must not be written; the message says why and what to do."""
+
+
+def _state(path: Path, text: str) -> str:
+    """``"missing"``, ``"same"`` or ``"differs"``: ``path`` against the generated ``text``."""
+    if not path.exists() and not path.is_symlink():
+        return "missing"
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return "same"
+    return "differs"
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse a folder that cannot be created or written to, before anything is written."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionsError(f"cannot write under {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionsError(
+            f"cannot write under {folder}: {existing} is not writable; choose another --out or "
+            f"fix its permissions"
+        )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` through a temporary file beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write(out: Path, *, overwrite: bool = False) -> list[Path]:
+    """Write every generated file that is missing under ``out`` or differs from the output;
+    returns the written paths (files already equal to the output are left alone).
+
+    A file whose content differs (an edited or older copy) is replaced only with ``overwrite``:
+    otherwise :class:`OptionsError` lists them and nothing is written. Each file is written
+    atomically (a temporary file beside it replaces it once complete).
+    """
+    if out.exists() and not out.is_dir():
+        raise OptionsError(f"--out {out} is a file, not a folder; choose another --out")
+    files = generate()
+    states = {rel: _state(out / rel, text) for rel, text in files.items()}
+    for rel in states:
+        if (out / rel).is_dir():
+            raise OptionsError(f"{out / rel} is a folder; remove it or choose another --out")
+    differ = [rel for rel, st in states.items() if st == "differs"]
+    if differ and not overwrite:
+        shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        raise OptionsError(
+            f"{len(differ)} file(s) under {out} differ from what make-options writes (edited, "
+            f"or from another version): {shown}; pass --overwrite to replace them, or choose "
+            f"another --out (--check lists them)"
+        )
+    todo = [rel for rel, st in states.items() if st != "same"]
+    for folder in sorted({(out / rel).parent for rel in todo}):
+        _check_folder(folder)
     written = []
-    for rel, text in generate().items():
+    for rel in todo:
         path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8", newline="\n")
+        try:
+            _write_atomic(path, files[rel])
+        except OSError as e:
+            raise OptionsError(f"cannot write {path}: {e}") from e
         written.append(path)
     return written
 
 
 def diff(out: Path) -> list[str]:
     """Paths (relative to ``out``) that are missing, differ, or are not generated."""
+    files = generate()
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*.yml")} if out.is_dir() else set()
     problems: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp)
-        write(fresh)
-        expected = {p.relative_to(fresh).as_posix() for p in fresh.rglob("*.yml")}
-        present = (
-            {p.relative_to(out).as_posix() for p in out.rglob("*.yml")} if out.is_dir() else set()
-        )
-        for rel in sorted(expected | present):
-            if rel not in present:
-                problems.append(f"missing: {rel}")
-            elif rel not in expected:
-                problems.append(f"not generated: {rel}")
-            elif not filecmp.cmp(fresh / rel, out / rel, shallow=False):
-                problems.append(f"differs: {rel}")
+    for rel in sorted(set(files) | present):
+        if rel not in present:
+            problems.append(f"missing: {rel}")
+        elif rel not in files:
+            problems.append(f"not generated: {rel}")
+        elif _state(out / rel, files[rel]) != "same":
+            problems.append(f"differs: {rel}")
     return problems
 
 
@@ -1359,17 +1431,38 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="hybridmoe make-options", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="options folder to write")
-    ap.add_argument("--check", action="store_true", help="only compare; exit 1 on differences")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="options folder (default: ./options of the current folder)",
+    )
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only compare; exit 1 on differences")
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace files whose content differs (edited)"
+    )
     args = ap.parse_args(argv)
     if args.check:
+        if not args.out.is_dir():
+            print(
+                f"error: no options folder at {args.out}; run from the folder that holds "
+                f"options/ (the checkout) or pass --out",
+                file=sys.stderr,
+            )
+            return 2
         problems = diff(args.out)
         for p in problems:
             print(p)
         print("options are up to date" if not problems else f"{len(problems)} file(s) out of date")
         return 1 if problems else 0
-    written = write(args.out)
-    print(f"wrote {len(written)} files under {args.out}")
+    try:
+        written = write(args.out, overwrite=args.overwrite)
+    except OptionsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    unchanged = len(generate()) - len(written)
+    print(f"wrote {len(written)} file(s) under {args.out} ({unchanged} unchanged)")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Make paired HR/LR training or validation data with MATLAB-compatible bicubic downscaling.
 
-Every image of the HR folders (PNG, JPEG, WebP, BMP) is mod-cropped to a multiple of the scale
-and written as ``OUT/hr/<name>.png``; its bicubic-downscaled version (antialiased, a = -0.5,
-as MATLAB's ``imresize``) goes to ``OUT/lr/<name>.png`` — the layout traiNNer-redux's
+Every image of the HR folders (PNG, JPEG, WebP, BMP, TIFF) is mod-cropped to a multiple of the
+scale and written as ``OUT/hr/<name>.png``; its bicubic-downscaled version (antialiased,
+a = -0.5, as MATLAB's ``imresize``) goes to ``OUT/lr/<name>.png`` — the layout traiNNer-redux's
 ``pairedimagedataset`` reads::
 
     hybridmoe make-pairs ../shared/data/train/T91 ../shared/data/train/BSDS200 \\
@@ -16,23 +16,48 @@ convention) or ``DIR/<name>.png`` and fails on any difference.
 By default an image whose LR side would be shorter than the ``lq_size`` of the option templates
 at that scale is skipped, with a warning: traiNNer-redux's training crop cannot be taken from it
 (its data loader worker dies on ``empty range for randrange()``). ``--min-lr-size 1`` keeps every
-image (validation sets, which are not cropped).
+image (validation sets, which are not cropped). When no image is large enough, nothing is
+written and the command fails.
+
+Every input is checked before any work: a file of an image suffix that is not a readable image
+is an error naming it. The pairs are made in a temporary folder inside ``OUT`` that replaces
+``OUT/hr`` and ``OUT/lr`` only once every pair is written (and matches ``--check-against``); on
+any failure it is removed and ``OUT`` is left as it was. An ``OUT`` that already holds pairs is
+refused unless ``--overwrite`` is given, which replaces its ``hr/`` and ``lr/`` as a whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.options import MEASURED_LQ
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+SUBDIRS = ("hr", "lr")
+
+# make_pair's result kinds
+OK, SKIP, UNREADABLE, MISMATCH, WRITE_FAILED = "", "skip", "unreadable", "mismatch", "write"
+
+
+class PairsError(Exception):
+    """Bad input or output, or pairs that cannot be made; the message names the problem and
+    the fix (one line per problem). ``status``: the exit status (2: bad input)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def template_lq_size(scale: int) -> int:
@@ -40,32 +65,241 @@ def template_lq_size(scale: int) -> int:
     return MEASURED_LQ.get(scale, max(MEASURED_LQ.values()))
 
 
-def make_pair(src: Path, out: Path, scale: int, check: Path | None, min_lr: int = 1) -> str:
-    """Write the HR/LR pair of one image; return "skip", an error message, or ''."""
-    with Image.open(src) as im:
-        rgb = np.asarray(im.convert("RGB"))
+def _reason(error: BaseException) -> str:
+    """Why an image could not be read, in a few words."""
+    if isinstance(error, UnidentifiedImageError):
+        return "unrecognised content"
+    if isinstance(error, Image.DecompressionBombError):
+        return "larger than Pillow's decompression-bomb limit"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = " ".join(str(error).split())
+    return f"corrupt or truncated: {text or type(error).__name__}"
+
+
+def unreadable(path: Path, error: BaseException) -> str:
+    """The error message for an input image that cannot be read."""
+    return (
+        f"{path} is not a readable image ({_reason(error)}); remove it or move it out of the folder"
+    )
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header; :class:`PairsError` if it is not an image."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:  # Pillow raises many kinds of exception on bad files
+        raise PairsError(unreadable(path, e)) from e
+
+
+def make_pair(
+    src: Path, out: Path, scale: int, check: Path | None, min_lr: int = 1
+) -> tuple[str, str]:
+    """Write the HR/LR pair of one image into ``out/hr`` and ``out/lr``.
+
+    Returns ``(kind, message)``: kind ``OK`` (written), ``SKIP`` (too small for ``min_lr``),
+    ``UNREADABLE``, ``WRITE_FAILED`` or ``MISMATCH`` (differs from ``--check-against``).
+    """
+    try:
+        with Image.open(src) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:  # Pillow raises many kinds of exception on bad files
+        return UNREADABLE, unreadable(src, e)
     hr = mod_crop(rgb, scale)
     if min(hr.shape[:2]) < scale * max(1, min_lr):
-        return "skip"
+        return SKIP, ""
     lr = imresize_matlab_uint8(hr, 1.0 / scale)
-    Image.fromarray(hr).save(out / "hr" / f"{src.stem}.png")
-    Image.fromarray(lr).save(out / "lr" / f"{src.stem}.png")
+    try:
+        Image.fromarray(hr).save(out / "hr" / f"{src.stem}.png")
+        Image.fromarray(lr).save(out / "lr" / f"{src.stem}.png")
+    except OSError as e:
+        return WRITE_FAILED, f"cannot write the pair of {src}: {e}"
     if check is not None:
-        ref_path = next(
-            (
-                p
-                for p in (check / f"{src.stem}x{scale}.png", check / f"{src.stem}.png")
-                if p.is_file()
-            ),
-            None,
-        )
-        if ref_path is None:
-            return f"{src.stem}: no reference LR in {check}"
+        problem = compare_lr(src, lr, scale, check)
+        if problem:
+            return MISMATCH, problem
+    return OK, ""
+
+
+def compare_lr(src: Path, lr: np.ndarray, scale: int, check: Path) -> str:
+    """'' if ``lr`` equals the reference LR of ``src`` in ``check``, else what is wrong."""
+    ref_path = next(
+        (p for p in (check / f"{src.stem}x{scale}.png", check / f"{src.stem}.png") if p.is_file()),
+        None,
+    )
+    if ref_path is None:
+        return f"{src.stem}: no reference LR in {check}"
+    try:
         with Image.open(ref_path) as im:
             ref = np.asarray(im.convert("RGB"))
-        if ref.shape != lr.shape or not np.array_equal(ref, lr):
-            return f"{src.stem}: LR differs from {ref_path}"
+    except Exception as e:  # Pillow raises many kinds of exception on bad files
+        return f"{src.stem}: reference LR {ref_path} unreadable ({_reason(e)})"
+    if ref.shape != lr.shape or not np.array_equal(ref, lr):
+        return f"{src.stem}: LR differs from {ref_path}"
     return ""
+
+
+def input_files(hr_dirs: list[Path]) -> list[Path]:
+    """The image files of the HR folders (by suffix), each folder sorted by name."""
+    files: list[Path] = []
+    for d in hr_dirs:
+        if d.is_file():
+            raise PairsError(
+                f"{d} is a file, not a folder of images; pass the folder that holds the HR images"
+            )
+        if not d.is_dir():
+            raise PairsError(f"HR folder not found: {d}")
+        files += sorted(p for p in d.iterdir() if p.suffix.lower() in EXTS and p.is_file())
+    if not files:
+        raise PairsError(
+            "no images found in "
+            + ", ".join(map(str, hr_dirs))
+            + f" (suffixes: {', '.join(sorted(EXTS))})"
+        )
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})[0]
+        raise PairsError(
+            f"two input images share the file name {dup!r}; their pairs would overwrite each "
+            f"other. Rename one"
+        )
+    return files
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    p, f = path.resolve(), folder.resolve()
+    return p == f or f in p.parents
+
+
+def check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot or must not be written, before any work."""
+    for src in inputs:
+        for sub in SUBDIRS:
+            if _inside(src, out / sub):
+                raise PairsError(
+                    f"the input folder {src} would be replaced by the pairs written to "
+                    f"{out / sub}; choose another --out"
+                )
+    if out.exists() and not out.is_dir():
+        raise PairsError(f"--out {out} is a file, not a folder; choose another --out")
+    ancestor = out.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PairsError(f"cannot create --out {out}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PairsError(
+            f"cannot write --out {out}: the folder {ancestor} is not writable; choose another "
+            f"--out or fix its permissions"
+        )
+    for sub in SUBDIRS:
+        p = out / sub
+        if (p.exists() or p.is_symlink()) and not p.is_dir():
+            raise PairsError(
+                f"{p} is a file, not a folder of pairs; remove it or choose another --out"
+            )
+        if p.is_dir() and any(p.iterdir()) and not overwrite:
+            raise PairsError(
+                f"{out} already holds pairs ({out / 'hr'}, {out / 'lr'}); pass --overwrite to "
+                f"replace them, or choose another --out"
+            )
+
+
+def too_small(sizes: dict[Path, tuple[int, int]], scale: int, min_lr: int, flag: bool) -> str:
+    """The error message when every image is too small for ``scale`` and ``min_lr``."""
+    shortest = max(min(s) for s in sizes.values())
+    need = scale * min_lr
+    why = f"--min-lr-size {min_lr}" + ("" if flag else f", the default at x{scale}")
+    if min_lr > 1 and shortest >= scale:
+        fix = "pass --min-lr-size 1 to keep small images (validation sets), use a smaller "
+        fix += "--scale, or larger images"
+    else:
+        fix = "use a smaller --scale or larger images"
+    return (
+        f"no pair could be made: at x{scale} an LR side of at least {min_lr} px ({why}) needs "
+        f"HR sides of at least {need} px, and the largest shorter side among the "
+        f"{len(sizes)} image(s) is {shortest} px; {fix}"
+    )
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Move ``staging/hr`` and ``staging/lr`` to ``out``; the old ones (if any) go into
+    ``staging`` (removed with it). On a failure the old ones are put back."""
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for sub in SUBDIRS:
+            if (out / sub).is_dir():
+                os.rename(out / sub, staging / f"old-{sub}")
+                moved.append((out / sub, staging / f"old-{sub}"))
+        for sub in SUBDIRS:
+            os.rename(staging / sub, out / sub)
+            moved.append((staging / sub, out / sub))
+    except OSError as e:
+        for src, dst in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(dst, src)
+        raise PairsError(f"cannot move the new pairs into {out}: {e}", status=1) from e
+
+
+def write_pairs(
+    files: list[Path], out: Path, *, scale: int, check: Path | None, min_lr: int, workers: int
+) -> tuple[int, int]:
+    """Make the pairs of ``files`` in a temporary folder inside ``out`` and move them into
+    place; returns ``(written, skipped)``. Raises :class:`PairsError` (nothing changed in
+    ``out``; folders this call created are removed) on an unreadable input, a write failure or
+    a ``--check-against`` difference; the message holds one line per problem."""
+    created = _missing_folders(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".make-pairs.", suffix=".partial", dir=out))
+    except OSError as e:
+        raise PairsError(f"cannot create --out {out}: {e}") from e
+    done = False
+    try:
+        for sub in SUBDIRS:
+            (staging / sub).mkdir()
+        n = len(files)
+        try:
+            with ProcessPoolExecutor(max_workers=workers or None) as pool:
+                results = list(
+                    pool.map(
+                        make_pair, files, [staging] * n, [scale] * n, [check] * n, [min_lr] * n
+                    )
+                )
+        except BrokenProcessPool as e:
+            raise PairsError(
+                f"a worker process died while making the pairs ({e}); the machine may be out of "
+                f"memory: try fewer --workers",
+                status=1,
+            ) from e
+        problems = [msg for kind, msg in results if kind not in (OK, SKIP)]
+        if problems:  # bad input: 2; a write failure or a check difference: 1
+            bad_input = any(kind == UNREADABLE for kind, _ in results)
+            problems.append(f"no pairs written to {out}")
+            raise PairsError("\n".join(problems), status=2 if bad_input else 1)
+        _commit(staging, out)
+        done = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+    kinds = [kind for kind, _ in results]
+    return kinds.count(OK), kinds.count(SKIP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,38 +320,46 @@ def main(argv: list[str] | None = None) -> int:
         "this scale, 64 at x2, 48 at x4; 1 keeps every image)",
     )
     ap.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the hr/ and lr/ of an --out that already holds pairs",
+    )
     args = ap.parse_args(argv)
     if args.scale < 2:
         ap.error(f"--scale must be an integer >= 2, got {args.scale}")
+    if args.min_lr_size is not None and args.min_lr_size < 1:
+        ap.error(f"--min-lr-size must be >= 1 (1 keeps every image), got {args.min_lr_size}")
+    if args.workers < 0:
+        ap.error(f"--workers must be >= 0 (0: all cores), got {args.workers}")
     min_lr = template_lq_size(args.scale) if args.min_lr_size is None else args.min_lr_size
-    files: list[Path] = []
-    for d in args.hr_dirs:
-        if not d.is_dir():
-            ap.error(f"HR folder not found: {d}")
-        files += sorted(p for p in d.iterdir() if p.suffix.lower() in EXTS)
-    if not files:
-        ap.error("no images found in " + ", ".join(map(str, args.hr_dirs)))
-    stems = [p.stem for p in files]
-    if len(set(stems)) != len(stems):
-        ap.error("two input images share a file name; the pairs would overwrite each other")
-    (args.out / "hr").mkdir(parents=True, exist_ok=True)
-    (args.out / "lr").mkdir(parents=True, exist_ok=True)
-    n = len(files)
-    with ProcessPoolExecutor(max_workers=args.workers or None) as pool:
-        results = pool.map(
-            make_pair,
-            files,
-            [args.out] * n,
-            [args.scale] * n,
-            [args.check_against] * n,
-            [min_lr] * n,
+    check = args.check_against
+    try:
+        files = input_files(args.hr_dirs)
+        if check is not None and not check.is_dir():
+            raise PairsError(f"--check-against {check} is not a folder of LR images")
+        check_output(args.out, [*args.hr_dirs, *([check] if check else [])], args.overwrite)
+        sizes: dict[Path, tuple[int, int]] = {}
+        bad: list[str] = []
+        for f in files:
+            try:
+                sizes[f] = image_size(f)
+            except PairsError as e:
+                bad.append(str(e))
+        if bad:
+            raise PairsError("\n".join(bad))
+        # mod-cropping keeps a side >= scale * min_lr (a multiple of scale) at that length
+        keep = [f for f in files if min(sizes[f]) >= args.scale * min_lr]
+        if not keep:
+            raise PairsError(too_small(sizes, args.scale, min_lr, args.min_lr_size is not None))
+        written, skipped = write_pairs(
+            keep, args.out, scale=args.scale, check=check, min_lr=min_lr, workers=args.workers
         )
-        results = list(results)
-    errors = [e for e in results if e and e != "skip"]
-    skipped = results.count("skip")
-    for e in errors:
-        print("error:", e, file=sys.stderr)
-    written = len(files) - len(errors) - skipped
+    except PairsError as e:
+        for line in str(e).splitlines():
+            print("error:", line, file=sys.stderr)
+        return e.status
+    skipped += len(files) - len(keep)
     print(f"{written} pairs written to {args.out} (x{args.scale})")
     if skipped:
         print(
@@ -125,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(the training crop lq_size); pass --min-lr-size 1 to keep them (validation sets)",
             file=sys.stderr,
         )
-    return 1 if errors else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -585,6 +585,67 @@ def test_make_options_check_reports_a_stale_restore_template(tmp_path: Path) -> 
     assert options.main(["--check", "--out", str(tmp_path)]) == 1
 
 
+def test_make_options_writes_under_the_current_folder_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not under the package (or the checkout) wherever it is run from."""
+    monkeypatch.chdir(tmp_path)
+    assert options.main([]) == 0
+    assert "wrote 67 file(s) under options (0 unchanged)" in capsys.readouterr().out
+    assert options.diff(tmp_path / "options") == []
+    assert options.main(["--check"]) == 0
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    capsys.readouterr()
+    assert options.main(["--check"]) == 2
+    assert capsys.readouterr().err.startswith("error: no options folder at options;")
+
+
+def test_make_options_keeps_edited_files_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "myopts"
+    assert options.main(["--out", str(out)]) == 0
+    edited = out / "onnx" / "HybridMoE" / "1x_HybridMoE_Nano.yml"
+    edited.write_text(edited.read_text(encoding="utf-8") + "# my edit\n", encoding="utf-8")
+    removed = out / "test" / "HybridMoE" / "2x_HybridMoE_S.yml"
+    removed.unlink()
+    capsys.readouterr()
+    # refused: the edit is kept and nothing else is written either
+    assert options.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 file(s) under") and err.count("\n") == 1
+    assert "onnx/HybridMoE/1x_HybridMoE_Nano.yml" in err and "--overwrite" in err
+    assert edited.read_text(encoding="utf-8").endswith("# my edit\n")
+    assert not removed.exists()
+    # files equal to the output are left alone: only the two others are written
+    stamp = out / "test" / "HybridMoE" / "4x_HybridMoE_L.yml"
+    os.utime(stamp, (0, 0))
+    assert options.main(["--out", str(out), "--overwrite"]) == 0
+    assert "wrote 2 file(s)" in capsys.readouterr().out
+    assert options.diff(out) == []
+    assert stamp.stat().st_mtime == 0
+    assert sorted(p.name for p in out.rglob("*") if not p.name.endswith(".yml")) == [
+        "HybridMoE",
+        "HybridMoE",
+        "HybridMoE",
+        "onnx",
+        "test",
+        "train",
+    ]  # no temporary file left
+
+
+def test_make_options_refuses_a_file_as_its_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "opts"
+    out.write_text("not a folder")
+    assert options.main(["--out", str(out)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "not a folder"
+
+
 def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> None:
     """docs/compare_configs is the record of the GPU comparison runs: it cannot drift."""
     assert compare_training.main([*COMPARE_ARGS, "--out", str(tmp_path)]) == 0

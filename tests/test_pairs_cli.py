@@ -1,0 +1,195 @@
+"""hybridmoe make-pairs on bad input and existing output: one-line errors, nothing half-written,
+nothing replaced without --overwrite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TEST_DATA
+
+from hybridmoe import pairs
+
+T91 = TEST_DATA / "T91_sample"
+NAMES = ("t1", "t2", "t13")  # HR sides >= 146 px: every one gives a x2 pair at the defaults
+
+
+def photos(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in NAMES:
+        shutil.copy(T91 / f"{name}.png", folder / f"{name}.png")
+    return folder
+
+
+def run(src: Path, out: Path, *extra: str, scale: int = 2) -> int:
+    return pairs.main(
+        [str(src), "--out", str(out), "--scale", str(scale), "--workers", "1", *extra]
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def error_lines(err: str) -> list[str]:
+    lines = err.strip().splitlines()
+    assert lines, "no error message"
+    assert all(line.startswith("error: ") for line in lines), err
+    assert "Traceback" not in err
+    return lines
+
+
+def test_a_file_that_is_not_an_image_is_named_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = photos(tmp_path / "my_photos")
+    (src / "notimg.png").write_text("hello")
+    out = tmp_path / "datasets" / "train_x2"
+    assert run(src, out) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert str(src / "notimg.png") in line
+    assert "not a readable image" in line and "remove it" in line
+    assert not (tmp_path / "datasets").exists()
+
+
+def test_a_truncated_image_leaves_existing_pairs_as_they_were(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The header reads but the pixels do not: found while the pairs are made, in a temporary
+    folder that is removed; the pairs already there (--overwrite) are kept unchanged."""
+    src = photos(tmp_path / "my_photos")
+    out = tmp_path / "out"
+    assert run(src, out) == 0
+    before = snapshot(out)
+    assert len(before) == 2 * len(NAMES)
+    (src / "zz.png").write_bytes((T91 / "t44.png").read_bytes()[:3000])
+    capsys.readouterr()
+    assert run(src, out, "--overwrite") == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert str(src / "zz.png") in lines[0] and "not a readable image" in lines[0]
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["hr", "lr"]  # no temporary folder left
+
+
+def test_no_pair_possible_is_an_error_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = photos(tmp_path / "my_photos")
+    out = tmp_path / "dd"
+    assert run(src, out, scale=16) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "no pair could be made" in line
+    assert "1024 px" in line and "--min-lr-size 1" in line  # what the scale needs; the fix
+    assert not out.exists()
+    # the same with --min-lr-size 1 on images smaller than the scale itself
+    assert run(src, out, "--min-lr-size", "1", scale=400) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "no pair could be made" in line and "smaller --scale" in line
+    assert not out.exists()
+
+
+def test_existing_pairs_are_replaced_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = photos(tmp_path / "my_photos")
+    out = tmp_path / "out"
+    assert run(src, out) == 0
+    stale = out / "hr" / "old.png"
+    stale.write_bytes(b"a pair of an earlier run")
+    before = snapshot(out)
+    capsys.readouterr()
+    assert run(src, out) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "already holds pairs" in line and "--overwrite" in line
+    assert snapshot(out) == before
+    assert run(src, out, "--overwrite") == 0
+    assert f"{len(NAMES)} pairs written" in capsys.readouterr().out
+    # hr/ and lr/ are replaced as a whole: no pair of the earlier run stays mixed in
+    assert sorted(snapshot(out)) == sorted(f"{d}/{n}.png" for d in ("hr", "lr") for n in NAMES)
+
+
+def test_empty_pair_folders_are_not_existing_pairs(tmp_path: Path) -> None:
+    src = photos(tmp_path / "my_photos")
+    out = tmp_path / "out"
+    (out / "hr").mkdir(parents=True)
+    (out / "lr").mkdir()
+    assert run(src, out) == 0
+    assert len(list((out / "lr").glob("*.png"))) == len(NAMES)
+
+
+def test_an_input_inside_the_output_is_refused_even_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = photos(tmp_path / "my_photos")
+    out = tmp_path / "out"
+    assert run(src, out) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert run(out / "hr", out, "--overwrite") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert str(out / "hr") in line and "choose another --out" in line
+    assert snapshot(out) == before
+
+
+def test_a_file_given_as_the_hr_folder_is_named_as_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = photos(tmp_path / "my_photos")
+    assert run(src / "t1.png", tmp_path / "datasets" / "t") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "is a file, not a folder of images" in line and str(src / "t1.png") in line
+    assert not (tmp_path / "datasets").exists()
+    assert run(tmp_path / "nowhere", tmp_path / "datasets" / "t") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "not found" in line
+
+
+def test_pairs_that_differ_from_check_against_are_not_kept(
+    tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "val"
+    ref = tmp_path / "ref"  # the x4 LR images under the names of x2 references: every one differs
+    ref.mkdir()
+    for p in (set5_dir / "LR_bicubic" / "X4").glob("*x4.png"):
+        shutil.copy(p, ref / p.name.replace("x4.png", "x2.png"))
+    rc = run(set5_dir / "HR", out, "--min-lr-size", "1", "--check-against", str(ref))
+    assert rc == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 6 and "LR differs from" in lines[0] and "no pairs written" in lines[-1]
+    assert not out.exists()
+    assert run(set5_dir / "HR", out, "--check-against", str(tmp_path / "none")) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "--check-against" in line and "not a folder" in line
+
+
+def test_the_command_reports_a_bad_image_without_a_traceback(tmp_path: Path) -> None:
+    src = photos(tmp_path / "my_photos")
+    (src / "notimg.png").write_text("hello")
+    out = tmp_path / "datasets" / "train_x2"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybridmoe",
+            "make-pairs",
+            str(src),
+            "--out",
+            str(out),
+            "--scale",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "notimg.png" in proc.stderr
+    assert not out.exists()
