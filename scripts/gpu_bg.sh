@@ -42,7 +42,7 @@ case $cmd in
     scale=$1 out=$2 src=$3
     [[ -d $src ]] || { echo "pairs-bg: $src is not a folder" >&2; exit 2; }
     rm -rf "$out.src" "$out.done" && cp -r "$src" "$out.src" || exit 2
-    setsid nohup bash -c "python3 -m hybridmoe make-pairs '$out.src' --out '$out' --scale $scale \
+    setsid nohup bash -c "python3 -m hybridmoe make-pairs '$out.src' --out '$out' --scale $scale --overwrite \
       --workers 4 >'$out.log' 2>&1 && touch '$out.done'" </dev/null >/dev/null 2>&1 &
     echo "pairs-bg: $(ls "$out.src" | wc -l) images of $src -> $out (log $out.log)" ;;
   wait-pairs)

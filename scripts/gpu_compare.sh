@@ -25,9 +25,9 @@ export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses${PYTHONPATH:+:$
 
 D=/tmp/cmpdata/x$SCALE
 LQ=$("$PY" -c "import sys; sys.path.insert(0, 'scripts'); import compare_training as c; print(c.LQ_SIZE[$SCALE])")
-"$PY" -m hybridmoe make-pairs .ref/hr/T91 .ref/hr/BSDS200 --out "$D/train" --scale "$SCALE" \
+"$PY" -m hybridmoe make-pairs .ref/hr/T91 .ref/hr/BSDS200 --out "$D/train" --scale "$SCALE" --overwrite \
   --min-lr-size "$LQ" || exit 2
-"$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out "$D/val" --scale "$SCALE" --min-lr-size 1 || exit 2
+"$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out "$D/val" --scale "$SCALE" --min-lr-size 1 --overwrite || exit 2
 "$PY" scripts/compare_training.py configs --models "${MODELS[@]}" --scales "$SCALE" \
   --iters "$ITERS" --out /tmp/cmpcfg > /dev/null || exit 2
 P=/tmp/cmpplugin; mkdir -p $P/traiNNer/archs $P/traiNNer/losses

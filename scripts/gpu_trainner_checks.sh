@@ -25,9 +25,9 @@ export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses${PYTHONPATH:+:$
 
 step "data: T91 training pairs, Set5 + Set14 validation (x2, MATLAB bicubic)"
 D=/tmp/tc-data
-"$PY" -m hybridmoe make-pairs .ref/hr/T91 --out $D/train --scale 2 --min-lr-size 64 >/dev/null; check $? pairs
-"$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out $D/set5 --scale 2 --min-lr-size 1 >/dev/null
-"$PY" -m hybridmoe make-pairs .ref/hr/Set14 --out $D/set14 --scale 2 --min-lr-size 1 >/dev/null
+"$PY" -m hybridmoe make-pairs .ref/hr/T91 --out $D/train --scale 2 --min-lr-size 64 --overwrite >/dev/null; check $? pairs
+"$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out $D/set5 --scale 2 --min-lr-size 1 --overwrite >/dev/null
+"$PY" -m hybridmoe make-pairs .ref/hr/Set14 --out $D/set14 --scale 2 --min-lr-size 1 --overwrite >/dev/null
 
 step "traiNNer-redux work copy + hybridmoe install-trainner install"
 TR=/tmp/tc-trainner; rm -rf $TR; cp -r .ref/trainner-src $TR
