@@ -989,6 +989,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"unknown model name(s): {', '.join(unknown)}; valid names: {valid}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
+    if args.device == "cpu" and "--out-size" not in argv:
+        print(
+            "note: on a CPU, 1920x1080 frames of every model take many minutes; "
+            "--out-size 256x256 --dtypes fp32 --models NAME ... is quick"
+        )
     try:  # before the run, not after it
         imageio.check_output(args.json, overwrite=args.overwrite, what="JSON report")
     except imageio.OutputError as e:

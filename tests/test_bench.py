@@ -178,3 +178,12 @@ def test_records_name_the_commit_from_the_environment_over_git(
     assert bench.git_commit() == sweep.git_commit() == "0123abc"
     monkeypatch.setenv(bench.COMMIT_ENV, "")
     assert bench.git_commit() == head
+
+
+def test_a_cpu_run_at_the_default_size_says_how_to_be_quick(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench.parse_args(["--device", "cpu", "--models", "compact", "--json", str(tmp_path / "a")])
+    assert "--out-size 256x256 --dtypes fp32" in capsys.readouterr().out
+    bench.parse_args([*CPU_ARGS, "--models", "compact", "--json", str(tmp_path / "b")])
+    assert "many minutes" not in capsys.readouterr().out
