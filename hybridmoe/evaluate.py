@@ -8,16 +8,19 @@ Usage::
     hybridmoe evaluate --bicubic-only --scale 4 [--sets ...]
     hybridmoe evaluate --degraded DIR MODEL [--sets ...] [...]
 
-MODEL is any checkpoint spandrel can load (HybridMoE included). For every HR image of every set
+MODEL is any checkpoint spandrel can load (HybridMoE included) or the name of a shipped model
+(``2x_HybridMoE_S``; ``hybridmoe models`` lists them). For every HR image of every set
 the protocol of the super-resolution literature is followed: mod-crop the HR image to a multiple
 of the scale, make the LR image with MATLAB-compatible bicubic downscaling, super-resolve it,
 round to 8 bits, and measure PSNR and SSIM on the BT.601 Y channel with ``scale`` border pixels
 cropped (see ``srmetrics``). A "bicubic" row (MATLAB bicubic upscaling of the LR image) is
 reported beside the model as a baseline.
 
-Data layout: ``<data>/benchmark/<Set>/HR/*.png`` (or ``<data>/<Set>/HR/*.png``). Where a set ships
-its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``, as Set5 does), the generated LR
-images are checked against them bit for bit.
+Data layout: ``<data>/<Set>/HR/*.png`` (or ``<data>/benchmark/<Set>/HR/*.png``); ``<data>`` is
+``--data DIR``, by default ``$HYBRIDMOE_DATA`` when set, else ``./datasets``. The benchmark sets
+are not shipped with the package. Only the HR images are needed: the LR images are made from
+them. Where a set has its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``), the
+generated LR images are checked against them bit for bit.
 
 ``--degraded DIR`` evaluates the model instead on the fixed-seed degraded sets that
 ``hybridmoe make-degraded`` wrote under DIR (``DIR/<Set>/{HR,LQ}``, every set there by default);
@@ -52,6 +55,7 @@ import argparse
 import io
 import json
 import math
+import os
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -66,7 +70,6 @@ from tqdm import tqdm
 from hybridmoe import imageio, metrics
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
 from hybridmoe.models import enable_noise, resolve_model
-from hybridmoe.paths import REPO_ROOT
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -115,10 +118,47 @@ def lpips_scorer(weights: Path, device: str = "cpu") -> Perceptual:
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
+DATA_ENV = "HYBRIDMOE_DATA"
+"""Environment variable naming the default ``--data`` folder."""
+DEFAULT_DATA = Path("datasets")
+"""The default ``--data`` folder when :data:`DATA_ENV` is not set (relative: the current
+directory's ``datasets``)."""
+DATA_HELP = (
+    f"folder holding the benchmark sets as <Set>/HR/*.png or benchmark/<Set>/HR/*.png "
+    f"(default: ${DATA_ENV}, else ./{DEFAULT_DATA}; the sets are not shipped)"
+)
+
+
+DATA_EPILOG = (
+    f"The benchmark sets (Set5, Set14, B100, Urban100) are not shipped: put their HR images in "
+    f"DIR/<Set>/HR/*.png (or DIR/benchmark/<Set>/HR/*.png) and pass --data DIR or set "
+    f"{DATA_ENV}=DIR; --sets picks the sets to use."
+)
+
+
 def default_data_dir() -> Path:
-    """``../shared/data`` beside the repository if present, else the bundled ``tests/data``."""
-    shared = REPO_ROOT.parent / "shared" / "data"
-    return shared if shared.is_dir() else REPO_ROOT / "tests" / "data"
+    """The default ``--data`` folder: ``$HYBRIDMOE_DATA`` when set, else ``./datasets``."""
+    env = os.environ.get(DATA_ENV, "")
+    return Path(env) if env else DEFAULT_DATA
+
+
+def _set_candidates(data_dir: Path, name: str) -> list[Path]:
+    return [data_dir / "benchmark" / name, data_dir / name]
+
+
+def _has_hr_images(set_dir: Path) -> bool:
+    hr = set_dir / "HR"
+    return hr.is_dir() and any(hr.glob("*.png"))
+
+
+def available_sets(data_dir: Path) -> list[str]:
+    """Names of the sets under ``data_dir`` (``<data>/benchmark/<Set>`` or ``<data>/<Set>``
+    holding ``HR/*.png``), sorted; empty when ``data_dir`` is not a folder."""
+    found: set[str] = set()
+    for parent in (data_dir / "benchmark", data_dir):
+        if parent.is_dir():
+            found.update(d.name for d in parent.iterdir() if _has_hr_images(d))
+    return sorted(found)
 
 
 def find_set(data_dir: Path, name: str) -> Path:
@@ -126,14 +166,42 @@ def find_set(data_dir: Path, name: str) -> Path:
 
     Looks for ``<data>/benchmark/<name>/HR`` then ``<data>/<name>/HR``.
     """
-    candidates = [data_dir / "benchmark" / name, data_dir / name]
-    for cand in candidates:
-        if (cand / "HR").is_dir() and any((cand / "HR").glob("*.png")):
-            return cand
-    looked = ", ".join(str(c / "HR") for c in candidates)
-    raise EvaluationError(
-        f"set {name!r} not found: looked for PNG images in {looked}. "
-        f"Pass the folder holding benchmark/<Set>/HR with --data DIR, or choose sets with --sets."
+    return find_sets(data_dir, [name])[name]
+
+
+def find_sets(data_dir: Path, names: Sequence[str]) -> dict[str, Path]:
+    """The folders of the sets ``names`` under ``data_dir`` (as :func:`find_set`). Raises
+    :class:`EvaluationError` naming every missing set, the folders looked in, the sets that are
+    there and how to point at the benchmark sets."""
+    found: dict[str, Path] = {}
+    missing = []
+    for name in names:
+        cand = next((c for c in _set_candidates(data_dir, name) if _has_hr_images(c)), None)
+        if cand is None:
+            missing.append(name)
+        else:
+            found[name] = cand
+    if missing:
+        raise EvaluationError(_missing_sets_message(data_dir, missing))
+    return found
+
+
+def _missing_sets_message(data_dir: Path, missing: Sequence[str]) -> str:
+    quoted = ", ".join(repr(n) for n in missing)
+    head = f"set {quoted} not found" if len(missing) == 1 else f"sets {quoted} not found"
+    have = available_sets(data_dir)
+    if not data_dir.is_dir():
+        where = f"there is no folder {data_dir}"
+    else:
+        name = missing[0] if len(missing) == 1 else "<Set>"
+        looked = " or ".join(str(c / "HR") for c in _set_candidates(data_dir, name))
+        there = f"sets there: {', '.join(have)}" if have else "no set there"
+        where = f"no PNG images in {looked} ({there})"
+    return (
+        f"{head}: {where}. The benchmark sets ({', '.join(DEFAULT_SETS)}) are not shipped with "
+        f"hybridmoe: pass the folder holding them as <Set>/HR/*.png with --data DIR (default: "
+        f"${DATA_ENV}, else ./{DEFAULT_DATA}), or choose the sets you have with --sets "
+        + (" ".join(have) if have else "NAME ...")
     )
 
 
@@ -168,6 +236,10 @@ def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
             colour, alpha, white = _decode(im, data)
     except EvaluationError as e:
         raise EvaluationError(f"cannot read image {path}: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise EvaluationError(
+            f"cannot read image {path}: not an image file Pillow can read"
+        ) from None
     except (OSError, ValueError, SyntaxError, zlib.error, Image.DecompressionBombError) as e:
         raise EvaluationError(f"cannot read image {path}: {e}") from e
     if alpha is not None and not allow_transparency:
@@ -514,7 +586,7 @@ def evaluate(
         raise EvaluationError(f"limit must be >= 1, got {limit}")
     if tile is not None and tile < 1:
         raise EvaluationError(f"tile must be >= 1, got {tile}")
-    set_dirs = {name: find_set(data_dir, name) for name in sets}
+    set_dirs = find_sets(data_dir, sets)
     descriptor, info = None, None
     if model is not None:
         descriptor = load_descriptor(model, device, dtype)
@@ -817,14 +889,17 @@ def write_json(results: dict[str, Any], path: Path, *, overwrite: bool = False) 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface."""
-    p = argparse.ArgumentParser(prog="hybridmoe evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", type=Path, help="spandrel-loadable SR checkpoint")
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="folder holding benchmark/<Set>/HR (default: ../shared/data, else tests/data)",
+    p = argparse.ArgumentParser(
+        prog="hybridmoe evaluate", description=__doc__.split("\n\n")[0], epilog=DATA_EPILOG
     )
+    p.add_argument(
+        "model",
+        nargs="?",
+        type=Path,
+        help="SR checkpoint file spandrel loads (HybridMoE or another architecture), or a "
+        "shipped model name such as 2x_HybridMoE_S (hybridmoe models lists them)",
+    )
+    p.add_argument("--data", type=Path, default=None, metavar="DIR", help=DATA_HELP)
     p.add_argument(
         "--sets",
         nargs="+",
@@ -832,8 +907,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="sets to evaluate (default: Set5 Set14 B100 Urban100; with --degraded, every set "
         "in DIR)",
     )
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="run the model on the CPU or a CUDA GPU (default: cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="fp32",
+        help="precision of the model's weights and input (default: fp32)",
+    )
     p.add_argument("--tile", type=int, default=None, help="LR tile size (default: whole image)")
     p.add_argument("--json", type=Path, default=None, help="write all numbers to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")

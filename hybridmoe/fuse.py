@@ -1,10 +1,11 @@
 """Fuse a HybridMoE checkpoint into its deploy form (re-parameterized convolutions).
 
-    hybridmoe fuse CHECKPOINT OUTPUT [--overwrite] [--time] [--device cpu|cuda]
+    hybridmoe fuse CHECKPOINT OUTPUT [--overwrite] [--image FILE] [--time] [--device cpu|cuda]
         [--size H W]
 
-CHECKPOINT is any file spandrel loads (``.safetensors``, ``.pth`` with or without the
-traiNNer-redux ``params`` / ``params_ema`` wrappers, ``.ckpt``); OUTPUT's extension picks the
+CHECKPOINT is any HybridMoE file spandrel loads (``.safetensors``, ``.pth`` with or without the
+traiNNer-redux ``params`` / ``params_ema`` wrappers, ``.ckpt``) or the name of a shipped model
+(``2x_HybridMoE_S``; ``hybridmoe models`` lists them); OUTPUT's extension picks the
 format: ``.safetensors`` (flat, with the hyperparameters as JSON in the ``metadata`` header
 field, as traiNNer-redux writes it) or ``.pth`` (``{"metadata": ..., "params": ...}``).
 
@@ -12,11 +13,11 @@ OUTPUT must not be CHECKPOINT itself (same path, or the same file through a link
 training form would be lost. An existing OUTPUT is replaced only with ``--overwrite``. A
 checkpoint whose weights hold NaN or Inf is refused.
 
-Before writing, the fused network is checked against the original on a random image and on a
-real one (a Set5 image downscaled by the model's scale): every output must be finite and the
-maximum absolute difference must stay within ``--tol`` (1e-4, fp32). The checkpoint is written
-to a temporary file beside OUTPUT, loaded back and compared once more, and only then renamed
-to OUTPUT; on any failure OUTPUT is left as it was.
+Before writing, the fused network is checked against the original on a random image and, with
+``--image FILE``, on a real one too (FILE downscaled by the model's scale, centre 96x96): every
+output must be finite and the maximum absolute difference must stay within ``--tol`` (1e-4,
+fp32). The checkpoint is written to a temporary file beside OUTPUT, loaded back and compared
+once more, and only then renamed to OUTPUT; on any failure OUTPUT is left as it was.
 Exit status: 0 on success, 1 when the fused outputs differ, 2 for a usage or loading error.
 """
 
@@ -41,9 +42,7 @@ import hybridmoe_arch as arch
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
-from hybridmoe.paths import REPO_ROOT
 
-DEFAULT_IMAGE = REPO_ROOT / "tests" / "data" / "Set5" / "HR" / "butterfly.png"
 OUTPUT_EXTS = (".safetensors", ".pth")
 
 
@@ -77,16 +76,21 @@ def load_hybridmoe(path: str | Path, device: str = "cpu") -> Any:
 
 def real_image(
     path: Path, scale: int, channels: int, max_side: int = 96, device: str = "cpu"
-) -> torch.Tensor | None:
+) -> torch.Tensor:
     """The image at ``path`` downscaled by ``scale`` (bicubic) and centre-cropped to at most
-    ``max_side`` pixels per side: (1, channels, h, w) float32 in [0, 1]; None if missing."""
+    ``max_side`` pixels per side: (1, channels, h, w) float32 in [0, 1]."""
     if not path.is_file():
-        return None
+        raise FuseError(f"--image {path}: no such file; pass an existing image (PNG, JPEG, ...)")
     try:
         pixels = ev.read_image(path, allow_transparency=True)  # uint8 grey or RGB
     except ev.EvaluationError as e:
         raise FuseError(f"{e} (the --image for the verification)") from e
     img = Image.fromarray(pixels).convert("L" if channels == 1 else "RGB")
+    if img.width < scale or img.height < scale:
+        raise FuseError(
+            f"--image {path}: {img.width}x{img.height} pixels is too small to downscale by "
+            f"{scale}; pass a larger image"
+        )
     if scale > 1:
         img = img.resize((img.width // scale, img.height // scale), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -148,13 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path, help="HybridMoE checkpoint (any spandrel form)")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="HybridMoE checkpoint file (any spandrel form) or a shipped model name "
+        "(hybridmoe models lists them)",
+    )
     p.add_argument("output", type=Path, help="fused checkpoint to write (.safetensors or .pth)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     p.add_argument("--device", default="cpu", help="device for verification/timing (cpu, cuda)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed (fp32)")
     p.add_argument(
-        "--image", type=Path, default=DEFAULT_IMAGE, help="real image for the verification"
+        "--image",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also verify on this real image, downscaled by the model's scale (default: a "
+        "random image only)",
     )
     p.add_argument("--time", action="store_true", help="measure latency before/after fusing")
     p.add_argument(
@@ -193,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise FuseError("--device cuda requested but CUDA is not available")
+    if args.image is not None and not args.image.is_file():  # before loading the model
+        raise FuseError(
+            f"--image {args.image}: no such file; pass an existing image (PNG, JPEG, ...)"
+        )
     desc = load_hybridmoe(args.checkpoint, args.device)
     original = desc.model
     # NaN/Inf weights never get here: the loader refuses them, naming the tensor
@@ -206,11 +224,11 @@ def run(args: argparse.Namespace) -> int:
     checks: list[tuple[str, torch.Tensor]] = [
         (f"random 1x{ch}x37x29", torch.rand(1, ch, 37, 29, generator=g).to(args.device))
     ]
-    img = real_image(args.image, scale, ch, device=args.device)
-    if img is not None:
+    if args.image is not None:
+        img = real_image(args.image, scale, ch, device=args.device)
         checks.append((f"{args.image.name} /{scale} {tuple(img.shape[-2:])}", img))
     else:
-        print(f"note: {args.image} not found; verifying on the random image only")
+        print("note: verifying on a random image; --image FILE also verifies on a real one")
 
     print(f"model: {desc.architecture.name} x{scale}, tags {', '.join(desc.tags)}")
     print(f"parameters: {n_before:,} -> {n_after:,} ({n_after - n_before:+,})")

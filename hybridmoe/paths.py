@@ -10,7 +10,6 @@ REPO_ROOT = PACKAGE_DIR.parent
 otherwise the folder the package is installed in, where the paths below do not exist."""
 ARCH_FILE = REPO_ROOT / "traiNNer" / "archs" / "hybridmoe_arch.py"
 IN_CHECKOUT = ARCH_FILE.is_file()
-TEST_DATA = REPO_ROOT / "tests" / "data"
 
 
 def pretrained_dir() -> Path:

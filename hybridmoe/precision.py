@@ -9,14 +9,17 @@ Usage::
         --device cuda --json precision.json
     hybridmoe check-precision 1x_model.safetensors --degraded datasets/restore_eval
 
-Each MODEL_OR_VARIANT is a checkpoint spandrel loads (HybridMoE or any other architecture) or a
-HybridMoE variant name (``hybridmoe_nano``, ``hybridmoe_s``, ``hybridmoe_m``, ``hybridmoe_l``):
-random weights at ``--scale``, every parameter moved off its initialization by N(0, 0.01²)
+Each MODEL_OR_VARIANT is a checkpoint spandrel loads (HybridMoE or any other architecture), the
+name of a shipped model (``2x_HybridMoE_S``; ``hybridmoe models`` lists them) or a HybridMoE
+variant name (``hybridmoe_nano``, ``hybridmoe_s``, ``hybridmoe_m``, ``hybridmoe_l``): random
+weights at ``--scale``, every parameter moved off its initialization by N(0, 0.01²)
 (``--perturb``) so that the detail path, near zero at initialization, contributes.
 
 Every image of the sets is prepared as ``hybridmoe evaluate`` does (HR from
-``<data>/benchmark/<Set>/HR`` or ``<data>/<Set>/HR``, mod-cropped, LR by MATLAB-exact bicubic
-downscaling, checked against a set's shipped LR files) and super-resolved in each precision:
+``<data>/<Set>/HR`` or ``<data>/benchmark/<Set>/HR``, mod-cropped, LR by MATLAB-exact bicubic
+downscaling, checked against a set's canonical LR files where it has them) and super-resolved in
+each precision. ``<data>`` is ``--data DIR``, by default ``$HYBRIDMOE_DATA`` when set, else
+``./datasets``; the benchmark sets are not shipped with the package. The precisions:
 
 * ``fp32``: the reference;
 * ``fp16-autocast`` / ``bf16-autocast``: fp32 weights under ``torch.autocast``;
@@ -62,6 +65,7 @@ import torch
 import hybridmoe_arch as arch
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio, metrics, models
+from hybridmoe.meta import CheckpointError
 from hybridmoe.spandrel_arch import register_spandrel
 
 PRECISIONS = ("fp32", "fp16-autocast", "fp16-cast", "bf16-autocast", "bf16-cast")
@@ -85,6 +89,23 @@ def variant_names() -> list[str]:
     return sorted(arch.FACTORIES)
 
 
+def model_path(spec: str) -> Path:
+    """The checkpoint file ``spec`` names: a path or a shipped model's name
+    (:func:`hybridmoe.models.resolve_model`); :class:`PrecisionError` naming the shipped models
+    and the variants when it is neither."""
+    try:
+        return models.resolve_model(spec)
+    except CheckpointError as e:
+        path = Path(spec)
+        if len(path.parts) == 1 and not path.suffix:  # a bare name: not a file, not shipped
+            shipped = ", ".join(models.shipped_models()) or "none found"
+            raise PrecisionError(
+                f"{spec!r} is neither a file, a shipped model ({shipped}; hybridmoe models "
+                f"lists them) nor a variant ({', '.join(variant_names())})"
+            ) from None
+        raise PrecisionError(str(e)) from None
+
+
 def load_model(
     spec: str,
     scale: int,
@@ -96,7 +117,8 @@ def load_model(
 ) -> tuple[Any, dict[str, Any]]:
     """A spandrel ``ImageModelDescriptor`` (fp32, eval, on ``device``) and a description.
 
-    ``spec`` is a checkpoint path, or a variant name (random weights at ``scale``, every
+    ``spec`` is a checkpoint path or a shipped model's name, or a variant name (random weights
+    at ``scale``, every
     parameter perturbed by N(0, ``perturb``²) with a fixed ``seed``). ``restoration``: the
     checkpoint must be a scale-1 model (degraded sets), otherwise one of scale >= 2.
     """
@@ -111,11 +133,7 @@ def load_model(
         desc.to(device).eval()
         source = f"{spec} x{scale}, random weights (perturbed {perturb:g})"
     else:
-        path = Path(spec)
-        if not path.exists() and "/" not in spec and "." not in spec:
-            raise PrecisionError(
-                f"{spec!r} is neither a file nor a variant ({', '.join(variant_names())})"
-            )
+        path = model_path(spec)
         try:
             desc = ev.load_descriptor(path, device, "fp32", restoration=restoration)
         except ev.EvaluationError as e:
@@ -443,9 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("models", nargs="+", metavar="MODEL_OR_VARIANT", help="checkpoints/variants")
-    p.add_argument("--data", type=Path, default=None, help="folder holding benchmark/<Set>/HR")
-    p.add_argument("--sets", nargs="+", default=None, help="benchmark (or degraded) sets")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL_OR_VARIANT",
+        help="checkpoint files, shipped model names (hybridmoe models lists them) or HybridMoE "
+        f"variant names ({', '.join(variant_names())})",
+    )
+    p.add_argument("--data", type=Path, default=None, metavar="DIR", help=ev.DATA_HELP)
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        default=None,
+        help=f"benchmark sets (default: {' '.join(DEFAULT_SETS)}; with --degraded, every set "
+        "in DIR)",
+    )
     p.add_argument(
         "--degraded",
         type=Path,
@@ -453,7 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="check scale-1 restoration models on the sets of hybridmoe make-degraded in DIR",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="run the models on the CPU or a CUDA GPU (default: cpu)",
+    )
     p.add_argument(
         "--scale", type=int, default=None, help="variant models' scale (4; 1 with --degraded)"
     )
@@ -485,6 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _is_file_or_shipped(spec: str) -> bool:
+    try:
+        models.resolve_model(spec)
+    except CheckpointError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -506,7 +549,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PrecisionError("--device cuda requested but CUDA is not available")
     if args.json is not None:  # before minutes of work
-        inputs = [Path(m) for m in args.models if Path(m).exists()]
+        inputs = [models.resolve_model(m) for m in args.models if _is_file_or_shipped(m)]
         imageio.check_output(args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report")
     if restoration:
         if args.data is not None:
@@ -516,8 +559,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         data_dir = args.data if args.data is not None else ev.default_data_dir()
         args.sets = args.sets or list(DEFAULT_SETS)
-        for name in args.sets:  # fail before any model work
-            ev.find_set(data_dir, name)
+        ev.find_sets(data_dir, args.sets)  # every missing set named before any model work
     # load every model first: a bad path fails before minutes of work
     loaded = [
         load_model(spec, args.scale, args.device, args.perturb, restoration=restoration)

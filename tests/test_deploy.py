@@ -57,10 +57,12 @@ def test_fuse_writes_deploy_form(
     model = tiny(scale=2, stem_lk=True, refine_moe=True)
     ckpt = save_trainer_pth(model, tmp_path / "net_g_ema.pth")
     out = tmp_path / f"fused{ext}"
-    assert fuse.main([str(ckpt), str(out)]) == 0
+    butterfly = ROOT / "tests" / "data" / "Set5" / "HR" / "butterfly.png"
+    assert fuse.main([str(ckpt), str(out), "--image", str(butterfly)]) == 0
     log = capsys.readouterr().out
     assert "parameters:" in log and "max abs diff fused vs original" in log
-    assert "butterfly.png" in log  # the real-image check ran
+    assert "butterfly.png /2 (96, 96)" in log  # the real-image check ran
+    assert "note:" not in log
     n_before, n_after = (
         int(v.replace(",", "")) for v in log.split("parameters: ")[1].split(" (")[0].split(" -> ")
     )
@@ -91,6 +93,34 @@ def test_fuse_already_fused_and_timing(tmp_path: Path, capsys: pytest.CaptureFix
     assert "already fused" in log
     assert "latency cpu 1x1x24x20" in log and "ms ->" in log
     assert C.load_checkpoint(out).model.deploy
+
+
+def test_fuse_verifies_on_a_random_image_unless_given_a_real_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --image the check runs on a random image and says so (no image path that a
+    pip install lacks); a missing (before the model is loaded) or too small --image is refused,
+    and nothing is written."""
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    out = tmp_path / "fused.safetensors"
+    assert fuse.main([str(ckpt), str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "note: verifying on a random image; --image FILE also verifies on a real one" in log
+    assert "random 1x3x37x29" in log and "not found" not in log and str(ROOT) not in log
+    missing = tmp_path / "no_such.png"
+    assert fuse.main([str(ckpt), str(tmp_path / "a.pth"), "--image", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: --image {missing}: no such file; pass an existing image (PNG, JPEG, ...)\n"
+    )
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    assert (
+        fuse.main([str(ckpt), str(tmp_path / "a.pth"), "--image", str(tmp_path / "dot.png")]) == 2
+    )
+    assert "too small to downscale by 2" in capsys.readouterr().err
+    assert not (tmp_path / "a.pth").exists()
 
 
 def test_fuse_refuses_other_architectures(

@@ -250,6 +250,58 @@ def test_cli_missing_set(compact_x2: Path, capsys: pytest.CaptureFixture[str]) -
     assert "--data" in err
 
 
+def test_default_data_is_hybridmoe_data_else_datasets_in_the_current_directory(
+    compact_x2: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --data the sets are read from $HYBRIDMOE_DATA, else ./datasets; never from a
+    folder beside the package (tests/data, ../shared/data), which a pip install lacks. A
+    missing folder is named, with how to point at the sets (they are not shipped)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYBRIDMOE_DATA", raising=False)
+    argv = [str(compact_x2), "--sets", "Set5", "--limit", "1"]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: set 'Set5' not found: there is no folder datasets.")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    for hint in ("not shipped", "--data DIR", "$HYBRIDMOE_DATA", "./datasets", "--sets"):
+        assert hint in err
+    assert str(ROOT) not in err and "shared" not in err
+    monkeypatch.setenv("HYBRIDMOE_DATA", str(DATA))
+    assert evaluate.default_data_dir() == DATA
+    assert evaluate.main(argv) == 0
+    monkeypatch.delenv("HYBRIDMOE_DATA")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "Set5").symlink_to(SET5)  # <data>/<Set>/HR
+    assert evaluate.main(argv) == 0
+
+
+def test_missing_sets_are_named_together_with_the_sets_there(
+    compact_x2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default sets on a folder holding only Set5: one error naming every missing set, the
+    layout looked for and the sets that are there (to pass with --sets)."""
+    assert evaluate.main([str(compact_x2), "--data", str(DATA)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sets 'Set14', 'B100', 'Urban100' not found: no PNG images in")
+    assert str(DATA / "benchmark" / "<Set>" / "HR") in err and str(DATA / "<Set>" / "HR") in err
+    assert "(sets there: Set5)" in err and err.rstrip().endswith("--sets Set5")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_help_names_shipped_models_and_the_data_default() -> None:
+    """MODEL may be a shipped model's name; --data's default is one a user can have; every
+    option has a help text."""
+    parser = evaluate.build_parser()
+    text = " ".join(parser.format_help().split())
+    assert "shipped model name" in text and "hybridmoe models" in text
+    assert "$HYBRIDMOE_DATA, else ./datasets" in text and "not shipped" in text
+    assert "shared" not in text and "tests/data" not in text
+    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
+
+
 def test_scale_one_model_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _compact(tmp_path, 1, "compact_x1.safetensors")
     assert evaluate.main([str(path), "--data", str(DATA), "--sets", "Set5"]) != 0

@@ -142,7 +142,9 @@ def test_full_images_and_shipped_lr(tiny_ckpt: Path, capsys: pytest.CaptureFixtu
 
 def test_usage_errors(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cp.main(["hybridmoe_xl", *QUICK]) == 2
-    assert "neither a file nor a variant" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is neither a file, a shipped model (" in err and "nor a variant (" in err
+    assert "2x_HybridMoE_Nano" in err and "hybridmoe_nano" in err
     assert cp.main([str(tmp_path / "missing.pth"), *QUICK]) == 2
     assert "not found" in capsys.readouterr().err
     assert cp.main([str(tiny_ckpt), *QUICK, "--sets", "Nope"]) == 2
@@ -151,6 +153,36 @@ def test_usage_errors(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFix
     if not torch.cuda.is_available():
         assert cp.main([str(tiny_ckpt), *QUICK, "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_shipped_model_names_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    """A shipped model's name works as MODEL, as in every other command."""
+    args = ["2x_HybridMoE_Nano", *QUICK, "--limit", "1", "--crop", "16", "--precisions", "fp32"]
+    assert cp.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2x_HybridMoE_Nano" in out and " fp32 " in out
+
+
+def test_data_default_and_help(
+    tiny_ckpt: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --data the sets are looked for in $HYBRIDMOE_DATA, else ./datasets (never beside
+    the package); the error names every missing set and how to point at them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYBRIDMOE_DATA", raising=False)
+    quick = ["--limit", "1", "--crop", "16", "--threads", "1", "--precisions", "fp32"]
+    assert cp.main([str(tiny_ckpt), *quick]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sets 'Set5', 'Set14' not found: there is no folder datasets.")
+    assert "--data DIR" in err and "not shipped" in err and str(ROOT) not in err
+    monkeypatch.setenv("HYBRIDMOE_DATA", str(DATA))
+    assert cp.main([str(tiny_ckpt), *quick, "--sets", "Set5"]) == 0
+    text = " ".join(cp.build_parser().format_help().split())
+    assert "shipped model names" in text and "$HYBRIDMOE_DATA, else ./datasets" in text
+    assert "CUDA GPU" in text  # --device has a help text
 
 
 def test_cli_several_models_and_a_variant(tiny_ckpt: Path, tmp_path: Path) -> None:
