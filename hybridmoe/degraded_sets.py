@@ -277,7 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("hr_dirs", nargs="*", type=Path, help="HR folders (default: --sets)")
     ap.add_argument("--out", type=Path, required=True, help="output folder (one per set)")
     ap.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS), help="benchmark sets")
-    ap.add_argument("--data", type=Path, default=None, help="folder holding benchmark/<Set>/HR")
+    from hybridmoe.evaluate import DATA_HELP
+
+    ap.add_argument("--data", type=Path, default=None, metavar="DIR", help=DATA_HELP)
     ap.add_argument("--name", default=None, help="set name of a single HR folder")
     ap.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
     ap.add_argument("--preset", choices=sorted(degrade.PRESETS), default="restore")
