@@ -799,7 +799,16 @@ def run_jobs(jobs: list[Job], settings: Settings, single: bool) -> int:
         raise CliError(f"none of the {skipped} images could be read; nothing was written")
     if skipped:
         warn(f"{skipped} of {len(jobs)} images skipped")
+    print(summary(jobs, len(jobs) - skipped, single))
     return 0
+
+
+def summary(jobs: list[Job], written: int, single: bool) -> str:
+    """The line a finished run prints: the output file, or how many images went where."""
+    if single:
+        return f"wrote {jobs[0].dst}"
+    folder = Path(os.path.commonpath([job.dst.parent for job in jobs]))
+    return f"wrote {written} image{'s' if written != 1 else ''} to {folder}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -477,6 +477,18 @@ def test_folder_mode(tmp_path: Path, model: Path, capsys) -> None:
     assert Image.open(tmp_path / "out2" / "d.webp").format == "WEBP"
 
 
+def test_a_finished_run_says_what_it_wrote(tmp_path: Path, model: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.png", "b.png"):
+        save_png(src / name, np.zeros((4, 4, 3), np.uint8))
+    (src / "broken.png").write_bytes(b"not an image")
+    assert upscale.main([str(model), str(src / "a.png"), str(tmp_path / "one.png")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'one.png'}\n"
+    assert upscale.main([str(model), str(src), str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == f"wrote 2 images to {tmp_path / 'out'}\n"
+
+
 def test_a_folder_of_only_unreadable_images_fails(tmp_path: Path, model: Path, capsys) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(b"not an image")
