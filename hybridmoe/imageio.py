@@ -410,13 +410,25 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The nearest existing ancestor of ``path`` (its folder, or the folder that will hold the
-    folders still to be created)."""
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    return parent
+def folder_problem(folder: Path) -> str | None:
+    """Why new files cannot be written in ``folder`` (created when missing), or None.
+
+    The nearest existing one of ``folder`` and its ancestors must be a folder that takes a
+    new file; that is tried by creating (and removing) an empty one, so that read-only file
+    systems and permissions are both caught.
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+    except OSError as e:
+        return f"{existing} is not writable ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 def check_output(
@@ -441,16 +453,11 @@ def check_output(
             f"the {what} {path} already exists; pass --overwrite to replace it, or choose "
             f"another file name"
         )
-    folder = _existing_ancestor(path)
-    if not folder.is_dir():
+    problem = folder_problem(path.parent)
+    if problem is not None:
         raise OutputError(
-            f"cannot write the {what} {path}: {folder} is a file, not a folder; choose another "
-            f"{what} path"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(
-            f"cannot write the {what} {path}: the folder {folder} is not writable; choose "
-            f"another {what} path or fix the folder's permissions"
+            f"cannot write the {what} {path}: {problem}; choose another {what} path or fix the "
+            f"folder's permissions"
         )
 
 

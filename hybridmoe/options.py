@@ -56,6 +56,7 @@ from string import Template
 from typing import Any
 
 from hybridmoe.degrade import REALWORLD4, RESIZE_MODES, RESTORE, Degradation, kernel_size
+from hybridmoe.imageio import folder_problem
 
 DEFAULT_OUT = Path("options")
 """Where make-options writes by default: ``options/`` of the current folder."""
@@ -1347,16 +1348,9 @@ def _state(path: Path, text: str) -> str:
 
 def _check_folder(folder: Path) -> None:
     """Refuse a folder that cannot be created or written to, before anything is written."""
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OptionsError(f"cannot write under {folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OptionsError(
-            f"cannot write under {folder}: {existing} is not writable; choose another --out or "
-            f"fix its permissions"
-        )
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise OptionsError(f"cannot write under {folder}: {problem}; choose another --out")
 
 
 def _write_atomic(path: Path, text: str) -> None:

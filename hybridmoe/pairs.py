@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from hybridmoe.imageio import folder_problem
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.options import MEASURED_LQ
 
@@ -183,16 +184,9 @@ def check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
                 )
     if out.exists() and not out.is_dir():
         raise PairsError(f"--out {out} is a file, not a folder; choose another --out")
-    ancestor = out.absolute()
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise PairsError(f"cannot create --out {out}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PairsError(
-            f"cannot write --out {out}: the folder {ancestor} is not writable; choose another "
-            f"--out or fix its permissions"
-        )
+    problem = folder_problem(out)
+    if problem is not None:
+        raise PairsError(f"cannot write --out {out}: {problem}; choose another --out")
     for sub in SUBDIRS:
         p = out / sub
         if (p.exists() or p.is_symlink()) and not p.is_dir():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from hybridmoe.imageio import (
     ImageData,
     ImageReadError,
     OutputError,
+    folder_problem,
     format_from_suffix,
     read_image,
     split_alpha,
@@ -562,17 +562,9 @@ def check_outputs(jobs: list[Job], overwrite: bool) -> None:
 
 def check_output_folder(folder: Path) -> None:
     """:class:`CliError` unless ``folder`` exists and takes new files, or can be created."""
-    ancestor = folder
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CliError(f"cannot create output folder {folder}: {ancestor} is a file")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".upscale-write-test-", dir=ancestor)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        raise CliError(f"output folder {ancestor} is not writable: {e.strerror or e}") from None
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise CliError(f"cannot write to the output folder {folder}: {problem}")
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,25 @@ def _seed() -> None:
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder that cannot take new files: read-only for a normal user, ``/sys`` for root
+    (who writes into read-only folders); skips where there is none."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    folder = Path("/sys")
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except OSError:
+        yield folder
+        return
+    os.close(fd)
+    os.unlink(name)
+    pytest.skip("no unwritable folder available")

@@ -125,16 +125,11 @@ def test_check_output(tmp_path: Path) -> None:
         imageio.check_output(tmp_path, overwrite=True)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_check_output_unwritable_folder(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        with pytest.raises(imageio.OutputError, match="not writable"):
-            imageio.check_output(ro / "o.json", overwrite=False)
-    finally:
-        ro.chmod(0o700)
+def test_check_output_unwritable_folder(unwritable_folder: Path) -> None:
+    with pytest.raises(imageio.OutputError, match=f"{unwritable_folder} is not writable"):
+        imageio.check_output(unwritable_folder / "o.json", overwrite=False)
+    with pytest.raises(imageio.OutputError, match=f"{unwritable_folder} is not writable"):
+        imageio.check_output(unwritable_folder / "new" / "o.json", overwrite=False)
 
 
 def test_unwritable_output_is_a_clear_error(

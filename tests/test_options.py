@@ -646,6 +646,14 @@ def test_make_options_refuses_a_file_as_its_folder(
     assert out.read_text() == "not a folder"
 
 
+def test_make_options_refuses_an_unwritable_folder(
+    unwritable_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert options.main(["--out", str(unwritable_folder / "opts")]) == 2
+    assert f"{unwritable_folder} is not writable" in capsys.readouterr().err
+    assert not (unwritable_folder / "opts").exists()
+
+
 def test_committed_compare_configs_equal_generator_output(tmp_path: Path) -> None:
     """docs/compare_configs is the record of the GPU comparison runs: it cannot drift."""
     assert compare_training.main([*COMPARE_ARGS, "--out", str(tmp_path)]) == 0

@@ -193,3 +193,12 @@ def test_the_command_reports_a_bad_image_without_a_traceback(tmp_path: Path) -> 
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "notimg.png" in proc.stderr
     assert not out.exists()
+
+
+def test_an_unwritable_output_folder_is_refused_before_work(
+    tmp_path: Path, unwritable_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = photos(tmp_path / "hr")
+    assert run(src, unwritable_folder / "pairs") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"{unwritable_folder} is not writable" in line and "choose another --out" in line
