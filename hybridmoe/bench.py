@@ -69,6 +69,7 @@ from torch import nn
 
 import hybridmoe_arch as arch
 from hybridmoe import imageio
+from hybridmoe.cliargs import add_device_argument, parse_size, positive_float, positive_int
 from hybridmoe.paths import REPO_ROOT
 
 DTYPES: dict[str, torch.dtype] = {
@@ -321,33 +322,6 @@ class Timing:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse ``WxH`` into ``(width, height)``."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 1920x1080, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def synchronize(device: torch.device) -> None:
@@ -916,11 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-size", type=parse_size, default=(1920, 1080), metavar="WxH",
         help="output size of the timed frame; LR input = out-size / scale (default: 1920x1080)",
     )  # fmt: skip
-    parser.add_argument(
-        "--device", choices=["cuda", "cpu"],
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="device (default: cuda when available)",
-    )  # fmt: skip
+    add_device_argument(parser, "the models")
     parser.add_argument(
         "--warmup", type=positive_int, default=3, help="untimed iterations per row (default: 3)"
     )
@@ -987,8 +957,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     unknown = [m for m in [*args.models, args.ref] if m not in MODELS]
     if unknown:
         parser.error(f"unknown model name(s): {', '.join(unknown)}; valid names: {valid}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda requested but CUDA is not available")
     if args.device == "cpu" and "--out-size" not in argv:
         print(
             "note: on a CPU, 1920x1080 frames of every model take many minutes; "

@@ -72,6 +72,8 @@ def _training_state_error(p: Path) -> CheckpointError:
 
 def _checked_path(path: str | os.PathLike[str]) -> Path:
     p = resolve_model(path)
+    if p.is_dir():
+        raise CheckpointError(f"{p} is a folder, not a model file; give the checkpoint file")
     if not p.is_file():
         raise CheckpointError(f"model file not found: {p}")
     if p.suffix.lower() == ".state":
@@ -186,6 +188,40 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return sd
 
 
+def _checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that can hold the model, or :class:`CheckpointError`
+    naming the problem (not a device name, a backend this machine lacks, a GPU index beyond
+    the visible ones)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CheckpointError(
+            f"device {str(device)!r} is not a PyTorch device name; use 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CheckpointError(
+                f"device {str(device)!r} requested but CUDA is not available; use 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise CheckpointError(
+                f"device {str(device)!r} requested but only {count} CUDA device(s) are visible "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    elif dev.type == "meta":
+        raise CheckpointError("device 'meta' holds no weights; use 'cpu' or 'cuda'")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"device {str(device)!r} is not available on this machine ({_error_detail(e)}); "
+                f"use 'cpu' or 'cuda'"
+            ) from None
+    return dev
+
+
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
     """Load any spandrel-supported checkpoint (HybridMoE included), given as a path or as the
     name of a shipped model (``2x_HybridMoE_S``), as an ``ImageModelDescriptor`` in eval mode.
@@ -198,9 +234,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     from spandrel import ModelLoader, UnsupportedModelError
 
     p = _checked_path(path)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    dev = _checked_device(device)
     sd = read_state_dict(p)
     register_spandrel()
     try:

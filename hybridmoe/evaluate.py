@@ -3,7 +3,7 @@
 Usage::
 
     hybridmoe evaluate MODEL [--data DIR] [--sets Set5 Set14 B100 Urban100]
-        [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json [--overwrite]]
+        [--device auto|cpu|cuda] [--dtype fp32|fp16|bf16] [--tile N] [--json OUT.json [--overwrite]]
         [--limit N]
     hybridmoe evaluate --bicubic-only --scale 4 [--sets ...]
     hybridmoe evaluate --degraded DIR MODEL [--sets ...] [...]
@@ -69,6 +69,7 @@ from tqdm import tqdm
 
 from hybridmoe import imageio, metrics
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.cliargs import add_device_argument
 from hybridmoe.models import enable_noise, resolve_model
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
@@ -337,7 +338,7 @@ def load_descriptor(
         raise EvaluationError(str(exc)) from None
     if not path.is_file():
         raise EvaluationError(f"model file not found: {path}")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise EvaluationError("--device cuda requested but CUDA is not available")
     try:
         descriptor = load_checkpoint(path, device)
@@ -907,12 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sets to evaluate (default: Set5 Set14 B100 Urban100; with --degraded, every set "
         "in DIR)",
     )
-    p.add_argument(
-        "--device",
-        choices=["cpu", "cuda"],
-        default="cpu",
-        help="run the model on the CPU or a CUDA GPU (default: cpu)",
-    )
+    add_device_argument(p, "the model")
     p.add_argument(
         "--dtype",
         choices=list(DTYPES),

@@ -69,6 +69,7 @@ import torch
 import hybridmoe_arch as arch
 from hybridmoe import imageio
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.cliargs import non_negative_int
 from hybridmoe.models import perturb
 
 DEFAULT_OPSET = 18
@@ -190,6 +191,14 @@ def onnx_dims(path: Path) -> tuple[list[str | int], list[str | int]]:
     return dims(m.graph.input[0]), dims(m.graph.output[0])
 
 
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset the graph at ``path`` declares (0 when it declares none)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in m.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+
+
 def _trace(net: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
     """Write ``net`` traced on ``x`` (N,C,H,W) to ``path`` with N, H, W declared dynamic."""
     with warnings.catch_warnings(), torch.no_grad():
@@ -262,6 +271,20 @@ def export(
     t0 = time.perf_counter()
     _trace(net, x, path, opset, dynamo)
     seconds = time.perf_counter() - t0
+    written = onnx_opset(path)
+    if written != opset:  # the dynamo exporter falls back to its own opset, with a log line
+        path.unlink(missing_ok=True)
+        other = (
+            "; or use the TorchScript exporter (--no-dynamo), which writes opsets "
+            f"{MIN_OPSET} to 20"
+            if dynamo and opset <= 20
+            else ""
+        )
+        raise ExportError(
+            f"the {'dynamo' if dynamo else 'TorchScript'} exporter wrote an opset {written} "
+            f"graph, not the requested opset {opset} (it cannot convert this model to it); "
+            f"pass --opset {written}{other}"
+        )
     in_dims, _ = onnx_dims(path)
     dynamic = all(isinstance(d, str) for d in (in_dims[0], in_dims[2], in_dims[3]))
     if not dynamic and not allow_static:
@@ -547,14 +570,41 @@ def matrix(
     contains ``only``) as fp32 graphs, and as fp16 graphs too for ``fp16`` "all" cases or the
     plain "variants" (at ×2 and ×4; "none": no fp16). Every graph must hold default-domain
     ops only with symbolic N/H/W; with ``export_safe`` the full :func:`check_export_safe`
-    (second trace) runs too. Prints one line per export; returns the number of failures."""
-    import onnx
+    (second trace) runs too. Prints one line per export; returns the number of failures.
+    The graphs are written to a fresh folder inside ``out_dir``, removed at the end."""
+    import shutil
+    import tempfile
 
     cases = [c for c in matrix_cases() if only is None or only in c[0]]
+    if not cases:
+        raise ExportError(
+            f"--only {only!r} matches no matrix case; labels look like 'hybridmoe_nano x2', "
+            f"'hybridmoe_s x2 ssm/fft' or 'hybridmoe_nano x3'"
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # a fresh folder of its own: files already in DIR are never replaced or deleted
+        work = Path(tempfile.mkdtemp(prefix=".hybridmoe-matrix-", dir=out_dir))
     except OSError as e:
         raise ExportError(f"cannot create the --matrix folder {out_dir}: {e}") from e
+    try:
+        failures = _matrix_cases(cases, work, dynamo, fp16, export_safe)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{len(cases)} configurations, {failures} failure(s)")
+    return failures
+
+
+def _matrix_cases(
+    cases: list[tuple[str, str, int, dict[str, Any]]],
+    out_dir: Path,
+    dynamo: bool,
+    fp16: str,
+    export_safe: bool,
+) -> int:
+    """Export and check every case of :func:`matrix` in ``out_dir``; the number of failures."""
+    import onnx
+
     failures = 0
     for i, (name, variant, scale, opts) in enumerate(cases):
         try:
@@ -593,7 +643,6 @@ def matrix(
                 failures += 1
                 print(f"FAIL {label}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             path.unlink(missing_ok=True)
-    print(f"{len(cases)} configurations, {failures} failure(s)")
     return failures
 
 
@@ -662,7 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fuse", action="store_true", help="export the training form")
     p.add_argument("--verify", action="store_true", help="compare with PyTorch in onnxruntime")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: default)"
+    )
     return p
 
 
@@ -705,6 +756,8 @@ def run(args: argparse.Namespace) -> int:
             only=args.only,
         )
         return int(failures > 0)
+    if args.only is not None:
+        raise ExportError("--only selects cases of --matrix DIR; give --matrix or drop --only")
     if args.checkpoint is None or args.output is None:
         raise ExportError("CHECKPOINT and OUTPUT are required (or --matrix DIR)")
     if args.output.suffix.lower() != ".onnx":

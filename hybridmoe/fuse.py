@@ -1,6 +1,6 @@
 """Fuse a HybridMoE checkpoint into its deploy form (re-parameterized convolutions).
 
-    hybridmoe fuse CHECKPOINT OUTPUT [--overwrite] [--image FILE] [--time] [--device cpu|cuda]
+    hybridmoe fuse CHECKPOINT OUTPUT [--overwrite] [--image FILE] [--time] [--device auto|cpu|cuda]
         [--size H W]
 
 CHECKPOINT is any HybridMoE file spandrel loads (``.safetensors``, ``.pth`` with or without the
@@ -42,6 +42,13 @@ import hybridmoe_arch as arch
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.cliargs import (
+    add_device_argument,
+    finite_non_negative,
+    non_negative_int,
+    positive_int,
+)
+from hybridmoe.models import resolve_model
 
 OUTPUT_EXTS = (".safetensors", ".pth")
 
@@ -160,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", type=Path, help="fused checkpoint to write (.safetensors or .pth)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
-    p.add_argument("--device", default="cpu", help="device for verification/timing (cpu, cuda)")
-    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed (fp32)")
+    add_device_argument(p, "the verification and timing")
+    p.add_argument(
+        "--tol", type=finite_non_negative, default=1e-4, help="max abs diff allowed (fp32)"
+    )
     p.add_argument(
         "--image",
         type=Path,
@@ -173,14 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", action="store_true", help="measure latency before/after fusing")
     p.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         nargs=2,
         default=(128, 128),
         metavar=("H", "W"),
         help="input size for --time (default 128 128)",
     )
-    p.add_argument("--repeats", type=int, default=5, help="timed runs for --time (median)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs for --time (median)")
+    p.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: default)"
+    )
     return p
 
 
@@ -200,13 +211,13 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     if out.suffix.lower() not in OUTPUT_EXTS:
         raise FuseError(f"{out}: unsupported output type {out.suffix!r}; use .safetensors or .pth")
-    imageio.check_output(
-        out, overwrite=args.overwrite, inputs=[args.checkpoint], what="fused checkpoint"
-    )
+    try:  # a shipped model's name stands for its file, which OUTPUT must not replace
+        source = resolve_model(args.checkpoint)
+    except CheckpointError:
+        source = args.checkpoint  # loading names the problem
+    imageio.check_output(out, overwrite=args.overwrite, inputs=[source], what="fused checkpoint")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise FuseError("--device cuda requested but CUDA is not available")
     if args.image is not None and not args.image.is_file():  # before loading the model
         raise FuseError(
             f"--image {args.image}: no such file; pass an existing image (PNG, JPEG, ...)"

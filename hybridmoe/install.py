@@ -350,11 +350,20 @@ def _conflicts(
     for e in entries:
         dest = dests[e.dest]
         if not _exists(dest):
+            blocker = _file_in_the_way(dest)
+            if blocker is not None:
+                conflicts.append(f"  {e.dest}: {blocker} is a file, not a folder")
             continue
         if e.dest not in records:
-            if dest.resolve() == e.source.resolve():
+            if dest.is_symlink():
+                conflicts.append(
+                    f"  {e.dest}: is a symbolic link (to {os.readlink(dest)}) that this "
+                    "installer did not make (install --link makes and records its own)"
+                )
+            elif dest.resolve() == e.source.resolve():
                 raise InstallError(f"{dest} is the source file itself; install elsewhere", 2)
-            conflicts.append(f"  {e.dest}: exists and was not written by this installer")
+            else:
+                conflicts.append(f"  {e.dest}: exists and was not written by this installer")
             continue
         state = _state(dest, records[e.dest])
         if state == "not a file":
@@ -365,6 +374,15 @@ def _conflicts(
                 "(install --force replaces it, losing the edits)"
             )
     return conflicts
+
+
+def _file_in_the_way(dest: Path) -> Path | None:
+    """The nearest existing folder of ``dest`` when it is not a folder (a file where the
+    installer must create or use a folder), else ``None``."""
+    parent = dest.parent
+    while not _exists(parent) and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() else parent
 
 
 def _remove_stale(
@@ -487,6 +505,7 @@ def check(checkout: Path, source_root: Path = REPO_ROOT) -> tuple[list[str], boo
     records = load_manifest(checkout)["files"]
     lines, ok = [], True
     for e in plan(source_root):
+        kind = ""
         try:
             dest = inside(checkout, e.dest)
         except InstallError:
@@ -494,14 +513,23 @@ def check(checkout: Path, source_root: Path = REPO_ROOT) -> tuple[list[str], boo
         else:
             if not _exists(dest) or not dest.exists():
                 status = "missing"
-            elif _is_link_to(dest, e.source) or sha256_of(dest) == sha256_of(e.source):
+            elif _is_link_to(dest, e.source):
                 status = "matches"
+            elif not dest.is_file():  # a folder or a FIFO: never opened (a FIFO would block)
+                status, kind = "differs", "a folder" if dest.is_dir() else "not a regular file"
             else:
-                status = "differs"
+                try:
+                    same = sha256_of(dest) == sha256_of(e.source)
+                except OSError as err:
+                    status, kind = "differs", f"unreadable: {err.strerror or err}"
+                else:
+                    status = "matches" if same else "differs"
         ok &= status == "matches"
         note = "" if e.dest in records or status == "missing" else "  (not installed by us)"
         if status == "outside":
             note = "  (its folder is a symbolic link leading outside the checkout)"
+        elif kind:
+            note = f"  ({kind}){note}"
         lines.append(f"{status:<8} {e.dest}{note}")
     wanted = {e.dest for e in plan(source_root)}
     for rel in sorted(set(records) - wanted):
@@ -550,6 +578,13 @@ def main(argv: list[str] | None = None) -> int:
     except InstallError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
+    except OSError as e:  # permissions, a full disk: a re-run picks up where this stopped
+        print(
+            f"error: {args.command} stopped: {e}; fix the cause and run the command again "
+            "(files already handled are recognised from the install manifest)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -216,10 +216,10 @@ def options_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
     shapes and key names, each checked against its range and the tensors."""
     recorded = decode_meta(meta_values(sd["hmoe_meta"]))
     dim, in_ch = _stem(sd)
-    if recorded.pop("in_ch", in_ch) != in_ch:
+    recorded_in_ch = recorded.pop("in_ch", in_ch)  # versions 1 and 2 stored it
+    if recorded_in_ch != in_ch:
         raise CheckpointError(
-            f"inconsistent HybridMoE checkpoint: meta says in_ch={recorded['in_ch']}, "
-            f"stem has {in_ch}"
+            f"inconsistent HybridMoE checkpoint: meta says in_ch={recorded_in_ch}, stem has {in_ch}"
         )
     keys = _from_keys(sd)
     if (

@@ -28,6 +28,7 @@ import torch
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio
 from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.cliargs import add_device_argument
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("model", help="HybridMoE checkpoint (any form spandrel loads)")
     ap.add_argument("images", nargs="+", type=Path, help="image files or folders")
-    ap.add_argument("--device", default="cpu")
+    add_device_argument(ap, "the model")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = ap.parse_args(argv)

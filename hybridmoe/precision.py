@@ -3,7 +3,7 @@
 Usage::
 
     hybridmoe check-precision MODEL_OR_VARIANT [...] [--data DIR] [--sets Set5 Set14]
-        [--device cpu|cuda] [--scale 4] [--limit N] [--crop N] [--precisions ...]
+        [--device auto|cpu|cuda] [--scale 4] [--limit N] [--crop N] [--precisions ...]
         [--tol-db 0.05] [--json OUT.json [--overwrite]]
     hybridmoe check-precision .work/ckpt/*.safetensors hybridmoe_m hybridmoe_l \\
         --device cuda --json precision.json
@@ -65,6 +65,7 @@ import torch
 import hybridmoe_arch as arch
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio, metrics, models
+from hybridmoe.cliargs import add_device_argument
 from hybridmoe.meta import CheckpointError
 from hybridmoe.spandrel_arch import register_spandrel
 
@@ -128,7 +129,7 @@ def load_model(
         model = models.perturb(arch.FACTORIES[spec](scale=scale), perturb, seed)
         register_spandrel()
         desc = ModelLoader(device="cpu").load_from_state_dict(model.state_dict())
-        if device == "cuda" and not torch.cuda.is_available():
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise PrecisionError("--device cuda requested but CUDA is not available")
         desc.to(device).eval()
         source = f"{spec} x{scale}, random weights (perturbed {perturb:g})"
@@ -165,7 +166,7 @@ def autocast_supported(device: str, dtype: torch.dtype) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.autocast(device_type=device, dtype=dtype), torch.no_grad():
+            with torch.autocast(torch.device(device).type, dtype=dtype), torch.no_grad():
                 a = torch.ones(4, 4, device=device)
                 conv = torch.nn.functional.conv2d(
                     torch.ones(1, 2, 5, 5, device=device), torch.ones(2, 2, 3, 3, device=device)
@@ -197,7 +198,7 @@ def precision_context(precision: str, device: str) -> Iterator[None]:
     """``torch.autocast`` for the ``*-autocast`` precisions, nothing otherwise."""
     if precision.endswith("-autocast"):
         dtype = DTYPE_OF[precision.split("-", maxsplit=1)[0]]
-        with torch.autocast(device_type=device, dtype=dtype):
+        with torch.autocast(torch.device(device).type, dtype=dtype):
             yield
     else:
         yield
@@ -353,7 +354,7 @@ def run_precision(
             raise
         msg = str(e).strip().splitlines()[0][:160]
         return PrecisionResult(precision, skipped=f"{type(e).__name__}: {msg}"), []
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     res.seconds = time.perf_counter() - t0
     res.nonfinite = rec.nonfinite
@@ -395,7 +396,7 @@ def check_model(
                 desc, precision, images, device, reference=ref_out, ref_psnr=ref_psnr, tol_db=tol_db
             )
             results.append(res)
-            if device == "cuda":
+            if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     return results
 
@@ -483,12 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="check scale-1 restoration models on the sets of hybridmoe make-degraded in DIR",
     )
-    p.add_argument(
-        "--device",
-        choices=("cpu", "cuda"),
-        default="cpu",
-        help="run the models on the CPU or a CUDA GPU (default: cpu)",
-    )
+    add_device_argument(p, "the models")
     p.add_argument(
         "--scale", type=int, default=None, help="variant models' scale (4; 1 with --degraded)"
     )
@@ -546,8 +542,6 @@ def run(args: argparse.Namespace) -> int:
         raise PrecisionError(
             f"--scale must be >= 2, got {args.scale} (scale-1 models: --degraded DIR)"
         )
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise PrecisionError("--device cuda requested but CUDA is not available")
     if args.json is not None:  # before minutes of work
         inputs = [models.resolve_model(m) for m in args.models if _is_file_or_shipped(m)]
         imageio.check_output(args.json, overwrite=args.overwrite, inputs=inputs, what="JSON report")
@@ -577,8 +571,8 @@ def run(args: argparse.Namespace) -> int:
         "tol_db": args.tol_db,
         "models": [],
     }
-    if args.device == "cuda":
-        report["gpu"] = torch.cuda.get_device_name()
+    if args.device.startswith("cuda"):
+        report["gpu"] = torch.cuda.get_device_name(args.device)
     all_ok = True
     for desc, info in loaded:
         scale = desc.scale
@@ -599,7 +593,7 @@ def run(args: argparse.Namespace) -> int:
         all_ok &= all(r.ok for r in results if r.skipped is None)
         report["models"].append({"info": info, "results": [vars(r) for r in results]})
         desc.to("cpu")
-        if args.device == "cuda":
+        if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     print(format_table(report, args.tol_db))
     if args.json is not None:

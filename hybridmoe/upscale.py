@@ -23,6 +23,7 @@ from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
 from tqdm import tqdm
 
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.cliargs import add_device_argument, non_negative_int
 from hybridmoe.imageio import (
     FORMATS,
     ImageData,
@@ -165,14 +166,6 @@ def warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
-def _non_negative(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _quality(text: str) -> int:
     """argparse type: an integer in [1, 100]."""
     value = int(text)
@@ -221,14 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tile",
-        type=_non_negative,
+        type=non_negative_int,
         default=None,
         help="tile side in input pixels, 0 = whole image (default: auto, the whole image when "
         "it fits in memory, else the largest tiles that fit)",
     )
     p.add_argument(
         "--tile-overlap",
-        type=_non_negative,
+        type=non_negative_int,
         default=16,
         help="context/cross-fade width in input pixels at each seam (default: 16)",
     )
@@ -238,12 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="inference precision; refused if the model does not support it (default: fp32)",
     )
-    p.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="inference device; auto = cuda when available (default: auto)",
-    )
+    add_device_argument(p, "the model")
     p.add_argument(
         "--noise",
         type=int,
@@ -306,15 +294,6 @@ def check_dtype(descriptor: ImageModelDescriptor, name: str) -> torch.dtype:
             f"supported: {', '.join(supported)}"
         )
     return DTYPES[name]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available else cpu; :class:`CliError` for cuda without CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda requested but CUDA is not available")
-    return torch.device(name)
 
 
 def check_tiling(descriptor: ImageModelDescriptor, tile: int | None, overlap: int) -> None:
@@ -740,7 +719,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
     """Check the arguments, plan the jobs and load the model (:class:`CliError` on problems)."""
     jobs = plan_jobs(args.input, args.output, args.recursive, args.format)
     check_outputs(jobs, args.overwrite)
-    device = resolve_device(args.device)
+    device = torch.device(args.device)
     descriptor = load_descriptor(args.model)
     if args.noise is not None:
         try:

@@ -464,6 +464,34 @@ def test_training_state_is_named(tmp_path: Path) -> None:
     assert C.load_checkpoint(weights).model.hyperparameters == model.hyperparameters
 
 
+@pytest.mark.parametrize(
+    ("device", "words"),
+    [
+        ("gpu", "'gpu' is not a PyTorch device name"),
+        ("mps", "'mps' is not available on this machine"),
+        ("meta", "holds no weights"),
+    ],
+)
+def test_an_unusable_device_is_named_not_blamed_on_the_file(device: str, words: str) -> None:
+    """A device name torch does not know raised a bare RuntimeError, and a backend this machine
+    lacks (mps on Linux) was reported as a damaged checkpoint."""
+    with pytest.raises(C.CheckpointError, match=words) as info:
+        C.load_checkpoint(PRETRAINED, device=device)
+    assert "damaged" not in str(info.value)
+
+
+def test_cuda_beyond_the_visible_devices_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(C.CheckpointError, match=r"only 1 CUDA device\(s\) are visible"):
+        C.load_checkpoint(PRETRAINED, device="cuda:3")
+
+
+def test_a_folder_is_not_reported_as_missing(tmp_path: Path) -> None:
+    with pytest.raises(C.CheckpointError, match="is a folder, not a model file"):
+        C.load_checkpoint(tmp_path)
+
+
 # ------------------------------------------------------------------------------ fuzzing
 
 FUZZ_SEED = 20240601

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hybridmoe import cli, export
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
+from hybridmoe.cliargs import device_name
 from hybridmoe.models import resolve_model, shipped_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,3 +71,34 @@ def test_every_subcommand_names_itself_in_its_usage(
         cli.main([name, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: hybridmoe {name} ")
+
+
+DEVICE_COMMANDS = ["upscale", "evaluate", "bench", "check-precision", "moe-usage", "fuse"]
+
+
+@pytest.mark.parametrize("name", DEVICE_COMMANDS)
+def test_every_device_option_is_auto_cpu_or_cuda_checked_at_parse_time(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([name, "--help"])
+    assert "--device {auto,cpu,cuda}" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as done:
+        cli.main([name, "--device", "cuda"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device: cuda: CUDA is not available here" in err
+    assert "use --device cpu" in err
+
+
+def test_device_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_name("auto") == "cpu" and device_name("cpu") == "cpu"
+    with pytest.raises(argparse.ArgumentTypeError, match="'gpu' is not a device"):
+        device_name("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_name("auto") == "cuda" and device_name("cuda:1") == "cuda:1"
+    with pytest.raises(argparse.ArgumentTypeError, match="has 2 CUDA device"):
+        device_name("cuda:2")

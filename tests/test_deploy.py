@@ -164,6 +164,50 @@ def test_fuse_bad_output_extension(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unsupported output type" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--threads", "-1"],
+        ["--repeats", "0", "--time"],
+        ["--size", "0", "8", "--time"],
+        ["--size", "-4", "8", "--time"],
+        ["--tol", "nan"],
+        ["--tol", "-1"],
+    ],
+)
+def test_fuse_numeric_options_are_checked_when_parsed(
+    option: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Out-of-range numbers were tracebacks from torch or statistics after the work was done
+    (--tol nan failed every verification); now argparse names the option, exit status 2."""
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    with pytest.raises(SystemExit) as done:
+        fuse.main([str(ckpt), str(tmp_path / "out.pth"), *option])
+    assert done.value.code == 2
+    assert f"argument {option[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_fuse_never_replaces_a_shipped_model_named_as_the_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CHECKPOINT given as a shipped model's name and OUTPUT its file: even with --overwrite
+    the training form must not be replaced (it was: the name was compared as a path)."""
+    import hybridmoe.models
+
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    ckpt = tiny(scale=2)
+    fuse.save_checkpoint(ckpt, shipped / "2x_Tiny.safetensors")
+    before = (shipped / "2x_Tiny.safetensors").read_bytes()
+    monkeypatch.setattr(hybridmoe.models, "pretrained_dir", lambda: shipped)
+    target = str(shipped / "2x_Tiny.safetensors")
+    assert fuse.main(["2x_Tiny", target, "--overwrite"]) == 2
+    assert "is the same file as the input" in capsys.readouterr().err
+    assert (shipped / "2x_Tiny.safetensors").read_bytes() == before
+    assert fuse.main(["2x_tiny", str(tmp_path / "fused.safetensors")]) == 0  # names still work
+
+
 def test_fuse_cli(tmp_path: Path) -> None:
     """The script runs as a program (imports resolve from a plain checkout)."""
     ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
@@ -618,3 +662,55 @@ def test_matrix_counts_an_unbuildable_case_as_a_failure(
     out = capsys.readouterr().out
     assert "FAIL bad case: cannot build: ValueError" in out and "texture_head" in out
     assert "ok   good case fp32" in out and "2 configurations, 1 failure(s)" in out
+
+
+def test_matrix_leaves_files_already_in_its_folder_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The matrix wrote caseNN.onnx straight into DIR and deleted it after each case: a file
+    of that name already there was replaced, then removed."""
+    good = ("good case", "hybridmoe_nano", 2, {"use_attn": False})
+    monkeypatch.setattr(export, "matrix_cases", lambda: [good])
+    folder = tmp_path / "mx"
+    folder.mkdir()
+    (folder / "case00.onnx").write_text("precious\n")
+    assert export.matrix(folder, fp16="none") == 0
+    assert "ok   good case fp32" in capsys.readouterr().out
+    assert (folder / "case00.onnx").read_text() == "precious\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["case00.onnx"]  # work folder removed
+
+
+def test_only_must_select_matrix_cases(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--only that matches nothing ran zero cases and exited 0; --only without --matrix was
+    ignored while a checkpoint was exported."""
+    assert export.main(["--matrix", str(tmp_path / "mx"), "--only", "nosuchcase"]) == 2
+    assert "--only 'nosuchcase' matches no matrix case" in capsys.readouterr().err
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    assert export.main([str(ckpt), str(tmp_path / "a.onnx"), "--only", "nano"]) == 2
+    assert "--only selects cases of --matrix" in capsys.readouterr().err
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_export_threads_must_not_be_negative(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    with pytest.raises(SystemExit) as done:
+        export.main([str(ckpt), str(tmp_path / "a.onnx"), "--threads", "-1"])
+    assert done.value.code == 2 and "argument --threads" in capsys.readouterr().err
+
+
+def test_dynamo_export_writes_the_requested_opset_or_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dynamo exporter falls back to opset 18 when asked for 17 (or for an opset above
+    what it implements); the file was still written and reported as the requested opset."""
+    ckpt = save_trainer_pth(tiny(scale=2, use_attn=False), tmp_path / "net.pth")
+    out = tmp_path / "a.onnx"
+    assert export.main([str(ckpt), str(out), "--dynamo", "--opset", "17"]) == 2
+    err = capsys.readouterr().err
+    assert "wrote an opset 18 graph, not the requested opset 17" in err
+    assert "--no-dynamo" in err
+    assert not out.exists() and list(tmp_path.glob("*partial*")) == []
+    assert export.main([str(ckpt), str(out), "--dynamo", "--opset", "18"]) == 0
+    assert export.onnx_opset(out) == 18

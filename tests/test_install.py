@@ -144,6 +144,59 @@ def test_refuses_files_it_did_not_write(checkout: Path, source: Path) -> None:
     assert "Nothing was changed" in r.stderr
 
 
+def test_a_file_in_place_of_a_folder_is_refused_before_anything_is_written(
+    checkout: Path, source: Path
+) -> None:
+    """A file named like a folder the templates go into: install wrote the code files, then
+    died with a NotADirectoryError traceback half-way."""
+    (checkout / "options").mkdir()
+    (checkout / "options" / "_templates").write_text("not a folder\n")
+    before = snapshot(checkout)
+    with pytest.raises(it.InstallError, match=r"options/_templates is a file, not a folder"):
+        it.install(checkout, source_root=source)
+    assert snapshot(checkout) == before  # nothing written, no manifest
+    r = run("install", str(checkout))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "is a file, not a folder" in r.stderr and "Nothing was changed" in r.stderr
+
+
+def test_a_link_made_by_hand_is_not_called_the_source_file(checkout: Path, source: Path) -> None:
+    """A symbolic link to the project's own file, made by hand, was refused as 'the source
+    file itself; install elsewhere' (exit 2), which names neither the link nor the fix."""
+    (checkout / ARCH).symlink_to(source / ARCH)
+    before = snapshot(checkout)
+    with pytest.raises(it.InstallError, match=r"hybridmoe_arch\.py: is a symbolic link") as info:
+        it.install(checkout, source_root=source)
+    assert info.value.code == 1 and "Move them away" in str(info.value)
+    assert snapshot(checkout) == before
+
+
+def test_check_reports_a_folder_or_fifo_in_place_of_a_file(checkout: Path, source: Path) -> None:
+    """check hashed whatever was there: a folder gave an IsADirectoryError traceback, and a
+    FIFO blocked forever."""
+    (checkout / ARCH).mkdir()
+    os.mkfifo(checkout / LOSS)
+    lines, ok = it.check(checkout, source_root=source)
+    assert not ok
+    assert f"differs  {ARCH}  (a folder)  (not installed by us)" in lines
+    assert f"differs  {LOSS}  (not a regular file)  (not installed by us)" in lines
+
+
+def test_an_os_error_is_one_line_not_a_traceback(
+    checkout: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Permission errors (not reproducible as root) and the like end in one line, exit 1."""
+
+    def denied(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(checkout / ARCH))
+
+    monkeypatch.setattr(it, "write_bytes_atomic", denied)
+    assert it.main(["install", str(checkout)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: install stopped: [Errno 13] Permission denied")
+    assert "run the command again" in err and err.count("\n") == 1
+
+
 def test_refuses_to_overwrite_an_edited_installed_file(checkout: Path, source: Path) -> None:
     it.install(checkout, source_root=source)
     tpl = next(e.dest for e in it.plan(source) if e.dest.startswith("options/_templates/test"))

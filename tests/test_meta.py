@@ -86,3 +86,15 @@ def test_factories_show_every_option_with_the_variant_default() -> None:
 def test_meta_tensor_is_int32_and_current() -> None:
     sd = tiny().state_dict()
     assert sd["hmoe_meta"].dtype == torch.int32 and int(sd["hmoe_meta"][0]) == A.META_VERSION
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_legacy_in_ch_that_contradicts_the_stem_is_named(version: int) -> None:
+    """Versions 1 and 2 stored in_ch; a value the stem contradicts is a CheckpointError that
+    names both (it was a KeyError: the message read the value after removing it)."""
+    model = tiny()
+    values = legacy_meta(model.hyperparameters, version)
+    values[2] = 1  # in_ch; the stem has 3
+    sd = {**model.state_dict(), "hmoe_meta": torch.tensor(values, dtype=torch.int32)}
+    with pytest.raises(M.CheckpointError, match="meta says in_ch=1, stem has 3"):
+        M.model_from_state_dict(sd)

@@ -148,3 +148,22 @@ def test_loss_refuses_a_missing_or_mismatched_weights_file(tmp_path: Path) -> No
     loss = HybridMoELPIPSLoss(1.0, str(path), net="alex")
     with pytest.raises(ValueError, match="RGB"):
         loss(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+
+
+def test_loss_names_a_corrupt_file_or_missing_heads(tmp_path: Path) -> None:
+    """Bytes safetensors cannot parse raised a bare SafetensorError, and a backbone without
+    the five LPIPS heads a KeyError ('lin.0'), neither naming the file or the fix."""
+    junk = tmp_path / "lpips_vgg.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage...}xxxxxxxx")
+    with pytest.raises(ValueError, match=r"cannot read the LPIPS weights.*perceptual-weights"):
+        HybridMoELPIPSLoss(1.0, str(junk))
+    full = load_file(str(_weights_with_package_heads(tmp_path, "alex")))
+    for drop in ("lin.0", "lin.4"):
+        path = tmp_path / f"no_{drop}.safetensors"
+        save_file({k: v for k, v in full.items() if k != drop}, str(path))
+        with pytest.raises(ValueError, match=f"lacks the LPIPS heads {drop}"):
+            HybridMoELPIPSLoss(1.0, str(path), net="alex")
+    path = tmp_path / "bad_shape.safetensors"
+    save_file({**full, "lin.2": full["lin.2"][:, :5].contiguous()}, str(path))
+    with pytest.raises(ValueError, match=r"lin\.2"):
+        HybridMoELPIPSLoss(1.0, str(path), net="alex")

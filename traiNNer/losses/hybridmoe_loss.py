@@ -1,7 +1,7 @@
-"""Losses for HybridMoE-FreqNet: a float32 frequency loss and the MoE load-balance loss.
+"""Losses for HybridMoE-FreqNet: a float32 frequency loss, the MoE load-balance loss and LPIPS.
 
-Both are ``nn.Module`` losses with the traiNNer-redux call convention ``loss(pred, target)``
-returning a 0-dim tensor, and both store ``self.loss_weight``. Imported as
+All three are ``nn.Module`` losses with the traiNNer-redux call convention ``loss(pred, target)``
+returning a 0-dim tensor, and all store ``self.loss_weight``. Imported as
 ``traiNNer.losses.hybridmoe_loss`` (i.e. from ``traiNNer/losses/`` of a traiNNer-redux
 checkout) they register into ``LOSS_REGISTRY`` as
 
@@ -298,7 +298,7 @@ class HybridMoELPIPSLoss(nn.Module):
             raise ValueError(f"{cls}: net must be one of {sorted(LPIPS_TAPS)}, got {net!r}")
         try:
             sd = load_file(str(weights))
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:  # OSError, and SafetensorError (an Exception) for bad bytes
             raise ValueError(
                 f"{cls}: cannot read the LPIPS weights {weights!r} ({exc}); write them with "
                 "'hybridmoe perceptual-weights --out DIR' and point 'weights' at "
@@ -313,11 +313,20 @@ class HybridMoELPIPSLoss(nn.Module):
                 f"{cls}: {weights!r} does not hold the {net} backbone (net={net!r}); use "
                 f"lpips_{net}.safetensors from 'hybridmoe perceptual-weights'"
             )
+        heads_wanted = {
+            f"lin.{k}": (1, features[t - 1].out_channels, 1, 1) for k, t in enumerate(taps)
+        }
+        bad = [k for k, shape in heads_wanted.items() if k not in sd or sd[k].shape != shape]
+        if bad:
+            raise ValueError(
+                f"{cls}: {weights!r} lacks the LPIPS heads {', '.join(bad)} (or holds them in "
+                f"another shape); write the file again with 'hybridmoe perceptual-weights'"
+            )
         features.load_state_dict(got)
         self.features = features
         self.net = net
         self.taps = taps
-        heads = [sd[f"lin.{k}"].float() for k in range(len(taps))]
+        heads = [sd[k].float() for k in heads_wanted]
         for k, head in enumerate(heads):
             self.register_buffer(f"lin{k}", head)
         self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
