@@ -28,6 +28,7 @@ from torch import nn
 
 import hybridmoe_arch as arch
 from hybridmoe.bench import git_commit, time_loop
+from hybridmoe.cliargs import parse_size
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -36,18 +37,6 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeat: int) -> 
     """Median milliseconds of ``repeat`` calls of ``fn()`` after two warm-up calls (the
     package's timing loop: CUDA events on the GPU)."""
     return statistics.median(time_loop(fn, device, 2, repeat, 0.0).times_ms)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` -> (W, H)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        msg = f"{text!r}: give a token map as WxH, e.g. 960x540"
-        raise argparse.ArgumentTypeError(msg) from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least 1")
-    return w, h
 
 
 def step(module: nn.Module, x: torch.Tensor, train: bool, dtype: torch.dtype) -> torch.Tensor:

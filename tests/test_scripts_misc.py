@@ -200,4 +200,4 @@ def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
     assert "exists" in capsys.readouterr().err and out.read_text() == before
     with pytest.raises(SystemExit):
         bench_moe.main([*argv[:-2], "9y4"])
-    assert "give a token map as WxH" in capsys.readouterr().err
+    assert "expected WxH, e.g. 1920x1080, got '9y4'" in capsys.readouterr().err
