@@ -7,6 +7,7 @@ options are in ``hybridmoe SUBCOMMAND --help``); ``hybridmoe models`` lists the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -135,7 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0 if args else 2
     runner, _ = COMMANDS[args[0]]
-    return runner(args[1:])
+    try:
+        status = runner(args[1:])
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:  # the reader went away (`hybridmoe models | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141  # as a program stopped by SIGPIPE
+    return status
 
 
 if __name__ == "__main__":

@@ -74,10 +74,10 @@ DESCRIPTION = f"""\
 Upscale an image or a folder of images with a model checkpoint that spandrel can load
 (HybridMoE-FreqNet included).
 
-Formats: PNG (8/16-bit, grey, grey+alpha, RGB, RGBA), JPEG and WebP are read. The output keeps
-the input's format (as named by its file suffix) unless --format is given or, for a single
-file, OUTPUT ends in a known suffix. A 16-bit PNG gives a 16-bit PNG; JPEG and WebP are 8-bit.
-The ICC profile is carried over; JPEG orientation (EXIF) is applied.
+Formats: PNG (8/16-bit, grey, grey+alpha, RGB, RGBA), JPEG and WebP are read. A single file is
+written in the format its OUTPUT name ends in (.png, .jpg/.jpeg, .webp) or --format; a folder
+run keeps each input's format unless --format is given. A 16-bit PNG gives a 16-bit PNG;
+JPEG and WebP are 8-bit. The ICC profile is carried over; JPEG orientation (EXIF) is applied.
 
 Channels:
   * greyscale through an RGB model: the grey channel is replicated to RGB and the output is
@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         choices=list(FORMATS),
-        help="output format (default: the input's format)",
+        help="output format (default: the suffix of a single OUTPUT file; in a folder run, "
+        "each input's format)",
     )
     p.add_argument(
         "--quality",
@@ -443,7 +444,13 @@ def plan_single(src: Path, output: Path, fmt: str | None, as_folder: bool = Fals
     out_fmt = format_from_suffix(output)
     if fmt and out_fmt and fmt != out_fmt:
         raise CliError(f"--format {fmt} conflicts with the output name {output}")
-    return Job(src, output, fmt or out_fmt or src_fmt)
+    if not fmt and not out_fmt:
+        suffixes = ", ".join(x for exts in FORMATS.values() for x in exts)
+        raise CliError(
+            f"the output name {output} does not end in an image suffix ({suffixes}); add one, "
+            f"pass --format, or end the name with '/' to write into a folder"
+        )
+    return Job(src, output, fmt or out_fmt)
 
 
 def _folder_files(folder: Path, recursive: bool, output: Path) -> tuple[list[Path], list[Path]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,17 @@ def test_device_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert device_name("auto") == "cuda" and device_name("cuda:1") == "cuda:1"
     with pytest.raises(argparse.ArgumentTypeError, match="has 2 CUDA device"):
         device_name("cuda:2")
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """``hybridmoe models | head -1``: the pipe closes before the list is written."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybridmoe", "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the program has imported torch, let alone printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -489,6 +489,19 @@ def test_a_finished_run_says_what_it_wrote(tmp_path: Path, model: Path, capsys) 
     assert capsys.readouterr().out == f"wrote 2 images to {tmp_path / 'out'}\n"
 
 
+def test_a_single_output_needs_an_image_suffix_or_format(
+    tmp_path: Path, model: Path, capsys
+) -> None:
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    for name in ("x.txt", "noext"):
+        code, err = run_cli(capsys, model, src, tmp_path / name)
+        assert code == 2 and "does not end in an image suffix (.png, .jpg, .jpeg, .webp)" in err
+        assert not (tmp_path / name).exists()
+    code, err = run_cli(capsys, model, src, tmp_path / "noext", "--format", "png")
+    assert code == 0, err
+    assert Image.open(tmp_path / "noext").format == "PNG"
+
+
 def test_a_folder_of_only_unreadable_images_fails(tmp_path: Path, model: Path, capsys) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(b"not an image")
