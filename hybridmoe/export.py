@@ -688,11 +688,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--matrix-fp16",
         choices=("all", "variants", "none"),
-        default="all",
+        default=None,
         help="with --matrix: fp16 graphs for every case (default), the plain variants, none",
     )
     p.add_argument("--fp16", action="store_true", help="export a float16 graph")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help=f"ONNX opset (>= {MIN_OPSET}; default {DEFAULT_OPSET})",
+    )
     p.add_argument(
         "--export-safe",
         action="store_true",
@@ -748,25 +753,43 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.matrix is not None:
+        mixed = [
+            text
+            for text, given in (
+                ("CHECKPOINT/OUTPUT", args.checkpoint is not None or args.output is not None),
+                ("--fp16 (use --matrix-fp16)", args.fp16),
+                ("--opset", args.opset is not None),
+                ("--no-fuse", args.no_fuse),
+                ("--allow-static", args.allow_static),
+            )
+            if given
+        ]
+        if mixed:
+            raise ExportError(
+                f"--matrix DIR exports its own random models; it does not take "
+                f"{', '.join(mixed)}: drop them, or drop --matrix to export one checkpoint"
+            )
         failures = matrix(
             args.matrix,
             dynamo=args.dynamo,
-            fp16=args.matrix_fp16,
+            fp16=args.matrix_fp16 or "all",
             export_safe=args.export_safe,
             only=args.only,
         )
         return int(failures > 0)
-    if args.only is not None:
-        raise ExportError("--only selects cases of --matrix DIR; give --matrix or drop --only")
+    if args.only is not None or args.matrix_fp16 is not None:
+        option = "--only" if args.only is not None else "--matrix-fp16"
+        raise ExportError(f"{option} is an option of --matrix DIR; give --matrix or drop {option}")
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
     if args.checkpoint is None or args.output is None:
         raise ExportError("CHECKPOINT and OUTPUT are required (or --matrix DIR)")
     if args.output.suffix.lower() != ".onnx":
         raise ExportError(f"{args.output}: the output must end in .onnx")
-    if args.opset < MIN_OPSET:
-        raise ExportError(f"--opset {args.opset}: opset {MIN_OPSET} or newer is required")
-    if not args.dynamo and args.opset > 20:
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: opset {MIN_OPSET} or newer is required")
+    if not args.dynamo and opset > 20:
         raise ExportError(
-            f"--opset {args.opset}: the TorchScript exporter supports opsets up to 20; "
+            f"--opset {opset}: the TorchScript exporter supports opsets up to 20; "
             f"use --dynamo for newer opsets"
         )
     imageio.check_output(
@@ -785,7 +808,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             tmp,
             fp16=args.fp16,
-            opset=args.opset,
+            opset=opset,
             dynamo=args.dynamo,
             allow_static=args.allow_static,
         )

@@ -687,8 +687,30 @@ def test_only_must_select_matrix_cases(tmp_path: Path, capsys: pytest.CaptureFix
     assert "--only 'nosuchcase' matches no matrix case" in capsys.readouterr().err
     ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
     assert export.main([str(ckpt), str(tmp_path / "a.onnx"), "--only", "nano"]) == 2
-    assert "--only selects cases of --matrix" in capsys.readouterr().err
+    assert "--only is an option of --matrix DIR" in capsys.readouterr().err
+    assert export.main([str(ckpt), str(tmp_path / "a.onnx"), "--matrix-fp16", "none"]) == 2
+    assert "--matrix-fp16 is an option of --matrix DIR" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_matrix_refuses_the_options_of_a_single_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They were dropped without a word while every case ran (minutes), OUTPUT never written."""
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    mx = str(tmp_path / "mx")
+    cases = {
+        (str(ckpt), str(tmp_path / "a.onnx")): "CHECKPOINT/OUTPUT",
+        ("--fp16",): "--fp16 (use --matrix-fp16)",
+        ("--opset", "17"): "--opset",
+        ("--no-fuse",): "--no-fuse",
+        ("--allow-static",): "--allow-static",
+    }
+    for extra, named in cases.items():
+        assert export.main([*extra, "--matrix", mx]) == 2
+        err = capsys.readouterr().err
+        assert f"it does not take {named}: drop them" in err, err
+    assert not (tmp_path / "mx").exists() and not (tmp_path / "a.onnx").exists()
 
 
 def test_export_threads_must_not_be_negative(
