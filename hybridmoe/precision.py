@@ -532,6 +532,11 @@ def run(args: argparse.Namespace) -> int:
     if args.crop is not None and args.crop < 8:
         raise PrecisionError(f"--crop must be >= 8, got {args.crop}")
     restoration = args.degraded is not None
+    if args.scale is not None and all(_is_file_or_shipped(m) for m in args.models):
+        raise PrecisionError(
+            f"--scale {args.scale} sets the scale of variants (hybridmoe_s, ...); a checkpoint "
+            f"carries its own: drop --scale"
+        )
     if args.scale is None:
         args.scale = 1 if restoration else 4
     if restoration and args.scale != 1:

@@ -150,6 +150,9 @@ def test_usage_errors(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert cp.main([str(tiny_ckpt), *QUICK, "--sets", "Nope"]) == 2
     assert "set 'Nope' not found" in capsys.readouterr().err
     assert cp.main([str(tiny_ckpt), *QUICK, "--limit", "0"]) == 2
+    capsys.readouterr()
+    assert cp.main([str(tiny_ckpt), *QUICK, "--scale", "4"]) == 2  # it ran at the file's scale
+    assert "a checkpoint carries its own: drop --scale" in capsys.readouterr().err
 
 
 def test_shipped_model_names_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
