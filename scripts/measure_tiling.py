@@ -48,7 +48,7 @@ import hybridmoe_arch as arch
 from hybridmoe import upscale
 from hybridmoe.bench import git_commit
 from hybridmoe.checkpoint import load_checkpoint
-from hybridmoe.imageio import read_image
+from hybridmoe.imageio import ImageReadError, read_image
 from hybridmoe.install import sha256_of
 from hybridmoe.models import shipped_models
 from hybridmoe.tiling import (
@@ -112,6 +112,12 @@ def file_provenance(path: Path) -> dict[str, Any]:
     in_head = run("rev-parse", f"HEAD:{rel}") if rel else ""
     same = bool(in_head) and run("hash-object", "--", rel) == in_head
     return {"sha256": digest, "same_as_head": same}
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the checkout when inside it, else absolute."""
+    path = path.absolute()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def load_lr(path: Path, crop: int) -> torch.Tensor:
@@ -303,7 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, required=True, help="record to write")
     p.add_argument("--models", nargs="*", help="shipped model names (default: all)")
     p.add_argument("--images", nargs="*", default=list(DEFAULT_IMAGES), help="Set5 names")
-    p.add_argument("--data", type=Path, default=ROOT / "tests" / "data" / "Set5" / "HR")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / "tests" / "data" / "Set5" / "HR",
+        help="folder of the --images PNGs (default: the Set5 HR images in tests/data)",
+    )
     p.add_argument("--crop", type=int, default=192, help="centre crop side, 0 = whole image")
     p.add_argument("--tiles", type=int, nargs="+", default=[64, 128])
     p.add_argument("--overlaps", type=int, nargs="+", default=[4, 8, 16])
@@ -311,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
+    if 0 < args.crop < REACH_SIDE:
+        p.error(f"--crop must be 0 (whole images) or at least {REACH_SIDE}, the reach probe's side")
     if args.json.exists() and not args.overwrite:
         p.error(f"{args.json} exists; give another path or --overwrite")
     commit, changes = git_commit(), code_changes()  # the code that is measured, before the run
@@ -318,7 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     shipped = shipped_models()
     names = args.models or list(shipped)
-    images = {n: load_lr(args.data / f"{n}.png", args.crop) for n in args.images}
+    unknown = [n for n in names if n not in shipped]
+    if unknown:
+        p.error(f"not shipped models: {', '.join(unknown)}; shipped: {', '.join(shipped)}")
+    try:
+        images = {n: load_lr(args.data / f"{n}.png", args.crop) for n in args.images}
+    except ImageReadError as e:
+        p.error(f"{e} (--data is a folder holding {', '.join(args.images)} as NAME.png)")
     t0 = time.perf_counter()
     models = {n: measure_model(n, shipped[n], images, args) for n in names}
     align = next(iter(models.values()))["align"] if models else 1
@@ -335,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "values": {
             "inputs": (
-                f"Set5 HR {', '.join(args.images)} ({args.data.relative_to(ROOT)}) used as LR "
+                f"Set5 HR {', '.join(args.images)} ({shown_path(args.data)}) used as LR "
                 + (f"input, centre {args.crop}x{args.crop} crop" if args.crop else "input, whole")
             ),
             "reference": "upscale_tiled with tile 0 (one call on the whole image)",

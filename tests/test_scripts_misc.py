@@ -201,3 +201,29 @@ def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
     with pytest.raises(SystemExit):
         bench_moe.main([*argv[:-2], "9y4"])
     assert "expected WxH, e.g. 1920x1080, got '9y4'" in capsys.readouterr().err
+
+
+def test_measure_tiling_takes_images_from_outside_the_checkout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--data outside the checkout crashed after all the measuring, before writing the record;
+    a missing image, an unknown model or a crop smaller than the reach probe are usage errors."""
+    import measure_tiling
+
+    (tmp_path / "hr").mkdir()
+    Image.open(TEST_DATA / "Set5" / "HR" / "bird.png").save(tmp_path / "hr" / "bird.png")
+    base = ["--models", "2x_HybridMoE_Nano", "--images", "bird", "--data", str(tmp_path / "hr")]
+    out = tmp_path / "r.json"
+    quick = ["--crop", "49", "--tiles", "24", "--overlaps", "4"]
+    assert measure_tiling.main([*base, *quick, "--json", str(out)]) == 0
+    inputs = json.loads(out.read_text())["values"]["inputs"]
+    assert f"({tmp_path / 'hr'})" in inputs
+    for extra, message in (
+        (["--images", "nope"], "cannot read image"),
+        (["--models", "nope"], "not shipped models: nope"),
+        (["--crop", "48"], "--crop must be 0 (whole images) or at least 49"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            measure_tiling.main([*base, *quick, *extra, "--json", str(tmp_path / "x.json")])
+        assert done.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
