@@ -957,6 +957,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     unknown = [m for m in [*args.models, args.ref] if m not in MODELS]
     if unknown:
         parser.error(f"unknown model name(s): {', '.join(unknown)}; valid names: {valid}")
+    top = max(args.scales)
+    if min(args.out_size) < top:
+        parser.error(
+            f"--out-size {args.out_size[0]}x{args.out_size[1]} is smaller than one LR pixel at "
+            f"x{top}; give at least {top}x{top}"
+        )
     if args.device == "cpu" and "--out-size" not in argv:
         print(
             "note: on a CPU, 1920x1080 frames of every model take many minutes; "

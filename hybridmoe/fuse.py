@@ -209,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
+    if out.is_dir():
+        raise FuseError(f"OUTPUT {out} is a folder; give the fused checkpoint's file name")
     if out.suffix.lower() not in OUTPUT_EXTS:
         raise FuseError(f"{out}: unsupported output type {out.suffix!r}; use .safetensors or .pth")
     try:  # a shipped model's name stands for its file, which OUTPUT must not replace
@@ -219,9 +221,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.image is not None and not args.image.is_file():  # before loading the model
-        raise FuseError(
-            f"--image {args.image}: no such file; pass an existing image (PNG, JPEG, ...)"
-        )
+        problem = "is a folder" if args.image.is_dir() else "no such file"
+        raise FuseError(f"--image {args.image}: {problem}; pass an image file (PNG, JPEG, WebP)")
     desc = load_hybridmoe(args.checkpoint, args.device)
     original = desc.model
     # NaN/Inf weights never get here: the loader refuses them, naming the tensor

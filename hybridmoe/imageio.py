@@ -455,9 +455,9 @@ def check_output(
         )
     problem = folder_problem(path.parent)
     if problem is not None:
+        fix = "" if problem.endswith("not a folder") else " or fix the folder's permissions"
         raise OutputError(
-            f"cannot write the {what} {path}: {problem}; choose another {what} path or fix the "
-            f"folder's permissions"
+            f"cannot write the {what} {path}: {problem}; choose another {what} path{fix}"
         )
 
 

@@ -108,6 +108,14 @@ def test_unknown_model_lists_valid_names(capsys: pytest.CaptureFixture[str]) -> 
         assert name in err
 
 
+def test_an_output_smaller_than_one_lr_pixel_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """3x3 at x4 timed a 1x1 -> 4x4 frame, larger than the size asked for."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--device", "cpu", "--out-size", "3x3", "--scales", "2", "4"])
+    assert exc.value.code == 2
+    assert "--out-size 3x3 is smaller than one LR pixel at x4" in capsys.readouterr().err
+
+
 def test_an_existing_report_is_kept_unless_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

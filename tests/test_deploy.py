@@ -110,9 +110,11 @@ def test_fuse_verifies_on_a_random_image_unless_given_a_real_one(
     missing = tmp_path / "no_such.png"
     assert fuse.main([str(ckpt), str(tmp_path / "a.pth"), "--image", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == f"error: --image {missing}: no such file; pass an existing image (PNG, JPEG, ...)\n"
-    )
+    assert err == f"error: --image {missing}: no such file; pass an image file (PNG, JPEG, WebP)\n"
+    assert fuse.main([str(ckpt), str(tmp_path / "a.pth"), "--image", str(tmp_path)]) == 2
+    assert f"--image {tmp_path}: is a folder; pass an image file" in capsys.readouterr().err
+    assert fuse.main([str(ckpt), str(tmp_path)]) == 2
+    assert f"OUTPUT {tmp_path} is a folder; give the fused" in capsys.readouterr().err
     from PIL import Image
 
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
