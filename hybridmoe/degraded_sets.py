@@ -251,6 +251,11 @@ def _sources(args: argparse.Namespace) -> dict[str, Path]:
             raise DegradedSetError("--name names a single HR folder; give one folder")
         named = {}
         for d in args.hr_dirs:
+            if d.is_file():
+                raise DegradedSetError(
+                    f"{d} is a file, not a folder of images; pass the folder that holds the HR "
+                    f"images"
+                )
             if not d.is_dir():
                 raise DegradedSetError(f"HR folder not found: {d}")
             name = args.name or (d.resolve().parent.name if d.name == "HR" else d.name)

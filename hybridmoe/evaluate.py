@@ -20,7 +20,10 @@ Data layout: ``<data>/<Set>/HR/*.png`` (or ``<data>/benchmark/<Set>/HR/*.png``);
 ``--data DIR``, by default ``$HYBRIDMOE_DATA`` when set, else ``./datasets``. The benchmark sets
 are not shipped with the package. Only the HR images are needed: the LR images are made from
 them. Where a set has its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``), the
-generated LR images are checked against them bit for bit.
+generated LR images are checked against them bit for bit (a file that differs stops the run:
+remove or replace it, or the whole ``LR_bicubic`` folder; the LR images are still made from HR).
+``--tile N`` runs the model on LR tiles of N pixels; ``--tile 0`` (as without ``--tile``) on the
+whole image.
 
 ``--degraded DIR`` evaluates the model instead on the fixed-seed degraded sets that
 ``hybridmoe make-degraded`` wrote under DIR (``DIR/<Set>/{HR,LQ}``, every set there by default);
@@ -98,8 +101,8 @@ def lpips_scorer(weights: Path, device: str = "cpu") -> Perceptual:
         )
     try:
         metric = lpips_metric(Path(weights), "alex").to(device)
-    except (PerceptualWeightsError, KeyError) as exc:
-        raise EvaluationError(f"--lpips {weights}: {exc}") from exc
+    except PerceptualWeightsError as exc:  # its messages name the file
+        raise EvaluationError(f"--lpips: {exc}") from exc
 
     def to_tensor(img: np.ndarray, border: int) -> torch.Tensor:
         if border:
@@ -302,10 +305,19 @@ def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
 
 
 def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -> None:
-    """Compare a generated LR image with the set's canonical LR file, where one exists."""
+    """Compare a generated LR image with the set's canonical LR file, where one exists.
+
+    The LR images are always made from the HR images; the canonical files only check them, and
+    without them (no ``LR_bicubic`` folder) nothing is checked."""
     shipped = set_dir / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
     if shipped.is_file() and not np.array_equal(read_image(shipped), lr):
-        raise EvaluationError(f"generated LR image differs from the canonical {shipped}")
+        raise EvaluationError(
+            f"generated LR image differs from the canonical {shipped}: that file is not the "
+            f"MATLAB-bicubic x{scale} downscale of {hr_path}. The LR images are made from HR and "
+            f"the LR_bicubic files only check them: remove or replace that file (or the whole "
+            f"{shipped.parent.parent} folder), or restore {hr_path.name} if the HR image is what "
+            f"changed"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,11 +418,12 @@ def model_info(descriptor: Any, path: Path, device: str, dtype: str) -> dict[str
 def forward(descriptor: Any, x: torch.Tensor, tile: int | None) -> torch.Tensor:
     """Run the model on ``x`` ``(1, C, h, w)`` in [0, 1] → ``(1, C_out, s·h, s·w)`` in [0, 1].
 
-    With ``tile``, the image is processed in ``tile × tile`` LR tiles, each padded with
-    ``TILE_CONTEXT`` pixels of surrounding image that are cropped from its output.
+    With ``tile`` (``None`` or 0: the whole image at once), the image is processed in
+    ``tile × tile`` LR tiles, each padded with ``TILE_CONTEXT`` pixels of surrounding image that
+    are cropped from its output.
     """
     _, _, h, w = x.shape
-    if tile is None or (h <= tile and w <= tile):
+    if not tile or (h <= tile and w <= tile):
         return descriptor(x)
     s, m = descriptor.scale, TILE_CONTEXT
     out = x.new_zeros((1, descriptor.output_channels, h * s, w * s))
@@ -585,8 +598,9 @@ def evaluate(
         raise EvaluationError("the scale comes from the model; do not pass a scale with a model")
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
-    if tile is not None and tile < 1:
-        raise EvaluationError(f"tile must be >= 1, got {tile}")
+    if tile is not None and tile < 0:
+        raise EvaluationError(f"tile must be >= 0 (0: the whole image), got {tile}")
+    tile = tile or None  # 0: the whole image, as upscale's --tile 0
     set_dirs = find_sets(data_dir, sets)
     descriptor, info = None, None
     if model is not None:
@@ -799,8 +813,9 @@ def evaluate_degraded(
     """
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
-    if tile is not None and tile < 1:
-        raise EvaluationError(f"tile must be >= 1, got {tile}")
+    if tile is not None and tile < 0:
+        raise EvaluationError(f"tile must be >= 0 (0: the whole image), got {tile}")
+    tile = tile or None  # 0: the whole image, as upscale's --tile 0
     names = degraded_set_names(degraded_dir, sets)
     scales = {  # all sets checked before any work
         name: degraded_scale(read_degraded_manifest(degraded_dir / name)) for name in names
@@ -915,7 +930,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="precision of the model's weights and input (default: fp32)",
     )
-    p.add_argument("--tile", type=int, default=None, help="LR tile size (default: whole image)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="N",
+        help="LR tile side in pixels, 0 = whole image (default: whole image)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all numbers to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--limit", type=int, default=None, help="first N images of each set only")
@@ -956,6 +977,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bicubic-only without MODEL needs --scale S")
     if args.model is not None and args.scale is not None:
         parser.error("--scale is read from MODEL; drop --scale")
+    if args.tile is not None and args.tile < 0:
+        parser.error(f"--tile must be >= 0 (0 or no --tile: the whole image), got {args.tile}")
     if args.degraded is not None and (args.bicubic_only or args.data is not None):
         parser.error("--degraded DIR holds the HR and LQ images; drop --bicubic-only and --data")
     try:

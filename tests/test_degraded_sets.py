@@ -92,6 +92,20 @@ def test_make_degraded_finds_benchmark_sets_and_reports_missing_ones(
     assert not (tmp_path / "x").exists()
 
 
+def test_make_degraded_names_a_file_given_as_the_hr_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image file where an HR folder is expected is named as a file, not "not found"."""
+    image = _hr_folder(tmp_path) / "rgb.png"
+    assert _make(str(image), "--out", str(tmp_path / "x")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{image} is a file, not a folder of images" in err and "not found" not in err
+    assert not (tmp_path / "x").exists()
+    assert _make(str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")) == 2
+    assert "HR folder not found" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def degraded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-image degraded Set5 (``DIR/Set5``)."""

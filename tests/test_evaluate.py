@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -345,3 +346,45 @@ def test_noise_seed_switches_on_the_learned_noise_reproducibly(
     assert "no learned noise injection" in capsys.readouterr().err
     assert evaluate.main(["--bicubic-only", "--scale", "2", *argv]) == 2
     assert "drop --noise" in capsys.readouterr().err
+
+
+def test_tile_zero_means_the_whole_image_as_without_tile(
+    compact_x2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--tile 0 is the whole image (as upscale's --tile 0 and as no --tile), not an error; a
+    negative tile is a usage error."""
+    argv = [str(compact_x2), "--data", str(DATA), "--sets", "Set5", "--limit", "1"]
+    assert evaluate.main(argv) == 0
+    whole = capsys.readouterr().out
+    assert evaluate.main([*argv, "--tile", "0"]) == 0
+    assert capsys.readouterr().out == whole
+    plain = evaluate.evaluate(compact_x2, DATA, ["Set5"], limit=1)
+    assert evaluate.evaluate(compact_x2, DATA, ["Set5"], limit=1, tile=0) == plain
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main([*argv, "--tile", "-1"])
+    assert exc.value.code == 2
+    assert "--tile must be >= 0" in capsys.readouterr().err
+    assert "0 = whole image" in " ".join(evaluate.build_parser().format_help().split())
+
+
+def test_a_changed_canonical_lr_file_is_named_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A modified LR_bicubic file stops the run with an error that says what the file must be
+    and how to fix it; once it is removed the LR is made from HR and the run succeeds."""
+    shutil.copytree(SET5, tmp_path / "Set5")
+    lr_file = tmp_path / "Set5" / "LR_bicubic" / "X2" / "babyx2.png"
+    lr = _png(lr_file).copy()
+    lr[0, 0, 0] ^= 1
+    Image.fromarray(lr).save(lr_file)
+    argv = ["--bicubic-only", "--scale", "2", "--data", str(tmp_path), "--sets", "Set5"]
+    assert evaluate.main([*argv, "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert f"differs from the canonical {lr_file}" in line
+    assert f"MATLAB-bicubic x2 downscale of {tmp_path / 'Set5' / 'HR' / 'baby.png'}" in line
+    assert "remove or replace that file" in line and str(lr_file.parent.parent) in line
+    assert "Traceback" not in err
+    lr_file.unlink()
+    assert evaluate.main([*argv, "--limit", "1"]) == 0
+    assert lr_file.parent.is_dir() and not lr_file.exists()  # nothing written back

@@ -319,6 +319,21 @@ def test_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path) -> None:
     assert r.returncode == 2
 
 
+def test_a_file_given_as_the_checkout_is_named_as_a_file(tmp_path: Path) -> None:
+    """A file where the checkout folder is expected is called a file, not "no such directory";
+    nothing is written beside it."""
+    image = tmp_path / "some_file.png"
+    image.write_bytes(b"not a checkout")
+    for cmd in ("install", "check"):
+        r = run(cmd, str(image))
+        assert r.returncode == 2
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert f"{image} is a file, not a traiNNer-redux checkout folder" in r.stderr
+        assert "no such directory" not in r.stderr
+    assert list(tmp_path.iterdir()) == [image]
+    assert image.read_bytes() == b"not a checkout"
+
+
 def test_a_broken_manifest_is_reported(checkout: Path) -> None:
     (checkout / it.MANIFEST_NAME).write_text("{not json")
     r = run("install", str(checkout))

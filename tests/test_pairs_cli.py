@@ -202,3 +202,50 @@ def test_an_unwritable_output_folder_is_refused_before_work(
     assert run(src, unwritable_folder / "pairs") == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert f"{unwritable_folder} is not writable" in line and "choose another --out" in line
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "symlink"])
+def test_an_output_that_is_or_lies_inside_an_input_folder_is_refused(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tools never write into their input: --out equal to an input folder, inside one, or
+    reaching it through a symlink is refused before anything is written."""
+    src = photos(tmp_path / "my_photos")
+    before = snapshot(src)
+    if where == "symlink":
+        (tmp_path / "link").symlink_to(src)
+    out = {
+        "same": src,
+        "inside": src / "pairs" / "x2",
+        "symlink": tmp_path / "link" / "x2",
+    }[where]
+    assert run(src, out, "--overwrite") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"--out {out}" in line and f"input folder {src}" in line
+    assert "outside it" in line
+    assert snapshot(src) == before
+    assert sorted(p.name for p in src.iterdir()) == sorted(f"{n}.png" for n in NAMES)
+
+
+def test_check_against_the_folder_of_another_scale_is_one_error_naming_it(
+    tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--scale 3 with the X2 folder: one error saying it looks like the x2 folder, not one
+    "no reference LR" line per image; exit 2 and nothing written."""
+    out = tmp_path / "val"
+    x2 = set5_dir / "LR_bicubic" / "X2"
+    rc = run(set5_dir / "HR", out, "--min-lr-size", "1", "--check-against", str(x2), scale=3)
+    assert rc == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"--check-against {x2}" in line and "x3" in line
+    assert "babyx2.png" in line and "looks like the x2 folder" in line
+    assert not out.exists()
+    # only some references missing: still one line per image without its reference
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(set5_dir / "LR_bicubic" / "X3" / "babyx3.png", part)
+    rc = run(set5_dir / "HR", out, "--min-lr-size", "1", "--check-against", str(part), scale=3)
+    assert rc == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 5 and all("no reference LR" in line for line in lines[:4])
+    assert not out.exists()

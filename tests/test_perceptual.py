@@ -9,6 +9,7 @@ import io
 import os
 import pickle
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,53 @@ def test_loss_names_a_corrupt_file_or_missing_heads(tmp_path: Path) -> None:
     save_file({**full, "lin.2": full["lin.2"][:, :5].contiguous()}, str(path))
     with pytest.raises(ValueError, match=r"lin\.2"):
         HybridMoELPIPSLoss(1.0, str(path), net="alex")
+
+
+def test_metric_names_the_vgg_file_or_another_safetensors_given_for_alexnet(
+    tmp_path: Path,
+) -> None:
+    """lpips_metric raised a bare KeyError ('features.3.weight') for the VGG file that
+    perceptual-weights also writes, or any other safetensors; now one error naming the file,
+    what it holds and the file to pass."""
+    vgg = _weights_with_package_heads(tmp_path, "vgg")
+    with pytest.raises(P.PerceptualWeightsError) as exc:
+        P.lpips_metric(vgg, "alex")
+    msg = str(exc.value)
+    assert str(vgg) in msg and "VGG16 backbone" in msg
+    assert "lpips_alex.safetensors" in msg and "hybridmoe perceptual-weights --out DIR" in msg
+    other = tmp_path / "model.safetensors"
+    save_file({"conv.weight": torch.zeros(4, 3, 3, 3)}, str(other))
+    with pytest.raises(P.PerceptualWeightsError, match="not an LPIPS AlexNet weights file") as exc:
+        P.lpips_metric(other, "alex")
+    assert str(other) in str(exc.value) and "lpips_alex.safetensors" in str(exc.value)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    with pytest.raises(P.PerceptualWeightsError, match=r"cannot read .*junk\.safetensors"):
+        P.lpips_metric(junk, "alex")
+
+
+def test_evaluate_lpips_with_the_vgg_file_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybridmoe import evaluate
+
+    vgg = _weights_with_package_heads(tmp_path, "vgg")
+    data = Path(__file__).resolve().parent / "data"
+    argv = ["--bicubic-only", "--scale", "2", "--data", str(data), "--sets", "Set5"]
+    assert evaluate.main([*argv, "--limit", "1", "--lpips", str(vgg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --lpips: ") and err.count("\n") == 1, err
+    assert "VGG16 backbone" in err and "lpips_alex.safetensors" in err
+    assert "features.3.weight" not in err
+
+
+def test_metric_builds_the_backbone_without_deprecation_warnings(tmp_path: Path) -> None:
+    """The lpips package builds torchvision's AlexNet with pretrained=False, which warned twice
+    ("pretrained is deprecated") on every --lpips run."""
+    path = _weights_with_package_heads(tmp_path, "alex")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metric = P.lpips_metric(path, "alex")
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+    x = torch.rand(1, 3, 32, 32)
+    assert metric(x, x, normalize=True).item() == 0.0
