@@ -295,7 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = degrade.PRESETS[args.preset]
     try:
         sources = _sources(args)
-        for name in sources:  # before any work
+        for name, hr_dir in sources.items():  # before any work
+            target = (args.out / name).resolve()
+            if target == hr_dir.resolve() or hr_dir.resolve() in target.parents:
+                raise DegradedSetError(
+                    f"--out {args.out} would put the set {name} inside its HR folder {hr_dir} "
+                    f"(the tools never write into their input); choose an --out outside it"
+                )
             if (args.out / name).exists():
                 raise DegradedSetError(
                     f"{args.out / name} already exists; choose another --out or remove it"

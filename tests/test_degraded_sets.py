@@ -106,6 +106,18 @@ def test_make_degraded_names_a_file_given_as_the_hr_folder(
     assert "HR folder not found" in capsys.readouterr().err
 
 
+def test_make_degraded_never_writes_into_its_hr_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hr = _hr_folder(tmp_path)
+    before = sorted(p.name for p in hr.rglob("*"))
+    for out in (hr, hr / "deg"):
+        assert _make(str(hr), "--out", str(out)) == 2
+        err = capsys.readouterr().err
+        assert f"inside its HR folder {hr}" in err and "choose an --out outside it" in err
+    assert sorted(p.name for p in hr.rglob("*")) == before
+
+
 @pytest.fixture(scope="module")
 def degraded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-image degraded Set5 (``DIR/Set5``)."""
