@@ -814,7 +814,7 @@ def base_name(scale: int, variant: str) -> str:
 
 
 @functools.cache
-def _has_moe(arch: str) -> bool:
+def has_moe(arch: str) -> bool:
     """Whether the registered network ``arch`` builds any MoE layer (built once per name)."""
     import hybridmoe_arch
 
@@ -827,7 +827,7 @@ def _losses(template: str, arch: str, prefix: str, values: dict[str, str] | None
     router statistics). Items are a ``- type:`` line with the comment lines before it and the
     deeper-indented lines after it."""
     text = _render(template, **(values if values is not None else _loss_values(prefix)))
-    if _has_moe(arch):
+    if has_moe(arch):
         return text
     items: list[list[str]] = [[]]
     for line in text.splitlines(keepends=True):

@@ -9,8 +9,15 @@ MoE load-balance loss, a regularizer of the router that other networks do not ha
     # train each config with traiNNer-redux (scripts/gpu_compare.sh does it on one GPU)
     python scripts/compare_training.py collect runs/ --json compare.json
 
+``--models`` are our networks (``hybridmoe_*``) and the peers of ``hybridmoe bench``, by their
+traiNNer-redux names; ``--scales`` 1 to 4 (those of ``LQ_SIZE``). A config under ``--out`` whose
+content differs from the one generated (edited by hand, or written with other settings) is
+replaced only with ``--overwrite``: without it nothing is written; unchanged ones are left alone.
+
 ``collect`` reads each run folder's ``summary.json`` (written by the training harness) and
 prints iterations, throughput, final Set5 validation PSNR/SSIM and peak memory per run.
+
+Bad input is one ``error:`` line and exit status 2, with nothing written.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from hybridmoe.cliargs import positive_int
+from hybridmoe.imageio import OutputError, folder_problem, write_text_atomic
+from hybridmoe.options import has_moe
 
 LQ_SIZE = {1: 64, 2: 64, 3: 48, 4: 48}
 """LR crop per scale: 48 at ×3/×4 keeps the T91 images (HR sides of ~150-250 px) usable."""
@@ -111,7 +122,7 @@ logger:
 def make_config(model: str, scale: int, iters: int, save_freq: int) -> str:
     """The YAML of one comparison run."""
     extra = ""
-    if model.startswith("hybridmoe"):
+    if model.startswith("hybridmoe") and has_moe(model):  # it refuses a network without MoE
         extra = f"    - type: hybridmoebalanceloss\n      loss_weight: {RECIPE['balance_weight']}\n"
     return TEMPLATE.format(
         name=f"cmp_{model}_x{scale}",
@@ -127,13 +138,71 @@ def make_config(model: str, scale: int, iters: int, save_freq: int) -> str:
     )
 
 
+class ScriptError(Exception):
+    """Bad input or an output that must not be written; the message says why and what to do."""
+
+
+def known_models() -> list[str]:
+    """The ``--models`` accepted: our networks and the peers of ``hybridmoe bench``, by their
+    traiNNer-redux names."""
+    import hybridmoe_arch
+    from hybridmoe.bench import MODELS
+
+    return sorted(set(hybridmoe_arch.FACTORIES) | set(MODELS))
+
+
+def model_name(text: str) -> str:
+    """argparse type: one of :func:`known_models`."""
+    known = known_models()
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; known: {', '.join(known)}")
+    return text
+
+
+def _state(path: Path, text: str) -> str:
+    """``"missing"``, ``"same"`` or ``"differs"``: ``path`` against the generated ``text``."""
+    if not path.exists() and not path.is_symlink():
+        return "missing"
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return "same"
+    return "differs"
+
+
 def cmd_configs(args: argparse.Namespace) -> int:
-    args.out.mkdir(parents=True, exist_ok=True)
-    for scale in args.scales:
-        for model in args.models:
-            path = args.out / f"cmp_{model}_x{scale}.yml"
-            path.write_text(make_config(model, scale, args.iters, args.save_freq))
-            print(path)
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise ScriptError(f"--out {out} is a file, not a folder; choose another --out")
+    files = {
+        out / f"cmp_{model}_x{scale}.yml": make_config(model, scale, args.iters, args.save_freq)
+        for scale in args.scales
+        for model in args.models
+    }
+    for path in files:
+        if path.is_dir():
+            raise ScriptError(f"{path} is a folder; remove it or choose another --out")
+    states = {path: _state(path, text) for path, text in files.items()}
+    differ = [path.name for path, st in states.items() if st == "differs"]
+    if differ and not args.overwrite:
+        shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        raise ScriptError(
+            f"{len(differ)} config(s) under {out} differ from what compare_training.py configs "
+            f"writes (edited by hand, or other settings): {shown}; pass --overwrite to replace "
+            f"them, or choose another --out"
+        )
+    problem = folder_problem(out)
+    if problem is not None:
+        raise ScriptError(f"cannot write under {out}: {problem}; choose another --out")
+    created = not out.exists()
+    try:
+        for path, text in files.items():
+            if states[path] != "same":
+                write_text_atomic(path, text, overwrite=True, what="config")
+    except OutputError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    for path in files:
+        print(path)
     return 0
 
 
@@ -141,7 +210,12 @@ def _row(run: Path) -> dict[str, object] | None:
     summary = run / "summary.json"
     if not summary.is_file():
         return None
-    s = json.loads(summary.read_text())
+    try:
+        s = json.loads(summary.read_text())
+    except (OSError, ValueError) as e:
+        raise ScriptError(f"cannot read {summary}: {e}; remove or repair that run") from e
+    if not isinstance(s, dict):
+        raise ScriptError(f"{summary} is not a run summary (a JSON object); remove that run")
     fv = s.get("final_val") or {}
     metrics = {k.lower(): v for k, v in (fv.items() if isinstance(fv, dict) else [])}
     return {
@@ -158,6 +232,11 @@ def _row(run: Path) -> dict[str, object] | None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    if not args.runs.is_dir():
+        raise ScriptError(
+            f"no folder {args.runs}: give the folder holding one folder per run (each with the "
+            f"summary.json of its training)"
+        )
     rows = [r for r in (_row(p) for p in sorted(args.runs.iterdir()) if p.is_dir()) if r]
     if not rows:
         print(f"no run folders with summary.json under {args.runs}", file=sys.stderr)
@@ -185,16 +264,31 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("configs", help="write one traiNNer-redux config per model and scale")
-    c.add_argument("--models", nargs="+", required=True, help="traiNNer-redux network types")
-    c.add_argument("--scales", nargs="+", type=int, default=[2, 4])
-    c.add_argument("--iters", type=int, required=True, help="iterations for every run")
-    c.add_argument("--save-freq", type=int, default=500, help="checkpoint every N iterations")
+    c.add_argument(
+        "--models",
+        nargs="+",
+        type=model_name,
+        required=True,
+        help="traiNNer-redux network types: hybridmoe_* and the peers of hybridmoe bench",
+    )
+    c.add_argument("--scales", nargs="+", type=int, choices=sorted(LQ_SIZE), default=[2, 4])
+    c.add_argument("--iters", type=positive_int, required=True, help="iterations for every run")
+    c.add_argument(
+        "--save-freq", type=positive_int, default=500, help="checkpoint every N iterations"
+    )
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument(
+        "--overwrite", action="store_true", help="replace configs whose content differs (edited)"
+    )
     k = sub.add_parser("collect", help="summarize finished runs")
     k.add_argument("runs", type=Path, help="folder holding one folder per run")
     k.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    return cmd_configs(args) if args.cmd == "configs" else cmd_collect(args)
+    try:
+        return cmd_configs(args) if args.cmd == "configs" else cmd_collect(args)
+    except (ScriptError, OutputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

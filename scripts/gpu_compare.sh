@@ -29,7 +29,7 @@ LQ=$("$PY" -c "import sys; sys.path.insert(0, 'scripts'); import compare_trainin
   --min-lr-size "$LQ" || exit 2
 "$PY" -m hybridmoe make-pairs .ref/hr/Set5 --out "$D/val" --scale "$SCALE" --min-lr-size 1 --overwrite || exit 2
 "$PY" scripts/compare_training.py configs --models "${MODELS[@]}" --scales "$SCALE" \
-  --iters "$ITERS" --out /tmp/cmpcfg > /dev/null || exit 2
+  --iters "$ITERS" --out /tmp/cmpcfg --overwrite > /dev/null || exit 2
 P=/tmp/cmpplugin; mkdir -p $P/traiNNer/archs $P/traiNNer/losses
 cp traiNNer/archs/hybridmoe_arch.py $P/traiNNer/archs/
 cp traiNNer/losses/hybridmoe_loss.py $P/traiNNer/losses/

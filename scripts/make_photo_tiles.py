@@ -25,7 +25,11 @@ photos or options) stops the run with its name. ``OUT/tiles.tsv`` lists every ti
 source, blob, original path, licence and slice
 (the attribution record for CC-BY / CC-BY-SA photos); ``OUT/skipped.tsv`` lists photos that
 could not be used. ``OUT/SLICE0_READY`` (the tile count of ``slice_00``) appears as soon as the
-first slice is complete::
+first slice is complete.
+
+Bad input (a missing or malformed manifest or ``--only`` list, a RAW folder holding none of the
+manifest's photos) and a run that cuts no tile (every photo skipped, smaller than ``--tile`` or
+flat) are one ``error:`` line and exit status 2, and leave no output folder behind::
 
     MIRROR=/path/to/mirrors bash data/photos/extract.sh data/photos/manifest.tsv photos_raw
     python scripts/make_photo_tiles.py data/photos/manifest.tsv photos_raw --out photo_tiles
@@ -53,6 +57,10 @@ from PIL import Image, ImageOps
 MIB = 1 << 20
 MANIFEST_COLUMNS = ("kind", "source", "blob_or_path", "orig_path", "w", "h", "bytes", "licence")
 TSV_HEADER = ("tile", "source", "blob", "orig_path", "licence", "slice")
+
+
+class TilesError(Exception):
+    """Bad input, or no tile to write; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -93,19 +101,43 @@ class TileParams:
     quality: int = 95
 
 
+def _read_tsv(path: Path, what: str, expected: str) -> str:
+    """The text of a tab-separated file, or :class:`TilesError` saying why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TilesError(f"cannot read the {what} {path}: {e.strerror or e}; {expected}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TilesError(f"{path} is not a {what} (not UTF-8 text); {expected}") from None
+    if "\0" in text:
+        raise TilesError(f"{path} is not a {what} (binary data); {expected}")
+    return text
+
+
 def read_manifest(path: Path) -> list[Photo]:
     """Parse the tab-separated manifest; empty fields (e.g. orig_path of Debian rows) are kept."""
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    header = "/".join(MANIFEST_COLUMNS)
+    give = f"give the manifest.tsv of the photo set (header {header})"
+    text = _read_tsv(path, "manifest", give)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
     if not rows or tuple(rows[0]) != MANIFEST_COLUMNS:
-        raise SystemExit(f"{path}: expected the header {'/'.join(MANIFEST_COLUMNS)}")
+        raise TilesError(f"{path}: expected the header {header}; {give}")
     photos = []
     for i, r in enumerate(rows[1:], start=2):
-        if len(r) != len(MANIFEST_COLUMNS) or r[0] not in ("git", "deb"):
-            raise SystemExit(
-                f"{path}:{i}: malformed row (need 8 tab-separated fields, kind git|deb)"
-            )
-        photos.append(Photo(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), r[7]))
+        try:
+            if len(r) != len(MANIFEST_COLUMNS) or r[0] not in ("git", "deb"):
+                raise ValueError
+            w, h, n = int(r[4]), int(r[5]), int(r[6])
+        except ValueError:
+            raise TilesError(
+                f"{path}:{i}: malformed row (need 8 tab-separated fields, kind git|deb, "
+                f"integer w, h, bytes)"
+            ) from None
+        photos.append(Photo(r[0], r[1], r[2], r[3], w, h, n, r[7]))
+    if not photos:
+        raise TilesError(f"{path} lists no photos; {give}")
     return photos
 
 
@@ -221,7 +253,13 @@ def process_photo(photo: Photo, raw: Path, staging: Path, p: TileParams) -> dict
         jpg = encode_tile(img.crop((x, y, x + p.tile, y + p.tile)), p.quality)
         write_atomic(staging / name, jpg)
         tiles.append((name, len(jpg)))
-    return {"photo": photo, "blob": blob, "tiles": tiles, "mpix": img.width * img.height / 1e6}
+    return {
+        "photo": photo,
+        "blob": blob,
+        "tiles": tiles,
+        "size": img.size,
+        "mpix": img.width * img.height / 1e6,
+    }
 
 
 def _tsv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
@@ -257,7 +295,7 @@ def _prepare_out(out: Path) -> Path:
     if out.exists() and any(
         (out / n).exists() for n in ("tiles.tsv", "SLICE0_READY", "slice_00", "slice_00.part")
     ):
-        raise SystemExit(f"{out} already holds tiles from an earlier run: remove it or use --out")
+        raise TilesError(f"{out} already holds tiles from an earlier run: remove it or use --out")
     staging = out / "_staging"
     staging.mkdir(parents=True, exist_ok=True)
     return staging
@@ -279,13 +317,14 @@ def _write_slice(out: Path, idx: int, names: list[str], staging: Path, rows: dic
 def read_tile_list(path: Path) -> set[str]:
     """The tile names of a tile list (a ``tiles.tsv`` or a training subset such as
     ``photo3234_tiles.tsv``: tab-separated, a ``tile`` column)."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        if "tile" not in (reader.fieldnames or []):
-            raise SystemExit(f"{path}: no 'tile' column; give a tiles.tsv written by this script")
-        names = {row["tile"] for row in reader}
+    give = "give a tiles.tsv written by this script"
+    text = _read_tsv(path, "tile list (--only)", give)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    if "tile" not in (reader.fieldnames or []):
+        raise TilesError(f"{path}: no 'tile' column; {give}")
+    names = {row["tile"] for row in reader}
     if not names:
-        raise SystemExit(f"{path} lists no tiles")
+        raise TilesError(f"{path} lists no tiles; {give}")
     return names
 
 
@@ -297,7 +336,7 @@ def keep_listed(
     missing = sorted(only - {name for name, _ in tiles})
     if missing:
         shutil.rmtree(staging)
-        raise SystemExit(
+        raise TilesError(
             f"{len(missing)} tile(s) of {list_path} were not cut from these photos (first: "
             f"{missing[0]}): use the manifest, photos and options (--tile, --max-per-photo, "
             "--min-std, --min-grad, --seed) the list was made with"
@@ -308,31 +347,72 @@ def keep_listed(
     return [(name, size) for name, size in tiles if name in only]
 
 
+def why_no_tiles(results: list[dict], p: TileParams, manifest: Path, raw: Path) -> str:
+    """Why these photo results gave no tile, and what to do."""
+    used = [r for r in results if "error" not in r]
+    if not used:
+        return (
+            f"no photo of {manifest} could be used: all {len(results)} were skipped (first: "
+            f"{results[0]['error']}); give the photos extract.sh extracted for this manifest"
+        )
+    if not any(grid(h, w, p.tile) for w, h in (r["size"] for r in used)):
+        w, h = max((r["size"] for r in used), key=min)
+        return (
+            f"every photo is smaller than --tile {p.tile} px after the 0.5x downscale (the "
+            f"largest: {w}x{h} px); give a --tile of at most {min(w, h)}"
+        )
+    return (
+        f"every tile cell of the {len(used)} usable photo(s) is near-flat; lower --min-std "
+        f"({p.min_std:g}) or --min-grad ({p.min_grad:g})"
+    )
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its ancestors that does not exist yet (None: it exists)."""
+    missing, p = None, path.absolute()
+    while not p.exists() and p != p.parent:
+        missing, p = p, p.parent
+    return missing
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the tiles and slices; return the process exit code."""
     t0 = time.time()
     p = TileParams(args.tile, args.max_per_photo, args.min_std, args.min_grad, args.seed)
     photos = read_manifest(args.manifest)
     only = read_tile_list(args.only) if args.only else None
+    if not any(ph.raw_path(args.raw).is_file() for ph in photos):
+        raise TilesError(
+            f"none of the {len(photos)} photos of {args.manifest} is in {args.raw} (e.g. no "
+            f"{photos[0].raw_path(args.raw)}); give the folder extract.sh extracted them into"
+        )
+    created = _first_missing(args.out)
     staging = _prepare_out(args.out)
-    results = []
-    with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as ex:
-        futs = [ex.submit(process_photo, ph, args.raw, staging, p) for ph in photos]
-        for i, f in enumerate(futs, start=1):
-            results.append(f.result())
-            if i % 50 == 0:
-                print(f"  {i}/{len(photos)} photos, {time.time() - t0:.0f} s", flush=True)
-    used = [r for r in results if "error" not in r]
-    skipped = [r for r in results if "error" in r]
-    rows, tiles = {}, []
-    for r in used:
-        ph = r["photo"]
-        for name, size in r["tiles"]:
-            rows[name] = [name, ph.source, r["blob"], ph.orig_path or ph.blob_or_path, ph.licence]
-            tiles.append((name, size))
-    if only is not None:
-        tiles = keep_listed(tiles, only, staging, args.only)
-        rows = {name: rows[name] for name, _ in tiles}
+    try:  # until the first slice is written, a failure leaves nothing behind
+        results = []
+        with ProcessPoolExecutor(max_workers=max(1, min(2, args.workers))) as ex:
+            futs = [ex.submit(process_photo, ph, args.raw, staging, p) for ph in photos]
+            for i, f in enumerate(futs, start=1):
+                results.append(f.result())
+                if i % 50 == 0:
+                    print(f"  {i}/{len(photos)} photos, {time.time() - t0:.0f} s", flush=True)
+        used = [r for r in results if "error" not in r]
+        skipped = [r for r in results if "error" in r]
+        rows, tiles = {}, []
+        for r in used:
+            ph = r["photo"]
+            for name, size in r["tiles"]:
+                source = ph.orig_path or ph.blob_or_path
+                rows[name] = [name, ph.source, r["blob"], source, ph.licence]
+                tiles.append((name, size))
+        if not tiles:
+            raise TilesError(why_no_tiles(results, p, args.manifest, args.raw))
+        if only is not None:
+            tiles = keep_listed(tiles, only, staging, args.only)
+            rows = {name: rows[name] for name, _ in tiles}
+    except BaseException:
+        shutil.rmtree(created if created is not None else staging, ignore_errors=True)
+        raise
     row_bytes = max((len("\t".join([*v, "99"])) + 1 for v in rows.values()), default=0)
     slices = pack_slices(tiles, args.slice_mib * MIB - 4096, args.seed, row_bytes)
     sizes = []
@@ -398,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--tile must be >= 16, --max-per-photo and --slice-mib >= 1")
     if not args.raw.is_dir():
         ap.error(f"{args.raw} is not a folder: extract the photos first (extract.sh)")
-    return run(args)
+    try:
+        return run(args)
+    except TilesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from spandrel.architectures.Compact import Compact
 
 from hybridmoe import cli, evaluate, metrics
 from hybridmoe.degraded_sets import image_seed
-from hybridmoe.imageio import OutputError
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -295,7 +294,9 @@ def test_sweep_and_precision_refuse_x4_sets_for_x1_restoration(degraded4: Path) 
         precision.load_degraded_images(degraded4, ["mine"], None, None)
 
 
-def test_side_by_side_sheet_has_a_column_per_method(degraded4: Path, tmp_path: Path) -> None:
+def test_side_by_side_sheet_has_a_column_per_method(
+    degraded4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import side_by_side
 
     model = _compact(tmp_path, 4)
@@ -308,12 +309,47 @@ def test_side_by_side_sheet_has_a_column_per_method(degraded4: Path, tmp_path: P
     hr = _png(degraded4 / "mine" / "HR" / "rgb.png")
     cell = np.asarray(sheet)[side_by_side.LABEL_H : side_by_side.LABEL_H + 40, 120:160]
     assert np.array_equal(cell[:: 40 // 16 + 0, :: 40 // 16 + 0][:1, :1], hr[4:5, 8:9])
-    with pytest.raises(SystemExit, match="multiples of x4"):
-        side_by_side.main([*argv[:2], "--crop", "rgb:1,0,16", "--out", str(tmp_path / "b.png")])
-    with pytest.raises(SystemExit, match="outside"):
-        side_by_side.main([*argv[:2], "--crop", "rgb:40,0,16", "--out", str(tmp_path / "c.png")])
-    with pytest.raises(OutputError):
-        side_by_side.main(argv)  # no overwrite
+    capsys.readouterr()
+    for crop, message in (("rgb:1,0,16", "multiples of x4"), ("rgb:40,0,16", "outside")):
+        bad = tmp_path / "bad.png"
+        assert side_by_side.main([*argv[:2], "--crop", crop, "--out", str(bad)]) == 2
+        assert message in capsys.readouterr().err and not bad.exists()
+
+
+def test_side_by_side_refuses_bad_input_in_one_line(
+    degraded4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model of another scale than the set's wrote a sheet whose column showed another part
+    of the image; an existing --out, a missing set, image or model file were tracebacks."""
+    import side_by_side
+
+    set_dir = degraded4 / "mine"
+    out = tmp_path / "sheet.png"
+    base = ["--crop", "rgb:8,4,16", "--cell", "16"]
+    x2, x1 = _compact(tmp_path, 2), _compact(tmp_path, 1)
+    existing = tmp_path / "existing.png"
+    existing.write_bytes(b"keep")
+    cases = [
+        (
+            ["--set", str(set_dir), "--model", f"Two={x2}"],
+            f"Two: {x2} is a x2 model, but the set {set_dir} is x4",
+        ),
+        (["--set", str(set_dir), "--model", f"One={x1}"], f"{x1} is a x1 model"),
+        (["--set", str(tmp_path / "nosuch")], "is not a complete degraded set"),
+        (["--set", str(set_dir), "--crop", "nosuch:0,0,16"], "no image 'nosuch' in the set"),
+        (["--set", str(set_dir), "--model", f"M={tmp_path / 'none.pth'}"], "none.pth"),
+    ]
+    for args, message in cases:
+        assert side_by_side.main([*base, *args, "--out", str(out)]) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert message in err and "Traceback" not in err
+        assert not out.exists()
+    model = _compact(tmp_path, 4)
+    argv = [*base, "--set", str(set_dir), "--model", f"C={model}", "--out", str(existing)]
+    assert side_by_side.main(argv) == 2
+    assert "exists" in capsys.readouterr().err and existing.read_bytes() == b"keep"
+    assert side_by_side.main([*argv, "--overwrite"]) == 0
 
 
 def test_two_images_with_one_stem_are_named(tmp_path: Path) -> None:

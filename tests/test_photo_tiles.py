@@ -4,6 +4,7 @@ images: sizes, flat-tile skipping, determinism, JPEG settings, manifest checks a
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import make_photo_tiles as mpt
@@ -154,11 +155,14 @@ def test_end_to_end_slices_attribution_and_skips(tmp_path: Path, capsys) -> None
         assert im.size == (32, 32)
     assert tiles[0].name.startswith(("own+repo_", "deb+pkg_"))
     assert "photos: 4 used of 7 (3 skipped)" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="earlier run"):
-        mpt.main(argv)
+    before = sorted(out.rglob("*"))
+    assert mpt.main(argv) == 2
+    assert "earlier run" in capsys.readouterr().err and sorted(out.rglob("*")) == before
 
 
-def test_only_packs_the_listed_subset_and_refuses_a_tile_it_did_not_cut(tmp_path: Path) -> None:
+def test_only_packs_the_listed_subset_and_refuses_a_tile_it_did_not_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--only LIST: the slices hold exactly the listed tiles (a training subset, e.g. the
     3,234-tile list); a listed tile these photos and options do not give is refused by name."""
     manifest, raw = write_photo_set(tmp_path, sorted(T91.glob("*.png"))[:3])
@@ -183,21 +187,80 @@ def test_only_packs_the_listed_subset_and_refuses_a_tile_it_did_not_cut(tmp_path
             == next(full.glob(f"slice_*/{name}")).read_bytes()
         )
 
+    capsys.readouterr()
     subset.write_text(lines[0] + "\nown+repo_000000000000_0000_0000.jpg\tx\tx\tx\tx\tx\n")
-    with pytest.raises(SystemExit, match=r"1 tile.*own\+repo_000000000000_0000_0000\.jpg.*--tile"):
-        mpt.main(
-            [str(manifest), str(raw), "--out", str(tmp_path / "o2"), *opts, "--only", str(subset)]
-        )
-    assert not (tmp_path / "o2" / "_staging").exists()
+    argv = [str(manifest), str(raw), "--out", str(tmp_path / "o2"), *opts, "--only", str(subset)]
+    assert mpt.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: 1 tile.*own\+repo_000000000000_0000_0000\.jpg.*--tile", err)
+    assert not (tmp_path / "o2").exists()
     subset.write_text("name\nx\n")
-    with pytest.raises(SystemExit, match="no 'tile' column"):
-        mpt.main(
-            [str(manifest), str(raw), "--out", str(tmp_path / "o3"), *opts, "--only", str(subset)]
-        )
+    argv = [str(manifest), str(raw), "--out", str(tmp_path / "o3"), *opts, "--only", str(subset)]
+    assert mpt.main(argv) == 2
+    assert "no 'tile' column" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
 def test_bad_manifest_is_refused(tmp_path: Path) -> None:
     m = tmp_path / "m.tsv"
     m.write_text("kind\tsource\n")
-    with pytest.raises(SystemExit, match="expected the header"):
+    with pytest.raises(mpt.TilesError, match="expected the header"):
         mpt.read_manifest(m)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], message: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+
+
+def test_unreadable_manifest_or_list_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing manifest, a PNG given as the manifest and a missing --only list were
+    tracebacks."""
+    manifest, raw = write_photo_set(tmp_path, sorted(T91.glob("*.png"))[:1])
+    png = next(T91.glob("*.png"))
+    out = tmp_path / "out"
+    opts = ["--out", str(out), "--tile", "32", "--workers", "1"]
+    for argv, message in (
+        ([str(tmp_path / "nosuch.tsv"), str(raw)], "cannot read the manifest"),
+        ([str(png), str(raw)], f"{png} is not a manifest (not UTF-8 text)"),
+        (
+            [str(manifest), str(raw), "--only", str(tmp_path / "nosuch.tsv")],
+            "cannot read the tile list (--only)",
+        ),
+    ):
+        assert mpt.main([*argv, *opts]) == 2
+        _one_error_line(capsys, message)
+        assert not out.exists()
+
+
+def test_a_run_that_cuts_no_tile_fails_and_leaves_no_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A RAW folder without the manifest's photos, or photos smaller than --tile, exited 0 with
+    0 tiles (and an output folder)."""
+    manifest, raw = write_photo_set(tmp_path, sorted(T91.glob("*.png"))[:2])
+    out = tmp_path / "new" / "out"
+    empty = tmp_path / "empty_raw"
+    empty.mkdir()
+    assert mpt.main([str(manifest), str(empty), "--out", str(out), "--workers", "1"]) == 2
+    _one_error_line(capsys, f"none of the 4 photos of {manifest} is in {empty}")
+    assert not (tmp_path / "new").exists()
+    # T91 images are at most ~250 px: ~125 px after the 0.5x downscale, under the default 384
+    assert mpt.main([str(manifest), str(raw), "--out", str(out), "--workers", "1"]) == 2
+    _one_error_line(capsys, "every photo is smaller than --tile 384 px after the 0.5x downscale")
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"  # an empty --out given is kept, and stays empty
+    existing.mkdir()
+    assert mpt.main([str(manifest), str(raw), "--out", str(existing), "--workers", "1"]) == 2
+    assert "smaller than --tile" in capsys.readouterr().err
+    assert existing.is_dir() and not any(existing.iterdir())
+    small = ["--tile", "32", "--workers", "1"]
+    assert mpt.main([str(manifest), str(raw), "--out", str(out), *small, "--min-std", "999"]) == 2
+    _one_error_line(capsys, "usable photo(s) is near-flat; lower --min-std (999)")
+    for photo in raw.rglob("*.png"):  # present, but none matches its manifest row
+        photo.write_bytes(photo.read_bytes() + b"x")
+    assert mpt.main([str(manifest), str(raw), "--out", str(out), *small]) == 2
+    _one_error_line(capsys, f"no photo of {manifest} could be used: all 4 were skipped")
+    assert not (tmp_path / "new").exists()

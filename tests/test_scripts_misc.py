@@ -121,6 +121,7 @@ def test_comparison_configs_differ_only_in_network(tmp_path: Path) -> None:
             "--models",
             "span",
             "hybridmoe_s",
+            "hybridmoe",
             "--scales",
             "4",
             "--iters",
@@ -132,12 +133,58 @@ def test_comparison_configs_differ_only_in_network(tmp_path: Path) -> None:
     a = yaml.safe_load((out / "cmp_span_x4.yml").read_text())
     b = yaml.safe_load((out / "cmp_hybridmoe_s_x4.yml").read_text())
     assert a["network_g"] == {"type": "span"} and b["network_g"] == {"type": "hybridmoe_s"}
-    assert a["train"]["losses"] == b["train"]["losses"][:1]
-    assert b["train"]["losses"][1]["type"] == "hybridmoebalanceloss"
+    # the balance loss only where there are MoE layers: train.py stops at iteration 1 when it
+    # has no router statistics (hybridmoe_s has no MoE; the three-level hybridmoe has)
+    assert a["train"]["losses"] == b["train"]["losses"]
+    moe = yaml.safe_load((out / "cmp_hybridmoe_x4.yml").read_text())["train"]["losses"]
+    assert moe[:1] == a["train"]["losses"] and moe[1]["type"] == "hybridmoebalanceloss"
     for key in ("datasets", "val", "logger", "scale"):
         assert a[key] == b[key]
     assert a["train"]["scheduler"]["milestones"] == [50, 75]
     assert a["datasets"]["train"]["lq_size"] == compare_training.LQ_SIZE[4]
+
+
+def test_comparison_configs_refuse_edited_files_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """configs silently replaced a config edited by hand; make-options refuses that case."""
+    out = tmp_path / "cfg"
+    argv = ["configs", "--models", "span", "--scales", "2", "--iters", "100", "--out", str(out)]
+    assert compare_training.main(argv) == 0
+    edited = out / "cmp_span_x2.yml"
+    text = edited.read_text() + "# tuned by hand\n"
+    edited.write_text(text)
+    more = [*argv[:4], "2", "4", *argv[5:]]  # a new scale beside the edited file
+    assert compare_training.main(more) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 config(s) under") and "cmp_span_x2.yml" in err
+    assert "--overwrite" in err and err.count("\n") == 1
+    assert edited.read_text() == text and not (out / "cmp_span_x4.yml").exists()
+    assert compare_training.main([*more, "--overwrite"]) == 0
+    assert "# tuned by hand" not in edited.read_text() and (out / "cmp_span_x4.yml").is_file()
+    assert compare_training.main(more) == 0  # unchanged files are fine
+
+
+def test_comparison_configs_refuse_bad_input_and_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown model or --iters 0 were accepted; --scales 5 was a KeyError after creating
+    --out; collect of a missing folder a traceback."""
+    out = tmp_path / "cfg"
+    base = ["configs", "--models", "span", "--iters", "100", "--out", str(out)]
+    for extra, message in (
+        (["--models", "hybridmoe_nnano"], "unknown model 'hybridmoe_nnano'; known: compact,"),
+        (["--iters", "0"], "--iters: must be >= 1, got 0"),
+        (["--scales", "5"], "invalid choice: 5 (choose from 1, 2, 3, 4)"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            compare_training.main([*base, *extra])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and message in err and "Traceback" not in err
+        assert not out.exists()
+    assert compare_training.main(["collect", str(tmp_path / "nosuch")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no folder {tmp_path / 'nosuch'}") and err.count("\n") == 1
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
