@@ -11,10 +11,12 @@ saved and evaluated. These are the values of the traiNNer-redux templates in ``o
 Commands::
 
     sweep.py train  --configs A B ... --scale 4 --iters 2000 --data DIR --out RUNS
-                    [--deadline-s S] [--workers-per-gpu N]
+                    [--deadline-s S]
         one process per configuration, side by side on the GPU; each saves its full training
         state every 500 iterations and when the deadline comes, and resumes from it when run
-        again with the same --out (so a budget can span several machine sessions). A larger
+        again with the same --out and --data (so a budget can span several machine sessions).
+        The names, folders and a resume's recipe are checked before any run starts; a run that
+        fails shows the last line of its output (all of it in RUNS/<run>.stdout). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
         --warmup N: the rate rises linearly over the first N iterations; --lr X: another peak
         rate; --batch N, --crop N: another batch size, LR crop side (small CPU probes). All are
@@ -35,7 +37,7 @@ Commands::
         median latency (CUDA events), GFLOPs per forward and achieved TFLOP/s.
     sweep.py eval   --runs RUNS [--sets ...] [--records DIR] [--recipe NAME] [--degraded DIR]
         the project's evaluator (Y channel, border = scale, MATLAB bicubic LR) on every finished
-        run; one JSON record per trained model. An existing record is not rewritten: sets
+        run; one JSON record per trained model. An existing record is kept (and named): sets
         named in --sets that it lacks are added to it (listed under "added"). With
         --degraded DIR (sets of hybridmoe
         make-degraded): the restoration runs, PSNR/SSIM (Y, border 0) per set and the degraded
@@ -273,6 +275,15 @@ PACK_PART_BYTES = 15 * 2**20  # tar parts and chunks of pack (the device returns
 LOG_EVERY = 100
 
 
+class UsageError(SystemExit):
+    """Bad input that a command finds before it creates anything: :func:`main` prints the
+    message as one line (``sweep.py CMD: error: ...``) and the process exits with 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 2
+
+
 def run_name(
     config: str, scale: int, seed: int, degrade_preset: str | None = None, gan: bool = False
 ) -> str:
@@ -344,7 +355,32 @@ def build(name: str, scale: int) -> nn.Module:
 
 
 def known_names() -> list[str]:
-    return [*CONFIGS, *A.FACTORIES, *timing_tools.MODELS]
+    """Every configuration name, once (the package's variants are also timing models)."""
+    return list(dict.fromkeys([*CONFIGS, *A.FACTORIES, *timing_tools.MODELS]))
+
+
+def check_configs(configs: list[str]) -> None:
+    """Every name in ``configs`` is a configuration (:class:`UsageError` naming the others)."""
+    unknown = [c for c in configs if c not in known_names()]
+    if unknown:
+        raise UsageError(
+            f"unknown configuration {', '.join(map(repr, unknown))}; known: "
+            + ", ".join(known_names())
+        )
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot (Agg backend), or one line saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "the plot needs matplotlib, which is not installed: pip install matplotlib"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def registered_name(config: str) -> str:
@@ -553,33 +589,159 @@ def param_groups(model: nn.Module, router_mult: float) -> list[dict[str, Any]]:
     return [{"params": rest, "lr_mult": 1.0}, {"params": routers, "lr_mult": router_mult}]
 
 
+def train_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe values that a run keeps in its meta.json (``recipe``) as ``args`` give
+    them, defaults filled in: warm-up, peak rate, batch, LR crop side, router rate multiple."""
+    gan = bool(getattr(args, "gan", None))
+    return {
+        "warmup": getattr(args, "warmup", 0),
+        "lr": getattr(args, "lr", None) or (GAN_RECIPE["lr"] if gan else RECIPE["lr"]),
+        "batch": getattr(args, "batch", None) or RECIPE["batch"],
+        "lr_size": getattr(args, "crop", None) or lr_size(args.scale),
+        "router_lr_mult": getattr(args, "router_lr_mult", None) or 1.0,
+    }
+
+
+RESUME_FLAGS = {
+    "warmup": "--warmup",
+    "lr": "--lr",
+    "batch": "--batch",
+    "lr_size": "--crop",
+    "router_lr_mult": "--router-lr-mult",
+}
+"""The recipe values a resume must keep, with the option that sets each."""
+
+
+def check_resume(run: Path, args: argparse.Namespace) -> None:
+    """A resume (``run`` holds its state and meta.json) keeps its recipe and its data: another
+    value of a recipe option, or other ``--data`` folders, are refused, naming what to give."""
+    meta_path = run / "meta.json"
+    if not ((run / "state.pt").is_file() and meta_path.is_file()):
+        return
+    meta = json.loads(meta_path.read_text())
+    before, now = meta["recipe"], train_values(args)
+    # a value the run's meta lacks was trained at its default (the option came later)
+    defaults = train_values(argparse.Namespace(scale=args.scale, gan=getattr(args, "gan", None)))
+    for key, flag in RESUME_FLAGS.items():
+        was = before.get(key, defaults[key])
+        if was != now[key]:
+            raise UsageError(
+                f"{run} was trained with {flag} {was}; resume it with the same value "
+                f"(got {flag} {now[key]}), or give the new recipe its own --out"
+            )
+    was_data, data = meta.get("data"), [str(d) for d in args.data]
+    same = was_data is None or (
+        len(was_data) == len(data)
+        and all(
+            a == b or Path(a).resolve() == Path(b).resolve()
+            for a, b in zip(was_data, data, strict=True)
+        )
+    )
+    if not same:
+        raise UsageError(
+            f"{run} was trained on --data {' '.join(was_data)}; resume it with the same "
+            f"folders (got --data {' '.join(data)}), or give the new data its own --out"
+        )
+
+
+def check_data(folder: Path, scale: int, hr_only: bool) -> None:
+    """A ``--data`` folder holds what training reads from it: make_pairs.py pairs (``hr/`` +
+    ``lr/``, each HR image ``scale`` times its LR image; the first pair is measured) or HR
+    images (``*.jpg``/``*.png``; with ``hr_only``, a pairs folder's ``hr/`` is read)."""
+    from PIL import Image
+
+    what = "make_pairs.py pairs (hr/ + lr/) or HR images (*.jpg, *.png)"
+    if not folder.is_dir():
+        raise UsageError(f"--data {folder}: no such folder; give folders of {what}")
+    if (folder / "hr").is_dir():
+        hrs = sorted((folder / "hr").glob("*.png"))
+        if hr_only and (hrs or any((folder / "hr").glob("*.jpg"))):
+            return
+        if not hrs:
+            raise UsageError(f"--data {folder}: no hr/*.png images there")
+        lrs = {p.name for p in (folder / "lr").glob("*.png")}
+        missing = [p.name for p in hrs if p.name not in lrs]
+        if missing:
+            raise UsageError(
+                f"--data {folder}: {len(missing)} HR image(s) without their LR image in lr/ "
+                f"(first: {missing[0]}); make the pairs again with make_pairs.py"
+            )
+        with Image.open(hrs[0]) as hr, Image.open(folder / "lr" / hrs[0].name) as lr:
+            if hr.size != (lr.size[0] * scale, lr.size[1] * scale):
+                made = hr.size[0] / lr.size[0]
+                raise UsageError(
+                    f"--data {folder}: its pairs are not x{scale} (hr/{hrs[0].name} "
+                    f"{hr.size[0]}x{hr.size[1]}, LR {lr.size[0]}x{lr.size[1]}: x{made:g}); "
+                    f"give pairs made at x{scale}, or --scale to match them"
+                )
+    elif not [*folder.glob("*.jpg"), *folder.glob("*.png")]:
+        raise UsageError(f"--data {folder}: no images there; give folders of {what}")
+
+
+def check_train_args(args: argparse.Namespace, configs: list[str]) -> None:
+    """What a start of ``configs`` can check before it creates anything: the names, the
+    options that go together, the folders and files it reads, a resume's recipe and data, a
+    fine-tune's starting run. Raises :class:`UsageError` naming the problem and the fix."""
+    check_configs(configs)
+    twice = sorted({c for c in configs if configs.count(c) > 1})
+    if twice:
+        raise UsageError(f"--configs names {', '.join(twice)} more than once; name each once")
+    scale = args.scale
+    preset = getattr(args, "degrade", None)
+    gan_weights = getattr(args, "gan", None)
+    init_dir = getattr(args, "init", None)
+    init_config = getattr(args, "init_config", None)
+    val = getattr(args, "val", None)
+    if init_config and not init_dir:
+        raise UsageError("--init-config names the run to start from; give its folder with --init")
+    if preset and scale != degrade.PRESETS[preset].scale:
+        raise UsageError(
+            f"--degrade {preset} makes x{degrade.PRESETS[preset].scale} inputs; use --scale "
+            f"{degrade.PRESETS[preset].scale} (got --scale {scale})"
+        )
+    if preset and val:
+        raise UsageError("--val scores bicubic inputs; a --degrade run has no validation set")
+    if gan_weights and not init_dir:
+        raise UsageError("--gan fine-tunes a trained network; give its run folder with --init")
+    for folder in args.data:
+        check_data(Path(folder), scale, hr_only=bool(preset))
+    if val and not Path(val).is_dir():
+        raise UsageError(f"--val {val}: no such folder (give a folder of HR images, e.g. Set5/HR)")
+    if val and not any(Path(val).glob("*.png")):
+        raise UsageError(f"--val {val}: no .png images there (give a folder of HR images)")
+    if gan_weights and not Path(gan_weights).is_file():
+        raise UsageError(
+            f"--gan {gan_weights}: no such file; give the LPIPS-VGG weights "
+            "(hybridmoe perceptual-weights --out DIR: DIR/lpips_vgg.safetensors)"
+        )
+    for config in configs:
+        run = Path(args.out) / run_name(config, scale, args.seed, preset, bool(gan_weights))
+        check_resume(run, args)
+        source = init_config or config
+        start = Path(init_dir or ".") / run_name(source, scale, 0)
+        if init_dir and not (run / "state.pt").is_file() and not (start / "meta.json").is_file():
+            raise UsageError(f"--init: no run {start} (meta.json) to start {source} x{scale} from")
+
+
 def train_one(args: argparse.Namespace) -> int:
-    """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl."""
+    """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl.
+    The run folder is made with the first line of its log or its first save: a start that
+    fails before leaves nothing behind."""
     name, scale = args.config, args.scale
+    check_train_args(args, [name])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = getattr(args, "degrade", None)
     gan_weights = getattr(args, "gan", None)
     init_dir = getattr(args, "init", None)
     init_config = getattr(args, "init_config", None) or name
-    if getattr(args, "init_config", None) and not init_dir:
-        raise SystemExit("--init-config names the run to start from; give its folder with --init")
-    if preset and scale != degrade.PRESETS[preset].scale:
-        raise SystemExit(
-            f"--degrade {preset} makes x{degrade.PRESETS[preset].scale} inputs; use --scale "
-            f"{degrade.PRESETS[preset].scale} (got --scale {scale})"
-        )
-    if preset and getattr(args, "val", None):
-        raise SystemExit("--val scores bicubic inputs; a --degrade run has no validation set")
-    if gan_weights and not init_dir:
-        raise SystemExit("--gan fine-tunes a trained network; give its run folder with --init")
     run = Path(args.out) / run_name(name, scale, args.seed, preset, bool(gan_weights))
-    run.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
     torch.manual_seed(args.seed)
     model = build(name, scale).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     ema = [p.detach().clone() for p in model.state_dict().values()]
-    router_mult = getattr(args, "router_lr_mult", None) or 1.0
+    recipe = train_values(args)
+    router_mult = recipe["router_lr_mult"]
     opt = torch.optim.AdamW(
         param_groups(model, router_mult), betas=RECIPE["betas"], weight_decay=0.0
     )
@@ -606,27 +768,8 @@ def train_one(args: argparse.Namespace) -> int:
             print(f"{name} x{scale}: from {init_config}, new (identity at the start): {added}")
         for e, v in zip(ema, model.state_dict().values(), strict=True):
             e.copy_(v)
-    warmup = getattr(args, "warmup", 0)
-    peak = getattr(args, "lr", None) or (GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"])
-    batch = getattr(args, "batch", None) or RECIPE["batch"]
-    crop = getattr(args, "crop", None) or lr_size(scale)
-    meta_path = run / "meta.json"
-    if state_path.is_file() and meta_path.is_file():  # a resume keeps its recipe
-        before = json.loads(meta_path.read_text())["recipe"]
-        changes = (
-            ("--warmup", "warmup", warmup, 0),
-            ("--lr", "lr", peak, GAN_RECIPE["lr"] if disc is not None else RECIPE["lr"]),
-            ("--batch", "batch", batch, RECIPE["batch"]),
-            ("--crop", "lr_size", crop, lr_size(scale)),
-            ("--router-lr-mult", "router_lr_mult", router_mult, 1.0),
-        )
-        for flag, key, now, default in changes:
-            was = before.get(key, default)
-            if was != now:
-                raise SystemExit(
-                    f"{run} was trained with {flag} {was}; resume it with the same value "
-                    f"(got {flag} {now}), or give the new recipe its own --out"
-                )
+    # a resume keeps its recipe and data (check_resume, in check_train_args)
+    warmup, peak, batch, crop = (recipe[k] for k in ("warmup", "lr", "batch", "lr_size"))
     if state_path.is_file():
         st = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(st["model"])
@@ -657,7 +800,16 @@ def train_one(args: argparse.Namespace) -> int:
         device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
     )
     keys = list(model.state_dict())
-    log = (run / "log.jsonl").open("a")
+    log = None
+
+    def log_line(rec: dict[str, Any]) -> None:
+        nonlocal log
+        if log is None:
+            run.mkdir(parents=True, exist_ok=True)
+            log = (run / "log.jsonl").open("a")
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+
     t0, it = time.time(), start
     meta = {
         "config": name,
@@ -688,6 +840,7 @@ def train_one(args: argparse.Namespace) -> int:
 
     def save(final: bool) -> None:
         sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
+        run.mkdir(parents=True, exist_ok=True)
         tmp = run / "state.pt.tmp"
         torch.save(
             {
@@ -759,17 +912,14 @@ def train_one(args: argparse.Namespace) -> int:
                 "it_s": (it - start) / elapsed,
                 "elapsed_s": elapsed,
             }
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            log_line(rec)
             if not math.isfinite(rec["loss"]):
                 print(f"{name} x{scale}: non-finite loss at {it}", file=sys.stderr)
                 return 3
         if it % SAVE_EVERY == 0 or it == args.iters or time.time() > deadline:
             save(it == args.iters)
             if val is not None:
-                vrec = {"iter": it, "val": val(model, dict(zip(keys, ema, strict=True)))}
-                log.write(json.dumps(vrec) + "\n")
-                log.flush()
+                log_line({"iter": it, "val": val(model, dict(zip(keys, ema, strict=True)))})
             if time.time() > deadline:
                 break
     print(
@@ -779,8 +929,20 @@ def train_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def last_line(path: Path, offset: int) -> str:
+    """The last non-blank line written to ``path`` after ``offset`` bytes (a failed run's
+    reason: its error message, or the last line of its traceback)."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        lines = [line.strip() for line in f.read().decode(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "(no output)")
+
+
 def train_many(args: argparse.Namespace) -> int:
-    """One subprocess per configuration, side by side; waits for all."""
+    """One subprocess per configuration, side by side; waits for all. What can be checked
+    before is checked for every configuration before any starts (:func:`check_train_args`);
+    a run that fails shows the last line of its output, which is kept in OUT/<run>.stdout."""
+    check_train_args(args, args.configs)
     procs = []
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for name in args.configs:
@@ -818,13 +980,19 @@ def train_many(args: argparse.Namespace) -> int:
         ):  # recipe changes, validation
             if getattr(args, flag):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        stdout = f"{run_name(name, args.scale, args.seed, args.degrade, bool(args.gan))}.stdout"
-        logf = (Path(args.out) / stdout).open("a")
-        procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
+        run = run_name(name, args.scale, args.seed, args.degrade, bool(args.gan))
+        stdout = Path(args.out) / f"{run}.stdout"
+        offset = stdout.stat().st_size if stdout.is_file() else 0  # earlier calls' output
+        with stdout.open("a") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        procs.append((name, stdout, offset, proc))
     rc = 0
-    for name, p in procs:
-        code = p.wait()
-        print(f"{name}: exit {code}")
+    for name, stdout, offset, proc in procs:
+        code = proc.wait()
+        if code:
+            print(f"{name}: exit {code}: {last_line(stdout, offset)} (see {stdout})", flush=True)
+        else:
+            print(f"{name}: exit {code}", flush=True)
         rc = rc or code
     return rc
 
@@ -1005,6 +1173,12 @@ def bench(args: argparse.Namespace) -> int:
     Rounds interleave the models (every model once per round), so slow drifts of the machine
     spread over all of them; ``ms`` is eager PyTorch (CPU dispatch included), ``ms_graph`` the
     same forward replayed from a CUDA graph."""
+    check_configs(args.configs)
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            "sweep.py bench times the networks on a CUDA GPU, and there is none here "
+            "(torch.cuda.is_available() is False); run it on a machine with one"
+        )
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     cases = [(4, (480, 270)), (2, (1920, 1080))]
@@ -1083,14 +1257,24 @@ def evaluate_runs(args: argparse.Namespace) -> int:
     steps (mod-crop, MATLAB-bicubic LR, 8-bit output, Y PSNR/SSIM with border = scale); each
     LR image is made once and fed to all models. With ``--degraded DIR``, the x1 restoration
     runs (trained with ``--degrade``) instead, on the degraded sets of ``hybridmoe
-    make-degraded`` (Y, border 0), the degraded input scored beside them."""
+    make-degraded`` (Y, border 0), the degraded input scored beside them. An existing record
+    is kept (and named); the ``--records`` folder is made when the first record is written."""
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = False  # float32 scores on the GPU too
     out = Path(args.records)
-    out.mkdir(parents=True, exist_ok=True)
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise UsageError(f"--runs {runs}: no such folder; give the folder that holds the runs")
+    if (runs / "meta.json").is_file():
+        raise UsageError(
+            f"--runs {runs} is one run; give the folder that holds it (--runs {runs.parent})"
+        )
+    metas = sorted(runs.glob("*/meta.json"))
+    if not metas:
+        raise UsageError(f"--runs {runs}: no runs there (no <run>/meta.json)")
     restoring = args.degraded is not None
     todo = []
-    for meta_path in sorted(Path(args.runs).glob("*/meta.json")):
+    for meta_path in metas:
         meta = json.loads(meta_path.read_text())
         if bool(meta.get("degradation")) != restoring:
             kind = "an x1 restoration run (evaluate it with --degraded DIR)"
@@ -1107,6 +1291,11 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             # a record is never rewritten; sets asked for by name that it lacks are added to it
             old = json.loads(rec_path.read_text())
             if restoring or not args.sets or set(args.sets) <= set(old["psnr"]):
+                more = "" if restoring else "; --sets NAME adds a set it lacks"
+                print(
+                    f"{rec_path}: kept, it exists (sets {', '.join(old['psnr'])}); remove it "
+                    f"to evaluate the run again{more}"
+                )
                 continue
         _, model = load_run(meta_path.parent)
         if args.top_k:
@@ -1136,9 +1325,14 @@ def evaluate_runs(args: argparse.Namespace) -> int:
         sets = args.sets or list(SETS)
         if all(old is not None for *_, old in todo):  # only additions: just the missing sets
             sets = [s for s in sets if any(s not in old["psnr"] for *_, old in todo)]
-        scores = score_sr(descs, data, sets, scales.pop(), args.limit)
+        try:
+            ev.find_sets(data, sets)  # before any scoring: one line naming what is missing
+            scores = score_sr(descs, data, sets, scales.pop(), args.limit)
+        except ev.EvaluationError as exc:
+            raise UsageError(str(exc)) from None
         inputs, about = None, None
         evaluator = "hybridmoe evaluate steps (Y, border=scale, MATLAB bicubic LR)"
+    out.mkdir(parents=True, exist_ok=True)
     for i, (meta, rec_path, desc, old) in enumerate(todo):
         if old is not None:
             _add_sets(old, rec_path, scores[i], device)
@@ -1243,7 +1437,7 @@ def score_degraded(
     try:
         names = ev.degraded_set_names(root, sets)
     except ev.EvaluationError as exc:
-        raise SystemExit(str(exc)) from None
+        raise UsageError(str(exc)) from None
     scores: list[Scores] = [{} for _ in descs]
     inputs: Scores = {}
     about: dict[str, Any] = {"dir": str(root), "sets": {}}
@@ -1338,6 +1532,8 @@ def dial(args: argparse.Namespace) -> int:
     configuration's own rows at its trained k); ``--ref`` adds another configuration of the
     same recipe and seeds (a dense twin) as one point. A table and optionally a plot against
     the ``--plot-scale`` case."""
+    if args.plot:
+        pyplot()  # the plot's dependency, before any output
     recs = [r for r in load_records(args.records, args.recipe) if r["scale"] == args.scale]
     speed = load_speed(args.speed)
     trained_k = CONFIGS[args.config]["top_k"]
@@ -1388,11 +1584,7 @@ def dial(args: argparse.Namespace) -> int:
         vals = " | ".join(f"{per_set[s]:.3f}" for s in sets)
         print(f"| {label} | {vals} | {mean:.3f} | {fmt_ms(sp[4])} | {fmt_ms(sp[2])} |")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         sc = args.plot_scale
         pts = [(sp[sc]["ms"], mean, label) for label, _, mean, sp in rows if sp[sc]]
         dial_pts = [p for p in pts if p[2].isdigit()]
@@ -1435,7 +1627,14 @@ def fmt_ms(sp: dict[str, float] | None) -> str:
 
 
 def table(args: argparse.Namespace) -> int:
-    """Markdown: PSNR per set (or the difference to --baseline) and latency per configuration."""
+    """Markdown: PSNR per set (or the difference to --baseline) and latency per configuration;
+    ``--plot``: PSNR against the latency of ``--speed``."""
+    if args.plot and not args.speed:
+        raise UsageError(
+            "--plot draws PSNR against latency; give the bench JSON files with --speed"
+        )
+    if args.plot:
+        pyplot()  # the plot's dependency, before any output
     recs = load_records(args.records, args.recipe)
     if args.configs:
         recs = [r for r in recs if r.get("config", r["model"]) in args.configs]
@@ -1489,7 +1688,7 @@ def table(args: argparse.Namespace) -> int:
                 )
     text = "\n".join(lines)
     print(text)
-    if args.plot and speed:
+    if args.plot:
         plot(recs, speed, args.plot, join_rates=args.join_rates)
     return 0
 
@@ -1552,11 +1751,7 @@ def curves(args: argparse.Namespace) -> int:
             found.append((f"{Path(folder).name}/{log.parent.name}", points))
     if not found:
         raise SystemExit(f"no run under {' '.join(args.runs)} has a {args.set} validation curve")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     # one colour per run (configuration), one line style per folder (group)
     runs = sorted({label.split("/", 1)[1] for label, _ in found})
     colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
@@ -1661,10 +1856,7 @@ def plot(
     rate) never share a panel unless ``join_rates`` (then each point is labelled with its
     rate); a panel names its recipe(s)."""
     panels = front_panels(recs, join_rates)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
@@ -1969,7 +2161,11 @@ def main(argv: list[str] | None = None) -> int:
         "router-drift": router_drift,
         "margin": margin,
     }[args.cmd]
-    return cmd(args)
+    try:
+        return cmd(args)
+    except UsageError as e:
+        print(f"sweep.py {args.cmd}: error: {e}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -889,3 +889,177 @@ def test_margin_scores_runs_per_image_against_the_first(tmp_path: Path) -> None:
         sweep.main(["margin", "--runs", runs[0], "--data", str(TEST_DATA)])
     with pytest.raises(SystemExit, match=r"mixes scales \[2, 4\]"):
         sweep.main(["margin", "--runs", runs[0], runs[2], "--data", str(TEST_DATA)])
+
+
+def _pairs(folder: Path, factor: int) -> Path:
+    """A make_pairs.py folder of one pair whose HR image is ``factor`` times its LR image."""
+    (folder / "hr").mkdir(parents=True)
+    (folder / "lr").mkdir()
+    hr = Image.open(HR / "bird.png").crop((0, 0, 96, 96))
+    hr.save(folder / "hr" / "bird.png")
+    hr.resize((96 // factor, 96 // factor), Image.Resampling.BICUBIC).save(
+        folder / "lr" / "bird.png"
+    )
+    return folder
+
+
+def test_train_checks_every_configuration_before_starting_any(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad input to `train` is one error line and exit 2 before any run starts: nothing is
+    created (no --out, no run folder, no .stdout); a resume keeps its recipe and its data."""
+    out = tmp_path / "runs"
+    base = ["train", "--scale", "4", "--iters", "1", "--out", str(out)]
+    cases = [
+        (["--configs", "nosuch", "--data", str(HR)], "unknown configuration 'nosuch'"),
+        (["--configs", "compact", "compact", "--data", str(HR)], "compact more than once"),
+        (["--configs", "compact", "--data", str(tmp_path / "none")], "none: no such folder"),
+        (["--configs", "compact", "--data", str(HR), "--val", str(tmp_path / "v")], "--val"),
+        (
+            ["--configs", "compact", "--data", str(_pairs(tmp_path / "p2", 2))],
+            r"its pairs are not x4 \(hr/bird.png 96x96, LR 48x48: x2\)",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            sweep.main([*base, *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and re.search(message, err), err
+        assert len(err.splitlines()) == 1 and err.startswith("sweep.py train: error: ")
+        assert not out.exists()
+    # a run with a state: resuming it under another batch or on other data is refused by name
+    run = out / "compact_x4"
+    run.mkdir(parents=True)
+    (run / "state.pt").write_bytes(b"")
+    recipe = {**sweep.RECIPE, "batch": 1, "lr_size": 16}
+    (run / "meta.json").write_text(json.dumps({"recipe": recipe, "data": [str(HR)]}))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bird.png").write_bytes((HR / "bird.png").read_bytes())
+    argv = [*base[:-2], "--iters", "2", "--out", str(out), "--configs", "compact", "--crop", "16"]
+    for extra, message in (
+        (["--data", str(HR), "--batch", "2"], "with --batch 1; resume it with the same value"),
+        (["--data", str(other), "--batch", "1"], "on --data .*HR; resume it with the same folders"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main([*argv, *extra])
+        assert exc.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["compact_x4"]  # no run was started
+
+
+def test_a_failed_run_says_why_and_leaves_no_empty_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that fails once started (here: no image as large as the crop) prints the last line
+    of its output beside its exit status and names the file that holds the rest; the run folder
+    is made only by a run that trains, so the failed start leaves none."""
+    out = tmp_path / "runs"
+    argv = ["--scale", "4", "--iters", "1", "--data", str(HR), "--crop", "999", "--batch", "1"]
+    with pytest.raises(SystemExit, match="no LR image is at least 999 px"):
+        sweep.main(["train-one", "--config", "compact", *argv, "--out", str(out)])
+    assert not out.exists()
+    assert sweep.main(["train", "--configs", "compact", *argv, "--out", str(out)]) == 1
+    stdout = out / "compact_x4.stdout"
+    assert capsys.readouterr().out == (
+        f"compact: exit 1: no LR image is at least 999 px on each side (see {stdout})\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["compact_x4.stdout"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resuming_on_other_data_is_refused_and_keeps_the_runs_data(tmp_path: Path) -> None:
+    argv = ["train-one", "--config", "compact", "--scale", "4", "--batch", "1", "--crop", "16"]
+    argv += ["--out", str(tmp_path / "runs")]
+    assert sweep.main([*argv, "--iters", "1", "--data", str(HR)]) == 0
+    meta_path = tmp_path / "runs" / "compact_x4" / "meta.json"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bird.png").write_bytes((HR / "bird.png").read_bytes())
+    with pytest.raises(SystemExit, match=r"trained on --data .*HR; resume it with the same"):
+        sweep.main([*argv, "--iters", "2", "--data", str(other)])
+    assert json.loads(meta_path.read_text())["data"] == [str(HR)]
+    assert sweep.main([*argv, "--iters", "2", "--data", f"{HR}/"]) == 0  # the same folder
+    assert json.loads(meta_path.read_text())["iterations"] == 2
+
+
+def _fake_run(runs: Path) -> Path:
+    run = runs / "trunk64x10_lean_x4"
+    run.mkdir(parents=True)
+    meta = {"config": "trunk64x10_lean", "scale": 4, "seed": 0, "iterations": 1}
+    (run / "meta.json").write_text(json.dumps(meta))
+    torch.save(sweep.build("trunk64x10_lean", 4).state_dict(), run / "ema.pt")
+    return run
+
+
+def test_eval_names_a_bad_runs_folder_or_data_and_says_which_records_it_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    run = _fake_run(runs)
+
+    def refused(runs_arg: Path, *extra: str) -> str:
+        argv = ["eval", "--runs", str(runs_arg), "--records", str(records), "--recipe", "t"]
+        with pytest.raises(SystemExit) as exc:
+            sweep.main([*argv, *extra])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        assert not records.exists()  # nothing made
+        return err
+
+    assert f"--runs {tmp_path / 'nosuch'}: no such folder" in refused(tmp_path / "nosuch")
+    assert f"is one run; give the folder that holds it (--runs {runs})" in refused(run)
+    assert "no runs there" in refused(tmp_path)
+    err = refused(runs, "--data", str(tmp_path / "none"), "--sets", "Set5")
+    assert err.startswith("sweep.py eval: error: set 'Set5' not found: there is no folder")
+    # an existing record is kept, and said to be
+    records.mkdir()
+    rec = records / "t_trunk64x10_lean_x4_1.json"
+    rec.write_text(json.dumps({"psnr": {"Set5": 30.0}}))
+    argv = ["eval", "--runs", str(runs), "--records", str(records), "--recipe", "t"]
+    assert sweep.main([*argv, "--data", str(TEST_DATA), "--sets", "Set5"]) == 0
+    assert f"{rec}: kept, it exists (sets Set5); remove it" in capsys.readouterr().out
+    assert json.loads(rec.read_text()) == {"psnr": {"Set5": 30.0}}
+
+
+def test_plots_name_their_missing_dependency_and_table_plot_needs_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recs = tmp_path / "q"
+    recs.mkdir()
+    _record(recs, "compact", 30.0)
+    png = tmp_path / "front.png"
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["table", "--records", str(recs), "--plot", str(png)])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and not out and not png.exists()
+    assert "--plot draws PSNR against latency; give the bench JSON files with --speed" in err
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    speed = _speed(tmp_path / "s.json", [("compact", 4, 2.0)])
+    need = "the plot needs matplotlib, which is not installed: pip install matplotlib"
+    with pytest.raises(SystemExit, match=need):
+        sweep.main(["table", "--records", str(recs), "--speed", str(speed), "--plot", str(png)])
+    assert not capsys.readouterr().out  # refused before the table
+    _log(tmp_path / "g" / "a_x4", [{"iter": 500, "val": {"Set5": 28.5}}])
+    with pytest.raises(SystemExit, match=need):
+        sweep.main(["curves", "--runs", str(tmp_path / "g"), "--out", str(png)])
+    argv = ["dial", "--records", str(recs), "--recipe", "r", "--config", "s"]
+    with pytest.raises(SystemExit, match=need):
+        sweep.main([*argv, "--speed", str(speed), "--plot", str(png)])
+    assert not png.exists()
+
+
+def test_bench_needs_a_cuda_gpu_and_names_each_configuration_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="times the networks on a CUDA GPU, and there is none"):
+        sweep.main(["bench", "--configs", "compact"])
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["bench", "--configs", "nosuch"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as built:
+        sweep.build("nosuch", 4)  # the list of an unknown name, everywhere
+    for message in (capsys.readouterr().err, str(built.value)):
+        names = message.split("known: ")[1].strip().split(", ")
+        assert "hybridmoe_nano" in names and len(names) == len(set(names))
