@@ -1337,7 +1337,7 @@ class OptionsError(Exception):
     """The option files cannot or must not be written; the message says why and what to do."""
 
 
-def _state(path: Path, text: str) -> str:
+def file_state(path: Path, text: str) -> str:
     """``"missing"``, ``"same"`` or ``"differs"``: ``path`` against the generated ``text``."""
     if not path.exists() and not path.is_symlink():
         return "missing"
@@ -1380,7 +1380,7 @@ def write(out: Path, *, overwrite: bool = False) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise OptionsError(f"--out {out} is a file, not a folder; choose another --out")
     files = generate()
-    states = {rel: _state(out / rel, text) for rel, text in files.items()}
+    states = {rel: file_state(out / rel, text) for rel, text in files.items()}
     for rel in states:
         if (out / rel).is_dir():
             raise OptionsError(f"{out / rel} is a folder; remove it or choose another --out")
@@ -1416,7 +1416,7 @@ def diff(out: Path) -> list[str]:
             problems.append(f"missing: {rel}")
         elif rel not in files:
             problems.append(f"not generated: {rel}")
-        elif _state(out / rel, files[rel]) != "same":
+        elif file_state(out / rel, files[rel]) != "same":
             problems.append(f"differs: {rel}")
     return problems
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hybridmoe.cliargs import positive_int
 from hybridmoe.imageio import OutputError, folder_problem, write_text_atomic
-from hybridmoe.options import has_moe
+from hybridmoe.options import file_state, has_moe
 
 LQ_SIZE = {1: 64, 2: 64, 3: 48, 4: 48}
 """LR crop per scale: 48 at ×3/×4 keeps the T91 images (HR sides of ~150-250 px) usable."""
@@ -159,15 +159,6 @@ def model_name(text: str) -> str:
     return text
 
 
-def _state(path: Path, text: str) -> str:
-    """``"missing"``, ``"same"`` or ``"differs"``: ``path`` against the generated ``text``."""
-    if not path.exists() and not path.is_symlink():
-        return "missing"
-    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
-        return "same"
-    return "differs"
-
-
 def cmd_configs(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -180,7 +171,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
     for path in files:
         if path.is_dir():
             raise ScriptError(f"{path} is a folder; remove it or choose another --out")
-    states = {path: _state(path, text) for path, text in files.items()}
+    states = {path: file_state(path, text) for path, text in files.items()}
     differ = [path.name for path, st in states.items() if st == "differs"]
     if differ and not args.overwrite:
         shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
