@@ -717,7 +717,7 @@ def apply_params(
     idx = p.blur.to(dev).nonzero().flatten()
     if idx.numel():
         sx, sy, th = (t.to(dev)[idx] for t in (p.sigma_x, p.sigma_y, p.theta))
-        x[idx] = _blur(x[idx], sx, sy, th)
+        x[idx] = _blur(x[idx], sx, sy, th, small_ok=True)  # any size, as in the x4 pipeline
     sigma = torch.where(p.noise, p.noise_sigma, torch.zeros_like(p.noise_sigma))
     x = _noise(x, sigma, 0.0, generator, p.gray)
     x = (x.clamp(0, 1) * 255).round() / 255

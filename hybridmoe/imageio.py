@@ -53,6 +53,16 @@ _GREY_MODES = ("1", "L", "LA", "La")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
 _FILTER_BLOCK_ROWS = 64
+_ORIENTATION = 0x0112  # EXIF tag
+_ORIENT = {  # EXIF orientation -> the (H, W, C) array transform ImageOps.exif_transpose applies
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 _ADAM7 = (
     (0, 0, 8, 8),
     (4, 0, 8, 8),
@@ -144,7 +154,8 @@ def _decode(data: bytes) -> ImageData:
             raise ImageReadError(f"unsupported format {img.format} (PNG, JPEG or WebP expected)")
         icc = img.info.get("icc_profile") or None
         if is_png16(data):
-            return ImageData(_decode_png16(data, img.info), "png", 16, icc)
+            pixels = _orient(_decode_png16(data, img.info), img.getexif().get(_ORIENTATION))
+            return ImageData(pixels, "png", 16, icc)
         return ImageData(_pil_to_array(img), fmt, 8, icc)
 
 
@@ -178,6 +189,12 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
     return arr.astype(np.float32) / 255.0
+
+
+def _orient(pixels: np.ndarray, orientation: object) -> np.ndarray:
+    """``pixels`` (H, W, C) turned upright for an EXIF ``orientation`` (1..8; others: as is)."""
+    transform = _ORIENT.get(orientation) if isinstance(orientation, int) else None
+    return pixels if transform is None else np.ascontiguousarray(transform(pixels))
 
 
 def _decode_png16(data: bytes, info: dict) -> np.ndarray:

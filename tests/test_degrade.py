@@ -323,6 +323,19 @@ def test_realworld4_is_finite_on_hard_textures_and_tiny_images() -> None:
             assert y.shape == (x.shape[0], 3, x.shape[2] // 4, x.shape[3] // 4)
 
 
+def test_restore_blurs_images_smaller_than_the_kernel() -> None:
+    """The x1 pipeline refused images not larger than half the blur kernel, so a batch of
+    small patches failed or passed depending on the drawn sigma; it pads them by edge
+    replication, as the x4 pipeline does."""
+    strong = replace(OFF, blur_prob=1.0, blur_sigma=(1.5, 1.5))  # 11x11 kernel
+    for size in (1, 5):
+        x = (torch.rand(2, 3, size, size, generator=_gen(1)) * 255).round() / 255
+        y = D.degrade_batch(x, strong, _gen(0))
+        assert y.shape == x.shape and torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+    flat = torch.full((1, 3, 4, 4), 0.4)
+    assert torch.allclose(D.degrade_batch(flat, strong, _gen(0)), (flat * 255).round() / 255)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -155,3 +155,22 @@ def test_to_uint8_refuses_nan() -> None:
         metrics.to_uint8(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="NaN or Inf"):
         metrics.to_uint8(np.array([np.inf]))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16bit_png_exif_orientation_is_applied_as_for_8bit(
+    orientation: int, tmp_path: Path
+) -> None:
+    """``imageio.read_image`` turned 8-bit images upright but read 16-bit PNGs (decoded
+    without Pillow) as stored, ignoring their EXIF orientation."""
+    arr16 = _rgb(4, 6).astype(np.uint16) * 257
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    encoded = imageio.encode_png16(arr16)
+    at = encoded.index(b"IDAT") - 4  # eXIf goes before the image data
+    chunk = imageio._png_chunk(b"eXIf", exif.tobytes()[6:])  # without the "Exif\0\0" header
+    (tmp_path / "c16.png").write_bytes(encoded[:at] + chunk + encoded[at:])
+    Image.fromarray(_rgb(4, 6)).save(tmp_path / "c8.png", exif=exif)
+    img16, img8 = (imageio.read_image(tmp_path / f"c{d}.png") for d in (16, 8))
+    assert img16.bit_depth == 16
+    np.testing.assert_array_equal(imageio.quantize(img16.pixels, 8), img8.pixels * 255)
