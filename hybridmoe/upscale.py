@@ -307,10 +307,10 @@ def check_tiling(descriptor: ImageModelDescriptor, tile: int | None, overlap: in
         if not tile:
             return
         warn(f"model {descriptor.architecture.name} discourages tiling; seams may show")
-    candidate = AUTO_TILE if tile is None else tile
-    if candidate and effective_tile(candidate, descriptor.size_requirements) <= 3 * overlap:
+    # auto tiling (tile None) only picks tiles larger than 3 x overlap: nothing to check
+    if tile and effective_tile(tile, descriptor.size_requirements) <= 3 * overlap:
         raise CliError(
-            f"tile {candidate} must be larger than 3 x --tile-overlap ({3 * overlap}); "
+            f"tile {tile} must be larger than 3 x --tile-overlap ({3 * overlap}); "
             "use a larger --tile or a smaller --tile-overlap"
         )
 
@@ -413,13 +413,15 @@ def memory_budget(
     scale = settings.descriptor.scale
     host_need = HOST_COPIES * height * scale * width * scale * channels * 4
     host = host_memory_available()
+    available, source = available_memory(settings.device)
+    if settings.device.type == "cpu":  # the forward's memory (or the fixed budget) is the host's
+        host = available if host is None else min(host, available)
     if host is not None and host_need > MEMORY_SHARE * host:
         raise CliError(
             f"not enough memory to upscale {src} ({width}x{height}): the "
             f"{width * scale}x{height * scale} output alone needs about {_gib(host_need)}, "
             f"{_gib(host)} available"
         )
-    available, source = available_memory(settings.device)
     budget = MEMORY_SHARE * available
     if settings.device.type == "cpu":
         budget -= host_need

@@ -622,6 +622,17 @@ def test_tiling_policy(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(upscale.CliError, match="larger than 3 x --tile-overlap"):
         d.tiling = ModelTiling.SUPPORTED
         upscale.check_tiling(d, 40, 16)
+    upscale.check_tiling(d, None, 200)  # auto tiling picks tiles larger than 3 x overlap
+    upscale.check_tiling(d, 0, 200)
+
+
+def test_a_wide_overlap_without_tile_runs_the_whole_image(
+    tmp_path: Path, identity_model: Path, capsys
+) -> None:
+    """Auto tiling does not reject --tile-overlap 200 for a tile the user never gave."""
+    src = save_png(tmp_path / "a.png", (rand_image(20, 30, 3) * 255).astype(np.uint8))
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "o.png", "--tile-overlap", "200")
+    assert code == 0, err
 
 
 def test_help_documents_options(capsys) -> None:

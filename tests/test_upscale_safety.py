@@ -308,6 +308,19 @@ def test_memory_decides_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert code == 2 and "output alone needs" in err
 
 
+def test_unknown_host_memory_refuses_a_huge_image_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc/meminfo (macOS, Windows) the CPU's fixed budget also bounds the output
+    copies: a huge image is refused with a message, not a ``math domain error``."""
+    d = descriptor_of(compact(), tmp_path)
+    monkeypatch.setattr(upscale, "host_memory_available", lambda: None)
+    monkeypatch.setattr(tiling, "host_memory_available", lambda: None)
+    settings = upscale.Settings(d, torch.device("cpu"), torch.float32, None, 16, 95)
+    with pytest.raises(upscale.CliError, match=r"output alone needs .* 4\.00 GiB available"):
+        upscale.plan_tile(settings, 12000, 12000, 3, tmp_path / "big.png")
+
+
 # ------------------------------------------------------------------- clear errors
 
 
