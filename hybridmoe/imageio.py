@@ -554,9 +554,9 @@ def atomic_output(path: Path, *, overwrite: bool = False, what: str = "output") 
 def write_text_atomic(
     path: Path, text: str, *, overwrite: bool = False, what: str = "report"
 ) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`."""
+    """Write ``text`` (UTF-8, line ends as given) to ``path`` through :func:`atomic_output`."""
     with atomic_output(path, overwrite=overwrite, what=what) as tmp:
         try:
-            tmp.write_text(text, encoding="utf-8")
+            tmp.write_bytes(text.encode("utf-8"))
         except OSError as e:
             raise OutputError(f"cannot write the {what} {path}: {e}") from e

@@ -48,15 +48,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
-import tempfile
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from hybridmoe.degrade import REALWORLD4, RESIZE_MODES, RESTORE, Degradation, kernel_size
-from hybridmoe.imageio import folder_problem
+from hybridmoe.imageio import OutputError, folder_problem, write_text_atomic
 
 DEFAULT_OUT = Path("options")
 """Where make-options writes by default: ``options/`` of the current folder."""
@@ -1353,22 +1351,6 @@ def _check_folder(folder: Path) -> None:
         raise OptionsError(f"cannot write under {folder}: {problem}; choose another --out")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` through a temporary file beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write(out: Path, *, overwrite: bool = False) -> list[Path]:
     """Write every generated file that is missing under ``out`` or differs from the output;
     returns the written paths (files already equal to the output are left alone).
@@ -1399,9 +1381,9 @@ def write(out: Path, *, overwrite: bool = False) -> list[Path]:
     for rel in todo:
         path = out / rel
         try:
-            _write_atomic(path, files[rel])
-        except OSError as e:
-            raise OptionsError(f"cannot write {path}: {e}") from e
+            write_text_atomic(path, files[rel], overwrite=True, what="option file")
+        except OutputError as e:
+            raise OptionsError(str(e)) from e
         written.append(path)
     return written
 
