@@ -86,9 +86,7 @@ def real_image(
 ) -> torch.Tensor:
     """The image at ``path`` downscaled by ``scale`` (bicubic) and centre-cropped to at most
     ``max_side`` pixels per side: (1, channels, h, w) float32 in [0, 1]."""
-    if not path.is_file():
-        raise FuseError(f"--image {path}: no such file; pass an existing image (PNG, JPEG, ...)")
-    try:
+    try:  # run() has checked that the file exists, before the model was loaded
         pixels = ev.read_image(path, allow_transparency=True)  # uint8 grey or RGB
     except ev.EvaluationError as e:
         raise FuseError(f"{e} (the --image for the verification)") from e
