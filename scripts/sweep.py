@@ -276,8 +276,8 @@ LOG_EVERY = 100
 
 
 class UsageError(SystemExit):
-    """Bad input that a command finds before it creates anything: :func:`main` prints the
-    message as one line (``sweep.py CMD: error: ...``) and the process exits with 2."""
+    """Bad input a command finds (arguments, folders, records, logs): :func:`main` prints
+    the message as one line (``sweep.py CMD: error: ...``) and the process exits with 2."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -300,17 +300,17 @@ def load_init(init_dir: Path, config: str, scale: int) -> dict[str, torch.Tensor
     run = init_dir / run_name(config, scale, 0)
     meta_path = run / "meta.json"
     if not meta_path.is_file():
-        raise SystemExit(f"--init: no run {run} (meta.json) to start {config} x{scale} from")
+        raise UsageError(f"--init: no run {run} (meta.json) to start {config} x{scale} from")
     meta = json.loads(meta_path.read_text())
     if meta.get("config") != config or meta.get("scale") != scale:
-        raise SystemExit(
+        raise UsageError(
             f"--init: {run} is {meta.get('config')} x{meta.get('scale')}, not {config} x{scale}"
         )
     for name in ("ema.pt", "ema16.pt"):
         if (run / name).is_file():
             sd = torch.load(run / name, map_location="cpu", weights_only=True)
             return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    raise SystemExit(f"--init: {run} has no ema.pt / ema16.pt")
+    raise UsageError(f"--init: {run} has no ema.pt / ema16.pt")
 
 
 def start_from(model: nn.Module, init: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -325,10 +325,10 @@ def start_from(model: nn.Module, init: dict[str, torch.Tensor], source: str) -> 
     try:
         missing, unexpected = model.load_state_dict(init, strict=False)
     except RuntimeError as e:  # tensors of other shapes
-        raise SystemExit(f"--init-config {source}: its weights do not fit ({e}); {fix}") from None
+        raise UsageError(f"--init-config {source}: its weights do not fit ({e}); {fix}") from None
     other = [k for k in missing if not k.startswith("head.")]
     if unexpected or other:
-        raise SystemExit(
+        raise UsageError(
             f"--init-config {source}: its weights do not fit this configuration (missing: "
             f"{other[:6] or 'none'}, unexpected: {unexpected[:6] or 'none'}); {fix}"
         )
@@ -351,7 +351,7 @@ def build(name: str, scale: int) -> nn.Module:
         return A.FACTORIES[name](scale=scale)
     if name in timing_tools.MODELS:
         return timing_tools.MODELS[name].build(scale)
-    raise SystemExit(f"unknown configuration {name!r}; known: {', '.join(known_names())}")
+    raise UsageError(f"unknown configuration {name!r}; known: {', '.join(known_names())}")
 
 
 def known_names() -> list[str]:
@@ -374,7 +374,7 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit(
+        raise UsageError(
             "the plot needs matplotlib, which is not installed: pip install matplotlib"
         ) from None
     matplotlib.use("Agg")
@@ -421,17 +421,17 @@ def load_pairs(data: Path, scale: int, device: torch.device) -> list[tuple[torch
             )
             pairs.append((t, lr[0].round().clamp(0, 255).to(torch.uint8)))
         if not pairs:
-            raise SystemExit(f"no images under {data}")
+            raise UsageError(f"no images under {data}")
         return pairs
     for hr_path in sorted((data / "hr").glob("*.png")):
         hr = np.asarray(Image.open(hr_path).convert("RGB"))
         lr = np.asarray(Image.open(data / "lr" / hr_path.name).convert("RGB"))
         if hr.shape[0] != lr.shape[0] * scale or hr.shape[1] != lr.shape[1] * scale:
-            raise SystemExit(f"{hr_path.name}: HR {hr.shape} is not x{scale} of LR {lr.shape}")
+            raise UsageError(f"{hr_path.name}: HR {hr.shape} is not x{scale} of LR {lr.shape}")
         to_t = lambda a: torch.from_numpy(a.copy()).permute(2, 0, 1).to(device)  # noqa: E731
         pairs.append((to_t(hr), to_t(lr)))
     if not pairs:
-        raise SystemExit(f"no hr/*.png + lr/*.png pairs under {data}")
+        raise UsageError(f"no hr/*.png + lr/*.png pairs under {data}")
     return pairs
 
 
@@ -443,7 +443,7 @@ def load_hr(data: Path, device: torch.device) -> list[torch.Tensor]:
     folder = data / "hr" if (data / "hr").is_dir() else data
     paths = sorted([*folder.glob("*.jpg"), *folder.glob("*.png")])
     if not paths:
-        raise SystemExit(f"no HR images (*.jpg, *.png) under {folder}")
+        raise UsageError(f"no HR images (*.jpg, *.png) under {folder}")
     images = []
     for path in paths:
         hr = np.asarray(Image.open(path).convert("RGB"))
@@ -460,7 +460,7 @@ class CropPool:
     ) -> None:
         self.pairs = [p for p in pairs if min(p[1].shape[1:]) >= size]
         if not self.pairs:
-            raise SystemExit(f"no LR image is at least {size} px on each side")
+            raise UsageError(f"no LR image is at least {size} px on each side")
         self.scale, self.size, self.gen = scale, size, gen
 
     def _rand(self, n: int) -> int:
@@ -497,7 +497,7 @@ class Validator:
     def __init__(self, hr_dir: Path, scale: int, device: torch.device) -> None:
         paths = sorted(hr_dir.glob("*.png"))
         if not paths:
-            raise SystemExit(f"--val {hr_dir}: no .png images there (give a folder of HR images)")
+            raise UsageError(f"--val {hr_dir}: no .png images there (give a folder of HR images)")
         self.name = hr_dir.parent.name if hr_dir.name == "HR" else hr_dir.name
         self.scale, self.device = scale, device
         self.pairs = []
@@ -576,12 +576,12 @@ def param_groups(model: nn.Module, router_mult: float) -> list[dict[str, Any]]:
     scheduled rate it trains at): one group, or with ``router_mult`` != 1 the MoE routers
     (``MoEFFN.router``) in a second group of their own."""
     if not (router_mult > 0 and math.isfinite(router_mult)):
-        raise SystemExit(f"--router-lr-mult must be a positive number, got {router_mult}")
+        raise UsageError(f"--router-lr-mult must be a positive number, got {router_mult}")
     if router_mult == 1.0:
         return [{"params": list(model.parameters()), "lr_mult": 1.0}]
     routers = [m.router for m in model.modules() if isinstance(m, A.MoEFFN)]
     if not routers:
-        raise SystemExit(
+        raise UsageError(
             f"--router-lr-mult {router_mult:g}: this configuration has no MoE router; "
             "leave the flag out or choose a configuration with an MoE"
         )
@@ -1062,7 +1062,7 @@ def unpack(args: argparse.Namespace) -> int:
             for info in tf.getmembers():
                 rel = Path(info.name)
                 if not info.isfile() or rel.is_absolute() or ".." in rel.parts:
-                    raise SystemExit(f"{tar}: {info.name!r} is not a plain relative file")
+                    raise UsageError(f"{tar}: {info.name!r} is not a plain relative file")
                 data = tf.extractfile(info).read()  # type: ignore[union-attr]
                 stem, dot, tail = rel.name.rpartition(".chunk")
                 index, of, count = tail.partition("of")
@@ -1075,7 +1075,7 @@ def unpack(args: argparse.Namespace) -> int:
     for path, parts in chunks.items():
         count = counts[path]
         if sorted(parts) != list(range(count)):
-            raise SystemExit(
+            raise UsageError(
                 f"{path}: {len(parts)} of its {count} chunks found; unpack every part (incomplete)"
             )
         _write_new(path, b"".join(parts[i] for i in range(count)))
@@ -1085,7 +1085,7 @@ def unpack(args: argparse.Namespace) -> int:
 
 def _write_new(path: Path, data: bytes) -> None:
     if path.exists():
-        raise SystemExit(f"{path} exists; unpack into an empty folder")
+        raise UsageError(f"{path} exists; unpack into an empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
@@ -1119,14 +1119,14 @@ def export(args: argparse.Namespace) -> int:
 
     meta, model = load_run(Path(args.run))
     if not meta.get("finished") and not args.unfinished:
-        raise SystemExit(
+        raise UsageError(
             f"{args.run}: the run stopped at {meta['iterations']} iterations (of a longer "
             "budget); pass --unfinished to export the weights of that iteration"
         )
     if not hasattr(model, "hyperparameters"):
-        raise SystemExit(f"{meta['config']} is a peer network; export ours only")
+        raise UsageError(f"{meta['config']} is a peer network; export ours only")
     if Path(args.out).exists():
-        raise SystemExit(f"{args.out} exists; remove it first or choose another name")
+        raise UsageError(f"{args.out} exists; remove it first or choose another name")
     with atomic_output(Path(args.out), what="checkpoint") as tmp:
         save_checkpoint(model, tmp)
     print(f"{args.out}: {meta['config']} x{meta['scale']}, {meta['iterations']} iterations")
@@ -1175,7 +1175,7 @@ def bench(args: argparse.Namespace) -> int:
     same forward replayed from a CUDA graph."""
     check_configs(args.configs)
     if not torch.cuda.is_available():
-        raise SystemExit(
+        raise UsageError(
             "sweep.py bench times the networks on a CUDA GPU, and there is none here "
             "(torch.cuda.is_available() is False); run it on a machine with one"
         )
@@ -1306,14 +1306,14 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             model.fuse()
         params = sum(p.numel() for p in model.parameters())
         if old is not None and old.get("params") not in (None, params):
-            raise SystemExit(
+            raise UsageError(
                 f"{rec_path.name}: the run has {params} parameters, the record {old['params']}: "
                 "another network; give its evaluation another --recipe or --records folder"
             )
         todo.append((meta, rec_path, ModuleDescriptor(model, meta["scale"], device), old))
     scales = {m["scale"] for m, _, _, _ in todo}
     if len(scales) > 1:
-        raise SystemExit(f"--runs mixes scales {sorted(scales)}; evaluate one scale at a time")
+        raise UsageError(f"--runs mixes scales {sorted(scales)}; evaluate one scale at a time")
     if not todo:
         return 0
     descs = [d for _, _, d, _ in todo]
@@ -1444,7 +1444,7 @@ def score_degraded(
     for set_name in names:
         manifest = read_manifest(root / set_name)
         if ev.degraded_scale(manifest) != 1:
-            raise SystemExit(
+            raise UsageError(
                 f"{root / set_name} is a x{ev.degraded_scale(manifest)} degraded set; sweep.py "
                 "eval --degraded scores x1 restoration runs. Evaluate x4 real-world models with "
                 "hybridmoe evaluate --degraded DIR MODEL (export a run with sweep.py export)"
@@ -1548,7 +1548,7 @@ def dial(args: argparse.Namespace) -> int:
         for k, got in by_k.items():
             if sorted(got) != seeds:
                 missing = sorted(set(seeds) - set(got))
-                raise SystemExit(
+                raise UsageError(
                     f"{config} at top-{k} ({args.recipe}, x{args.scale}) has no record of "
                     f"seed {missing}: evaluate it (eval --top-k {k}) or leave the seed out"
                 )
@@ -1556,7 +1556,7 @@ def dial(args: argparse.Namespace) -> int:
 
     by_k = of(args.config)
     if not by_k:
-        raise SystemExit(f"no x{args.scale} record of {args.config} in {args.recipe}")
+        raise UsageError(f"no x{args.scale} record of {args.config} in {args.recipe}")
     sets = [s for s in SETS if all(s in r["psnr"] for g in by_k.values() for r in g.values())]
 
     def point(group: dict[int, dict[str, Any]]) -> tuple[dict[str, float], float]:
@@ -1570,7 +1570,7 @@ def dial(args: argparse.Namespace) -> int:
     if args.ref:
         ref = of(args.ref)
         if len(ref) != 1:
-            raise SystemExit(f"--ref {args.ref}: no record of it in {args.recipe}")
+            raise UsageError(f"--ref {args.ref}: no record of it in {args.recipe}")
         rows.append(
             (
                 args.ref,
@@ -1649,7 +1649,7 @@ def table(args: argparse.Namespace) -> int:
             mixed = len({r["recipe"] for r in rows}) > 1  # rows name their recipe then
             base_config, _, base_recipe = args.baseline.partition("@")
             if mixed and base_config and not base_recipe:
-                raise SystemExit(
+                raise UsageError(
                     f"these rows come from several recipes; name the baseline's as "
                     f"--baseline {base_config}@RECIPE"
                 )
@@ -1713,7 +1713,7 @@ def train_seconds(run: Path) -> float:
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "it_s" in r]
     if not rows:
-        raise SystemExit(f"{run}: the log has no training lines")
+        raise UsageError(f"{run}: the log has no training lines")
     if all("elapsed_s" in r for r in rows):
         segments: dict[int, float] = {}  # start iteration -> seconds
         for r in rows:
@@ -1722,7 +1722,7 @@ def train_seconds(run: Path) -> float:
         return sum(segments.values())
     clock = [r["iter"] / r["it_s"] for r in rows]
     if any(b < a for a, b in itertools.pairwise(clock)):
-        raise SystemExit(
+        raise UsageError(
             f"{run}: resumed, and its log predates elapsed_s: its training time is unknown"
         )
     return clock[-1]
@@ -1750,7 +1750,7 @@ def curves(args: argparse.Namespace) -> int:
                 continue
             found.append((f"{Path(folder).name}/{log.parent.name}", points))
     if not found:
-        raise SystemExit(f"no run under {' '.join(args.runs)} has a {args.set} validation curve")
+        raise UsageError(f"no run under {' '.join(args.runs)} has a {args.set} validation curve")
     plt = pyplot()
     # one colour per run (configuration), one line style per folder (group)
     runs = sorted({label.split("/", 1)[1] for label, _ in found})
@@ -1809,12 +1809,12 @@ def front_panels(
         panel = [r for r in recs if key(r) == group]
         recipe = " + ".join(sorted({r["recipe"] for r in panel}))
         if join_rates and any("lr" not in r.get("training", {}) for r in panel):
-            raise SystemExit(
+            raise UsageError(
                 f"--join-rates: a record of {recipe} has no peak rate (training.lr) to label "
                 "it with; plot these recipes apart"
             )
         if join_rates and len({recipe_but_rate(r) for r in panel}) > 1:
-            raise SystemExit(
+            raise UsageError(
                 f"--join-rates: the recipes {recipe} (x{scale}, {iters} iterations) differ in "
                 "more than the peak rate (data, batch, crop or schedule); plot them apart"
             )
@@ -1892,7 +1892,7 @@ def router_drift(args: argparse.Namespace) -> int:
     rebuilt as ``train`` builds it (the run's seed, then its configuration) and its routers are
     compared with the run's EMA routers (norm of the difference, cosine similarity)."""
     if args.json and Path(args.json).exists():
-        raise SystemExit(f"{args.json} exists; remove it first or choose another name")
+        raise UsageError(f"{args.json} exists; remove it first or choose another name")
     rows = []
     for run in map(Path, args.runs):
         meta, model = load_run(run)
@@ -1900,7 +1900,7 @@ def router_drift(args: argparse.Namespace) -> int:
         start = build(meta["config"], meta["scale"]).state_dict()
         routers = {k: v for k, v in model.state_dict().items() if k.endswith(".router")}
         if not routers:
-            raise SystemExit(f"{run}: {meta['config']} has no MoE router")
+            raise UsageError(f"{run}: {meta['config']} has no MoE router")
         for key, trained in routers.items():
             init = start[key].float()
             row = {
@@ -1968,18 +1968,18 @@ def margin(args: argparse.Namespace) -> int:
     each image (``margin_rows``); prints a table and writes per-image PSNRs and rows to
     ``--json``."""
     if args.json and Path(args.json).exists():
-        raise SystemExit(f"{args.json} exists; remove it first or choose another name")
+        raise UsageError(f"{args.json} exists; remove it first or choose another name")
     runs = [Path(r) for r in args.runs]
     if len(runs) < 2:
-        raise SystemExit("--runs: give the reference run and at least one run to compare with it")
+        raise UsageError("--runs: give the reference run and at least one run to compare with it")
     loaded = [load_run(r) for r in runs]
     scales = {meta["scale"] for meta, _ in loaded}
     if len(scales) != 1:
-        raise SystemExit(f"--runs mixes scales {sorted(scales)}: compare runs of one scale")
+        raise UsageError(f"--runs mixes scales {sorted(scales)}: compare runs of one scale")
     (scale,) = scales
     names = [f"{r.parent.name}/{r.name}" for r in runs]
     if len(set(names)) != len(names):
-        raise SystemExit("--runs names one run twice")
+        raise UsageError("--runs names one run twice")
     device = torch.device(args.device)
     torch.backends.cudnn.allow_tf32 = False
     descs = [ModuleDescriptor(model, scale, device) for _, model in loaded]

@@ -958,10 +958,12 @@ def test_a_failed_run_says_why_and_leaves_no_empty_run_folder(
     with pytest.raises(SystemExit, match="no LR image is at least 999 px"):
         sweep.main(["train-one", "--config", "compact", *argv, "--out", str(out)])
     assert not out.exists()
-    assert sweep.main(["train", "--configs", "compact", *argv, "--out", str(out)]) == 1
+    capsys.readouterr()
+    assert sweep.main(["train", "--configs", "compact", *argv, "--out", str(out)]) == 2
     stdout = out / "compact_x4.stdout"
     assert capsys.readouterr().out == (
-        f"compact: exit 1: no LR image is at least 999 px on each side (see {stdout})\n"
+        "compact: exit 2: sweep.py train-one: error: no LR image is at least 999 px on each "
+        f"side (see {stdout})\n"
     )
     assert sorted(p.name for p in out.iterdir()) == ["compact_x4.stdout"]
 
