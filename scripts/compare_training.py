@@ -15,7 +15,8 @@ content differs from the one generated (edited by hand, or written with other se
 replaced only with ``--overwrite``: without it nothing is written; unchanged ones are left alone.
 
 ``collect`` reads each run folder's ``summary.json`` (written by the training harness) and
-prints iterations, throughput, final Set5 validation PSNR/SSIM and peak memory per run.
+prints iterations, throughput, final Set5 validation PSNR/SSIM and peak memory per run;
+``--json FILE`` also writes them there (an existing file only with ``--overwrite``).
 
 Bad input is one ``error:`` line and exit status 2, with nothing written.
 """
@@ -228,6 +229,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"no folder {args.runs}: give the folder holding one folder per run (each with the "
             f"summary.json of its training)"
         )
+    if args.json and args.json.is_dir():
+        raise ScriptError(f"--json {args.json} is a folder; give a file name")
+    if args.json and args.json.exists() and not args.overwrite:
+        raise ScriptError(f"--json {args.json} exists; pass --overwrite to replace it")
     rows = [r for r in (_row(p) for p in sorted(args.runs.iterdir()) if p.is_dir()) if r]
     if not rows:
         print(f"no run folders with summary.json under {args.runs}", file=sys.stderr)
@@ -243,7 +248,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"{_fmt(r['peak_gib'], 2):>6s}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"recipe": RECIPE, "runs": rows}, indent=2))
+        text = json.dumps({"recipe": RECIPE, "runs": rows}, indent=2) + "\n"
+        write_text_atomic(args.json, text, overwrite=args.overwrite, what="summary")
     return 0
 
 
@@ -273,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     k = sub.add_parser("collect", help="summarize finished runs")
     k.add_argument("runs", type=Path, help="folder holding one folder per run")
-    k.add_argument("--json", type=Path, default=None)
+    k.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = ap.parse_args(argv)
     try:
         return cmd_configs(args) if args.cmd == "configs" else cmd_collect(args)

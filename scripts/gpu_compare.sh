@@ -41,7 +41,7 @@ for m in "${MODELS[@]}"; do
     --out $R/$n --timeout "$TIMEOUT" /tmp/cmpcfg/$n.yml > $R/$n.runner.txt 2>&1 &
 done
 wait
-"$PY" scripts/compare_training.py collect $R --json $R/compare_x$SCALE.json | tee $R/compare_x$SCALE.txt
+"$PY" scripts/compare_training.py collect $R --json $R/compare_x$SCALE.json --overwrite | tee $R/compare_x$SCALE.txt
 tar -czf "$OUT/logs_x$SCALE.tar.gz" -C $R --exclude='*.safetensors' . 2>/dev/null
 # the final EMA checkpoint of every run, in one archive (split if over 15 MiB: the device
 # tool returns files of at most 16 MiB)

@@ -187,6 +187,33 @@ def test_comparison_configs_refuse_bad_input_and_create_nothing(
     assert err.startswith(f"error: no folder {tmp_path / 'nosuch'}") and err.count("\n") == 1
 
 
+def test_comparison_collect_keeps_an_existing_json_without_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """collect --json replaced an existing file silently; now it needs --overwrite, and a
+    folder given as --json is named."""
+    run = tmp_path / "runs" / "cmp_span_x2"
+    run.mkdir(parents=True)
+    summary = {"iterations": 10, "total_iter": 10, "final_val": {"PSNR": 30.5, "SSIM": 0.9}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    target = tmp_path / "compare.json"
+    argv = ["collect", str(tmp_path / "runs"), "--json", str(target)]
+    assert compare_training.main(argv) == 0
+    written = json.loads(target.read_text())
+    assert [r["run"] for r in written["runs"]] == ["cmp_span_x2"]
+    assert written["runs"][0]["psnr"] == 30.5
+    target.write_text("kept")
+    capsys.readouterr()
+    assert compare_training.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --overwrite" in err and err.count("\n") == 1
+    assert target.read_text() == "kept"
+    assert compare_training.main([*argv, "--overwrite"]) == 0
+    assert json.loads(target.read_text()) == written
+    assert compare_training.main(["collect", str(tmp_path / "runs"), "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """README's first command: train briefly, save, load through spandrel, upscale, score."""
     import subprocess
