@@ -45,14 +45,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import gc
 import json
 import math
-import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -70,7 +67,7 @@ from torch import nn
 import hybridmoe_arch as arch
 from hybridmoe import imageio
 from hybridmoe.cliargs import add_device_argument, parse_size, positive_float, positive_int
-from hybridmoe.paths import REPO_ROOT
+from hybridmoe.provenance import git_commit, utc_now
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -798,28 +795,6 @@ def package_version(name: str) -> str | None:
         return None
 
 
-COMMIT_ENV = "HYBRIDMOE_COMMIT"
-
-
-def git_commit() -> str | None:
-    """The commit that measurement records name: ``$HYBRIDMOE_COMMIT`` when set (a checkout
-    copied to another machine can carry stale git metadata), else the HEAD of the checkout the
-    script runs from (None outside a git checkout)."""
-    if os.environ.get(COMMIT_ENV):
-        return os.environ[COMMIT_ENV]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def cpu_name() -> str:
     """CPU model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
@@ -840,7 +815,7 @@ def environment(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:
         script_arg = str(script)
     on_cuda = device.type == "cuda"
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": shlex.join(["python", script_arg, *argv]),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

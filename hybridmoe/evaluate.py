@@ -74,6 +74,7 @@ from hybridmoe import imageio, metrics
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
 from hybridmoe.cliargs import add_device_argument
 from hybridmoe.models import enable_noise, resolve_model
+from hybridmoe.provenance import record_header
 
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -1019,7 +1020,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(results))
     if args.json is not None:
         try:
-            write_json(results, args.json, overwrite=args.overwrite)
+            words = ["hybridmoe", "evaluate", *(sys.argv[1:] if argv is None else argv)]
+            record = {**record_header(words), **results}
+            write_json(record, args.json, overwrite=args.overwrite)
         except imageio.OutputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

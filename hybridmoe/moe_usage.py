@@ -29,6 +29,7 @@ from hybridmoe import evaluate as ev
 from hybridmoe import imageio
 from hybridmoe.checkpoint import load_checkpoint
 from hybridmoe.cliargs import add_device_argument
+from hybridmoe.provenance import record_header
 
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     add_device_argument(ap, "the model")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    args = ap.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(words)
     try:
         files = image_files(args.images)
         if args.json is not None:  # before any work
@@ -134,14 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        return report(desc, files, args)
+        return report(desc, files, args, ["hybridmoe", "moe-usage", *words])
     except (UsageError, imageio.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def report(desc: Any, files: list[Path], args: argparse.Namespace) -> int:
-    """Route ``files`` through the loaded model, print the histograms, write ``--json``."""
+def report(desc: Any, files: list[Path], args: argparse.Namespace, command: list[str]) -> int:
+    """Route ``files`` through the loaded model, print the histograms, write ``--json`` (with
+    ``command``, the command line's words)."""
     dev = torch.device(args.device)
     imgs = [load_tensor(f, desc.input_channels, dev) for f in files]
     try:
@@ -154,7 +157,8 @@ def report(desc: Any, files: list[Path], args: argparse.Namespace) -> int:
     for name, h in hist.items():
         print(f"{name:28s} " + " ".join(f"{v:6.3f}" for v in h))
     if args.json:
-        text = json.dumps({"images": len(imgs), "usage": hist}, indent=2) + "\n"
+        record = {**record_header(command), "images": len(imgs), "usage": hist}
+        text = json.dumps(record, indent=2) + "\n"
         imageio.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
         print(f"wrote {args.json}")
     return 0

@@ -67,6 +67,7 @@ from hybridmoe import evaluate as ev
 from hybridmoe import imageio, metrics, models
 from hybridmoe.cliargs import add_device_argument
 from hybridmoe.meta import CheckpointError
+from hybridmoe.provenance import record_header
 from hybridmoe.spandrel_arch import register_spandrel
 
 PRECISIONS = ("fp32", "fp16-autocast", "fp16-cast", "bf16-autocast", "bf16-cast")
@@ -508,9 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
     try:
-        return run(args)
+        return run(args, ["hybridmoe", "check-precision", *words])
     except (PrecisionError, ev.EvaluationError, imageio.OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -524,7 +526,9 @@ def _is_file_or_shipped(spec: str) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, command: Sequence[str]) -> int:
+    """Check every model of ``args``; ``command`` (the command line's words) goes into the
+    JSON report."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.limit is not None and args.limit < 1:
@@ -566,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     cache: dict[int, list[Image]] = {}
     report: dict[str, Any] = {
+        **record_header(command),
         "device": args.device,
         "torch": torch.__version__,
         "data": str(data_dir),

@@ -15,7 +15,6 @@ backward instead (float32 parameters, autocast to ``--dtype`` on the GPU, as in 
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import statistics
@@ -27,8 +26,9 @@ import torch
 from torch import nn
 
 import hybridmoe_arch as arch
-from hybridmoe.bench import git_commit, time_loop
+from hybridmoe.bench import time_loop
 from hybridmoe.cliargs import parse_size
+from hybridmoe.provenance import record_header
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -63,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--train", action="store_true", help="forward + backward (autocast on GPU)")
     ap.add_argument("--json", type=Path, help="write the rows and their context here")
-    ap.add_argument(
-        "--commit", help="the commit recorded (default: this checkout's HEAD, when it has one)"
-    )
     ap.add_argument("--profile", action="store_true", help="kernels of one sparse forward")
     args = ap.parse_args(argv)
     if not 1 <= args.top_k <= args.experts:
@@ -119,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(profile_table(layer, x, dev))
     if args.json:
         record = {
-            "command": " ".join(["python", *sys.argv]),
+            **record_header(["python", *sys.argv]),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "commit": args.commit or git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "layer": {
                 "channels": args.channels,

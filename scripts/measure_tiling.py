@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import platform
@@ -46,11 +45,11 @@ from spandrel import ImageModelDescriptor
 
 import hybridmoe_arch as arch
 from hybridmoe import upscale
-from hybridmoe.bench import git_commit
 from hybridmoe.checkpoint import load_checkpoint
 from hybridmoe.imageio import ImageReadError, read_image
 from hybridmoe.install import sha256_of
 from hybridmoe.models import shipped_models
+from hybridmoe.provenance import git_commit, utc_now
 from hybridmoe.tiling import (
     count_tiles,
     effective_tile,
@@ -351,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "commit": commit,
         "code_changes_vs_commit": changes,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "values": {
             "inputs": (
                 f"Set5 HR {', '.join(args.images)} ({shown_path(args.data)}) used as LR "

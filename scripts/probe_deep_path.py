@@ -12,7 +12,6 @@ RUN: a run folder of ``scripts/sweep.py train`` (meta.json + ema weights), any s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from hybridmoe import evaluate as ev
+from hybridmoe.provenance import record_header
 
 
 class Zeros(nn.Module):
@@ -71,10 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(probe(run, data, args.set))
         print(json.dumps(rows[-1]), flush=True)
     record = {
-        "command": " ".join(["scripts/probe_deep_path.py", *(argv or sys.argv[1:])]),
+        **record_header(["scripts/probe_deep_path.py", *(argv or sys.argv[1:])]),
         "device": "cpu",
-        "commit": sweep.git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(),
         "set": args.set,
         "evaluator": "hybridmoe evaluate steps (Y, border=scale, MATLAB bicubic LR), float32",
         "rows": rows,

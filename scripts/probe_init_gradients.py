@@ -13,7 +13,6 @@ CONFIG: a configuration of ``scripts/sweep.py`` that is an x1 trunk (``levels=1`
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import hybridmoe_arch as A
 from hybridmoe import evaluate as ev
 from hybridmoe import metrics
+from hybridmoe.provenance import record_header
 
 HR_CROP = 192
 
@@ -89,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"{config}: first/last block gradient {r['first_over_last']:.2e}", flush=True)
     record = {
-        "command": " ".join(["scripts/probe_init_gradients.py", *(argv or sys.argv[1:])]),
+        **record_header(["scripts/probe_init_gradients.py", *(argv or sys.argv[1:])]),
         "device": "cpu",
-        "commit": sweep.git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(),
         "batch": f"Set5 centre crops, HR {HR_CROP} px, seed 0 initialization",
         "rows": rows,
     }

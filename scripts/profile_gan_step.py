@@ -17,7 +17,6 @@ JSON with the command, device, commit and date (an existing file is refused).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -30,8 +29,8 @@ import sweep
 import torch
 
 from hybridmoe import degrade
-from hybridmoe.bench import git_commit
 from hybridmoe.gan import UNetDiscriminator, d_loss, g_loss
+from hybridmoe.provenance import record_header
 
 
 def _time(fn: Callable[[], object], reps: int, device: torch.device) -> float:
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         syncs = sum("synchroniz" in str(w.message) for w in caught)
     rec = {
         "what": "median ms of the parts of one GAN fine-tuning step (sweep.py --gan, realworld4)",
-        "command": "python scripts/profile_gan_step.py " + " ".join(argv or sys.argv[1:]),
+        **record_header(["python", "scripts/profile_gan_step.py", *(argv or sys.argv[1:])]),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "config": args.config,
@@ -150,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         "reps": args.reps,
         "ms": ms,
         "degradation_syncs": syncs,
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     print(json.dumps(rec, indent=1))
     if args.json is not None:

@@ -65,7 +65,6 @@ spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import math
@@ -86,7 +85,7 @@ import hybridmoe_arch as A
 from hybridmoe import bench as timing_tools
 from hybridmoe import degrade, metrics
 from hybridmoe import evaluate as ev
-from hybridmoe.bench import git_commit
+from hybridmoe.provenance import record_header
 
 # The configurations the ablations start from, written out: the variants may change, these
 # records may not. S: the three-level network (frequency split, HF path, window attention,
@@ -1092,11 +1091,7 @@ def _write_new(path: Path, data: bytes) -> None:
 
 def provenance() -> dict[str, str]:
     """What every record carries about how it was made: the command, commit and date (UTC)."""
-    return {
-        "command": " ".join(sys.argv),
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    return record_header(sys.argv)
 
 
 def load_run(run: Path) -> tuple[dict[str, Any], nn.Module]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybridmoe import bench
+from hybridmoe import bench, provenance
 
 CPU_ARGS = [
     "--device", "cpu", "--out-size", "64x48", "--scales", "2", "--dtypes", "fp32",
@@ -177,15 +177,28 @@ def test_records_name_the_commit_from_the_environment_over_git(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A checkout copied to a GPU machine can carry stale git metadata: $HYBRIDMOE_COMMIT, when
-    set, is the commit every measurement record names (the sweep's records included)."""
+    set, is the commit every measurement record names (the sweep's records included). An
+    installed package names none: a git repository around its install folder is another
+    project's."""
     import sweep
 
-    monkeypatch.delenv(bench.COMMIT_ENV, raising=False)
-    head = bench.git_commit()
-    monkeypatch.setenv(bench.COMMIT_ENV, "0123abc")
-    assert bench.git_commit() == sweep.git_commit() == "0123abc"
-    monkeypatch.setenv(bench.COMMIT_ENV, "")
-    assert bench.git_commit() == head
+    monkeypatch.delenv(provenance.COMMIT_ENV, raising=False)
+    head = provenance.git_commit()
+    assert head is not None and len(head) == 40  # the tests run in a checkout
+    monkeypatch.setenv(provenance.COMMIT_ENV, "0123abc")
+    assert provenance.git_commit() == sweep.provenance()["commit"] == "0123abc"
+    assert bench.environment(torch.device("cpu"), [])["git_commit"] == "0123abc"
+    monkeypatch.setenv(provenance.COMMIT_ENV, "")
+    assert provenance.git_commit() == head
+    monkeypatch.setattr(provenance, "IN_CHECKOUT", False)
+    assert provenance.git_commit() is None
+
+
+def test_record_header_quotes_the_command_and_dates_it_in_utc() -> None:
+    header = provenance.record_header(["hybridmoe", "evaluate", "my model.pth", "--sets", "Set5"])
+    assert header["command"] == "hybridmoe evaluate 'my model.pth' --sets Set5"
+    assert header["date"].endswith("+00:00") and len(header["date"]) == 25
+    assert set(header) == {"command", "commit", "date"}
 
 
 def test_a_cpu_run_at_the_default_size_says_how_to_be_quick(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -228,7 +229,10 @@ def test_cli_runs_and_prints_table(compact_x2: Path, tmp_path: Path) -> None:
     assert "Set5" in proc.stdout
     assert "bicubic" in proc.stdout
     assert "PSNR" in proc.stdout
-    assert json.loads(out.read_text())["sets"]["Set5"]["images"] == 1
+    record = json.loads(out.read_text())
+    assert record["sets"]["Set5"]["images"] == 1
+    assert record["command"] == shlex.join(["hybridmoe", *cmd[3:]])  # the record says how
+    assert record["date"] and "commit" in record
 
 
 def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,10 @@ def test_moe_usage_json(
     assert moe_usage.main([str(tiny_ckpt), img, "--json", str(out)]) == 2
     assert out.read_text() == "keep"
     assert moe_usage.main([str(tiny_ckpt), img, "--json", str(out), "--overwrite"]) == 0
-    assert json.loads(out.read_text())["images"] == 1
+    record = json.loads(out.read_text())
+    assert record["images"] == 1
+    words = ["hybridmoe", "moe-usage", str(tiny_ckpt), img, "--json", str(out), "--overwrite"]
+    assert record["command"] == shlex.join(words) and record["date"] and "commit" in record
 
 
 def test_moe_usage_reads_16bit_greyscale(

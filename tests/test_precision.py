@@ -4,6 +4,7 @@ on CPU with tiny models, small crops and one or two images per set."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def test_every_precision_on_a_tiny_model(
     table = rows(capsys.readouterr().out)
     assert set(table) == set(cp.PRECISIONS)  # fp16 and bf16 both run on this CPU
     report = json.loads(out.read_text())
+    words = ["hybridmoe", "check-precision", str(tiny_ckpt), *QUICK, "--json", str(out)]
+    assert report["command"] == shlex.join(words) and report["date"] and "commit" in report
     (entry,) = report["models"]
     assert entry["info"]["arch"] == "HybridMoE-FreqNet" and entry["info"]["scale"] == 2
     res = {r["precision"]: r for r in entry["results"]}

@@ -245,14 +245,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("one_thread")
 def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "moe.json"
     argv = ["--channels", "8", "--experts", "4", "--top-k", "1", "--sizes", "6x5", "9x4"]
-    assert bench_moe.main([*argv, "--repeat", "1", "--json", str(out), "--commit", "abc"]) == 0
+    monkeypatch.setenv("HYBRIDMOE_COMMIT", "abc")
+    assert bench_moe.main([*argv, "--repeat", "1", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert [r["map"] for r in rec["rows"]] == ["6x5", "9x4"]
-    assert rec["rows"][0]["tokens"] == 30 and rec["commit"] == "abc"
+    assert rec["rows"][0]["tokens"] == 30 and rec["commit"] == "abc" and rec["date"]
     assert rec["layer"] == {
         "channels": 8,
         "hidden": 16,
