@@ -33,9 +33,13 @@ atomically, the manifest last (a set without a manifest is incomplete).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +90,7 @@ def degrade_image(
     rgb = np.repeat(img[:, :, None], 3, axis=2) if grey else img
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DegradedSetError(f"expected a greyscale or RGB image, got shape {img.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float()[None] / 255
+    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float()[None] / 255  # writable
     gen = torch.Generator().manual_seed(seed)
     params = degrade.sample_params(1, cfg, gen)
     redraws = 0
@@ -155,10 +159,41 @@ def make_set(
     seed: int,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``out/<name>/{HR,LQ}/*.png`` and ``manifest.json``; returns the manifest."""
+    """Write ``out/<name>/{HR,LQ}/*.png`` and ``manifest.json``; returns the manifest. The set
+    is made in a temporary folder inside ``out`` and moved into place when complete: a
+    failure (an unreadable or too small image, a full disk) leaves no partial set behind, and
+    a folder ``out`` that this call created is removed again."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out))
+    try:
+        manifest = _write_set(name, hr_dir, staging, cfg=cfg, preset=preset, seed=seed, limit=limit)
+        try:
+            os.rename(staging, out / name)
+        except OSError as e:
+            raise DegradedSetError(f"cannot move the new set into {out / name}: {e}") from e
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
+        raise
+    return manifest
+
+
+def _write_set(
+    name: str,
+    hr_dir: Path,
+    set_dir: Path,
+    *,
+    cfg: degrade.Degradation,
+    preset: str,
+    seed: int,
+    limit: int | None,
+) -> dict[str, Any]:
+    """The work of :func:`make_set`, written into ``set_dir``."""
     from hybridmoe.evaluate import EvaluationError, read_image
 
-    set_dir = out / name
     images: dict[str, Any] = {}
     for path in set_images(hr_dir)[:limit]:
         try:
@@ -258,7 +293,12 @@ def _sources(args: argparse.Namespace) -> dict[str, Path]:
                 )
             if not d.is_dir():
                 raise DegradedSetError(f"HR folder not found: {d}")
-            name = args.name or (d.resolve().parent.name if d.name == "HR" else d.name)
+            resolved = d.resolve()  # "." and ".." name the folder they stand for
+            name = args.name or (resolved.parent.name if resolved.name == "HR" else resolved.name)
+            if name in ("", ".", "..") or "/" in name or os.sep in name:
+                raise DegradedSetError(
+                    f"cannot name a set after {d} (set name {name!r}); give --name NAME"
+                )
             if name in named:
                 raise DegradedSetError(f"two HR folders give the set name {name!r}; use --name")
             named[name] = d

@@ -117,6 +117,57 @@ def test_make_degraded_never_writes_into_its_hr_folder(
     assert sorted(p.name for p in hr.rglob("*")) == before
 
 
+def test_make_degraded_names_dot_folders_by_what_they_stand_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An HR folder given as "." or ".." named the set "" or "..": the set went into --out
+    itself, or (for "..") into the folder above --out."""
+    hr = _hr_folder(tmp_path, ("rgb",))
+    monkeypatch.chdir(hr)
+    assert _make(".", "--out", str(tmp_path / "o1")) == 0
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == ["mine"]
+    sub = hr.parent / "sub"
+    sub.mkdir()
+    (hr / "rgb.png").rename(sub / "rgb.png")
+    monkeypatch.chdir(sub / ".." / "sub")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _make(".", "--out", str(tmp_path / "o2")) == 0
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["sub"]
+    monkeypatch.chdir(hr)
+    assert _make("../sub/..", "--out", str(tmp_path / "o3")) == 2  # mine/ holds no images
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "o2"])
+    capsys.readouterr()
+    assert _make("/", "--out", str(tmp_path / "o4")) == 2
+    err = capsys.readouterr().err
+    assert "cannot name a set after /" in err and "--name NAME" in err
+    assert _make(str(sub), "--name", "../up", "--out", str(tmp_path / "o5")) == 2
+    assert "give --name NAME" in capsys.readouterr().err
+    assert not (tmp_path / "up").exists() and not (tmp_path / "o5").exists()
+
+
+def test_a_failed_set_leaves_nothing_and_can_be_made_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image too small for the scale, found after others were written, left a partial set
+    (no manifest) that then blocked the rerun the error message asked for."""
+    hr = _hr_folder(tmp_path, ("a", "b"))
+    Image.fromarray(np.zeros((2, 8, 3), np.uint8)).save(hr / "m.png")  # sorted between a, b
+    out = tmp_path / "out"
+    argv = [str(hr), "--out", str(out), "--preset", "realworld4"]
+    assert _make(*argv) == 2
+    err = capsys.readouterr().err
+    assert "m.png (2x8) is smaller than the scale 4" in err and f"remove it from {hr}" in err
+    assert not out.exists()  # created by this call, removed again with the partial set
+    out.mkdir()
+    assert _make(*argv) == 2
+    assert list(out.iterdir()) == []  # an --out that existed stays, empty
+    (hr / "m.png").unlink()
+    assert _make(*argv) == 0
+    manifest = json.loads((out / "mine" / "manifest.json").read_text())
+    assert sorted(manifest["images"]) == ["a", "b"]
+    assert sorted(p.name for p in out.iterdir()) == ["mine"]
+
+
 @pytest.fixture(scope="module")
 def degraded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-image degraded Set5 (``DIR/Set5``)."""
