@@ -66,6 +66,8 @@ __all__ = [
 
 MAX_KERNEL = 21
 """Largest blur kernel side (odd)."""
+MAX_SIGMA = (MAX_KERNEL - 1) / 6
+"""Largest blur sigma (px): the largest kernel covers +-3 sigma of it."""
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 """Interpolation modes the x4 pipeline draws from (``torch.nn.functional.interpolate`` names)."""
 RESIZE_LIMITS = (0.05, 4.0)
@@ -168,9 +170,10 @@ def gaussian_kernels(
 def gaussian_blur(x: torch.Tensor, sigma_x: Any, sigma_y: Any, theta: Any = 0.0) -> torch.Tensor:
     """Blur each image of ``x`` ``(N, 3, H, W)`` with its own anisotropic Gaussian kernel.
 
-    ``sigma_x``, ``sigma_y`` (pixels, > 0) and ``theta`` (radians) are numbers or one value per
-    image. The kernel side is :func:`kernel_size` of the largest sigma of the batch; borders are
-    reflected (the image must be larger than half the kernel on each side).
+    ``sigma_x``, ``sigma_y`` (pixels, > 0 and at most ``MAX_SIGMA``, what the largest kernel
+    covers to +-3 sigma) and ``theta`` (radians) are numbers or one value per image. The kernel
+    side is :func:`kernel_size` of the largest sigma of the batch; borders are reflected (the
+    image must be larger than half the kernel on each side).
     """
     _check_batch(x)
     return _blur(x, sigma_x, sigma_y, theta)
@@ -193,6 +196,12 @@ def _blur(
         raise ValueError(
             f"blur sigmas must be > 0, got sigma_x={sx.tolist()}, sigma_y={sy.tolist()}; "
             "leave an image out of the blur instead of passing 0"
+        )
+    if (torch.maximum(sx, sy) > MAX_SIGMA * (1 + 1e-6)).any():  # float32 draws of the limit
+        raise ValueError(
+            f"blur sigmas must be at most {MAX_SIGMA:g} px (a {MAX_KERNEL}x{MAX_KERNEL} kernel "
+            f"covers +-3 sigma of it), got sigma_x={sx.tolist()}, sigma_y={sy.tolist()}; "
+            "downscale the image first for a wider blur"
         )
     size = kernel_size(float(torch.maximum(sx, sy).max()))
     pad = size // 2
@@ -432,9 +441,8 @@ class Degradation:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-        max_sigma = (MAX_KERNEL - 1) / 6
-        _check_range("blur_sigma", self.blur_sigma, 1e-3, max_sigma)
-        _check_range("second_blur_sigma", self.second_blur_sigma, 1e-3, max_sigma)
+        _check_range("blur_sigma", self.blur_sigma, 1e-3, MAX_SIGMA)
+        _check_range("second_blur_sigma", self.second_blur_sigma, 1e-3, MAX_SIGMA)
         _check_range("noise_sigma", self.noise_sigma, 0.0, 255.0)
         _check_range("second_noise_sigma", self.second_noise_sigma, 0.0, 255.0)
         for name in ("jpeg_quality", "final_jpeg_quality"):
@@ -710,6 +718,10 @@ def apply_params(
     :func:`degrade_batch`), returning ``(N, 3, H / scale, W / scale)``.
     """
     _check_batch(hr, "hr")
+    if p.blur.shape != (hr.shape[0],):
+        raise ValueError(
+            f"the parameters are drawn for {p.blur.shape[0]} images, hr has {hr.shape[0]}"
+        )
     if isinstance(p, SecondOrderParams):
         return _apply_second_order(hr, p, generator)
     dev = hr.device
@@ -780,8 +792,6 @@ def _apply_second_order(
             f"hr images of {h}x{w} are not divisible by the scale {s}; crop them to a multiple "
             f"of {s} first (top-left: hr[..., :{h - h % s}, :{w - w % s}])"
         )
-    if p.blur.shape != (n,):
-        raise ValueError(f"the parameters are drawn for {p.blur.shape[0]} images, hr has {n}")
     p = p.host()  # the loop reads the values one by one: from the host, without device waits
     outs = []
     for i in range(n):

@@ -194,6 +194,17 @@ def test_sampled_parameters_stay_in_their_ranges() -> None:
         (lambda: D.jpeg(torch.rand(2, 3, 8, 8), [50, 60, 70]), "one per image"),
         (lambda: D.gaussian_blur(torch.rand(1, 3, 8, 8), 0.0, 1.0), "sigmas must be > 0"),
         (lambda: D.gaussian_blur(torch.rand(1, 3, 4, 4), 1.5, 1.5), "too small for a 11x11"),
+        # a sigma past the largest kernel was cut to 21x21 silently (std about 6 for any sigma)
+        (lambda: D.gaussian_blur(torch.rand(1, 3, 64, 64), 10.0, 1.0), "at most 3.33333 px"),
+        # x1 parameters for another batch size: IndexError, or an error about "sigma"
+        (
+            lambda: D.apply_params(torch.rand(2, 3, 8, 8), D.sample_params(3, D.RESTORE)),
+            "drawn for 3 images, hr has 2",
+        ),
+        (
+            lambda: D.apply_params(torch.rand(3, 3, 8, 8), D.sample_params(2, D.RESTORE)),
+            "drawn for 2 images, hr has 3",
+        ),
         (lambda: D.add_noise(torch.rand(2, 3, 4, 4), [1.0]), r"one value per image \(2\)"),
         (lambda: D.add_noise(torch.rand(1, 3, 4, 4), -1.0), "sigma must be >= 0"),
         (lambda: D.Degradation(jpeg_prob=1.5), "jpeg_prob must be a probability"),
@@ -205,6 +216,16 @@ def test_sampled_parameters_stay_in_their_ranges() -> None:
 def test_bad_input_is_refused_with_a_clear_message(call: object, message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         call()  # type: ignore[operator]
+
+
+def test_the_largest_sigma_is_the_presets_bound_and_is_accepted() -> None:
+    x = torch.rand(2, 3, 32, 32)
+    limit = torch.tensor(D.MAX_SIGMA, dtype=torch.float32)  # float32 rounding of the bound
+    y = D.gaussian_blur(x, limit, limit)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert D.kernel_size(D.MAX_SIGMA) == D.MAX_KERNEL
+    with pytest.raises(ValueError, match="blur_sigma must be a range"):
+        D.Degradation(blur_sigma=(0.5, D.MAX_SIGMA + 0.01))
 
 
 # --------------------------------------------------------------------- the x4 real-world pipeline
