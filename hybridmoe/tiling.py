@@ -15,8 +15,10 @@ Layout along each axis (LR pixels, ``o`` = overlap):
 
 Every output pixel with non-zero weight lies at least ``o`` LR pixels inside its window, so for a
 model whose receptive field reaches ``r`` pixels, the tiled result equals the whole-image result
-(up to float rounding) whenever ``overlap >= r``; for models with a larger reach, the linear
-feathering hides the seams.
+(up to float rounding) whenever ``overlap >= r`` — for a model that pads its input to a size
+multiple, only when ``align`` is that multiple (otherwise the last ``r`` rows and columns at
+the bottom and right border see other padding than on the whole image); for models with a
+larger reach, the linear feathering hides the seams.
 
 The end of the module plans tiles from memory: :func:`forward_bytes_per_pixel` measures the
 peak tensor memory of a small probe forward, :func:`available_memory` reads what the device

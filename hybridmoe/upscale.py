@@ -11,6 +11,7 @@ model output containing NaN/Inf, or running out of memory.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -323,8 +324,16 @@ def tile_alignment(descriptor: ImageModelDescriptor) -> int:
     level into windows of ``window_size`` tokens: tiles starting at multiples of
     ``2^(levels−1)·window_size`` see the same grid as the whole image (32 for the three-level
     network with windows of 8). A ×1 trunk without attention (the shipped variants) has no
-    grid: 1, as for other models.
+    grid: 1. Any model that pads its input to a size multiple (spandrel's
+    ``size_requirements.multiple_of``) also gets that multiple, so that the last window of a
+    row is padded as the whole image is (its start is a multiple).
     """
+    return math.lcm(_hybridmoe_grid(descriptor), descriptor.size_requirements.multiple_of)
+
+
+def _hybridmoe_grid(descriptor: ImageModelDescriptor) -> int:
+    """The attention grid of a HybridMoE in input pixels (see :func:`tile_alignment`); 1 for
+    other architectures."""
     if descriptor.architecture.id != "HybridMoE":
         return 1
     hp = getattr(descriptor.model, "hyperparameters", None) or {}

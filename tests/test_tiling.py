@@ -246,6 +246,30 @@ def test_aligned_tiles_match_better(lr_image: torch.Tensor) -> None:
             assert aligned.mean() < 0.7 * plain.mean(), where
 
 
+def test_a_padding_model_tiles_exactly_when_windows_start_at_its_multiple() -> None:
+    """A model that pads its input to a multiple of 8 (here two 3x3 box blurs, reach 2):
+    windows at multiples of 8 (what ``upscale.tile_alignment`` picks for it) give the
+    whole-image result; at align 1 the last window of a row is padded otherwise."""
+    import torch.nn.functional as F
+    from spandrel import SizeRequirements
+
+    torch.manual_seed(0)
+    box = torch.full((3, 1, 3, 3), 1 / 9)
+
+    def blur2(x: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), box, groups=3)
+        return x
+
+    req = SizeRequirements(multiple_of=8)
+    img = torch.rand(1, 3, 70, 20)
+    whole = tiling.run_padded(blur2, img, 1, req)
+    aligned = tiling.upscale_tiled(blur2, img, 1, 16, 2, req, align=8)
+    assert (aligned - whole).abs().max() < 1e-5
+    unaligned = tiling.upscale_tiled(blur2, img, 1, 16, 2, req, align=1)
+    assert (unaligned - whole).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("variant", ["hybridmoe_nano", "hybridmoe_s", "hybridmoe_m"])
 def test_trunk_variants_tile_exactly_with_enough_overlap(
     variant: str, lr_image: torch.Tensor

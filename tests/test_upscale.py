@@ -240,6 +240,14 @@ def test_tile_alignment_follows_hybridmoe_window(
     )
     two_path = save_model(two, tmp_path / "two.safetensors")
     assert upscale.tile_alignment(upscale.load_descriptor(two_path)) == 8
+    # a model that pads to a multiple: windows start at multiples of it (with align 1 the last
+    # window of a row was padded differently from the whole image)
+    padded = descriptor_of(compact(), tmp_path)
+    padded.size_requirements = SizeRequirements(multiple_of=6)
+    assert upscale.tile_alignment(padded) == 6
+    two_desc = upscale.load_descriptor(two_path)
+    two_desc.size_requirements = SizeRequirements(multiple_of=12)
+    assert upscale.tile_alignment(two_desc) == 24  # with the attention grid: lcm(8, 12)
 
     seen: list[int] = []
     real = tiling.upscale_tiled
