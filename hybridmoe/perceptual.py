@@ -74,6 +74,9 @@ CONV_INDICES = {
     "alex": (0, 3, 6, 8, 10),
     "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
 }
+TAPPED_CONVS = {"alex": (0, 3, 6, 8, 10), "vgg": (2, 7, 14, 21, 28)}
+"""torchvision ``features`` index of the convolution whose (ReLU'd) output each of the five
+LPIPS heads weighs: a head is as wide as that convolution's output."""
 """torchvision ``features`` index of each convolution (``alexnet`` / ``vgg16``), in order."""
 
 WEIGHT_FILES = {"alex": "lpips_alex.safetensors", "vgg": "lpips_vgg.safetensors"}
@@ -145,10 +148,14 @@ def convert(tree: dict[str, Any], net: str) -> dict[str, torch.Tensor]:
             raise PerceptualWeightsError(f"{backbone}/Conv_{n}: shapes {k.shape}, {b.shape}")
         out[f"features.{idx}.weight"] = torch.from_numpy(k.transpose(3, 2, 0, 1).copy())
         out[f"features.{idx}.bias"] = torch.from_numpy(b.copy())
-    for n in range(5):
+    for n, conv in enumerate(TAPPED_CONVS[net]):
         k = _array(tree, f"NetLinLayer_{n}", "Conv_0", "kernel")
-        if k.shape[:2] != (1, 1) or k.shape[3] != 1:
-            raise PerceptualWeightsError(f"NetLinLayer_{n}: shape {k.shape}, expected (1,1,C,1)")
+        width = out[f"features.{conv}.weight"].shape[0]
+        if k.shape != (1, 1, width, 1):
+            raise PerceptualWeightsError(
+                f"NetLinLayer_{n}: shape {k.shape}, expected (1, 1, {width}, 1) (the width of "
+                f"the {NET_NAMES[net]} layer it weighs)"
+            )
         out[f"lin.{n}"] = torch.from_numpy(k.transpose(3, 2, 0, 1).copy())
     return out
 

@@ -85,6 +85,18 @@ def test_impulse_has_a_flat_amplitude_spectrum() -> None:
     assert with_phase.item() == pytest.approx(ref_freq_loss(a, b, phase_weight=1.0), rel=1e-5)
 
 
+def test_the_phase_term_never_lowers_the_loss() -> None:
+    """A prediction that differs from the target in amplitude only has a phase term of 0; in
+    float32 ``|p - t| - ||p| - |t||`` came out slightly negative in such bins, and a large
+    phase weight then pulled the loss below its amplitude term."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    y = x * (1 + 1e-3)
+    amp_only = HybridMoEFreqLoss(1.0)(y, x)
+    with_phase = HybridMoEFreqLoss(1.0, phase_weight=100.0)(y, x)
+    assert with_phase.item() >= amp_only.item() > 0
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(
     ("phase_weight", "hf_weight"), [(0.0, 0.0), (0.5, 0.0), (0.0, 2.0), (1.0, 1.0)]

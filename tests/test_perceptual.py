@@ -59,6 +59,21 @@ def test_convert_maps_flax_kernels_to_torchvision_layout() -> None:
         P.convert(tree, "alex")
 
 
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_convert_checks_each_head_against_the_layer_it_weighs(net: str) -> None:
+    """A head of another width was accepted (the loss refused the file later), a 3-D one
+    raised IndexError."""
+    tree = _flax_tree(net, np.random.default_rng(0))
+    sd = P.convert(tree, net)
+    for n, conv in enumerate(P.TAPPED_CONVS[net]):
+        assert sd[f"lin.{n}"].shape[1] == sd[f"features.{conv}.weight"].shape[0]
+    good = tree["NetLinLayer_2"]["Conv_0"]["kernel"]
+    for bad in (good[:, :, :7], good[0]):
+        tree["NetLinLayer_2"]["Conv_0"]["kernel"] = bad
+        with pytest.raises(P.PerceptualWeightsError, match=r"NetLinLayer_2: shape .* expected"):
+            P.convert(tree, net)
+
+
 def test_checkpoint_reader_runs_no_code(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
 
@@ -149,6 +164,28 @@ def test_loss_refuses_a_missing_or_mismatched_weights_file(tmp_path: Path) -> No
     loss = HybridMoELPIPSLoss(1.0, str(path), net="alex")
     with pytest.raises(ValueError, match="RGB"):
         loss(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    # an unbatched image was reported with its height as the channel count
+    with pytest.raises(
+        ValueError, match=r"batches of RGB images \(N, 3, H, W\), got shape \(3, 64"
+    ):
+        loss(torch.rand(3, 64, 64), torch.rand(3, 64, 64))
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_loss_names_the_smallest_crop_its_network_takes(tmp_path: Path, net: str) -> None:
+    """Crops smaller than the backbone's strides and pools allow failed inside torch
+    ("Output size is too small"); LPIPS_MIN_SIZE is exactly that bound."""
+    from hybridmoe_loss import LPIPS_MIN_SIZE
+
+    loss = HybridMoELPIPSLoss(1.0, str(_weights_with_package_heads(tmp_path, net)), net=net)
+    side = LPIPS_MIN_SIZE[net]
+    x = torch.rand(1, 3, side, side + 5)
+    assert torch.isfinite(loss(x, x.flip(-1)))
+    small = torch.rand(1, 3, side - 1, 64)
+    with pytest.raises(RuntimeError):
+        loss._layers(small)  # the bound is the backbone's, not an arbitrary one
+    with pytest.raises(ValueError, match=f"at least {side}x{side} px, got {side - 1}x64"):
+        loss(small, small)
 
 
 def test_loss_names_a_corrupt_file_or_missing_heads(tmp_path: Path) -> None:

@@ -191,8 +191,9 @@ class HybridMoEFreqLoss(nn.Module):
             t = torch.fft.rfft2(target.float(), norm="ortho")
             amp_diff = (p.abs() - t.abs()).abs()
             per_bin = amp_diff
-            if self.phase_weight > 0:
-                per_bin = per_bin + self.phase_weight * ((p - t).abs() - amp_diff)
+            if self.phase_weight > 0:  # >= 0 exactly; clamped against float rounding
+                phase = ((p - t).abs() - amp_diff).clamp_min(0)
+                per_bin = per_bin + self.phase_weight * phase
             if self.hf_weight > 0:
                 h, w = pred.shape[-2:]
                 per_bin = per_bin * frequency_weight(h, w, self.hf_weight, pred.device)
@@ -214,8 +215,9 @@ class HybridMoEBalanceLoss(nn.Module):
     routed token slots expert ``e`` received, ``P_e``: its mean router probability) to the
     network module's ``MOE_AUX`` side channel during every training forward with autograd
     enabled. This loss returns their mean over the layers of the latest such forward and
-    consumes it, so the term is used once per forward. Its minimum, 1.0, is reached by
-    uniform routing; gradients reach the routers through ``P_e``.
+    consumes it, so the term is used once per forward. Uniform routing gives 1.0 (the value
+    the Switch Transformer's loss aims at; a batch can land a little below it); gradients
+    reach the routers through ``P_e``.
 
     ``pred`` and ``target`` are not used beyond giving the dtype and device of the result (the
     value is a tensor of the forward's graph, cast to ``pred.dtype`` on ``pred.device``).
@@ -263,6 +265,8 @@ class HybridMoEBalanceLoss(nn.Module):
 
 LPIPS_TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
 """torchvision ``features`` index of the ReLU after which each of the five layers is compared."""
+LPIPS_MIN_SIZE = {"alex": 31, "vgg": 16}
+"""Smallest image side each backbone's layers up to the last tap accept (strides and pools)."""
 
 _LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 _LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -284,7 +288,8 @@ class HybridMoELPIPSLoss(nn.Module):
         net: ``"vgg"`` (the usual choice for training) or ``"alex"``; must match the file.
 
     Shapes:
-        pred, target: (N, 3, H, W) in [0, 1]. output: () float32.
+        pred, target: (N, 3, H, W) in [0, 1], H and W at least LPIPS_MIN_SIZE[net]. output: ()
+            float32.
     """
 
     def __init__(self, loss_weight: float, weights: str, net: str = "vgg") -> None:
@@ -352,10 +357,18 @@ class HybridMoELPIPSLoss(nn.Module):
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """pred, target (N, 3, H, W) in [0, 1] -> 0-dim mean LPIPS distance (float32)."""
-        _check_pair(type(self).__name__, pred, target)
-        if pred.shape[1] != 3:
+        cls = type(self).__name__
+        _check_pair(cls, pred, target)
+        if pred.ndim != 4 or pred.shape[1] != 3:
             raise ValueError(
-                f"{type(self).__name__}: LPIPS compares RGB images, got {pred.shape[1]} channels"
+                f"{cls}: LPIPS compares batches of RGB images (N, 3, H, W), got shape "
+                f"{tuple(pred.shape)}"
+            )
+        side = LPIPS_MIN_SIZE[self.net]
+        if min(pred.shape[-2:]) < side:
+            raise ValueError(
+                f"{cls}: the {self.net} network needs images of at least {side}x{side} px, got "
+                f"{pred.shape[-2]}x{pred.shape[-1]}; train on larger crops (gt_size)"
             )
         with torch.autocast(device_type=pred.device.type, enabled=False):
             a = self._layers(pred.float())
