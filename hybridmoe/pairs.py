@@ -84,9 +84,30 @@ def _reason(error: BaseException) -> str:
 
 def unreadable(path: Path, error: BaseException) -> str:
     """The error message for an input image that cannot be read."""
-    return (
-        f"{path} is not a readable image ({_reason(error)}); remove it or move it out of the folder"
-    )
+    return unreadable_because(path, _reason(error))
+
+
+def unreadable_because(path: Path, reason: str) -> str:
+    """The error message for an input image that cannot be read, for ``reason``."""
+    return f"{path} is not a readable image ({reason}); remove it or move it out of the folder"
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """``path`` as uint8 ``(H, W, 3)``, read as the evaluator reads it
+    (:func:`hybridmoe.evaluate.read_image`: 16-bit and float images at their own white level,
+    transparent pixels refused), greyscale copied into three channels; so the pairs' LR is the
+    evaluator's LR of the same file. Raises :class:`PairsError` with the file and the fix."""
+    from hybridmoe.evaluate import EvaluationError, read_image
+
+    try:
+        img = read_image(path)
+    except EvaluationError as e:
+        text = str(e)
+        prefix = f"cannot read image {path}: "
+        if text.startswith(prefix):
+            raise PairsError(unreadable_because(path, text.removeprefix(prefix))) from None
+        raise PairsError(f"{text}, or move it out of the folder") from None
+    return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -107,10 +128,9 @@ def make_pair(
     ``UNREADABLE``, ``WRITE_FAILED`` or ``MISMATCH`` (differs from ``--check-against``).
     """
     try:
-        with Image.open(src) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except Exception as e:  # Pillow raises many kinds of exception on bad files
-        return UNREADABLE, unreadable(src, e)
+        rgb = read_rgb(src)
+    except PairsError as e:
+        return UNREADABLE, str(e)
     hr = mod_crop(rgb, scale)
     if min(hr.shape[:2]) < scale * max(1, min_lr):
         return SKIP, ""
@@ -133,10 +153,9 @@ def compare_lr(src: Path, lr: np.ndarray, scale: int, check: Path) -> str:
     if ref_path is None:
         return f"{src.stem}: no reference LR in {check}"
     try:
-        with Image.open(ref_path) as im:
-            ref = np.asarray(im.convert("RGB"))
-    except Exception as e:  # Pillow raises many kinds of exception on bad files
-        return f"{src.stem}: reference LR {ref_path} unreadable ({_reason(e)})"
+        ref = read_rgb(ref_path)
+    except PairsError as e:
+        return f"{src.stem}: reference LR unreadable: {e}"
     if ref.shape != lr.shape or not np.array_equal(ref, lr):
         return f"{src.stem}: LR differs from {ref_path}"
     return ""

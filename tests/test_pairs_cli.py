@@ -249,3 +249,57 @@ def test_check_against_the_folder_of_another_scale_is_one_error_naming_it(
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 5 and all("no reference LR" in line for line in lines[:4])
     assert not out.exists()
+
+
+def test_pairs_read_every_image_as_the_evaluator_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """16-bit greyscale PNGs came out almost white (Pillow caps them at 255), float TIFFs
+    black and 16-bit RGB a level off in a quarter of the samples: the pairs' HR and LR now
+    equal the evaluator's for the same file; transparent pixels are refused as there."""
+    import numpy as np
+    from PIL import Image
+
+    from hybridmoe import evaluate
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with Image.open(T91 / "t1.png") as im:
+        rgb8 = np.asarray(im.convert("RGB"))[:96, :120].astype(np.float64)
+    ramp = np.linspace(0, 1, rgb8.shape[1])[None, :]
+    grey = np.clip(rgb8.mean(axis=2) / 255 * 0.9 + 0.1 * ramp, 0, 1)  # not 8-bit exact
+    Image.fromarray((grey * 65535).round().astype(np.uint16)).save(src / "g16.png")
+    Image.fromarray(grey.astype(np.float32), mode="F").save(src / "f32.tif")
+    rgb16 = (np.clip(rgb8 / 255 * 0.97 + 0.01, 0, 1) * 65535).round().astype(">u2")
+    head = b"\x89PNG\r\n\x1a\n"  # a 16-bit RGB PNG, written by hand (Pillow writes 8-bit RGB)
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    h, w = rgb16.shape[:2]
+    raw = b"".join(b"\x00" + rgb16[y].tobytes() for y in range(h))
+    png = head + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    (src / "c16.png").write_bytes(png + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out = tmp_path / "pairs"
+    assert run(src, out, "--min-lr-size", "1") == 0
+    for name, suffix in (("g16", "png"), ("f32", "tif"), ("c16", "png")):
+        want = evaluate.read_image(src / f"{name}.{suffix}")
+        want = np.repeat(want[:, :, None], 3, axis=2) if want.ndim == 2 else want
+        with Image.open(out / "hr" / f"{name}.png") as im:
+            hr = np.asarray(im)
+        with Image.open(out / "lr" / f"{name}.png") as im:
+            lr = np.asarray(im)
+        assert np.array_equal(hr, want), name
+        assert np.array_equal(lr, evaluate.make_lr(want, 2)), name
+        assert 40 < hr.mean() < 215, name  # neither white nor black
+    rgba = np.dstack([rgb8.astype(np.uint8), np.full(rgb8.shape[:2], 255, np.uint8)])
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(src / "holes.png")
+    capsys.readouterr()
+    assert run(src, tmp_path / "p2", "--min-lr-size", "1") == 2
+    line, summary = error_lines(capsys.readouterr().err)
+    assert summary.startswith("error: no pairs written to")
+    assert "holes.png has 1 transparent pixel(s)" in line and "move it out of the folder" in line
