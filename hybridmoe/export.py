@@ -761,6 +761,8 @@ def run(args: argparse.Namespace) -> int:
                 ("--opset", args.opset is not None),
                 ("--no-fuse", args.no_fuse),
                 ("--allow-static", args.allow_static),
+                ("--verify (the matrix always verifies)", args.verify),
+                ("--overwrite (it writes into a new DIR)", args.overwrite),
             )
             if given
         ]
@@ -787,6 +789,11 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError(f"{args.output}: the output must end in .onnx")
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: opset {MIN_OPSET} or newer is required")
+    if args.dynamo and opset < 18:  # before minutes of export that cannot give it
+        raise ExportError(
+            f"--opset {opset}: the dynamo exporter writes opset 18 or newer; pass --opset 18, "
+            f"or drop --dynamo for the TorchScript exporter"
+        )
     if not args.dynamo and opset > 20:
         raise ExportError(
             f"--opset {opset}: the TorchScript exporter supports opsets up to 20; "

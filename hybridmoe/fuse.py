@@ -182,11 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=positive_int,
         nargs=2,
-        default=(128, 128),
+        default=None,
         metavar=("H", "W"),
         help="input size for --time (default 128 128)",
     )
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs for --time (median)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=None, help="timed runs for --time (median; 5)"
+    )
     p.add_argument(
         "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: default)"
     )
@@ -207,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.output
+    if not args.time and (args.size is not None or args.repeats is not None):
+        raise FuseError("--size and --repeats set up --time; add --time or drop them")
     if out.is_dir():
         raise FuseError(f"OUTPUT {out} is a folder; give the fused checkpoint's file name")
     if out.suffix.lower() not in OUTPUT_EXTS:
@@ -255,12 +259,13 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if args.time:
-        h, w = args.size
+        h, w = args.size or (128, 128)
+        repeats = args.repeats or 5
         x = torch.rand(1, ch, h, w, generator=g).to(args.device)
-        t0 = median_latency(original, x, args.repeats)
-        t1 = median_latency(fused, x, args.repeats)
+        t0 = median_latency(original, x, repeats)
+        t1 = median_latency(fused, x, repeats)
         print(
-            f"latency {args.device} 1x{ch}x{h}x{w} (median of {args.repeats}): "
+            f"latency {args.device} 1x{ch}x{h}x{w} (median of {repeats}): "
             f"{t0 * 1e3:.1f} ms -> {t1 * 1e3:.1f} ms ({t0 / t1:.2f}x)"
         )
 

@@ -123,6 +123,13 @@ def test_fuse_verifies_on_a_random_image_unless_given_a_real_one(
     )
     assert "too small to downscale by 2" in capsys.readouterr().err
     assert not (tmp_path / "a.pth").exists()
+    # --size / --repeats only set up --time: alone they were ignored without a word
+    for extra in (["--size", "7", "7"], ["--repeats", "3"]):
+        assert fuse.main([str(ckpt), str(tmp_path / "a.pth"), *extra]) == 2
+        assert "--size and --repeats set up --time" in capsys.readouterr().err
+    assert not (tmp_path / "a.pth").exists()
+    assert fuse.main([str(ckpt), str(tmp_path / "a.pth"), "--time", "--size", "9", "11"]) == 0
+    assert "1x3x9x11 (median of 5)" in capsys.readouterr().out
 
 
 def test_fuse_refuses_other_architectures(
@@ -707,6 +714,8 @@ def test_matrix_refuses_the_options_of_a_single_export(
         ("--opset", "17"): "--opset",
         ("--no-fuse",): "--no-fuse",
         ("--allow-static",): "--allow-static",
+        ("--verify",): "--verify (the matrix always verifies)",
+        ("--overwrite",): "--overwrite (it writes into a new DIR)",
     }
     for extra, named in cases.items():
         assert export.main([*extra, "--matrix", mx]) == 2
@@ -725,16 +734,31 @@ def test_export_threads_must_not_be_negative(
 
 
 def test_dynamo_export_writes_the_requested_opset_or_refuses(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The dynamo exporter falls back to opset 18 when asked for 17 (or for an opset above
-    what it implements); the file was still written and reported as the requested opset."""
+    what it implements); the file was still written and reported as the requested opset. 17
+    is refused before the export (which ran for minutes and printed the converter's
+    traceback); an exporter that writes another opset than asked is refused after it."""
     ckpt = save_trainer_pth(tiny(scale=2, use_attn=False), tmp_path / "net.pth")
     out = tmp_path / "a.onnx"
     assert export.main([str(ckpt), str(out), "--dynamo", "--opset", "17"]) == 2
     err = capsys.readouterr().err
-    assert "wrote an opset 18 graph, not the requested opset 17" in err
-    assert "--no-dynamo" in err
+    assert err == (
+        "error: --opset 17: the dynamo exporter writes opset 18 or newer; pass --opset 18, or "
+        "drop --dynamo for the TorchScript exporter\n"
+    )
     assert not out.exists() and list(tmp_path.glob("*partial*")) == []
+    real = export._trace
+
+    def trace_writing_18(net: object, x: object, path: Path, opset: int, dynamo: bool) -> None:
+        real(net, x, path, 18, dynamo)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export, "_trace", trace_writing_18)
+    assert export.main([str(ckpt), str(out), "--opset", "19"]) == 2
+    err = capsys.readouterr().err
+    assert "the TorchScript exporter wrote an opset 18 graph, not the requested opset 19" in err
+    assert not out.exists() and list(tmp_path.glob("*partial*")) == []
+    monkeypatch.undo()
     assert export.main([str(ckpt), str(out), "--dynamo", "--opset", "18"]) == 0
     assert export.onnx_opset(out) == 18
