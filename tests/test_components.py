@@ -3,6 +3,7 @@ change the module graph or the output), and its numerics on adversarial textures
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -23,6 +24,40 @@ def build(**options: object) -> A.HybridMoE:
 
 
 # --------------------------------------------------------------------------- MoE routing
+
+
+def test_flat_areas_route_alike_alone_in_a_batch_and_fused() -> None:
+    """In a flat area every centred router logit is 0 up to rounding, and the rounding
+    differs with the batch and with fuse(): the experts a token got (and so its output)
+    depended on the other images of the batch and on the deploy form. Near-ties now go to the
+    lower expert index."""
+    torch.manual_seed(0)
+    net = A.HybridMoE(
+        **{**TINY, "scale": 2, "base": "none", "num_experts": 4, "top_k": 2},
+        refine_moe=True,
+        global_mixer="none",
+    )
+    net = perturbed(net, std=0.05, seed=0).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in net.moe_layers():  # experts as different as trained ones
+            for p in (m.w_in, m.w_out):
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    g = torch.Generator().manual_seed(1)
+    frame = torch.zeros(1, 3, 160, 160)  # a black bar above a textured band
+    frame[:, :, 120:] = torch.rand(1, 3, 40, 160, generator=g)
+    others = torch.rand(3, 3, 160, 160, generator=g)
+    with torch.no_grad():
+        alone = net(frame)
+        batched = net(torch.cat([frame, others]))[:1]
+        fused = copy.deepcopy(net).fuse()(frame)
+    bar = (slice(None), slice(None), slice(0, 200))  # output rows inside the black bar
+    assert (alone - batched)[bar].abs().max() < 1e-5
+    assert (alone - fused)[bar].abs().max() < 1e-5
+    # the order only breaks ties: a clear preference wins whatever the expert index
+    moe = A.MoEFFN(4, 8, num_experts=3, routing=A.MoERouting(top_k=1))
+    logits = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0005, 0.0], [0.0, 0.0, 0.5]])
+    assert moe.gate(logits)[1][:, 0].tolist() == [0, 0, 2]
 
 
 def test_topk_gates_are_renormalised_and_mix_the_selected_experts() -> None:

@@ -1014,6 +1014,12 @@ class MoERouting:
         return f"MoERouting(top_k={self.top_k}, dispatch={self.dispatch!r})"
 
 
+ROUTER_TIE_MARGIN = 1e-3
+"""Router logits (float32) that differ by less than this per expert index count as tied:
+:meth:`MoEFFN.gate` subtracts ``margin · e`` from expert ``e``'s logit before the top-k, so a
+token of a flat area picks the same experts alone or in a batch, fused or not."""
+
+
 class MoEFFN(nn.Module):
     """Token-wise top-k mixture of gated-MLP experts: (N,C,H,W) -> (N,C,H,W).
 
@@ -1051,13 +1057,22 @@ class MoEFFN(nn.Module):
     def gate(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router logits (T,E) -> probs (T,E) float32, top-k indices (T,k), gates (T,k) float32.
 
-        The gates are the selected probabilities renormalized to sum to one. At top-1 that
+        The experts are those of the largest logits, where logits within
+        :data:`ROUTER_TIE_MARGIN` of each other count as tied and go to the lower expert index
+        (a flat area's logits differ by rounding only). The gates are the selected
+        probabilities renormalized to sum to one. At top-1 that
         is the constant 1, which would leave the router without a gradient from the task
         loss (only the balance term would train it); there the gate is ``1 + p - sg(p)``:
         the value 1, the router gradient of the Switch Transformer's gate ``p``.
         """
-        probs = torch.softmax(_f32(logits), dim=-1)
-        top_p, top_i = probs.topk(self.top_k, dim=-1)
+        logits = _f32(logits)
+        probs = torch.softmax(logits, dim=-1)
+        # selection with a fixed order for (near-)ties: in a flat area every centred logit is
+        # 0 up to rounding, which differs with the batch, fuse() and the kernels, so the
+        # rounding picked the experts; now ties go to the lower expert index
+        order = torch.arange(self.num_experts, device=logits.device, dtype=logits.dtype)
+        top_i = (logits - ROUTER_TIE_MARGIN * order).topk(self.top_k, dim=-1).indices
+        top_p = probs.gather(-1, top_i)
         if self.top_k == 1:
             gates = top_p - top_p.detach() + 1.0
         else:
