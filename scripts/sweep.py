@@ -782,7 +782,24 @@ def train_one(args: argparse.Namespace) -> int:
         gen.set_state(st["gen"].cpu())
         if dgen is not None:
             dgen.set_state(st["degrade_gen"].cpu())
+        if "torch_rng" in st:  # the global generators (noise injection draws from them)
+            torch.set_rng_state(st["torch_rng"].cpu())
+        if "cuda_rng" in st and device.type == "cuda":
+            torch.cuda.set_rng_state(st["cuda_rng"].cpu(), device)
     if start >= args.iters:
+        meta_path = run / "meta.json"
+        done = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if done.get("iterations") != start:
+            # stopped between the final save's state and its weights: write them from the state
+            torch.save(
+                {k: v.detach().clone() for k, v in zip(model.state_dict(), ema, strict=True)},
+                run / "ema.pt.tmp",
+            )
+            os.replace(run / "ema.pt.tmp", run / "ema.pt")
+            repaired = {**done, "iterations": start, "finished": start == args.iters}
+            (run / "meta.json.tmp").write_text(json.dumps(repaired, indent=1))
+            os.replace(run / "meta.json.tmp", meta_path)
+            print(f"{name} x{scale}: ema.pt and meta.json written again from the state")
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
     val = Validator(Path(args.val), scale, device) if getattr(args, "val", None) else None
@@ -838,8 +855,16 @@ def train_one(args: argparse.Namespace) -> int:
         }
 
     def save(final: bool) -> None:
+        """Weights and meta first, the training state last: a stop between them leaves a
+        state behind the weights (a resume redoes those iterations), never the reverse."""
         sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
         run.mkdir(parents=True, exist_ok=True)
+        torch.save(sd, run / "ema.pt.tmp")
+        os.replace(run / "ema.pt.tmp", run / "ema.pt")
+        (run / "meta.json.tmp").write_text(
+            json.dumps({**meta, "iterations": it, "finished": final}, indent=1)
+        )
+        os.replace(run / "meta.json.tmp", run / "meta.json")
         tmp = run / "state.pt.tmp"
         torch.save(
             {
@@ -848,6 +873,8 @@ def train_one(args: argparse.Namespace) -> int:
                 "ema": ema,
                 "iter": it,
                 "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 **({"degrade_gen": dgen.get_state()} if dgen is not None else {}),
                 **(
                     {"disc": disc.state_dict(), "opt_d": opt_d.state_dict()}
@@ -858,12 +885,6 @@ def train_one(args: argparse.Namespace) -> int:
             tmp,
         )
         os.replace(tmp, state_path)
-        torch.save(sd, run / "ema.pt.tmp")
-        os.replace(run / "ema.pt.tmp", run / "ema.pt")
-        (run / "meta.json.tmp").write_text(
-            json.dumps({**meta, "iterations": it, "finished": final}, indent=1)
-        )
-        os.replace(run / "meta.json.tmp", run / "meta.json")
 
     while it < args.iters:
         lr = peak * RECIPE["gamma"] ** sum(it >= m for m in milestones)
@@ -996,31 +1017,55 @@ def train_many(args: argparse.Namespace) -> int:
     return rc
 
 
+PACK_MANIFEST = "PACK.json"
+"""The member every part of one ``pack`` carries: the pack's id, the number of parts, this
+part's index, and the size and sha256 of every file of the pack."""
+
+
 def pack(args: argparse.Namespace) -> int:
     """EMA weights (fp16), meta and logs of every run of every ``--runs`` folder into tar files
     of at most 15 MiB (plus tar headers), as ``<folder>/<run>/...``; with ``--with-state`` also
     each run's full training state, so that the run, unpacked into a runs folder elsewhere
     (``sweep.py unpack``), resumes exactly. A file over 15 MiB is cut into chunks, each in a
-    part of its own."""
+    part of its own. Every part holds :data:`PACK_MANIFEST`, with which ``unpack`` refuses
+    parts of two packs, a missing part and a file that does not come back intact. The id is a
+    hash of the contents, so packing unchanged runs again gives the same parts."""
+    import hashlib
     import io
     import tarfile
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     members: list[tuple[str, bytes]] = []
     for runs in map(Path, args.runs):
+        folder = runs.resolve().name  # "." and ".." stand for the folder they name
+        if not runs.is_dir() or not folder:
+            raise UsageError(
+                f"--runs {runs}: not a folder of runs; give the folder that holds them"
+            )
         for run in sorted(p for p in runs.iterdir() if (p / "meta.json").is_file()):
-            sd = torch.load(run / "ema.pt", map_location="cpu", weights_only=True)
-            buf = io.BytesIO()
-            torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, buf)
+            if (run / "ema.pt").is_file():
+                sd = torch.load(run / "ema.pt", map_location="cpu", weights_only=True)
+                buf = io.BytesIO()
+                torch.save(
+                    {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, buf
+                )
+                ema16 = buf.getvalue()
+            elif (run / "ema16.pt").is_file():  # an unpacked run: its weights are fp16 already
+                ema16 = (run / "ema16.pt").read_bytes()
+            else:
+                raise UsageError(f"{run}: no ema.pt or ema16.pt to pack")
             files = [
-                ("ema16.pt", buf.getvalue()),
+                ("ema16.pt", ema16),
                 ("meta.json", (run / "meta.json").read_bytes()),
                 ("log.jsonl", (run / "log.jsonl").read_bytes()),
             ]
             if args.with_state:  # the full training state: the run resumes where it stopped
+                if not (run / "state.pt").is_file():
+                    raise UsageError(f"{run}: no state.pt for --with-state")
                 files.append(("state.pt", (run / "state.pt").read_bytes()))
-            members += [(f"{runs.name}/{run.name}/{name}", data) for name, data in files]
+            members += [(f"{folder}/{run.name}/{name}", data) for name, data in files]
+    if not members:
+        raise UsageError(f"--runs {' '.join(args.runs)}: no runs there (no <run>/meta.json)")
     # a member over a part's size travels as NAME.chunkNN pieces (``sweep.py unpack`` joins them)
     pieces: list[tuple[str, bytes]] = []
     for name, data in members:
@@ -1031,53 +1076,109 @@ def pack(args: argparse.Namespace) -> int:
         for i, start in enumerate(starts):
             piece = data[start : start + PACK_PART_BYTES]
             pieces.append((f"{name}.chunk{i:02d}of{len(starts):02d}", piece))
-    part, size, tf = 0, 0, None
+    parts: list[list[tuple[str, bytes]]] = []
+    size = 0
     for name, data in pieces:
-        if tf is None or size + len(data) > PACK_PART_BYTES:
-            if tf is not None:
-                tf.close()
-            tf = tarfile.open(out / f"runs_{part:02d}.tar", "w")  # noqa: SIM115 (one per part)
-            part, size = part + 1, 0
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
+        if not parts or size + len(data) > PACK_PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append((name, data))
         size += len(data) + 1024
-    if tf is not None:
-        tf.close()
+    files_info = {
+        name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in members
+    }
+    pack_id = hashlib.sha256(json.dumps(files_info, sort_keys=True).encode()).hexdigest()[:16]
+    out.mkdir(parents=True, exist_ok=True)
+    for index, part in enumerate(parts):
+        manifest = {"pack": pack_id, "parts": len(parts), "part": index, "files": files_info}
+        path = out / f"runs_{index:02d}.tar"
+        with tarfile.open(path.with_suffix(".tar.tmp"), "w") as tf:
+            for name, data in [(PACK_MANIFEST, json.dumps(manifest).encode()), *part]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        os.replace(path.with_suffix(".tar.tmp"), path)
+    print(f"packed {len(members)} files in {len(parts)} part(s) into {out} (pack {pack_id})")
     return 0
 
 
 def unpack(args: argparse.Namespace) -> int:
-    """The tar files of ``pack`` into ``--out`` (``<folder>/<run>/...``), chunked files joined;
-    members with absolute or parent-relative paths, links and existing files are refused."""
+    """The tar files of ``pack`` into ``--out`` (``<folder>/<run>/...``), chunked files joined.
+    Everything is checked before anything is written: members with absolute or
+    parent-relative paths or links, parts of two packs (their :data:`PACK_MANIFEST` ids
+    differ), a part missing or given twice, and files whose size or sha256 differ from the
+    manifest are refused, as are files that exist already."""
+    import hashlib
     import tarfile
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    chunks: dict[Path, dict[int, bytes]] = {}  # file -> chunk index -> bytes
-    counts: dict[Path, int] = {}  # file -> number of chunks it was cut into
+    manifests: list[tuple[Path, dict[str, Any]]] = []
+    chunks: dict[str, dict[int, bytes]] = {}  # file -> chunk index -> bytes
+    counts: dict[str, int] = {}  # file -> number of chunks it was cut into
+    whole: dict[str, bytes] = {}
     for tar in map(Path, args.tars):
+        manifest = None
         with tarfile.open(tar) as tf:
             for info in tf.getmembers():
                 rel = Path(info.name)
                 if not info.isfile() or rel.is_absolute() or ".." in rel.parts:
                     raise UsageError(f"{tar}: {info.name!r} is not a plain relative file")
                 data = tf.extractfile(info).read()  # type: ignore[union-attr]
-                stem, dot, tail = rel.name.rpartition(".chunk")
+                if info.name == PACK_MANIFEST:
+                    manifest = json.loads(data)
+                    continue
+                stem, dot, tail = info.name.rpartition(".chunk")
                 index, of, count = tail.partition("of")
-                if dot and of and index.isdigit() and count.isdigit():
-                    whole = out / rel.with_name(stem)
-                    chunks.setdefault(whole, {})[int(index)] = data
-                    counts[whole] = int(count)
+                if dot and of and index.isdigit() and count.isdigit() and Path(stem).name:
+                    chunks.setdefault(stem, {})[int(index)] = data
+                    counts[stem] = int(count)
+                elif info.name in whole:
+                    raise UsageError(f"{tar}: {info.name} is in two of the parts given")
                 else:
-                    _write_new(out / rel, data)
-    for path, parts in chunks.items():
-        count = counts[path]
-        if sorted(parts) != list(range(count)):
+                    whole[info.name] = data
+        if manifest is None:
+            raise UsageError(f"{tar}: no {PACK_MANIFEST}; not a part of sweep.py pack")
+        manifests.append((tar, manifest))
+    ids = sorted({m["pack"] for _, m in manifests})
+    if len(ids) > 1:
+        raise UsageError(
+            f"the parts come from {len(ids)} packs ({', '.join(ids)}); unpack the parts of one"
+        )
+    seen: dict[int, Path] = {}
+    for tar, m in manifests:
+        if m["part"] in seen:
+            raise UsageError(f"{tar}: part {m['part']} is given twice (also {seen[m['part']]})")
+        seen[m["part"]] = tar
+    first = manifests[0][1]
+    missing = sorted(set(range(first["parts"])) - set(seen))
+    if missing:
+        raise UsageError(
+            f"part(s) {', '.join(map(str, missing))} of {first['parts']} missing "
+            f"(runs_NN.tar); unpack every part"
+        )
+    for name, parts in chunks.items():
+        if sorted(parts) != list(range(counts[name])):
             raise UsageError(
-                f"{path}: {len(parts)} of its {count} chunks found; unpack every part (incomplete)"
+                f"{name}: {len(parts)} of its {counts[name]} chunks found; unpack every part"
             )
-        _write_new(path, b"".join(parts[i] for i in range(count)))
+        whole[name] = b"".join(parts[i] for i in range(counts[name]))
+    expected = first["files"]
+    if set(whole) != set(expected):
+        raise UsageError(
+            f"the parts hold other files than their manifest lists: "
+            f"{sorted(set(whole) ^ set(expected))[:4]}"
+        )
+    for name, data in whole.items():
+        if len(data) != expected[name]["size"] or (
+            hashlib.sha256(data).hexdigest() != expected[name]["sha256"]
+        ):
+            raise UsageError(f"{name}: its bytes differ from the pack's manifest (damaged part)")
+    existing = [name for name in whole if (out / name).exists()]
+    if existing:
+        raise UsageError(f"{out / existing[0]} exists; unpack into an empty folder")
+    for name, data in sorted(whole.items()):
+        _write_new(out / name, data)
     print(f"unpacked {len(args.tars)} part(s) into {out}")
     return 0
 
@@ -1279,6 +1380,13 @@ def evaluate_runs(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             continue
+        if not meta.get("finished", True):
+            print(
+                f"skipping {meta_path.parent.name}: stopped at {meta['iterations']} iterations, "
+                "before its budget (resume it with sweep.py train)",
+                file=sys.stderr,
+            )
+            continue
         k_tag = f"_k{args.top_k}" if args.top_k else ""
         rec_path = out / f"{args.recipe}_{meta_path.parent.name}_{meta['iterations']}{k_tag}.json"
         old = None
@@ -1305,6 +1413,14 @@ def evaluate_runs(args: argparse.Namespace) -> int:
                 f"{rec_path.name}: the run has {params} parameters, the record {old['params']}: "
                 "another network; give its evaluation another --recipe or --records folder"
             )
+        if old is not None:
+            differ = [key for key, value in _record_identity(meta).items() if old.get(key) != value]
+            if differ:
+                raise UsageError(
+                    f"{rec_path.name}: the record is of another run ({', '.join(differ)} "
+                    f"differ from {meta_path.parent}); give its evaluation another --recipe or "
+                    "--records folder"
+                )
         todo.append((meta, rec_path, ModuleDescriptor(model, meta["scale"], device), old))
     scales = {m["scale"] for m, _, _, _ in todo}
     if len(scales) > 1:
@@ -1340,13 +1456,10 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "scale": meta["scale"],
             "iterations": meta["iterations"],
             "recipe": args.recipe,
-            "seed": meta.get("seed", 0),
-            "train_data": {k: meta[k] for k in ("data", "pairs", "data_megapixels") if k in meta},
+            **_record_identity(meta),
             "psnr": psnr,
             "ssim": ssim,
             "images": {k: len(v) for k, v in scores[i].items()},
-            "options": meta.get("options"),
-            "training": meta.get("recipe"),
             "evaluator": evaluator,
             **provenance(),
             "eval_device": str(device),
@@ -1363,6 +1476,17 @@ def evaluate_runs(args: argparse.Namespace) -> int:
 
 Scores = dict[str, list[dict[str, float]]]
 """Per set, the per-image ``{"psnr", "ssim"}`` of one model."""
+
+
+def _record_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a record says about the run it scores (seed, data, options, recipe): a set added
+    to an existing record must come from a run that agrees on all of it."""
+    return {
+        "seed": meta.get("seed", 0),
+        "train_data": {k: meta[k] for k in ("data", "pairs", "data_megapixels") if k in meta},
+        "options": meta.get("options"),
+        "training": meta.get("recipe"),
+    }
 
 
 def _add_sets(rec: dict[str, Any], rec_path: Path, scores: Scores, device: torch.device) -> None:

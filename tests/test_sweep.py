@@ -92,6 +92,11 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     with pytest.raises(SystemExit, match="another network"):
         sweep.main([*argv, "--data", str(data), "--sets", "Set5", "Set14", "--limit", "1"])
     assert json.loads(path.read_text()) == other
+    # nor one of another run of the same network (a set scored on other weights was added)
+    path.write_text(json.dumps({**grown, "seed": 7, "psnr": {"Set5": grown["psnr"]["Set5"]}}))
+    with pytest.raises(SystemExit, match=r"the record is of another run \(seed differ"):
+        sweep.main([*argv, "--data", str(data), "--sets", "Set5", "Set14", "--limit", "1"])
+    path.write_text(json.dumps(grown))
 
     # a finished run as a traiNNer-redux checkpoint that loads as the variant it is
     ckpt = tmp_path / "nano.safetensors"
@@ -125,14 +130,38 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     moved = tmp_path / "moved"
     missing = [p for p in parts if last in names_of[p]]
     rest = [str(p) for p in parts if p not in missing]
-    with pytest.raises(SystemExit, match="incomplete"):
+    with pytest.raises(SystemExit, match=r"part\(s\) \d+ of \d+ missing"):
         sweep.main(["unpack", "--tars", *rest, "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="given twice"):
+        sweep.main(["unpack", "--tars", *map(str, parts), str(parts[0]), "--out", str(moved)])
+    # the parts of two packs of different states are refused (they joined into a state that
+    # never existed), and so is a damaged part; nothing is written before the checks
+    _train(tmp_path / "later", 2, 1, [HR, HR])
+    later = tmp_path / "later" / "trunk64x10_lean_x4_seed1"
+    other_pack = tmp_path / "other"
+    assert sweep.main(["pack", "--runs", str(later.parent), "--out", str(other_pack)]) == 0
+    mixed = [*map(str, parts[:-1]), str(sorted(other_pack.glob("*.tar"))[-1])]
+    with pytest.raises(SystemExit, match="the parts come from 2 packs"):
+        sweep.main(["unpack", "--tars", *mixed, "--out", str(tmp_path / "x")])
+    damaged = tmp_path / "damaged.tar"
+    raw = bytearray(parts[1].read_bytes())
+    raw[-20000] ^= 0xFF  # a byte inside the data of its last member
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(SystemExit, match="differ from the pack's manifest"):
+        tars = [str(parts[0]), str(damaged), *map(str, parts[2:])]
+        sweep.main(["unpack", "--tars", *tars, "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
     assert sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(moved)]) == 0
     state = "runs/trunk64x10_lean_x4_seed1/state.pt"
     assert (moved / state).read_bytes() == (tmp_path / state).read_bytes()
     with pytest.raises(SystemExit, match="exists"):
         sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(moved)])
     run2 = moved / "runs" / "trunk64x10_lean_x4_seed1"
+    # an unpacked run (fp16 weights only) packs again; "." names the folder it stands for
+    monkeypatch.chdir(moved / "runs")
+    assert sweep.main(["pack", "--runs", ".", "--out", str(tmp_path / "again")]) == 0
+    again = [n for p in (tmp_path / "again").glob("*.tar") for n in _tar_names(p)]
+    assert any(n.startswith("runs/trunk64x10_lean_x4_seed1/ema16.pt") for n in again)
     _train(moved / "runs", 4, 1, [HR, HR])
     assert _iters(run2) == [*_iters(run), 4]
 
@@ -1065,3 +1094,42 @@ def test_bench_needs_a_cuda_gpu_and_names_each_configuration_once(
     for message in (capsys.readouterr().err, str(built.value)):
         names = message.split("known: ")[1].strip().split(", ")
         assert "hybridmoe_nano" in names and len(names) == len(set(names))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_noise_runs_resume_exactly_and_unfinished_or_lagging_runs_are_handled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The texture head's noise draws from the global generator, which the state did not keep:
+    a resumed noise run drew other noise than one run straight through. eval recorded a run
+    stopped before its budget as if it were done. A stop inside the final save (the state
+    written, the weights and meta not) left a run that 'already at N' never repaired."""
+    base = ["train-one", "--config", "trunk96x12_lean_noise", "--scale", "4", "--iters", "3"]
+    base += ["--batch", "1", "--crop", "16", "--data", str(HR)]
+    name = "trunk96x12_lean_noise_x4"
+    assert sweep.main([*base, "--out", str(tmp_path / "one")]) == 0
+    split = tmp_path / "split"
+    assert sweep.main([*base, "--out", str(split), "--deadline-s", "1e-9"]) == 0
+    meta = json.loads((split / name / "meta.json").read_text())
+    assert (meta["iterations"], meta["finished"]) == (1, False)
+    records = tmp_path / "records"
+    evaluate = ["eval", "--runs", str(split), "--records", str(records), "--recipe", "t"]
+    evaluate += ["--data", str(TEST_DATA), "--sets", "Set5", "--limit", "1"]
+    capsys.readouterr()
+    assert sweep.main(evaluate) == 0
+    assert "stopped at 1 iterations, before its budget" in capsys.readouterr().err
+    assert not records.exists()
+    assert sweep.main([*base, "--out", str(split)]) == 0  # resumes to the end
+    one = torch.load(tmp_path / "one" / name / "ema.pt", weights_only=True)
+    resumed = torch.load(split / name / "ema.pt", weights_only=True)
+    assert all(torch.equal(one[k], resumed[k]) for k in one)
+
+    run = tmp_path / "one" / name  # as a stop between the state and the weights left it
+    (run / "meta.json").write_text(json.dumps({**meta, "iterations": 2}))
+    torch.save({k: torch.zeros_like(v) for k, v in one.items()}, run / "ema.pt")
+    assert sweep.main([*base, "--out", str(tmp_path / "one")]) == 0
+    assert "written again from the state" in capsys.readouterr().out
+    repaired = json.loads((run / "meta.json").read_text())
+    assert (repaired["iterations"], repaired["finished"]) == (3, True)
+    again = torch.load(run / "ema.pt", weights_only=True)
+    assert all(torch.equal(one[k], again[k]) for k in one)
