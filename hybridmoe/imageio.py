@@ -323,6 +323,29 @@ def quantize(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.clip(np.rint(pixels * top), 0, top).astype(dtype)
 
 
+MAX_SIDE = {"jpg": 65500, "webp": 16383}
+"""The largest image side each format stores (libjpeg, libwebp); PNG has no practical limit."""
+
+
+def size_problem(fmt: str, height: int, width: int) -> str | None:
+    """Why an ``height × width`` image cannot be stored as ``fmt`` (None if it can)."""
+    limit = MAX_SIDE.get(fmt)
+    if limit is None or max(height, width) <= limit:
+        return None
+    name = {"jpg": "JPEG", "webp": "WebP"}[fmt]
+    return f"{width}x{height} is larger than {name} stores ({limit} px per side); write PNG"
+
+
+def profile_for(icc_profile: bytes | None, channels: int) -> bytes | None:
+    """``icc_profile`` if its colour space (header bytes 16–20) fits an image of ``channels``
+    channels (GRAY for 1–2, RGB for 3–4), else None: a CMYK profile of an input converted to
+    RGB, or a GRAY one of an input stored as RGB, would make viewers misread the output."""
+    if not icc_profile or len(icc_profile) < 20:
+        return None
+    want = b"GRAY" if channels <= 2 else b"RGB "
+    return icc_profile if icc_profile[16:20] == want else None
+
+
 def write_image(
     path: Path,
     pixels: np.ndarray,
@@ -336,9 +359,15 @@ def write_image(
     """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``, atomically (:func:`atomic_output`).
 
     16-bit output only exists for PNG; JPEG and WebP are always 8-bit. ``quality`` applies to
-    JPEG and WebP. ``overwrite=False``: :class:`OutputError` if ``path`` exists.
+    JPEG and WebP. ``icc_profile`` is embedded where its colour space fits the channels
+    written (:func:`profile_for`). ``overwrite=False``: :class:`OutputError` if ``path``
+    exists; an image too large for ``fmt`` (:data:`MAX_SIDE`) is an :class:`OutputError`.
     """
+    problem = size_problem(fmt, *pixels.shape[:2])
+    if problem:
+        raise OutputError(f"cannot write {path}: {problem}")
     pixels = adapt_channels(pixels, fmt)
+    icc_profile = profile_for(icc_profile, pixels.shape[-1])
     if fmt == "png" and bit_depth == 16:
         encoded = encode_png16(quantize(pixels, 16), icc_profile)
         with atomic_output(path, overwrite=overwrite, what="image") as tmp:

@@ -33,6 +33,7 @@ from hybridmoe.imageio import (
     folder_problem,
     format_from_suffix,
     read_image,
+    size_problem,
     split_alpha,
     write_image,
 )
@@ -524,11 +525,15 @@ def plan_jobs(src: Path, output: str, recursive: bool, fmt: str | None) -> list[
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file ``path`` names (links followed), None if it has none."""
+    """(device, inode) of the file ``path`` names (links followed; a dangling link: the
+    link's own), None if nothing is there."""
     try:
         st = path.stat()
     except OSError:
-        return None
+        try:
+            st = path.lstat()  # a link to nothing still takes the name
+        except OSError:
+            return None
     return st.st_dev, st.st_ino
 
 
@@ -695,6 +700,9 @@ def process(job: Job, settings: Settings) -> None:
         pixels = split_alpha(pixels)[0]
     h, w = pixels.shape[:2]
     desc = settings.descriptor
+    problem = size_problem(fmt, h * desc.scale, w * desc.scale)
+    if problem:  # before the model runs
+        raise CliError(f"{job.dst}: {problem} (--format png, or a .png OUTPUT)")
     tile = plan_tile(settings, h, w, pixels.shape[-1], job.src)
     if settings.noise_seed is not None:  # after plan_tile's probe: the same noise per image
         torch.manual_seed(settings.noise_seed)
@@ -729,8 +737,8 @@ def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings
         )
     except OutputError as e:  # e.g. the output appeared meanwhile (without --overwrite)
         raise CliError(str(e)) from None
-    except OSError as e:
-        raise CliError(f"cannot write {job.dst}: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # Pillow's encoders raise either
+        raise CliError(f"cannot write {job.dst}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:

@@ -177,6 +177,65 @@ def test_existing_output_needs_overwrite(tmp_path: Path, identity_model: Path, c
     assert listing(tmp_path / "out") == ["b.png"]  # checked before anything is written
 
 
+def test_a_dangling_link_at_the_output_counts_as_existing(
+    tmp_path: Path, identity_model: Path, capsys
+) -> None:
+    """A symbolic link to nothing passed the up-front check (stat follows links); the model
+    ran, and the write failed with "appeared while it was being written"."""
+    arr = (rand_image(8, 6, 3) * 255).astype(np.uint8)
+    src = save_png(tmp_path / "a.png", arr)
+    out = tmp_path / "o.png"
+    out.symlink_to(tmp_path / "nowhere.png")
+    code, err = run_cli(capsys, identity_model, src, out)
+    assert code == 2 and f"output {out} already exists" in err and "appeared" not in err
+    assert out.is_symlink() and not out.exists()
+
+
+def test_an_output_too_large_for_its_format_is_refused_before_the_model_runs(
+    tmp_path: Path, identity_model: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WebP stores at most 16383 px per side, JPEG 65500: the encoder failed after the
+    whole model run (a traceback for WebP, "broken data stream" for JPEG)."""
+    src = save_png(tmp_path / "wide.png", (rand_image(2, 8200, 3) * 255).astype(np.uint8))
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(upscale, "upscale_pixels", never)
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "wide.webp")
+    assert code == 2
+    assert "16400x4 is larger than WebP stores (16383 px per side); write PNG" in err
+    assert listing(tmp_path) == ["identity.safetensors", "wide.png"]
+    assert imageio.size_problem("jpg", 4, 65500) is None
+    assert "JPEG stores (65500" in str(imageio.size_problem("jpg", 4, 65501))
+    with pytest.raises(imageio.OutputError, match="larger than WebP stores"):
+        imageio.write_image(tmp_path / "x.webp", np.zeros((2, 16384, 3), np.float32), "webp")
+    assert listing(tmp_path) == ["identity.safetensors", "wide.png"]
+
+
+def test_icc_profiles_are_kept_only_where_they_fit_the_channels_written(tmp_path: Path) -> None:
+    """A CMYK input's profile was embedded in its RGB output, a grey one in RGB WebP output:
+    colour-managed viewers misread such files (and a PNG's iCCP must match its colour type)."""
+
+    def profile(space: bytes) -> bytes:
+        return bytes(16) + space + bytes(108)
+
+    rgb, gray, cmyk = profile(b"RGB "), profile(b"GRAY"), profile(b"CMYK")
+    assert imageio.profile_for(rgb, 3) == rgb and imageio.profile_for(rgb, 4) == rgb
+    assert imageio.profile_for(gray, 1) == gray and imageio.profile_for(gray, 3) is None
+    assert imageio.profile_for(cmyk, 3) is None and imageio.profile_for(b"short", 3) is None
+    grey = np.full((6, 5, 1), 0.5, np.float32)
+    imageio.write_image(tmp_path / "g.webp", grey, "webp", icc_profile=gray)  # stored as RGB
+    imageio.write_image(tmp_path / "g.png", grey, "png", icc_profile=gray)
+    imageio.write_image(tmp_path / "c.png", np.repeat(grey, 3, -1), "png", icc_profile=cmyk)
+    with Image.open(tmp_path / "g.webp") as im:
+        assert "icc_profile" not in im.info
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.info.get("icc_profile") == gray
+    with Image.open(tmp_path / "c.png") as im:
+        assert "icc_profile" not in im.info
+
+
 def test_output_appearing_during_the_run_is_kept(
     tmp_path: Path, identity_model: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
