@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,19 @@ _TORCHSCRIPT_RECORDS = ("constants.pkl", "bytecode.pkl")
 _TORCHSCRIPT_FOLDERS = ("code/", ".data/ts_code/")
 
 
-_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+_NON_WEIGHT_DTYPES = tuple(
+    getattr(torch, name)
+    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, name)
+)
+"""Dtypes a state dict of a supported model never holds (besides complex ones)."""
+
+_BOILERPLATE = (
+    "Weights only load failed",
+    "Please file an issue",
+    "Check the documentation",
+    "Error(s) in loading state_dict",
+)
 
 
 def _error_detail(e: BaseException) -> str:
@@ -100,15 +113,17 @@ def _file_kind(p: Path) -> str:
 
 
 def _refuse_torchscript(p: Path) -> None:
-    """Look at the member names of a zip checkpoint (no member is read) and refuse TorchScript
-    archives, whose loading runs code stored in the file."""
+    """Look at the member list of a zip checkpoint (no member is read) and refuse TorchScript
+    archives, whose loading runs code stored in the file, and compressed members, which
+    torch.save never writes and whose loading would inflate them in memory."""
     import zipfile
 
     try:
         with zipfile.ZipFile(p) as z:
-            names = z.namelist()
+            infos = z.infolist()
     except Exception as e:  # BadZipFile, truncated directories, bad offsets
         raise _unreadable(p, e) from e
+    names = [i.filename for i in infos]
     records = {n.split("/", 1)[1] if "/" in n else n for n in names}
     script = sorted(
         r for r in records if r in _TORCHSCRIPT_RECORDS or r.startswith(_TORCHSCRIPT_FOLDERS)
@@ -118,6 +133,14 @@ def _refuse_torchscript(p: Path) -> None:
             f"{p}: this is a TorchScript archive (it holds {', '.join(script[:3])}); loading one "
             f"runs code stored in the file, so it is refused. Use the model's state dict instead: "
             f"a .safetensors file, or a .pth/.ckpt written with torch.save(model.state_dict())"
+        )
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed or sum(i.file_size for i in infos) > p.stat().st_size:
+        what = ", ".join(packed[:2]) or "sizes beyond the file's"
+        raise CheckpointError(
+            f"{p}: the zip archive holds compressed members ({what}); torch.save writes none, "
+            f"and loading would inflate them in memory (a zip bomb), so it is refused. Save the "
+            f"weights with torch.save or as .safetensors"
         )
     if "data.pkl" not in records:
         raise CheckpointError(
@@ -139,7 +162,8 @@ def _deserialize(p: Path) -> object:
             from safetensors.torch import load_file
 
             return load_file(str(p), device="cpu")
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with p.open("rb") as f:  # by content: torch.load reads a '.safetensors' path as one
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
@@ -176,7 +200,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         )
     if all(k in data for k in TRAINING_STATE_KEYS):
         raise _training_state_error(p)
-    sd = canonicalize_state_dict(data)
+    try:
+        sd = canonicalize_state_dict(data)
+    except (AttributeError, TypeError) as e:  # e.g. keys that are not names
+        raise CheckpointError(
+            f"{p}: the file is not a model state dict (names -> tensors): {_error_detail(e)}"
+        ) from None
     if not isinstance(sd, dict) or not any(isinstance(v, Tensor) for v in sd.values()):
         raise CheckpointError(f"{p}: the checkpoint holds no tensors (no model weights)")
     for k, v in sd.items():
@@ -184,6 +213,16 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise CheckpointError(
                 f"{p}: entry {k!r} of the state dict is a {type(v).__name__}, not a tensor; "
                 f"the file is not a model state dict"
+            )
+        if v.is_complex() or v.dtype in _NON_WEIGHT_DTYPES:
+            raise CheckpointError(
+                f"{p}: '{k}' has dtype {v.dtype}, which no supported model stores; the file is "
+                f"damaged or not a model state dict"
+            )
+        if v.numel() == 0 and v.dim() > 1:
+            raise CheckpointError(
+                f"{p}: '{k}' has shape {tuple(v.shape)} and holds no values; a model read from "
+                f"its shape would be built without weights for it, so the file is refused"
             )
     return sd
 
@@ -222,6 +261,31 @@ def _checked_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _dry_run(p: Path, sd: dict[str, Tensor]) -> None:
+    """Build the model spandrel detects on the meta device (no memory) and load ``sd`` into it:
+    spandrel sizes a network from a few tensor shapes before it compares the rest, so a small
+    file could make it allocate gigabytes; a size mismatch found here refuses the file first.
+    HybridMoE checks its own layout before allocating, and any other failure here is left to
+    the real load."""
+    from spandrel import ModelLoader
+
+    if "hmoe_meta" in sd:
+        return
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op"
+            ModelLoader(device="meta").load_from_state_dict(sd)
+    except RuntimeError as e:
+        mismatch = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        if mismatch:
+            raise CheckpointError(
+                f"{p}: the tensor shapes imply another network than the file holds "
+                f"({mismatch[0][:300]}); the file is damaged or was edited"
+            ) from None
+    except Exception:  # the real load reports what is wrong
+        pass
+
+
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
     """Load any spandrel-supported checkpoint (HybridMoE included), given as a path or as the
     name of a shipped model (``2x_HybridMoE_S``), as an ``ImageModelDescriptor`` in eval mode.
@@ -237,6 +301,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     dev = _checked_device(device)
     sd = read_state_dict(p)
     register_spandrel()
+    _dry_run(p, sd)
     try:
         desc = ModelLoader(device=dev).load_from_state_dict(sd)
     except UnsupportedModelError as e:
@@ -250,8 +315,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     except (RuntimeError, KeyError, IndexError, ValueError) as e:
         kind = "a HybridMoE" if "hmoe_meta" in sd else "a known"
         raise CheckpointError(
-            f"{p}: the state dict looks like {kind} model but does not load ({e}); the file is "
-            f"damaged or was edited"
+            f"{p}: the state dict looks like {kind} model but does not load "
+            f"({_error_detail(e)}); the file is damaged or was edited"
         ) from e
     desc.model.eval()
     return desc

@@ -142,13 +142,18 @@ def decode_meta(values: list[int]) -> dict[str, Any]:
     return options
 
 
+def _is_index(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` accepts superscripts, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _seq_len(sd: dict[str, Tensor], prefix: str) -> int:
     """Number of blocks stored under ``prefix`` (``lf1.0.…``, ``lf1.1.…``); they must be
     numbered 0..n-1, so the count is bounded by the number of keys."""
     idx = {
         int(k[len(prefix) :].split(".", 1)[0])
         for k in sd
-        if k.startswith(prefix) and k[len(prefix) :].split(".", 1)[0].isdigit()
+        if k.startswith(prefix) and _is_index(k[len(prefix) :].split(".", 1)[0])
     }
     if idx != set(range(len(idx))):
         shown = ", ".join(str(i) for i in sorted(idx)[:6])
@@ -275,6 +280,10 @@ def check_layout(options: dict[str, Any], sd: dict[str, Tensor]) -> None:
         )
 
 
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes a HybridMoE weight may be stored in."""
+
+
 def check_values(sd: dict[str, Tensor]) -> None:
     """Every floating tensor finite and within :data:`MAX_ABS_WEIGHT`."""
     for k, v in sd.items():
@@ -300,6 +309,11 @@ def model_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
         raise CheckpointError("not a HybridMoE state dict (no 'hmoe_meta' / 'stem.weight' keys)")
     if not all(isinstance(v, Tensor) for v in sd.values()):
         raise damaged("it holds entries that are not tensors")
+    for k, v in sd.items():  # a cast on loading would hide NaN in a complex or huge integers
+        if k != "hmoe_meta" and v.dtype not in WEIGHT_DTYPES:
+            raise damaged(
+                f"'{k}' has dtype {v.dtype}; the weights must be float16/32/64 or bfloat16"
+            )
     options = options_from_state_dict(sd)
     check_layout(options, sd)
     check_values(sd)

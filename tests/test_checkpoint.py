@@ -548,3 +548,86 @@ def test_fuzzed_checkpoints(ext: str, tmp_path: Path) -> None:
     assert grown_mib < 300, f"peak memory grew by {grown_mib:.0f} MiB"
     assert outcomes["refused"] >= FUZZ_CASES // 3, outcomes  # the truncations at least
     assert elapsed < 20, f"{FUZZ_CASES} cases took {elapsed:.1f} s"
+
+
+# ------------------------------------------------------- crafted files (a review's findings)
+
+
+def test_a_compressed_zip_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """torch.save never compresses; a deflated member inflated in full when loaded (a 1 MB
+    file took 1 GiB of memory)."""
+    import zipfile
+
+    plain = _save(_tiny().state_dict(), tmp_path / "plain.pth")
+    packed = tmp_path / "packed.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert C.load_checkpoint(plain) is not None
+    with pytest.raises(C.CheckpointError, match=r"compressed members .*zip bomb"):
+        C.read_state_dict(packed)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda t: t.to(torch.complex64), "dtype torch.complex64, which no supported model"),
+        (lambda t: t.to(torch.float8_e4m3fn), "dtype torch.float8_e4m3fn, which no supported"),
+        (lambda t: torch.zeros(len(t), 3, 0, 0), "holds no values"),
+    ],
+)
+def test_tensors_no_model_stores_are_refused(
+    make: Callable[[torch.Tensor], torch.Tensor], words: str, tmp_path: Path
+) -> None:
+    """Complex weights hid a NaN behind the cast on loading; float8 ones reached torch's
+    "not implemented for Float8"; a shape with no values made spandrel build a network of
+    that size (gigabytes from an 800-byte file)."""
+    sd = dict(_tiny().state_dict())
+    sd["stem.bias"] = make(sd["stem.bias"])
+    with pytest.raises(C.CheckpointError, match=words):
+        C.read_state_dict(_save(sd, tmp_path / "m.safetensors"))
+
+
+def test_integer_weights_of_a_hybridmoe_are_refused() -> None:
+    sd = dict(_tiny().state_dict())
+    sd["stem.bias"] = torch.full_like(sd["stem.bias"], 10**15, dtype=torch.int64)
+    with pytest.raises(C.CheckpointError, match=r"'stem.bias' has dtype torch.int64"):
+        M.model_from_state_dict(sd)
+
+
+def test_a_state_dict_implying_a_far_larger_network_is_refused_unbuilt(tmp_path: Path) -> None:
+    """spandrel sizes Compact from one tensor before it compares the others: a 72 KB file
+    made it allocate a 6000-feature network (1.3 GB) before the shapes were found wrong. A
+    meta-device dry run finds the mismatch first; a real Compact still loads, silently."""
+    from spandrel.architectures.Compact import Compact
+
+    sd = {"body.0.weight": torch.zeros(6000, 3, 1, 1), "body.0.bias": torch.zeros(1)}
+    for i in range(1, 5):
+        sd[f"body.{i}.weight"] = torch.zeros(1)
+    sd["body.4.bias"] = torch.zeros(48)
+    path = _save(sd, tmp_path / "small.safetensors")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(C.CheckpointError, match=r"imply another network .*size mismatch"):
+        C.load_checkpoint(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB
+    real = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    path = _save(real.state_dict(), tmp_path / "compact.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert C.load_checkpoint(path).scale == 2
+
+
+def test_odd_keys_and_a_torch_save_file_named_safetensors(tmp_path: Path) -> None:
+    """An integer key raised a bare AttributeError; a torch.save file named .safetensors was
+    reported as corrupt (torch.load picks its reader by the suffix); a superscript block index
+    raised int()'s ValueError."""
+    sd = dict(_tiny().state_dict())
+    with pytest.raises(C.CheckpointError, match="not a model state dict"):
+        C.read_state_dict(_save({"params": {1: sd["stem.bias"], **sd}}, tmp_path / "k.pth"))
+    named = tmp_path / "saved.safetensors"
+    torch.save(sd, named)
+    assert C.load_checkpoint(named).scale == 2
+    for k in [k for k in sd if k.startswith("lf1.0.")]:
+        sd["lf1.\u00b2." + k[len("lf1.0.") :]] = sd[k]
+    with pytest.raises(C.CheckpointError):  # a key model_from_state_dict does not know
+        M.model_from_state_dict(sd)
