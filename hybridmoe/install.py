@@ -134,7 +134,14 @@ def plan(source_root: Path = REPO_ROOT) -> list[Entry]:
     for kind in TEMPLATE_KINDS:
         folder = source_root / "options" / kind / TEMPLATE_FOLDER
         for src in sorted(folder.glob("*.yml")):
-            entries.append(Entry(src, f"options/_templates/{kind}/{TEMPLATE_FOLDER}/{src.name}"))
+            dest = f"options/_templates/{kind}/{TEMPLATE_FOLDER}/{src.name}"
+            if not TEMPLATE_DEST.fullmatch(dest):  # the manifest could not record it
+                raise InstallError(
+                    f"template {src} has a name the installer does not write (letters, digits, "
+                    f"'_', '.' and '-' only); rename it",
+                    2,
+                )
+            entries.append(Entry(src, dest))
     return entries
 
 
@@ -348,6 +355,14 @@ def _prune_dirs(checkout: Path, rel: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two regular files hold the same bytes (False when one cannot be read)."""
+    try:
+        return sha256_of(a) == sha256_of(b)
+    except OSError:
+        return False
+
+
 def _conflicts(
     entries: list[Entry], dests: dict[str, Path], records: dict[str, Any], force: bool
 ) -> list[str]:
@@ -361,6 +376,8 @@ def _conflicts(
                 conflicts.append(f"  {e.dest}: {blocker} is a file, not a folder")
             continue
         if e.dest not in records:
+            if not dest.is_symlink() and dest.is_file() and _same_bytes(dest, e.source):
+                continue  # written by a run stopped before recording it: identical, adopted
             if dest.is_symlink():
                 conflicts.append(
                     f"  {e.dest}: is a symbolic link (to {os.readlink(dest)}) that this "
@@ -519,6 +536,8 @@ def check(checkout: Path, source_root: Path = REPO_ROOT) -> tuple[list[str], boo
         else:
             if not _exists(dest) or not dest.exists():
                 status = "missing"
+                if dest.is_symlink():  # install refuses a link it did not make
+                    kind = f"a symbolic link to nothing: {os.readlink(dest)}"
             elif _is_link_to(dest, e.source):
                 status = "matches"
             elif not dest.is_file():  # a folder or a FIFO: never opened (a FIFO would block)
@@ -540,6 +559,13 @@ def check(checkout: Path, source_root: Path = REPO_ROOT) -> tuple[list[str], boo
     wanted = {e.dest for e in plan(source_root)}
     for rel in sorted(set(records) - wanted):
         lines.append(f"stale    {rel}  (installed earlier, no longer part of the project)")
+        ok = False  # install (or uninstall) removes it
+    if ok and not records:
+        lines.append(
+            f"unrecorded: the files match, but the checkout has no {MANIFEST_NAME} naming "
+            "them (uninstall would not remove them); run install to record them"
+        )
+        ok = False
     return lines, ok
 
 

@@ -562,3 +562,63 @@ def test_real_checkout_copy(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     after = {k: v for k, v in snapshot(dst).items() if "__pycache__" not in k}
     assert after == {k: v for k, v in before.items() if "__pycache__" not in k}
+
+
+def test_check_fails_on_stale_unrecorded_and_dangling_files(checkout: Path, source: Path) -> None:
+    """check said "all files match" with an outdated file still installed, and with no
+    manifest at all (uninstall then removed nothing); a dangling link it did not make was a
+    plain "missing", which install then refused."""
+    it.install(checkout, source_root=source)
+    dropped = next((source / "options" / "onnx" / "HybridMoE").glob("*.yml"))
+    dropped.unlink()
+    lines, ok = it.check(checkout, source_root=source)
+    assert not ok and any(line.startswith("stale") and dropped.name in line for line in lines)
+    it.install(checkout, source_root=source)  # removes it
+    assert it.check(checkout, source_root=source)[1]
+    (checkout / it.MANIFEST_NAME).unlink()
+    lines, ok = it.check(checkout, source_root=source)
+    assert not ok and any(line.startswith("unrecorded: the files match") for line in lines)
+    it.install(checkout, source_root=source)  # identical files are recorded, not refused
+    assert it.check(checkout, source_root=source)[1]
+    (checkout / LOSS).unlink()
+    (checkout / LOSS).symlink_to(checkout / "nowhere.py")
+    lines, _ = it.check(checkout, source_root=source)
+    assert f"missing  {LOSS}  (a symbolic link to nothing: {checkout / 'nowhere.py'})" in lines
+
+
+def test_a_run_stopped_before_recording_a_file_can_be_run_again(
+    checkout: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was written, the manifest not saved (a full disk, an interrupt): the rerun
+    refused the file as "not written by this installer", with --force too."""
+    real, calls = it.save_manifest, []
+
+    def full_disk(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(it, "save_manifest", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        it.install(checkout, source_root=source)
+    monkeypatch.setattr(it, "save_manifest", real)
+    it.install(checkout, source_root=source)
+    assert it.check(checkout, source_root=source)[1]
+    # an unrecorded file that differs from the source is still refused
+    (checkout / it.MANIFEST_NAME).unlink()
+    (checkout / ARCH).write_text("# mine\n")
+    with pytest.raises(it.InstallError, match="exists and was not written by this installer"):
+        it.install(checkout, source_root=source)
+
+
+def test_a_template_name_the_manifest_cannot_hold_is_refused_before_writing(
+    checkout: Path, source: Path
+) -> None:
+    """It was installed and recorded, and the manifest was then refused as tampered by
+    check, install and uninstall alike."""
+    folder = source / "options" / "train" / "HybridMoE"
+    (folder / "4x HybridMoE S copy.yml").write_text("name: x\n")
+    with pytest.raises(it.InstallError, match="has a name the installer does not write"):
+        it.install(checkout, source_root=source)
+    assert not (checkout / it.MANIFEST_NAME).exists() and not (checkout / ARCH).exists()
