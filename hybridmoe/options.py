@@ -1439,6 +1439,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     unchanged = len(generate()) - len(written)
     print(f"wrote {len(written)} file(s) under {args.out} ({unchanged} unchanged)")
+    extra = [p.removeprefix("not generated: ") for p in diff(args.out) if p.startswith("not gen")]
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        print(
+            f"note: {len(extra)} file(s) under {args.out} are not made by make-options (yours, or "
+            f"of an older version): {shown}; they stay, --check lists them, and install-trainner "
+            "installs every .yml of the HybridMoE folders",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -585,6 +585,22 @@ def test_make_options_check_reports_a_stale_restore_template(tmp_path: Path) -> 
     assert options.main(["--check", "--out", str(tmp_path)]) == 1
 
 
+def test_make_options_names_files_it_does_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file an older version wrote stayed without a word after a write ('wrote 0 files'),
+    while --check kept failing on it and install-trainner would ship it."""
+    options.write(tmp_path)
+    old = tmp_path / "train" / "HybridMoE" / "1x_HybridMoE_M_restore.yml"
+    old.write_text("name: old\n", encoding="utf-8")
+    capsys.readouterr()
+    assert options.main(["--out", str(tmp_path), "--overwrite"]) == 0
+    out = capsys.readouterr()
+    assert "wrote 0 file(s)" in out.out
+    assert "note: 1 file(s) under" in out.err and "1x_HybridMoE_M_restore.yml" in out.err
+    assert old.exists()  # never removed: it may be the user's own
+
+
 def test_make_options_writes_under_the_current_folder_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
