@@ -692,7 +692,7 @@ datasets:
 #####################
 # Generator model settings
 network_g:
-  type: $arch
+  type: $arch$arch_options
 
 ############################
 # Pretrain and Resume Paths
@@ -738,7 +738,7 @@ num_gpu: auto
 #####################
 # Generator model settings
 network_g:
-  type: $arch
+  type: $arch$arch_options
 
 ############################
 # Pretrain and Resume Paths
@@ -1291,25 +1291,28 @@ def realworld_config(preset: Degradation = REALWORLD_PRESET) -> str:
     return "".join(parts)
 
 
-def test_config(scale: int, variant: str) -> str:
-    """``test.py`` config running the model on a folder of LR images."""
+def test_config(scale: int, variant: str, name: str | None = None, arch_options: str = "") -> str:
+    """``test.py`` config running the model on a folder of LR images (``name`` and
+    ``arch_options``: of a model with options beyond its variant's, e.g. the real-world one)."""
     return _render(
         TEST,
-        name=base_name(scale, variant),
+        name=name or base_name(scale, variant),
         scale=scale,
         arch=VARIANTS[variant][0],
+        arch_options=arch_options,
         crop_border=scale,
         **_header(),
     )
 
 
-def onnx_config(scale: int, variant: str) -> str:
-    """``convert_to_onnx.py`` config."""
+def onnx_config(scale: int, variant: str, name: str | None = None, arch_options: str = "") -> str:
+    """``convert_to_onnx.py`` config (``name``, ``arch_options``: as :func:`test_config`)."""
     return _render(
         ONNX,
-        name=base_name(scale, variant),
+        name=name or base_name(scale, variant),
         scale=scale,
         arch=VARIANTS[variant][0],
+        arch_options=arch_options,
         **_header(),
     )
 
@@ -1328,6 +1331,17 @@ def generate() -> dict[str, str]:
         files[f"train/HybridMoE/{restore_name(variant)}.yml"] = restore_config(variant)
     stem = f"{base_name(REALWORLD_PRESET.scale, REALWORLD_VARIANT)}_realworld"
     files[f"train/HybridMoE/{stem}.yml"] = realworld_config()
+    # the real-world model has the texture head and its noise: test and export it with them
+    rw = {
+        "name": realworld_name(),
+        "arch_options": _arch_options(REALWORLD_OPTIONS),
+    }
+    files[f"test/HybridMoE/{stem}.yml"] = test_config(
+        REALWORLD_PRESET.scale, REALWORLD_VARIANT, **rw
+    )
+    files[f"onnx/HybridMoE/{stem}.yml"] = onnx_config(
+        REALWORLD_PRESET.scale, REALWORLD_VARIANT, **rw
+    )
     return files
 
 

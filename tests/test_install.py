@@ -89,10 +89,10 @@ def test_install_check_uninstall_cycle(checkout: Path) -> None:
     assert r.returncode == 0, r.stderr
     entries = it.plan()
     # code + train (fidelity, gan), test, onnx templates + the x1 restore templates (nano, s)
-    # + the x4 real-world GAN template (s)
-    assert len(entries) == 2 + 16 * 4 + 2 + 1
+    # + the x4 real-world model's GAN training, test and ONNX templates (s)
+    assert len(entries) == 2 + 16 * 4 + 2 + 3
     assert sum(e.dest.endswith("_restore.yml") for e in entries) == 2
-    assert sum(e.dest.endswith("_realworld.yml") for e in entries) == 1
+    assert sum(e.dest.endswith("_realworld.yml") for e in entries) == 3
     for e in entries:
         dest = checkout / e.dest
         assert dest.is_file()

@@ -88,7 +88,28 @@ def test_the_expected_files_exist() -> None:
     for v in ("Nano", "S"):
         assert f"train/HybridMoE/1x_HybridMoE_{v}_restore.yml" in rel
     assert "train/HybridMoE/4x_HybridMoE_S_realworld.yml" in rel
-    assert len(rel) == 16 * 4 + 2 + 1
+    assert "test/HybridMoE/4x_HybridMoE_S_realworld.yml" in rel
+    assert "onnx/HybridMoE/4x_HybridMoE_S_realworld.yml" in rel
+    assert len(rel) == 16 * 4 + 2 + 3
+
+
+@pytest.mark.parametrize("kind", ["test", "onnx"])
+def test_the_realworld_test_and_onnx_configs_load_the_shipped_realworld_model(kind: str) -> None:
+    """Only a training config existed for it; the plain 4x S test config cannot strict-load
+    its weights (the texture head and its noise strengths are extra keys)."""
+    from safetensors.torch import load_file
+
+    cfg = _load(OPTIONS / kind / "HybridMoE" / "4x_HybridMoE_S_realworld.yml")
+    assert cfg["name"] == "4x_HybridMoE_S_RealWorld" and cfg["scale"] == 4
+    net = dict(cfg["network_g"])
+    model = hybridmoe_arch.FACTORIES[net.pop("type")](scale=cfg["scale"], **net)
+    shipped = ROOT / "experiments" / "pretrained_models" / "4x_HybridMoE_S_RealWorld.safetensors"
+    model.load_state_dict(load_file(str(shipped)), strict=True)
+    plain = _load(OPTIONS / kind / "HybridMoE" / "4x_HybridMoE_S.yml")["network_g"]
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        hybridmoe_arch.FACTORIES[plain["type"]](scale=4).load_state_dict(
+            load_file(str(shipped)), strict=True
+        )
 
 
 def test_generator_output_equals_committed_files(tmp_path: Path) -> None:
@@ -116,7 +137,8 @@ def test_option_file_is_consistent(path: Path) -> None:
     assert arch in hybridmoe_arch.FACTORIES
     # the variant's defaults (every variant builds with them); the real-world file adds the
     # texture head with its noise injection, as the shipped model
-    extra = set(options.REALWORLD_OPTIONS) if path == REALWORLD_FILE else set()
+    realworld = path.stem.endswith("_realworld")  # its train, test and ONNX files
+    extra = set(options.REALWORLD_OPTIONS) if realworld else set()
     assert set(cfg["network_g"]) == {"type", *extra}
     hybridmoe_arch.FACTORIES[arch](scale=scale, **{k: cfg["network_g"][k] for k in extra})
     assert "path" in cfg
@@ -124,7 +146,7 @@ def test_option_file_is_consistent(path: Path) -> None:
     if kind in ("test", "onnx"):
         assert "train" not in cfg
         assert cfg["path"]["pretrain_network_g"].endswith(
-            f"{scale}x_HybridMoE_{m['variant']}/models/net_g_ema_latest.safetensors"
+            f"{cfg['name']}/models/net_g_ema_latest.safetensors"
         )
         if kind == "onnx":
             assert cfg["onnx"]["dtype"] in ("fp32", "fp16", "bf16")
@@ -607,7 +629,7 @@ def test_make_options_writes_under_the_current_folder_by_default(
     """Not under the package (or the checkout) wherever it is run from."""
     monkeypatch.chdir(tmp_path)
     assert options.main([]) == 0
-    assert "wrote 67 file(s) under options (0 unchanged)" in capsys.readouterr().out
+    assert "wrote 69 file(s) under options (0 unchanged)" in capsys.readouterr().out
     assert options.diff(tmp_path / "options") == []
     assert options.main(["--check"]) == 0
     empty = tmp_path / "elsewhere"
