@@ -5,9 +5,12 @@ run: parameters, FLOPs, inference latency (median and interquartile range over t
 iterations), peak memory, whether the output contains NaN/Inf, and one training step. Peers are
 the spandrel implementations in the configurations the community trains (the traiNNer-redux
 presets; listed below). Our networks get two rows: "eager" (as built) and "fused" (after
-``model.fuse()``, the deploy form); ``--moe-sweep`` adds "fused k=E/E" (every expert active,
-to show what sparse routing saves) and ``--compile`` adds "compiled" (``torch.compile`` of the
-fused model; the compile time is reported separately). Peer SPAN re-parameterizes inside every
+``model.fuse()``, the deploy form); ``--compile`` adds "compiled" (``torch.compile`` of the
+fused model; the compile time is reported separately). The variants have no MoE layers; the
+top-k dial of MoE networks is timed by ``scripts/sweep.py bench`` (configurations ``*_k2``,
+``*_k4``). GFLOPs are counted at ``--flops-size``² LR (recorded in the config): a network with
+a fixed cost per forward (SPAN rebuilds its weights in every eval forward) counts a little more
+per megapixel there than on a large frame. Peer SPAN re-parameterizes inside every
 eval forward in spandrel, so its parameter count includes its training branches.
 
 Latency: batch 1, eval mode, ``torch.inference_mode()``; the input is the LR frame whose output
@@ -437,7 +440,6 @@ class Settings:
     cast_weights: bool
     channels_last: bool
     compile_mode: str | None
-    moe_sweep: bool
     train_step: bool
     train_batch: int
     train_size: int
@@ -583,13 +585,6 @@ def benchmark_deploy_forms(
     if settings.channels_last:  # fused weights are new tensors
         model.to(memory_format=torch.channels_last)
     yield measure_variant(model, spec, scale, "fused", settings)
-    if settings.moe_sweep and model.num_experts > 0 and model.top_k < model.num_experts:
-        default_k = model.top_k
-        model.set_top_k(model.num_experts)
-        try:
-            yield measure_variant(model, spec, scale, "fused_all_experts", settings)
-        finally:
-            model.set_top_k(default_k)
     if settings.compile_mode is not None:
         try:
             yield measure_variant(model, spec, scale, "compiled", settings, compile_model=True)
@@ -724,11 +719,8 @@ def fmt_params(n: int | None) -> str:
 
 
 def variant_label(row: Row) -> str:
-    """Variant name for the table, with the routing of the MoE sweep rows."""
-    label = row.variant or "-"
-    if row.variant == "fused_all_experts":
-        label = f"fused k={row.top_k}/{row.num_experts}"
-    return label
+    """Variant name for the table."""
+    return row.variant or "-"
 
 
 def format_table(rows: Sequence[Row], train_rows: Sequence[TrainRow], settings: Settings) -> str:
@@ -894,11 +886,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile mode for --compile (default: max-autotune-no-cudagraphs)",
     )  # fmt: skip
     parser.add_argument(
-        "--moe-sweep", action="store_true",
-        help="for our MoE variants also time and count FLOPs with every expert active "
-        "(top_k = num_experts) beside the default top_k",
-    )  # fmt: skip
-    parser.add_argument(
         "--train-step", action=argparse.BooleanOptionalAction, default=True,
         help="time one training step of the unfused model: bf16 autocast (CUDA), "
         "L1 loss, AdamW (default: on)",
@@ -938,7 +925,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             f"--out-size {args.out_size[0]}x{args.out_size[1]} is smaller than one LR pixel at "
             f"x{top}; give at least {top}x{top}"
         )
-    if args.device == "cpu" and "--out-size" not in argv:
+    args.scales = list(dict.fromkeys(args.scales))  # each once (a repeat ran twice)
+    args.dtypes = list(dict.fromkeys(args.dtypes))
+    if args.device == "cpu" and not any(a.startswith("--out-size") for a in argv):
         print(
             "note: on a CPU, 1920x1080 frames of every model take many minutes; "
             "--out-size 256x256 --dtypes fp32 --models NAME ... is quick"
@@ -967,7 +956,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         cast_weights=args.cast_weights,
         channels_last=args.channels_last,
         compile_mode=args.compile_mode if args.compile else None,
-        moe_sweep=args.moe_sweep,
         train_step=args.train_step,
         train_batch=args.train_batch,
         train_size=args.train_size,

@@ -208,3 +208,20 @@ def test_a_cpu_run_at_the_default_size_says_how_to_be_quick(
     assert "--out-size 256x256 --dtypes fp32" in capsys.readouterr().out
     bench.parse_args([*CPU_ARGS, "--models", "compact", "--json", str(tmp_path / "b")])
     assert "many minutes" not in capsys.readouterr().out
+
+
+def test_repeated_scales_and_dtypes_run_once_and_out_size_equals_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--scales 2 2 ran everything twice (the reference's ratio to itself was not 1.00);
+    --out-size=WxH still printed the slow-CPU note; --moe-sweep did nothing (no variant has
+    MoE layers) and is gone."""
+    args = bench.parse_args(
+        [*CPU_ARGS, "--scales", "2", "2", "--dtypes", "fp32", "fp32", "--json", str(tmp_path / "a")]
+    )
+    assert args.scales == [2] and args.dtypes == ["fp32"]
+    argv = ["--device", "cpu", "--out-size=64x48", "--models", "compact"]
+    bench.parse_args([*argv, "--json", str(tmp_path / "b")])
+    assert "many minutes" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.parse_args([*CPU_ARGS, "--moe-sweep", "--json", str(tmp_path / "c")])
