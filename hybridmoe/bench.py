@@ -947,7 +947,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Measurement settings from parsed arguments."""
     return Settings(
         device=torch.device(args.device),
-        dtypes=tuple(dict.fromkeys(args.dtypes)),
+        dtypes=tuple(args.dtypes),  # each once (parse_args)
         out_size=args.out_size,
         warmup=args.warmup,
         repeat=args.repeat,

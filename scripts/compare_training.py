@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from hybridmoe.cliargs import positive_int
-from hybridmoe.imageio import OutputError, folder_problem, write_text_atomic
+from hybridmoe.imageio import OutputError, check_output, folder_problem, write_text_atomic
 from hybridmoe.options import file_state, has_moe
 
 LQ_SIZE = {1: 64, 2: 64, 3: 48, 4: 48}
@@ -229,10 +229,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"no folder {args.runs}: give the folder holding one folder per run (each with the "
             f"summary.json of its training)"
         )
-    if args.json and args.json.is_dir():
-        raise ScriptError(f"--json {args.json} is a folder; give a file name")
-    if args.json and args.json.exists() and not args.overwrite:
-        raise ScriptError(f"--json {args.json} exists; pass --overwrite to replace it")
+    if args.json:  # before reading the runs
+        check_output(args.json, overwrite=args.overwrite, what="summary")
     rows = [r for r in (_row(p) for p in sorted(args.runs.iterdir()) if p.is_dir()) if r]
     if not rows:
         print(f"no run folders with summary.json under {args.runs}", file=sys.stderr)
