@@ -722,6 +722,16 @@ def check_train_args(args: argparse.Namespace, configs: list[str]) -> None:
             raise UsageError(f"--init: no run {start} (meta.json) to start {source} x{scale} from")
 
 
+def write_weights(run: Path, keys: list[str], ema: list[torch.Tensor], meta: dict) -> None:
+    """A run's EMA weights (``ema.pt``) and then its ``meta.json``, each through a temporary
+    file that replaces it when complete."""
+    sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
+    torch.save(sd, run / "ema.pt.tmp")
+    os.replace(run / "ema.pt.tmp", run / "ema.pt")
+    (run / "meta.json.tmp").write_text(json.dumps(meta, indent=1))
+    os.replace(run / "meta.json.tmp", run / "meta.json")
+
+
 def train_one(args: argparse.Namespace) -> int:
     """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl.
     The run folder is made with the first line of its log or its first save: a start that
@@ -791,14 +801,8 @@ def train_one(args: argparse.Namespace) -> int:
         done = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if done.get("iterations") != start:
             # stopped between the final save's state and its weights: write them from the state
-            torch.save(
-                {k: v.detach().clone() for k, v in zip(model.state_dict(), ema, strict=True)},
-                run / "ema.pt.tmp",
-            )
-            os.replace(run / "ema.pt.tmp", run / "ema.pt")
             repaired = {**done, "iterations": start, "finished": start == args.iters}
-            (run / "meta.json.tmp").write_text(json.dumps(repaired, indent=1))
-            os.replace(run / "meta.json.tmp", meta_path)
+            write_weights(run, list(model.state_dict()), ema, repaired)
             print(f"{name} x{scale}: ema.pt and meta.json written again from the state")
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
@@ -857,14 +861,8 @@ def train_one(args: argparse.Namespace) -> int:
     def save(final: bool) -> None:
         """Weights and meta first, the training state last: a stop between them leaves a
         state behind the weights (a resume redoes those iterations), never the reverse."""
-        sd = {k: v.detach().clone() for k, v in zip(keys, ema, strict=True)}
         run.mkdir(parents=True, exist_ok=True)
-        torch.save(sd, run / "ema.pt.tmp")
-        os.replace(run / "ema.pt.tmp", run / "ema.pt")
-        (run / "meta.json.tmp").write_text(
-            json.dumps({**meta, "iterations": it, "finished": final}, indent=1)
-        )
-        os.replace(run / "meta.json.tmp", run / "meta.json")
+        write_weights(run, keys, ema, {**meta, "iterations": it, "finished": final})
         tmp = run / "state.pt.tmp"
         torch.save(
             {
