@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
 from tqdm import tqdm
 
@@ -456,6 +457,12 @@ def plan_single(src: Path, output: Path, fmt: str | None, as_folder: bool = Fals
     out_fmt = format_from_suffix(output)
     if fmt and out_fmt and fmt != out_fmt:
         raise CliError(f"--format {fmt} conflicts with the output name {output}")
+    if fmt and not out_fmt and output.suffix.lower() in Image.registered_extensions():
+        raise CliError(
+            f"the output name {output} ends in {output.suffix}, an image type upscale does not "
+            f"write, so --format {fmt} would put {fmt} bytes under it; name it "
+            f"{output.with_suffix(FORMATS[fmt][0]).name}"
+        )
     if not fmt and not out_fmt:
         suffixes = ", ".join(x for exts in FORMATS.values() for x in exts)
         raise CliError(

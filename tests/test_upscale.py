@@ -510,6 +510,18 @@ def test_a_single_output_needs_an_image_suffix_or_format(
     assert Image.open(tmp_path / "noext").format == "PNG"
 
 
+def test_format_refuses_an_output_named_for_another_image_type(
+    tmp_path: Path, model: Path, capsys
+) -> None:
+    src = save_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    for name in ("o.tif", "o.BMP"):
+        code, err = run_cli(capsys, model, src, tmp_path / name, "--format", "png")
+        assert code == 2, err
+        assert f"ends in {Path(name).suffix}, an image type upscale does not write" in err
+        assert "name it o.png" in err
+        assert not (tmp_path / name).exists()
+
+
 def test_a_folder_of_only_unreadable_images_fails(tmp_path: Path, model: Path, capsys) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(b"not an image")
