@@ -65,7 +65,12 @@ import torch
 import hybridmoe_arch as arch
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio, metrics, models
-from hybridmoe.cliargs import add_device_argument
+from hybridmoe.cliargs import (
+    add_device_argument,
+    finite_non_negative,
+    non_negative_int,
+    positive_int,
+)
 from hybridmoe.meta import CheckpointError
 from hybridmoe.provenance import record_header
 from hybridmoe.spandrel_arch import register_spandrel
@@ -489,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale", type=int, default=None, help="variant models' scale (4; 1 with --degraded)"
     )
-    p.add_argument("--limit", type=int, default=None, help="at most N images per set")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most N images per set")
     p.add_argument("--crop", type=int, default=None, help="centre-crop LR images to N×N")
     p.add_argument(
         "--precisions",
@@ -498,13 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(PRECISIONS),
         help="precisions to check (fp32 always runs as the reference)",
     )
-    p.add_argument("--tol-db", type=float, default=DEFAULT_TOL_DB, help="max |ΔPSNR| per image")
     p.add_argument(
-        "--perturb", type=float, default=DEFAULT_PERTURB, help="weight noise of variant models"
+        "--tol-db", type=finite_non_negative, default=DEFAULT_TOL_DB, help="max |ΔPSNR| per image"
+    )
+    p.add_argument(
+        "--perturb",
+        type=finite_non_negative,
+        default=DEFAULT_PERTURB,
+        help="weight noise of variant models",
     )
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: default)"
+    )
     return p
 
 
@@ -531,8 +543,6 @@ def run(args: argparse.Namespace, command: Sequence[str]) -> int:
     JSON report."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.limit is not None and args.limit < 1:
-        raise PrecisionError(f"--limit must be >= 1, got {args.limit}")
     if args.crop is not None and args.crop < 8:
         raise PrecisionError(f"--crop must be >= 8, got {args.crop}")
     restoration = args.degraded is not None

@@ -152,8 +152,17 @@ def test_usage_errors(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "not found" in capsys.readouterr().err
     assert cp.main([str(tiny_ckpt), *QUICK, "--sets", "Nope"]) == 2
     assert "set 'Nope' not found" in capsys.readouterr().err
-    assert cp.main([str(tiny_ckpt), *QUICK, "--limit", "0"]) == 2
-    capsys.readouterr()
+    for flag, value, why in [
+        ("--limit", "0", "must be >= 1"),
+        ("--threads", "-2", "must be >= 0"),
+        ("--tol-db", "-1", "must be a finite number >= 0"),
+        ("--tol-db", "nan", "must be a finite number >= 0"),
+        ("--perturb", "inf", "must be a finite number >= 0"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:  # refused by argparse, before any work
+            cp.main([str(tiny_ckpt), *QUICK, flag, value])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: {why}" in capsys.readouterr().err
     assert cp.main([str(tiny_ckpt), *QUICK, "--scale", "4"]) == 2  # it ran at the file's scale
     assert "a checkpoint carries its own: drop --scale" in capsys.readouterr().err
 
