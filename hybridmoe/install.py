@@ -364,9 +364,10 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 
 def _conflicts(
-    entries: list[Entry], dests: dict[str, Path], records: dict[str, Any], force: bool
+    entries: list[Entry], dests: dict[str, Path], records: dict[str, Any], force: bool, link: bool
 ) -> list[str]:
-    """Why ``install`` may not write each planned file (empty when it may write them all)."""
+    """Why ``install`` (``link``: ``install --link``) may not write each planned file (empty
+    when it may write them all)."""
     conflicts = []
     for e in entries:
         dest = dests[e.dest]
@@ -378,6 +379,8 @@ def _conflicts(
         if e.dest not in records:
             if not dest.is_symlink() and dest.is_file() and _same_bytes(dest, e.source):
                 continue  # written by a run stopped before recording it: identical, adopted
+            if link and dest.is_symlink() and os.readlink(dest) == str(e.source.resolve()):
+                continue  # the very link install --link makes, not recorded yet: adopted
             if dest.is_symlink():
                 conflicts.append(
                     f"  {e.dest}: is a symbolic link (to {os.readlink(dest)}) that this "
@@ -448,7 +451,7 @@ def install(
     dests = resolve_all(checkout, [e.dest for e in entries])
     resolve_all(checkout, records)
 
-    conflicts = _conflicts(entries, dests, records, force)
+    conflicts = _conflicts(entries, dests, records, force, link)
     if conflicts:
         raise InstallError(
             "refusing to overwrite files in "

@@ -605,8 +605,19 @@ def test_a_run_stopped_before_recording_a_file_can_be_run_again(
     monkeypatch.setattr(it, "save_manifest", real)
     it.install(checkout, source_root=source)
     assert it.check(checkout, source_root=source)[1]
+    # the same with --link: the link was made, the manifest not saved
+    monkeypatch.setattr(it, "save_manifest", full_disk)
+    calls.clear()
+    (checkout / it.MANIFEST_NAME).unlink()
+    with pytest.raises(OSError, match="No space left"):
+        it.install(checkout, link=True, source_root=source)
+    monkeypatch.setattr(it, "save_manifest", real)
+    it.install(checkout, link=True, source_root=source)
+    assert it.check(checkout, source_root=source)[1]
+    assert (checkout / ARCH).is_symlink()
     # an unrecorded file that differs from the source is still refused
     (checkout / it.MANIFEST_NAME).unlink()
+    (checkout / ARCH).unlink()  # the link: writing through it would edit the source
     (checkout / ARCH).write_text("# mine\n")
     with pytest.raises(it.InstallError, match="exists and was not written by this installer"):
         it.install(checkout, source_root=source)
