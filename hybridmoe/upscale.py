@@ -430,8 +430,10 @@ def memory_budget(
     if host is not None and host_need > MEMORY_SHARE * host:
         raise CliError(
             f"not enough memory to upscale {src} ({width}x{height}): the "
-            f"{width * scale}x{height * scale} output alone needs about {_gib(host_need)}, "
-            f"{_gib(host)} available"
+            f"{width * scale}x{height * scale} output alone needs about {_gib(host_need)} "
+            f"({HOST_COPIES} float32 copies), more than the {int(MEMORY_SHARE * 100)}% of the "
+            f"{_gib(host)} available that upscale uses ({_gib(MEMORY_SHARE * host)}); tiling does "
+            f"not shrink the output: free memory or upscale a smaller image (crop it into parts)"
         )
     budget = MEMORY_SHARE * available
     if settings.device.type == "cpu":

@@ -365,6 +365,14 @@ def test_memory_decides_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(upscale, "host_memory_available", lambda: 1000)
     code, err = run_cli(capsys, model, src, tmp_path / "none.png")
     assert code == 2 and "output alone needs" in err
+    # more than the need, less than the need over the share upscale uses: the message said
+    # "needs about 1.00 GiB, 1.11 GiB available", which reads as if it fitted
+    monkeypatch.setattr(upscale, "host_memory_available", lambda: host / 0.9)
+    monkeypatch.setattr(upscale, "available_memory", lambda dev: (host / 0.9, "test"))
+    code, err = run_cli(capsys, model, src, tmp_path / "none.png")
+    assert code == 2 and "output alone needs" in err
+    assert f"more than the {int(upscale.MEMORY_SHARE * 100)}% of the" in err
+    assert "tiling does not shrink the output" in err
 
 
 def test_unknown_host_memory_refuses_a_huge_image_clearly(
