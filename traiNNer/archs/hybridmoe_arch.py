@@ -874,20 +874,50 @@ def _segsum(la: Tensor) -> Tensor:
     return seg.masked_fill(idx.view(-1, 1) < idx.view(1, -1), float("-inf"))
 
 
+def _states_entering(states: Tensor, chunk_la: Tensor, block: int) -> Tensor:
+    """The state entering each chunk: ``Σ_{j<i} exp(Σ_{j<k<i} L_k) states_j`` for chunk ``i``,
+    ``L_k`` the total log-decay of chunk ``k`` (the recurrence ``h_i = exp(L_i)·h_{i-1} +
+    states_i``, shifted by one chunk).
+
+    Two levels, so memory stays linear in the chunk count: a causal decay matrix within
+    blocks of ``block`` chunks, and one over the blocks for the state entering each block
+    ((chunks / block)² entries). Shapes: states (B,nc,H,P,S), chunk_la (B,H,nc) -> (B,nc,H,P,S).
+    """
+    bsz, nc, heads, p, s = states.shape
+    pad = (-nc) % block
+    nb = (nc + pad) // block
+    st = F.pad(states, (0, 0, 0, 0, 0, 0, 0, pad)).reshape(bsz, nb, block, heads, p, s)
+    lb = F.pad(chunk_la, (0, pad)).reshape(bsz, heads, nb, block)  # padding: no decay, no input
+    # within each block: h at chunk r from the chunks q <= r of the same block
+    local = torch.einsum("bhmrq,bmqhps->bmrhps", torch.exp(_segsum(lb)), st)
+    cum = torch.cumsum(lb, dim=-1)  # (B,H,nb,K)
+    # the state entering block m: a causal decay matrix over [zero state, block 0, ..., nb-1]
+    block_la = F.pad(cum[..., -1], (1, 0))  # (B,H,nb+1)
+    start = F.pad(local[:, :, -1], (0, 0, 0, 0, 0, 0, 1, 0))  # (B,nb+1,H,P,S)
+    enter = torch.einsum("bhij,bjhps->bihps", torch.exp(_segsum(block_la)), start)[:, :nb]
+    h = local + torch.einsum("bhmr,bmhps->bmrhps", torch.exp(cum), enter)
+    h = h.reshape(bsz, nb * block, heads, p, s)[:, :nc]
+    return F.pad(h, (0, 0, 0, 0, 0, 0, 1, 0))[:, :nc]  # entering chunk i: h after chunk i-1
+
+
 def ssd_scan(  # noqa: PLR0917 (the scan's operands)
-    x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int = 64
+    x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int = 64, block: int = 64
 ) -> Tensor:
     """Selective state-space scan with a scalar decay per head (Mamba-2 "SSD"), chunked.
 
     Computes, for every sequence and head, ``h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t ⊗ b_t`` and
     ``y_t = h_t · c_t``: masked matmuls within chunks of ``chunk`` tokens, and the states
-    passed between chunks with one more masked matmul over the chunk axis. No Python loop and
-    no size-dependent branch, so traced graphs (ONNX, torch.compile) keep dynamic lengths.
+    passed between chunks by :func:`_states_entering` (blocks of ``block`` chunks). No Python
+    loop and no size-dependent branch, so traced graphs (ONNX, torch.compile) keep dynamic
+    lengths. The largest intermediates hold L·chunk entries per head (linear in L); the
+    decay matrix over blocks adds (L / (chunk·block))², which passes L·chunk only beyond
+    L ≈ chunk³·block² (10⁹ tokens at the defaults).
 
     Shapes: x (B,L,H,P), dt (B,L,H) (positive), a (H,) (negative), b and c (B,L,S).
     Returns y (B,L,H,P). All float32.
     """
     bsz, length, heads, p = x.shape
+    n_state = b.shape[-1]
     pad = (-length) % chunk
     x = F.pad(x, (0, 0, 0, 0, 0, pad))
     dt = F.pad(dt, (0, 0, 0, pad))
@@ -896,8 +926,8 @@ def ssd_scan(  # noqa: PLR0917 (the scan's operands)
     nc = x.shape[1] // chunk
     xs = (x * dt.unsqueeze(-1)).reshape(bsz, nc, chunk, heads, p)
     la = (dt * a).reshape(bsz, nc, chunk, heads).permute(0, 3, 1, 2)  # (B,H,nc,T) log-decay
-    bs = b.reshape(bsz, nc, chunk, -1)
-    cs = c.reshape(bsz, nc, chunk, -1)
+    bs = b.reshape(bsz, nc, chunk, n_state)
+    cs = c.reshape(bsz, nc, chunk, n_state)
     cum = torch.cumsum(la, dim=-1)  # (B,H,nc,T)
     # 1) within each chunk: y_t = Σ_{s<=t} (c_t·b_s) exp(Σ_{s<k<=t} la_k) x_s
     decay = torch.exp(_segsum(la))  # (B,H,nc,T,T) [t, s]
@@ -906,12 +936,8 @@ def ssd_scan(  # noqa: PLR0917 (the scan's operands)
     # 2) state at the end of each chunk: Σ_s exp(Σ_{s<k<=T} la_k) b_s ⊗ x_s
     tail = torch.exp(cum[..., -1:] - cum)  # (B,H,nc,T)
     states = torch.einsum("bnts,bhnt,bnthp->bnhps", bs, tail, xs)  # (B,nc,H,P,S)
-    # 3) state entering chunk i: Σ_{j<i} exp(Σ_{j<k<i} L_k) states_j, with L_k the total
-    #    log-decay of chunk k — a causal decay matrix over [zero state, chunk 0, ..., nc-1]
-    chunk_la = F.pad(cum[..., -1], (1, 0))  # (B,H,nc+1)
-    carry = torch.exp(_segsum(chunk_la))  # (B,H,nc+1,nc+1)
-    start = F.pad(states, (0, 0, 0, 0, 0, 0, 1, 0))  # (B,nc+1,H,P,S), a zero state first
-    prev = torch.einsum("bhij,bjhps->bihps", carry, start)[:, :nc]  # (B,nc,H,P,S)
+    # 3) the state entering each chunk
+    prev = _states_entering(states, cum[..., -1], block)  # (B,nc,H,P,S)
     # 4) contribution of the carried state: exp(cum_t) c_t · prev
     y = y + torch.einsum("bnts,bnhps,bhnt->bnthp", cs, prev, torch.exp(cum))
     return y.reshape(bsz, nc * chunk, heads, p)[:, :length]
@@ -941,7 +967,7 @@ class SelectiveScan2D(nn.Module):
     in-proj → depthwise 3×3 + SiLU → input-dependent (dt, B, C) → selective scan along the
     raster order in both directions → gate with SiLU(z) → out-proj. The scan uses mamba-ssm's
     kernel when importable on CUDA, else :func:`ssd_scan` (pure PyTorch, same parameters, same
-    function). Runs in float32 under autocast. O(HW).
+    function). Runs in float32 under autocast; memory linear in HW (see :func:`ssd_scan`).
     """
 
     def __init__(self, channels: int) -> None:
