@@ -538,6 +538,8 @@ def test_set_ssm_kernel_reaches_every_scan() -> None:
         ({"upsampler": "nearest"}, "'pixelshuffle', 'dysample'"),
         ({"base": "lanczos"}, "'mks2021', 'bicubic', 'none'"),
         ({"top_k": 5, "num_experts": 4}, "top_k=5 exceeds num_experts=4"),
+        ({"top_k": 8, "use_moe": False}, "with use_moe=False, top_k sets the dense FFN's width"),
+        ({"mlp_ratio": True}, "mlp_ratio must be a positive number, got True"),
         ({"enc_blocks": (1, 1)}, "enc_blocks must list 3 block counts"),
         ({"dec_blocks": (1, 1, 1)}, r"dec_blocks must list 2 block counts \(levels x1, x1/2\)"),
         ({"kernel_size": 8}, "kernel_size must be odd"),
@@ -588,6 +590,24 @@ def test_channel_mismatch_at_forward() -> None:
         model(torch.rand(1, 4, 8, 8))
     with pytest.raises(ValueError, match="got shape"):
         model(torch.rand(3, 8, 8))
+
+
+def test_empty_and_unusable_inputs() -> None:
+    """A batch of no images gave an MKL error (Fourier mixer, FFT split) or a reshape error
+    (SSM scan), and the MoE balance term of such a batch was 0/0 = NaN; an empty image and an
+    8-bit tensor failed deep inside with torch's words."""
+    for options in ({}, {"freq_split": "fft", "global_mixer": "none"}, {"global_mixer": "ssm"}):
+        model = tiny(scale=2, **options).eval()
+        with torch.no_grad():
+            assert model(torch.rand(0, 3, 8, 9)).shape == (0, 3, 16, 18)
+    model = tiny(scale=2, global_mixer="none").train()
+    model(torch.rand(0, 3, 8, 8))
+    balance = A.MOE_AUX.take_balance_loss()
+    assert balance is None or torch.isfinite(balance)
+    with pytest.raises(ValueError, match=r"at least 1x1 pixels, got \(1, 3, 0, 5\)"):
+        model(torch.rand(1, 3, 0, 5))
+    with pytest.raises(ValueError, match=r"floating-point image in \[0, 1\], got torch.uint8"):
+        model(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
 
 
 # --------------------------------------------------------------------------- state dict hygiene

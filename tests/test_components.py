@@ -335,8 +335,11 @@ def test_gate_norm_keeps_one_pixel_patterns_bounded(image: object) -> None:
         bounded.float()
 
 
-def test_a_nonfinite_input_pixel_stays_local() -> None:
-    model = perturbed(build(global_mixer="fourier"))
+@pytest.mark.parametrize("mixer", ["fourier", "none"])
+def test_a_nonfinite_input_pixel_stays_local(mixer: str) -> None:
+    """Without a global mixer the pixel was not replaced: NaN spread over the receptive field
+    (every output pixel of a small image)."""
+    model = perturbed(build(global_mixer=mixer))
     x = torch.rand(1, 3, 24, 24)
     for bad in (float("nan"), float("inf"), -float("inf")):
         x2 = x.clone()

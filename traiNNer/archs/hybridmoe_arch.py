@@ -1362,7 +1362,7 @@ def current_key(key: str) -> str:
 class HybridMoE(nn.Module):
     """HybridMoE-FreqNet super-resolution / restoration network.
 
-    Input (N, in_ch, H, W) in [0, 1] (any N, H, W ≥ 1); output (N, in_ch, H·scale, W·scale).
+    Input (N, in_ch, H, W) in [0, 1] (any N ≥ 0, H, W ≥ 1); output (N, in_ch, H·scale, W·scale).
     The defaults are the full three-level design at dim 32 (the ``hybridmoe`` arch name);
     :data:`VARIANTS` holds the named sizes.
 
@@ -1457,7 +1457,7 @@ class HybridMoE(nn.Module):
         kernel_size = _check_int("kernel_size", kernel_size, 3)
         if kernel_size % 2 == 0:
             raise ValueError(f"HybridMoE: kernel_size must be odd, got {kernel_size}")
-        if not isinstance(mlp_ratio, numbers.Real) or mlp_ratio <= 0:
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or mlp_ratio <= 0:
             raise ValueError(f"HybridMoE: mlp_ratio must be a positive number, got {mlp_ratio!r}")
         if not mlp_ratio <= MLP_RATIO_MAX or abs(mlp_ratio * 1000 - round(mlp_ratio * 1000)) > 1e-6:
             msg = f"a multiple of 0.001 up to {MLP_RATIO_MAX:g} (stored as round(1000·mlp_ratio))"
@@ -1479,7 +1479,8 @@ class HybridMoE(nn.Module):
         if top_k > num_experts:
             raise ValueError(
                 f"HybridMoE: top_k={top_k} exceeds num_experts={num_experts}; "
-                f"choose 1 <= top_k <= num_experts"
+                f"choose 1 <= top_k <= num_experts (with use_moe=False, top_k sets the dense "
+                f"FFN's width, top_k experts' worth: raise num_experts with it)"
             )
         if noise and not texture_head:
             raise ValueError(
@@ -1507,10 +1508,6 @@ class HybridMoE(nn.Module):
         self.hyperparameters = {**self.hyperparameters, **checked}
         widths = [dim * 2**i for i in range(levels)]
         self.pad_multiple = 2 ** (levels - 1)
-        self.global_ops = global_mixer != "none" or (use_hf and freq_split == "fft")
-        """Whether any operation mixes the whole image (a non-finite input pixel would then
-        reach every output pixel, so such pixels are replaced first: NaN and -inf by 0, +inf
-        by 1)."""
 
         self.base: nn.Module | None
         if base == "mks2021":
@@ -1732,11 +1729,23 @@ class HybridMoE(nn.Module):
                 f"{tuple(x.shape)}; convert the image to {self.in_ch} channel(s) or use a model "
                 f"built with in_ch={x.shape[1] if x.ndim == 4 else '?'}"
             )
+        if x.shape[-2] == 0 or x.shape[-1] == 0:
+            raise ValueError(
+                f"HybridMoE needs an image of at least 1x1 pixels, got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"HybridMoE expects a floating-point image in [0, 1], got {x.dtype}; for 8-bit "
+                f"pixels use x.float() / 255"
+            )
         if self.training and torch.is_grad_enabled() and self.num_experts:
             MOE_AUX.begin_forward()
-        if self.global_ops:  # a NaN/Inf pixel would reach every output pixel through them
-            x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
         h, w = x.shape[-2:]
+        if x.shape[0] == 0:  # an empty batch (the FFT and scan kernels refuse one)
+            return x.new_zeros(0, self.in_ch, h * self.scale, w * self.scale)
+        # a NaN/Inf pixel would spread over the receptive field (the whole image through the
+        # global mixers): NaN and -inf become 0, +inf 1
+        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
         base = self.base(x) if self.base is not None else None
 
         f = self.stem(_pad_to_multiple(x, self.pad_multiple))
