@@ -131,7 +131,10 @@ def _any_stage_possible(cfg: degrade.Degradation) -> bool:
 
 def _write_png(path: Path, img: np.ndarray) -> None:
     with imageio.atomic_output(path, what="image") as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
+        try:
+            Image.fromarray(img).save(tmp, format="PNG")
+        except OSError as e:  # a full disk
+            raise imageio.write_error(path, e) from e
 
 
 def set_images(folder: Path) -> list[Path]:

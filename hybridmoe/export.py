@@ -44,8 +44,8 @@ is replaced only with ``--overwrite``. A checkpoint whose weights hold NaN or In
 The graph is written to a temporary file beside OUTPUT and renamed to OUTPUT once complete;
 if the export fails, OUTPUT is left as it was. A graph that fails ``--export-safe`` or
 ``--verify`` is still written, for inspection, and the exit status says it failed.
-Exit status: 0 on success, 1 when verification or the export-safe check fails, 2 for a usage
-or loading error.
+Exit status: 0 on success, 1 when verification or the export-safe check fails, 2 for a usage,
+loading or writing error (a full disk).
 """
 
 from __future__ import annotations
@@ -811,14 +811,17 @@ def run(args: argparse.Namespace) -> int:
     with imageio.atomic_output(
         args.output, overwrite=args.overwrite, what="ONNX output"
     ) as tmp:  # renamed to OUTPUT once complete
-        result = export(
-            model,
-            tmp,
-            fp16=args.fp16,
-            opset=opset,
-            dynamo=args.dynamo,
-            allow_static=args.allow_static,
-        )
+        try:
+            result = export(
+                model,
+                tmp,
+                fp16=args.fp16,
+                opset=opset,
+                dynamo=args.dynamo,
+                allow_static=args.allow_static,
+            )
+        except OSError as e:  # the exporters raise the OS's error (a full disk)
+            raise imageio.write_error(args.output, e) from e
         ins, outs = onnx_dims(result.path)
         print(
             f"exported {args.output} ({result.dtype}, opset {result.opset}, {result.exporter} "

@@ -18,13 +18,15 @@ Before writing, the fused network is checked against the original on a random im
 output must be finite and the maximum absolute difference must stay within ``--tol`` (1e-4,
 fp32). The checkpoint is written to a temporary file beside OUTPUT, loaded back and compared
 once more, and only then renamed to OUTPUT; on any failure OUTPUT is left as it was.
-Exit status: 0 on success, 1 when the fused outputs differ, 2 for a usage or loading error.
+Exit status: 0 on success, 1 when the fused outputs differ, 2 for a usage, loading or
+writing error (a full disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import math
 import statistics
@@ -139,15 +141,23 @@ def median_latency(
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    """Write ``model``'s state dict as traiNNer-redux does, format by ``path``'s suffix."""
+    """Write ``model``'s state dict as traiNNer-redux does, format by ``path``'s suffix.
+
+    The file is serialized in memory and written by Python, so that a failed write (a full
+    disk) is an ``OSError`` with the OS's reason; the libraries' own file writers lose it
+    (safetensors raises a ``SafetensorError``, torch.save an "unexpected pos" ``RuntimeError``).
+    """
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = json.loads(json.dumps(getattr(model, "hyperparameters", {})))  # tuples -> lists
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(sd, str(path), metadata={"metadata": json.dumps(meta)})
+        data = save(sd, metadata={"metadata": json.dumps(meta)})
     else:
-        torch.save({"metadata": meta, "params": sd}, path)
+        buffer = io.BytesIO()
+        torch.save({"metadata": meta, "params": sd}, buffer)
+        data = buffer.getvalue()
+    path.write_bytes(data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             save_checkpoint(fused, tmp)
         except OSError as e:
-            raise FuseError(f"cannot write {out}: {e}") from e
+            raise imageio.write_error(out, e) from e
         reloaded = load_hybridmoe(tmp, args.device).model
         d = max_abs_diff(fused, reloaded, checks[0][1])
         if not reloaded.deploy or d != 0.0:  # NaN != 0.0 too

@@ -445,6 +445,14 @@ class OutputError(Exception):
     """An output file cannot or must not be written; the message says why and what to do."""
 
 
+def write_error(path: Path, error: Exception) -> OutputError:
+    """The :class:`OutputError` for ``error`` raised while writing ``path`` (or its temporary
+    file): "cannot write PATH: REASON", REASON the OS's (``No space left on device``) without
+    the temporary file's name, else the error's text."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return OutputError(f"cannot write {path}: {reason}")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether ``a`` and ``b`` name the same file: equal resolved paths or, both existing,
     the same inode (hard or symbolic link)."""
@@ -588,4 +596,4 @@ def write_text_atomic(
         try:
             tmp.write_bytes(text.encode("utf-8"))
         except OSError as e:
-            raise OutputError(f"cannot write the {what} {path}: {e}") from e
+            raise write_error(path, e) from e

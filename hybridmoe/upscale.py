@@ -36,6 +36,7 @@ from hybridmoe.imageio import (
     read_image,
     size_problem,
     split_alpha,
+    write_error,
     write_image,
 )
 from hybridmoe.models import enable_noise, resolve_model
@@ -747,7 +748,7 @@ def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings
     except OutputError as e:  # e.g. the output appeared meanwhile (without --overwrite)
         raise CliError(str(e)) from None
     except (OSError, ValueError) as e:  # Pillow's encoders raise either
-        raise CliError(f"cannot write {job.dst}: {getattr(e, 'strerror', None) or e}") from None
+        raise CliError(str(write_error(job.dst, e))) from None
 
 
 def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:

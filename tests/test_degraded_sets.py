@@ -3,7 +3,9 @@ restoration scored against HR, with the degraded input as the baseline)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -166,6 +168,31 @@ def test_a_failed_set_leaves_nothing_and_can_be_made_again(
     manifest = json.loads((out / "mine" / "manifest.json").read_text())
     assert sorted(manifest["images"]) == ["a", "b"]
     assert sorted(p.name for p in out.iterdir()) == ["mine"]
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pillow's OSError (a full disk) on the third PNG was a traceback."""
+    hr = _hr_folder(tmp_path)
+    out = tmp_path / "out"
+    real, calls = Image.Image.save, []
+
+    def save(img: Image.Image, fp: Path, *args: object, **kwargs: object) -> None:
+        calls.append(fp)
+        if len(calls) < 3:
+            return real(img, fp, *args, **kwargs)
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert _make(str(hr), "--out", str(out)) == 2
+    staged = Path(calls[2]).parent.parent  # the set is made there, then moved into place
+    expected = f"error: cannot write {staged / 'HR' / 'rgb.png'}: No space left on device\n"
+    assert capsys.readouterr().err == expected
+    assert not out.exists()  # created by this call, removed again with the partial set
+    monkeypatch.undo()
+    assert _make(str(hr), "--out", str(out)) == 0
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from tiny_options import SMALL_UNET, TINY
 
 import hybridmoe_arch as A
 from hybridmoe import checkpoint as C
-from hybridmoe import export, fuse
+from hybridmoe import cli, export, fuse
 from hybridmoe.models import perturb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +217,33 @@ def test_fuse_never_replaces_a_shipped_model_named_as_the_input(
     assert "is the same file as the input" in capsys.readouterr().err
     assert (shipped / "2x_Tiny.safetensors").read_bytes() == before
     assert fuse.main(["2x_tiny", str(tmp_path / "fused.safetensors")]) == 0  # names still work
+
+
+def full_disk() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("ext", [".safetensors", ".pth"])
+def test_fuse_on_a_full_disk_is_a_write_error(
+    ext: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk while writing OUTPUT was a traceback: safetensors raised a SafetensorError,
+    torch.save an "unexpected pos" RuntimeError, neither naming the reason (and exit status 1
+    would have said that the fused outputs differ)."""
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    out = tmp_path / f"fused{ext}"
+    real = Path.write_bytes
+
+    def write_bytes(path: Path, data: bytes) -> int:
+        if ".partial" not in path.name:
+            return real(path, data)
+        real(path, data[:100])
+        raise full_disk()
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    assert cli.main(["fuse", str(ckpt), str(out)]) == 2
+    assert capsys.readouterr().err == f"error: cannot write {out}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pth"]
 
 
 def test_fuse_cli(tmp_path: Path) -> None:
@@ -606,6 +635,24 @@ def test_onnx_usage_errors(
     torch.save(Compact(num_feat=8, num_conv=2, upscale=2).state_dict(), compact)
     assert export.main([str(compact), str(tmp_path / "c.onnx")]) == 2
     assert "not HybridMoE" in capsys.readouterr().err
+
+
+def test_onnx_export_on_a_full_disk_is_a_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exporter's OSError (a full disk) was a traceback."""
+    ckpt = save_trainer_pth(tiny(scale=2), tmp_path / "net.pth")
+    out = tmp_path / "m.onnx"
+
+    def export_to_full_disk(_net: torch.nn.Module, _args: Any, f: str, **_kw: Any) -> None:
+        Path(f).write_bytes(b"half a graph")
+        raise full_disk()
+
+    monkeypatch.setattr(torch.onnx, "export", export_to_full_disk)
+    assert cli.main(["export-onnx", str(ckpt), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {out}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pth"]
 
 
 def test_graph_traced_without_padding_runs_at_sizes_that_need_it(tmp_path: Path) -> None:
