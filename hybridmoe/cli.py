@@ -2,6 +2,7 @@
 
 Each subcommand hands its arguments to the ``main`` of the module that implements it (its
 options are in ``hybridmoe SUBCOMMAND --help``); ``hybridmoe models`` lists the shipped models.
+Ctrl-C ends any subcommand with the line "interrupted" (``upscale``: its own) and exit status 130.
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`hybridmoe models | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 141  # as a program stopped by SIGPIPE
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print("interrupted", file=sys.stderr)
+        return 130  # as a program stopped by SIGINT
     return status
 
 

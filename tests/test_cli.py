@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hybridmoe import cli, export
+from hybridmoe import cli, export, upscale
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
 from hybridmoe.cliargs import device_name
 from hybridmoe.models import resolve_model, shipped_models
@@ -118,3 +119,41 @@ def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+INTERRUPTIBLE = {
+    "evaluate": "evaluate",
+    "make-pairs": "pairs",
+    "make-degraded": "degraded_sets",
+    "fuse": "fuse",
+    "export-onnx": "export",
+    "check-precision": "precision",
+}
+"""Subcommands that printed a traceback on Ctrl-C -> their module."""
+
+
+def _interrupt(*_args: object) -> int:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("name", list(INTERRUPTIBLE))
+def test_ctrl_c_is_one_line_and_exit_status_130(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        importlib.import_module(f"hybridmoe.{INTERRUPTIBLE[name]}"), "main", _interrupt
+    )
+    try:
+        code = cli.main([name])
+    except KeyboardInterrupt:
+        pytest.fail(f"Ctrl-C in hybridmoe {name} ended in a traceback")
+    assert code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_in_upscale_keeps_its_own_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(upscale, "prepare", _interrupt)
+    code = cli.main(["upscale", "2x_HybridMoE_Nano", str(tmp_path / "a.png"), str(tmp_path)])
+    assert code == 130
+    assert capsys.readouterr().err == "interrupted; no partial output was left\n"
