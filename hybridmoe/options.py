@@ -1371,7 +1371,8 @@ def write(out: Path, *, overwrite: bool = False) -> list[Path]:
 
     A file whose content differs (an edited or older copy) is replaced only with ``overwrite``:
     otherwise :class:`OptionsError` lists them and nothing is written. Each file is written
-    atomically (a temporary file beside it replaces it once complete).
+    atomically (a temporary file beside it replaces it once complete); a write failure
+    midway (a full disk) is an :class:`OptionsError` saying how many were written before it.
     """
     if out.exists() and not out.is_dir():
         raise OptionsError(f"--out {out} is a file, not a folder; choose another --out")
@@ -1396,8 +1397,11 @@ def write(out: Path, *, overwrite: bool = False) -> list[Path]:
         path = out / rel
         try:
             write_text_atomic(path, files[rel], overwrite=True, what="option file")
-        except OutputError as e:
-            raise OptionsError(str(e)) from e
+        except OutputError as e:  # the files written so far are complete: a re-run skips them
+            raise OptionsError(
+                f"{e}; {len(written)} of the {len(todo)} file(s) to write were written before "
+                f"this failure; re-running the same command writes the rest"
+            ) from e
         written.append(path)
     return written
 

@@ -12,6 +12,7 @@ config loader (``traiNNer.utils.options.yaml_load``: msgspec, unknown keys are e
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import json
 import os
@@ -672,6 +673,35 @@ def test_make_options_keeps_edited_files_unless_overwrite(
         "test",
         "train",
     ]  # no temporary file left
+
+
+def test_make_options_says_how_many_files_a_failed_write_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk midway: the files written before it stayed, and the error did not say so.
+    The same command run again writes the rest (the written ones are equal: left alone)."""
+    out = tmp_path / "opts"
+    real, calls = Path.write_bytes, []
+
+    def write_bytes(path: Path, data: bytes) -> int:
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    assert options.main(["--out", str(out)]) == 2
+    names = list(options.generate())  # in the order they are written
+    assert capsys.readouterr().err == (
+        f"error: cannot write {out / names[3]}: No space left on device; 3 of the "
+        f"{len(names)} file(s) to write were written before this failure; re-running the same "
+        f"command writes the rest\n"
+    )
+    assert sum(1 for p in out.rglob("*") if p.is_file()) == 3  # and no temporary file
+    monkeypatch.undo()
+    assert options.main(["--out", str(out)]) == 0
+    assert f"wrote {len(names) - 3} file(s) under {out} (3 unchanged)" in capsys.readouterr().out
+    assert options.diff(out) == []
 
 
 def test_make_options_refuses_a_file_as_its_folder(
