@@ -232,14 +232,18 @@ def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
     is hidden mean nothing, unless ``allow_transparency`` (then the colour is used as stored
     and alpha ignored).
 
+    Animated images (animated WebP, APNG) are refused (:func:`hybridmoe.imageio.check_still`;
+    a JPEG MPO is read as its first frame, the photo).
+
     Raises :class:`EvaluationError` naming the file for unreadable or unsupported images.
     """
     try:
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as im:
+            imageio.check_still(im)
             im.load()
             colour, alpha, white = _decode(im, data)
-    except EvaluationError as e:
+    except (EvaluationError, imageio.ImageReadError) as e:
         raise EvaluationError(f"cannot read image {path}: {e}") from None
     except Image.UnidentifiedImageError:
         raise EvaluationError(

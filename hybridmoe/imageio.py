@@ -111,7 +111,8 @@ def read_image(path: Path) -> ImageData:
     reason on any failure (missing, empty, truncated, corrupt, unsupported, too large).
 
     The EXIF orientation is applied; palette images become RGB(A); transparency given as a
-    colour key (tRNS) becomes an alpha channel.
+    colour key (tRNS) becomes an alpha channel; animated images are refused
+    (:func:`check_still`).
     """
     try:
         data = Path(path).read_bytes()
@@ -152,11 +153,25 @@ def _decode(data: bytes) -> ImageData:
         fmt = _PIL_FORMATS.get(img.format or "")
         if fmt is None:
             raise ImageReadError(f"unsupported format {img.format} (PNG, JPEG or WebP expected)")
+        check_still(img)
         icc = img.info.get("icc_profile") or None
         if is_png16(data):
             pixels = _orient(_decode_png16(data, img.info), img.getexif().get(_ORIENTATION))
             return ImageData(pixels, "png", 16, icc)
         return ImageData(_pil_to_array(img), fmt, 8, icc)
+
+
+def check_still(img: Image.Image) -> None:
+    """:class:`ImageReadError` if ``img`` is animated (animated WebP, APNG: more than one
+    frame), which would otherwise be read as its first frame. A JPEG MPO (phones store the
+    photo with embedded previews as further frames) is a still image: its first frame is the
+    photo."""
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format != "MPO":
+        raise ImageReadError(
+            f"animated image ({frames} frames): only still images are supported; extract a "
+            "frame first"
+        )
 
 
 def check_pixel_limit(width: int, height: int) -> None:

@@ -21,13 +21,13 @@ at that scale is skipped, with a warning: traiNNer-redux's training crop cannot 
 image (validation sets, which are not cropped). When no image is large enough, nothing is
 written and the command fails.
 
-Every input is checked before any work: a file of an image suffix that is not a readable image
-is an error naming it. The pairs are made in a temporary folder inside ``OUT`` that replaces
-``OUT/hr`` and ``OUT/lr`` only once every pair is written (and matches ``--check-against``); on
-any failure it is removed and ``OUT`` is left as it was. An ``OUT`` that already holds pairs is
-refused unless ``--overwrite`` is given, which replaces its ``hr/`` and ``lr/`` as a whole. An
-``OUT`` that is an input folder or lies inside one (symlinks resolved) is always refused: the
-tools never write into their input.
+Every input is checked before any work: a file of an image suffix that is not a readable image,
+or is an animated one (animated WebP, APNG), is an error naming it. The pairs are made in a
+temporary folder inside ``OUT`` that replaces ``OUT/hr`` and ``OUT/lr`` only once every pair is
+written (and matches ``--check-against``); on any failure it is removed and ``OUT`` is left as
+it was. An ``OUT`` that already holds pairs is refused unless ``--overwrite`` is given, which
+replaces its ``hr/`` and ``lr/`` as a whole. An ``OUT`` that is an input folder or lies inside
+one (symlinks resolved) is always refused: the tools never write into their input.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hybridmoe.imageio import folder_problem
+from hybridmoe.imageio import ImageReadError, check_still, folder_problem
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.options import MEASURED_LQ
 
@@ -111,10 +111,14 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file's header; :class:`PairsError` if it is not an image."""
+    """``(width, height)`` from the file's header; :class:`PairsError` if it is not an image or
+    is animated (:func:`hybridmoe.imageio.check_still`)."""
     try:
         with Image.open(path) as im:
+            check_still(im)
             return im.size
+    except ImageReadError as e:
+        raise PairsError(unreadable_because(path, str(e))) from None
     except Exception as e:  # Pillow raises many kinds of exception on bad files
         raise PairsError(unreadable(path, e)) from e
 

@@ -392,3 +392,34 @@ def test_a_changed_canonical_lr_file_is_named_with_the_fix(
     lr_file.unlink()
     assert evaluate.main([*argv, "--limit", "1"]) == 0
     assert lr_file.parent.is_dir() and not lr_file.exists()  # nothing written back
+
+
+def _tiny_set(root: Path, sizes: dict[str, int]) -> Path:
+    """``root/Tiny/HR`` holding a square crop of Set5 ``baby`` of each side in ``sizes``."""
+    folder = root / "Tiny" / "HR"
+    folder.mkdir(parents=True)
+    baby = _png(SET5 / "HR" / "baby.png")
+    for name, side in sizes.items():
+        Image.fromarray(baby[:side, :side]).save(folder / name)
+    return folder
+
+
+def test_an_animated_hr_image_is_refused_not_scored_as_its_first_frame(
+    compact_x2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An APNG HR image was scored as its first frame without a word."""
+    hr = _tiny_set(tmp_path, {"a.png": 32})
+    frame = _png(SET5 / "HR" / "bird.png")[:32, :32]
+    Image.fromarray(frame).save(
+        hr / "b.png", save_all=True, append_images=[Image.fromarray(frame[::-1])]
+    )
+    report = tmp_path / "r.json"
+    argv = [str(compact_x2), "--data", str(tmp_path), "--sets", "Tiny", "--device", "cpu"]
+    assert evaluate.main([*argv, "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: cannot read image {hr / 'b.png'}: animated image (2 frames): only still "
+        "images are supported; extract a frame first"
+    ) in err
+    assert "Traceback" not in err
+    assert not report.exists()

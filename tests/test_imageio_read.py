@@ -174,3 +174,48 @@ def test_16bit_png_exif_orientation_is_applied_as_for_8bit(
     img16, img8 = (imageio.read_image(tmp_path / f"c{d}.png") for d in (16, 8))
     assert img16.bit_depth == 16
     np.testing.assert_array_equal(imageio.quantize(img16.pixels, 8), img8.pixels * 255)
+
+
+def _animation(path: Path) -> Path:
+    """A two-frame animation (animated WebP or APNG, by the suffix of ``path``)."""
+    first, second = Image.fromarray(_rgb(16, 16)), Image.fromarray(255 - _rgb(16, 16))
+    first.save(path, save_all=True, append_images=[second], duration=100, lossless=True)
+    with Image.open(path) as im:
+        assert im.n_frames == 2
+    return path
+
+
+@pytest.mark.parametrize("name", ["anim.webp", "anim.png"])
+def test_animated_images_are_refused_by_both_readers(name: str, tmp_path: Path) -> None:
+    """Animated WebP and APNG were read as their first frame, the rest silently dropped, by
+    ``upscale``, ``evaluate`` and ``make-pairs``."""
+    path = _animation(tmp_path / name)
+    why = r"animated image \(2 frames\): only still images are supported; extract a frame first"
+    with pytest.raises(evaluate.EvaluationError, match=rf"cannot read image .*{name}: {why}"):
+        evaluate.read_image(path)
+    with pytest.raises(imageio.ImageReadError, match=rf"cannot read image .*{name}: {why}"):
+        imageio.read_image(path)
+
+
+def test_still_images_and_jpeg_mpo_are_read(tmp_path: Path) -> None:
+    """Single-frame PNG (saved as an animation of one frame too), WebP and JPEG still read; a
+    JPEG MPO (phone photos: Pillow reports the embedded preview as a second frame) reads as
+    its first frame, the photo."""
+    rgb = _rgb(16, 16)
+    first = Image.fromarray(rgb)
+    first.save(tmp_path / "one.png", save_all=True)
+    first.save(tmp_path / "one.webp", lossless=True)
+    first.save(tmp_path / "one.jpg", quality=95)
+    preview = Image.new("RGB", (8, 8))
+    first.save(tmp_path / "mpo.jpg", "MPO", quality=95, save_all=True, append_images=[preview])
+    with Image.open(tmp_path / "mpo.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    for name in ("one.png", "one.webp", "one.jpg", "mpo.jpg"):
+        with Image.open(tmp_path / name) as im:  # the first frame
+            want = np.asarray(im.convert("RGB"))
+        assert want.shape == rgb.shape
+        np.testing.assert_array_equal(evaluate.read_image(tmp_path / name), want)
+        img = imageio.read_image(tmp_path / name)
+        np.testing.assert_array_equal(imageio.quantize(img.pixels, 8), want)
+    np.testing.assert_array_equal(want, evaluate.read_image(tmp_path / "one.jpg"))  # the photo
+    np.testing.assert_array_equal(evaluate.read_image(tmp_path / "one.png"), rgb)

@@ -303,3 +303,23 @@ def test_pairs_read_every_image_as_the_evaluator_does(
     line, summary = error_lines(capsys.readouterr().err)
     assert summary.startswith("error: no pairs written to")
     assert "holes.png has 1 transparent pixel(s)" in line and "move it out of the folder" in line
+
+
+@pytest.mark.parametrize("name", ["anim.webp", "anim.png"])
+def test_an_animated_image_is_refused_before_work_and_nothing_is_written(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Animated WebP and APNG inputs were reduced to their first frame without a word."""
+    from PIL import Image
+
+    src = photos(tmp_path / "my_photos")
+    with Image.open(T91 / "t1.png") as im:
+        frame = im.convert("RGB")
+    frame.save(src / name, save_all=True, append_images=[frame.rotate(180)])
+    out = tmp_path / "datasets" / "train_x2"
+    assert run(src, out) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert str(src / name) in line
+    assert "animated image (2 frames): only still images are supported" in line
+    assert "remove it" in line
+    assert not (tmp_path / "datasets").exists()

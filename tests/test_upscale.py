@@ -711,3 +711,19 @@ def test_float16_on_the_cpu_is_flagged_as_slow(tmp_path: Path, model: Path, caps
     assert "float16 is slow on a CPU" in err
     code, err = run_cli(capsys, model, src, tmp_path / "o32.png", "--device", "cpu")
     assert code == 0 and "slow" not in err
+
+
+@pytest.mark.parametrize("name", ["anim.webp", "anim.png"])
+def test_an_animated_image_is_refused_not_cut_to_its_first_frame(
+    tmp_path: Path, model: Path, capsys, name: str
+) -> None:
+    """Animated WebP and APNG inputs were upscaled as their first frame without a word."""
+    first = Image.fromarray((rand_image(8, 8, 3) * 255).astype(np.uint8))
+    second = Image.fromarray((rand_image(8, 8, 3, seed=1) * 255).astype(np.uint8))
+    src = tmp_path / name
+    first.save(src, save_all=True, append_images=[second], duration=100)
+    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
+    assert code == 2, err
+    assert f"{src}: animated image (2 frames): only still images are supported" in err
+    assert "extract a frame first" in err
+    assert not (tmp_path / "out.png").exists()
