@@ -16,7 +16,8 @@ round to 8 bits, and measure PSNR and SSIM on the BT.601 Y channel with ``scale`
 cropped (see ``srmetrics``). A "bicubic" row (MATLAB bicubic upscaling of the LR image) is
 reported beside the model as a baseline.
 
-Data layout: ``<data>/<Set>/HR/*.png`` (or ``<data>/benchmark/<Set>/HR/*.png``); ``<data>`` is
+Data layout: ``<data>/<Set>/HR/*.png`` (or ``<data>/benchmark/<Set>/HR/*.png``; the suffix in
+any case, other files there are left out with a warning naming them); ``<data>`` is
 ``--data DIR``, by default ``$HYBRIDMOE_DATA`` when set, else ``./datasets``. The benchmark sets
 are not shipped with the package. Only the HR images are needed: the LR images are made from
 them. Where a set has its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``), the
@@ -151,9 +152,32 @@ def _set_candidates(data_dir: Path, name: str) -> list[Path]:
     return [data_dir / "benchmark" / name, data_dir / name]
 
 
-def _has_hr_images(set_dir: Path) -> bool:
+def hr_images(set_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The HR images of a set, ``set_dir/HR/*.png`` (the suffix in any case), and the other
+    files there (hidden ones aside), each sorted by name; both empty without ``HR/``."""
     hr = set_dir / "HR"
-    return hr.is_dir() and any(hr.glob("*.png"))
+    images: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(hr.iterdir()) if hr.is_dir() else []:
+        if path.is_file() and path.suffix.lower() == ".png":
+            images.append(path)
+        elif path.is_file() and not path.name.startswith("."):
+            others.append(path)
+    return images, others
+
+
+def _has_hr_images(set_dir: Path) -> bool:
+    return bool(hr_images(set_dir)[0])
+
+
+def set_hr_paths(set_dir: Path, limit: int | None = None) -> list[Path]:
+    """The first ``limit`` HR images of a set (:func:`hr_images`); the files of its ``HR``
+    folder that are left out (not PNG) are named in a warning on stderr."""
+    images, others = hr_images(set_dir)
+    if others:
+        note = imageio.left_out_note(others, set_dir / "HR", "PNG")
+        print(f"warning: {set_dir / 'HR'}: {note}", file=sys.stderr)
+    return images[:limit]
 
 
 def available_sets(data_dir: Path) -> list[str]:
@@ -556,7 +580,7 @@ def evaluate_set(
     Returns ``{"images": n, "bicubic": {"psnr", "ssim"}, "model": {...}, "per_image":
     {name: {"bicubic": {...}, "model": {...}}}}`` (``model`` keys only with a descriptor).
     """
-    paths = sorted((set_dir / "HR").glob("*.png"))[:limit]
+    paths = hr_images(set_dir)[0][:limit]
     _seed_noise(noise_seed)
     per_image: dict[str, dict[str, dict[str, float]]] = {}
     for path in tqdm(paths, desc=f"{set_dir.name} x{scale}", unit="img", file=sys.stderr):
@@ -607,6 +631,8 @@ def evaluate(
         raise EvaluationError(f"tile must be >= 0 (0: the whole image), got {tile}")
     tile = tile or None  # 0: the whole image, as upscale's --tile 0
     set_dirs = find_sets(data_dir, sets)
+    for set_dir in set_dirs.values():  # files left out named before any work
+        set_hr_paths(set_dir)
     descriptor, info = None, None
     if model is not None:
         descriptor = load_descriptor(model, device, dtype)

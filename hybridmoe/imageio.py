@@ -33,7 +33,7 @@ import struct
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +99,14 @@ def format_from_suffix(path: Path) -> str | None:
         if suffix in suffixes:
             return fmt
     return None
+
+
+def left_out_note(files: Sequence[Path], folder: Path, kinds: str) -> str:
+    """The note on ``files`` of ``folder`` that a run leaves out as not ``kinds`` (such as
+    "PNG, JPEG or WebP"): how many, and the first three names relative to ``folder``."""
+    names = ", ".join(str(p.relative_to(folder)) for p in files[:3])
+    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+    return f"left out {len(files)} files that are not {kinds}: {names}{more}"
 
 
 def is_png16(data: bytes) -> bool:

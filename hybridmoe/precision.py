@@ -267,7 +267,7 @@ def load_images(
     images = []
     for set_name in sets:
         set_dir = ev.find_set(data_dir, set_name)
-        for path in sorted((set_dir / "HR").glob("*.png"))[:limit]:
+        for path in ev.hr_images(set_dir)[0][:limit]:
             hr = ev.read_image(path)
             if crop is not None:
                 side = crop * scale

@@ -33,6 +33,7 @@ from hybridmoe.imageio import (
     OutputError,
     folder_problem,
     format_from_suffix,
+    left_out_note,
     read_image,
     size_problem,
     split_alpha,
@@ -501,9 +502,7 @@ def plan_folder(src: Path, output: Path, recursive: bool, fmt: str | None) -> li
     targets: dict[Path, Path] = {}
     images, others = _folder_files(src, recursive, output)
     if others:
-        names = ", ".join(str(p.relative_to(src)) for p in others[:3])
-        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-        warn(f"left out {len(others)} files that are not PNG, JPEG or WebP: {names}{more}")
+        warn(left_out_note(others, src, "PNG, JPEG or WebP"))
     for path in images:
         src_fmt = format_from_suffix(path)
         rel = path.relative_to(src)

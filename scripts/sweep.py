@@ -1514,7 +1514,7 @@ def _means(scores: Scores) -> tuple[dict[str, float], dict[str, float]]:
 
 def set_images(data: Path, set_name: str, limit: int | None) -> list[Path]:
     """The HR images of a benchmark set, in name order (the first ``limit``)."""
-    return sorted((ev.find_set(data, set_name) / "HR").glob("*.png"))[:limit]
+    return ev.hr_images(ev.find_set(data, set_name))[0][:limit]
 
 
 def score_sr(

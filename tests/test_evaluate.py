@@ -423,3 +423,25 @@ def test_an_animated_hr_image_is_refused_not_scored_as_its_first_frame(
     ) in err
     assert "Traceback" not in err
     assert not report.exists()
+
+
+def test_hr_suffixes_match_in_any_case_and_files_left_out_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``b.PNG`` was skipped without a word (the set scored on fewer images) and a set of
+    ``.PNG`` files only was "not found"; files that are not PNG are named in a warning."""
+    hr = _tiny_set(tmp_path, {"a.png": 32, "b.PNG": 32})
+    (hr / "notes.txt").write_text("not an image")
+    (hr / ".hidden").write_text("")
+    report = tmp_path / "r.json"
+    argv = ["--bicubic-only", "--scale", "2", "--data", str(tmp_path), "--sets", "Tiny"]
+    assert evaluate.main([*argv, "--json", str(report)]) == 0
+    tiny = json.loads(report.read_text())["sets"]["Tiny"]
+    assert tiny["images"] == 2 and sorted(tiny["per_image"]) == ["a", "b"]
+    err = capsys.readouterr().err
+    assert f"warning: {hr}: left out 1 files that are not PNG: notes.txt\n" in err
+    assert ".hidden" not in err
+    (hr / "a.png").unlink()
+    assert evaluate.available_sets(tmp_path) == ["Tiny"]
+    assert evaluate.main(argv) == 0
+    assert "Tiny            1" in capsys.readouterr().out
