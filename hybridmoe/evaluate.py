@@ -23,6 +23,9 @@ are not shipped with the package. Only the HR images are needed: the LR images a
 them. Where a set has its canonical LR files (``<Set>/LR_bicubic/X<s>/<name>x<s>.png``), the
 generated LR images are checked against them bit for bit (a file that differs stops the run:
 remove or replace it, or the whole ``LR_bicubic`` folder; the LR images are still made from HR).
+Every HR image is checked before the model runs (from its header): one too small to be scored
+is refused, named (mod-cropped to the scale, less ``scale`` border pixels on each side, it must
+hold the 11x11 SSIM window: at least 16 px a side at x2, 18 at x3, 20 at x4).
 ``--tile N`` runs the model on LR tiles of N pixels; ``--tile 0`` (as without ``--tile``) on the
 whole image.
 
@@ -56,13 +59,14 @@ file unless ``--overwrite``) and written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
 import os
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,20 +265,12 @@ def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
 
     Raises :class:`EvaluationError` naming the file for unreadable or unsupported images.
     """
-    try:
+    with _reading(path):
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as im:
             imageio.check_still(im)
             im.load()
             colour, alpha, white = _decode(im, data)
-    except (EvaluationError, imageio.ImageReadError) as e:
-        raise EvaluationError(f"cannot read image {path}: {e}") from None
-    except Image.UnidentifiedImageError:
-        raise EvaluationError(
-            f"cannot read image {path}: not an image file Pillow can read"
-        ) from None
-    except (OSError, ValueError, SyntaxError, zlib.error, Image.DecompressionBombError) as e:
-        raise EvaluationError(f"cannot read image {path}: {e}") from e
     if alpha is not None and not allow_transparency:
         transparent = int(np.count_nonzero(alpha < white))
         if transparent:
@@ -286,6 +282,48 @@ def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
     if colour.dtype == np.uint8:
         return colour
     return metrics.to_uint8(colour.astype(np.float64) * (255.0 / white))
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Raise the errors of reading image ``path`` as :class:`EvaluationError` naming it."""
+    try:
+        yield
+    except (EvaluationError, imageio.ImageReadError) as e:
+        raise EvaluationError(f"cannot read image {path}: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise EvaluationError(
+            f"cannot read image {path}: not an image file Pillow can read"
+        ) from None
+    except (OSError, ValueError, SyntaxError, zlib.error, Image.DecompressionBombError) as e:
+        raise EvaluationError(f"cannot read image {path}: {e}") from e
+
+
+def min_hr_side(scale: int, border: int) -> int:
+    """The shortest HR side that can be scored at ``scale`` with ``border`` pixels cropped on
+    each side: mod-cropped to a multiple of ``scale``, less the border, it must hold the SSIM
+    window (:data:`hybridmoe.metrics.SSIM_WINDOW`)."""
+    return -(-(metrics.SSIM_WINDOW + 2 * border) // scale) * scale
+
+
+def check_hr_sizes(paths: Iterable[Path], scale: int, border: int) -> None:
+    """Refuse, before any work, an HR image too small to be scored (:func:`min_hr_side`) or
+    animated, from its header (Pillow gives the size without decoding the pixels); raises
+    :class:`EvaluationError` naming the file, its size, the minimum and the fix."""
+    need = min_hr_side(scale, border)
+    for path in paths:
+        with _reading(path), Image.open(path) as im:
+            imageio.check_still(im)
+            width, height = im.size
+        if min(width, height) < need:
+            window = metrics.SSIM_WINDOW
+            steps = [f"mod-cropped to a multiple of {scale}"] if scale > 1 else []
+            steps += [f"less {border} px on each side"] if border else []
+            raise EvaluationError(
+                f"HR image {path} ({width}x{height}) is too small to score at x{scale}: both "
+                f"sides must be at least {need} px ({', '.join([*steps, 'it'])} must hold the "
+                f"{window}x{window} SSIM window). Remove it from the set or use a larger image"
+            )
 
 
 def _decode(im: Image.Image, data: bytes) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -525,14 +563,24 @@ def _check_finite(y: torch.Tensor, descriptor: Any, name: str) -> None:
 # Evaluation
 # --------------------------------------------------------------------------------------------
 def score_pair(
-    sr: np.ndarray, hr: np.ndarray, scale: int, perceptual: Perceptual | None = None
+    sr: np.ndarray,
+    hr: np.ndarray,
+    scale: int,
+    perceptual: Perceptual | None = None,
+    *,
+    name: str = "the image",
 ) -> dict[str, float]:
     """PSNR (dB) and SSIM on Y, border ``scale``, of uint8 ``sr`` against ``hr`` (same shape),
-    and ``"lpips"`` with a ``perceptual`` scorer."""
-    row = {
-        "psnr": metrics.calculate_psnr(sr, hr, scale),
-        "ssim": metrics.calculate_ssim(sr, hr, scale),
-    }
+    and ``"lpips"`` with a ``perceptual`` scorer. An image the metrics cannot score (too small:
+    :func:`check_hr_sizes` refuses those before any work) is an :class:`EvaluationError`
+    naming ``name``."""
+    try:
+        row = {
+            "psnr": metrics.calculate_psnr(sr, hr, scale),
+            "ssim": metrics.calculate_ssim(sr, hr, scale),
+        }
+    except ValueError as e:
+        raise EvaluationError(f"cannot score {name}: {e}") from e
     if perceptual is not None:
         row["lpips"] = perceptual(sr, hr, scale)
     return row
@@ -557,10 +605,10 @@ def score_sr(
     ``scale``: ``{"bicubic": ..., "model": ...}`` (MATLAB bicubic upscaling, and the model
     unless ``descriptor`` is None)."""
     bicubic = metrics.imresize_matlab_uint8(lr, scale)
-    row = {"bicubic": score_pair(bicubic, hr, scale, perceptual)}
+    row = {"bicubic": score_pair(bicubic, hr, scale, perceptual, name=name)}
     if descriptor is not None:
         sr = super_resolve(descriptor, lr, tile, name=name)
-        row["model"] = score_pair(sr, hr, scale, perceptual)
+        row["model"] = score_pair(sr, hr, scale, perceptual, name=name)
     return row
 
 
@@ -631,8 +679,7 @@ def evaluate(
         raise EvaluationError(f"tile must be >= 0 (0: the whole image), got {tile}")
     tile = tile or None  # 0: the whole image, as upscale's --tile 0
     set_dirs = find_sets(data_dir, sets)
-    for set_dir in set_dirs.values():  # files left out named before any work
-        set_hr_paths(set_dir)
+    hr_paths = [p for d in set_dirs.values() for p in set_hr_paths(d, limit)]
     descriptor, info = None, None
     if model is not None:
         descriptor = load_descriptor(model, device, dtype)
@@ -643,6 +690,7 @@ def evaluate(
         raise EvaluationError("a noise seed needs a model (drop --noise with --bicubic-only)")
     if scale is None or scale < 2:
         raise EvaluationError(f"a bicubic-only run needs a scale >= 2, got {scale}")
+    check_hr_sizes(hr_paths, scale, scale)  # before the model runs
     run_model = None if bicubic_only else descriptor
     perceptual = lpips_scorer(lpips, device) if lpips is not None else None
     return {
@@ -704,10 +752,15 @@ RESTORE_BORDER = 0
 
 
 def score_restored(
-    out: np.ndarray, hr: np.ndarray, perceptual: Perceptual | None = None
+    out: np.ndarray,
+    hr: np.ndarray,
+    perceptual: Perceptual | None = None,
+    *,
+    name: str = "the image",
 ) -> dict[str, float]:
-    """PSNR (dB) and SSIM on Y, border :data:`RESTORE_BORDER`, of uint8 ``out`` against ``hr``."""
-    return score_pair(out, hr, RESTORE_BORDER, perceptual)
+    """PSNR (dB) and SSIM on Y, border :data:`RESTORE_BORDER`, of uint8 ``out`` against ``hr``
+    (:func:`score_pair`)."""
+    return score_pair(out, hr, RESTORE_BORDER, perceptual, name=name)
 
 
 def degraded_images(set_dir: Path, limit: int | None = None) -> Iterator[tuple[str, Any, Any]]:
@@ -715,7 +768,7 @@ def degraded_images(set_dir: Path, limit: int | None = None) -> Iterator[tuple[s
     checked: ``hr`` is the set's scale times ``lq``'s size (the same size for x1 sets)."""
     manifest = read_degraded_manifest(set_dir)
     s = degraded_scale(manifest)
-    for stem in sorted(manifest["images"])[:limit]:
+    for stem in degraded_stems(manifest, limit):
         hr = read_image(set_dir / "HR" / f"{stem}.png")
         lq = read_image(set_dir / "LQ" / f"{stem}.png")
         if hr.shape != (lq.shape[0] * s, lq.shape[1] * s, *lq.shape[2:]):
@@ -725,6 +778,11 @@ def degraded_images(set_dir: Path, limit: int | None = None) -> Iterator[tuple[s
                 f"set (HR size must be {expected}); remake the set"
             )
         yield stem, hr, lq
+
+
+def degraded_stems(manifest: dict[str, Any], limit: int | None = None) -> list[str]:
+    """The names of the first ``limit`` images of a degraded set, sorted."""
+    return sorted(manifest["images"])[:limit]
 
 
 def degraded_scale(manifest: dict[str, Any]) -> int:
@@ -811,8 +869,8 @@ def evaluate_degraded_set(
             continue
         out = super_resolve(descriptor, lq, tile, name=name)
         per_image[stem] = {
-            "input": score_restored(lq, hr, perceptual),
-            "model": score_restored(out, hr, perceptual),
+            "input": score_restored(lq, hr, perceptual, name=name),
+            "model": score_restored(out, hr, perceptual, name=name),
         }
     result: dict[str, Any] = {"images": len(per_image)}
     for method in (degraded_baseline(scale), "model"):
@@ -858,6 +916,15 @@ def evaluate_degraded(
             "has one scale: choose the sets of its scale with --sets"
         )
     scale = scales[names[0]]
+    check_hr_sizes(
+        [
+            degraded_dir / name / "HR" / f"{stem}.png"
+            for name in names
+            for stem in degraded_stems(read_degraded_manifest(degraded_dir / name), limit)
+        ],
+        scale,
+        degraded_border(scale),
+    )
     descriptor = load_descriptor(model, device, dtype, degraded_scale=scale)
     _with_noise(descriptor, noise_seed)
     perceptual = lpips_scorer(lpips, device) if lpips is not None else None

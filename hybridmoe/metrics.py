@@ -30,6 +30,8 @@ __all__ = [
 
 _CUBIC_A = -0.5  # MATLAB's bicubic kernel parameter
 _CUBIC_SUPPORT = 4.0  # kernel width in input pixels when upscaling
+SSIM_WINDOW = 11
+"""Side of the SSIM Gaussian window: images scored need both sides at least this long."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def calculate_psnr(
     return 10.0 * math.log10(255.0**2 / mse)
 
 
-def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+def _gaussian_1d(size: int = SSIM_WINDOW, sigma: float = 1.5) -> np.ndarray:
     """Normalized 1-D Gaussian ``(size,)``; its outer product is the 2-D SSIM window."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     g = np.exp(-(x**2) / (2.0 * sigma**2))
@@ -310,7 +312,7 @@ def _ssim_single(a: np.ndarray, b: np.ndarray) -> float:
     c2 = (0.03 * 255.0) ** 2
     g = _gaussian_1d()
     if min(a.shape) < g.shape[0]:
-        raise ValueError(f"image {a.shape} smaller than the 11x11 SSIM window")
+        raise ValueError(f"image {a.shape} smaller than the {g.size}x{g.size} SSIM window")
     mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
     var_a = _filter_valid(a * a, g) - mu_a**2
     var_b = _filter_valid(b * b, g) - mu_b**2

@@ -437,3 +437,25 @@ def test_two_images_with_one_stem_are_named(tmp_path: Path) -> None:
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
     with pytest.raises(DegradedSetError, match=r"x\.jpg and x\.png in .* share a file name"):
         set_images(tmp_path)
+
+
+def test_evaluate_degraded_refuses_an_hr_image_too_small_to_score_before_the_model_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A degraded set with an 8x8 image ended in a traceback ("smaller than the 11x11 SSIM
+    window") without the file name, after scoring the images before it."""
+    hr = _hr_folder(tmp_path / "src", names=("rgb",))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 90).save(hr / "small.png")
+    out = tmp_path / "out"
+    assert _make(str(hr), "--out", str(out)) == 0
+    report = tmp_path / "r.json"
+    model = _compact(tmp_path, 1)
+    assert evaluate.main([str(model), "--degraded", str(out), "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    small = out / "mine" / "HR" / "small.png"
+    assert err == (
+        f"error: HR image {small} (8x8) is too small to score at x1: both sides must be at "
+        "least 11 px (it must hold the 11x11 SSIM window). Remove it from the set or use a "
+        "larger image\n"
+    )
+    assert not report.exists()

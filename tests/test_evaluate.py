@@ -445,3 +445,49 @@ def test_hr_suffixes_match_in_any_case_and_files_left_out_are_named(
     assert evaluate.available_sets(tmp_path) == ["Tiny"]
     assert evaluate.main(argv) == 0
     assert "Tiny            1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("side", [5, 8, 12, 15])
+def test_an_hr_image_too_small_to_score_is_refused_before_the_model_runs(
+    side: int, compact_x2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 5x5 HR image ended in a traceback ("too small for crop_border=2"), an 8x8 or 12x12
+    one in "smaller than the 11x11 SSIM window", without the file name and only after every
+    image before it was scored. At x2 a side needs 16 px: mod-cropped, less 2 px each side, 12
+    (15 px: 14 - 4 = 10 < 11)."""
+    hr = _tiny_set(tmp_path, {"a.png": 32, "b.png": side})
+    report = tmp_path / "r.json"
+    argv = [str(compact_x2), "--data", str(tmp_path), "--sets", "Tiny", "--device", "cpu"]
+    assert evaluate.main([*argv, "--json", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: HR image {hr / 'b.png'} ({side}x{side}) is too small to score at x2: both sides "
+        "must be at least 16 px (mod-cropped to a multiple of 2, less 2 px on each side, it must "
+        "hold the 11x11 SSIM window). Remove it from the set or use a larger image\n"
+    )  # one line: no traceback, and no image scored (no progress bar)
+    assert not report.exists()
+    assert evaluate.min_hr_side(2, 2) == 16
+    assert [evaluate.min_hr_side(s, s) for s in (3, 4)] == [18, 20]
+
+
+def test_the_smallest_scorable_hr_image_is_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tiny_set(tmp_path, {"a.png": 16})
+    argv = ["--bicubic-only", "--scale", "2", "--data", str(tmp_path), "--sets", "Tiny"]
+    assert evaluate.main(argv) == 0
+    assert "error" not in capsys.readouterr().err
+    _tiny_set(tmp_path / "x4", {"a.png": 20})
+    assert evaluate.main([*argv[:2], "4", "--data", str(tmp_path / "x4"), "--sets", "Tiny"]) == 0
+
+
+def test_metrics_errors_name_the_image_as_a_last_resort() -> None:
+    """Images that reach the metrics too small (the up-front check refuses them in a run)
+    are an EvaluationError naming the image, not a bare ValueError."""
+    small = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(evaluate.EvaluationError, match=r"cannot score Tiny/b\.png: .*SSIM window"):
+        evaluate.score_pair(small, small, 0, name="Tiny/b.png")
+    with pytest.raises(evaluate.EvaluationError, match=r"cannot score Tiny/b\.png: .*too small"):
+        evaluate.score_sr(small[:2, :2], small, 4, None, name="Tiny/b.png")
+    with pytest.raises(evaluate.EvaluationError, match=r"Tiny/b\.png"):
+        evaluate.score_restored(small, small, name="Tiny/b.png")
