@@ -26,8 +26,8 @@ remove or replace it, or the whole ``LR_bicubic`` folder; the LR images are stil
 Every HR image is checked before the model runs (from its header): one too small to be scored
 is refused, named (mod-cropped to the scale, less ``scale`` border pixels on each side, it must
 hold the 11x11 SSIM window: at least 16 px a side at x2, 18 at x3, 20 at x4).
-``--tile N`` runs the model on LR tiles of N pixels; ``--tile 0`` (as without ``--tile``) on the
-whole image.
+``--tile N`` runs the model on LR tiles of N pixels (at least 16, the context run around each
+tile); ``--tile 0`` (as without ``--tile``) on the whole image.
 
 ``--degraded DIR`` evaluates the model instead on the fixed-seed degraded sets that
 ``hybridmoe make-degraded`` wrote under DIR (``DIR/<Set>/{HR,LQ}``, every set there by default);
@@ -84,6 +84,13 @@ from hybridmoe.provenance import record_header
 DEFAULT_SETS = ("Set5", "Set14", "B100", "Urban100")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TILE_CONTEXT = 16  # LR pixels of context added around each tile, cropped from its output
+MIN_TILE = TILE_CONTEXT
+"""The smallest tile (``--tile``; 0: the whole image): as wide as the context around it (a
+smaller one spends most of each forward on context, a 1-pixel tile one per LR pixel)."""
+TILE_RULE = (
+    f"0 (the whole image) or at least {MIN_TILE} (each tile runs with {TILE_CONTEXT} pixels of "
+    "context on each side)"
+)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # BT.601, = (65.481, 128.553, 24.966) / 219
 
 
@@ -482,6 +489,21 @@ def model_info(descriptor: Any, path: Path, device: str, dtype: str) -> dict[str
     }
 
 
+def tile_side(text: str) -> int:
+    """argparse type of ``--tile``: :data:`TILE_RULE`."""
+    tile = int(text)
+    if tile != 0 and tile < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"must be {TILE_RULE}, got {tile}")
+    return tile
+
+
+def _tile_or_whole(tile: int | None) -> int | None:
+    """``tile`` checked (:data:`TILE_RULE`), None for the whole image (None or 0)."""
+    if tile is not None and tile != 0 and tile < MIN_TILE:
+        raise EvaluationError(f"tile must be {TILE_RULE}, got {tile}")
+    return tile or None  # 0: the whole image, as upscale's --tile 0
+
+
 def forward(descriptor: Any, x: torch.Tensor, tile: int | None) -> torch.Tensor:
     """Run the model on ``x`` ``(1, C, h, w)`` in [0, 1] → ``(1, C_out, s·h, s·w)`` in [0, 1].
 
@@ -675,9 +697,7 @@ def evaluate(
         raise EvaluationError("the scale comes from the model; do not pass a scale with a model")
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
-    if tile is not None and tile < 0:
-        raise EvaluationError(f"tile must be >= 0 (0: the whole image), got {tile}")
-    tile = tile or None  # 0: the whole image, as upscale's --tile 0
+    tile = _tile_or_whole(tile)
     set_dirs = find_sets(data_dir, sets)
     hr_paths = [p for d in set_dirs.values() for p in set_hr_paths(d, limit)]
     descriptor, info = None, None
@@ -902,9 +922,7 @@ def evaluate_degraded(
     """
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
-    if tile is not None and tile < 0:
-        raise EvaluationError(f"tile must be >= 0 (0: the whole image), got {tile}")
-    tile = tile or None  # 0: the whole image, as upscale's --tile 0
+    tile = _tile_or_whole(tile)
     names = degraded_set_names(degraded_dir, sets)
     scales = {  # all sets checked before any work
         name: degraded_scale(read_degraded_manifest(degraded_dir / name)) for name in names
@@ -1030,10 +1048,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tile",
-        type=int,
+        type=tile_side,
         default=None,
         metavar="N",
-        help="LR tile side in pixels, 0 = whole image (default: whole image)",
+        help=f"LR tile side in pixels, at least {MIN_TILE}; 0 = whole image (default: whole image)",
     )
     p.add_argument("--json", type=Path, default=None, help="write all numbers to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -1075,8 +1093,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bicubic-only without MODEL needs --scale S")
     if args.model is not None and args.scale is not None:
         parser.error("--scale is read from MODEL; drop --scale")
-    if args.tile is not None and args.tile < 0:
-        parser.error(f"--tile must be >= 0 (0 or no --tile: the whole image), got {args.tile}")
     if args.degraded is not None and (args.bicubic_only or args.data is not None):
         parser.error("--degraded DIR holds the HR and LQ images; drop --bicubic-only and --data")
     try:

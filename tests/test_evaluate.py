@@ -367,7 +367,7 @@ def test_tile_zero_means_the_whole_image_as_without_tile(
     with pytest.raises(SystemExit) as exc:
         evaluate.main([*argv, "--tile", "-1"])
     assert exc.value.code == 2
-    assert "--tile must be >= 0" in capsys.readouterr().err
+    assert "argument --tile: must be 0 (the whole image) or at least 16" in capsys.readouterr().err
     assert "0 = whole image" in " ".join(evaluate.build_parser().format_help().split())
 
 
@@ -491,3 +491,27 @@ def test_metrics_errors_name_the_image_as_a_last_resort() -> None:
         evaluate.score_sr(small[:2, :2], small, 4, None, name="Tiny/b.png")
     with pytest.raises(evaluate.EvaluationError, match=r"Tiny/b\.png"):
         evaluate.score_restored(small, small, name="Tiny/b.png")
+
+
+@pytest.mark.parametrize("tile", [1, 15])
+def test_a_tile_smaller_than_its_context_is_a_usage_error(
+    tile: int, compact_x2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--tile 1 was accepted and ran one forward per LR pixel (each with 16 pixels of context
+    on every side); a tile must be 0 (the whole image) or at least the context, 16."""
+    _tiny_set(tmp_path, {"a.png": 64})
+    report = tmp_path / "r.json"
+    argv = [str(compact_x2), "--data", str(tmp_path), "--sets", "Tiny"]
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main([*argv, "--tile", str(tile), "--json", str(report)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"argument --tile: must be 0 (the whole image) or at least 16 (each tile runs with 16 "
+        f"pixels of context on each side), got {tile}"
+    ) in err
+    assert "Tiny x2" not in err and not report.exists()  # nothing ran
+    with pytest.raises(evaluate.EvaluationError, match=f"at least 16 .*got {tile}"):
+        evaluate.evaluate(compact_x2, tmp_path, ["Tiny"], tile=tile)
+    assert evaluate.main([*argv, "--tile", "16"]) == 0
+    assert "Tiny" in capsys.readouterr().out
