@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hybridmoe.imageio import ImageReadError, check_still, folder_problem
+from hybridmoe.imageio import ImageReadError, check_still, folder_problem, left_out_note
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.options import MEASURED_LQ
 
@@ -211,9 +211,11 @@ def check_folder_problem(files: list[Path], scale: int, check: Path) -> str | No
     )
 
 
-def input_files(hr_dirs: list[Path]) -> list[Path]:
-    """The image files of the HR folders (by suffix), each folder sorted by name."""
+def input_files(hr_dirs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The image files of the HR folders (by suffix), each folder sorted by name, and a note
+    per folder on the other files it holds (hidden ones aside), which are left out."""
     files: list[Path] = []
+    notes: list[str] = []
     for d in hr_dirs:
         if d.is_file():
             raise PairsError(
@@ -221,7 +223,12 @@ def input_files(hr_dirs: list[Path]) -> list[Path]:
             )
         if not d.is_dir():
             raise PairsError(f"HR folder not found: {d}")
-        files += sorted(p for p in d.iterdir() if p.suffix.lower() in EXTS and p.is_file())
+        entries = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+        files += [p for p in entries if p.suffix.lower() in EXTS]
+        others = [p for p in entries if p.suffix.lower() not in EXTS]
+        if others:
+            kinds = ", ".join(x.lstrip(".").upper() for x in sorted(EXTS))
+            notes.append(f"{d}: " + left_out_note(others, d, f"images ({kinds})"))
     if not files:
         raise PairsError(
             "no images found in "
@@ -235,7 +242,7 @@ def input_files(hr_dirs: list[Path]) -> list[Path]:
             f"two input images share the file name {dup!r}; their pairs would overwrite each "
             f"other. Rename one"
         )
-    return files
+    return files, notes
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -407,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     min_lr = template_lq_size(args.scale) if args.min_lr_size is None else args.min_lr_size
     check = args.check_against
     try:
-        files = input_files(args.hr_dirs)
+        files, notes = input_files(args.hr_dirs)
+        for note in notes:
+            print("warning:", note, file=sys.stderr)
         if check is not None and not check.is_dir():
             raise PairsError(f"--check-against {check} is not a folder of LR images")
         check_output(args.out, [*args.hr_dirs, *([check] if check else [])], args.overwrite)

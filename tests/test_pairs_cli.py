@@ -323,3 +323,20 @@ def test_an_animated_image_is_refused_before_work_and_nothing_is_written(
     assert "animated image (2 frames): only still images are supported" in line
     assert "remove it" in line
     assert not (tmp_path / "datasets").exists()
+
+
+def test_files_that_are_not_images_are_named_as_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They were skipped without a word (upscale and evaluate name theirs); hidden files such
+    as macOS's ._t1.png are passed over."""
+    src = photos(tmp_path / "my_photos")
+    (src / "notes.txt").write_text("credits")
+    (src / "._t1.png").write_bytes(b"\x00\x05\x16\x07")  # an AppleDouble file, not an image
+    assert run(src, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert f"warning: {src}: left out 1 files that are not images (" in err
+    assert err.rstrip().endswith(": notes.txt")
+    assert sorted(p.name for p in (tmp_path / "out" / "hr").iterdir()) == sorted(
+        f"{n}.png" for n in NAMES
+    )
