@@ -227,10 +227,11 @@ def options_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
             f"inconsistent HybridMoE checkpoint: meta says in_ch={recorded_in_ch}, stem has {in_ch}"
         )
     keys = _from_keys(sd)
+    levels = keys["levels"]  # counts of levels not built: 0 in the keys, as given in older meta
     if (
         "hf_blocks" in recorded
         and recorded["use_hf"]
-        and recorded["hf_blocks"] != keys["hf_blocks"]
+        and recorded["hf_blocks"][:levels] != keys["hf_blocks"][:levels]
     ):
         raise damaged(
             f"hmoe_meta says hf_blocks={recorded['hf_blocks']}, the keys hold {keys['hf_blocks']}"

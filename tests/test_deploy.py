@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -95,6 +96,24 @@ def test_fuse_already_fused_and_timing(tmp_path: Path, capsys: pytest.CaptureFix
     assert "already fused" in log
     assert "latency cpu 1x1x24x20" in log and "ms ->" in log
     assert C.load_checkpoint(out).model.deploy
+
+
+def test_fuse_a_network_without_reparam_convs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fuse() set deploy=True although nothing was fused; the file (no fused keys) reloaded as
+    deploy=False, so the fuse command refused to write it ("would not reload as the fused
+    model") and the options did not round-trip."""
+    options = {"scale": 2, "use_hf": False, "texture_head": False}
+    model = tiny(**options)
+    assert not model._fusable()
+    assert not A.HybridMoE(**{**TINY, **options, "deploy": True}).deploy
+    ckpt = save_trainer_pth(model, tmp_path / "net.pth")
+    assert fuse.main([str(ckpt), str(tmp_path / "f.safetensors")]) == 0
+    assert "no re-param convolutions; its deploy form is itself" in capsys.readouterr().out
+    loaded = C.load_checkpoint(tmp_path / "f.safetensors").model
+    assert loaded.hyperparameters == copy.deepcopy(model).fuse().hyperparameters
+    assert not loaded.deploy
 
 
 def test_fuse_verifies_on_a_random_image_unless_given_a_real_one(

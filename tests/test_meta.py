@@ -98,3 +98,20 @@ def test_legacy_in_ch_that_contradicts_the_stem_is_named(version: int) -> None:
     sd = {**model.state_dict(), "hmoe_meta": torch.tensor(values, dtype=torch.int32)}
     with pytest.raises(M.CheckpointError, match="meta says in_ch=1, stem has 3"):
         M.model_from_state_dict(sd)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_block_counts_of_unbuilt_levels_round_trip(levels: int) -> None:
+    """The counts of levels not built were recorded as given, so with levels 1 or 2 and the
+    default hf_blocks (2, 1, 0) the file was refused as damaged ("hmoe_meta says
+    hf_blocks=(2, 1, 0), the keys hold (2, 0, 0)"). They are recorded as 0 now, and files
+    written before that still load."""
+    model = tiny(levels=levels, hf_blocks=(2, 1, 1), enc_blocks=(1, 1, 1), dec_blocks=(1, 1))
+    hp = model.hyperparameters
+    assert hp["hf_blocks"][levels:] == (0,) * (3 - levels) and hp["dec_blocks"][1] == 0
+    assert M.model_from_state_dict(model.state_dict()).hyperparameters == hp
+    sd = model.state_dict()  # as written before: the unbuilt counts as given
+    sd["hmoe_meta"] = torch.tensor(
+        A.encode_meta({**hp, "hf_blocks": (2, 1, 1), "enc_blocks": (1, 1, 1)}), dtype=torch.int32
+    )
+    assert M.model_from_state_dict(sd).hyperparameters == hp

@@ -194,6 +194,14 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return ivalue
 
 
+def _built_blocks(counts: tuple[int, ...], levels: int) -> tuple[int, ...]:
+    """Block counts per level with the levels past ``levels`` set to 0. The decoder's counts
+    (×1, ×½) follow the same rule: its ×½ blocks exist only with three levels, where the ×½
+    level is not the bottleneck."""
+    built = levels if len(counts) == 3 else (1 if levels < 3 else 2)
+    return tuple(n if i < built else 0 for i, n in enumerate(counts))
+
+
 def _check_flag(name: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -1378,7 +1386,7 @@ class HybridMoE(nn.Module):
         dec_blocks: decoder blocks at ×1 (``conv_block``) and ×½ (attention; with levels=3
             only: at levels=2 the ×½ level is the deepest and holds the bottleneck).
             Block counts of levels the network does not build (``levels`` < 3) are not used
-            (they keep the defaults' entries valid for every ``levels``).
+            (they keep the defaults' entries valid for every ``levels``) and are recorded as 0.
         window_size: attention window (tokens per side).
         mlp_ratio: FFN hidden width / channels (per MoE expert).
         kernel_size: large-kernel size of the ``plk`` HF blocks and the optional stem block.
@@ -1449,9 +1457,11 @@ class HybridMoE(nn.Module):
         levels = _check_int("levels", levels, 1)
         if levels > 3:
             raise ValueError(f"HybridMoE: levels must be 1, 2 or 3, got {levels}")
-        enc = _check_blocks("enc_blocks", enc_blocks)
-        hfb = _check_blocks("hf_blocks", hf_blocks)
-        dec = _check_blocks("dec_blocks", dec_blocks, levels=2)
+        # counts of levels the network does not build are recorded as 0, so that the options
+        # (and the checkpoint's meta) describe the network that is built
+        enc = _built_blocks(_check_blocks("enc_blocks", enc_blocks), levels)
+        hfb = _built_blocks(_check_blocks("hf_blocks", hf_blocks), levels)
+        dec = _built_blocks(_check_blocks("dec_blocks", dec_blocks, levels=2), levels)
         mid_blocks = _check_int("mid_blocks", mid_blocks, 0)
         window_size = _check_int("window_size", window_size, 1)
         kernel_size = _check_int("kernel_size", kernel_size, 3)
@@ -1597,6 +1607,9 @@ class HybridMoE(nn.Module):
             if upsampler == "dysample" and scale > 1
             else PixelShuffleUpsampler(c1, in_ch, scale)
         )
+        if self.deploy and not self._fusable():  # no re-param conv: one form, the unfused one
+            self.deploy = False
+            self.hyperparameters = {**self.hyperparameters, "deploy": False}
 
     # -- configuration and runtime controls ----------------------------------------------------
 
@@ -1659,14 +1672,21 @@ class HybridMoE(nn.Module):
         """Re-parameterize every :class:`RepConv` into a single conv (deploy form), in place.
 
         Outputs are unchanged up to float rounding; the parameter count drops; the fused
-        state dict loads into ``HybridMoE(deploy=True, ...)``. Returns self.
+        state dict loads into ``HybridMoE(deploy=True, ...)``. A network without re-param
+        convolutions has one form only and keeps ``deploy=False`` (a checkpoint tells the
+        form by its fused keys). Returns self.
         """
+        fusable = self._fusable()
         for m in self.modules():
             if isinstance(m, RepConv):
                 m.fuse()
-        self.deploy = True
-        self.hyperparameters = {**self.hyperparameters, "deploy": True}
+        self.deploy = fusable or self.deploy
+        self.hyperparameters = {**self.hyperparameters, "deploy": self.deploy}
         return self
+
+    def _fusable(self) -> bool:
+        """Whether the network holds re-param convolutions (a deploy form differs from it)."""
+        return any(isinstance(m, RepConv) for m in self.modules())
 
     def _save_to_state_dict(
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
