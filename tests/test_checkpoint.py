@@ -631,3 +631,33 @@ def test_odd_keys_and_a_torch_save_file_named_safetensors(tmp_path: Path) -> Non
         sd["lf1.\u00b2." + k[len("lf1.0.") :]] = sd[k]
     with pytest.raises(C.CheckpointError):  # a key model_from_state_dict does not know
         M.model_from_state_dict(sd)
+
+
+def test_renamed_modules_load_and_a_key_under_both_names_is_refused(tmp_path: Path) -> None:
+    """Keys of earlier checkpoints (lf3_global., refine_moe.moe.) are mapped to the current
+    names; a file holding a tensor under both names loaded with the old copy silently winning."""
+    torch.manual_seed(0)
+    model = A.HybridMoE(**{**TINY, "scale": 2, "refine_moe": True})
+    perturb(model, 0.03, seed=1)
+    model.eval()
+    current = model.state_dict()
+    old_style = {
+        k.replace("global_block.", "lf3_global.").replace("refine_moe.ffn.", "refine_moe.moe."): v
+        for k, v in current.items()
+    }
+    assert old_style.keys() != current.keys()
+    path = tmp_path / "old.safetensors"
+    safetensors.torch.save_file(old_style, path)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(C.load_checkpoint(path).model.eval()(x), model(x))
+    for old, new in (("lf3_global.", "global_block."), ("refine_moe.moe.", "refine_moe.ffn.")):
+        both = dict(current)
+        key = next(k for k in current if k.startswith(new))
+        both[old + key[len(new) :]] = torch.zeros_like(current[key])
+        safetensors.torch.save_file(both, path)
+        with pytest.raises(C.CheckpointError, match="under an old and the current name: " + old):
+            C.load_checkpoint(path)
+        fresh = A.HybridMoE(**{**TINY, "scale": 2, "refine_moe": True})
+        with pytest.raises(RuntimeError, match=f"holds both {old}.* and its current name {new}"):
+            fresh.load_state_dict(both)

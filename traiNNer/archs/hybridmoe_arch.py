@@ -1710,8 +1710,12 @@ class HybridMoE(nn.Module):
         # nn.Module.load_state_dict serves from this same dict afterwards) read their tensors.
         for old in [k for k in state_dict if k.startswith(prefix)]:
             new = prefix + current_key(old[len(prefix) :])
-            if new != old:
-                state_dict[new] = state_dict.pop(old)
+            if new == old:
+                continue
+            if new in state_dict:  # both spellings: which one holds the weights is unknown
+                error_msgs.append(f"the checkpoint holds both {old} and its current name {new}")
+                continue
+            state_dict[new] = state_dict.pop(old)
         # hmoe_meta describes the configuration of the model that wrote it; this module keeps
         # its own (e.g. a pretrain of another scale loaded with strict_load_g: false).
         incoming = state_dict.pop(prefix + "hmoe_meta", None)
