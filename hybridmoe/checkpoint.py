@@ -178,6 +178,11 @@ def _deserialize(p: Path) -> object:
         raise _unreadable(p, e) from e
 
 
+MAX_WRAPPERS = 4
+"""How many nested wrapper dicts (``params_ema``, ``state_dict``, a single key, ...) are
+unwrapped around the weights."""
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read the state dict of a ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` file safely.
 
@@ -200,8 +205,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         )
     if all(k in data for k in TRAINING_STATE_KEYS):
         raise _training_state_error(p)
-    try:
-        sd = canonicalize_state_dict(data)
+    try:  # wrappers may nest ({"net_g": {"params_ema": ...}}): unwrap until nothing changes
+        sd = data
+        for _ in range(MAX_WRAPPERS):
+            inner = canonicalize_state_dict(sd)
+            if inner is sd or not isinstance(inner, dict):
+                break
+            sd = inner
     except (AttributeError, TypeError) as e:  # e.g. keys that are not names
         raise CheckpointError(
             f"{p}: the file is not a model state dict (names -> tensors): {_error_detail(e)}"

@@ -236,6 +236,8 @@ def _trace(net: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamo
 
 def _prepare(model: torch.nn.Module, fp16: bool) -> tuple[torch.nn.Module, torch.dtype]:
     net = copy.deepcopy(model).eval().cpu()
+    if hasattr(net, "set_noise_in_eval"):  # a graph of random ops would not be the model's
+        net.set_noise_in_eval(False)
     return (net.half(), torch.float16) if fp16 else (net.float(), torch.float32)
 
 

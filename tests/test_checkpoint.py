@@ -661,3 +661,14 @@ def test_renamed_modules_load_and_a_key_under_both_names_is_refused(tmp_path: Pa
         fresh = A.HybridMoE(**{**TINY, "scale": 2, "refine_moe": True})
         with pytest.raises(RuntimeError, match=f"holds both {old}.* and its current name {new}"):
             fresh.load_state_dict(both)
+
+
+def test_nested_wrappers_are_unwrapped(tmp_path: Path) -> None:
+    """{"net_g": {"params_ema": ...}} was "the checkpoint holds no tensors" (one unwrap only)."""
+    torch.manual_seed(0)
+    model = A.HybridMoE(**{**TINY, "scale": 2}).eval()
+    path = tmp_path / "nested.pth"
+    torch.save({"net_g": {"params_ema": model.state_dict()}}, path)
+    x = torch.rand(1, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(C.load_checkpoint(path).model.eval()(x), model(x))

@@ -461,6 +461,20 @@ def test_fp16_export_without_symbolics(
     assert np.isfinite(diff) and diff < export.FP16_TOL
 
 
+def test_export_leaves_the_noise_out(tmp_path: Path) -> None:
+    """A model with its noise switched on in eval (as upscale --noise does) was exported with
+    RandomNormalLike nodes: a graph whose output changed from run to run."""
+    import onnx
+
+    model = tiny(scale=2, texture_head=True, noise=True).set_noise_in_eval(True)
+    res = export.export(model, tmp_path / "noise.onnx")
+    ops = {node.op_type for node in onnx.load(str(res.path)).graph.node}
+    assert not any(op.startswith("Random") for op in ops), sorted(ops)
+    assert model.head.inject_noise_in_eval  # the caller's model is left as it was
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(ort_run(res.path, x.numpy()), ort_run(res.path, x.numpy()))
+
+
 # ---------------------------------------------------------------------- --export-safe
 
 
