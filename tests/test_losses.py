@@ -363,6 +363,15 @@ def test_balance_loss_without_training_forward_raises() -> None:
 
 
 @pytest.mark.usefixtures("clean_channel")
+def test_balance_loss_of_an_empty_batch_is_zero(nano: torch.nn.Module) -> None:
+    """A batch of no images routes no token: the term is 0 (it raised "no router statistics
+    ... the network is not a HybridMoE model")."""
+    out = nano.train()(torch.rand(0, 3, 4, 4))
+    value = HybridMoEBalanceLoss(0.01)(out, out)
+    assert value.shape == () and value.item() == 0.0
+
+
+@pytest.mark.usefixtures("clean_channel")
 def test_balance_loss_is_consumed_once(nano: torch.nn.Module) -> None:
     net = nano.train()
     out = net(torch.rand(1, 3, 4, 4))

@@ -246,6 +246,8 @@ class HybridMoEBalanceLoss(nn.Module):
         _check_pair(type(self).__name__, pred, target)
         arch = arch_module()
         term = arch.MOE_AUX.take_balance_loss()
+        if term is None and pred.shape[0] == 0:  # a batch of no images routes no token
+            return pred.new_zeros(())
         if term is None:
             raise RuntimeError(
                 f"{BALANCE_LOSS_NAME}: no router statistics were recorded. The load-balance "
