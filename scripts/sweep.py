@@ -293,18 +293,43 @@ def run_name(
     return f"{config}_x{scale}{tag}" + (f"_seed{seed}" if seed else "")
 
 
-def load_init(init_dir: Path, config: str, scale: int) -> dict[str, torch.Tensor]:
-    """The EMA weights of run ``<config>_x<scale>`` under ``init_dir`` (float32), checked
-    against its meta.json: the start of a fine-tuning run."""
-    run = init_dir / run_name(config, scale, 0)
-    meta_path = run / "meta.json"
-    if not meta_path.is_file():
-        raise UsageError(f"--init: no run {run} (meta.json) to start {config} x{scale} from")
-    meta = json.loads(meta_path.read_text())
+def init_run(init_dir: Path, config: str, scale: int, degrade_preset: str | None = None) -> Path:
+    """The run under ``init_dir`` that a fine-tune of ``config`` x``scale`` starts from,
+    checked against its meta.json. With ``--degrade``, the run made with the same preset
+    (``<config>_x<scale>_<preset>``) first; above x1 the bicubic run (``<config>_x<scale>``)
+    else, the start of the x4 real-world GAN fine-tune (docs/TRAINING.md §5e). At x1 only the
+    restoration run: an x1 run without ``--degrade`` learns the identity. A run that did not
+    finish is refused."""
+    runs = [init_dir / run_name(config, scale, 0, degrade_preset)]
+    if degrade_preset and scale > 1:
+        runs.append(init_dir / run_name(config, scale, 0))
+    run = next((r for r in runs if (r / "meta.json").is_file()), None)
+    if run is None:
+        tried = " or ".join(str(r) for r in runs)
+        why = (
+            "; at x1 it is the --degrade run (an x1 run without --degrade learns the identity)"
+            if degrade_preset and scale == 1
+            else ""
+        )
+        raise UsageError(f"--init: no run {tried} (meta.json) to start {config} x{scale} from{why}")
+    meta = json.loads((run / "meta.json").read_text())
     if meta.get("config") != config or meta.get("scale") != scale:
         raise UsageError(
             f"--init: {run} is {meta.get('config')} x{meta.get('scale')}, not {config} x{scale}"
         )
+    if meta.get("finished") is False:
+        raise UsageError(
+            f"--init: {run} did not finish (meta.json: finished false, at "
+            f"{meta.get('iterations')} iterations); finish it before starting from it"
+        )
+    return run
+
+
+def load_init(
+    init_dir: Path, config: str, scale: int, degrade_preset: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The EMA weights (float32) of the run a fine-tune starts from (:func:`init_run`)."""
+    run = init_run(init_dir, config, scale, degrade_preset)
     for name in ("ema.pt", "ema16.pt"):
         if (run / name).is_file():
             sd = torch.load(run / name, map_location="cpu", weights_only=True)
@@ -716,10 +741,8 @@ def check_train_args(args: argparse.Namespace, configs: list[str]) -> None:
     for config in configs:
         run = Path(args.out) / run_name(config, scale, args.seed, preset, bool(gan_weights))
         check_resume(run, args)
-        source = init_config or config
-        start = Path(init_dir or ".") / run_name(source, scale, 0)
-        if init_dir and not (run / "state.pt").is_file() and not (start / "meta.json").is_file():
-            raise UsageError(f"--init: no run {start} (meta.json) to start {source} x{scale} from")
+        if init_dir and not (run / "state.pt").is_file():
+            init_run(Path(init_dir), init_config or config, scale, preset)
 
 
 def write_weights(run: Path, keys: list[str], ema: list[torch.Tensor], meta: dict) -> None:
@@ -772,7 +795,8 @@ def train_one(args: argparse.Namespace) -> int:
     start = 0
     state_path = run / "state.pt"
     if init_dir and not state_path.is_file():
-        added = start_from(model, load_init(Path(init_dir), init_config, scale), init_config)
+        init = load_init(Path(init_dir), init_config, scale, preset)
+        added = start_from(model, init, init_config)
         if added:
             print(f"{name} x{scale}: from {init_config}, new (identity at the start): {added}")
         for e, v in zip(ema, model.state_dict().values(), strict=True):

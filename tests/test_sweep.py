@@ -635,20 +635,25 @@ def test_a_fine_tune_may_add_the_noise_head_and_starts_at_its_source_output() ->
         )
 
 
-def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _lpips_file(path: Path, seed: int = 0) -> Path:
+    """An LPIPS-VGG weights file of the real layout (random values)."""
     from safetensors.torch import save_file
     from torchvision.models import vgg16
 
+    torch.manual_seed(seed)
+    feats = {f"features.{k}": v for k, v in vgg16(weights=None).features[:30].state_dict().items()}
+    heads = {f"lin.{n}": torch.rand(1, c, 1, 1) for n, c in enumerate((64, 128, 256, 512, 512))}
+    save_file({**feats, **heads}, str(path))
+    return path
+
+
+def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
     monkeypatch.setattr(sweep, "GAN_RECIPE", {**sweep.GAN_RECIPE, "d_width": 8})
     monkeypatch.setattr(sweep, "SAVE_EVERY", 1)
-    torch.manual_seed(0)  # an LPIPS-VGG file of the real layout (random values)
-    feats = {f"features.{k}": v for k, v in vgg16(weights=None).features[:30].state_dict().items()}
-    heads = {f"lin.{n}": torch.rand(1, c, 1, 1) for n, c in enumerate((64, 128, 256, 512, 512))}
-    lp = tmp_path / "lpips_vgg.safetensors"
-    save_file({**feats, **heads}, str(lp))
+    lp = _lpips_file(tmp_path / "lpips_vgg.safetensors")
     base = ["train-one", "--config", "compact", "--scale", "4", "--data", str(HR), "--crop", "8"]
     assert sweep.main([*base, "--iters", "2", "--out", str(tmp_path / "fid")]) == 0
     start = torch.load(tmp_path / "fid" / "compact_x4" / "ema.pt", weights_only=True)
@@ -692,6 +697,54 @@ def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
                 str(lp),
             ]
         )
+
+
+def test_an_x1_gan_fine_tune_starts_from_the_restoration_run_and_never_from_an_unfinished_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --degrade the start is the run of the same preset; at x1 only that one (a plain x1
+    run learns the identity), at x4 the bicubic run where there is none (docs/TRAINING.md
+    §5e). A start that did not finish is refused, named."""
+    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
+    monkeypatch.setattr(sweep, "GAN_RECIPE", {**sweep.GAN_RECIPE, "d_width": 8})
+    lp = _lpips_file(tmp_path / "lpips_vgg.safetensors")
+    fid = tmp_path / "fid"
+    base = ["train-one", "--config", "compact", "--scale", "1", "--data", str(HR), "--crop", "16"]
+    base += ["--iters", "1"]
+    assert sweep.main([*base, "--out", str(fid)]) == 0  # compact_x1: not a start
+    gan = [*base, "--degrade", "restore", "--init", str(fid), "--gan", str(lp)]
+    with pytest.raises(SystemExit, match=r"no run \S*compact_x1_restore \(meta.json\)"):
+        sweep.main([*gan, "--out", str(tmp_path / "gan")])
+    assert not (tmp_path / "gan").exists()
+    assert sweep.main([*base, "--degrade", "restore", "--out", str(fid)]) == 0
+    start = torch.load(fid / "compact_x1_restore" / "ema.pt", weights_only=True)
+    lr0 = {**sweep.GAN_RECIPE, "lr": 1e-12, "lr_d": 1e-12}  # a step that moves nothing
+    monkeypatch.setattr(sweep, "GAN_RECIPE", lr0)
+    assert sweep.main([*gan, "--out", str(tmp_path / "gan")]) == 0
+    after = torch.load(tmp_path / "gan" / "compact_x1_restore_gan" / "ema.pt", weights_only=True)
+    for k, v in start.items():
+        torch.testing.assert_close(after[k], v, rtol=0, atol=1e-6)
+    # a start stopped before its budget is refused, named, before anything is made
+    meta_path = fid / "compact_x1_restore" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "finished": False}))
+    with pytest.raises(SystemExit, match=r"compact_x1_restore did not finish"):
+        sweep.main([*gan, "--out", str(tmp_path / "gan2")])
+    assert not (tmp_path / "gan2").exists()
+
+    # at x4 the run of the preset comes first, the bicubic (fidelity) run else
+    def make(name: str) -> Path:
+        (tmp_path / "x4" / name).mkdir(parents=True)
+        meta = {"config": "compact", "scale": 4, "finished": True}
+        (tmp_path / "x4" / name / "meta.json").write_text(json.dumps(meta))
+        return tmp_path / "x4" / name
+
+    with pytest.raises(SystemExit, match=r"compact_x4_realworld4 or \S*compact_x4 \(meta"):
+        sweep.init_run(tmp_path / "x4", "compact", 4, "realworld4")
+    plain = make("compact_x4")
+    assert sweep.init_run(tmp_path / "x4", "compact", 4, "realworld4") == plain
+    assert sweep.init_run(tmp_path / "x4", "compact", 4) == plain
+    degraded = make("compact_x4_realworld4")
+    assert sweep.init_run(tmp_path / "x4", "compact", 4, "realworld4") == degraded
 
 
 @pytest.mark.skipif(
