@@ -85,6 +85,7 @@ import hybridmoe_arch as A
 from hybridmoe import bench as timing_tools
 from hybridmoe import degrade, metrics
 from hybridmoe import evaluate as ev
+from hybridmoe.install import sha256_of
 from hybridmoe.provenance import record_header
 
 # The configurations the ablations start from, written out: the variants may change, these
@@ -636,9 +637,16 @@ RESUME_FLAGS = {
 """The recipe values a resume must keep, with the option that sets each."""
 
 
+def same_path(a: str, b: str) -> bool:
+    """``a`` and ``b`` name the same file or folder."""
+    return a == b or Path(a).resolve() == Path(b).resolve()
+
+
 def check_resume(run: Path, args: argparse.Namespace) -> None:
     """A resume (``run`` holds its state and meta.json) keeps its recipe and its data: another
-    value of a recipe option, or other ``--data`` folders, are refused, naming what to give."""
+    value of a recipe option, other ``--data`` folders, or for a GAN fine-tune another
+    ``--gan`` weights file (by content where the meta has its sha256, by path in older runs) or
+    ``--init`` / ``--init-config`` start, are refused, naming what to give."""
     meta_path = run / "meta.json"
     if not ((run / "state.pt").is_file() and meta_path.is_file()):
         return
@@ -653,13 +661,34 @@ def check_resume(run: Path, args: argparse.Namespace) -> None:
                 f"{run} was trained with {flag} {was}; resume it with the same value "
                 f"(got {flag} {now[key]}), or give the new recipe its own --out"
             )
+    gan, gan_weights = meta.get("gan"), getattr(args, "gan", None)
+    if gan and gan_weights:
+        digest = gan.get("lpips_sha256")  # older runs kept the path only
+        if digest:
+            same, other = sha256_of(Path(gan_weights)) == digest, "other contents"
+        else:
+            same, other = same_path(gan["lpips_weights"], gan_weights), "another path"
+        if not same:
+            raise UsageError(
+                f"{run} was trained with --gan {gan['lpips_weights']}; resume it with the same "
+                f"weights (got --gan {gan_weights}, {other}), or give the new recipe its own --out"
+            )
+        # a run whose meta lacks init_config started from its own configuration
+        was_config = gan.get("init_config", meta["config"])
+        init_config = getattr(args, "init_config", None) or meta["config"]
+        for flag, was, now, same in (
+            ("--init", gan["init"], args.init, same_path(gan["init"], str(args.init))),
+            ("--init-config", was_config, init_config, was_config == init_config),
+        ):
+            if not same:
+                raise UsageError(
+                    f"{run} was trained with {flag} {was}; resume it with the same value "
+                    f"(got {flag} {now}), or give the new recipe its own --out"
+                )
     was_data, data = meta.get("data"), [str(d) for d in args.data]
     same = was_data is None or (
         len(was_data) == len(data)
-        and all(
-            a == b or Path(a).resolve() == Path(b).resolve()
-            for a, b in zip(was_data, data, strict=True)
-        )
+        and all(same_path(a, b) for a, b in zip(was_data, data, strict=True))
     )
     if not same:
         raise UsageError(
@@ -878,6 +907,7 @@ def train_one(args: argparse.Namespace) -> int:
         meta["gan"] = {
             **GAN_RECIPE,
             "lpips_weights": str(gan_weights),
+            "lpips_sha256": sha256_of(Path(gan_weights)),
             "init": str(init_dir),
             "init_config": init_config,
         }

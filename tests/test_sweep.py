@@ -635,12 +635,12 @@ def test_a_fine_tune_may_add_the_noise_head_and_starts_at_its_source_output() ->
         )
 
 
-def _lpips_file(path: Path, seed: int = 0) -> Path:
+def _lpips_file(path: Path) -> Path:
     """An LPIPS-VGG weights file of the real layout (random values)."""
     from safetensors.torch import save_file
     from torchvision.models import vgg16
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     feats = {f"features.{k}": v for k, v in vgg16(weights=None).features[:30].state_dict().items()}
     heads = {f"lin.{n}": torch.rand(1, c, 1, 1) for n, c in enumerate((64, 128, 256, 512, 512))}
     save_file({**feats, **heads}, str(path))
@@ -676,6 +676,28 @@ def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
     assert state["iter"] == 3 and "disc" in state and "opt_d" in state
     meta = json.loads((run / "meta.json").read_text())
     assert meta["gan"]["init"] == str(tmp_path / "fid") and meta["recipe"]["lr"] == 1e-12
+    # a resume keeps its LPIPS weights (by contents: a moved copy is the same) and its start
+    moved = tmp_path / "moved.safetensors"
+    shutil.copyfile(lp, moved)
+    assert sweep.main([*gan, "--iters", "3", "--gan", str(moved)]) == 0
+    other = tmp_path / "other.safetensors"  # the same layout, one value changed
+    data = bytearray(lp.read_bytes())
+    data[-1] ^= 1
+    other.write_bytes(data)
+    with pytest.raises(SystemExit, match=r"--gan \S*lpips_vgg.safetensors; resume it with the"):
+        sweep.main([*gan, "--iters", "4", "--gan", str(other)])
+    shutil.copytree(tmp_path / "fid", tmp_path / "fid2")
+    with pytest.raises(SystemExit, match=r"--init \S*fid; .* its own --out"):
+        sweep.main([*gan[:-1], str(tmp_path / "fid2"), "--iters", "4", "--gan", str(lp)])
+    with pytest.raises(SystemExit, match=r"--init-config compact; .* its own --out"):
+        sweep.main([*gan, "--iters", "4", "--gan", str(lp), "--init-config", "trunk64x10_lean"])
+    # a run from before the sha256 was kept resumes with the file at its path
+    old = {**meta, "gan": {k: v for k, v in meta["gan"].items() if k != "lpips_sha256"}}
+    (run / "meta.json").write_text(json.dumps(old))
+    assert sweep.main([*gan, "--iters", "3", "--gan", str(lp)]) == 0
+    with pytest.raises(SystemExit, match=r"another path\), or give the new recipe its own"):
+        sweep.main([*gan, "--iters", "4", "--gan", str(moved)])
+    assert json.loads((run / "meta.json").read_text()) == old
     # a run stopped before its budget (a device session ended) exports only when asked to
     (run / "meta.json").write_text(json.dumps({**meta, "finished": False}))
     ckpt = tmp_path / "gan.safetensors"
