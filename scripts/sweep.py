@@ -756,6 +756,19 @@ def check_train_args(args: argparse.Namespace, configs: list[str]) -> None:
         raise UsageError("--val scores bicubic inputs; a --degrade run has no validation set")
     if gan_weights and not init_dir:
         raise UsageError("--gan fine-tunes a trained network; give its run folder with --init")
+    crop = train_values(args)["lr_size"]
+
+    def gan_crop(c: int) -> bool:  # the discriminator halves it 3 times; LPIPS-VGG takes >= 16
+        return c * scale % 8 == 0 and c * scale >= 16
+
+    if gan_weights and not gan_crop(crop):
+        below = [c for c in range(1, crop) if gan_crop(c)]
+        above = next(c for c in itertools.count(crop + 1) if gan_crop(c))
+        raise UsageError(
+            f"--crop {crop}: --gan needs HR crops (--crop x --scale, here {crop * scale} px) "
+            f"that are a multiple of 8 and at least 16; give --crop "
+            + (f"{below[-1]} or {above}" if below else str(above))
+        )
     for folder in args.data:
         check_data(Path(folder), scale, hr_only=bool(preset))
     if val and not Path(val).is_dir():

@@ -661,6 +661,13 @@ def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
     gan = [*base, "--out", str(tmp_path / "gan"), "--init", str(tmp_path / "fid")]
     with pytest.raises(SystemExit, match="--init"):
         sweep.main([*base, "--iters", "1", "--out", str(tmp_path / "x"), "--gan", str(lp)])
+    # HR crops the discriminator (multiples of 8) or LPIPS-VGG (16 px) cannot take: refused
+    # before anything is built, with the nearest crops that work
+    with pytest.raises(SystemExit, match=r"--crop 5: .*here 20 px.*; give --crop 4 or 6$"):
+        sweep.main([*gan, "--iters", "1", "--gan", str(lp), "--crop", "5"])
+    with pytest.raises(SystemExit, match=r"--crop 3: .*; give --crop 4$"):
+        sweep.main([*gan, "--iters", "1", "--gan", str(lp), "--crop", "3"])
+    assert not (tmp_path / "gan").exists()
     lr0 = {**sweep.GAN_RECIPE, "lr": 1e-12, "lr_d": 1e-12}  # a step that moves nothing
     monkeypatch.setattr(sweep, "GAN_RECIPE", lr0)
     assert sweep.main([*gan, "--iters", "1", "--gan", str(lp)]) == 0
@@ -737,6 +744,8 @@ def test_an_x1_gan_fine_tune_starts_from_the_restoration_run_and_never_from_an_u
     gan = [*base, "--degrade", "restore", "--init", str(fid), "--gan", str(lp)]
     with pytest.raises(SystemExit, match=r"no run \S*compact_x1_restore \(meta.json\)"):
         sweep.main([*gan, "--out", str(tmp_path / "gan")])
+    with pytest.raises(SystemExit, match=r"--crop 20: .*; give --crop 16 or 24$"):
+        sweep.main([*gan, "--out", str(tmp_path / "gan"), "--crop", "20"])
     assert not (tmp_path / "gan").exists()
     assert sweep.main([*base, "--degrade", "restore", "--out", str(fid)]) == 0
     start = torch.load(fid / "compact_x1_restore" / "ema.pt", weights_only=True)
