@@ -646,7 +646,8 @@ def check_resume(run: Path, args: argparse.Namespace) -> None:
     """A resume (``run`` holds its state and meta.json) keeps its recipe and its data: another
     value of a recipe option, other ``--data`` folders, or for a GAN fine-tune another
     ``--gan`` weights file (by content where the meta has its sha256, by path in older runs) or
-    ``--init`` / ``--init-config`` start, are refused, naming what to give."""
+    ``--init`` / ``--init-config`` start (any fine-tune; older runs recorded it for GAN
+    fine-tunes only), are refused, naming what to give."""
     meta_path = run / "meta.json"
     if not ((run / "state.pt").is_file() and meta_path.is_file()):
         return
@@ -673,12 +674,15 @@ def check_resume(run: Path, args: argparse.Namespace) -> None:
                 f"{run} was trained with --gan {gan['lpips_weights']}; resume it with the same "
                 f"weights (got --gan {gan_weights}, {other}), or give the new recipe its own --out"
             )
-        # a run whose meta lacks init_config started from its own configuration
-        was_config = gan.get("init_config", meta["config"])
+    start = meta.get("init") or (  # older GAN runs kept their start in meta["gan"]
+        {"dir": gan["init"], "config": gan.get("init_config", meta["config"])} if gan else None
+    )
+    if start:
+        init = getattr(args, "init", None)
         init_config = getattr(args, "init_config", None) or meta["config"]
         for flag, was, now, same in (
-            ("--init", gan["init"], args.init, same_path(gan["init"], str(args.init))),
-            ("--init-config", was_config, init_config, was_config == init_config),
+            ("--init", start["dir"], init, init is not None and same_path(start["dir"], init)),
+            ("--init-config", start["config"], init_config, start["config"] == init_config),
         ):
             if not same:
                 raise UsageError(
@@ -916,6 +920,11 @@ def train_one(args: argparse.Namespace) -> int:
     }
     if preset:
         meta["degradation"] = {"preset": preset, **degrade.PRESETS[preset].to_dict()}
+    if init_dir:  # the start: the folder given, and the run in it that was used
+        earlier = json.loads((run / "meta.json").read_text()) if state_path.is_file() else {}
+        meta["init"] = earlier.get("init") or {"dir": str(init_dir), "config": init_config}
+        if not state_path.is_file():
+            meta["init"]["run"] = str(init_run(Path(init_dir), init_config, scale, preset))
     if disc is not None:
         meta["gan"] = {
             **GAN_RECIPE,

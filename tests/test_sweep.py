@@ -728,6 +728,35 @@ def test_gan_fine_tuning_starts_from_a_run_trains_a_discriminator_and_resumes(
         )
 
 
+def test_any_fine_tune_records_its_start_and_keeps_it_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune without --gan recorded nothing of its start, so its resume took another
+    --init without a word; meta.json now names the folder, the configuration and the run used
+    (here the bicubic x4 run: there is no realworld4 one)."""
+    monkeypatch.setattr(sweep, "RECIPE", {**sweep.RECIPE, "batch": 2})
+    monkeypatch.setattr(sweep, "SAVE_EVERY", 1)
+    base = ["train-one", "--config", "compact", "--scale", "4", "--data", str(HR), "--crop", "8"]
+    assert sweep.main([*base, "--iters", "1", "--out", str(tmp_path / "fid")]) == 0
+    tune = [*base, "--degrade", "realworld4", "--out", str(tmp_path / "rw")]
+    assert sweep.main([*tune, "--iters", "1", "--init", str(tmp_path / "fid")]) == 0
+    run = next((tmp_path / "rw").iterdir())
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["init"] == {
+        "dir": str(tmp_path / "fid"),
+        "config": "compact",
+        "run": str(tmp_path / "fid" / "compact_x4"),
+    }
+    shutil.copytree(tmp_path / "fid", tmp_path / "fid2")
+    with pytest.raises(SystemExit, match=r"--init \S*fid; resume it with the same value"):
+        sweep.main([*tune, "--iters", "2", "--init", str(tmp_path / "fid2")])
+    with pytest.raises(SystemExit, match=r"\(got --init None\)"):
+        sweep.main([*tune, "--iters", "2"])
+    shutil.rmtree(tmp_path / "fid2")
+    assert sweep.main([*tune, "--iters", "2", "--init", str(tmp_path / "fid")]) == 0
+    assert json.loads((run / "meta.json").read_text())["init"] == meta["init"]
+
+
 def test_an_x1_gan_fine_tune_starts_from_the_restoration_run_and_never_from_an_unfinished_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
