@@ -924,9 +924,8 @@ def evaluate_degraded(
         raise EvaluationError(f"limit must be >= 1, got {limit}")
     tile = _tile_or_whole(tile)
     names = degraded_set_names(degraded_dir, sets)
-    scales = {  # all sets checked before any work
-        name: degraded_scale(read_degraded_manifest(degraded_dir / name)) for name in names
-    }
+    manifests = {name: read_degraded_manifest(degraded_dir / name) for name in names}
+    scales = {name: degraded_scale(m) for name, m in manifests.items()}  # all, before any work
     if len(set(scales.values())) > 1:
         found = ", ".join(f"{name} x{s}" for name, s in scales.items())
         raise EvaluationError(
@@ -937,8 +936,8 @@ def evaluate_degraded(
     check_hr_sizes(
         [
             degraded_dir / name / "HR" / f"{stem}.png"
-            for name in names
-            for stem in degraded_stems(read_degraded_manifest(degraded_dir / name), limit)
+            for name, manifest in manifests.items()
+            for stem in degraded_stems(manifest, limit)
         ],
         scale,
         degraded_border(scale),

@@ -262,11 +262,11 @@ def check_layout(options: dict[str, Any], sd: dict[str, Tensor]) -> None:
             expected = HybridMoE(**options).state_dict()
     except ValueError as e:
         raise damaged(f"its options do not form a valid model ({e})") from e
-    renamed = {k: arch.current_key(k) for k in sd if arch.current_key(k) != k}
-    twice = [f"{old} and {new}" for old, new in renamed.items() if new in sd]
+    current = {k: arch.current_key(k) for k in sd}
+    twice = [f"{k} and {new}" for k, new in current.items() if new != k and new in sd]
     if twice:
         raise damaged(f"it holds tensors under an old and the current name: {', '.join(twice)}")
-    sd = {arch.current_key(k): v for k, v in sd.items()}
+    sd = {current[k]: v for k, v in sd.items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [

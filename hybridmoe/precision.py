@@ -267,7 +267,7 @@ def load_images(
     images = []
     for set_name in sets:
         set_dir = ev.find_set(data_dir, set_name)
-        for path in ev.hr_images(set_dir)[0][:limit]:
+        for path in ev.set_hr_paths(set_dir, limit):
             hr = ev.read_image(path)
             if crop is not None:
                 side = crop * scale

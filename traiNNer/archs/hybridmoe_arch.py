@@ -1676,11 +1676,10 @@ class HybridMoE(nn.Module):
         convolutions has one form only and keeps ``deploy=False`` (a checkpoint tells the
         form by its fused keys). Returns self.
         """
-        fusable = self._fusable()
         for m in self.modules():
             if isinstance(m, RepConv):
                 m.fuse()
-        self.deploy = fusable or self.deploy
+        self.deploy = self._fusable()  # fused RepConvs stay RepConvs (in their deploy form)
         self.hyperparameters = {**self.hyperparameters, "deploy": self.deploy}
         return self
 
