@@ -14,8 +14,10 @@ Commands::
                     [--deadline-s S]
         one process per configuration, side by side on the GPU; each saves its full training
         state every 500 iterations and when the deadline comes, and resumes from it when run
-        again with the same --out and --data (so a budget can span several machine sessions).
-        The names, folders and a resume's recipe are checked before any run starts; a run that
+        again with the same --out and the same images under --data (so a budget can span several
+        machine sessions; a resume checks the decoded images against the sha256 its run
+        recorded, so the folders may move but not change). The names, folders and a resume's
+        recipe are checked before any run starts; a run that
         fails shows the last line of its output (all of it in RUNS/<run>.stdout). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
         --warmup N: the rate rises linearly over the first N iterations; --lr X: another peak
@@ -65,6 +67,7 @@ spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -423,19 +426,30 @@ def registered_name(config: str) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def load_pairs(data: Path, scale: int, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+def digest_image(digest: Any, name: str, pixels: np.ndarray) -> None:
+    """Adds one decoded image (its file name, shape and pixels) to a data digest."""
+    digest.update(f"{name}:{pixels.shape}".encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+
+
+def load_pairs(
+    data: Path, scale: int, device: torch.device, digest: Any = None
+) -> list[tuple[torch.Tensor, ...]]:
     """All ``hr/*.png`` + ``lr/*.png`` pairs of a make_pairs.py folder as uint8 CHW tensors.
 
     A folder of HR images only (``*.jpg``/``*.png``, e.g. the photo tiles of
     make_photo_tiles.py) gets its LR images from PyTorch's antialiased bicubic (a = -0.5, the
-    MATLAB kernel; borders and rounding differ slightly from MATLAB's ``imresize``)."""
+    MATLAB kernel; borders and rounding differ slightly from MATLAB's ``imresize``).
+    ``digest`` (a hashlib object), where given, takes in every decoded image read."""
     from PIL import Image
 
+    digest = hashlib.sha256() if digest is None else digest
     pairs = []
     if not (data / "hr").is_dir():
         for path in sorted([*data.glob("*.jpg"), *data.glob("*.png")]):
             hr = np.asarray(Image.open(path).convert("RGB"))
             hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
+            digest_image(digest, path.name, hr)
             t = torch.from_numpy(hr.copy()).permute(2, 0, 1).to(device)
             lr = F.interpolate(
                 t[None].float(),
@@ -453,6 +467,8 @@ def load_pairs(data: Path, scale: int, device: torch.device) -> list[tuple[torch
         lr = np.asarray(Image.open(data / "lr" / hr_path.name).convert("RGB"))
         if hr.shape[0] != lr.shape[0] * scale or hr.shape[1] != lr.shape[1] * scale:
             raise UsageError(f"{hr_path.name}: HR {hr.shape} is not x{scale} of LR {lr.shape}")
+        digest_image(digest, f"hr/{hr_path.name}", hr)
+        digest_image(digest, f"lr/{hr_path.name}", lr)
         to_t = lambda a: torch.from_numpy(a.copy()).permute(2, 0, 1).to(device)  # noqa: E731
         pairs.append((to_t(hr), to_t(lr)))
     if not pairs:
@@ -460,11 +476,13 @@ def load_pairs(data: Path, scale: int, device: torch.device) -> list[tuple[torch
     return pairs
 
 
-def load_hr(data: Path, device: torch.device) -> list[torch.Tensor]:
+def load_hr(data: Path, device: torch.device, digest: Any = None) -> list[torch.Tensor]:
     """The HR images of a data folder as uint8 CHW tensors: ``hr/*.png`` of a make_pairs.py
-    folder, else the folder's ``*.jpg``/``*.png`` (the targets of x1 restoration)."""
+    folder, else the folder's ``*.jpg``/``*.png`` (the targets of x1 restoration).
+    ``digest`` (a hashlib object), where given, takes in every decoded image read."""
     from PIL import Image
 
+    digest = hashlib.sha256() if digest is None else digest
     folder = data / "hr" if (data / "hr").is_dir() else data
     paths = sorted([*folder.glob("*.jpg"), *folder.glob("*.png")])
     if not paths:
@@ -472,6 +490,7 @@ def load_hr(data: Path, device: torch.device) -> list[torch.Tensor]:
     images = []
     for path in paths:
         hr = np.asarray(Image.open(path).convert("RGB"))
+        digest_image(digest, path.name, hr)
         images.append(torch.from_numpy(hr.copy()).permute(2, 0, 1).to(device))
     return images
 
@@ -644,7 +663,8 @@ def same_path(a: str, b: str) -> bool:
 
 def check_resume(run: Path, args: argparse.Namespace) -> None:
     """A resume (``run`` holds its state and meta.json) keeps its recipe and its data: another
-    value of a recipe option, other ``--data`` folders, or for a GAN fine-tune another
+    value of a recipe option, other ``--data`` folders (runs from before the data digest; newer
+    runs are checked by content in :func:`check_resumed_data`), or for a GAN fine-tune another
     ``--gan`` weights file (by content where the meta has its sha256, by path in older runs) or
     ``--init`` / ``--init-config`` start (any fine-tune; older runs recorded it for GAN
     fine-tunes only), are refused, naming what to give."""
@@ -689,15 +709,39 @@ def check_resume(run: Path, args: argparse.Namespace) -> None:
                     f"{run} was trained with {flag} {was}; resume it with the same value "
                     f"(got {flag} {now}), or give the new recipe its own --out"
                 )
+    # runs with a digest of their images are checked by content once the data is read
+    # (check_resumed_data): their folders may have moved
     was_data, data = meta.get("data"), [str(d) for d in args.data]
-    same = was_data is None or (
-        len(was_data) == len(data)
-        and all(same_path(a, b) for a, b in zip(was_data, data, strict=True))
+    same = (
+        was_data is None
+        or "data_sha256" in meta
+        or (
+            len(was_data) == len(data)
+            and all(same_path(a, b) for a, b in zip(was_data, data, strict=True))
+        )
     )
     if not same:
         raise UsageError(
             f"{run} was trained on --data {' '.join(was_data)}; resume it with the same "
             f"folders (got --data {' '.join(data)}), or give the new data its own --out"
+        )
+
+
+def check_resumed_data(run: Path, data_sha256: str, data: list[str]) -> None:
+    """A resume trains on the images its run started with: the sha256 of the decoded images
+    read from ``--data`` (names, shapes, pixels) must be the one its meta.json recorded (runs
+    from before the digest are checked by folder path in :func:`check_resume`)."""
+    meta_path = run / "meta.json"
+    if not ((run / "state.pt").is_file() and meta_path.is_file()):
+        return
+    meta = json.loads(meta_path.read_text())
+    was = meta.get("data_sha256")
+    if was is not None and was != data_sha256:
+        raise UsageError(
+            f"{run} was trained on other images than those now under --data {' '.join(data)} "
+            f"(recorded folders: {' '.join(meta.get('data', []))}; the decoded images differ: "
+            f"sha256 {was[:12]}… then, {data_sha256[:12]}… now); resume it with the same "
+            "images, or give the new data its own --out"
         )
 
 
@@ -877,12 +921,14 @@ def train_one(args: argparse.Namespace) -> int:
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
         return 0
     val = Validator(Path(args.val), scale, device) if getattr(args, "val", None) else None
+    digest = hashlib.sha256()
     if preset:  # HR crops of crop * scale; the LQ is made from them
-        pairs = [(hr, hr) for d in args.data for hr in load_hr(Path(d), device)]
+        pairs = [(hr, hr) for d in args.data for hr in load_hr(Path(d), device, digest)]
         pool = CropPool(pairs, 1, crop * scale, gen)
     else:
-        pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device)]
+        pairs = [p for d in args.data for p in load_pairs(Path(d), scale, device, digest)]
         pool = CropPool(pairs, scale, crop, gen)
+    check_resumed_data(run, digest.hexdigest(), args.data)
     # GAN fine-tuning keeps its rate constant
     milestones = [] if disc is not None else [int(args.iters * m) for m in RECIPE["milestones"]]
     moe = getattr(model, "num_experts", 0) > 0
@@ -915,6 +961,7 @@ def train_one(args: argparse.Namespace) -> int:
         },
         "seed": args.seed,
         "data": [str(d) for d in args.data],
+        "data_sha256": digest.hexdigest(),
         "pairs": len(pairs),
         "data_megapixels": round(sum(hr[0].numel() for hr, _ in pairs) / 1e6, 1),
     }

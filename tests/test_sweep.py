@@ -14,6 +14,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sweep
 import torch
@@ -1112,18 +1113,35 @@ def test_a_failed_run_says_why_and_leaves_no_empty_run_folder(
 
 @pytest.mark.usefixtures("one_thread")
 def test_resuming_on_other_data_is_refused_and_keeps_the_runs_data(tmp_path: Path) -> None:
+    """A resume is checked against the digest of the images its run read, not the folder's
+    path: other images under the same name are refused (the run untouched), the same images in
+    a moved folder are taken."""
     argv = ["train-one", "--config", "compact", "--scale", "4", "--batch", "1", "--crop", "16"]
     argv += ["--out", str(tmp_path / "runs")]
-    assert sweep.main([*argv, "--iters", "1", "--data", str(HR)]) == 0
-    meta_path = tmp_path / "runs" / "compact_x4" / "meta.json"
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "bird.png").write_bytes((HR / "bird.png").read_bytes())
-    with pytest.raises(SystemExit, match=r"trained on --data .*HR; resume it with the same"):
-        sweep.main([*argv, "--iters", "2", "--data", str(other)])
-    assert json.loads(meta_path.read_text())["data"] == [str(HR)]
-    assert sweep.main([*argv, "--iters", "2", "--data", f"{HR}/"]) == 0  # the same folder
-    assert json.loads(meta_path.read_text())["iterations"] == 2
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bird.png").write_bytes((HR / "bird.png").read_bytes())
+    assert sweep.main([*argv, "--iters", "1", "--data", str(data)]) == 0
+    run = tmp_path / "runs" / "compact_x4"
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["data"] == [str(data)] and len(meta["data_sha256"]) == 64
+    state = (run / "state.pt").read_bytes()
+    # the same folder, one pixel changed: refused, nothing of the run rewritten
+    pixels = np.array(Image.open(data / "bird.png").convert("RGB"))
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(data / "bird.png")
+    with pytest.raises(SystemExit, match=r"trained on other images than those now under"):
+        sweep.main([*argv, "--iters", "2", "--data", str(data)])
+    assert json.loads((run / "meta.json").read_text()) == meta
+    assert (run / "state.pt").read_bytes() == state
+    # the run's images, moved to another folder: resumed
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "bird.png").write_bytes((HR / "bird.png").read_bytes())
+    assert sweep.main([*argv, "--iters", "2", "--data", str(moved)]) == 0
+    meta2 = json.loads((run / "meta.json").read_text())
+    assert meta2["iterations"] == 2 and meta2["data_sha256"] == meta["data_sha256"]
+    assert meta2["data"] == [str(moved)]
 
 
 def _fake_run(runs: Path) -> Path:
