@@ -5,7 +5,12 @@ and prints, per MoE layer, the share of token slots each expert receives — the
 training did not collapse the routing onto a few experts::
 
     hybridmoe moe-usage MODEL.safetensors ../shared/data/benchmark/Set14/HR
-        [--json out.json [--overwrite]]
+        [--compare {bf16,fp16}] [--json out.json [--overwrite]]
+
+``--compare`` runs the model cast to fp16 or bf16 beside float32 and reports, per layer, the
+share of tokens routed to other experts than in float32 (their features reach the router
+rounded; a token near a decision boundary changes experts), the largest output difference,
+and the same difference with the cast model held to float32's experts (the rounding alone).
 
 Images are read as hybridmoe evaluate reads them (every bit depth and Pillow mode at its own
 white level; alpha ignored). A folder without images, a missing path or an unreadable image is
@@ -34,6 +39,16 @@ from hybridmoe.provenance import record_header
 EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _moe_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    layers = {n: m for n, m in model.named_modules() if type(m).__name__ == "MoEFFN"}
+    if not layers:
+        raise ValueError("the model has no MoE layers")
+    return layers
+
+
 def usage_histograms(model: torch.nn.Module, images: list[torch.Tensor]) -> dict[str, list[float]]:
     """Per MoE layer name: fraction of routed token slots per expert, shape (E,), summing to 1.
 
@@ -41,9 +56,7 @@ def usage_histograms(model: torch.nn.Module, images: list[torch.Tensor]) -> dict
     """
     counts: dict[str, torch.Tensor] = {}
     hooks = []
-    layers = {n: m for n, m in model.named_modules() if type(m).__name__ == "MoEFFN"}
-    if not layers:
-        raise ValueError("the model has no MoE layers")
+    layers = _moe_layers(model)
 
     def hook(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
         def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -63,6 +76,84 @@ def usage_histograms(model: torch.nn.Module, images: list[torch.Tensor]) -> dict
         for h in hooks:
             h.remove()
     return {n: (c.float() / c.sum()).tolist() for n, c in counts.items()}
+
+
+def _expert_sets(top_i: torch.Tensor) -> torch.Tensor:
+    """(T,k) selected experts -> (T,k) sorted, so that equal sets compare equal."""
+    return top_i.sort(dim=-1).values
+
+
+def routing_drift(
+    model: torch.nn.Module, images: list[torch.Tensor], dtype: torch.dtype
+) -> dict[str, Any]:
+    """What casting the whole model (weights and input) to ``dtype`` does to its routing.
+
+    Returns ``rerouted``: per MoE layer, the share of tokens whose set of selected experts
+    differs from float32's (features reach the router rounded, so a token near a decision
+    boundary can change experts); ``max_abs_diff``: the largest output difference to float32;
+    ``max_abs_diff_fp32_experts``: the same with every layer of the cast model held to
+    float32's experts (gates from its own router probabilities), i.e. the rounding alone.
+    The gap between the two is what the changed expert choices cost. ``images``: (1,C,H,W)
+    float32 tensors in [0,1] on the model's device; ``model`` is left as it was.
+    """
+    import copy
+
+    layers = _moe_layers(model)
+    cast = copy.deepcopy(model).to(dtype)
+    cast_layers = _moe_layers(cast)
+    chosen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+
+    def record(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            chosen[name].append(mod.route_image(args[0])[1])  # type: ignore[operator]
+
+        return fn
+
+    def forced(mod: Any, top_i: torch.Tensor) -> Callable[[torch.Tensor], tuple[Any, ...]]:
+        def route_image(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            probs = type(mod).route_image(mod, x)[0]  # the cast model's own probabilities
+            top_p = probs.gather(-1, top_i)
+            return probs, top_i, top_p / top_p.sum(dim=-1, keepdim=True)
+
+        return route_image
+
+    worst = worst_forced = 0.0
+    changed = {n: 0 for n in layers}
+    tokens = {n: 0 for n in layers}
+    with torch.inference_mode():
+        for img in images:
+            hooks = [m.register_forward_pre_hook(record(n)) for n, m in layers.items()]
+            try:
+                ref = model(img).float()
+            finally:
+                for h in hooks:
+                    h.remove()
+            ref_sets = {n: chosen[n].pop() for n in layers}
+            hooks = [m.register_forward_pre_hook(record(n)) for n, m in cast_layers.items()]
+            try:
+                out = cast(img.to(dtype)).float()
+            finally:
+                for h in hooks:
+                    h.remove()
+            for n in layers:
+                now = chosen[n].pop()
+                diff = (_expert_sets(now) != _expert_sets(ref_sets[n])).any(dim=-1)
+                changed[n] += int(diff.sum())
+                tokens[n] += diff.numel()
+            worst = max(worst, float((out - ref).abs().max()))
+            for n, m in cast_layers.items():  # an instance attribute shadows the method
+                m.route_image = forced(m, ref_sets[n])  # type: ignore[method-assign]
+            try:
+                out = cast(img.to(dtype)).float()
+            finally:
+                for m in cast_layers.values():
+                    del m.route_image
+            worst_forced = max(worst_forced, float((out - ref).abs().max()))
+    return {
+        "rerouted": {n: changed[n] / tokens[n] for n in layers},
+        "max_abs_diff": worst,
+        "max_abs_diff_fp32_experts": worst_forced,
+    }
 
 
 class UsageError(Exception):
@@ -116,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="HybridMoE checkpoint (any form spandrel loads)")
     ap.add_argument("images", nargs="+", type=Path, help="image files or folders")
     add_device_argument(ap, "the model")
+    ap.add_argument(
+        "--compare",
+        choices=sorted(PRECISIONS),
+        default=None,
+        help="also run the model cast to fp16 or bf16 and report the share of tokens whose\n"
+        "experts differ from float32's, and what that costs in the output",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     words = list(sys.argv[1:] if argv is None else argv)
@@ -156,8 +254,20 @@ def report(desc: Any, files: list[Path], args: argparse.Namespace, command: list
     print(f"{len(imgs)} images; share of routed token slots per expert (uniform = {uniform:.3f})")
     for name, h in hist.items():
         print(f"{name:28s} " + " ".join(f"{v:6.3f}" for v in h))
+    drift = None
+    if args.compare:
+        drift = routing_drift(desc.model, imgs, PRECISIONS[args.compare])
+        print(f"cast to {args.compare}: share of tokens whose experts differ from float32's")
+        for name, share in drift["rerouted"].items():
+            print(f"{name:28s} {100 * share:6.2f} %")
+        print(
+            f"max abs output difference to float32: {drift['max_abs_diff']:.2e} "
+            f"({drift['max_abs_diff_fp32_experts']:.2e} with float32's experts)"
+        )
     if args.json:
         record = {**record_header(command), "images": len(imgs), "usage": hist}
+        if drift is not None:
+            record["compare"] = {"dtype": args.compare, **drift}
         text = json.dumps(record, indent=2) + "\n"
         imageio.write_text_atomic(args.json, text, overwrite=args.overwrite, what="JSON report")
         print(f"wrote {args.json}")

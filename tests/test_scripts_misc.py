@@ -47,6 +47,69 @@ def test_moe_usage_histogram_sums_to_one(set5_dir: Path) -> None:
     assert abs(sum(hist["mid.0.ffn"]) - 1.0) < 1e-6
 
 
+def _distinct_experts(top_k: int = 1) -> A.HybridMoE:
+    """:func:`tiny_model` with experts far apart and a sharp router: a changed expert choice
+    shows in the output."""
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    model.set_top_k(top_k)
+    with torch.no_grad():
+        for layer in model.moe_layers():
+            layer.w_in.normal_(0, 1.0)
+            layer.w_out.normal_(0, 1.0)
+            layer.router.normal_(0, 3.0)
+    return model
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_moe_routing_drift_separates_rerouting_from_rounding() -> None:
+    """A bf16 cast reroutes some tokens of a bar's edges; held to float32's experts, the cast
+    model is closer to float32 than with its own choices; the model itself is left as it
+    was."""
+    model = _distinct_experts()
+    bar = torch.full((1, 3, 32, 32), 0.2)
+    bar[:, :, 12:20, :] = 0.8
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    drift = moe_usage.routing_drift(model, [bar], torch.bfloat16)
+    assert list(drift["rerouted"]) == ["mid.0.ffn"]
+    assert 0 < drift["rerouted"]["mid.0.ffn"] < 0.1
+    assert drift["max_abs_diff"] > 1.5 * drift["max_abs_diff_fp32_experts"] > 0
+    after = model.state_dict()
+    assert all(v.dtype == after[k].dtype and torch.equal(v, after[k]) for k, v in before.items())
+    assert next(model.parameters()).dtype == torch.float32
+    assert all("route_image" not in vars(layer) for layer in model.moe_layers())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_moe_routing_drift_compares_expert_sets() -> None:
+    """With every expert selected (top_k = E) no token can change its set of experts, however
+    the cast reorders them by probability."""
+    model = _distinct_experts(top_k=4)
+    bar = torch.full((1, 3, 32, 32), 0.2)
+    bar[:, :, 12:20, :] = 0.8
+    for dtype in (torch.bfloat16, torch.float16):
+        assert moe_usage.routing_drift(model, [bar], dtype)["rerouted"] == {"mid.0.ffn": 0.0}
+
+
+def test_moe_usage_compare_cli(
+    tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.safetensors"
+    save_file(tiny_model().state_dict(), str(path))
+    out = tmp_path / "u.json"
+    img = str(set5_dir / "HR" / "bird.png")
+    assert moe_usage.main([str(path), img, "--compare", "bf16", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "cast to bf16: share of tokens whose experts differ" in text
+    assert "with float32's experts" in text
+    record = json.loads(out.read_text())["compare"]
+    assert record["dtype"] == "bf16" and list(record["rerouted"]) == ["mid.0.ffn"]
+    assert record["max_abs_diff"] > 0 and record["max_abs_diff_fp32_experts"] > 0
+    with pytest.raises(SystemExit):
+        moe_usage.main([str(path), img, "--compare", "fp64"])
+    assert "invalid choice: 'fp64'" in capsys.readouterr().err
+
+
 def test_moe_usage_cli(tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "m.safetensors"
     save_file(tiny_model().state_dict(), str(path))
