@@ -31,7 +31,12 @@ unfused, bf16 autocast on CUDA, batch 8 of 64x64 LR patches by default, L1 loss 
 random target, AdamW; median ms and peak memory.
 
 Results are printed as tables grouped by scale and dtype and written to ``--json`` with the
-environment (versions, device, date, exact command line) and every measured number. A model that
+environment (versions, device, date, exact command line) and every measured number. Each
+inference row names its LR input by ``lr_width`` and ``lr_height``; ``config.out_size`` is
+[width, height], as ``--out-size WxH`` is given. Older records give the LR input as
+``lr_size`` = [width, height] instead: the reverse of the [height, width] sizes of the
+degraded-set manifests, hence the two named fields. A training-step row's ``lr_size`` is the
+side of its square LR patch. A model that
 cannot be built for a scale is skipped with the reason; a model that fails while running (out of
 memory, exception) gets an error entry and the run continues.
 
@@ -250,7 +255,8 @@ class Row:
     precision: str | None = None
     status: str = "ok"
     error: str | None = None
-    lr_size: list[int] | None = None
+    lr_width: int | None = None
+    lr_height: int | None = None
     params: int | None = None
     gflops_per_out_mp: float | None = None
     top_k: int | None = None
@@ -542,6 +548,7 @@ def measure_variant(
     gflops = count_gflops(model, settings)
     top_k = getattr(model, "top_k", None) if spec.ours else None
     experts = getattr(model, "num_experts", None) if spec.ours else None
+    lr_w, lr_h = settings.lr_size(scale)
     rows = []
     for dtype in settings.dtypes:
         for precision in settings.precisions(dtype):
@@ -551,7 +558,8 @@ def measure_variant(
                 variant=variant,
                 dtype=dtype,
                 precision=precision,
-                lr_size=list(settings.lr_size(scale)),
+                lr_width=lr_w,
+                lr_height=lr_h,
                 params=params,
                 gflops_per_out_mp=gflops,
                 top_k=top_k,

@@ -56,7 +56,9 @@ def test_peer_rows(run: dict[str, Any], model: str) -> None:
     row = rows[0]
     assert row["status"] == "ok", row["error"]
     assert (row["variant"], row["dtype"], row["precision"]) == ("eager", "fp32", "fp32")
-    assert row["lr_size"] == [32, 24]
+    # named fields: the old lr_size list was [W, H], the degraded-set manifests' sizes [H, W]
+    assert (row["lr_width"], row["lr_height"]) == (32, 24)
+    assert "lr_size" not in row
     assert row["params"] > 0
     assert row["latency_median_ms"] > 0
     assert row["iterations"] == 2
