@@ -86,7 +86,7 @@ from torch import nn
 
 import hybridmoe_arch as A
 from hybridmoe import bench as timing_tools
-from hybridmoe import degrade, metrics
+from hybridmoe import degrade, imageio, metrics
 from hybridmoe import evaluate as ev
 from hybridmoe.install import sha256_of
 from hybridmoe.provenance import record_header
@@ -1311,6 +1311,12 @@ def _write_new(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """A record to a new file, written whole or not at all (never over an existing file:
+    the commands that write one check for it before their work)."""
+    imageio.write_text_atomic(path, json.dumps(record, indent=1) + "\n", what="JSON record")
+
+
 def provenance() -> dict[str, str]:
     """What every record carries about how it was made: the command, commit and date (UTC)."""
     return record_header(sys.argv)
@@ -1391,6 +1397,8 @@ def bench(args: argparse.Namespace) -> int:
     spread over all of them; ``ms`` is eager PyTorch (CPU dispatch included), ``ms_graph`` the
     same forward replayed from a CUDA graph."""
     check_configs(args.configs)
+    if args.json and Path(args.json).exists():  # before minutes of timing
+        raise UsageError(f"{args.json} exists; remove it first or choose another name")
     if not torch.cuda.is_available():
         raise UsageError(
             "sweep.py bench times the networks on a CUDA GPU, and there is none here "
@@ -1450,7 +1458,7 @@ def bench(args: argparse.Namespace) -> int:
         "rows": rows,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1))
+        write_json(Path(args.json), record)
     return 0
 
 
@@ -2159,7 +2167,7 @@ def router_drift(args: argparse.Namespace) -> int:
             )
     if args.json:
         record = {**provenance(), "rows": rows}
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_json(Path(args.json), record)
     return 0
 
 
@@ -2255,7 +2263,7 @@ def margin(args: argparse.Namespace) -> int:
             "images": images,
             "psnr": per_image,
         }
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_json(Path(args.json), record)
     return 0
 
 

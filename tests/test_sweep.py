@@ -1212,9 +1212,14 @@ def test_plots_name_their_missing_dependency_and_table_plot_needs_speed(
 
 
 def test_bench_needs_a_cuda_gpu_and_names_each_configuration_once(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kept = tmp_path / "speed.json"
+    kept.write_text("{}")
+    with pytest.raises(SystemExit, match="speed.json exists; remove it first"):
+        sweep.main(["bench", "--configs", "compact", "--json", str(kept)])  # before any timing
+    assert kept.read_text() == "{}"
     with pytest.raises(SystemExit, match="times the networks on a CUDA GPU, and there is none"):
         sweep.main(["bench", "--configs", "compact"])
     with pytest.raises(SystemExit) as exc:
