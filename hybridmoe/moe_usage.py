@@ -243,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
 def report(desc: Any, files: list[Path], args: argparse.Namespace, command: list[str]) -> int:
     """Route ``files`` through the loaded model, print the histograms, write ``--json`` (with
     ``command``, the command line's words)."""
-    dev = torch.device(args.device)
-    imgs = [load_tensor(f, desc.input_channels, dev) for f in files]
     try:
-        hist = usage_histograms(desc.model, imgs)
+        _moe_layers(desc.model)  # before the images are read
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    dev = torch.device(args.device)
+    imgs = [load_tensor(f, desc.input_channels, dev) for f in files]
+    hist = usage_histograms(desc.model, imgs)
     uniform = 1 / len(next(iter(hist.values())))
     print(f"{len(imgs)} images; share of routed token slots per expert (uniform = {uniform:.3f})")
     for name, h in hist.items():

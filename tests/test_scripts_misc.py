@@ -110,15 +110,23 @@ def test_moe_usage_compare_cli(
     assert "invalid choice: 'fp64'" in capsys.readouterr().err
 
 
-def test_moe_usage_cli(tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_moe_usage_cli(
+    tmp_path: Path,
+    set5_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     path = tmp_path / "m.safetensors"
     save_file(tiny_model().state_dict(), str(path))
     assert moe_usage.main([str(path), str(set5_dir / "HR" / "bird.png")]) == 0
     assert "mid.0.ffn" in capsys.readouterr().out
     no_moe = A.HybridMoE(scale=2, dim=8, use_moe=False, window_size=4)
     save_file(no_moe.state_dict(), str(tmp_path / "d.safetensors"))
+    read = []
+    monkeypatch.setattr(moe_usage, "load_tensor", lambda *a: read.append(a))
     assert moe_usage.main([str(tmp_path / "d.safetensors"), str(set5_dir / "HR")]) == 2
     assert "no MoE layers" in capsys.readouterr().err
+    assert not read  # refused before any image was read
 
 
 def test_make_pairs_defaults_fit_the_templates(
