@@ -277,6 +277,7 @@ def read_image(path: Path, *, allow_transparency: bool = False) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             imageio.check_still(im)
             im.load()
+            imageio.scale_grey_png_key(im, data)
             colour, alpha, white = _decode(im, data)
     if alpha is not None and not allow_transparency:
         transparent = int(np.count_nonzero(alpha < white))

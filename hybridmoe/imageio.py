@@ -162,11 +162,24 @@ def _decode(data: bytes) -> ImageData:
         if fmt is None:
             raise ImageReadError(f"unsupported format {img.format} (PNG, JPEG or WebP expected)")
         check_still(img)
+        scale_grey_png_key(img, data)
         icc = img.info.get("icc_profile") or None
         if is_png16(data):
             pixels = _orient(_decode_png16(data, img.info), img.getexif().get(_ORIENTATION))
             return ImageData(pixels, "png", 16, icc)
         return ImageData(_pil_to_array(img), fmt, 8, icc)
+
+
+def scale_grey_png_key(img: Image.Image, data: bytes) -> None:
+    """Give a 2- or 4-bit greyscale PNG's tRNS colour key the 8-bit value its pixels are
+    decoded to (Pillow scales the pixels, 1 → 85 at 2 bits, but keeps the key as stored, so
+    no pixel matched it and the transparency was lost). Other images are left as they are."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[25:26] != b"\x00":
+        return
+    top = (1 << data[24]) - 1 if data[24] in (2, 4) else 0
+    key = img.info.get("transparency")
+    if top and isinstance(key, int) and 0 <= key <= top:
+        img.info["transparency"] = key * (255 // top)
 
 
 def check_still(img: Image.Image) -> None:

@@ -4,6 +4,8 @@ ignored, unsupported modes refused with a clear error."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +221,44 @@ def test_still_images_and_jpeg_mpo_are_read(tmp_path: Path) -> None:
         np.testing.assert_array_equal(imageio.quantize(img.pixels, 8), want)
     np.testing.assert_array_equal(want, evaluate.read_image(tmp_path / "one.jpg"))  # the photo
     np.testing.assert_array_equal(evaluate.read_image(tmp_path / "one.png"), rgb)
+
+
+def _grey_png(values: list[list[int]], depth: int, key: int) -> bytes:
+    """A greyscale PNG of ``depth`` bits per pixel (1, 2 or 4) with a tRNS colour ``key``."""
+    per_byte = 8 // depth
+    rows = b""
+    for row in values:
+        padded = row + [0] * (-len(row) % per_byte)
+        packed = bytes(
+            sum(v << (8 - depth * (j + 1)) for j, v in enumerate(padded[i : i + per_byte]))
+            for i in range(0, len(padded), per_byte)
+        )
+        rows += b"\x00" + packed  # filter type 0
+    header = struct.pack(">IIBBBBB", len(values[0]), len(values), depth, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + imageio._png_chunk(b"IHDR", header)
+        + imageio._png_chunk(b"tRNS", struct.pack(">H", key))
+        + imageio._png_chunk(b"IDAT", zlib.compress(rows))
+        + imageio._png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_low_bit_depth_grey_png_keeps_its_colour_key_transparency(
+    depth: int, tmp_path: Path
+) -> None:
+    """2- and 4-bit greyscale PNGs (as PNG optimisers write line art on a transparent
+    background) lost their tRNS transparency: Pillow decodes the pixels to 8 bits but keeps
+    the key as stored, so upscale wrote the hidden background opaque and evaluate scored it."""
+    top = (1 << depth) - 1
+    values = [[0, top, 0, top, 0], [top, top, 0, 0, top]]
+    path = tmp_path / "key.png"
+    path.write_bytes(_grey_png(values, depth, key=top))  # the white pixels are transparent
+    grey = np.array(values, np.float32) / top
+    img = imageio.read_image(path)
+    assert img.pixels.shape == (2, 5, 2)
+    np.testing.assert_array_equal(img.pixels[..., 0], grey)
+    np.testing.assert_array_equal(img.pixels[..., 1], grey == 0)
+    with pytest.raises(evaluate.EvaluationError, match="5 transparent pixel"):
+        evaluate.read_image(path)
