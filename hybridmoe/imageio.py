@@ -551,6 +551,12 @@ def check_output(
         )
 
 
+TEMP_STEM_CHARS = 32
+"""Characters of the output's stem in the name of its temporary file (:func:`atomic_output`):
+the temporary name adds about 18 characters, which must not push a name close to the file
+system's limit (255 bytes) over it."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -602,14 +608,18 @@ def atomic_output(path: Path, *, overwrite: bool = False, what: str = "output") 
     """Yield a temporary path beside ``path`` (same suffix) to write to; on normal exit it
     becomes ``path`` (``os.replace``), on an exception it is removed and ``path`` is untouched.
 
-    The temporary file is created empty with the permissions a new file gets (umask).
+    The temporary file is created empty with the permissions a new file gets (umask); its
+    name holds at most the first :data:`TEMP_STEM_CHARS` characters of ``path``'s stem, so
+    that it is no longer than a name the file system takes for ``path`` itself.
     Raises :class:`OutputError` when the folder or the file cannot be written.
     """
     path = Path(path)
     _make_folder(path, what)
     try:
         fd, name = tempfile.mkstemp(
-            prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent
+            prefix=f".{path.stem[:TEMP_STEM_CHARS]}.",
+            suffix=f".partial{path.suffix}",
+            dir=path.parent,
         )
     except OSError as e:
         raise OutputError(f"cannot write the {what} {path}: {e}") from e

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from tiny_options import TINY
 
@@ -378,3 +379,21 @@ def test_moe_usage_reads_16bit_greyscale(
         hists.append([ln for ln in capsys.readouterr().out.splitlines() if "ffn" in ln])
     assert hists[0] and hists[0] == hists[1]
     assert hists[2] != hists[0]  # the routing does see the image
+
+
+def test_an_output_name_at_the_file_system_limit_is_written(tmp_path: Path) -> None:
+    """The temporary file was named after the whole output name plus about 18 characters, so
+    an output name the file system takes (up to 255 bytes, e.g. 80 CJK characters) failed
+    with 'File name too long', in upscale after the model had run."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    stem = "あ" * ((limit - 4) // 3)  # 3 bytes each in UTF-8
+    out = tmp_path / f"{stem}{'x' * (limit - 4 - len(stem.encode()))}.png"
+    assert len(out.name.encode()) == limit
+    imageio.write_image(out, np.zeros((2, 3, 3), np.float32), "png", overwrite=False)
+    with Image.open(out) as im:
+        assert im.size == (3, 2)
+    assert leftovers(tmp_path) == []
+    with imageio.atomic_output(out, overwrite=True) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png"
+        tmp.write_bytes(b"x")
+    assert out.read_bytes() == b"x" and leftovers(tmp_path) == []
