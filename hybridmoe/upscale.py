@@ -82,7 +82,10 @@ Upscale an image or a folder of images with a model checkpoint that spandrel can
 Formats: PNG (8/16-bit, grey, grey+alpha, RGB, RGBA), JPEG and WebP are read. A single file is
 written in the format its OUTPUT name ends in (.png, .jpg/.jpeg, .webp) or --format; a folder
 run keeps each input's format unless --format is given. A 16-bit PNG gives a 16-bit PNG;
-JPEG and WebP are 8-bit. The ICC profile is carried over; JPEG orientation (EXIF) is applied.
+JPEG and WebP are 8-bit. JPEG orientation (EXIF) is applied. The ICC profile is carried over
+where it fits the channels written: a CMYK JPEG is converted to RGB by Pillow's plain formula
+(its CMYK profile is neither applied nor kept), and WebP, which stores grey as RGB, gets no
+greyscale profile.
 
 Channels:
   * greyscale through an RGB model: the grey channel is replicated to RGB and the output is

@@ -663,6 +663,7 @@ def test_help_documents_options(capsys) -> None:
     for option in ("--tile", "--tile-overlap", "--dtype", "--device", "--format", "--quality"):
         assert option in text
     assert "alpha" in text and "--overwrite" in text and "MemAvailable" in text
+    assert "CMYK profile is neither applied nor kept" in text  # not "the profile is carried over"
 
 
 def _noise_model(tmp_path: Path) -> Path:
