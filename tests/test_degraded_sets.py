@@ -82,6 +82,21 @@ def test_make_degraded_writes_seeded_sets_with_manifest(
     assert not np.array_equal(_png(tmp_path / "o3" / "mine" / "LQ" / "rgb.png"), rgb_lq)
 
 
+def test_a_made_set_has_the_permissions_of_a_new_folder(tmp_path: Path) -> None:
+    """The set folder was moved into place from a private (0700) temporary folder: other
+    users of a shared dataset folder could not read the set, its HR/LQ folders 0755 inside."""
+    hr = _hr_folder(tmp_path, ("rgb",))
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert _make(str(hr), "--out", str(out)) == 0
+    finally:
+        os.umask(old)
+    set_dir = out / "mine"
+    assert (set_dir.stat().st_mode & 0o777) == 0o755
+    assert ((set_dir / "LQ").stat().st_mode & 0o777) == 0o755
+
+
 def test_make_degraded_finds_benchmark_sets_and_reports_missing_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
