@@ -315,6 +315,11 @@ def _sources(args: argparse.Namespace) -> dict[str, Path]:
                 raise DegradedSetError(f"two HR folders give the set name {name!r}; use --name")
             named[name] = d
         return named
+    if args.name:
+        raise DegradedSetError(
+            f"--name {args.name} names a single HR folder given on the command line; the "
+            f"benchmark sets ({' '.join(args.sets)}) keep their names"
+        )
     data = args.data if args.data is not None else ev.default_data_dir()
     try:
         return {name: ev.find_set(data, name) / "HR" for name in args.sets}

@@ -106,6 +106,13 @@ def test_make_degraded_finds_benchmark_sets_and_reports_missing_ones(
     assert _make("--out", str(tmp_path / "x"), "--data", str(DATA), "--sets", "Urban100") == 2
     assert "set 'Urban100' not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # --name names an HR folder; with the benchmark sets it was ignored (the set kept its name
+    # and its seeds)
+    argv = ["--out", str(tmp_path / "y"), "--data", str(DATA), "--sets", "Set5", "--name", "mine"]
+    assert _make(*argv) == 2
+    err = capsys.readouterr().err
+    assert "--name mine names a single HR folder" in err and "(Set5) keep their names" in err
+    assert not (tmp_path / "y").exists()
 
 
 def test_make_degraded_names_a_file_given_as_the_hr_folder(
