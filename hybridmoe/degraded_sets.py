@@ -33,7 +33,6 @@ atomically, the manifest last (a set without a manifest is incomplete).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -172,8 +171,12 @@ def make_set(
     """Write ``out/<name>/{HR,LQ}/*.png`` and ``manifest.json``; returns the manifest. The set
     is made in a temporary folder inside ``out`` and moved into place when complete: a
     failure (an unreadable or too small image, a full disk) leaves no partial set behind, and
-    a folder ``out`` that this call created is removed again."""
-    created = not out.exists()
+    the folders of ``out``'s path that this call created are removed again."""
+    created = []  # out and its ancestors that do not exist yet, deepest first
+    folder = out.absolute()
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out))
     try:
@@ -186,9 +189,11 @@ def make_set(
             raise DegradedSetError(f"cannot move the new set into {out / name}: {e}") from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only when empty
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
         raise
     return manifest
 

@@ -182,6 +182,9 @@ def test_a_failed_set_leaves_nothing_and_can_be_made_again(
     err = capsys.readouterr().err
     assert "m.png (2x8) is smaller than the scale 4" in err and f"remove it from {hr}" in err
     assert not out.exists()  # created by this call, removed again with the partial set
+    deep = tmp_path / "new" / "deeper" / "out"  # and so are the folders above it it created
+    assert _make(str(hr), "--out", str(deep), "--preset", "realworld4") == 2
+    assert not (tmp_path / "new").exists()
     out.mkdir()
     assert _make(*argv) == 2
     assert list(out.iterdir()) == []  # an --out that existed stays, empty
@@ -213,6 +216,9 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing(
     expected = f"error: cannot write {staged / 'HR' / 'rgb.png'}: No space left on device\n"
     assert capsys.readouterr().err == expected
     assert not out.exists()  # created by this call, removed again with the partial set
+    deep = tmp_path / "new" / "deeper" / "out"  # and so are the folders above it it created
+    assert _make(str(hr), "--out", str(deep), "--preset", "realworld4") == 2
+    assert not (tmp_path / "new").exists()
     monkeypatch.undo()
     assert _make(str(hr), "--out", str(out)) == 0
 
