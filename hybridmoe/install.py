@@ -363,6 +363,15 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
+def _is_what_install_writes(dest: Path, source: Path, link: bool) -> bool:
+    """Whether ``dest`` already is what ``install`` (``link``: ``install --link``) puts there
+    for ``source``: a regular file with its bytes, or (``link`` only) the very link to it. A
+    run stopped between writing a file and recording it in the manifest leaves it so."""
+    if not dest.is_symlink():
+        return dest.is_file() and _same_bytes(dest, source)
+    return link and os.readlink(dest) == str(source.resolve())
+
+
 def _conflicts(
     entries: list[Entry], dests: dict[str, Path], records: dict[str, Any], force: bool, link: bool
 ) -> list[str]:
@@ -377,10 +386,8 @@ def _conflicts(
                 conflicts.append(f"  {e.dest}: {blocker} is a file, not a folder")
             continue
         if e.dest not in records:
-            if not dest.is_symlink() and dest.is_file() and _same_bytes(dest, e.source):
-                continue  # written by a run stopped before recording it: identical, adopted
-            if link and dest.is_symlink() and os.readlink(dest) == str(e.source.resolve()):
-                continue  # the very link install --link makes, not recorded yet: adopted
+            if _is_what_install_writes(dest, e.source, link):
+                continue  # written by a run stopped before recording it: adopted
             if dest.is_symlink():
                 conflicts.append(
                     f"  {e.dest}: is a symbolic link (to {os.readlink(dest)}) that this "
@@ -392,6 +399,8 @@ def _conflicts(
                 conflicts.append(f"  {e.dest}: exists and was not written by this installer")
             continue
         state = _state(dest, records[e.dest])
+        if state == "modified" and _is_what_install_writes(dest, e.source, link):
+            continue  # an update stopped before recording it: not an edit
         if state == "not a file":
             conflicts.append(f"  {e.dest}: is not a file (a folder?)")
         elif state == "modified" and not force:
@@ -491,9 +500,13 @@ def install(
     return report
 
 
-def uninstall(checkout: Path, force: bool = False) -> tuple[list[str], list[str]]:
+def uninstall(
+    checkout: Path, force: bool = False, source_root: Path = REPO_ROOT
+) -> tuple[list[str], list[str]]:
     """Remove this installer's unmodified files (edited ones too with ``force``); returns
-    (report lines, warnings). Edited files that are kept stay in the manifest."""
+    (report lines, warnings). Edited files that are kept stay in the manifest. A file that
+    differs from its record but is what ``install`` writes from ``source_root`` now (an update
+    stopped before recording it) is not an edit."""
     checkout = check_checkout(checkout)
     manifest = load_manifest(checkout)
     records: dict[str, Any] = manifest["files"]
@@ -504,6 +517,9 @@ def uninstall(checkout: Path, force: bool = False) -> tuple[list[str], list[str]
     for rel in sorted(records):
         path = paths[rel]
         state = _state(path, records[rel])
+        source = source_root / (source_rel_of(rel) or rel)
+        if state == "modified" and _is_what_install_writes(path, source, link=True):
+            state = "unmodified"
         if state == "missing":
             report.append(f"missing    {rel} (already removed)")
         elif state == "unmodified" or (state == "modified" and force):

@@ -633,3 +633,50 @@ def test_a_template_name_the_manifest_cannot_hold_is_refused_before_writing(
     with pytest.raises(it.InstallError, match="has a name the installer does not write"):
         it.install(checkout, source_root=source)
     assert not (checkout / it.MANIFEST_NAME).exists() and not (checkout / ARCH).exists()
+
+
+def test_an_update_stopped_before_recording_it_is_not_an_edit(
+    checkout: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new network file was in place, the manifest still recorded the old one: the rerun
+    refused it as "edited since" (only --force went on) and uninstall kept it as edited."""
+    before = snapshot(checkout)
+    it.install(checkout, source_root=source)
+    (source / ARCH).write_text((source / ARCH).read_text() + "\n# newer version\n")
+    real = it.save_manifest
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(it, "save_manifest", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        it.install(checkout, source_root=source)
+    monkeypatch.setattr(it, "save_manifest", real)
+    assert (checkout / ARCH).read_bytes() == (source / ARCH).read_bytes()  # not recorded yet
+    # uninstall right away removes it like every other file of its own
+    report, warnings = it.uninstall(checkout, source_root=source)
+    assert warnings == [] and f"removed    {ARCH}" in report
+    assert snapshot(checkout) == before
+    # the same stop, then install again: it goes on without --force
+    it.install(checkout, source_root=source)
+    (source / ARCH).write_text((source / ARCH).read_text() + "# newer still\n")
+    monkeypatch.setattr(it, "save_manifest", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        it.install(checkout, source_root=source)
+    monkeypatch.setattr(it, "save_manifest", real)
+    assert f"unchanged  {ARCH}" in it.install(checkout, source_root=source)
+    assert it.check(checkout, source_root=source)[1]
+    # and from a copy to --link, stopped after making the link
+    monkeypatch.setattr(it, "save_manifest", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        it.install(checkout, link=True, source_root=source)
+    monkeypatch.setattr(it, "save_manifest", real)
+    assert (checkout / ARCH).is_symlink()
+    it.install(checkout, link=True, source_root=source)  # records the links
+    assert it.check(checkout, source_root=source)[1]
+    assert json.loads((checkout / it.MANIFEST_NAME).read_text())["files"][ARCH]["mode"] == "link"
+    # an edit is still an edit
+    (checkout / ARCH).unlink()
+    (checkout / ARCH).write_text("# mine\n")
+    with pytest.raises(it.InstallError, match="edited since"):
+        it.install(checkout, source_root=source)
