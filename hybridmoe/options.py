@@ -1407,9 +1407,12 @@ def write(out: Path, *, overwrite: bool = False) -> list[Path]:
 
 
 def diff(out: Path) -> list[str]:
-    """Paths (relative to ``out``) that are missing, differ, or are not generated."""
+    """Paths (relative to ``out``) that are missing, differ, or are not generated; only the
+    folders make-options writes (``{train,test,onnx}/HybridMoE``) are looked at, so the other
+    option files of a traiNNer-redux checkout's ``options/`` are not reported."""
     files = generate()
-    present = {p.relative_to(out).as_posix() for p in out.rglob("*.yml")} if out.is_dir() else set()
+    folders = sorted({(out / rel).parent for rel in files})
+    present = {p.relative_to(out).as_posix() for d in folders for p in d.glob("*.yml")}
     problems: list[str] = []
     for rel in sorted(set(files) | present):
         if rel not in present:

@@ -624,6 +624,23 @@ def test_make_options_names_files_it_does_not_make(
     assert old.exists()  # never removed: it may be the user's own
 
 
+def test_make_options_in_a_trainner_checkout_ignores_its_other_option_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run in a traiNNer-redux checkout, every option file of the other architectures was
+    called "not made by make-options (yours, or of an older version)" and --check failed."""
+    for rel in ("_templates/train/ESRGAN/ESRGAN.yml", "train/SPAN/SPAN.yml", "test/x.yml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("name: theirs\n", encoding="utf-8")
+    assert options.main(["--out", str(tmp_path)]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert options.diff(tmp_path) == []
+    assert options.main(["--check", "--out", str(tmp_path)]) == 0
+    mine = tmp_path / "train" / "HybridMoE" / "my_4x_s.yml"  # a copy in a folder it writes
+    mine.write_text("name: mine\n", encoding="utf-8")
+    assert options.diff(tmp_path) == ["not generated: train/HybridMoE/my_4x_s.yml"]
+
+
 def test_make_options_writes_under_the_current_folder_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
