@@ -6,7 +6,9 @@ Usage::
     hybridmoe install-trainner uninstall TRAINNER_REDUX_DIR [--force]
     hybridmoe install-trainner check     TRAINNER_REDUX_DIR
 
-``install`` places these files (copies, or symlinks to this checkout with ``--link``):
+``install`` places these files (copies; with ``--link`` the network and the losses are symbolic
+links to this checkout instead, and the templates are still copied, so that traiNNer-redux
+still refuses to train from them and an edit there never changes this project's files):
 
 ==========================================  =====================================================
 from this project                           into the traiNNer-redux checkout
@@ -372,6 +374,14 @@ def _is_what_install_writes(dest: Path, source: Path, link: bool) -> bool:
     return link and os.readlink(dest) == str(source.resolve())
 
 
+def links(dest: str, link: bool) -> bool:
+    """Whether ``install`` (``link``: ``install --link``) makes ``dest`` a symbolic link. Only
+    the network and loss files are linked; the templates are always copied: traiNNer-redux's
+    refusal to train from ``options/_templates`` follows links, so it would not recognise a
+    linked template, and editing one there would edit this project's file."""
+    return link and CODE_DEST.fullmatch(dest) is not None
+
+
 def _conflicts(
     entries: list[Entry], dests: dict[str, Path], records: dict[str, Any], force: bool, link: bool
 ) -> list[str]:
@@ -379,14 +389,14 @@ def _conflicts(
     when it may write them all)."""
     conflicts = []
     for e in entries:
-        dest = dests[e.dest]
+        dest, linked = dests[e.dest], links(e.dest, link)
         if not _exists(dest):
             blocker = _file_in_the_way(dest)
             if blocker is not None:
                 conflicts.append(f"  {e.dest}: {blocker} is a file, not a folder")
             continue
         if e.dest not in records:
-            if _is_what_install_writes(dest, e.source, link):
+            if _is_what_install_writes(dest, e.source, linked):
                 continue  # written by a run stopped before recording it: adopted
             if dest.is_symlink():
                 conflicts.append(
@@ -399,7 +409,7 @@ def _conflicts(
                 conflicts.append(f"  {e.dest}: exists and was not written by this installer")
             continue
         state = _state(dest, records[e.dest])
-        if state == "modified" and _is_what_install_writes(dest, e.source, link):
+        if state == "modified" and _is_what_install_writes(dest, e.source, linked):
             continue  # an update stopped before recording it: not an edit
         if state == "not a file":
             conflicts.append(f"  {e.dest}: is not a file (a folder?)")
@@ -456,7 +466,6 @@ def install(
     entries = plan(source_root)
     manifest = load_manifest(checkout)
     records: dict[str, Any] = manifest["files"]
-    mode = "link" if link else "copy"
     dests = resolve_all(checkout, [e.dest for e in entries])
     resolve_all(checkout, records)
 
@@ -470,7 +479,8 @@ def install(
 
     report = _remove_stale(checkout, dests, records, force)
     for e in entries:
-        dest = dests[e.dest]
+        dest, linked = dests[e.dest], links(e.dest, link)
+        mode = "link" if linked else "copy"
         data = e.source.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         record = {"sha256": digest, "mode": mode, "source": str(e.source.resolve())}
@@ -478,7 +488,7 @@ def install(
         if _exists(dest) and old is not None:
             same = (
                 _is_link_to(dest, e.source)
-                if link
+                if linked
                 else (not dest.is_symlink() and sha256_of(dest) == digest)
             )
             if same and old.get("mode") == mode:
@@ -487,9 +497,9 @@ def install(
                 continue
             action = "updated   "
         else:
-            action = "linked    " if link else "installed "
+            action = "linked    " if linked else "installed "
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if link:
+        if linked:
             symlink_atomic(dest, e.source.resolve())
         else:
             write_bytes_atomic(dest, data)
@@ -596,7 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("command", choices=("install", "uninstall", "check"))
     ap.add_argument("trainner_dir", type=Path, metavar="TRAINNER_REDUX_DIR")
-    ap.add_argument("--link", action="store_true", help="symlink instead of copying (install)")
+    ap.add_argument(
+        "--link",
+        action="store_true",
+        help="symlink the network and loss files instead of copying them (install); the "
+        "templates are always copied",
+    )
     ap.add_argument(
         "--force",
         action="store_true",

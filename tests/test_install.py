@@ -264,12 +264,16 @@ def test_updates_unmodified_files_and_removes_stale_ones(checkout: Path, source:
 
 def test_link_mode(checkout: Path, source: Path) -> None:
     it.install(checkout, link=True, source_root=source)
+    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
     for e in it.plan(source):
         dest = checkout / e.dest
-        assert dest.is_symlink()
-        assert dest.resolve() == e.source.resolve()
-    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
-    assert {r["mode"] for r in manifest["files"].values()} == {"link"}
+        if e.dest in (ARCH, LOSS):
+            assert dest.is_symlink()
+            assert dest.resolve() == e.source.resolve()
+            assert manifest["files"][e.dest]["mode"] == "link"
+        else:  # templates are copies
+            assert not dest.is_symlink() and dest.read_bytes() == e.source.read_bytes()
+            assert manifest["files"][e.dest]["mode"] == "copy"
     # an edit of the project is seen through the link: still ours, still matching
     (source / LOSS).write_text((source / LOSS).read_text() + "\n# edit\n")
     lines, ok = it.check(checkout, source_root=source)
@@ -277,7 +281,10 @@ def test_link_mode(checkout: Path, source: Path) -> None:
     assert all(line.startswith("unchanged") for line in it.install(checkout, True, source))
     # switching to copies replaces the links
     report = it.install(checkout, link=False, source_root=source)
-    assert all(line.startswith("updated") for line in report)
+    assert [line for line in report if line.startswith("updated")] == [
+        f"updated    {ARCH}",
+        f"updated    {LOSS}",
+    ]
     assert not (checkout / ARCH).is_symlink()
     it.install(checkout, link=True, source_root=source)
     it.uninstall(checkout)
@@ -680,3 +687,28 @@ def test_an_update_stopped_before_recording_it_is_not_an_edit(
     (checkout / ARCH).write_text("# mine\n")
     with pytest.raises(it.InstallError, match="edited since"):
         it.install(checkout, source_root=source)
+
+
+def test_link_mode_copies_the_templates(checkout: Path, source: Path) -> None:
+    """A linked template resolved to the project's file: traiNNer-redux's refusal to train from
+    options/_templates (it follows links) let it through, and an edit there, seen through the
+    link, changed the project's template while check still said it matched."""
+    entry = next(e for e in it.plan(source) if e.dest.startswith("options/_templates/train/"))
+    template = checkout / entry.dest
+    it.install(checkout, link=True, source_root=source)
+    assert (checkout / ARCH).is_symlink() and (checkout / LOSS).is_symlink()
+    assert not template.is_symlink()
+    assert template.resolve().is_relative_to(checkout.resolve())
+    original = entry.source.read_bytes()
+    template.write_text("name: edited in the checkout\n")
+    assert entry.source.read_bytes() == original
+    assert f"differs  {entry.dest}" in it.check(checkout, source_root=source)[0]
+    template.unlink()
+    # an older --link install linked the templates: install --link replaces them with copies
+    template.symlink_to(entry.source.resolve())
+    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
+    manifest["files"][entry.dest].update(mode="link", source=str(entry.source.resolve()))
+    (checkout / it.MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert f"updated    {entry.dest}" in it.install(checkout, link=True, source_root=source)
+    assert not template.is_symlink() and template.read_bytes() == original
+    assert it.check(checkout, source_root=source)[1]
