@@ -16,8 +16,8 @@ it once complete).
 Written files (``<x>`` = 1x..4x, ``<V>`` = Nano, S, M, L):
 
 * ``train/HybridMoE/<x>_HybridMoE_<V>_fidelity.yml`` — training from scratch: Charbonnier +
-  frequency loss + MoE balance loss, AdamW, MultiStepLR, EMA, bf16 AMP, channels_last,
-  PSNR/SSIM validation, safetensors checkpoints.
+  frequency loss (+ MoE balance loss for a network with MoE layers), AdamW, MultiStepLR, EMA,
+  bf16 AMP, channels_last, PSNR/SSIM validation, safetensors checkpoints.
 * ``train/HybridMoE/<x>_HybridMoE_<V>_gan.yml`` — fine-tuning a fidelity model with
   perceptual + GAN losses against a U-Net discriminator.
 * ``train/HybridMoE/1x_HybridMoE_<V>_restore.yml`` (``<V>`` = Nano, S) — x1 restoration with

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
+import re
 import sys
 import types
 from pathlib import Path
@@ -469,3 +471,26 @@ def test_registers_under_trainner_names(monkeypatch: pytest.MonkeyPatch) -> None
     # traiNNer labels a loss "l_g_" + type without "loss"
     labels = {"l_g_" + n.replace("loss", "") for n in registry.names}
     assert labels == {"l_g_hybridmoefreq", "l_g_hybridmoebalance", "l_g_hybridmoelpips"}
+
+
+def test_training_doc_lists_every_loss_with_its_arguments() -> None:
+    """docs/TRAINING.md §3 is the reference of the YAML losses: it left out
+    hybridmoelpipsloss (the real-world template's perceptual loss) and its arguments."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "TRAINING.md").read_text()
+    rows = {
+        name: (label, args)
+        for name, label, args in re.findall(
+            r"^\| `(hybridmoe\w+)` \| `(\w+)` \| (.+) \|$", doc, flags=re.MULTILINE
+        )
+    }
+    classes = (HybridMoEFreqLoss, HybridMoEBalanceLoss, hybridmoe_loss.HybridMoELPIPSLoss)
+    assert sorted(rows) == sorted(cls.__name__.lower() for cls in classes)
+    for cls in classes:
+        label, args = rows[cls.__name__.lower()]
+        assert label == "l_g_" + cls.__name__.lower().replace("loss", "")
+        params = inspect.signature(cls.__init__).parameters
+        documented = re.findall(r"`(\w+)(?:=[^`]*)?`", args)
+        assert documented == [p for p in params if p != "self"], cls.__name__
+        for p in params.values():
+            if p.default is not inspect.Parameter.empty:
+                assert f"`{p.name}={p.default!r}`".replace("'", '"') in args
