@@ -1217,7 +1217,7 @@ def test_bench_needs_a_cuda_gpu_and_names_each_configuration_once(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     kept = tmp_path / "speed.json"
     kept.write_text("{}")
-    with pytest.raises(SystemExit, match="speed.json exists; remove it first"):
+    with pytest.raises(SystemExit, match=r"speed\.json exists; remove it first"):
         sweep.main(["bench", "--configs", "compact", "--json", str(kept)])  # before any timing
     assert kept.read_text() == "{}"
     with pytest.raises(SystemExit, match="times the networks on a CUDA GPU, and there is none"):
