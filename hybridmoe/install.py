@@ -473,8 +473,10 @@ def install(
     if conflicts:
         raise InstallError(
             "refusing to overwrite files in "
-            f"{checkout}:\n" + "\n".join(conflicts) + "\nMove them away (or rename them) and "
-            "run install again. Nothing was changed."
+            f"{checkout}:\n" + "\n".join(conflicts) + "\nMove them away (out of the "
+            "checkout: a renamed copy left in traiNNer/archs or traiNNer/losses is still "
+            "imported by traiNNer-redux and registers the same names twice) and run install "
+            "again. Nothing was changed."
         )
 
     report = _remove_stale(checkout, dests, records, force)
