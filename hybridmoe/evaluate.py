@@ -383,9 +383,11 @@ def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -
     """Compare a generated LR image with the set's canonical LR file, where one exists.
 
     The LR images are always made from the HR images; the canonical files only check them, and
-    without them (no ``LR_bicubic`` folder) nothing is checked."""
+    without them (no ``LR_bicubic`` folder) nothing is checked. A greyscale image and its copy
+    in three equal RGB channels are the same image (as ``make-pairs --check-against`` reads
+    them)."""
     shipped = set_dir / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
-    if shipped.is_file() and not np.array_equal(read_image(shipped), lr):
+    if shipped.is_file() and not np.array_equal(_as_rgb(read_image(shipped)), _as_rgb(lr)):
         raise EvaluationError(
             f"generated LR image differs from the canonical {shipped}: that file is not the "
             f"MATLAB-bicubic x{scale} downscale of {hr_path}. The LR images are made from HR and "
@@ -393,6 +395,11 @@ def check_shipped_lr(set_dir: Path, hr_path: Path, scale: int, lr: np.ndarray) -
             f"{shipped.parent.parent} folder), or restore {hr_path.name} if the HR image is what "
             f"changed"
         )
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    """A uint8 ``(H, W)`` greyscale image as ``(H, W, 3)``; a colour image as it is."""
+    return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
 
 
 # --------------------------------------------------------------------------------------------

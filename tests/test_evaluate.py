@@ -394,6 +394,30 @@ def test_a_changed_canonical_lr_file_is_named_with_the_fix(
     assert lr_file.parent.is_dir() and not lr_file.exists()  # nothing written back
 
 
+def test_a_canonical_lr_file_of_a_greyscale_image_may_hold_it_as_rgb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The LR file of a greyscale HR image saved with three equal channels (or the reverse) is
+    the same image: it stopped the run as "not the MATLAB-bicubic downscale" (make-pairs
+    --check-against took it)."""
+    grey = _png(SET5 / "HR" / "baby.png")[:64, :64, 1]
+    lr = metrics.imresize_matlab_uint8(grey, 0.5)
+    hr_dir, lr_dir = tmp_path / "Grey" / "HR", tmp_path / "Grey" / "LR_bicubic" / "X2"
+    hr_dir.mkdir(parents=True)
+    lr_dir.mkdir(parents=True)
+    Image.fromarray(grey).save(hr_dir / "g.png")
+    Image.fromarray(np.repeat(grey[..., None], 3, 2)).save(hr_dir / "rgb.png")
+    Image.fromarray(np.repeat(lr[..., None], 3, 2)).save(lr_dir / "gx2.png")
+    Image.fromarray(lr).save(lr_dir / "rgbx2.png")
+    argv = ["--bicubic-only", "--scale", "2", "--data", str(tmp_path), "--sets", "Grey"]
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    changed = lr.copy()
+    changed[0, 0] ^= 1
+    Image.fromarray(changed).save(lr_dir / "rgbx2.png")
+    assert evaluate.main(argv) == 2
+    assert f"differs from the canonical {lr_dir / 'rgbx2.png'}" in capsys.readouterr().err
+
+
 def _tiny_set(root: Path, sizes: dict[str, int]) -> Path:
     """``root/Tiny/HR`` holding a square crop of Set5 ``baby`` of each side in ``sizes``."""
     folder = root / "Tiny" / "HR"
