@@ -147,10 +147,13 @@ def git_blob_sha(data: bytes) -> str:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB version of any Pillow image; ICC profiles are ignored, 16/32-bit grey is rescaled."""
+    """RGB version of any Pillow image; ICC profiles are ignored, 16/32-bit grey is rescaled:
+    16-bit grey (``I;16*``) from its white level 65535; 32-bit integer grey (``I``, which has
+    none) from 65535 when a value exceeds 255, else from 255; float grey (``F``) from 255."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         a = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode != "F" and a.max() > 255 else 255.0
+        sixteen = im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255)
+        peak = 65535.0 if sixteen else 255.0
         a = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
         im = Image.fromarray(a, "L")
     if im.mode in ("P", "PA"):

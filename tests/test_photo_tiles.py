@@ -54,6 +54,16 @@ def test_to_rgb_rescales_16_bit_grey() -> None:
     assert np.asarray(mpt.to_rgb(im)).min() == 255
 
 
+def test_to_rgb_reads_a_dark_16_bit_grey_photo_at_its_white_level() -> None:
+    """16-bit grey whose values all lie under 256 (a dark photo) was read as 8-bit values,
+    about 257 times too bright."""
+    dark = np.array([[0, 128, 200, 255]], np.uint16)
+    for mode in ("I;16", "I;16B"):
+        im = Image.fromarray(dark) if mode == "I;16" else Image.fromarray(dark).convert(mode)
+        assert im.mode == mode
+        assert np.asarray(mpt.to_rgb(im))[0, :, 0].tolist() == [0, 0, 1, 1], mode
+
+
 def test_flat_cells_are_skipped() -> None:
     """Left half texture, right half a smooth gradient (sky-like) and a flat band."""
     a = np.zeros((64, 128, 3), np.uint8)
