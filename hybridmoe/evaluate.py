@@ -42,7 +42,11 @@ of the LQ image as the baseline ("bicubic" row).
 
 Greyscale images (Set14's ``bridge``) given to a 3-channel model are replicated to RGB, and the
 RGB output is turned back to grey with BT.601 luma weights, so that its Y is exactly the Y of the
-RGB output. A 1-channel model processes each colour channel separately. Images of any bit
+RGB output. Its Y is therefore 16 + 219·g/255 of its grey value g, and Y is not rounded to 8
+bits before PSNR/SSIM: scripts that score a one-channel image on its raw grey values and round Y
+give other numbers for ``bridge`` (for every method alike), so Set14 means here differ from such
+published tables while comparisons within one convention are unaffected. A 1-channel model
+processes each colour channel separately. Images of any bit
 depth and Pillow mode are read at their own white level and rounded to 8 bits (16-bit PNGs
 included; see :func:`read_image`); images with transparent pixels are refused.
 
