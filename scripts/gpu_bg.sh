@@ -19,6 +19,8 @@
 #                                                    ROUTER_LR=M: MoE routers at M x the rate
 #   scripts/gpu_bg.sh wait SECONDS                   print progress every minute; return within
 #                                                    5 s of the last run's end (TRAINING.md §5b)
+#                                                    with where every run stands and each
+#                                                    group's train.log (exits, refusals)
 #   scripts/gpu_bg.sh py ARGS...                    python3 ARGS in this environment (e.g. a bench)
 #   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
 #                                                    (with the training states: resumable on
@@ -67,16 +69,31 @@ case $cmd in
     echo "started $group: $*" ;;
   wait)
     # polls every 5 s (a finished sweep ends the wait within seconds), reports every 60 s
-    end=$((SECONDS + $1)) next=$((SECONDS + 60))
-    while ((SECONDS < end)) && pgrep -f "^python3 scripts/sweep.py train" >/dev/null; do
-      sleep $((end - SECONDS < 5 ? end - SECONDS : 5))
-      ((SECONDS >= next || SECONDS >= end)) || continue
-      next=$((SECONDS + 60))
-      echo "--- ${SECONDS}s $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
+    progress() {
       for f in "$RUNS"/*/*/log.jsonl; do
         [[ -f $f ]] && echo "$(basename "$(dirname "$(dirname "$f")")")/$(basename "$(dirname "$f")") $(tail -1 "$f" | cut -c1-70)"
       done
-    done ;;
+    }
+    end=$((SECONDS + $1)) next=$((SECONDS + 60))
+    while ((SECONDS < end)) && pgrep -f "^python3 scripts/sweep.py train" >/dev/null; do
+      sleep $((end - SECONDS < 5 ? end - SECONDS : 5))
+      ((SECONDS >= next && SECONDS < end)) || continue  # the deadline's report is below
+      next=$((SECONDS + 60))
+      echo "--- ${SECONDS}s $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
+      progress
+    done
+    # where the runs stand, and what each group's sweep said: a run's exit status, or why
+    # a start was refused or a run failed (RUNS/GROUP/train.log, which nothing returns)
+    state="no sweep running"
+    pgrep -f "^python3 scripts/sweep.py train" >/dev/null \
+      && state="runs still training, $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
+    echo "=== ${SECONDS}s: $state"
+    progress
+    for f in "$RUNS"/*/train.log; do
+      [[ -s $f ]] && tail -n 20 "$f" | sed "s|^|$(basename "$(dirname "$f")"): |"
+    done
+    compgen -G "$RUNS/*/*/log.jsonl" >/dev/null || compgen -G "$RUNS/*/train.log" >/dev/null \
+      || echo "wait: no runs under $RUNS (none started, or a fresh machine)" ;;
   py) python3 "$@" ;;
   pack)
     python3 scripts/sweep.py pack --runs "$RUNS"/*/ --out "$OUT" "$@" ;;

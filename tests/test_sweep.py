@@ -870,6 +870,31 @@ def test_gpu_bg_wait_ends_with_the_sweep_not_at_its_deadline(tmp_path: Path) -> 
         sweep_proc.wait()
 
 
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("bash", "pgrep")), reason="gpu_bg.sh needs bash and pgrep"
+)
+def test_gpu_bg_wait_ends_with_where_the_runs_stand_and_why_they_stopped(tmp_path: Path) -> None:
+    """The runs of start train in the background, their exits and refusals go to the group's
+    train.log: wait ends with every run's last log line and those lines, and says when there
+    are no runs at all (a fresh machine)."""
+    env = {**os.environ, "WHEELS": "none", "RUNS": str(tmp_path / "runs")}
+    run = tmp_path / "runs" / "g" / "compact_x4"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text('{"iter": 500, "loss": 0.03}\n')
+    refusal = "compact: exit 2: sweep.py train-one: error: ... trained on other images"
+    (run.parent / "train.log").write_text(f"{refusal}\n")
+    script = str(REPO / "scripts" / "gpu_bg.sh")
+    run_wait = functools.partial(
+        subprocess.run, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    waited = run_wait(["bash", script, "wait", "600"], env=env)
+    assert waited.returncode == 0, waited.stderr
+    assert 'g/compact_x4 {"iter": 500, "loss": 0.03}' in waited.stdout
+    assert f"g: {refusal}" in waited.stdout
+    fresh = run_wait(["bash", script, "wait", "600"], env={**env, "RUNS": str(tmp_path / "no")})
+    assert "no runs under" in fresh.stdout
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_router_drift_measures_the_move_from_the_seeded_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
