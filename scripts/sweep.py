@@ -16,7 +16,8 @@ Commands::
         state every 500 iterations and when the deadline comes, and resumes from it when run
         again with the same --out and the same images under --data (so a budget can span several
         machine sessions; a resume checks the decoded images against the sha256 its run
-        recorded, so the folders may move but not change). The names, folders and a resume's
+        recorded, so the folders may move but not change; a run without its state, e.g.
+        unpacked from a pack without --with-state, is refused). The names, folders and a resume's
         recipe are checked before any run starts; a run that
         fails shows the last line of its output (all of it in RUNS/<run>.stdout). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
@@ -669,6 +670,15 @@ def check_resume(run: Path, args: argparse.Namespace) -> None:
     ``--init`` / ``--init-config`` start (any fine-tune; older runs recorded it for GAN
     fine-tunes only), are refused, naming what to give."""
     meta_path = run / "meta.json"
+    if meta_path.is_file() and not (run / "state.pt").is_file():
+        # a run unpacked without its state (or stopped in its first save): training it would
+        # start from scratch and overwrite its weights, meta and log with another run's
+        iters = json.loads(meta_path.read_text()).get("iterations")
+        raise UsageError(
+            f"{run} holds a run ({iters} iterations) but no training state (state.pt) to "
+            "resume it from (packed without --with-state?); unpack a pack made with "
+            "--with-state into its folder, or move the run away to train it from the start"
+        )
     if not ((run / "state.pt").is_file() and meta_path.is_file()):
         return
     meta = json.loads(meta_path.read_text())

@@ -1136,6 +1136,27 @@ def test_a_failed_run_says_why_and_leaves_no_empty_run_folder(
     assert sorted(p.name for p in out.iterdir()) == ["compact_x4.stdout"]
 
 
+def test_a_run_without_its_state_is_not_trained_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run unpacked without --with-state has weights, meta and log but no state.pt: training
+    into its folder is refused (it would start from scratch and overwrite them)."""
+    run = tmp_path / "runs" / "compact_x4"
+    run.mkdir(parents=True)
+    files = {"meta.json": json.dumps({"iterations": 30, "finished": True}), "log.jsonl": "{}\n"}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    argv = ["--scale", "4", "--iters", "40", "--data", str(HR), "--out", str(run.parent)]
+    for cmd in (["train-one", "--config", "compact"], ["train", "--configs", "compact"]):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main([*cmd, *argv, "--batch", "1", "--crop", "16"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "no training state (state.pt)" in err, err
+        assert "(30 iterations)" in err and "--with-state" in err
+    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "meta.json"]
+    assert {n: (run / n).read_text() for n in files} == files
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_resuming_on_other_data_is_refused_and_keeps_the_runs_data(tmp_path: Path) -> None:
     """A resume is checked against the digest of the images its run read, not the folder's
