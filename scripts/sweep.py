@@ -41,7 +41,9 @@ Commands::
     sweep.py eval   --runs RUNS [--sets ...] [--records DIR] [--recipe NAME] [--degraded DIR]
         the project's evaluator (Y channel, border = scale, MATLAB bicubic LR) on every finished
         run; one JSON record per trained model. An existing record is kept (and named): sets
-        named in --sets that it lacks are added to it (listed under "added"). With
+        named in --sets that it lacks are added to it (listed under "added"). A benchmark
+        set with another number of images than it has (Set5 5, Set14 14, B100 and Urban100
+        100; e.g. one not yet all copied) is refused unless --limit N is given. With
         --degraded DIR (sets of hybridmoe
         make-degraded): the restoration runs, PSNR/SSIM (Y, border 0) per set and the degraded
         input's as psnr_input/ssim_input.
@@ -1577,6 +1579,8 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             sets = [s for s in sets if any(s not in old["psnr"] for *_, old in todo)]
         try:
             ev.find_sets(data, sets)  # before any scoring: one line naming what is missing
+            if args.limit is None:
+                check_set_sizes(data, sets)
             scores = score_sr(descs, data, sets, scales.pop(), args.limit)
         except ev.EvaluationError as exc:
             raise UsageError(str(exc)) from None
@@ -1651,6 +1655,23 @@ def _means(scores: Scores) -> tuple[dict[str, float], dict[str, float]]:
     psnr = {k: round(float(np.mean([r["psnr"] for r in v])), 4) for k, v in scores.items()}
     ssim = {k: round(float(np.mean([r["ssim"] for r in v])), 5) for k, v in scores.items()}
     return psnr, ssim
+
+
+SET_SIZES = {"Set5": 5, "Set14": 14, "B100": 100, "Urban100": 100}
+"""The number of HR images of each benchmark set."""
+
+
+def check_set_sizes(data: Path, sets: list[str]) -> None:
+    """Every benchmark set of ``sets`` under ``data`` is whole (:data:`SET_SIZES`): a record
+    is never rewritten, so a set scored on part of its images (one not yet all copied) would
+    stay in it under the set's name."""
+    for name in sets:
+        found, want = len(set_images(data, name, None)), SET_SIZES.get(name)
+        if want is not None and found != want:
+            raise UsageError(
+                f"{name}: {found} HR images in {ev.find_set(data, name) / 'HR'}, the set has "
+                f"{want}; complete the folder, or pass --limit N to score the first N of it"
+            )
 
 
 def set_images(data: Path, set_name: str, limit: int | None) -> list[Path]:

@@ -1219,6 +1219,13 @@ def test_eval_names_a_bad_runs_folder_or_data_and_says_which_records_it_kept(
     assert "no runs there" in refused(tmp_path)
     err = refused(runs, "--data", str(tmp_path / "none"), "--sets", "Set5")
     assert err.startswith("sweep.py eval: error: set 'Set5' not found: there is no folder")
+    # a set not yet all copied is not scored under its name (a record is never rewritten)
+    part = tmp_path / "part" / "Urban100" / "HR"
+    part.mkdir(parents=True)
+    (part / "img_001.png").write_bytes((HR / "bird.png").read_bytes())
+    (tmp_path / "part" / "Set5").symlink_to(TEST_DATA / "Set5")  # whole: scored as it is
+    err = refused(runs, "--data", str(tmp_path / "part"), "--sets", "Set5", "Urban100")
+    assert "Urban100: 1 HR images in " in err and "the set has 100; complete the folder" in err
     # an existing record is kept, and said to be
     records.mkdir()
     rec = records / "t_trunk64x10_lean_x4_1.json"
