@@ -17,7 +17,8 @@ Commands::
         again with the same --out and the same images under --data (so a budget can span several
         machine sessions; a resume checks the decoded images against the sha256 its run
         recorded, so the folders may move but not change; a run without its state, e.g.
-        unpacked from a pack without --with-state, is refused). The names, folders and a resume's
+        unpacked from a pack without --with-state, is refused, and so is a run that another
+        process is training, e.g. a start given twice). The names, folders and a resume's
         recipe are checked before any run starts; a run that
         fails shows the last line of its output (all of it in RUNS/<run>.stdout). A larger
         --iters continues a finished run (the learning-rate schedule is that of the new budget).
@@ -857,6 +858,31 @@ def write_weights(run: Path, keys: list[str], ema: list[torch.Tensor], meta: dic
     os.replace(run / "meta.json.tmp", run / "meta.json")
 
 
+def hold_run(run: Path) -> Any:
+    """An exclusive lock on ``run`` for as long as the returned file stays open (the process's
+    life): a second process that would train the same run folder at the same time (a start
+    given twice, e.g. a device call issued again while its runs still train) is refused
+    instead of writing the same state and weights files beside the first. The lock file lies
+    in the temporary folder (the run folder is made later). None where there is no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    import tempfile
+
+    key = hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:16]
+    lock = (Path(tempfile.gettempdir()) / f"sweep_run_{key}.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UsageError(
+            f"{run} is being trained by another process now; wait for it to end "
+            "(gpu_bg.sh wait), or give this start another --out"
+        ) from None
+    return lock
+
+
 def train_one(args: argparse.Namespace) -> int:
     """Train (or resume) one configuration; writes RUN/state.pt, RUN/ema.pt, RUN/log.jsonl.
     The run folder is made with the first line of its log or its first save: a start that
@@ -869,6 +895,7 @@ def train_one(args: argparse.Namespace) -> int:
     init_dir = getattr(args, "init", None)
     init_config = getattr(args, "init_config", None) or name
     run = Path(args.out) / run_name(name, scale, args.seed, preset, bool(gan_weights))
+    lock = hold_run(run)  # noqa: F841 (held until the process ends)
     deadline = time.time() + args.deadline_s if args.deadline_s else math.inf
     torch.manual_seed(args.seed)
     model = build(name, scale).to(device)

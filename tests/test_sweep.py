@@ -1157,6 +1157,27 @@ def test_a_run_without_its_state_is_not_trained_over(
     assert {n: (run / n).read_text() for n in files} == files
 
 
+def test_a_run_that_another_process_trains_is_not_started_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A start given twice (a device call issued again while its runs train) does not train
+    the same run folder beside the first process: the second is refused, naming the run."""
+    out = tmp_path / "runs"
+    argv = ["train-one", "--config", "compact", "--scale", "4", "--iters", "1", "--batch", "1"]
+    argv += ["--crop", "16", "--data", str(HR), "--out", str(out)]
+    first = sweep.hold_run(out / "compact_x4")  # the process that trains it
+    try:
+        with pytest.raises(SystemExit) as exc:
+            sweep.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, err
+        assert f"{out / 'compact_x4'} is being trained by another process now" in err
+        assert not out.exists()
+    finally:
+        first.close()
+    assert sweep.hold_run(out / "compact_x4_seed1") is not None  # other runs are free
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_resuming_on_other_data_is_refused_and_keeps_the_runs_data(tmp_path: Path) -> None:
     """A resume is checked against the digest of the images its run read, not the folder's
