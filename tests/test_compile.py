@@ -44,3 +44,21 @@ def test_moe_training_forward_has_no_graph_break() -> None:
     graphs, breaks, reasons = explain(model, torch.rand(1, 3, 24, 20))
     A.MOE_AUX.begin_forward()  # drop the terms the traced forward recorded
     assert (graphs, breaks) == (1, 0), reasons
+
+
+def test_dysample_compiles_with_dynamic_shapes_at_sizes_that_need_padding() -> None:
+    """Once a compiled model has seen a second input size, torch.compile traces the sizes
+    symbolically. The padding to a multiple of 2^(levels-1) was a modulo of the size, and the
+    DySample upsampler turns the padded size into float arithmetic, which the compiler could
+    not handle: every input size that needs padding failed ("no attribute 'python_mod'")."""
+    import torch._dynamo
+
+    model = A.hybridmoe(scale=2, **TINY, levels=2, upsampler="dysample").eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True)
+    x = torch.rand(1, 3, 13, 10)
+    try:
+        with torch.inference_mode():
+            torch.testing.assert_close(compiled(x), model(x))
+    finally:
+        torch._dynamo.reset()

@@ -267,7 +267,11 @@ def _onnx_export() -> bool:
 def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     """Replicate-pad (N,C,H,W) on the bottom/right so H and W are multiples of ``multiple``."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    # (h + m - 1) // m · m - h rather than (-h) % m: the same amounts, but torch.compile's
+    # dynamic-shape graphs fail on a modulo in a size that reaches float arithmetic (the
+    # DySample upsampler's sampling grid: "no attribute 'python_mod'")
+    ph = (h + multiple - 1) // multiple * multiple - h
+    pw = (w + multiple - 1) // multiple * multiple - w
     if ph or pw or _onnx_export():  # traced graphs keep the pad for sizes that need one
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     return x
