@@ -588,8 +588,13 @@ def test_channel_mismatch_at_forward() -> None:
     model = tiny(scale=2).eval()
     with pytest.raises(ValueError, match=r"expects an \(N, 3, H, W\).*got shape \(1, 4, 8, 8\)"):
         model(torch.rand(1, 4, 8, 8))
-    with pytest.raises(ValueError, match="got shape"):
+    # a single (C, H, W) image: the fix is the batch dimension, not other channels
+    with pytest.raises(
+        ValueError, match=r"got shape \(3, 8, 8\); add the batch dimension.*unsqueeze"
+    ):
         model(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match=r"got shape \(8, 8\); pass a batch of images"):
+        model(torch.rand(8, 8))
 
 
 def test_empty_and_unusable_inputs() -> None:

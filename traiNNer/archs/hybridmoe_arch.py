@@ -1750,11 +1750,18 @@ class HybridMoE(nn.Module):
         return getattr(self, f"fuse{level}")(lf, hf)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_ch:
+        expected = f"HybridMoE expects an (N, {self.in_ch}, H, W) image tensor, got shape"
+        if x.ndim != 4:
+            fix = (
+                "add the batch dimension of a single image: x.unsqueeze(0)"
+                if x.ndim == 3
+                else "pass a batch of images as (N, C, H, W)"
+            )
+            raise ValueError(f"{expected} {tuple(x.shape)}; {fix}")
+        if x.shape[1] != self.in_ch:
             raise ValueError(
-                f"HybridMoE expects an (N, {self.in_ch}, H, W) image tensor, got shape "
-                f"{tuple(x.shape)}; convert the image to {self.in_ch} channel(s) or use a model "
-                f"built with in_ch={x.shape[1] if x.ndim == 4 else '?'}"
+                f"{expected} {tuple(x.shape)}; convert the image to {self.in_ch} channel(s) or "
+                f"use a model built with in_ch={x.shape[1]}"
             )
         if x.shape[-2] == 0 or x.shape[-1] == 0:
             raise ValueError(
