@@ -62,3 +62,30 @@ def test_dysample_compiles_with_dynamic_shapes_at_sizes_that_need_padding() -> N
             torch.testing.assert_close(compiled(x), model(x))
     finally:
         torch._dynamo.reset()
+
+
+def test_moe_training_forwards_compile_once() -> None:
+    """traiNNer-redux's ``use_compile``: every training forward of an MoE network read and
+    bumped a Python int of the side channel (its forward counter), a value torch.compile
+    guards on, so each step recompiled the whole network until the recompile limit, after
+    which the network ran uncompiled."""
+    import torch._dynamo
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    model = A.hybridmoe(scale=2, **TINY).train()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counting_backend)
+    try:
+        for _ in range(3):
+            y = compiled(torch.rand(1, 3, 16, 16))
+            balance = A.MOE_AUX.take_balance_loss()
+            assert balance is not None
+            (y.mean() + 0.01 * balance).backward()
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1

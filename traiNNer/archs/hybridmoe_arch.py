@@ -305,12 +305,15 @@ class MoEAuxChannel:
         """Per MoE layer: fraction of routed token slots each expert received, shape (E,),
         detached, from the latest training forward."""
         self.training_forwards = 0
+        """Training forwards begun, counted in eager forwards (torch.compile guards on a
+        Python int it reads, so counting in a compiled forward recompiled it every step)."""
 
     def begin_forward(self) -> None:
         """Start a new training forward: drop terms a previous forward left unconsumed."""
         self._terms = []
         self.usage = []
-        self.training_forwards += 1
+        if not _export_mode():
+            self.training_forwards += 1
 
     def record(self, balance: Tensor, usage: Tensor) -> None:
         """Store one layer's balance term (0-dim, in the graph) and its usage (E,)."""
