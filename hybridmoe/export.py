@@ -77,8 +77,10 @@ MIN_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 FP32_TOL = 1e-4
 """Max abs difference allowed between onnxruntime (fp32 graph) and PyTorch."""
-FP16_TOL = 5e-2
-"""Max abs difference allowed between an fp16 graph and PyTorch fp32 (outputs in [0, 1])."""
+FP16_TOL = 1e-2
+"""Max abs difference allowed between an fp16 graph and PyTorch fp32 (outputs in [0, 1]): about
+7x the largest seen over the export matrix (1.47e-3, ``measurements/onnx_matrix_2026-12-03.json``),
+tight enough that an output off by 2 % of the range fails."""
 SCAN_CHUNK = 64
 """Tokens per chunk of the network's selective scan (``ssd_scan``)."""
 DEFAULT_DOMAINS = ("", "ai.onnx")

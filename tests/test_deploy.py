@@ -360,6 +360,19 @@ def test_onnx_fp16(nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path) -> None:
     assert np.isfinite(diff) and diff < export.FP16_TOL
 
 
+def test_fp16_verification_fails_a_graph_off_by_two_percent(
+    nano_x2: tuple[A.HybridMoE, Path], tmp_path: Path
+) -> None:
+    """The fp16 check passes the graph of the model and fails it against the same model with
+    0.02 added to its output (within the old 5e-2 tolerance: such a graph was 'verified')."""
+    model = nano_x2[0]
+    res = export.export(model, tmp_path / "nano_fp16.onnx", fp16=True)
+    assert export.verify(model, res, log=lambda _: None) <= export.FP16_TOL
+    shifted = copy.deepcopy(model)
+    shifted.register_forward_hook(lambda _m, _x, out: out + 0.02)
+    assert export.verify(shifted, res, log=lambda _: None) > export.FP16_TOL
+
+
 @pytest.mark.parametrize(
     "options",
     [
