@@ -709,6 +709,8 @@ def evaluate(
         raise EvaluationError("the scale comes from the model; do not pass a scale with a model")
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
+    if noise_seed is not None and bicubic_only:  # no model runs, with or without MODEL
+        raise EvaluationError("a noise seed needs a model (drop --noise with --bicubic-only)")
     tile = _tile_or_whole(tile)
     set_dirs = find_sets(data_dir, sets)
     hr_paths = [p for d in set_dirs.values() for p in set_hr_paths(d, limit)]
@@ -718,8 +720,6 @@ def evaluate(
         _with_noise(descriptor, noise_seed)
         info = model_info(descriptor, model, device, dtype)
         scale = descriptor.scale
-    elif noise_seed is not None:
-        raise EvaluationError("a noise seed needs a model (drop --noise with --bicubic-only)")
     if scale is None or scale < 2:
         raise EvaluationError(f"a bicubic-only run needs a scale >= 2, got {scale}")
     check_hr_sizes(hr_paths, scale, scale)  # before the model runs

@@ -350,6 +350,9 @@ def test_noise_seed_switches_on_the_learned_noise_reproducibly(
     assert "no learned noise injection" in capsys.readouterr().err
     assert evaluate.main(["--bicubic-only", "--scale", "2", *argv]) == 2
     assert "drop --noise" in capsys.readouterr().err
+    # with MODEL too: bicubic-only runs no model, so no seed is taken (it was recorded)
+    assert evaluate.main([str(path), "--bicubic-only", *argv]) == 2
+    assert "drop --noise" in capsys.readouterr().err
 
 
 def test_tile_zero_means_the_whole_image_as_without_tile(
