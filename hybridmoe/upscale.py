@@ -715,7 +715,9 @@ def process(job: Job, settings: Settings) -> None:
     problem = size_problem(fmt, h * desc.scale, w * desc.scale)
     if problem:  # before the model runs
         raise CliError(f"{job.dst}: {problem} (--format png, or a .png OUTPUT)")
-    tile = plan_tile(settings, h, w, pixels.shape[-1], job.src)
+    # grey goes through a 3-channel model as RGB: its output copies have the model's channels
+    held = max(pixels.shape[-1], desc.input_channels)
+    tile = plan_tile(settings, h, w, held, job.src)
     if settings.noise_seed is not None:  # after plan_tile's probe: the same noise per image
         torch.manual_seed(settings.noise_seed)
     with tqdm(total=0, desc=job.src.name, unit="tile", leave=False, file=sys.stderr) as bar:

@@ -375,6 +375,33 @@ def test_memory_decides_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert "tiling does not shrink the output" in err
 
 
+def test_a_grey_image_is_planned_with_the_models_channels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A grey image runs through a 3-channel model as RGB, so its output copies have three
+    channels: host memory for the 1-channel output only (not for three) is refused up front
+    instead of being planned as enough."""
+    model = save_model(compact(), tmp_path / "m.safetensors")
+    arr = (rand_image(150, 140, 1)[..., 0] * 255).astype(np.uint8)
+    src = tmp_path / "g.png"
+    Image.fromarray(arr, mode="L").save(src)
+    grey_need = upscale.HOST_COPIES * 300 * 280 * 1 * 4
+    plenty = 2**34
+    monkeypatch.setattr(upscale, "available_memory", lambda dev: (plenty, "test"))
+    monkeypatch.setattr(
+        upscale, "host_memory_available", lambda: 2 * grey_need / upscale.MEMORY_SHARE
+    )
+    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
+    assert code == 2 and "output alone needs" in err, err
+    assert not (tmp_path / "out.png").exists()
+    monkeypatch.setattr(
+        upscale, "host_memory_available", lambda: 4 * grey_need / upscale.MEMORY_SHARE
+    )
+    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (300, 280)
+
+
 def test_unknown_host_memory_refuses_a_huge_image_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
