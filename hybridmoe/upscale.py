@@ -176,7 +176,12 @@ def warn(message: str) -> None:
 
 def _quality(text: str) -> int:
     """argparse type: an integer in [1, 100]."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 1 to 100, got {text!r}"
+        ) from None
     if not 1 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {value}")
     return value

@@ -666,6 +666,18 @@ def test_help_documents_options(capsys) -> None:
     assert "CMYK profile is neither applied nor kept" in text  # not "the profile is carried over"
 
 
+def test_quality_errors_name_the_range(capsys) -> None:
+    """--quality that is not a number said "invalid _quality value" (the function's name)."""
+    for value, message in (
+        ("high", "must be an integer from 1 to 100, got 'high'"),
+        ("0", "got 0"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            upscale.main(["m.safetensors", "in.png", "out.png", "--quality", value])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and "_quality" not in err, err
+
+
 def _noise_model(tmp_path: Path) -> Path:
     """A HybridMoE nano x2 with the texture head's noise injection (weights perturbed so that
     every layer passes the noise on; its strength raised from 0)."""
