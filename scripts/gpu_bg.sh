@@ -31,7 +31,10 @@ set -uo pipefail
 RUNS=${RUNS:-/tmp/runs}
 WHEELS=${WHEELS:-.whl}
 if [[ ! -d /tmp/site ]] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
+  # into a new folder, moved into place when whole: a failed install is tried again next call
+  rm -rf /tmp/site.part
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site.part \
+    "$WHEELS"/*.whl && mv /tmp/site.part /tmp/site
 fi
 export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses:/tmp/site"
 export PYTHONUNBUFFERED=1
@@ -46,7 +49,8 @@ case $cmd in
     rm -rf "$out.src" "$out.done" && cp -r "$src" "$out.src" || exit 2
     setsid nohup bash -c "python3 -m hybridmoe make-pairs '$out.src' --out '$out' --scale $scale --overwrite \
       --workers 4 >'$out.log' 2>&1 && touch '$out.done'" </dev/null >/dev/null 2>&1 &
-    echo "pairs-bg: $(ls "$out.src" | wc -l) images of $src -> $out (log $out.log)" ;;
+    n=$(find "$out.src" -maxdepth 1 -type f \( -iname '*.png' -o -iname '*.jpg' \) | wc -l)
+    echo "pairs-bg: $n images of $src -> $out (log $out.log)" ;;
   wait-pairs)
     for out in "$@"; do
       idle=0

@@ -817,6 +817,7 @@ def test_gpu_bg_makes_pairs_in_the_background_from_a_copy(tmp_path: Path) -> Non
     done; wait-pairs blocks until then, and names a folder that nothing is making."""
     src = tmp_path / "carried"
     shutil.copytree(HR, src)
+    (src / "tiles.tsv").write_text("name\tsource\n")  # a slice's list: not an image
     env = {
         **os.environ,
         "WHEELS": "none",
@@ -825,7 +826,8 @@ def test_gpu_bg_makes_pairs_in_the_background_from_a_copy(tmp_path: Path) -> Non
     script = str(REPO / "scripts" / "gpu_bg.sh")
     out = tmp_path / "q4"
     run = functools.partial(subprocess.run, cwd=REPO, env=env, capture_output=True, text=True)
-    assert run(["bash", script, "pairs-bg", "4", str(out), str(src)]).returncode == 0
+    started = run(["bash", script, "pairs-bg", "4", str(out), str(src)])
+    assert started.returncode == 0 and "pairs-bg: 5 images of" in started.stdout, started.stdout
     shutil.rmtree(src)  # the next device call no longer has the carried folder
     done = run(["bash", script, "wait-pairs", str(out)], timeout=120)
     assert done.returncode == 0, done.stderr
