@@ -33,6 +33,7 @@ import hybridmoe_arch as arch
 import hybridmoe_loss as losses
 from hybridmoe import upscale
 from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.cliargs import positive_int
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.paths import REPO_ROOT
 
@@ -53,7 +54,15 @@ def training_images(scale: int, crop: int) -> list[tuple[np.ndarray, np.ndarray]
                 hr = mod_crop(np.asarray(im.convert("RGB")), scale)
             if min(hr.shape[:2]) >= crop * scale:
                 pairs.append((hr, imresize_matlab_uint8(hr, 1 / scale)))
-    print(f"training photos: {len(pairs)} from {', '.join(str(f) for f in folders)}")
+    shown = ", ".join(str(f) for f in folders)
+    if not pairs:
+        print(
+            f"error: no training photo in {shown} is large enough for --crop {crop} "
+            f"(an HR side of at least {crop * scale} pixels is needed); lower --crop",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    print(f"training photos: {len(pairs)} from {shown}")
     return pairs
 
 
@@ -126,9 +135,9 @@ def set5_scores(desc: object) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--iters", type=int, default=200, help="training steps (default 200)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, default=48, help="LR crop size")
+    ap.add_argument("--iters", type=positive_int, default=200, help="training steps (default 200)")
+    ap.add_argument("--batch", type=positive_int, default=8)
+    ap.add_argument("--crop", type=positive_int, default=48, help="LR crop size")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "demo")
     args = ap.parse_args(argv)
 

@@ -314,6 +314,31 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "butterfly_x2_demo.png").is_file()
 
 
+def test_demo_refuses_a_crop_larger_than_every_photo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --crop no training photo can give was an IndexError from random.choice; a zero
+    --batch or --iters a traceback or an untrained model."""
+    import demo
+
+    photos = tmp_path / "repo" / "tests" / "data" / "T91_sample"
+    photos.mkdir(parents=True)
+    Image.new("RGB", (100, 80)).save(photos / "a.png")
+    monkeypatch.setattr(demo, "REPO_ROOT", tmp_path / "repo")
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as done:
+        demo.main(["--crop", "41", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "Traceback" not in err
+    assert f"no training photo in {photos} is large enough for --crop 41" in err
+    assert "an HR side of at least 82 pixels" in err and "lower --crop" in err
+    assert not out.exists()
+    for option in ("--batch", "--iters", "--crop"):
+        with pytest.raises(SystemExit) as done:
+            demo.main([option, "0", "--out", str(out)])
+        assert done.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
