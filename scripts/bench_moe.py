@@ -28,6 +28,7 @@ from torch import nn
 import hybridmoe_arch as arch
 from hybridmoe.bench import time_loop
 from hybridmoe.cliargs import parse_size
+from hybridmoe.imageio import OutputError, check_output, write_text_atomic
 from hybridmoe.provenance import record_header
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--top-k {args.top_k} must be between 1 and --experts {args.experts}")
     if args.json and args.json.exists():
         ap.error(f"{args.json} exists; remove it first or choose another name")
+    if args.json:  # before the measuring, which can take minutes
+        try:
+            check_output(args.json, overwrite=False, what="record")
+        except OutputError as e:
+            ap.error(str(e))
     dev, dtype = torch.device(args.device), DTYPES[args.dtype]
     hidden = round(args.channels * args.mlp_ratio)
     torch.manual_seed(0)
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "rows": rows,
         }
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(record, indent=1) + "\n", what="record")
         print(f"wrote {args.json}")
     return 0
 

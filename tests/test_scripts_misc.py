@@ -374,6 +374,25 @@ def test_bench_moe_writes_one_row_per_map_and_refuses_to_overwrite(
     assert "expected WxH, e.g. 1920x1080, got '9y4'" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_bench_moe_writes_its_record_into_a_new_folder_and_checks_it_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json in a folder that did not exist yet was a FileNotFoundError after all the
+    measuring; one under a file is refused before it."""
+    argv = ["--channels", "8", "--experts", "2", "--top-k", "1", "--sizes", "4x4", "--repeat", "1"]
+    out = tmp_path / "new" / "moe.json"
+    assert bench_moe.main([*argv, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["map"] == "4x4"
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        bench_moe.main([*argv, "--json", str(tmp_path / "file" / "moe.json")])
+    captured = capsys.readouterr()
+    assert done.value.code == 2 and "is a file, not a folder" in captured.err
+    assert "map" not in captured.out  # refused before measuring
+
+
 def test_measure_tiling_takes_images_from_outside_the_checkout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
