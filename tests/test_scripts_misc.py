@@ -314,6 +314,53 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (out / "butterfly_x2_demo.png").is_file()
 
 
+STUB_PYTHON = """#!/bin/sh
+# stands in for a Python: logs its arguments; `-m venv ... DIR` makes DIR/bin/python a copy
+echo "$0 $*" >> "{log}"
+if [ "$1 $2" = "-m venv" ]; then
+  for last; do :; done
+  mkdir -p "$last/bin" && cp "$0" "$last/bin/python"
+fi
+"""
+
+
+def test_setup_env_recreates_a_venv_left_without_pip(tmp_path: Path) -> None:
+    """An interrupted first run can leave .venv/bin/python without pip; every later run then
+    failed with 'No module named pip' instead of making the environment again."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(root / "scripts" / "setup_env.sh", repo / "scripts")
+    log = tmp_path / "log.txt"
+    python = tmp_path / "python3"
+    python.write_text(STUB_PYTHON.format(log=log))
+    python.chmod(0o755)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    broken = repo / ".venv" / "bin" / "python"
+    broken.write_text('#!/bin/sh\necho "$0: No module named pip" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(python)}
+
+    def setup() -> subprocess.CompletedProcess[str]:
+        script = repo / "scripts" / "setup_env.sh"
+        return subprocess.run(
+            ["bash", str(script)], env=env, capture_output=True, text=True, check=False
+        )
+
+    proc = setup()
+    assert proc.returncode == 0, proc.stderr
+    assert ".venv is incomplete (no working pip); recreating it" in proc.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == f"{python} -m venv --clear .venv"
+    assert any("pip install -q torch==" in c for c in calls[1:])
+    log.unlink()
+    assert setup().returncode == 0  # a working .venv is kept
+    assert not any(" -m venv" in c for c in log.read_text().splitlines())
+
+
 def test_demo_refuses_a_crop_larger_than_every_photo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
