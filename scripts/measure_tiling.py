@@ -77,9 +77,18 @@ CODE_PATHS = ("hybridmoe", "traiNNer/archs", "scripts")
 """Folders whose files, if they differ from HEAD, are listed in the record."""
 
 
-def code_changes() -> list[str]:
+def code_changes() -> list[str] | None:
     """Files under :data:`CODE_PATHS` whose working-tree content differs from HEAD (or that
-    are missing, or not in HEAD): the measured code is HEAD plus these."""
+    are missing, or not in HEAD): the measured code is HEAD plus these. None when git cannot
+    tell (a copy of the checkout without its ``.git``, or no git installed)."""
+    try:
+        return _code_changes()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _code_changes() -> list[str]:
+    """:func:`code_changes`, raising when a git command fails."""
 
     def git(*cmd: str, stdin: str | None = None) -> list[str]:
         out = subprocess.run(

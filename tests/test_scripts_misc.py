@@ -464,3 +464,30 @@ def test_measure_tiling_takes_images_from_outside_the_checkout(
             measure_tiling.main([*base, *quick, *extra, "--json", str(tmp_path / "x.json")])
         assert done.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_measure_tiling_runs_in_a_copy_without_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a copy of the checkout without its .git, listing the changed files was a
+    CalledProcessError before anything was measured; the record says null instead."""
+    import measure_tiling
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    monkeypatch.setattr(measure_tiling, "ROOT", copy)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.delenv("HYBRIDMOE_COMMIT", raising=False)
+    assert measure_tiling.code_changes() is None
+    out = tmp_path / "r.json"
+    argv = [
+        "--models",
+        "2x_HybridMoE_Nano",
+        "--images",
+        "bird",
+        "--data",
+        str(TEST_DATA / "Set5" / "HR"),
+    ]
+    argv += ["--crop", "49", "--tiles", "24", "--overlaps", "4", "--json", str(out)]
+    assert measure_tiling.main(argv) == 0
+    assert json.loads(out.read_text())["code_changes_vs_commit"] is None
