@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from typing import Any
 
 import torch
 
@@ -58,9 +59,18 @@ def add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def parse_number(kind: type, text: str, wanted: str) -> Any:
+    """``kind(text)``, or the argparse error that says what was wanted (argparse's own
+    message names the type function: "invalid positive_int value")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    value = parse_number(int, text, "an integer >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -68,7 +78,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    value = int(text)
+    value = parse_number(int, text, "an integer >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -76,7 +86,7 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
-    value = float(text)
+    value = parse_number(float, text, "a number > 0")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
@@ -84,7 +94,7 @@ def positive_float(text: str) -> float:
 
 def finite_non_negative(text: str) -> float:
     """argparse type: a finite number >= 0 (a tolerance)."""
-    value = float(text)
+    value = parse_number(float, text, "a finite number >= 0")
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value

@@ -25,7 +25,7 @@ from spandrel import ImageModelDescriptor, ModelTiling, UnsupportedDtypeError
 from tqdm import tqdm
 
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
-from hybridmoe.cliargs import add_device_argument, non_negative_int
+from hybridmoe.cliargs import add_device_argument, non_negative_int, parse_number
 from hybridmoe.imageio import (
     FORMATS,
     ImageData,
@@ -176,12 +176,7 @@ def warn(message: str) -> None:
 
 def _quality(text: str) -> int:
     """argparse type: an integer in [1, 100]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 1 to 100, got {text!r}"
-        ) from None
+    value = parse_number(int, text, "an integer from 1 to 100")
     if not 1 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {value}")
     return value

@@ -27,7 +27,7 @@ from torch import nn
 
 import hybridmoe_arch as arch
 from hybridmoe.bench import time_loop
-from hybridmoe.cliargs import parse_size
+from hybridmoe.cliargs import parse_size, positive_int
 from hybridmoe.imageio import OutputError, check_output, write_text_atomic
 from hybridmoe.provenance import record_header
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=parse_size, nargs="+", default=[(64, 64), (256, 256)])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=DTYPES, default="fp32")
-    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--repeat", type=positive_int, default=10)
     ap.add_argument("--train", action="store_true", help="forward + backward (autocast on GPU)")
     ap.add_argument("--json", type=Path, help="write the rows and their context here")
     ap.add_argument("--profile", action="store_true", help="kernels of one sparse forward")

@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, required=True, help="record to write")
     p.add_argument("--models", nargs="*", help="shipped model names (default: all)")
-    p.add_argument("--images", nargs="*", default=list(DEFAULT_IMAGES), help="Set5 names")
+    p.add_argument("--images", nargs="+", default=list(DEFAULT_IMAGES), help="Set5 names")
     p.add_argument(
         "--data",
         type=Path,

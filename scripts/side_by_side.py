@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from hybridmoe import evaluate as ev
 from hybridmoe import imageio, metrics
 from hybridmoe.checkpoint import load_checkpoint
+from hybridmoe.cliargs import positive_int
 from hybridmoe.meta import CheckpointError
 
 LABEL_H = 18
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", action="append", required=True, help="IMAGE:X,Y,SIZE (HR px)")
     ap.add_argument("--model", action="append", default=[], help="LABEL=FILE (any number)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cell", type=int, default=192, help="side of each shown crop in pixels")
+    ap.add_argument(
+        "--cell", type=positive_int, default=192, help="side of each shown crop in pixels"
+    )
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     try:

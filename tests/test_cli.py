@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hybridmoe import cli, export, upscale
+from hybridmoe import cli, cliargs, export, upscale
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
 from hybridmoe.cliargs import device_name
 from hybridmoe.models import resolve_model, shipped_models
@@ -157,3 +158,20 @@ def test_ctrl_c_in_upscale_keeps_its_own_line(
     code = cli.main(["upscale", "2x_HybridMoE_Nano", str(tmp_path / "a.png"), str(tmp_path)])
     assert code == 130
     assert capsys.readouterr().err == "interrupted; no partial output was left\n"
+
+
+def test_numeric_options_name_what_they_want(capsys: pytest.CaptureFixture[str]) -> None:
+    """A word where a number belongs is answered with what the option wants; argparse's own
+    message named the type function ("invalid non_negative_int value: 'abc'")."""
+    for fn, text, wanted in (
+        (cliargs.positive_int, "x", "must be an integer >= 1, got 'x'"),
+        (cliargs.non_negative_int, "1.5", "must be an integer >= 0, got '1.5'"),
+        (cliargs.positive_float, "nan?", "must be a number > 0, got 'nan?'"),
+        (cliargs.finite_non_negative, "", "must be a finite number >= 0, got ''"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(wanted)):
+            fn(text)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["upscale", "m.safetensors", "in.png", "out.png", "--tile", "abc"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--tile: must be an integer >= 0, got 'abc'" in err, err
