@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hybridmoe.meta import CheckpointError
+from hybridmoe.meta import CheckpointError, unbacked
 from hybridmoe.models import resolve_model
 from hybridmoe.spandrel_arch import register_spandrel
 
@@ -223,6 +223,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise CheckpointError(
                 f"{p}: entry {k!r} of the state dict is a {type(v).__name__}, not a tensor; "
                 f"the file is not a model state dict"
+            )
+        if problem := unbacked(v):
+            raise CheckpointError(
+                f"{p}: '{k}' is {problem}; a model built from its shape would allocate "
+                f"memory the file does not hold, so the file is refused. Save the weights "
+                f"themselves as dense tensors: {{k: v.to_dense().contiguous() for k, v in "
+                f"state_dict.items()}}"
             )
         if v.is_complex() or v.dtype in _NON_WEIGHT_DTYPES:
             raise CheckpointError(

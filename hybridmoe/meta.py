@@ -24,6 +24,7 @@ __all__ = [
     "decode_meta",
     "model_from_state_dict",
     "options_from_state_dict",
+    "unbacked",
 ]
 
 
@@ -48,6 +49,23 @@ def damaged(what: str) -> CheckpointError:
     return CheckpointError(
         f"damaged HybridMoE checkpoint: {what}; the file is damaged or was edited"
     )
+
+
+def unbacked(v: Tensor) -> str | None:
+    """Why ``v`` is not a dense tensor whose values a file holds in full (None if it is): a
+    nested, meta-device or sparse tensor, or an expanded view, would size a model by a shape
+    the file holds no values for."""
+    if v.is_nested:
+        return "a nested tensor"
+    shape = tuple(v.shape)
+    if v.is_meta:
+        return f"a meta-device tensor of shape {shape} (a shape without values)"
+    if v.layout != torch.strided:
+        return f"a {str(v.layout).removeprefix('torch.')} tensor of shape {shape}"
+    stored = v.untyped_storage().nbytes() // v.element_size()
+    if v.numel() > stored:
+        return f"an expanded or overlapping view of shape {shape} ({stored} value(s) stored)"
+    return None
 
 
 def meta_values(meta: object) -> list[int]:
@@ -315,6 +333,8 @@ def model_from_state_dict(state_dict: dict[str, Tensor]) -> HybridMoE:
     if not all(isinstance(v, Tensor) for v in sd.values()):
         raise damaged("it holds entries that are not tensors")
     for k, v in sd.items():  # a cast on loading would hide NaN in a complex or huge integers
+        if problem := unbacked(v):  # a tiny file would size a huge model
+            raise damaged(f"'{k}' is {problem}")
         if k != "hmoe_meta" and v.dtype not in WEIGHT_DTYPES:
             raise damaged(
                 f"'{k}' has dtype {v.dtype}; the weights must be float16/32/64 or bfloat16"

@@ -588,6 +588,33 @@ def test_tensors_no_model_stores_are_refused(
         C.read_state_dict(_save(sd, tmp_path / "m.safetensors"))
 
 
+@pytest.mark.parametrize(
+    ("form", "words"),
+    [
+        (lambda v: torch.zeros(1).expand(v.shape), "an expanded or overlapping view"),
+        (lambda v: torch.empty(v.shape, device="meta"), "a meta-device tensor"),
+        (lambda v: v.to_sparse(), "a sparse_coo tensor"),
+    ],
+    ids=["expanded", "meta", "sparse"],
+)
+def test_tensors_without_their_values_are_refused_before_a_model_is_built(
+    form: Callable[[torch.Tensor], torch.Tensor], words: str, tmp_path: Path
+) -> None:
+    """torch.save keeps a view's strides, a meta tensor's shape and a sparse tensor's size:
+    every tensor of a dim-2048 HybridMoE stored as one zero expanded to its shape was a 5 KB
+    file that loaded as a model of 1.7 GB, and a 5 KB file of meta or sparse tensors made
+    spandrel allocate 7 GB of a Compact network before the copy failed."""
+    sd = _tiny(dim=64).state_dict()
+    views = {k: v if k == "hmoe_meta" else form(v) for k, v in sd.items()}
+    path = _save(views, tmp_path / "views.pth")
+    with pytest.raises(C.CheckpointError, match=rf"'[\w.]+' is {words} .*refused"):
+        C.load_checkpoint(path)
+    with pytest.raises(C.CheckpointError, match=rf"'[\w.]+' is {words} of shape"):
+        M.model_from_state_dict(views)  # spandrel's own load_from_file hands the dict over
+    whole = _save({k: v.contiguous() for k, v in sd.items()}, tmp_path / "whole.pth")
+    assert C.load_checkpoint(whole).model.hyperparameters["dim"] == 64
+
+
 def test_integer_weights_of_a_hybridmoe_are_refused() -> None:
     sd = dict(_tiny().state_dict())
     sd["stem.bias"] = torch.full_like(sd["stem.bias"], 10**15, dtype=torch.int64)
