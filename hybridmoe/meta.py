@@ -40,6 +40,7 @@ MAX_ABS_WEIGHT = 1e4
 beyond this (or NaN/Inf) means bytes of the file were damaged."""
 
 _META_MAX_VALUES = 64  # a real hmoe_meta buffer has 13, 17 or 22 values
+_NEWEST_PLAUSIBLE_VERSION = 255  # a version field beyond this is damage, not a newer layout
 _LEGACY_FLAGS = ("use_moe", "refine_moe", "use_hf", "use_attn")  # bits of value 9 (v1, v2)
 _LEGACY_FLAGS2 = ("noise", "stem_lk")  # bits of value 10 (v1, v2)
 
@@ -135,14 +136,15 @@ def decode_meta(values: list[int]) -> dict[str, Any]:
     """The options an ``hmoe_meta`` buffer records (any layout version), each checked against
     its range; ``in_ch`` too for versions 1 and 2, which stored it."""
     version = values[0] if values else 0
-    if version > META_VERSION:
+    if META_VERSION < version <= _NEWEST_PLAUSIBLE_VERSION:
         raise CheckpointError(
             f"HybridMoE checkpoint layout version {version} is newer than this hybridmoe_arch.py "
             f"understands (up to {META_VERSION}); update the hybridmoe package"
         )
     if version not in META_LENGTHS or len(values) != META_LENGTHS[version]:
+        shown = version if abs(version) < 10**9 else f"{version:.3g}"  # a float buffer's 1e300
         raise CheckpointError(
-            f"malformed HybridMoE 'hmoe_meta' buffer (version {version}, {len(values)} values); "
+            f"malformed HybridMoE 'hmoe_meta' buffer (version {shown}, {len(values)} values); "
             f"the checkpoint is damaged"
         )
     options: dict[str, Any] = {}

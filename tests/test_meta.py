@@ -62,6 +62,18 @@ def test_newer_layout_is_refused_with_the_fix() -> None:
         M.decode_meta(values)
 
 
+@pytest.mark.parametrize(("version", "shown"), [(3 + 2**24, "16777219"), (3e300, r"3e\+300")])
+def test_a_damaged_version_field_is_not_taken_for_a_newer_layout(
+    version: float, shown: str
+) -> None:
+    """A flipped high bit of the version (or a float buffer of 3e300) was reported as a newer
+    layout, telling the user to update the package, with all 301 digits of the number."""
+    values = torch.tensor(A.encode_meta(tiny().hyperparameters), dtype=torch.float64)
+    values[0] = version
+    with pytest.raises(M.CheckpointError, match=rf"malformed .*\(version {shown}, 22 values\)"):
+        M.decode_meta(M.meta_values(values))
+
+
 def test_top_k_lives_in_one_place() -> None:
     """set_top_k changes the layers, the hyperparameters and the saved meta at once."""
     model = tiny(refine_moe=True)
