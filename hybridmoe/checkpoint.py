@@ -88,6 +88,11 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         raise CheckpointError(f"{p} is a folder, not a model file; give the checkpoint file")
     if not p.is_file():
+        if p.is_symlink():  # is_file follows the link: a loop or a missing target
+            raise CheckpointError(
+                f"{p} is a symbolic link that leads to no file (a loop, or its target is "
+                "gone); give the checkpoint file itself"
+            )
         raise CheckpointError(f"model file not found: {p}")
     if p.suffix.lower() == ".state":
         raise _training_state_error(p)
@@ -101,11 +106,29 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+MAX_SAFETENSORS_HEADER = 16 * 2**20
+"""Largest safetensors JSON header read (bytes): about 150,000 tensor entries; a network's
+header is a few hundred KB at most, and a header of millions of empty entries would take
+gigabytes of memory to parse before anything could be refused."""
+
+
 def _file_kind(p: Path) -> str:
     """``"safetensors"``, ``"zip"`` (torch.save, or TorchScript) or ``"pickle"``, by content."""
-    with p.open("rb") as f:
-        head = f.read(9)
+    try:
+        with p.open("rb") as f:
+            head = f.read(9)
+    except OSError as e:  # no permission, an I/O error: the file may be fine
+        raise CheckpointError(
+            f"{p}: cannot open it ({e.strerror or e}); check that it is readable by this user"
+        ) from e
     if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
+        header = int.from_bytes(head[:8], "little")
+        if header > MAX_SAFETENSORS_HEADER:
+            raise CheckpointError(
+                f"{p}: its safetensors header declares {header:,} bytes, more than the "
+                f"{MAX_SAFETENSORS_HEADER // 2**20} MiB a network's header needs (a few hundred "
+                "KB); the file is damaged or not a model, so it is not parsed"
+            )
         return "safetensors"
     if head[:2] == b"PK":  # a zip's byte 8 is its compression method (0), never "{"
         return "zip"

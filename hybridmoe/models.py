@@ -24,7 +24,7 @@ def resolve_model(spec: str | Path) -> Path:
     """The checkpoint file ``spec`` names: an existing path, or a shipped model's name
     (case-insensitive, with or without ``.safetensors``). :class:`CheckpointError` otherwise."""
     path = Path(spec)
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a dangling link: named by the loader
         return path
     shipped = {name.lower(): p for name, p in shipped_models().items()}
     key = path.name.lower().removesuffix(".safetensors")

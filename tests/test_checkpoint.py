@@ -699,3 +699,33 @@ def test_nested_wrappers_are_unwrapped(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 10, 10)
     with torch.no_grad():
         assert torch.equal(C.load_checkpoint(path).model.eval()(x), model(x))
+
+
+def test_links_headers_and_permissions_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symbolic-link loop was 'model file not found'; a safetensors header of millions of
+    entries was parsed (seconds, gigabytes) before anything was refused; a file that cannot be
+    opened raised a bare PermissionError."""
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(tmp_path / "loop.safetensors")
+    with pytest.raises(C.CheckpointError, match="symbolic link that leads to no file"):
+        C.read_state_dict(loop)
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes((2**40).to_bytes(8, "little") + b'{"a": {}}')
+    start = time.perf_counter()
+    with pytest.raises(C.CheckpointError, match=r"header declares 1,099,511,627,776 bytes"):
+        C.read_state_dict(huge)
+    assert time.perf_counter() - start < 5
+    fine = tmp_path / "fine.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(fine))
+    real_open = Path.open
+
+    def no_permission(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == fine:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", no_permission)
+    with pytest.raises(C.CheckpointError, match="cannot open it \\(Permission denied\\); check"):
+        C.read_state_dict(fine)
