@@ -346,9 +346,17 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         desc = ModelLoader(device=dev).load_from_state_dict(sd)
     except UnsupportedModelError as e:
         keys = ", ".join(list(sd)[:5])
+        firsts = {k.split(".", 1)[0] for k in sd if "." in k}
+        prefix = next(iter(firsts)) + "." if len(firsts) == 1 and len(sd) > 1 else None
+        hint = (
+            f"; every key starts with '{prefix}', as in a training framework's checkpoint "
+            f"(e.g. Lightning): save the network's own state_dict() instead"
+            if prefix and all(k.startswith(prefix) for k in sd)
+            else ""
+        )
         raise CheckpointError(
             f"{p}: no known architecture matches this state dict (first keys: {keys}); it is "
-            f"neither a HybridMoE checkpoint nor a model spandrel supports"
+            f"neither a HybridMoE checkpoint nor a model spandrel supports{hint}"
         ) from e
     except CheckpointError as e:
         raise CheckpointError(f"{p}: {e}") from e

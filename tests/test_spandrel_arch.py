@@ -655,6 +655,21 @@ def test_foreign_state_dict(tmp_path: Path) -> None:
         assert "no known architecture" in msg and "encoder.weight" in msg
 
 
+def test_a_prefixed_training_checkpoint_is_named(tmp_path: Path) -> None:
+    """A Lightning-style file (``state_dict`` of ``model.``-prefixed keys) that no architecture
+    matches says that every key carries the prefix and what to save instead; a foreign state
+    dict without one common prefix gets no such hint."""
+    net = build(scale=2)
+    sd = {f"model.{k}": v for k, v in net.state_dict().items()}
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    msg = _error(path)
+    assert "every key starts with 'model.'" in msg and "state_dict() instead" in msg, msg
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"encoder.weight": torch.randn(4, 3), "decoder.bias": torch.randn(4)}, foreign)
+    assert "every key starts with" not in _error(foreign)
+
+
 def test_damaged_hybridmoe_state_dict(good_files: dict[str, Path], tmp_path: Path) -> None:
     sd = safetensors.torch.load_file(str(good_files["safetensors"]))
     key = next(k for k in sorted(sd) if k.startswith("head.") and k not in DETECT_KEYS)
