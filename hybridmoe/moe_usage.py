@@ -49,32 +49,40 @@ def _moe_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return layers
 
 
+def routed(
+    model: torch.nn.Module, layers: dict[str, torch.nn.Module], img: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``model(img)`` and, per MoE layer of ``layers`` (name -> module), the experts (T,k)
+    its tokens were routed to."""
+    chosen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            chosen[name] = mod.route_image(args[0])[1]  # type: ignore[operator]
+
+        return fn
+
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    try:
+        out = model(img)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, chosen
+
+
 def usage_histograms(model: torch.nn.Module, images: list[torch.Tensor]) -> dict[str, list[float]]:
     """Per MoE layer name: fraction of routed token slots per expert, shape (E,), summing to 1.
 
     ``images``: (1,C,H,W) float tensors in [0,1] on the model's device and dtype.
     """
-    counts: dict[str, torch.Tensor] = {}
-    hooks = []
     layers = _moe_layers(model)
-
-    def hook(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
-        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            _, top_i, _ = mod.route_image(args[0])  # type: ignore[operator]
-            hist = torch.bincount(top_i.reshape(-1), minlength=mod.num_experts).cpu()  # type: ignore[arg-type]
-            counts[name] = counts.get(name, torch.zeros_like(hist)) + hist
-
-        return fn
-
-    for name, layer in layers.items():
-        hooks.append(layer.register_forward_pre_hook(hook(name)))
-    try:
-        with torch.inference_mode():
-            for img in images:
-                model(img)
-    finally:
-        for h in hooks:
-            h.remove()
+    counts: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for img in images:
+            for name, top_i in routed(model, layers, img)[1].items():
+                hist = torch.bincount(top_i.reshape(-1), minlength=layers[name].num_experts)  # type: ignore[arg-type]
+                counts[name] = counts.get(name, torch.zeros_like(hist)) + hist.cpu()
     return {n: (c.float() / c.sum()).tolist() for n, c in counts.items()}
 
 
@@ -101,13 +109,6 @@ def routing_drift(
     layers = _moe_layers(model)
     cast = copy.deepcopy(model).to(dtype)
     cast_layers = _moe_layers(cast)
-    chosen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-
-    def record(name: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
-        def fn(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            chosen[name].append(mod.route_image(args[0])[1])  # type: ignore[operator]
-
-        return fn
 
     def forced(mod: Any, top_i: torch.Tensor) -> Callable[[torch.Tensor], tuple[Any, ...]]:
         def route_image(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,29 +119,17 @@ def routing_drift(
         return route_image
 
     worst = worst_forced = 0.0
-    changed = {n: 0 for n in layers}
-    tokens = {n: 0 for n in layers}
+    changed = dict.fromkeys(layers, 0)
+    tokens = dict.fromkeys(layers, 0)
     with torch.inference_mode():
         for img in images:
-            hooks = [m.register_forward_pre_hook(record(n)) for n, m in layers.items()]
-            try:
-                ref = model(img).float()
-            finally:
-                for h in hooks:
-                    h.remove()
-            ref_sets = {n: chosen[n].pop() for n in layers}
-            hooks = [m.register_forward_pre_hook(record(n)) for n, m in cast_layers.items()]
-            try:
-                out = cast(img.to(dtype)).float()
-            finally:
-                for h in hooks:
-                    h.remove()
+            ref, ref_sets = routed(model, layers, img)
+            out, now = routed(cast, cast_layers, img.to(dtype))
             for n in layers:
-                now = chosen[n].pop()
-                diff = (_expert_sets(now) != _expert_sets(ref_sets[n])).any(dim=-1)
+                diff = (_expert_sets(now[n]) != _expert_sets(ref_sets[n])).any(dim=-1)
                 changed[n] += int(diff.sum())
                 tokens[n] += diff.numel()
-            worst = max(worst, float((out - ref).abs().max()))
+            worst = max(worst, float((out.float() - ref).abs().max()))
             for n, m in cast_layers.items():  # an instance attribute shadows the method
                 m.route_image = forced(m, ref_sets[n])  # type: ignore[method-assign]
             try:

@@ -437,17 +437,16 @@ def digest_image(digest: Any, name: str, pixels: np.ndarray) -> None:
 
 
 def load_pairs(
-    data: Path, scale: int, device: torch.device, digest: Any = None
+    data: Path, scale: int, device: torch.device, digest: Any
 ) -> list[tuple[torch.Tensor, ...]]:
     """All ``hr/*.png`` + ``lr/*.png`` pairs of a make_pairs.py folder as uint8 CHW tensors.
 
     A folder of HR images only (``*.jpg``/``*.png``, e.g. the photo tiles of
     make_photo_tiles.py) gets its LR images from PyTorch's antialiased bicubic (a = -0.5, the
     MATLAB kernel; borders and rounding differ slightly from MATLAB's ``imresize``).
-    ``digest`` (a hashlib object), where given, takes in every decoded image read."""
+    ``digest`` (a hashlib object) takes in every decoded image read (:func:`digest_image`)."""
     from PIL import Image
 
-    digest = hashlib.sha256() if digest is None else digest
     pairs = []
     if not (data / "hr").is_dir():
         for path in sorted([*data.glob("*.jpg"), *data.glob("*.png")]):
@@ -480,13 +479,12 @@ def load_pairs(
     return pairs
 
 
-def load_hr(data: Path, device: torch.device, digest: Any = None) -> list[torch.Tensor]:
+def load_hr(data: Path, device: torch.device, digest: Any) -> list[torch.Tensor]:
     """The HR images of a data folder as uint8 CHW tensors: ``hr/*.png`` of a make_pairs.py
     folder, else the folder's ``*.jpg``/``*.png`` (the targets of x1 restoration).
-    ``digest`` (a hashlib object), where given, takes in every decoded image read."""
+    ``digest`` (a hashlib object) takes in every decoded image read (:func:`digest_image`)."""
     from PIL import Image
 
-    digest = hashlib.sha256() if digest is None else digest
     folder = data / "hr" if (data / "hr").is_dir() else data
     paths = sorted([*folder.glob("*.jpg"), *folder.glob("*.png")])
     if not paths:
