@@ -81,7 +81,7 @@ from tqdm import tqdm
 
 from hybridmoe import imageio, metrics
 from hybridmoe.checkpoint import CheckpointError, load_checkpoint
-from hybridmoe.cliargs import add_device_argument
+from hybridmoe.cliargs import add_device_argument, parse_number
 from hybridmoe.models import enable_noise, resolve_model
 from hybridmoe.provenance import record_header
 
@@ -501,18 +501,23 @@ def model_info(descriptor: Any, path: Path, device: str, dtype: str) -> dict[str
     }
 
 
+def _tile_problem(tile: int) -> str | None:
+    """What is wrong with ``tile`` (:data:`TILE_RULE`), None if nothing."""
+    return f"must be {TILE_RULE}, got {tile}" if tile != 0 and tile < MIN_TILE else None
+
+
 def tile_side(text: str) -> int:
     """argparse type of ``--tile``: :data:`TILE_RULE`."""
-    tile = int(text)
-    if tile != 0 and tile < MIN_TILE:
-        raise argparse.ArgumentTypeError(f"must be {TILE_RULE}, got {tile}")
+    tile = parse_number(int, text, TILE_RULE)
+    if problem := _tile_problem(tile):
+        raise argparse.ArgumentTypeError(problem)
     return tile
 
 
 def _tile_or_whole(tile: int | None) -> int | None:
     """``tile`` checked (:data:`TILE_RULE`), None for the whole image (None or 0)."""
-    if tile is not None and tile != 0 and tile < MIN_TILE:
-        raise EvaluationError(f"tile must be {TILE_RULE}, got {tile}")
+    if tile is not None and (problem := _tile_problem(tile)):
+        raise EvaluationError(f"tile {problem}")
     return tile or None  # 0: the whole image, as upscale's --tile 0
 
 
