@@ -151,13 +151,6 @@ def set_images(folder: Path) -> list[Path]:
     return files
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read without changing it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def make_set(
     name: str,
     hr_dir: Path,
@@ -183,7 +176,7 @@ def make_set(
         manifest = _write_set(name, hr_dir, staging, cfg=cfg, preset=preset, seed=seed, limit=limit)
         try:
             # mkdtemp makes the folder private (0700): give the set a new folder's permissions
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~imageio.current_umask())
             os.rename(staging, out / name)
         except OSError as e:
             raise DegradedSetError(f"cannot move the new set into {out / name}: {e}") from e

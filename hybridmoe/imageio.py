@@ -557,7 +557,8 @@ the temporary name adds about 18 characters, which must not push a name close to
 system's limit (255 bytes) over it."""
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -626,9 +627,10 @@ def atomic_output(path: Path, *, overwrite: bool = False, what: str = "output") 
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # writers that recreate the file (safetensors) reset it
+        # writers that recreate the file (safetensors) reset its mode
+        os.chmod(tmp, 0o666 & ~current_umask())
         _commit(tmp, path, overwrite, what)
     finally:
         tmp.unlink(missing_ok=True)
