@@ -192,7 +192,7 @@ def check_sdpa_windows(side: int, dev: str) -> list[dict[str, Any]]:
     torch.manual_seed(3)
     attn = arch.WindowAttention(64, 8, shift=False).to(dev).eval()
     half = side // 2
-    if side % 8 or half % 8:
+    if side % 16:
         raise SystemExit(f"--windows-side {side}: give a multiple of 16 (whole windows per half)")
     rows = []
     for label, dtype in DTYPES.items():

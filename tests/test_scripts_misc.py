@@ -491,3 +491,27 @@ def test_measure_tiling_runs_in_a_copy_without_git(
     argv += ["--crop", "49", "--tiles", "24", "--overlaps", "4", "--json", str(out)]
     assert measure_tiling.main(argv) == 0
     assert json.loads(out.read_text())["code_changes_vs_commit"] is None
+
+
+def test_check_cuda_checks_run_and_report_on_the_cpu(tmp_path: Path) -> None:
+    """scripts/check_cuda.py's checks, run on the CPU with tiny inputs: every row says what it
+    compared, the window-attention halves equal the whole map, an empty batch keeps its shape,
+    and a record that exists is refused before anything runs."""
+    import check_cuda
+
+    torch.manual_seed(0)
+    nets = {"tiny": check_cuda._wake(tiny_model(2), 0)}
+    assert all(p.abs().max() > 0 for p in nets["tiny"].parameters())  # every branch reaches out
+    rows = check_cuda.check_empty_batch(nets, 2, "cpu")
+    assert [r["dtype"] for r in rows] == ["fp32", "fp16", "bf16"]
+    assert all(r["ok"] and r["shape"] == [0, 3, 48, 48] for r in rows), rows
+    windows = check_cuda.check_sdpa_windows(32, "cpu")
+    assert [r["windows"] for r in windows] == [16, 16, 16]
+    assert all(r["finite"] and r["rel_max_diff"] < 1e-2 for r in windows), windows
+    with pytest.raises(SystemExit, match="multiple of 16"):
+        check_cuda.check_sdpa_windows(40, "cpu")
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit, match="exists"):
+        check_cuda.main(["--json", str(out), "--device", "cpu"])
+    assert out.read_text() == "{}"
