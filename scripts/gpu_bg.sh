@@ -25,6 +25,10 @@
 #   scripts/gpu_bg.sh pack [--with-state]            EMA weights + logs of all groups into $OUT
 #                                                    (with the training states: resumable on
 #                                                    a fresh machine, ~16 bytes per parameter)
+# Background jobs (pairs-bg, start) run from a copy of the code in /tmp/gpu_bg_code.*: the next
+# device call re-sends the working tree, and a worker process that imports the project while
+# its files are being replaced fails (ModuleNotFoundError). Their folder arguments are made
+# absolute first, so relative paths keep meaning the repository's.
 # HYBRIDMOE_COMMIT: the commit recorded in the records (a copied checkout's git metadata can
 # be stale).
 set -uo pipefail
@@ -38,22 +42,33 @@ if [[ ! -d /tmp/site ]] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD:$PWD/traiNNer/archs:$PWD/traiNNer/losses:/tmp/site"
 export PYTHONUNBUFFERED=1
+# a copy of the code for one background job; prints its folder
+snapshot() {
+  local dir
+  dir=$(mktemp -d /tmp/gpu_bg_code.XXXXXX) && cp -r hybridmoe traiNNer scripts "$dir"/ \
+    && echo "$dir"
+}
+code_path() { echo "$1:$1/traiNNer/archs:$1/traiNNer/losses:/tmp/site"; }
+# the commit the records name, for the jobs that run from a copy (no git metadata there)
+[[ -n ${HYBRIDMOE_COMMIT:-} ]] || export HYBRIDMOE_COMMIT=$(git rev-parse HEAD 2>/dev/null)
 cmd=$1; shift
 case $cmd in
   pairs)
     scale=$1 out=$2; shift 2
     [[ -d $out/hr ]] || python3 -m hybridmoe make-pairs "$@" --out "$out" --scale "$scale" | tail -1 ;;
   pairs-bg)
-    scale=$1 out=$2 src=$3
+    scale=$1 out=$(realpath -m -- "$2") src=$3
     [[ -d $src ]] || { echo "pairs-bg: $src is not a folder" >&2; exit 2; }
     rm -rf "$out.src" "$out.done" && cp -r "$src" "$out.src" || exit 2
-    setsid nohup bash -c "python3 -m hybridmoe make-pairs '$out.src' --out '$out' --scale $scale --overwrite \
-      --workers 4 >'$out.log' 2>&1 && touch '$out.done'" </dev/null >/dev/null 2>&1 &
+    code=$(snapshot) || { echo "pairs-bg: could not copy the code to /tmp" >&2; exit 2; }
+    (cd "$code" && PYTHONPATH=$(code_path "$code") setsid nohup bash -c "python3 -m hybridmoe \
+      make-pairs '$out.src' --out '$out' --scale $scale --overwrite --workers 4 >'$out.log' 2>&1 \
+      && touch '$out.done'" </dev/null >/dev/null 2>&1 &)
     n=$(find "$out.src" -maxdepth 1 -type f \( -iname '*.png' -o -iname '*.jpg' \) | wc -l)
     echo "pairs-bg: $n images of $src -> $out (log $out.log)" ;;
   wait-pairs)
     for out in "$@"; do
-      idle=0
+      out=$(realpath -m -- "$out") idle=0
       until [[ -f $out.done ]]; do
         if pgrep -f "make-pairs $out.src" >/dev/null; then idle=0; else idle=$((idle + 1)); fi
         ((idle < 3)) || { echo "wait-pairs: $out is not being made; see $out.log" >&2; exit 2; }
@@ -63,13 +78,20 @@ case $cmd in
     done ;;
   start)
     group=$1 scale=$2 iters=$3 seed=$4 data=$5; shift 5
-    mkdir -p "$RUNS/$group"
+    runs=$(realpath -m -- "$RUNS")
+    mkdir -p "$runs/$group"
     IFS=, read -ra dirs <<<"$data"
-    setsid nohup python3 scripts/sweep.py train --configs "$@" --scale "$scale" --iters "$iters" \
-      --seed "$seed" --data "${dirs[@]}" --out "$RUNS/$group" ${DEGRADE:+--degrade "$DEGRADE"} \
+    for i in "${!dirs[@]}"; do dirs[i]=$(realpath -m -- "${dirs[i]}"); done
+    [[ -n ${VAL:-} ]] && VAL=$(realpath -m -- "$VAL")
+    [[ -n ${INIT:-} ]] && INIT=$(realpath -m -- "$INIT")
+    code=$(snapshot) || { echo "start: could not copy the code to /tmp" >&2; exit 2; }
+    (cd "$code" && PYTHONPATH=$(code_path "$code") setsid nohup python3 scripts/sweep.py train \
+      --configs "$@" --scale "$scale" --iters "$iters" \
+      --seed "$seed" --data "${dirs[@]}" --out "$runs/$group" ${DEGRADE:+--degrade "$DEGRADE"} \
       ${WARMUP:+--warmup "$WARMUP"} ${LR:+--lr "$LR"} ${VAL:+--val "$VAL"} \
       ${CROP:+--crop "$CROP"} ${INIT:+--init "$INIT"} ${ROUTER_LR:+--router-lr-mult "$ROUTER_LR"} \
-      ${INIT_CONFIG:+--init-config "$INIT_CONFIG"} ${GAN:+--gan "$GAN"} >>"$RUNS/$group/train.log" 2>&1 &
+      ${INIT_CONFIG:+--init-config "$INIT_CONFIG"} ${GAN:+--gan "$GAN"} \
+      >>"$runs/$group/train.log" 2>&1 &)
     echo "started $group: $*" ;;
   wait)
     # polls every 5 s (a finished sweep ends the wait within seconds), reports every 60 s

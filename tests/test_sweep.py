@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -812,24 +813,41 @@ def test_an_x1_gan_fine_tune_starts_from_the_restoration_run_and_never_from_an_u
     not all(shutil.which(t) for t in ("bash", "setsid", "pgrep")),
     reason="gpu_bg.sh needs bash, setsid and pgrep",
 )
+def _checkout_copy(tmp_path: Path) -> Path:
+    """The parts of the checkout that gpu_bg.sh's background jobs run (a device call's tree)."""
+    tree = tmp_path / "tree"
+    for part in ("hybridmoe", "traiNNer", "scripts"):
+        shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return tree
+
+
+def _gpu_bg_env(**extra: str) -> dict[str, str]:
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return {**os.environ, "WHEELS": "none", "PATH": path, **extra}
+
+
 def test_gpu_bg_makes_pairs_in_the_background_from_a_copy(tmp_path: Path) -> None:
-    """pairs-bg copies the (carried) folder, makes the pairs in its own session and marks them
-    done; wait-pairs blocks until then, and names a folder that nothing is making."""
+    """pairs-bg copies the (carried) folder and the code, makes the pairs in its own session
+    and marks them done; wait-pairs blocks until then, and names a folder that nothing is
+    making. The job outlives the tree it was started from (the next device call re-sends it:
+    a worker importing from the old tree failed with ModuleNotFoundError), and a relative OUT
+    is the tree's."""
     src = tmp_path / "carried"
     shutil.copytree(HR, src)
     (src / "tiles.tsv").write_text("name\tsource\n")  # a slice's list: not an image
-    env = {
-        **os.environ,
-        "WHEELS": "none",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    script = str(REPO / "scripts" / "gpu_bg.sh")
-    out = tmp_path / "q4"
-    run = functools.partial(subprocess.run, cwd=REPO, env=env, capture_output=True, text=True)
-    started = run(["bash", script, "pairs-bg", "4", str(out), str(src)])
+    tree = _checkout_copy(tmp_path)
+    script = str(tree / "scripts" / "gpu_bg.sh")
+    out = tree / "q4"
+    run = functools.partial(
+        subprocess.run, cwd=tree, env=_gpu_bg_env(), capture_output=True, text=True
+    )
+    started = run(["bash", script, "pairs-bg", "4", "q4", str(src)])
     assert started.returncode == 0 and "pairs-bg: 5 images of" in started.stdout, started.stdout
     shutil.rmtree(src)  # the next device call no longer has the carried folder
-    done = run(["bash", script, "wait-pairs", str(out)], timeout=120)
+    shutil.rmtree(tree / "hybridmoe")  # ... and is replacing the code (a broken package
+    (tree / "hybridmoe").mkdir()  # here: the tree comes before any installed copy)
+    (tree / "hybridmoe" / "__init__.py").write_text("raise ImportError('replaced tree')\n")
+    done = run(["bash", script, "wait-pairs", "q4"], timeout=120)
     assert done.returncode == 0, done.stderr
     assert "5 pairs written" in done.stdout
     assert sorted(p.name for p in (out / "lr").iterdir()) == sorted(p.name for p in HR.iterdir())
@@ -837,6 +855,40 @@ def test_gpu_bg_makes_pairs_in_the_background_from_a_copy(tmp_path: Path) -> Non
     assert missing.returncode == 2 and "is not being made" in missing.stderr
     bad = run(["bash", script, "pairs-bg", "4", str(tmp_path / "x"), str(tmp_path / "nope")])
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("bash", "setsid", "pgrep")),
+    reason="gpu_bg.sh needs bash, setsid and pgrep",
+)
+def test_gpu_bg_start_runs_the_sweep_from_a_copy_of_the_code(tmp_path: Path) -> None:
+    """start's sweep runs from a copy of the code, with its folders made absolute: a tree
+    replaced right after the start does not stop it (here the sweep's own refusal of an
+    unknown configuration reaches the group's train.log, not a missing sweep.py)."""
+    tree = _checkout_copy(tmp_path)
+    (tree / "data").mkdir()
+    env = _gpu_bg_env(RUNS="runs", HYBRIDMOE_COMMIT="c0ffee")
+    started = subprocess.run(
+        ["bash", "scripts/gpu_bg.sh", "start", "g", "4", "10", "0", "data", "no_such_config"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0 and "started g" in started.stdout, started.stderr
+    shutil.rmtree(tree / "scripts")
+    shutil.rmtree(tree / "hybridmoe")
+    log = tree / "runs" / "g" / "train.log"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and "no_such_config" not in (
+        log.read_text() if log.exists() else ""
+    ):
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "no_such_config" in text and "sweep.py train" in text, text
+    assert "No such file" not in text and "ModuleNotFoundError" not in text, text
 
 
 @pytest.mark.skipif(
