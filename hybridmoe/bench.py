@@ -24,11 +24,13 @@ stay cheap. The ratio column is latency / latency of the ``--ref`` model at the 
 and precision (its fused row if it is one of ours).
 
 FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, one
-multiply-add = 2 FLOPs) over one fp32 forward of a ``--flops-size`` square LR input, reported as
-GFLOPs per megapixel of *output*. Peak memory: ``torch.cuda.max_memory_allocated`` over the timed
-iterations, in MiB (weights, input and activations; null on CPU). Training step: train mode,
-unfused, bf16 autocast on CUDA, batch 8 of 64x64 LR patches by default, L1 loss against a
-random target, AdamW; median ms and peak memory.
+multiply-add = 2 FLOPs) plus the FFTs it does not count (:func:`count_flops`: a transform of N
+points 5·N·log2 N when complex, half that when one side is real), over one fp32 forward of a
+``--flops-size`` square LR input, reported as GFLOPs per megapixel of *output*. Records before
+2026-12-05 left the FFTs out (only the ``fourier`` mixer and the ``fft`` split use them). Peak
+memory: ``torch.cuda.max_memory_allocated`` over the timed iterations, in MiB (weights, input and
+activations; null on CPU). Training step: train mode, unfused, bf16 autocast on CUDA, batch 8 of
+64x64 LR patches by default, L1 loss against a random target, AdamW; median ms and peak memory.
 
 Results are printed as tables grouped by scale and dtype and written to ``--json`` with the
 environment (versions, device, date, exact command line) and every measured number. Each
@@ -462,19 +464,53 @@ class Settings:
         return ["autocast", "cast"] if self.cast_weights else ["autocast"]
 
 
-def count_gflops(model: nn.Module, settings: Settings) -> float | None:
-    """GFLOPs per output megapixel from one fp32 forward at ``flops_size``² LR (None on failure)."""
+def _fft_flops(signal: Sequence[int], dims: Sequence[int], complex_points: float) -> int:
+    """FLOPs of FFTs over ``dims`` of a tensor of shape ``signal``: each transform of N points
+    costs ``complex_points``·N·log2 N (5 for complex data, 2.5 when one side is real)."""
+    n = math.prod(signal[d] for d in dims)
+    if n <= 1:
+        return 0
+    return round(math.prod(signal) / n * complex_points * n * math.log2(n))
+
+
+def _r2c_flops(x: Sequence[int], dim: Sequence[int], *_: Any, out_shape: Any = None) -> int:
+    return _fft_flops(x, dim, 2.5)
+
+
+def _c2r_flops(x: Sequence[int], dim: Sequence[int], *_: Any, out_shape: Any = None) -> int:
+    return _fft_flops(out_shape, dim, 2.5)  # the real signal is the output
+
+
+def _c2c_flops(x: Sequence[int], dim: Sequence[int], *_: Any, out_shape: Any = None) -> int:
+    return _fft_flops(x, dim, 5.0)
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """FLOPs of one ``model(x)`` in inference mode (multiply-add = 2; the FFTs counted as
+    :func:`_fft_flops` says, FlopCounterMode leaves them out) and the output."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    aten = torch.ops.aten
+    fft = {
+        aten._fft_r2c: _r2c_flops,
+        aten._fft_c2r: _c2r_flops,
+        aten._fft_c2c: _c2c_flops,
+    }
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=fft) as counter:
+        out = model(x)
+    return float(counter.get_total_flops()), out
+
+
+def count_gflops(model: nn.Module, settings: Settings) -> float | None:
+    """GFLOPs per output megapixel from one fp32 forward at ``flops_size``² LR (None on failure)."""
     size = settings.flops_size
     x = to_memory_format(
         torch.rand(1, 3, size, size, device=settings.device), settings.channels_last
     )
     try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            out = model(x)
+        flops, out = count_flops(model, x)
         out_mp = out.shape[-2] * out.shape[-1] / 1e6
-        return counter.get_total_flops() / 1e9 / out_mp
+        return flops / 1e9 / out_mp
     except Exception as exc:
         print(f"    FLOP count failed: {describe_error(exc)}")
         return None
@@ -1008,7 +1044,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": {
             **{k: v for k, v in vars(args).items() if k not in ("json", "out_size", "overwrite")},
             "out_size": list(args.out_size),
-            "flops_unit": "GFLOPs per output megapixel (FlopCounterMode, multiply-add = 2)",
+            "flops_unit": "GFLOPs per output megapixel (FlopCounterMode, multiply-add = 2; "
+            "FFT of N points 5·N·log2 N, real 2.5·N·log2 N)",
             "reference": {"model": args.ref, "variant": reference_variant(args.ref)},
             "train_step_config": {
                 "autocast": "bf16" if settings.device.type == "cuda" else None,

@@ -1397,11 +1397,8 @@ def export(args: argparse.Namespace) -> int:
 
 
 def flops_of(model: nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / 1e9
+    """GFLOPs of one forward (FFTs included: :func:`hybridmoe.bench.count_flops`)."""
+    return timing_tools.count_flops(model, x)[0] / 1e9
 
 
 def graph_ms(model: nn.Module, x: torch.Tensor, target_s: float) -> float | None:

@@ -227,3 +227,25 @@ def test_repeated_scales_and_dtypes_run_once_and_out_size_equals_counts(
     assert "many minutes" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.parse_args([*CPU_ARGS, "--moe-sweep", "--json", str(tmp_path / "c")])
+
+
+class _SpectralBlur(nn.Module):
+    """rfft2 -> scale -> irfft2, as the fourier mixer does (no convolution or matmul)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.fft.rfft2(x, norm="ortho")
+        spec = torch.fft.ifft(torch.fft.fft(spec, dim=-2), dim=-2)  # a complex pair too
+        return torch.fft.irfft2(spec * 0.5, s=x.shape[-2:], norm="ortho")
+
+
+def test_count_flops_counts_the_ffts_flop_counter_mode_leaves_out() -> None:
+    """(2, 3, 8, 16): 6 signals of N = 128 points; real FFT 2.5·N·log2 N each way, the
+    complex FFT pair along H (8 points, 6·9 columns) 5·n·log2 n each."""
+    x = torch.rand(2, 3, 8, 16)
+    flops, out = bench.count_flops(_SpectralBlur(), x)
+    real = 6 * 2.5 * 128 * 7
+    complex_pair = 2 * (6 * 9) * 5 * 8 * 3
+    assert flops == pytest.approx(2 * real + complex_pair, abs=2)
+    assert out.shape == x.shape
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    assert bench.count_flops(conv, x)[0] == 2 * 2 * 4 * 3 * 9 * 8 * 16  # convolutions unchanged
