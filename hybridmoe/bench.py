@@ -77,7 +77,7 @@ from torch import nn
 import hybridmoe_arch as arch
 from hybridmoe import imageio
 from hybridmoe.cliargs import add_device_argument, parse_size, positive_float, positive_int
-from hybridmoe.provenance import git_commit, utc_now
+from hybridmoe.provenance import cpu_name, git_commit, utc_now
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -829,17 +829,6 @@ def package_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
-
-
-def cpu_name() -> str:
-    """CPU model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device, argv: Sequence[str]) -> dict[str, Any]:

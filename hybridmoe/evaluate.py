@@ -1150,7 +1150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         try:
             words = ["hybridmoe", "evaluate", *(sys.argv[1:] if argv is None else argv)]
-            record = {**record_header(words), **results}
+            record = {**record_header(words, args.device), **results}
             write_json(record, args.json, overwrite=args.overwrite)
         except imageio.OutputError as exc:
             print(f"error: {exc}", file=sys.stderr)

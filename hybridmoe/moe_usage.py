@@ -255,7 +255,7 @@ def report(desc: Any, files: list[Path], args: argparse.Namespace, command: list
             f"({drift['max_abs_diff_fp32_experts']:.2e} with float32's experts)"
         )
     if args.json:
-        record = {**record_header(command), "images": len(imgs), "usage": hist}
+        record = {**record_header(command, args.device), "images": len(imgs), "usage": hist}
         if drift is not None:
             record["compare"] = {"dtype": args.compare, **drift}
         text = json.dumps(record, indent=2) + "\n"

@@ -233,6 +233,8 @@ def test_cli_runs_and_prints_table(compact_x2: Path, tmp_path: Path) -> None:
     assert record["sets"]["Set5"]["images"] == 1
     assert record["command"] == shlex.join(["hybridmoe", *cmd[3:]])  # the record says how
     assert record["date"] and "commit" in record
+    assert record["device"].endswith(f", torch {torch.__version__}")  # and where it ran
+    assert "cores" in record["device"] or torch.cuda.is_available()
 
 
 def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
