@@ -1,5 +1,6 @@
-"""The numbers of the model cards and of docs/BENCHMARKS.md's tables are those of their raw
-records under docs/measurements/ (JSON only: no model is run here)."""
+"""The numbers of the model cards, of docs/BENCHMARKS.md's tables and of docs/TRAINING.md's
+shipped-models table are those of their raw records under docs/measurements/, and every record
+that TRAINING.md and DEPLOY.md cite exists (JSON only: no model is run here)."""
 
 from __future__ import annotations
 
@@ -294,3 +295,66 @@ def test_benchmarks_summary_tables_are_their_records(header: str) -> None:
         assert printed == expected, (cells[0], printed, expected)
         n += 1
     assert n >= 2
+
+
+TRAINING = ROOT / "docs" / "TRAINING.md"
+DEPLOY = ROOT / "docs" / "DEPLOY.md"
+MEASUREMENTS = ROOT / "docs" / "measurements"
+
+
+def _expand_braces(pattern: str) -> list[str]:
+    """``a_{b,c}_d`` -> ``a_b_d``, ``a_c_d`` (one level, as the docs write them)."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    return [
+        p
+        for alt in m[1].split(",")
+        for p in _expand_braces(pattern[: m.start()] + alt + pattern[m.end() :])
+    ]
+
+
+def _cited(text: str) -> set[str]:
+    """Paths under docs/measurements/ that a document names: ``measurements/...`` anywhere, and
+    in backticks the training-log folders named relative to ``measurements/training/``."""
+    paths = {m.rstrip(".,;:)") for m in re.findall(r"measurements/[\w./*{},+-]*", text)}
+    paths |= {
+        f"measurements/training/{m}"
+        for m in re.findall(r"`((?:ph|t291|x[24]_|restore|rw4gan)[\w{},*+-]*/(?:[\w+-]+/)?)`", text)
+    }
+    return paths
+
+
+@pytest.mark.parametrize("doc", [TRAINING, DEPLOY], ids=lambda p: p.name)
+def test_cited_records_exist(doc: Path) -> None:
+    """Every record, log folder or glob of them that TRAINING.md and DEPLOY.md cite names at
+    least one file under docs/measurements/."""
+    cited = _cited(doc.read_text(encoding="utf-8"))
+    assert len(cited) > 10
+    for path in sorted(cited):
+        for rel in _expand_braces(path.removeprefix("measurements/")):
+            assert not rel or any(MEASUREMENTS.glob(rel)), (doc.name, path, rel)
+
+
+def test_training_shipped_models_table_is_its_logs() -> None:
+    """TRAINING.md §5c: each shipped model's iterations and GPU time are those of the training
+    log its row names (``sweep.py times``: the log's wall clock, minutes to one decimal)."""
+    lines = TRAINING.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| model | configuration |"))
+    header = [c.strip() for c in lines[start].split("|")[1:-1]]
+    col = {name: header.index(name) for name in ("iterations", "GPU time (shared H200)")}
+    n = 0
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        run = MEASUREMENTS / re.search(r"`measurements/(training/[^`]+)`", cells[-1])[1]  # type: ignore[index]
+        meta = json.loads((run / "meta.json").read_text())
+        log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        iters = int(cells[col["iterations"]].replace(",", ""))
+        assert meta["finished"] and meta["iterations"] == iters, (cells[0], meta["iterations"])
+        assert max(r["iter"] for r in log) == iters, cells[0]
+        minutes = f"{sweep.train_seconds(run) / 60:.1f} min"
+        assert cells[col["GPU time (shared H200)"]] == minutes, (cells[0], minutes)
+        n += 1
+    assert n == 10
