@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,6 +83,27 @@ def test_imresize_float_is_linear_and_upscale_interpolates() -> None:
     np.testing.assert_allclose(up[1::3, 1::3], img, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("shape", "smaller", "larger"), [((6, 20), (6, 10), (12, 20)), ((24, 5), (12, 5), (24, 10))]
+)
+def test_uint8_resize_does_the_axis_of_the_smaller_scale_first(
+    shape: tuple[int, int], smaller: tuple[int, int], larger: tuple[int, int]
+) -> None:
+    """On uint8 images each 1-D pass is rounded to 8 bits, so the order of the passes shows:
+    as MATLAB, the dimension with the smaller scale factor is resized first. ``smaller`` and
+    ``larger`` are the sizes after resizing only the axis of the smaller or larger scale."""
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    out = metrics.imresize_matlab_uint8(img, output_shape=shape)
+
+    def two_passes(between: tuple[int, int]) -> np.ndarray:
+        once = metrics.imresize_matlab_uint8(img, output_shape=between)
+        return metrics.imresize_matlab_uint8(once, output_shape=shape)
+
+    np.testing.assert_array_equal(out, two_passes(smaller))
+    assert not np.array_equal(out, two_passes(larger))  # the order matters for this image
+
+
 def test_matlab_round_and_to_uint8() -> None:
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 0.49999999999999994, 254.5, 300.0, -3.0])
     np.testing.assert_array_equal(metrics.matlab_round(x), [1, 2, 3, -1, -2, 0, 255, 300, -3])
@@ -126,6 +148,34 @@ def test_psnr_hand_computed() -> None:
     assert metrics.calculate_psnr(a, c, 1) == math.inf
 
 
+def test_psnr_on_all_channels_is_one_mse_over_every_channel() -> None:
+    """Without Y, PSNR comes from the MSE over all pixels of all channels (not the mean of
+    per-channel PSNRs)."""
+    a = np.zeros((4, 4, 3), dtype=np.uint8)
+    b = a.copy()
+    b[0, 0] = (10, 20, 40)  # squared errors 100, 400, 1600 over 48 values
+    expected = 10 * math.log10(255**2 / (2100 / 48))
+    assert metrics.calculate_psnr(a, b, 0, y_channel=False) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_border_cropped_is_exactly_crop_border_on_every_side() -> None:
+    """Differences in the outer ``scale`` rows and columns of any side do not count; one
+    pixel further in, on any side, they do."""
+    rng = np.random.default_rng(3)
+    hr = rng.integers(0, 256, (24, 26, 3), dtype=np.uint8)
+    for scale in (2, 3, 4):
+        ring = hr.copy()
+        ring[:scale] = ring[-scale:] = 0
+        ring[:, :scale] = ring[:, -scale:] = 255
+        row = evaluate.score_pair(ring, hr, scale)
+        assert row["psnr"] == math.inf
+        assert row["ssim"] == pytest.approx(1.0, abs=1e-12)
+        for inside in ((scale, 12), (-scale - 1, 12), (12, scale), (12, -scale - 1)):
+            one = hr.copy()
+            one[inside] = 255 - one[inside]
+            assert evaluate.score_pair(one, hr, scale)["psnr"] < math.inf, (scale, inside)
+
+
 def _ssim_direct(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM with an explicit 11×11 window (no separable filtering), for cross-checking."""
     x = np.arange(11) - 5.0
@@ -154,6 +204,18 @@ def test_ssim_identical_perturbed_and_reference() -> None:
     assert metrics.calculate_ssim(noisy, hr, 2) == pytest.approx(s)
     ya, yb = metrics.rgb_to_y(hr)[2:-2, 2:-2], metrics.rgb_to_y(noisy)[2:-2, 2:-2]
     assert s == pytest.approx(_ssim_direct(ya, yb), abs=1e-12)
+
+
+def test_ssim_on_all_channels_is_the_mean_of_each_channel() -> None:
+    """Without Y, SSIM is the mean of the SSIM of every channel."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (16, 18, 3), dtype=np.uint8)
+    noise = rng.normal(0, (5, 20, 60), a.shape)  # a different SSIM for each channel
+    b = np.clip(a + noise, 0, 255).astype(np.uint8)
+    per_channel = [_ssim_direct(a[..., c].astype(float), b[..., c].astype(float)) for c in range(3)]
+    assert len({round(v, 3) for v in per_channel}) == 3
+    s = metrics.calculate_ssim(a, b, 0, y_channel=False)
+    assert s == pytest.approx(np.mean(per_channel), abs=1e-12)
 
 
 def test_metrics_on_greyscale() -> None:
@@ -544,3 +606,55 @@ def test_a_tile_smaller_than_its_context_is_a_usage_error(
         evaluate.evaluate(compact_x2, tmp_path, ["Tiny"], tile=tile)
     assert evaluate.main([*argv, "--tile", "16"]) == 0
     assert "Tiny" in capsys.readouterr().out
+
+
+def test_hr_images_are_mod_cropped_before_the_lr_is_made(tmp_path: Path) -> None:
+    """An HR image whose sides are not multiples of the scale is cropped to its top-left
+    multiple first; its scores are those of that crop (bicubic baseline, by hand)."""
+    folder = tmp_path / "Odd" / "HR"
+    folder.mkdir(parents=True)
+    hr = _png(SET5 / "HR" / "bird.png")[:27, :30]  # x4: cropped to 24 x 28
+    Image.fromarray(hr).save(folder / "a.png")
+    result = evaluate.evaluate(None, tmp_path, ["Odd"], bicubic_only=True, scale=4)
+    cropped = hr[:24, :28]
+    lr = metrics.imresize_matlab_uint8(cropped, 1 / 4)
+    assert lr.shape == (6, 7, 3)
+    up = metrics.imresize_matlab_uint8(lr, 4)
+    expected = metrics.calculate_psnr(up, cropped, 4)
+    assert result["sets"]["Odd"]["bicubic"]["psnr"] == pytest.approx(expected, abs=1e-12)
+
+
+class _FakeModel:
+    """A descriptor-like callable for :func:`evaluate.super_resolve`: ``fn`` maps
+    (1, C, h, w) in [0, 1] to (1, C_out, s·h, s·w)."""
+
+    def __init__(self, fn: Any, in_ch: int, out_ch: int, scale: int) -> None:
+        self.fn, self.input_channels, self.output_channels, self.scale = fn, in_ch, out_ch, scale
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+@pytest.mark.parametrize(("colour", "grey"), [((1, 0, 0), 76), ((0, 1, 0), 150), ((0, 0, 1), 29)])
+def test_greyscale_output_of_an_rgb_model_is_its_bt601_luma(
+    colour: tuple[int, int, int], grey: int
+) -> None:
+    """A 3-channel model's output for a greyscale image is reduced to grey with the BT.601
+    weights 0.299 R + 0.587 G + 0.114 B (pure red -> 76.2, green -> 149.7, blue -> 29.1)."""
+    rgb = torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1)
+    model = _FakeModel(lambda x: rgb.expand(1, 3, *x.shape[-2:]).clone(), 3, 3, 1)
+    out = evaluate.super_resolve(model, np.full((5, 6), 128, np.uint8), None)
+    assert out.shape == (5, 6)
+    assert (out == grey).all()
+
+
+@pytest.mark.parametrize("tile", [None, 16])
+def test_a_one_channel_model_upscales_each_colour_channel_on_its_own(tile: int | None) -> None:
+    """A 1-channel model (here nearest x2, which tiles exactly) runs on R, G and B separately."""
+    nearest = _FakeModel(
+        lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), 1, 1, 2
+    )
+    lr = _png(SET5 / "LR_bicubic" / "X2" / "birdx2.png")[:37, :41]
+    out = evaluate.super_resolve(nearest, lr, tile)
+    np.testing.assert_array_equal(out, lr.repeat(2, 0).repeat(2, 1))
