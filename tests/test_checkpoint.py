@@ -370,6 +370,27 @@ def test_meta_must_match_the_tensors() -> None:
     assert "hf1.0" in str(info.value) and "damaged" in str(info.value)
 
 
+def test_a_tensor_stored_in_another_shape_of_the_same_size_is_refused() -> None:
+    """Each tensor must have its own shape, not only its number of values: a weight stored
+    transposed would otherwise pass the layout check and fail (or load scrambled) later."""
+    sd = dict(_tiny().state_dict())
+    name = "lf_down1.weight"
+    w = sd[name]
+    assert w.shape[0] != w.shape[1]
+    sd[name] = w.transpose(0, 1).contiguous()
+    with pytest.raises(C.CheckpointError, match=r"shape: lf_down1\.weight .*\(expected"):
+        M.model_from_state_dict(sd)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_the_level_count_is_read_from_the_keys(levels: int) -> None:
+    """``levels`` is not in hmoe_meta: the downsampling convolutions present tell it."""
+    model = _tiny(levels=levels)
+    assert M.options_from_state_dict(model.state_dict())["levels"] == levels
+    rebuilt = M.model_from_state_dict(model.state_dict())
+    assert rebuilt.hyperparameters == model.hyperparameters
+
+
 def test_block_numbering_must_be_contiguous() -> None:
     """A stray block index cannot make the loader build thousands of blocks."""
     sd = dict(_tiny().state_dict())
@@ -717,6 +738,15 @@ def test_links_headers_and_permissions_are_named(
     with pytest.raises(C.CheckpointError, match=r"header declares 1,099,511,627,776 bytes"):
         C.read_state_dict(huge)
     assert time.perf_counter() - start < 5
+    largest = C.MAX_SAFETENSORS_HEADER
+    over = tmp_path / "over.safetensors"
+    over.write_bytes((largest + 1).to_bytes(8, "little") + b'{"a": {}}')
+    with pytest.raises(C.CheckpointError, match=rf"header declares {largest + 1:,} bytes"):
+        C.read_state_dict(over)
+    at_limit = tmp_path / "limit.safetensors"
+    at_limit.write_bytes(largest.to_bytes(8, "little") + b'{"a": {}}')
+    with pytest.raises(C.CheckpointError, match="cannot read the checkpoint"):
+        C.read_state_dict(at_limit)  # truncated, but its header size is not refused
     fine = tmp_path / "fine.safetensors"
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(fine))
     real_open = Path.open
