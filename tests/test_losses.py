@@ -338,6 +338,23 @@ def test_balance_value_is_one_for_uniform_routing() -> None:
 
 
 @pytest.mark.usefixtures("clean_channel")
+def test_balance_fractions_count_every_top_k_slot() -> None:
+    """At top-2 each token fills two slots: the fractions ``f_e`` are over the 2·T slots (they
+    sum to 1), so uniform router probabilities still give E · Σ f_e / E = 1 exactly."""
+    e = 4
+    moe = hybridmoe_arch.MoEFFN(
+        channels=e, hidden=8, num_experts=e, routing=hybridmoe_arch.MoERouting(top_k=2)
+    ).train()
+    with torch.no_grad():
+        moe.router.zero_()
+    out = moe(torch.rand(1, e, 4, 8))
+    usage = hybridmoe_arch.MOE_AUX.usage[-1]
+    assert usage.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(usage, torch.tensor([0.5, 0.5, 0.0, 0.0]))  # ties: lowest indices
+    assert HybridMoEBalanceLoss(1.0)(out, out).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.usefixtures("clean_channel")
 def test_balance_loss_is_the_mean_over_moe_layers() -> None:
     """Several MoE layers in one forward: the loss is the mean of their terms, with gradient."""
     channel = hybridmoe_arch.MOE_AUX
