@@ -247,6 +247,22 @@ def test_fuse_verification_fails_on_nonfinite_outputs(
     assert fuse.max_abs_diff(good, good, x) == 0.0
 
 
+def test_fuse_verification_measures_the_largest_difference() -> None:
+    """The fused network is checked on its worst pixel: one output value off by 0.01 in a
+    12x12 image gives 0.01 (its mean over all values would be 0.01 / 432, under the 1e-4
+    tolerance)."""
+
+    class OnePixelOff(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x.clone()
+            y[0, 1, 5, 7] += 0.01
+            return y
+
+    x = torch.rand(1, 3, 12, 12)
+    d = fuse.max_abs_diff(torch.nn.Identity(), OnePixelOff(), x)
+    assert d == pytest.approx(0.01, abs=1e-6)
+
+
 # ----------------------------------------------------------------------- export.py
 
 

@@ -158,6 +158,20 @@ def test_output_size_exact_with_size_requirements(h: int, w: int, tile: int, ove
     assert len(seen) == tiling.count_tiles(h, w, tile, overlap, req)
 
 
+def test_padding_reflects_as_far_as_the_window_allows_then_repeats_the_edge() -> None:
+    """Bottom/right padding to a multiple of 8: a 3-pixel row [1, 2, 3] is mirrored by its
+    2 inner pixels (3, 2, 1 read backwards from the edge) and then the last value repeats;
+    a single pixel can only be repeated."""
+    req = SizeRequirements(multiple_of=8)
+    row = torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 1, 3)
+    padded = tiling.pad_to_requirements(row, req)
+    assert padded.shape == (1, 1, 8, 8)
+    assert padded[0, 0, 0].tolist() == [1, 2, 3, 2, 1, 1, 1, 1]
+    assert (padded == padded[:, :, :1]).all()  # the one row repeated downwards
+    one = tiling.pad_to_requirements(torch.full((1, 1, 1, 1), 5.0), req)
+    assert one.shape == (1, 1, 8, 8) and (one == 5).all()
+
+
 def test_too_small_tile_is_rejected() -> None:
     with pytest.raises(ValueError, match="3 × overlap"):
         tiling.upscale_tiled(lambda t: t, torch.rand(1, 3, 40, 40), 1, 12, 4)
