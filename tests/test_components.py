@@ -127,6 +127,26 @@ def test_router_and_sparse_dispatch_under_autocast() -> None:
 
 # --------------------------------------------------------------------------- selective scan
 # (ssd_scan against a sequential reference: tests/test_arch.py)
+def test_balance_term_and_usage_count_every_routed_slot() -> None:
+    """A training forward publishes the usage f_e (fraction of the N·H·W·top_k routed slots
+    that went to expert e, second choices included) and the balance term E·Σ f_e P_e (P_e the
+    mean router probability over the tokens), which trains the router."""
+    moe = perturbed(A.MoEFFN(8, 12, 4, A.MoERouting(top_k=2)), std=0.3).train()
+    x = torch.randn(2, 8, 6, 7)
+    A.MOE_AUX.begin_forward()
+    moe(x)
+    usage = A.MOE_AUX.usage[0]
+    balance = A.MOE_AUX.take_balance_loss()
+    assert balance is not None
+    with torch.no_grad():
+        probs, top_i, _ = moe.route_image(x)
+    frac = torch.bincount(top_i.reshape(-1), minlength=4).float() / top_i.numel()
+    assert torch.allclose(usage, frac)
+    assert torch.allclose(balance, 4 * (frac * probs.mean(0)).sum(), atol=1e-6)
+    balance.backward()
+    assert moe.router.grad is not None and moe.router.grad.abs().max() > 1e-4
+
+
 
 
 def test_selective_scan_2d_sees_both_directions() -> None:
