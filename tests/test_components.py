@@ -125,8 +125,6 @@ def test_router_and_sparse_dispatch_under_autocast() -> None:
     assert (y_amp - moe(x)).abs().max() < 0.05 * moe(x).abs().max()
 
 
-# --------------------------------------------------------------------------- selective scan
-# (ssd_scan against a sequential reference: tests/test_arch.py)
 def test_balance_term_and_usage_count_every_routed_slot() -> None:
     """A training forward publishes the usage f_e (fraction of the N·H·W·top_k routed slots
     that went to expert e, second choices included) and the balance term E·Σ f_e P_e (P_e the
@@ -147,6 +145,8 @@ def test_balance_term_and_usage_count_every_routed_slot() -> None:
     assert moe.router.grad is not None and moe.router.grad.abs().max() > 1e-4
 
 
+# --------------------------------------------------------------------------- long-range mixers
+# (ssd_scan alone against a sequential reference: tests/test_arch.py)
 
 
 def test_selective_scan_2d_sees_both_directions() -> None:
@@ -159,6 +159,48 @@ def test_selective_scan_2d_sees_both_directions() -> None:
         x2[..., src[0], src[1]] += 3.0
         diff = (mixer(x2) - y)[..., dst[0], dst[1]].abs().max()
         assert diff > 1e-4, f"position {dst} does not see position {src}"
+
+
+def sequential_scan(x, dt, a, b, c):
+    """h_t = exp(dt_t·a)·h_{t-1} + dt_t·x_t ⊗ b_t, y_t = h_t · c_t, one token at a time.
+    x (L,H,P), dt (L,H), a (H,), b and c (L,S) -> (L,H,P)."""
+    h = torch.zeros(x.shape[1], x.shape[2], b.shape[-1], dtype=torch.float64)
+    ys = []
+    for t in range(x.shape[0]):
+        h = h * torch.exp(dt[t] * a)[:, None, None] + (dt[t, :, None] * x[t])[..., None] * b[t]
+        ys.append((h * c[t]).sum(-1))
+    return torch.stack(ys)
+
+
+def test_selective_scan_2d_matches_a_sequential_reference() -> None:
+    """Forward scan over the raster order, backward scan over the reversed order (with the same
+    B, C of each token, flipped back into place), skip ``D·x``, gate ``SiLU(z)``."""
+    mixer = perturbed(A.SelectiveScan2D(32), std=0.2).eval()  # 2 heads of 16 channels
+    x = torch.randn(1, 32, 2, 3)
+    with torch.no_grad():
+        xs, z = mixer.in_proj(x).chunk(2, dim=1)
+        xs = F.silu(mixer.dw(xs))
+        dt_raw, b, c = mixer.x_proj(xs).split([2, 16, 16], dim=1)
+        seq = xs.reshape(2, 16, 6).permute(2, 0, 1).double()  # (L,H,P), raster order
+        dt = F.softplus(dt_raw + mixer.dt_bias.view(1, -1, 1, 1)).reshape(2, 6).t().double()
+        b, c = (m.reshape(16, 6).t().double() for m in (b, c))
+        a = -mixer.a_log.exp().double()
+        fwd = sequential_scan(seq, dt, a, b, c)
+        bwd = sequential_scan(seq.flip(0), dt.flip(0), a, b.flip(0), c.flip(0)).flip(0)
+        y = fwd + bwd + seq * mixer.d_skip.double().view(1, -1, 1)
+        y = y.permute(1, 2, 0).reshape(1, 32, 2, 3).float() * F.silu(z)
+        assert torch.allclose(mixer(x), mixer.out_proj(y), atol=1e-5)
+
+
+def test_fourier_mixer_matches_a_reference() -> None:
+    """Orthonormal rfft2 -> 1×1 conv over [Re; Im] -> GELU -> 1×1 conv -> orthonormal irfft2."""
+    mixer = perturbed(A.FourierMixer(4), std=0.3).eval()
+    x = torch.randn(2, 4, 6, 7)
+    with torch.no_grad():
+        spec = torch.fft.rfft2(x, norm="ortho")
+        z = mixer.fc2(F.gelu(mixer.fc1(torch.cat([spec.real, spec.imag], dim=1))))
+        ref = torch.fft.irfft2(torch.complex(z[:, :4], z[:, 4:]), s=(6, 7), norm="ortho")
+        assert torch.allclose(mixer(x), ref, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- fusion, upsampler
@@ -220,6 +262,43 @@ def test_dysample_samples_a_wide_image_in_float32(dtype: torch.dtype) -> None:
     ref = up(x)
     got = up.to(dtype)(x.to(dtype)).float()
     assert (got - ref).abs().max() < 0.02
+
+
+# --------------------------------------------------------------------------- frequency split
+# (LF + HF = x: tests/test_arch.py)
+
+
+def test_laplacian_split_low_pass_is_the_normalised_binomial_5x5() -> None:
+    split = A.FrequencySplit(2, "laplacian")
+    x = torch.zeros(1, 2, 11, 11)
+    x[..., 5, 5] = 1.0
+    lf, hf = split(x)
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    expected = torch.zeros(1, 2, 11, 11)
+    expected[..., 3:8, 3:8] = torch.outer(taps, taps)
+    assert torch.allclose(lf, expected, atol=1e-7)
+    assert torch.allclose(hf, x - expected, atol=1e-7)
+    flat = split(torch.full((1, 2, 9, 9), 0.7))[1]
+    assert flat[..., 2:-2, 2:-2].abs().max() < 1e-6  # a constant has no HF inside the borders
+
+
+def test_fft_split_scales_each_frequency_by_the_gaussian_low_pass() -> None:
+    """A cosine of frequency (fy, fx) cycles/pixel keeps exp(-(fy² + fx²) / 2σ²) of its
+    amplitude in LF; σ is per channel. Vertical frequencies above half the height (here bin 7
+    of 8 for fy = 1/8) fold back like the horizontal ones."""
+    split = A.FrequencySplit(3, "fft")
+    sigma = torch.tensor([0.1, 0.15, 0.2])
+    with torch.no_grad():
+        split.log_sigma.copy_(sigma.log())
+    h, w = 8, 10
+    i = torch.arange(h, dtype=torch.float32).view(-1, 1)
+    j = torch.arange(w, dtype=torch.float32).view(1, -1)
+    for fy, fx in ((1 / 8, 0.0), (0.0, 2 / 10), (3 / 8, 1 / 10)):
+        wave = torch.cos(2 * math.pi * (fy * i + fx * j)).expand(1, 3, h, w)
+        lf, hf = split(wave)
+        keep = torch.exp(-(fy**2 + fx**2) / (2 * sigma**2)).view(1, 3, 1, 1)
+        assert torch.allclose(lf, keep * wave, atol=1e-5), (fy, fx)
+        assert torch.allclose(hf, (1 - keep) * wave, atol=1e-5), (fy, fx)
 
 
 # --------------------------------------------------------------------------- window attention
