@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -323,12 +324,17 @@ def naive_window_attention(attn: A.WindowAttention, x: torch.Tensor) -> torch.Te
     return attn.proj(out[:, :, s : s + h, s : s + w])
 
 
+@pytest.mark.parametrize("export", [False, True], ids=["sdpa", "export-ops"])
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("size", [(8, 8), (7, 10)])
-def test_window_attention_matches_a_per_window_reference(shift: bool, size: tuple) -> None:
-    attn = perturbed(A.WindowAttention(16, 4, shift), std=0.2).eval()
-    x = torch.randn(1, 16, *size)
-    with torch.no_grad():
+def test_window_attention_matches_a_per_window_reference(
+    shift: bool, size: tuple, export: bool
+) -> None:
+    """Both forms: F.scaled_dot_product_attention, and the plain-op softmax with its own
+    scale that ONNX export traces."""
+    attn = perturbed(A.WindowAttention(32, 4, shift), std=0.2).eval()  # 2 heads of 16
+    x = torch.randn(1, 32, *size)
+    with torch.no_grad(), patch.object(A, "_onnx_export", lambda: export):
         assert torch.allclose(attn(x), naive_window_attention(attn, x), atol=1e-5)
 
 
