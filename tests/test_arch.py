@@ -110,6 +110,38 @@ def test_ablation_switches_build_and_run(opts: dict[str, object]) -> None:
         assert torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("size", [(7, 10), (8, 8), (9, 12)])
+def test_padding_to_the_level_multiple_is_the_smallest(size: tuple[int, int]) -> None:
+    """Three levels need H and W multiples of 4: the image is replicate-padded bottom/right to
+    the next multiple (not at all when it is one) and the output cropped, so its output is
+    that of the image padded by hand, cropped."""
+    model = perturb(tiny(scale=2, base="none")).eval()
+    h, w = size
+    x = torch.rand(1, 3, h, w)
+    padded = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
+    with torch.no_grad():
+        y, y_padded = model(x), model(padded)
+    assert y.shape == (1, 3, 2 * h, 2 * w)
+    assert torch.allclose(y, y_padded[..., : 2 * h, : 2 * w], atol=1e-6)
+
+
+def test_stem_features_skip_to_the_head() -> None:
+    """The decoder's output is added to the stem features before the head: with a decoder that
+    outputs zeros the output is upsampler(head(stem features)) + base."""
+
+    class Zero(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros_like(x)
+
+    model = perturb(tiny(scale=2)).eval()
+    model.dec1 = Zero()
+    x = torch.rand(1, 3, 9, 10)
+    with torch.no_grad():
+        f = model.stem(A._pad_to_multiple(x, model.pad_multiple))
+        expected = model.up(model.head(f))[..., :18, :20] + model.base(x)
+        assert torch.allclose(model(x), expected, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- gradients
 
 
