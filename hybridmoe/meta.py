@@ -1,9 +1,9 @@
 """Reading a HybridMoE state dict back into constructor options, with every value checked.
 
 The network writes its ``hmoe_meta`` buffer from :data:`hybridmoe_arch.META_FIELDS`; this module
-decodes it with the same table (layout version 3) or with the positional layouts of versions 1
-and 2, completes the options from tensor shapes and key names, and checks the result against the
-tensors before anything is allocated (:func:`model_from_state_dict`).
+decodes it with the same table (layout versions 3 and 4) or with the positional layouts of
+versions 1 and 2, completes the options from tensor shapes and key names, and checks the result
+against the tensors before anything is allocated (:func:`model_from_state_dict`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 import hybridmoe_arch as arch
-from hybridmoe_arch import META_FIELD, META_FIELDS, META_LENGTH, META_VERSION, HybridMoE
+from hybridmoe_arch import META_FIELD, META_FIELDS, META_VERSION, HybridMoE
 
 __all__ = [
     "MAX_ABS_WEIGHT",
@@ -32,14 +32,18 @@ class CheckpointError(ValueError):
     """A file or state dict that is not a loadable model, with the reason and the fix."""
 
 
-META_LENGTHS = {1: 13, 2: 17, 3: META_LENGTH}
+META_LENGTHS = {
+    1: 13,
+    2: 17,
+    **{v: 1 + sum(f.size for f in META_FIELDS if f.since <= v) for v in range(3, META_VERSION + 1)},
+}
 """Number of values of each ``hmoe_meta`` layout version."""
 
 MAX_ABS_WEIGHT = 1e4
 """Largest magnitude a HybridMoE tensor may hold: trained weights stay near 1, so a value far
 beyond this (or NaN/Inf) means bytes of the file were damaged."""
 
-_META_MAX_VALUES = 64  # a real hmoe_meta buffer has 13, 17 or 22 values
+_META_MAX_VALUES = 64  # a real hmoe_meta buffer has 13, 17, 22 or 29 values
 _NEWEST_PLAUSIBLE_VERSION = 255  # a version field beyond this is damage, not a newer layout
 _LEGACY_FLAGS = ("use_moe", "refine_moe", "use_hf", "use_attn")  # bits of value 9 (v1, v2)
 _LEGACY_FLAGS2 = ("noise", "stem_lk")  # bits of value 10 (v1, v2)
@@ -75,7 +79,8 @@ def meta_values(meta: object) -> list[int]:
         kind = meta.dtype if isinstance(meta, Tensor) else type(meta).__name__
         raise damaged(f"'hmoe_meta' must be an integer tensor, got {kind}")
     if meta.numel() > _META_MAX_VALUES:
-        raise damaged(f"'hmoe_meta' holds {meta.numel()} values (a real one holds 13, 17 or 22)")
+        real = ", ".join(str(n) for n in sorted(set(META_LENGTHS.values())))
+        raise damaged(f"'hmoe_meta' holds {meta.numel()} values (a real one holds {real})")
     flat = meta.detach().reshape(-1).cpu()
     if flat.is_floating_point():
         flat = flat.double()
@@ -108,12 +113,13 @@ def _legacy_raw(meta: list[int]) -> dict[str, Any]:
 
 
 def _raw(meta: list[int]) -> dict[str, Any]:
-    """Stored values by field name (version 3: read through :data:`META_FIELDS`)."""
+    """Stored values by field name (versions 3 and 4: read through :data:`META_FIELDS`)."""
     if meta[0] < 3:
         return _legacy_raw(meta)
     return {
         f.name: tuple(meta[f.position : f.position + f.size]) if f.size > 1 else meta[f.position]
         for f in META_FIELDS
+        if f.since <= meta[0]
     }
 
 
@@ -151,7 +157,7 @@ def decode_meta(values: list[int]) -> dict[str, Any]:
     for name, stored in _raw(values).items():
         if name == "in_ch":
             options[name] = stored
-        elif name == "hf_blocks":
+        elif isinstance(stored, tuple):  # the block counts per level
             options[name] = tuple(_value(name, b) for b in stored)
         else:
             options[name] = _value(name, stored)
@@ -256,6 +262,12 @@ def options_from_state_dict(sd: dict[str, Tensor]) -> dict[str, Any]:
         raise damaged(
             f"hmoe_meta says hf_blocks={recorded['hf_blocks']}, the keys hold {keys['hf_blocks']}"
         )
+    for name in ("levels", "enc_blocks", "mid_blocks", "dec_blocks"):  # version 4 on
+        if name in recorded and recorded[name] != keys[name]:
+            raise damaged(
+                f"hmoe_meta says {name}={recorded[name]}, the keys hold {keys[name]} "
+                f"(a group of blocks is missing or was added)"
+            )
     options = {**keys, **recorded, "dim": dim, "in_ch": in_ch}
     options["num_experts"] = _experts(sd, recorded.get("num_experts"))
     if not 1 <= options["top_k"] <= options["num_experts"]:

@@ -70,8 +70,51 @@ def test_a_damaged_version_field_is_not_taken_for_a_newer_layout(
     layout, telling the user to update the package, with all 301 digits of the number."""
     values = torch.tensor(A.encode_meta(tiny().hyperparameters), dtype=torch.float64)
     values[0] = version
-    with pytest.raises(M.CheckpointError, match=rf"malformed .*\(version {shown}, 22 values\)"):
+    expected = rf"malformed .*\(version {shown}, {A.META_LENGTH} values\)"
+    with pytest.raises(M.CheckpointError, match=expected):
         M.decode_meta(M.meta_values(values))
+
+
+def _as_v3(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` with its meta in layout version 3 (no level and block counts)."""
+    v3 = [f for f in A.META_FIELDS if f.since <= 3]
+    values = sd["hmoe_meta"].tolist()[: 1 + sum(f.size for f in v3)]
+    values[0] = 3
+    return {**sd, "hmoe_meta": torch.tensor(values, dtype=torch.int32)}
+
+
+def test_version_3_decodes_without_the_block_counts() -> None:
+    hp = tiny(top_k=3).hyperparameters
+    values = _as_v3({"hmoe_meta": torch.tensor(A.encode_meta(hp))})["hmoe_meta"].tolist()
+    decoded = M.decode_meta(values)
+    assert set(decoded) == {f.name for f in A.META_FIELDS if f.since <= 3}
+    assert decoded["top_k"] == 3
+
+
+@pytest.mark.parametrize(
+    ("group", "name"),
+    [("mid.", "mid_blocks"), ("dec1.", "dec_blocks"), ("lf2.", "enc_blocks")],
+)
+def test_a_file_without_a_group_of_blocks_is_refused(group: str, name: str) -> None:
+    """Version 4 records the level and block counts: a state dict that lost every block of a
+    group (which the keys alone cannot tell from a smaller network) is refused by name; a
+    version-3 file has no record of them and loads as the smaller network it describes."""
+    model = tiny(mid_blocks=1, enc_blocks=(1, 1, 1), dec_blocks=(1, 1))
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith(group)}
+    with pytest.raises(M.CheckpointError, match=rf"hmoe_meta says {name}=.*group of blocks"):
+        M.model_from_state_dict(sd)
+    if name != "enc_blocks":  # an encoder level without blocks still has its fusion
+        smaller = M.model_from_state_dict(_as_v3(sd))
+        assert smaller.hyperparameters[name] != model.hyperparameters[name]
+
+
+def test_the_level_count_is_recorded() -> None:
+    model = tiny(levels=2)
+    assert M.decode_meta(model.state_dict()["hmoe_meta"].tolist())["levels"] == 2
+    sd = model.state_dict()
+    sd["hmoe_meta"][A.META_FIELD["levels"].position] = 3
+    with pytest.raises(M.CheckpointError, match="hmoe_meta says levels=3, the keys hold 2"):
+        M.model_from_state_dict(sd)
 
 
 def test_top_k_lives_in_one_place() -> None:
@@ -122,8 +165,8 @@ def test_block_counts_of_unbuilt_levels_round_trip(levels: int) -> None:
     hp = model.hyperparameters
     assert hp["hf_blocks"][levels:] == (0,) * (3 - levels) and hp["dec_blocks"][1] == 0
     assert M.model_from_state_dict(model.state_dict()).hyperparameters == hp
-    sd = model.state_dict()  # as written before: the unbuilt counts as given
+    sd = model.state_dict()  # as written before (layout 3): the unbuilt counts as given
     sd["hmoe_meta"] = torch.tensor(
         A.encode_meta({**hp, "hf_blocks": (2, 1, 1), "enc_blocks": (1, 1, 1)}), dtype=torch.int32
     )
-    assert M.model_from_state_dict(sd).hyperparameters == hp
+    assert M.model_from_state_dict(_as_v3(sd)).hyperparameters == hp

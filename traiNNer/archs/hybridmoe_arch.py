@@ -57,10 +57,11 @@ __all__ = [
     "hybridmoe_s",
 ]
 
-META_VERSION = 3
+META_VERSION = 4
 """Layout version of the ``hmoe_meta`` int32 buffer written into every state dict: value 0 is
-the version, then one value per :data:`META_FIELDS` entry at its position. Versions 1 and 2
-(positional, flags packed into bits) are still read by the ``hybridmoe`` package."""
+the version, then one value per :data:`META_FIELDS` entry at its position. Version 3 is the
+same table without the fields added in 4; versions 1 and 2 (positional, flags packed into
+bits) are still read by the ``hybridmoe`` package."""
 
 BASE_CHOICES = ("mks2021", "bicubic", "none")
 SPLIT_CHOICES = ("laplacian", "fft")
@@ -74,7 +75,8 @@ SHIFT_CHOICES = ("stage", "alternate", "none")
 class MetaField(NamedTuple):
     """One constructor option recorded in ``hmoe_meta``: ``size`` int32 values from
     ``position``. Stored as the index in ``choices``, 0/1 for a flag, or ``round(value·unit)``,
-    each within ``low..high`` (checked before anything is built when a checkpoint is read)."""
+    each within ``low..high`` (checked before anything is built when a checkpoint is read);
+    recorded from layout version ``since`` on."""
 
     name: str
     position: int
@@ -83,6 +85,7 @@ class MetaField(NamedTuple):
     choices: tuple[str, ...] = ()
     unit: int = 1
     size: int = 1
+    since: int = 3
 
 
 def _flag(name: str, position: int) -> MetaField:
@@ -109,10 +112,16 @@ META_FIELDS: tuple[MetaField, ...] = (
     _flag("stem_lk", 19),
     _flag("noise", 20),
     _flag("gate_norm", 21),
+    MetaField("levels", 22, 1, 3, since=4),
+    MetaField("enc_blocks", 23, 0, 256, size=3, since=4),
+    MetaField("mid_blocks", 26, 0, 256, since=4),
+    MetaField("dec_blocks", 27, 0, 256, size=2, since=4),
 )
-"""The options tensor shapes cannot tell (dim, in_ch, levels, block counts and block kinds are
-read from the tensors; ``hf_blocks`` and ``num_experts`` are kept for models without HF or MoE
-layers). The ``hybridmoe`` package decodes and validates with this same table."""
+"""The options tensor shapes cannot tell (dim, in_ch and block kinds are read from the
+tensors; ``hf_blocks`` and ``num_experts`` are kept for models without HF or MoE layers), and
+the level and block counts, which the keys also tell: a file that lost a whole group of
+blocks would otherwise load as a smaller network. The ``hybridmoe`` package decodes and
+validates with this same table."""
 META_LENGTH = 1 + sum(f.size for f in META_FIELDS)
 
 
