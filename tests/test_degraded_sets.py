@@ -487,3 +487,40 @@ def test_evaluate_degraded_refuses_an_hr_image_too_small_to_score_before_the_mod
         "larger image\n"
     )
     assert not report.exists()
+
+
+def test_each_image_of_a_set_gets_its_own_draw(tmp_path: Path) -> None:
+    """The seed of an image mixes in its name: two images with the same pixels in one set get
+    different parameters and different degraded copies, and the set name changes them too."""
+    hr = _hr_folder(tmp_path, ("a", "b"))
+    assert _make(str(hr), "--out", str(tmp_path / "o")) == 0
+    assert _make(str(hr), "--out", str(tmp_path / "p"), "--name", "other") == 0
+    images = json.loads((tmp_path / "o" / "mine" / "manifest.json").read_text())["images"]
+    assert images["a"]["seed"] != images["b"]["seed"]
+    a, b = (_png(tmp_path / "o" / "mine" / "LQ" / f"{n}.png") for n in "ab")
+    assert np.array_equal(_png(hr / "a.png"), _png(hr / "b.png")) and not np.array_equal(a, b)
+    assert not np.array_equal(a, _png(tmp_path / "p" / "other" / "LQ" / "a.png"))
+
+
+def test_degraded_copies_are_the_pipelines_levels_and_grey_is_bt601_luma() -> None:
+    """An RGB image's copy holds exactly the 8-bit levels of the tensor pipeline; a greyscale
+    one is degraded as three equal channels (colour noise makes them differ; no JPEG, whose
+    4:2:0 chroma coding removes most of that difference) and turned back with the BT.601 luma
+    weights 0.299, 0.587, 0.114, rounded to the nearest level."""
+    from hybridmoe import degrade
+    from hybridmoe.degraded_sets import degrade_image
+
+    grey = np.asarray(Image.open(DATA / "Set5" / "HR" / "bird.png").convert("L"))[:32, :32]
+    cfg = degrade.Degradation(blur_prob=1.0, noise_prob=1.0, noise_gray_prob=0.0, jpeg_prob=0.0)
+    g = torch.Generator().manual_seed(5)
+    x = torch.from_numpy(grey.copy()).float().expand(1, 3, 32, 32) / 255
+    rgb = degrade.apply_params(x, degrade.sample_params(1, cfg, g), g)[0]
+    levels = rgb.permute(1, 2, 0).double().numpy() * 255
+    assert not np.array_equal(levels[..., 0], levels[..., 1])  # colour noise
+    lq_rgb, params = degrade_image(np.repeat(grey[:, :, None], 3, axis=2), cfg, 5)
+    assert params["redraws"] == 0 and lq_rgb.dtype == np.uint8
+    assert np.array_equal(lq_rgb, np.round(levels))
+    lq_grey, _ = degrade_image(grey, cfg, 5)
+    luma = levels @ np.array([0.299, 0.587, 0.114])
+    assert lq_grey.shape == (32, 32) and np.array_equal(lq_grey, np.round(luma))
+    assert np.abs(luma - np.round(luma)).max() > 0.3  # rounding, not truncation, is checked
