@@ -713,3 +713,64 @@ def test_link_mode_copies_the_templates(checkout: Path, source: Path) -> None:
     assert f"updated    {entry.dest}" in it.install(checkout, link=True, source_root=source)
     assert not template.is_symlink() and template.read_bytes() == original
     assert it.check(checkout, source_root=source)[1]
+
+
+def test_an_edited_file_no_longer_shipped_is_kept_unless_forced(
+    checkout: Path, source: Path
+) -> None:
+    it.install(checkout, source_root=source)
+    dropped = next((source / "options" / "onnx" / "HybridMoE").glob("*.yml"))
+    rel = f"options/_templates/onnx/HybridMoE/{dropped.name}"
+    (checkout / rel).write_text("edited by the user\n")
+    dropped.unlink()
+    report = it.install(checkout, source_root=source)
+    assert any(line.startswith("WARNING") and rel in line and "kept" in line for line in report)
+    assert (checkout / rel).read_text() == "edited by the user\n"
+    assert rel in json.loads((checkout / it.MANIFEST_NAME).read_text())["files"]
+    report = it.install(checkout, source_root=source, force=True)
+    assert f"removed    {rel} (no longer part of the project)" in report
+    assert not (checkout / rel).exists()
+    assert rel not in json.loads((checkout / it.MANIFEST_NAME).read_text())["files"]
+
+
+def test_uninstall_removes_only_the_folders_named_after_the_project(
+    checkout: Path, source: Path
+) -> None:
+    """Empty folders that were there before install (and traiNNer/losses, emptied by removing
+    the loss file) stay; only the HybridMoE template folders go. A recorded file that is
+    already gone is reported, not an error."""
+    kept = [checkout / "options" / "_templates" / kind for kind in it.TEMPLATE_KINDS]
+    for folder in kept:
+        folder.mkdir(parents=True)
+    it.install(checkout, source_root=source)
+    gone = next(e.dest for e in it.plan(source) if e.dest.startswith("options/_templates/test"))
+    (checkout / gone).unlink()
+    report, warnings = it.uninstall(checkout)
+    assert f"missing    {gone} (already removed)" in report and not warnings
+    assert all(folder.is_dir() and not (folder / "HybridMoE").exists() for folder in kept)
+    assert (checkout / "traiNNer" / "losses").is_dir()
+    assert not (checkout / it.MANIFEST_NAME).exists()
+
+
+def test_the_manifest_records_the_bytes_an_update_wrote(checkout: Path, source: Path) -> None:
+    it.install(checkout, source_root=source)
+    (source / ARCH).write_text((source / ARCH).read_text() + "\n# newer version\n")
+    assert f"updated    {ARCH}" in it.install(checkout, source_root=source)
+    manifest = json.loads((checkout / it.MANIFEST_NAME).read_text())
+    assert manifest["files"][ARCH]["sha256"] == it.sha256_of(checkout / ARCH)
+    # so the updated file is not taken for an edit: unchanged on the next run, then removed
+    assert all(line.startswith("unchanged") for line in it.install(checkout, source_root=source))
+    report, warnings = it.uninstall(checkout)
+    assert f"removed    {ARCH}" in report and not warnings
+    assert not (checkout / ARCH).exists()
+
+
+def test_a_copy_replaced_by_a_link_is_an_edit(checkout: Path, source: Path) -> None:
+    """A copied file the user replaced by a symbolic link (even to the project's own file) is
+    not what a copy install wrote: install refuses to replace it."""
+    it.install(checkout, source_root=source)
+    (checkout / LOSS).unlink()
+    (checkout / LOSS).symlink_to(source / LOSS)
+    with pytest.raises(it.InstallError, match=f"{LOSS}: was installed by this installer but"):
+        it.install(checkout, source_root=source)
+    assert (checkout / LOSS).is_symlink()
