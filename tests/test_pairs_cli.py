@@ -340,3 +340,74 @@ def test_files_that_are_not_images_are_named_as_left_out(
     assert sorted(p.name for p in (tmp_path / "out" / "hr").iterdir()) == sorted(
         f"{n}.png" for n in NAMES
     )
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the pairs in threads of this process (no worker processes to start)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(pairs, "ProcessPoolExecutor", ThreadPoolExecutor)
+
+
+def test_pairs_are_mod_cropped_and_min_lr_size_keeps_the_exact_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], in_process: None
+) -> None:
+    """At x2 with --min-lr-size 10: an HR of 20 rows (LR exactly 10) is kept, one of 19 rows
+    (mod-cropped to 18, LR 9) skipped; one of 21x27 is mod-cropped to its top-left 20x26, so
+    its pair is that of the 20x26 image with the same pixels."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(T91 / "t1.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, (h, w) in {"edge": (20, 26), "odd": (21, 27), "small": (19, 40)}.items():
+        Image.fromarray(rgb[:h, :w]).save(src / f"{name}.png")
+    out = tmp_path / "pairs"
+    assert run(src, out, "--min-lr-size", "10") == 0
+    captured = capsys.readouterr()
+    assert "2 pairs written" in captured.out and "1 image(s) skipped" in captured.err
+
+    def read(sub: str, name: str) -> np.ndarray:
+        with Image.open(out / sub / f"{name}.png") as im:
+            return np.asarray(im)
+
+    assert sorted(p.name for p in (out / "hr").iterdir()) == ["edge.png", "odd.png"]
+    assert sorted(p.name for p in (out / "lr").iterdir()) == ["edge.png", "odd.png"]
+    assert np.array_equal(read("hr", "odd"), rgb[:20, :26])
+    assert np.array_equal(read("hr", "edge"), rgb[:20, :26])
+    assert read("lr", "edge").shape == (10, 13, 3)
+    assert np.array_equal(read("lr", "odd"), read("lr", "edge"))
+
+
+def test_check_against_finds_a_one_level_difference_and_prefers_the_scale_name(
+    tmp_path: Path, set5_dir: Path, capsys: pytest.CaptureFixture[str], in_process: None
+) -> None:
+    """A reference of the right size that differs in one sample is a difference; where both
+    ``<name>x<scale>.png`` and ``<name>.png`` exist, the first is the reference."""
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "hr"
+    src.mkdir()
+    for name in ("bird", "butterfly"):
+        shutil.copy(set5_dir / "HR" / f"{name}.png", src)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in ("bird", "butterfly"):
+        shutil.copy(set5_dir / "LR_bicubic" / "X4" / f"{name}x4.png", ref)
+    with Image.open(ref / "birdx4.png") as im:
+        wrong = np.asarray(im).copy()
+    wrong[5, 7, 1] ^= 1
+    Image.fromarray(wrong).save(ref / "bird.png")  # not used: birdx4.png is there
+    args = ("--min-lr-size", "1", "--check-against", str(ref))
+    assert run(src, tmp_path / "ok", *args, scale=4) == 0
+    Image.fromarray(wrong).save(ref / "birdx4.png")
+    capsys.readouterr()
+    assert run(src, tmp_path / "bad", *args, scale=4) == 1
+    line, summary = error_lines(capsys.readouterr().err)
+    assert "bird: LR differs from" in line and str(ref / "birdx4.png") in line
+    assert summary.startswith("error: no pairs written")
+    assert not (tmp_path / "bad").exists()
