@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageCms
 from safetensors.torch import save_file
 from spandrel import ImageModelDescriptor, ModelLoader, ModelTiling, SizeRequirements
 from spandrel.architectures.Compact import Compact
@@ -322,6 +323,8 @@ def test_read_16bit_png(tmp_path: Path) -> None:
 def test_16bit_colour_key_becomes_alpha(tmp_path: Path) -> None:
     arr = np.full((3, 4, 3), 1000, np.uint16)
     arr[1, 2] = (7, 8, 9)
+    arr[0, 1] = (7, 8, 1000)  # the key in two channels only: an opaque pixel
+    arr[2, 0] = (9, 8, 7)
     (tmp_path / "k.png").write_bytes(png16_bytes(arr, trns=struct.pack(">3H", 7, 8, 9)))
     img = imageio.read_image(tmp_path / "k.png")
     assert img.pixels.shape == (3, 4, 4)
@@ -382,6 +385,54 @@ def test_corrupt_png_is_a_read_error(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(bytes(data))
     with pytest.raises(imageio.ImageReadError, match=r"bad\.png"):
         imageio.read_image(tmp_path / "bad.png")
+
+
+def test_written_values_are_rounded_to_nearest_and_clamped(tmp_path: Path) -> None:
+    """Float pixels become the nearest 8- or 16-bit level (not the one below); values just
+    outside [0, 1] are clamped to black and white instead of wrapping around."""
+    for depth, top, level, want in (
+        (8, 255, [0.0, 0.3, 0.7, 100.4, 100.6, 254.7], [0, 0, 1, 100, 101, 255]),
+        (16, 65535, [0.0, 0.3, 0.7, 40000.4, 40000.6, 65534.7], [0, 0, 1, 40000, 40001, 65535]),
+    ):
+        floats = np.concatenate([np.array(level) / top, [-0.02, 1.02]]).astype(np.float32)
+        path = tmp_path / f"v{depth}.png"
+        imageio.write_image(path, np.tile(floats[None, :, None], (2, 1, 1)), "png", bit_depth=depth)
+        with Image.open(path) as im:
+            assert im.mode == ("L" if depth == 8 else "I;16")
+            assert np.asarray(im).tolist() == [[*want, 0, top]] * 2
+
+
+def test_palette_transparency_becomes_alpha(tmp_path: Path) -> None:
+    """A palette PNG's tRNS entries give the alpha of the pixels using them."""
+    idx = np.array([[0, 1, 2, 1], [2, 2, 0, 1]], np.uint8)
+    palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], np.uint8)
+    im = Image.new("P", (4, 2))
+    im.putdata(idx.ravel().tolist())
+    im.putpalette(palette.ravel().tolist())
+    im.save(tmp_path / "p.png", transparency=bytes([0, 128, 255]))
+    img = imageio.read_image(tmp_path / "p.png")
+    assert img.pixels.shape == (2, 4, 4)
+    assert np.array_equal(imageio.quantize(img.pixels[..., :3], 8), palette[idx])
+    assert np.array_equal(imageio.quantize(img.pixels[..., 3], 8), np.array([0, 128, 255])[idx])
+
+
+def test_the_pixel_limit_admits_an_image_of_exactly_that_many_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    save_png(tmp_path / "at.png", np.zeros((4, 5, 3), np.uint8))
+    (tmp_path / "at16.png").write_bytes(png16_bytes(np.zeros((5, 4, 3), np.uint16)))
+    assert imageio.read_image(tmp_path / "at.png").pixels.shape == (4, 5, 3)
+    assert imageio.read_image(tmp_path / "at16.png").pixels.shape == (5, 4, 3)
+    save_png(tmp_path / "over.png", np.zeros((3, 7, 3), np.uint8))
+    (tmp_path / "over16.png").write_bytes(png16_bytes(np.zeros((7, 3, 3), np.uint16)))
+    for name, size in (("over.png", "7x3"), ("over16.png", "3x7")):
+        with pytest.raises(
+            imageio.ImageReadError,
+            match=rf"{name}: declared size {size} \(21 pixels\) exceeds the "
+            r"decompression-bomb limit of 20 pixels",
+        ):
+            imageio.read_image(tmp_path / name)
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -450,6 +501,27 @@ def test_rgb_through_one_channel_model(tmp_path: Path, capsys) -> None:
     assert np.array_equal(np.asarray(Image.open(tmp_path / "c_out.png")), nearest2(arr))
 
 
+def test_grey_planes_go_through_an_rgb_model_and_back_with_bt601_weights() -> None:
+    """A grey image, and the alpha plane of any image, go through a 3-channel model as
+    R = G = B, and the model's three output channels are combined with the BT.601 luma
+    weights (0.299, 0.587, 0.114)."""
+    gains = np.array([0.2, 0.5, 1.0], np.float32)
+
+    def run(a: np.ndarray) -> np.ndarray:  # nearest ×2 treating the channels differently
+        assert a.shape[-1] == 3
+        return nearest2(a * gains)
+
+    luma = 0.299 * 0.2 + 0.587 * 0.5 + 0.114 * 1.0
+    grey = rand_image(5, 4, 1)
+    la = np.concatenate([grey, rand_image(5, 4, 1, seed=1)], axis=-1)
+    rgba = np.concatenate([rand_image(5, 4, 3, seed=2), la[..., 1:]], axis=-1)
+    np.testing.assert_allclose(upscale.upscale_pixels(grey, run, 3), nearest2(grey) * luma, 1e-6)
+    np.testing.assert_allclose(upscale.upscale_pixels(la, run, 3), nearest2(la) * luma, 1e-6)
+    out = upscale.upscale_pixels(rgba, run, 3)
+    np.testing.assert_allclose(out[..., :3], nearest2(rgba[..., :3]) * gains, 1e-6)
+    np.testing.assert_allclose(out[..., 3:], nearest2(rgba[..., 3:]) * luma, 1e-6)
+
+
 @pytest.mark.parametrize(("suffix", "pil_format"), [(".jpg", "JPEG"), (".webp", "WEBP")])
 def test_lossy_formats_keep_format(
     tmp_path: Path, model: Path, capsys, suffix: str, pil_format: str
@@ -464,12 +536,60 @@ def test_lossy_formats_keep_format(
     assert out.format == pil_format and out.size == (24, 32)
 
 
+@pytest.mark.parametrize(("suffix", "pil_format"), [(".jpg", "JPEG"), (".webp", "WEBP")])
+def test_quality_reaches_the_encoder(
+    tmp_path: Path, identity_model: Path, capsys, suffix: str, pil_format: str
+) -> None:
+    """The output decodes to what Pillow makes of the expected image (nearest ×2) at the
+    --quality given, not at the default 95."""
+    arr = (rand_image(16, 12, 3) * 255).astype(np.uint8)
+    src = save_png(tmp_path / "a.png", arr)
+
+    def encoded(quality: int) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(nearest2(arr)).save(buf, format=pil_format, quality=quality)
+        return np.asarray(Image.open(buf))
+
+    code, err = run_cli(capsys, identity_model, src, tmp_path / f"o{suffix}", "--quality", "10")
+    assert code == 0, err
+    out = np.asarray(Image.open(tmp_path / f"o{suffix}"))
+    assert np.array_equal(out, encoded(10))
+    assert not np.array_equal(out, encoded(95))
+
+
+def test_icc_profile_is_carried_over(tmp_path: Path, identity_model: Path, capsys) -> None:
+    """The input's ICC profile is embedded in the output: RGB (8- and 16-bit PNG) and grey
+    with alpha, whose profile is a greyscale one."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    gray = bytes(16) + b"GRAY" + bytes(108)
+    rgb8 = tmp_path / "rgb8.png"
+    Image.fromarray((rand_image(6, 5, 3) * 255).astype(np.uint8)).save(rgb8, icc_profile=srgb)
+    la = tmp_path / "la.png"
+    Image.fromarray((rand_image(6, 5, 2) * 255).astype(np.uint8)).save(la, icc_profile=gray)
+    rgb16 = tmp_path / "rgb16.png"
+    arr16 = np.random.default_rng(4).integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    rgb16.write_bytes(imageio.encode_png16(arr16, srgb))
+    for src, profile, mode in ((rgb8, srgb, "RGB"), (la, gray, "LA"), (rgb16, srgb, None)):
+        out = tmp_path / f"out_{src.name}"
+        code, err = run_cli(capsys, identity_model, src, out)
+        assert code == 0, err
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == profile, src.name
+            assert mode is None or im.mode == mode
+    assert imageio.is_png16((tmp_path / "out_rgb16.png").read_bytes())
+
+
 def test_format_override_and_jpeg_drops_alpha(tmp_path: Path, model: Path, capsys) -> None:
     src = save_png(tmp_path / "a.png", (rand_image(8, 8, 4) * 255).astype(np.uint8))
     code, err = run_cli(capsys, model, src, tmp_path / "o", "--format", "jpg")
     assert code == 0, err
     assert "alpha dropped" in err
     assert Image.open(tmp_path / "o").format == "JPEG"
+    la = save_png(tmp_path / "la.png", (rand_image(8, 8, 2) * 255).astype(np.uint8))
+    code, err = run_cli(capsys, model, la, tmp_path / "la.jpg")
+    assert code == 0, err
+    assert "la.png: JPEG has no alpha channel; alpha dropped" in err
+    assert Image.open(tmp_path / "la.jpg").mode == "L"
     code, err = run_cli(capsys, model, src, tmp_path / "o.png", "--format", "webp")
     assert code == 2 and "conflicts" in err
 
@@ -497,6 +617,24 @@ def test_folder_mode(tmp_path: Path, model: Path, capsys) -> None:
     assert code == 0, err
     assert (tmp_path / "out2" / "sub" / "c.webp").is_file()
     assert Image.open(tmp_path / "out2" / "d.webp").format == "WEBP"
+
+
+def test_folder_mode_takes_upper_case_suffixes_and_keeps_them(
+    tmp_path: Path, model: Path, capsys
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    save_png(src / "A.PNG", (rand_image(6, 6, 3) * 255).astype(np.uint8))
+    Image.fromarray((rand_image(6, 6, 3) * 255).astype(np.uint8)).save(src / "b.JPEG")
+    code, err = run_cli(capsys, model, src, tmp_path / "out")
+    assert code == 0, err
+    assert "left out" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["A.PNG", "b.JPEG"]
+    assert Image.open(tmp_path / "out" / "A.PNG").format == "PNG"
+    # --format jpg changes the PNG's suffix and keeps the JPEG's own
+    code, err = run_cli(capsys, model, src, tmp_path / "out2", "--format", "jpg")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["A.jpg", "b.JPEG"]
 
 
 def test_a_finished_run_says_what_it_wrote(tmp_path: Path, model: Path, capsys) -> None:
@@ -658,6 +796,37 @@ def test_tiling_policy(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) 
         upscale.check_tiling(d, 40, 16)
     upscale.check_tiling(d, None, 200)  # auto tiling picks tiles larger than 3 x overlap
     upscale.check_tiling(d, 0, 200)
+
+
+def test_a_tiled_run_matches_the_whole_image_run(tmp_path: Path, model: Path, capsys) -> None:
+    """With --tile-overlap covering the model's receptive field, the tiles of a run join into
+    the whole-image result (16-bit output, in which a seam of 1e-4 shows)."""
+    arr = np.random.default_rng(5).integers(0, 65536, (45, 37, 3), dtype=np.uint16)
+    src = tmp_path / "a.png"
+    src.write_bytes(png16_bytes(arr))
+    outs = []
+    for tile in (0, 24):
+        out = tmp_path / f"t{tile}.png"
+        code, err = run_cli(
+            capsys, model, src, out, "--tile", tile, "--tile-overlap", RECEPTIVE_RADIUS
+        )
+        assert code == 0, err
+        outs.append(imageio.quantize(imageio.read_image(out).pixels, 16).astype(np.int64))
+    assert np.abs(outs[0] - outs[1]).max() <= 1
+
+
+def test_a_tile_of_three_overlaps_is_refused(tmp_path: Path, model: Path, capsys) -> None:
+    """Windows of 3 x --tile-overlap pixels leave nothing between their cross-fades: such a
+    --tile is refused with the fix named; one pixel more runs."""
+    src = save_png(tmp_path / "a.png", (rand_image(60, 60, 3) * 255).astype(np.uint8))
+    args = ("--tile-overlap", 16, "--tile")
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png", *args, 48)
+    assert code == 2
+    assert "tile 48 must be larger than 3 x --tile-overlap (48)" in err
+    assert "use a larger --tile or a smaller --tile-overlap" in err
+    assert not (tmp_path / "o.png").exists()
+    code, err = run_cli(capsys, model, src, tmp_path / "o.png", *args, 49)
+    assert code == 0, err
 
 
 def test_a_wide_overlap_without_tile_runs_the_whole_image(

@@ -402,6 +402,46 @@ def test_a_grey_image_is_planned_with_the_models_channels(
     assert np.asarray(Image.open(tmp_path / "out.png")).shape == (300, 280)
 
 
+def test_an_rgba_image_is_planned_with_its_alpha_channel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The output copies of an RGBA image hold four channels: host memory for three (the
+    colour alone) is refused up front; memory for four is enough."""
+    model = save_model(compact(), tmp_path / "m.safetensors")
+    src = save_png(tmp_path / "a.png", (rand_image(150, 140, 4) * 255).astype(np.uint8))
+    rgb_need = upscale.HOST_COPIES * 300 * 280 * 3 * 4
+    monkeypatch.setattr(upscale, "available_memory", lambda dev: (2**34, "test"))
+    monkeypatch.setattr(
+        upscale, "host_memory_available", lambda: 1.2 * rgb_need / upscale.MEMORY_SHARE
+    )
+    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
+    assert code == 2 and "output alone needs" in err, err
+    assert not (tmp_path / "out.png").exists()
+    monkeypatch.setattr(
+        upscale, "host_memory_available", lambda: 1.5 * rgb_need / upscale.MEMORY_SHARE
+    )
+    settings = upscale.Settings(
+        descriptor_of(compact(), tmp_path), torch.device("cpu"), torch.float32, None, 16, 95
+    )
+    assert upscale.plan_tile(settings, 150, 140, 4, src) == 0
+
+
+def test_a_small_image_is_never_tiled_automatically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to PROBE_SIDE² pixels the whole image runs at once, whatever memory reports."""
+    settings = upscale.Settings(
+        descriptor_of(compact(), tmp_path), torch.device("cpu"), torch.float32, None, 16, 95
+    )
+    monkeypatch.setattr(upscale, "available_memory", lambda dev: (1, "test"))
+    monkeypatch.setattr(upscale, "host_memory_available", lambda: 1)
+    side = upscale.PROBE_SIDE
+    assert upscale.plan_tile(settings, side, side, 3, tmp_path / "x.png") == 0
+    assert upscale.plan_tile(settings, 1, side * side, 3, tmp_path / "x.png") == 0
+    with pytest.raises(upscale.CliError, match="not enough memory"):
+        upscale.plan_tile(settings, side, side + 1, 3, tmp_path / "x.png")
+
+
 def test_unknown_host_memory_refuses_a_huge_image_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
