@@ -138,7 +138,7 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 
 def set_images(folder: Path) -> list[Path]:
     """The images of an HR folder, sorted; file names (stems) must be unique."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTS and p.is_file())
+    files = [p for p in imageio.visible_files(folder) if p.suffix.lower() in EXTS]
     seen: dict[str, Path] = {}
     for p in files:
         if p.stem in seen:

@@ -173,11 +173,8 @@ def hr_images(set_dir: Path) -> tuple[list[Path], list[Path]]:
     hr = set_dir / "HR"
     images: list[Path] = []
     others: list[Path] = []
-    for path in sorted(hr.iterdir()) if hr.is_dir() else []:
-        if path.is_file() and path.suffix.lower() == ".png":
-            images.append(path)
-        elif path.is_file() and not path.name.startswith("."):
-            others.append(path)
+    for path in imageio.visible_files(hr) if hr.is_dir() else []:
+        (images if path.suffix.lower() == ".png" else others).append(path)
     return images, others
 
 

@@ -101,6 +101,18 @@ def format_from_suffix(path: Path) -> str | None:
     return None
 
 
+def visible_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The files of ``folder`` (and, ``recursive``, of its sub-folders), sorted, leaving out
+    hidden ones: a name starting with "." anywhere below ``folder`` (macOS ``._`` companions,
+    the temporary ``.name.partial.png`` of an interrupted write, ``.git``)."""
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in entries
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()
+    )
+
+
 def left_out_note(files: Sequence[Path], folder: Path, kinds: str) -> str:
     """The note on ``files`` of ``folder`` that a run leaves out as not ``kinds`` (such as
     "PNG, JPEG or WebP"): how many, and the first three names relative to ``folder``."""

@@ -156,7 +156,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in EXTS)
+            found = [f for f in imageio.visible_files(p) if f.suffix.lower() in EXTS]
             if not found:
                 raise UsageError(
                     f"no images in the folder {p} (looked for {', '.join(sorted(EXTS))})"

@@ -45,7 +45,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from hybridmoe.imageio import ImageReadError, check_still, folder_problem, left_out_note
+from hybridmoe.imageio import (
+    ImageReadError,
+    check_still,
+    folder_problem,
+    left_out_note,
+    visible_files,
+)
 from hybridmoe.metrics import imresize_matlab_uint8, mod_crop
 from hybridmoe.options import MEASURED_LQ
 
@@ -223,7 +229,7 @@ def input_files(hr_dirs: list[Path]) -> tuple[list[Path], list[str]]:
             )
         if not d.is_dir():
             raise PairsError(f"HR folder not found: {d}")
-        entries = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+        entries = visible_files(d)
         files += [p for p in entries if p.suffix.lower() in EXTS]
         others = [p for p in entries if p.suffix.lower() not in EXTS]
         if others:

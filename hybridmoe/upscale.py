@@ -37,6 +37,7 @@ from hybridmoe.imageio import (
     read_image,
     size_problem,
     split_alpha,
+    visible_files,
     write_error,
     write_image,
 )
@@ -480,20 +481,17 @@ def plan_single(src: Path, output: Path, fmt: str | None, as_folder: bool = Fals
 
 
 def _folder_files(folder: Path, recursive: bool, output: Path) -> tuple[list[Path], list[Path]]:
-    """(image files by suffix, other non-hidden files) in ``folder``, sorted, skipping earlier
-    results in ``output`` (only when it is a sub-folder of ``folder``)."""
+    """(image files by suffix, other files) in ``folder``, sorted, hidden ones aside
+    (:func:`hybridmoe.imageio.visible_files`), skipping earlier results in ``output`` (only
+    when it is a sub-folder of ``folder``)."""
     out = output.resolve()
     skip = out if out != folder.resolve() else None
-    entries = folder.rglob("*") if recursive else folder.iterdir()
     images: list[Path] = []
     others: list[Path] = []
-    for path in sorted(entries):
-        if not path.is_file() or skip in path.resolve().parents:
+    for path in visible_files(folder, recursive):
+        if skip in path.resolve().parents:
             continue
-        if format_from_suffix(path):
-            images.append(path)
-        elif not path.name.startswith("."):
-            others.append(path)
+        (images if format_from_suffix(path) else others).append(path)
     return images, others
 
 

@@ -658,3 +658,14 @@ def test_a_one_channel_model_upscales_each_colour_channel_on_its_own(tile: int |
     lr = _png(SET5 / "LR_bicubic" / "X2" / "birdx2.png")[:37, :41]
     out = evaluate.super_resolve(nearest, lr, tile)
     np.testing.assert_array_equal(out, lr.repeat(2, 0).repeat(2, 1))
+
+
+def test_hidden_files_of_a_set_are_not_its_images(tmp_path: Path) -> None:
+    """A macOS ``._baby.png`` companion beside the HR images was taken for an image of the set
+    (and failed to read); hidden files are no part of a set, like the other commands."""
+    hr = tmp_path / "Set" / "HR"
+    hr.mkdir(parents=True)
+    shutil.copy(DATA / "Set5" / "HR" / "baby.png", hr / "baby.png")
+    (hr / "._baby.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (hr / ".DS_Store").write_bytes(b"\x00")
+    assert evaluate.hr_images(tmp_path / "Set") == ([hr / "baby.png"], [])

@@ -619,6 +619,25 @@ def test_folder_mode(tmp_path: Path, model: Path, capsys) -> None:
     assert Image.open(tmp_path / "out2" / "d.webp").format == "WEBP"
 
 
+def test_folder_mode_leaves_hidden_files_out(tmp_path: Path, model: Path, capsys) -> None:
+    """Hidden files are not inputs: the temporary file an interrupted run leaves in an output
+    folder that is also the input (a real PNG) was upscaled by the next run, and macOS ``._``
+    companions were read and reported as broken; a hidden folder is not searched either."""
+    src = tmp_path / "in"
+    (src / ".cache").mkdir(parents=True)
+    save_png(src / "a.png", (rand_image(6, 6, 3) * 255).astype(np.uint8))
+    save_png(src / ".a.x1y2.partial.png", (rand_image(6, 6, 3) * 255).astype(np.uint8))
+    save_png(src / ".cache" / "b.png", (rand_image(6, 6, 3) * 255).astype(np.uint8))
+    (src / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    code, err = run_cli(capsys, model, src, tmp_path / "out", "--recursive")
+    assert code == 0, err
+    assert "skipped" not in err and "left out" not in err
+    written = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+    )
+    assert written == ["a.png"]
+
+
 def test_folder_mode_takes_upper_case_suffixes_and_keeps_them(
     tmp_path: Path, model: Path, capsys
 ) -> None:
