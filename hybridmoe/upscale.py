@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         "receives INPUT's name) or folder (folder input; created if missing)",
     )
     p.add_argument(
-        "--recursive", action="store_true", help="also process sub-folders of a folder INPUT"
+        "--recursive",
+        action="store_true",
+        help="also process sub-folders of a folder INPUT (hidden files and folders, names "
+        "starting with '.', are never inputs)",
     )
     p.add_argument(
         "--overwrite",
