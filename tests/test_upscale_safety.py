@@ -375,6 +375,31 @@ def test_memory_decides_tiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert "tiling does not shrink the output" in err
 
 
+def _refused_then_run(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model: Path,
+    src: Path,
+    out: Path,
+    *,
+    need: float,
+    too_little: float,
+    enough: float,
+) -> None:
+    """With plenty of device memory: host memory for ``too_little``·``need`` bytes of output
+    copies is refused up front (nothing written), for ``enough``·``need`` the run succeeds."""
+    monkeypatch.setattr(upscale, "available_memory", lambda dev: (2**34, "test"))
+    for factor, refused in ((too_little, True), (enough, False)):
+        host = factor * need / upscale.MEMORY_SHARE
+        monkeypatch.setattr(upscale, "host_memory_available", lambda host=host: host)
+        code, err = run_cli(capsys, model, src, out)
+        if refused:
+            assert code == 2 and "output alone needs" in err, err
+            assert not out.exists()
+        else:
+            assert code == 0, err
+
+
 def test_a_grey_image_is_planned_with_the_models_channels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -386,19 +411,8 @@ def test_a_grey_image_is_planned_with_the_models_channels(
     src = tmp_path / "g.png"
     Image.fromarray(arr, mode="L").save(src)
     grey_need = upscale.HOST_COPIES * 300 * 280 * 1 * 4
-    plenty = 2**34
-    monkeypatch.setattr(upscale, "available_memory", lambda dev: (plenty, "test"))
-    monkeypatch.setattr(
-        upscale, "host_memory_available", lambda: 2 * grey_need / upscale.MEMORY_SHARE
-    )
-    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
-    assert code == 2 and "output alone needs" in err, err
-    assert not (tmp_path / "out.png").exists()
-    monkeypatch.setattr(
-        upscale, "host_memory_available", lambda: 4 * grey_need / upscale.MEMORY_SHARE
-    )
-    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
-    assert code == 0, err
+    out = tmp_path / "out.png"
+    _refused_then_run(monkeypatch, capsys, model, src, out, need=grey_need, too_little=2, enough=4)
     assert np.asarray(Image.open(tmp_path / "out.png")).shape == (300, 280)
 
 
@@ -410,15 +424,9 @@ def test_an_rgba_image_is_planned_with_its_alpha_channel(
     model = save_model(compact(), tmp_path / "m.safetensors")
     src = save_png(tmp_path / "a.png", (rand_image(150, 140, 4) * 255).astype(np.uint8))
     rgb_need = upscale.HOST_COPIES * 300 * 280 * 3 * 4
-    monkeypatch.setattr(upscale, "available_memory", lambda dev: (2**34, "test"))
-    monkeypatch.setattr(
-        upscale, "host_memory_available", lambda: 1.2 * rgb_need / upscale.MEMORY_SHARE
-    )
-    code, err = run_cli(capsys, model, src, tmp_path / "out.png")
-    assert code == 2 and "output alone needs" in err, err
-    assert not (tmp_path / "out.png").exists()
-    monkeypatch.setattr(
-        upscale, "host_memory_available", lambda: 1.5 * rgb_need / upscale.MEMORY_SHARE
+    out = tmp_path / "out.png"
+    _refused_then_run(
+        monkeypatch, capsys, model, src, out, need=rgb_need, too_little=1.2, enough=1.5
     )
     settings = upscale.Settings(
         descriptor_of(compact(), tmp_path), torch.device("cpu"), torch.float32, None, 16, 95
