@@ -5,6 +5,7 @@ pooled, the evaluator writes one record per trained model, and the tables read t
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -1397,3 +1398,156 @@ def test_noise_runs_resume_exactly_and_unfinished_or_lagging_runs_are_handled(
     assert (repaired["iterations"], repaired["finished"]) == (3, True)
     again = torch.load(run / "ema.pt", weights_only=True)
     assert all(torch.equal(one[k], again[k]) for k in one)
+
+
+def _tiny(out: Path, *extra: str) -> list[str]:
+    """train-one of the smallest network on one image, batch 1, crops of 16."""
+    argv = ["train-one", "--config", "compact", "--scale", "4", "--batch", "1", "--crop", "16"]
+    return [*argv, "--out", str(out), *extra]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_warmup_ends_at_the_peak_rate_and_the_schedule_takes_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--warmup N scales the first N iterations by (it + 1) / N; from iteration N on the rate
+    is the schedule's (budget 4: halved at 2 and at 3)."""
+    monkeypatch.setattr(sweep, "LOG_EVERY", 1)
+    argv = _tiny(tmp_path / "runs", "--data", str(HR), "--warmup", "2", "--iters", "4")
+    assert sweep.main(argv) == 0
+    log = tmp_path / "runs" / "compact_x4" / "log.jsonl"
+    peak = sweep.RECIPE["lr"]
+    rates = [json.loads(line)["lr"] for line in log.read_text().splitlines()]
+    assert rates == pytest.approx([peak / 2, peak, peak / 2, peak / 4])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_from_before_an_option_resumes_only_at_its_default(tmp_path: Path) -> None:
+    """A run whose meta.json lacks a recipe value (trained before the option existed) was
+    trained at the default: resuming it with another value is refused, with none it resumes."""
+    runs = tmp_path / "runs"
+    assert sweep.main(_tiny(runs, "--data", str(HR), "--iters", "1")) == 0
+    meta_path = runs / "compact_x4" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["recipe"]["warmup"], meta["recipe"]["router_lr_mult"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=r"trained with --warmup 0; resume it with the same"):
+        sweep.main(_tiny(runs, "--data", str(HR), "--iters", "2", "--warmup", "3"))
+    assert json.loads(meta_path.read_text())["iterations"] == 1
+    assert sweep.main(_tiny(runs, "--data", str(HR), "--iters", "2")) == 0
+    assert json.loads(meta_path.read_text())["iterations"] == 2
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_resume_refuses_a_renamed_image(tmp_path: Path) -> None:
+    """The data digest covers the images' names as well as their pixels: the same pixels under
+    another name are other data (pairs are matched by name)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bird.png").write_bytes((HR / "bird.png").read_bytes())
+    runs = tmp_path / "runs"
+    assert sweep.main(_tiny(runs, "--data", str(data), "--iters", "1")) == 0
+    (data / "bird.png").rename(data / "bird2.png")
+    with pytest.raises(SystemExit, match="trained on other images than those now under"):
+        sweep.main(_tiny(runs, "--data", str(data), "--iters", "2"))
+    assert json.loads((runs / "compact_x4" / "meta.json").read_text())["iterations"] == 1
+
+
+def test_a_run_is_locked_by_its_folder_however_the_path_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts that name one run folder by a relative and by an absolute path are the same
+    run: the second is refused."""
+    monkeypatch.chdir(tmp_path)
+    first = sweep.hold_run(Path("runs") / "compact_x4")
+    try:
+        with pytest.raises(SystemExit, match="is being trained by another process now"):
+            sweep.hold_run(tmp_path / "runs" / "compact_x4")
+    finally:
+        first.close()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_passes_the_recipe_options_to_every_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train starts one train-one per configuration; each run keeps the recipe options given
+    to train (here run in this process instead of a subprocess)."""
+
+    class InProcess:
+        def __init__(self, cmd: list[str], **_: object) -> None:
+            assert cmd[1] == sweep.__file__
+            self.code = sweep.main(cmd[2:])
+
+        def wait(self) -> int:
+            return self.code
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", InProcess)
+    runs = tmp_path / "runs"
+    argv = ["train", "--configs", "compact", "--scale", "4", "--iters", "1", "--data", str(HR)]
+    argv += ["--out", str(runs), "--batch", "1", "--crop", "16", "--warmup", "3", "--lr", "2e-4"]
+    assert sweep.main(argv) == 0
+    recipe = json.loads((runs / "compact_x4" / "meta.json").read_text())["recipe"]
+    assert (recipe["batch"], recipe["lr_size"], recipe["warmup"], recipe["lr"]) == (1, 16, 3, 2e-4)
+
+
+def _packed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes, list[Path]]:
+    """A run with a 100 kB state packed --with-state in parts of 32 KiB (the state in chunks,
+    one a part)."""
+    runs = tmp_path / "runs"
+    run = _fake_run(runs)
+    (run / "log.jsonl").write_text('{"iter": 1}\n')
+    state = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    (run / "state.pt").write_bytes(state)
+    monkeypatch.setattr(sweep, "PACK_PART_BYTES", 32 * 1024)
+    argv = ["pack", "--runs", str(runs), "--out", str(tmp_path / "pack"), "--with-state"]
+    assert sweep.main(argv) == 0
+    return run, state, sorted((tmp_path / "pack").glob("*.tar"))
+
+
+def test_unpack_joins_chunks_in_their_order_whatever_the_order_of_the_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, state, parts = _packed_run(tmp_path, monkeypatch)
+    chunks = [n for p in parts for n in _tar_names(p) if n.startswith(f"runs/{run.name}/state.pt")]
+    assert len(chunks) == 4
+    out = tmp_path / "out"
+    assert sweep.main(["unpack", "--tars", *map(str, reversed(parts)), "--out", str(out)]) == 0
+    assert (out / "runs" / run.name / "state.pt").read_bytes() == state
+
+
+def test_unpack_refuses_a_part_that_lost_a_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part whose chunk is gone (its manifest still there) is refused by name, nothing
+    written."""
+    _, _, parts = _packed_run(tmp_path, monkeypatch)
+    part = next(p for p in parts if any(n.endswith("state.pt.chunk01of04") for n in _tar_names(p)))
+    with tarfile.open(part) as tf:
+        kept = [
+            (m, tf.extractfile(m).read())
+            for m in tf.getmembers()
+            if "state.pt.chunk01" not in m.name
+        ]
+    with tarfile.open(part, "w") as tf:
+        for info, data in kept:
+            tf.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"state\.pt: 3 of its 4 chunks found; unpack every"):
+        sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(out)])
+    assert not out.exists()
+
+
+def test_unpack_over_an_existing_file_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file of the pack already there (the last one unpacked, in name order): refused
+    before any other file is written."""
+    run, _, parts = _packed_run(tmp_path, monkeypatch)
+    there = tmp_path / "out" / "runs" / run.name
+    there.mkdir(parents=True)
+    (there / "state.pt").write_bytes(b"mine")
+    with pytest.raises(SystemExit, match=r"state\.pt exists; unpack into an empty folder"):
+        sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in there.iterdir()) == ["state.pt"]
+    assert (there / "state.pt").read_bytes() == b"mine"
