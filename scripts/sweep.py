@@ -1224,6 +1224,13 @@ def pack(args: argparse.Namespace) -> int:
             members += [(f"{folder}/{run.name}/{name}", data) for name, data in files]
     if not members:
         raise UsageError(f"--runs {' '.join(args.runs)}: no runs there (no <run>/meta.json)")
+    names = [name for name, _ in members]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # one path in the pack for two files: unpack would refuse the pack
+        raise UsageError(
+            f"--runs: two folders of one name would pack {twice.rpartition('/')[0]} twice; "
+            "pack them separately, or rename one"
+        )
     # a member over a part's size travels as NAME.chunkNN pieces (``sweep.py unpack`` joins them)
     pieces: list[tuple[str, bytes]] = []
     for name, data in members:

@@ -1551,3 +1551,17 @@ def test_unpack_over_an_existing_file_writes_nothing(
         sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(tmp_path / "out")])
     assert sorted(p.name for p in there.iterdir()) == ["state.pt"]
     assert (there / "state.pt").read_bytes() == b"mine"
+
+
+def test_pack_refuses_two_runs_that_would_unpack_to_one_folder(tmp_path: Path) -> None:
+    """Runs are packed as <folder name>/<run>: two --runs folders of one name holding a run of
+    one name (or one folder given twice) would make a pack that no unpack takes; refused when
+    packing, nothing written."""
+    for side in ("a", "b"):
+        run = _fake_run(tmp_path / side / "runs")
+        (run / "log.jsonl").write_text('{"iter": 1}\n')
+    out = tmp_path / "pack"
+    for runs in ([tmp_path / "a" / "runs", tmp_path / "b" / "runs"], [tmp_path / "a" / "runs"] * 2):
+        with pytest.raises(SystemExit, match=r"runs/trunk64x10_lean_x4 twice"):
+            sweep.main(["pack", "--runs", *map(str, runs), "--out", str(out)])
+        assert not out.exists()
