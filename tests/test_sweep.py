@@ -1565,3 +1565,47 @@ def test_pack_refuses_two_runs_that_would_unpack_to_one_folder(tmp_path: Path) -
         with pytest.raises(SystemExit, match=r"runs/trunk64x10_lean_x4 twice"):
             sweep.main(["pack", "--runs", *map(str, runs), "--out", str(out)])
         assert not out.exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_ema_moves_one_minus_the_decay_of_the_way_to_the_weights(tmp_path: Path) -> None:
+    """One step from the seeded start: the EMA weights (ema.pt, and the state's copy) are the
+    start moved 1 - decay of the way to the trained weights."""
+    assert sweep.main(_tiny(tmp_path, "--data", str(HR), "--iters", "1")) == 0
+    run = tmp_path / "compact_x4"
+    torch.manual_seed(0)
+    start = sweep.build("compact", 4).state_dict()
+    state = torch.load(run / "state.pt", weights_only=True)
+    ema = torch.load(run / "ema.pt", weights_only=True)
+    step = 1 - sweep.RECIPE["ema_decay"]
+    moved = 0
+    for (key, before), trained, kept in zip(
+        start.items(), state["model"].values(), state["ema"], strict=True
+    ):
+        assert torch.equal(ema[key], kept), key
+        assert torch.allclose(ema[key], before + step * (trained - before), atol=1e-7), key
+        moved += not torch.equal(trained, before)
+    assert moved > 0
+
+
+def test_a_quality_record_says_which_run_and_recipe_it_scores(tmp_path: Path) -> None:
+    """A run stopped at an iteration between saves (1 of SAVE_EVERY 500) is recorded at that
+    iteration: in the record's name and in its fields, beside the recipe name given to eval."""
+    run = _fake_run(tmp_path / "runs")
+    meta = {**json.loads((run / "meta.json").read_text()), "seed": 2, "finished": True}
+    (run / "meta.json").write_text(json.dumps(meta))
+    small = tmp_path / "sets" / "Set5" / "HR"  # one small image keeps the forward pass cheap
+    small.mkdir(parents=True)
+    Image.open(HR / "bird.png").crop((0, 0, 48, 48)).save(small / "bird.png")
+    records = tmp_path / "records"
+    argv = ["eval", "--runs", str(run.parent), "--records", str(records), "--recipe", "tiny"]
+    assert (
+        sweep.main([*argv, "--data", str(small.parent.parent), "--sets", "Set5", "--limit", "1"])
+        == 0
+    )
+    (path,) = records.glob("*.json")
+    rec = json.loads(path.read_text())
+    assert path.name == "tiny_trunk64x10_lean_x4_1.json"
+    assert (rec["config"], rec["scale"], rec["iterations"]) == ("trunk64x10_lean", 4, 1)
+    assert (rec["recipe"], rec["seed"], rec["images"]) == ("tiny", 2, {"Set5": 1})
+    assert rec["model"] == sweep.registered_name("trunk64x10_lean")
