@@ -1609,3 +1609,21 @@ def test_a_quality_record_says_which_run_and_recipe_it_scores(tmp_path: Path) ->
     assert (rec["config"], rec["scale"], rec["iterations"]) == ("trunk64x10_lean", 4, 1)
     assert (rec["recipe"], rec["seed"], rec["images"]) == ("tiny", 2, {"Set5": 1})
     assert rec["model"] == sweep.registered_name("trunk64x10_lean")
+
+
+def test_unpack_refuses_a_file_that_comes_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file held twice by the parts given (here a part with a second meta.json appended) is
+    refused by name, whichever copy the manifest matches."""
+    run, _, parts = _packed_run(tmp_path, monkeypatch)
+    meta = f"runs/{run.name}/meta.json"
+    part = next(p for p in parts if meta in _tar_names(p))
+    with tarfile.open(part, "a") as tf:
+        info = tarfile.TarInfo(meta)
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"{}"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=f"{meta} is in two of the parts given"):
+        sweep.main(["unpack", "--tars", *map(str, parts), "--out", str(out)])
+    assert not out.exists()
