@@ -71,6 +71,7 @@ spandrel's implementations in the traiNNer-redux presets, see ``hybridmoe/bench.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import itertools
 import json
@@ -1224,8 +1225,8 @@ def pack(args: argparse.Namespace) -> int:
             members += [(f"{folder}/{run.name}/{name}", data) for name, data in files]
     if not members:
         raise UsageError(f"--runs {' '.join(args.runs)}: no runs there (no <run>/meta.json)")
-    names = [name for name, _ in members]
-    twice = next((n for n in names if names.count(n) > 1), None)
+    counts = collections.Counter(name for name, _ in members)
+    twice = next((name for name, n in counts.items() if n > 1), None)
     if twice:  # one path in the pack for two files: unpack would refuse the pack
         raise UsageError(
             f"--runs: two folders of one name would pack {twice.rpartition('/')[0]} twice; "
