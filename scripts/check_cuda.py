@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +35,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "traiNNer" / "archs"), str(ROOT / "scripts
 import sweep  # noqa: E402
 
 import hybridmoe_arch as arch  # noqa: E402
+from hybridmoe import imageio  # noqa: E402
+from hybridmoe.provenance import record_header  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _commit() -> str:
-    env = os.environ.get("HYBRIDMOE_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _wake(model: nn.Module, seed: int) -> nn.Module:
@@ -231,17 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         "textures": check_textures(nets, dev),
         "sdpa_windows": check_sdpa_windows(args.windows_side, dev),
     }
-    record = {
-        "command": "python scripts/check_cuda.py " + " ".join(argv or sys.argv[1:]),
-        "device": f"{torch.cuda.get_device_name() if dev == 'cuda' else dev}, "
-        f"torch {torch.__version__}",
-        "commit": _commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "values": values,
-    }
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    command = ["python", "scripts/check_cuda.py", *(sys.argv[1:] if argv is None else argv)]
+    record = {**record_header(command, dev), "values": values}
+    imageio.write_text_atomic(out, json.dumps(record, indent=1) + "\n", what="record")
     print(json.dumps(values)[:4000])
     return 0
 
