@@ -1634,7 +1634,7 @@ def evaluate_runs(args: argparse.Namespace) -> int:
             "ssim": ssim,
             "images": {k: len(v) for k, v in scores[i].items()},
             "evaluator": evaluator,
-            **provenance(),
+            **record_header(sys.argv, str(device)),
             "eval_device": str(device),
             "params": sum(p.numel() for p in desc.model.parameters()),
         }
@@ -1672,7 +1672,7 @@ def _add_sets(rec: dict[str, Any], rec_path: Path, scores: Scores, device: torch
     rec.setdefault("added", []).append(
         {
             "sets": added,
-            **provenance(),
+            **record_header(sys.argv, str(device)),
             "eval_device": str(device),
         }
     )

@@ -25,6 +25,7 @@ from conftest import TEST_DATA
 from PIL import Image
 
 from hybridmoe import checkpoint as C
+from hybridmoe import provenance
 
 HR = TEST_DATA / "Set5" / "HR"
 
@@ -72,6 +73,8 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     assert rec["model"] == "hybridmoe_nano" and rec["config"] == "trunk64x10_lean"
     assert rec["seed"] == 1 and rec["iterations"] == 3 and rec["images"] == {"Set5": 1}
     assert rec["train_data"]["pairs"] == 10 and 10 < rec["psnr"]["Set5"] < 60
+    # the record names the machine it was scored on (CPU model and cores here), not only "cpu"
+    assert rec["eval_device"] == "cpu" and rec["device"] == provenance.machine("cpu")
     # a set asked for by name that a record lacks is added to it; its other numbers stay
     data = tmp_path / "sets"
     (data / "Set14" / "HR").mkdir(parents=True)
@@ -84,6 +87,7 @@ def test_train_resumes_seeds_get_own_runs_and_eval_writes_records(
     assert grown["psnr"]["Set14"] != rec["psnr"]["Set5"]  # bird, not baby
     assert grown["images"] == {"Set5": 1, "Set14": 1}
     assert [a["sets"] for a in grown["added"]] == [["Set14"]]
+    assert grown["added"][0]["device"] == provenance.machine("cpu")
     unchanged = {k: v for k, v in rec.items() if k not in ("psnr", "ssim", "images")}
     assert {k: grown[k] for k in unchanged} == unchanged
     before = path.read_text()
