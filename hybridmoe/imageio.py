@@ -401,19 +401,26 @@ def write_image(
     *,
     bit_depth: int = 8,
     quality: int = 95,
+    lossless: bool = False,
     icc_profile: bytes | None = None,
     overwrite: bool = True,
 ) -> None:
     """Write float (H, W, C) ``pixels`` in [0, 1] as ``fmt``, atomically (:func:`atomic_output`).
 
     16-bit output only exists for PNG; JPEG and WebP are always 8-bit. ``quality`` applies to
-    JPEG and WebP. ``icc_profile`` is embedded where its colour space fits the channels
-    written (:func:`profile_for`). ``overwrite=False``: :class:`OutputError` if ``path``
-    exists; an image too large for ``fmt`` (:data:`MAX_SIDE`) is an :class:`OutputError`.
+    JPEG and WebP; ``lossless`` makes WebP lossless (``quality`` is then its compression
+    effort) and is refused for JPEG (:class:`OutputError`). ``icc_profile`` is embedded where
+    its colour space fits the channels written (:func:`profile_for`). ``overwrite=False``:
+    :class:`OutputError` if ``path`` exists; an image too large for ``fmt``
+    (:data:`MAX_SIDE`) is an :class:`OutputError`.
     """
     problem = size_problem(fmt, *pixels.shape[:2])
     if problem:
         raise OutputError(f"cannot write {path}: {problem}")
+    if lossless and fmt == "jpg":
+        raise OutputError(
+            f"cannot write {path} losslessly: JPEG has no lossless mode; write PNG or WebP"
+        )
     pixels = adapt_channels(pixels, fmt)
     icc_profile = profile_for(icc_profile, pixels.shape[-1])
     if fmt == "png" and bit_depth == 16:
@@ -426,6 +433,8 @@ def write_image(
     options: dict[str, object] = {}
     if fmt in ("jpg", "webp"):
         options["quality"] = quality
+    if fmt == "webp" and lossless:
+        options["lossless"] = True
     if icc_profile:
         options["icc_profile"] = icc_profile
     with atomic_output(path, overwrite=overwrite, what="image") as tmp:

@@ -95,6 +95,11 @@ Channels:
   * alpha is upscaled by the model as a greyscale image (same rule as above), so its edges
     follow the colour edges; a constant alpha (e.g. a fully opaque RGBA file) is simply kept
     constant without running the model. JPEG output drops alpha (with a warning).
+  * the colour stored under fully transparent pixels (alpha 0) is arbitrary, often black; the
+    model would carry it into the visible pixels at the edges (dark or stray fringes). By
+    default (--transparent-colour extend) it is first replaced by the colour of the visible
+    pixels around it, so visible pixels only ever see visible colour; `keep` upscales the
+    file's colour as stored. Visible pixels are never changed before upscaling.
 
 Tiling: the image is cut into overlapping windows of --tile pixels. Around each seam the
 outer --tile-overlap pixels of a window's output are discarded and the next --tile-overlap
@@ -168,6 +173,10 @@ class Settings:
     guard: NonFiniteGuard | None = None
     noise_seed: int | None = None
     """``--noise``: torch's generator is seeded with it before each image."""
+    extend_colour: bool = True
+    """``--transparent-colour extend``: see :func:`extend_colour`."""
+    lossless: bool = False
+    """``--lossless``: WebP output encoded losslessly."""
 
 
 def warn(message: str) -> None:
@@ -224,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_quality,
         default=95,
         help="JPEG/WebP quality, 1-100 (default: 95)",
+    )
+    p.add_argument(
+        "--lossless",
+        action="store_true",
+        help="WebP output: lossless encoding (--quality then sets the compression effort); "
+        "PNG is always lossless, JPEG has no lossless mode (refused)",
+    )
+    p.add_argument(
+        "--transparent-colour",
+        choices=["extend", "keep"],
+        default="extend",
+        help="colour under fully transparent pixels before upscaling: extend the visible "
+        "colour into it (default: no dark fringes at alpha edges) or keep the file's",
     )
     p.add_argument(
         "--tile",
@@ -537,6 +559,16 @@ def plan_jobs(src: Path, output: str, recursive: bool, fmt: str | None) -> list[
     return [job]
 
 
+def check_lossless(jobs: list[Job]) -> None:
+    """``--lossless`` with an output that would be JPEG is refused before any model runs."""
+    jpeg = [job for job in jobs if job.fmt == "jpg"]
+    if jpeg:
+        raise CliError(
+            f"--lossless: {len(jpeg)} output(s) would be JPEG, which has no lossless mode "
+            f"(e.g. {jpeg[0].dst}); pass --format png or --format webp"
+        )
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file ``path`` names (links followed; a dangling link: the
     link's own), None if nothing is there."""
@@ -594,14 +626,44 @@ def upscale_plane(plane: np.ndarray, run: ArrayFn, channels: int) -> np.ndarray:
     return to_grey(run(np.repeat(plane, 3, axis=-1)))
 
 
-def upscale_pixels(pixels: np.ndarray, run: ArrayFn, channels: int) -> np.ndarray:
+def extend_colour(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``colour`` (H, W, C) with every fully transparent pixel (``alpha`` (H, W, 1) == 0)
+    given the colour of the visible pixels around it; visible pixels are returned unchanged.
+
+    A push-pull fill: the alpha-weighted mean colour of the 2×2, 4×4, ... blocks of the image,
+    each transparent pixel taking that of the smallest block around it that holds a visible
+    pixel. An image with no transparent pixel, or no visible one, is returned as it is.
+    """
+    visible = alpha > 0
+    if visible.all() or not visible.any():
+        return colour
+    sums, weights = [colour * alpha], [alpha.astype(np.float32)]
+    while max(sums[-1].shape[:2]) > 1:  # halve (zero-padded to even sides) down to 1×1
+        pad = ((0, sums[-1].shape[0] % 2), (0, sums[-1].shape[1] % 2), (0, 0))
+        s, w = np.pad(sums[-1], pad), np.pad(weights[-1], pad)
+        sums.append(s[::2, ::2] + s[1::2, ::2] + s[::2, 1::2] + s[1::2, 1::2])
+        weights.append(w[::2, ::2] + w[1::2, ::2] + w[::2, 1::2] + w[1::2, 1::2])
+    tiny = np.float32(1e-12)
+    filled = sums[-1] / np.maximum(weights[-1], tiny)  # the 1×1 level holds a visible pixel
+    for s, w in zip(reversed(sums[:-1]), reversed(weights[:-1]), strict=True):
+        coarse = filled.repeat(2, axis=0).repeat(2, axis=1)[: s.shape[0], : s.shape[1]]
+        filled = np.where(w > 0, s / np.maximum(w, tiny), coarse)
+    return np.where(visible, colour, filled).astype(colour.dtype)
+
+
+def upscale_pixels(
+    pixels: np.ndarray, run: ArrayFn, channels: int, *, extend: bool = True
+) -> np.ndarray:
     """Upscale an image (H, W, C), C ∈ {1, 2, 3, 4}, with a 1- or 3-channel model.
 
     Returns (H·scale, W·scale, C). Grey goes through the model as replicated RGB (3-channel
     models); RGB goes through a 1-channel model channel by channel; alpha is upscaled like a
-    grey image, unless it is constant.
+    grey image, unless it is constant. ``extend``: the colour under fully transparent pixels
+    is replaced first (:func:`extend_colour`).
     """
     colour, alpha = split_alpha(pixels)
+    if alpha is not None and extend:
+        colour = extend_colour(colour, alpha)
     if colour.shape[-1] == 1:
         out = upscale_plane(colour, run, channels)
     elif channels == 3:
@@ -723,7 +785,8 @@ def process(job: Job, settings: Settings) -> None:
         torch.manual_seed(settings.noise_seed)
     with tqdm(total=0, desc=job.src.name, unit="tile", leave=False, file=sys.stderr) as bar:
         try:
-            out = upscale_pixels(pixels, make_runner(settings, tile, bar), desc.input_channels)
+            runner = make_runner(settings, tile, bar)
+            out = upscale_pixels(pixels, runner, desc.input_channels, extend=settings.extend_colour)
         except NonFiniteOutputError as e:
             raise CliError(non_finite_message(settings, job.src, e.count)) from None
         except Exception as e:
@@ -747,6 +810,7 @@ def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings
             fmt,
             bit_depth=image.bit_depth if fmt == "png" else 8,
             quality=settings.quality,
+            lossless=settings.lossless,
             icc_profile=image.icc_profile,
             overwrite=settings.overwrite,
         )
@@ -759,6 +823,8 @@ def write_output(job: Job, out: np.ndarray, fmt: str, image: ImageData, settings
 def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
     """Check the arguments, plan the jobs and load the model (:class:`CliError` on problems)."""
     jobs = plan_jobs(args.input, args.output, args.recursive, args.format)
+    if args.lossless:
+        check_lossless(jobs)
     check_outputs(jobs, args.overwrite)
     device = torch.device(args.device)
     descriptor = load_descriptor(args.model)
@@ -786,6 +852,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[Job], Settings]:
         align=tile_alignment(descriptor),
         overwrite=args.overwrite,
         noise_seed=args.noise,
+        extend_colour=args.transparent_colour == "extend",
+        lossless=args.lossless,
     )
     return jobs, settings
 

@@ -482,6 +482,96 @@ def test_rgba_keeps_alpha(tmp_path: Path, model: Path, identity_model: Path, cap
     assert np.abs(out[..., 3].astype(int) - nearest2(arr)[..., 3]).max() <= 1
 
 
+def test_extend_colour_fills_transparent_pixels_from_the_visible_ones_only() -> None:
+    rng = np.random.default_rng(5)
+    colour = rng.random((4, 4, 3)).astype(np.float32)
+    alpha = np.ones((4, 4, 1), np.float32)
+    alpha[1, 1] = 0.0  # a hole: its 2×2 block holds three visible pixels
+    alpha[0, 0] = 0.5  # which count by their alpha
+    out = upscale.extend_colour(colour, alpha)
+    hidden = alpha[..., 0] == 0
+    assert np.array_equal(out[~hidden], colour[~hidden])  # visible pixels untouched
+    w = np.array([0.5, 1.0, 1.0])[:, None]
+    want = (colour[[0, 0, 1], [0, 1, 0]] * w).sum(0) / w.sum()
+    np.testing.assert_allclose(out[1, 1], want, rtol=1e-6)
+    assert not np.allclose(out[1, 1], colour[1, 1])
+
+    # a large transparent area far from a single visible colour takes that colour everywhere
+    colour = np.zeros((9, 13, 1), np.float32)
+    alpha = np.zeros((9, 13, 1), np.float32)
+    colour[2:4, 1:3], alpha[2:4, 1:3] = 0.7, 1.0
+    np.testing.assert_allclose(upscale.extend_colour(colour, alpha), 0.7, rtol=1e-6)
+
+    # nothing transparent, or nothing visible: the colour as it is
+    part = colour[:5, :3]
+    for a in (np.ones((5, 3, 1), np.float32), np.zeros((5, 3, 1), np.float32)):
+        assert upscale.extend_colour(part, a) is part
+
+
+def test_odd_sizes_keep_the_fill_within_the_visible_colours() -> None:
+    rng = np.random.default_rng(6)
+    colour = rng.random((7, 5, 3)).astype(np.float32)
+    alpha = (rng.random((7, 5, 1)) > 0.7).astype(np.float32)
+    out = upscale.extend_colour(colour, alpha)
+    seen = colour[alpha[..., 0] > 0]
+    assert out.shape == colour.shape and out.dtype == np.float32
+    assert np.all(out >= seen.min(0) - 1e-6) and np.all(out <= seen.max(0) + 1e-6)
+
+
+def test_transparent_colour_does_not_bleed_into_visible_edges(
+    tmp_path: Path, model: Path, capsys
+) -> None:
+    """A red square on transparent black: by default its visible pixels upscale exactly as
+    those of an all-red image (the model never sees the black); with ``keep`` the black
+    under the transparent pixels reaches the visible edge pixels."""
+    rgba = np.zeros((12, 12, 4), np.uint8)
+    rgba[3:9, 3:9] = (200, 30, 30, 255)
+    src = save_png(tmp_path / "sprite.png", rgba)
+    red = save_png(tmp_path / "red.png", np.broadcast_to(rgba[5:6, 5:6, :3], (12, 12, 3)).copy())
+    for name, args in (("ext.png", ()), ("keep.png", ("--transparent-colour", "keep"))):
+        code, err = run_cli(capsys, model, src, tmp_path / name, *args)
+        assert code == 0, err
+    code, err = run_cli(capsys, model, red, tmp_path / "red_out.png")
+    assert code == 0, err
+    ext, keep, ref = (
+        np.asarray(Image.open(tmp_path / n)).astype(int)
+        for n in ("ext.png", "keep.png", "red_out.png")
+    )
+    visible = ext[..., 3] > 0
+    assert visible[6:18, 6:18].all() and np.array_equal(ext[..., 3], keep[..., 3])
+    assert np.array_equal(ext[..., :3][visible], ref[visible])
+    assert np.abs(keep[..., :3][visible] - ref[visible]).max() > 10
+
+
+def test_webp_lossless(tmp_path: Path, identity_model: Path, capsys) -> None:
+    arr = (rand_image(16, 12, 3) * 255).astype(np.uint8)
+    src = save_png(tmp_path / "a.png", arr)
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "l.webp", "--lossless")
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "l.webp")), nearest2(arr))
+    code, err = run_cli(capsys, identity_model, src, tmp_path / "q.webp")
+    assert code == 0, err
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "q.webp")), nearest2(arr))
+
+
+def test_lossless_jpeg_is_refused_before_the_model_runs(
+    tmp_path: Path, model: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upscale, "load_descriptor", lambda p: pytest.fail("model loaded"))
+    src = save_png(tmp_path / "a.png", (rand_image(8, 8, 3) * 255).astype(np.uint8))
+    code, err = run_cli(capsys, model, src, tmp_path / "o.jpg", "--lossless")
+    assert code == 2 and "JPEG, which has no lossless mode" in err and "o.jpg" in err
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((rand_image(8, 8, 3) * 255).astype(np.uint8)).save(folder / "b.jpg")
+    code, err = run_cli(capsys, model, folder, tmp_path / "out", "--lossless")
+    assert code == 2 and "1 output(s) would be JPEG" in err and "--format png" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(imageio.OutputError, match="JPEG has no lossless mode"):
+        imageio.write_image(tmp_path / "x.jpg", np.zeros((4, 4, 3)), "jpg", lossless=True)
+    assert not (tmp_path / "x.jpg").exists()
+
+
 def test_greyscale_in_greyscale_out(tmp_path: Path, identity_model: Path, capsys) -> None:
     src = save_png(tmp_path / "g.png", (rand_image(9, 12, 1) * 255).astype(np.uint8))
     code, err = run_cli(capsys, identity_model, src, tmp_path / "g_out.png")
