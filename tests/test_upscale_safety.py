@@ -243,9 +243,9 @@ def test_output_appearing_during_the_run_is_kept(
     out = tmp_path / "o.png"
     real = upscale.upscale_pixels
 
-    def racing(*args: object) -> np.ndarray:
+    def racing(*args: object, **kwargs: object) -> np.ndarray:
         out.write_bytes(b"someone else's")
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(upscale, "upscale_pixels", racing)
     code, err = run_cli(capsys, identity_model, src, out)
