@@ -46,7 +46,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +265,16 @@ def process_photo(photo: Photo, raw: Path, staging: Path, p: TileParams) -> dict
     }
 
 
+def slice_name(idx: int) -> str:
+    """Folder name of slice ``idx`` (also its column in ``tiles.tsv``)."""
+    return f"slice_{idx:02d}"
+
+
+def tsv_row_bytes(row: Sequence[str]) -> int:
+    """UTF-8 bytes that ``row`` takes as one line of a ``tiles.tsv`` (tabs and newline included)."""
+    return len(("\t".join(row) + "\n").encode("utf-8"))
+
+
 def _tsv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
     """Tab-separated text with the standard header."""
     lines = ["\t".join(TSV_HEADER)] + ["\t".join(r) for r in rows]
@@ -272,24 +282,30 @@ def _tsv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
 
 
 def pack_slices(
-    tiles: Sequence[tuple[str, int]], limit: int, seed: int, row_bytes: int = 0
+    tiles: Sequence[tuple[str, int]],
+    limit: int,
+    seed: int,
+    row_bytes: Callable[[str, int], int] | None = None,
 ) -> list[list[str]]:
     """Shuffle ``(name, size)`` pairs with ``seed`` (independently of input order) and fill
-    slices in turn, each holding at most ``limit`` bytes counting ``row_bytes`` per tile for its
-    index file."""
+    slices in turn, each holding at most ``limit`` bytes; ``row_bytes(name, idx)`` is what the
+    tile's row takes in the index file of slice ``idx`` and counts too."""
+
+    def cost(name: str, size: int, idx: int) -> int:
+        return size + (row_bytes(name, idx) if row_bytes is not None else 0)
+
     order = sorted(tiles)
     random.Random(seed).shuffle(order)
     slices: list[list[str]] = []
-    used = limit + 1
+    used = 0
     for name, size in order:
-        cost = size + row_bytes
-        if cost > limit:
-            raise ValueError(f"tile {name} ({size} bytes) alone exceeds the slice limit {limit}")
-        if used + cost > limit:
+        if not slices or used + cost(name, size, len(slices) - 1) > limit:
             slices.append([])
             used = 0
+        used += cost(name, size, len(slices) - 1)
+        if used > limit:
+            raise ValueError(f"tile {name} ({size} bytes) alone exceeds the slice limit {limit}")
         slices[-1].append(name)
-        used += cost
     return slices
 
 
@@ -307,13 +323,13 @@ def _prepare_out(out: Path) -> Path:
 def _write_slice(out: Path, idx: int, names: list[str], staging: Path, rows: dict) -> int:
     """Move the slice's tiles from staging into ``slice_NN`` with its ``tiles.tsv``; return the
     slice's size in bytes."""
-    part = out / f"slice_{idx:02d}.part"
+    part = out / f"{slice_name(idx)}.part"
     part.mkdir()
     for n in names:
         os.replace(staging / n, part / n)
     write_atomic(part / "tiles.tsv", _tsv_bytes(rows[n] for n in sorted(names)))
     size = sum(f.stat().st_size for f in part.iterdir())
-    os.replace(part, out / f"slice_{idx:02d}")
+    os.replace(part, out / slice_name(idx))
     return size
 
 
@@ -416,15 +432,18 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(created if created is not None else staging, ignore_errors=True)
         raise
-    row_bytes = max((len("\t".join([*v, "99"])) + 1 for v in rows.values()), default=0)
-    slices = pack_slices(tiles, args.slice_mib * MIB - 4096, args.seed, row_bytes)
+    # each slice: its tiles, and its tiles.tsv (the header, and a row per tile naming the slice)
+    limit = args.slice_mib * MIB - tsv_row_bytes(TSV_HEADER)
+    slices = pack_slices(
+        tiles, limit, args.seed, lambda name, idx: tsv_row_bytes([*rows[name], slice_name(idx)])
+    )
     sizes = []
     for idx, names in enumerate(slices):
         for n in names:
-            rows[n].append(f"slice_{idx:02d}")
+            rows[n].append(slice_name(idx))
         sizes.append(_write_slice(args.out, idx, names, staging, rows))
         if sizes[-1] > args.slice_mib * MIB:
-            raise SystemExit(f"slice_{idx:02d} is {sizes[-1]} bytes, over the limit (a bug)")
+            raise SystemExit(f"{slice_name(idx)} is {sizes[-1]} bytes, over the limit (a bug)")
         if idx == 0:
             write_atomic(args.out / "SLICE0_READY", f"{len(names)}\n".encode())
     write_atomic(args.out / "tiles.tsv", _tsv_bytes(rows[n] for n in sorted(rows)))

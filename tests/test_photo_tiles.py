@@ -97,16 +97,31 @@ def test_encode_tile_is_quality_95_with_444_chroma() -> None:
 
 def test_pack_slices_limit_shuffle_and_determinism() -> None:
     tiles = [(f"t{i:03d}.jpg", 100 + i) for i in range(60)]
-    slices = mpt.pack_slices(tiles, 1000, seed=0, row_bytes=20)
+
+    def row(name: str, idx: int) -> int:
+        return 20 + idx  # a row may take more bytes in a later slice (slice_100 ...)
+
+    slices = mpt.pack_slices(tiles, 1000, seed=0, row_bytes=row)
     names = [n for s in slices for n in s]
     assert sorted(names) == [n for n, _ in tiles]
     size = dict(tiles)
-    assert all(sum(size[n] + 20 for n in s) <= 1000 for s in slices)
-    assert mpt.pack_slices(tiles[::-1], 1000, seed=0, row_bytes=20) == slices
+    assert all(sum(size[n] + row(n, i) for n in s) <= 1000 for i, s in enumerate(slices))
+    assert mpt.pack_slices(tiles[::-1], 1000, seed=0, row_bytes=row) == slices
     assert names != sorted(names)  # shuffled
-    assert mpt.pack_slices(tiles, 1000, seed=1, row_bytes=20) != slices
+    assert mpt.pack_slices(tiles, 1000, seed=1, row_bytes=row) != slices
     with pytest.raises(ValueError, match="exceeds the slice limit"):
         mpt.pack_slices([("big.jpg", 2000)], 1000, seed=0)
+    with pytest.raises(ValueError, match="exceeds the slice limit"):
+        mpt.pack_slices([("t.jpg", 990)], 1000, seed=0, row_bytes=row)
+
+
+def test_tsv_row_bytes_are_the_bytes_written() -> None:
+    row = ["own+repo_0123456789ab_0000_0016.jpg", "own/repo", "ab" * 20, "Fotos/Überblick.png"]
+    row += ["CC-BY-SA-4.0 © Jürgen Müller", mpt.slice_name(3)]
+    assert row[-1] == "slice_03" and mpt.slice_name(100) == "slice_100"
+    written = mpt._tsv_bytes([row, row])
+    assert len(written) == mpt.tsv_row_bytes(mpt.TSV_HEADER) + 2 * mpt.tsv_row_bytes(row)
+    assert mpt.tsv_row_bytes(row) == len("\t".join(row)) + 1 + 4  # Ü, ©, ü, ü: 2 bytes each
 
 
 def write_photo_set(tmp_path: Path, files: list[Path]) -> tuple[Path, Path]:
@@ -208,6 +223,39 @@ def test_only_packs_the_listed_subset_and_refuses_a_tile_it_did_not_cut(
     argv = [str(manifest), str(raw), "--out", str(tmp_path / "o3"), *opts, "--only", str(subset)]
     assert mpt.main(argv) == 2
     assert "no 'tile' column" in capsys.readouterr().err and not (tmp_path / "o3").exists()
+
+
+def test_slices_stay_within_the_limit_with_long_non_ascii_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each tile's tiles.tsv row was counted in characters, not UTF-8 bytes, and with a
+    2-character slice column: with many tiny tiles, non-ASCII paths and long licence notes a
+    slice went over --slice-mib and the run stopped ("over the limit (a bug)")."""
+    raw = tmp_path / "raw"
+    (raw / "own+repo").mkdir(parents=True)
+    lines = ["\t".join(mpt.MANIFEST_COLUMNS)]
+    licence = "CC-BY-SA-4.0 © " + "Jürgen Müller, " * 20
+    for i in range(10):
+        buf = io.BytesIO()
+        Image.fromarray(textured(256, 256, seed=i)).save(buf, format="PNG")
+        data = buf.getvalue()
+        blob = mpt.git_blob_sha(data)
+        (raw / "own+repo" / f"{blob[:12]}.png").write_bytes(data)
+        path = f"Fotos/Überblick_{'ä' * 300}_{i}.png"
+        lines.append(f"git\town/repo\t{blob}\t{path}\t256\t256\t{len(data)}\t{licence}")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "tiles"
+    argv = [str(manifest), str(raw), "--out", str(out), "--tile", "16", "--workers", "1"]
+    argv += ["--max-per-photo", "64", "--slice-mib", "1", "--min-std", "0", "--min-grad", "0"]
+    assert mpt.main(argv) == 0
+    assert "tiles: 640 in " in capsys.readouterr().out
+    folders = sorted(out.glob("slice_*"))
+    assert len(folders) >= 2  # about 1.3 MiB in all: the first slice is full
+    for folder in folders:
+        rows = (folder / "tiles.tsv").read_text(encoding="utf-8").splitlines()[1:]
+        assert rows and all("Überblick_ää" in r and r.endswith(f"\t{folder.name}") for r in rows)
+        assert sum(f.stat().st_size for f in folder.iterdir()) <= mpt.MIB
 
 
 def test_bad_manifest_is_refused(tmp_path: Path) -> None:
