@@ -920,7 +920,7 @@ def train_one(args: argparse.Namespace) -> int:
             disc.parameters(), lr=GAN_RECIPE["lr_d"], betas=RECIPE["betas"], weight_decay=0.0
         )
         lpips = HybridMoELPIPSLoss(1.0, gan_weights, net="vgg").to(device)
-    start = 0
+    start, budget = 0, args.iters
     state_path = run / "state.pt"
     if init_dir and not state_path.is_file():
         init = load_init(Path(init_dir), init_config, scale, preset)
@@ -940,7 +940,7 @@ def train_one(args: argparse.Namespace) -> int:
             opt_d.load_state_dict(st["opt_d"])
         for e, v in zip(ema, st["ema"], strict=True):
             e.copy_(v)
-        start = int(st["iter"])
+        start, budget = int(st["iter"]), int(st.get("budget", args.iters))
         gen.set_state(st["gen"].cpu())
         if dgen is not None:
             dgen.set_state(st["degrade_gen"].cpu())
@@ -952,8 +952,10 @@ def train_one(args: argparse.Namespace) -> int:
         meta_path = run / "meta.json"
         done = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if done.get("iterations") != start:
-            # stopped between the final save's state and its weights: write them from the state
-            repaired = {**done, "iterations": start, "finished": start == args.iters}
+            # stopped between the final save's state and its weights: write them from the
+            # state, finished if the state reached the budget it was saved under (states from
+            # before the budget was kept: the budget asked for now)
+            repaired = {**done, "iterations": start, "finished": start == budget}
             write_weights(run, list(model.state_dict()), ema, repaired)
             print(f"{name} x{scale}: ema.pt and meta.json written again from the state")
         print(f"{name} x{scale}: already at {start} >= {args.iters} iterations")
@@ -1031,6 +1033,7 @@ def train_one(args: argparse.Namespace) -> int:
                 "opt": opt.state_dict(),
                 "ema": ema,
                 "iter": it,
+                "budget": args.iters,  # what "finished" meant when this state was saved
                 "gen": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),

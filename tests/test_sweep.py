@@ -1402,6 +1402,13 @@ def test_noise_runs_resume_exactly_and_unfinished_or_lagging_runs_are_handled(
     assert (repaired["iterations"], repaired["finished"]) == (3, True)
     again = torch.load(run / "ema.pt", weights_only=True)
     assert all(torch.equal(one[k], again[k]) for k in one)
+    # the same repair asked with a smaller budget: the run reached the one it trained for
+    (run / "meta.json").write_text(json.dumps({**meta, "iterations": 2}))
+    small = [*base[: base.index("--iters") + 1], "2", *base[base.index("--iters") + 2 :]]
+    assert sweep.main([*small, "--out", str(tmp_path / "one")]) == 0
+    assert "written again from the state" in capsys.readouterr().out
+    repaired = json.loads((run / "meta.json").read_text())
+    assert (repaired["iterations"], repaired["finished"]) == (3, True)
 
 
 def _tiny(out: Path, *extra: str) -> list[str]:
