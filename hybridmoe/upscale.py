@@ -637,17 +637,18 @@ def extend_colour(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     visible = alpha > 0
     if visible.all() or not visible.any():
         return colour
-    sums, weights = [colour * alpha], [alpha.astype(np.float32)]
-    while max(sums[-1].shape[:2]) > 1:  # halve (zero-padded to even sides) down to 1×1
-        pad = ((0, sums[-1].shape[0] % 2), (0, sums[-1].shape[1] % 2), (0, 0))
-        s, w = np.pad(sums[-1], pad), np.pad(weights[-1], pad)
-        sums.append(s[::2, ::2] + s[1::2, ::2] + s[::2, 1::2] + s[1::2, 1::2])
-        weights.append(w[::2, ::2] + w[1::2, ::2] + w[::2, 1::2] + w[1::2, 1::2])
+    # per level: alpha-weighted colour sums and, last channel, the alpha sum
+    levels = [np.concatenate([colour * alpha, alpha], axis=-1).astype(np.float32)]
+    while max(levels[-1].shape[:2]) > 1:  # halve (zero-padded to even sides) down to 1×1
+        a = levels[-1]
+        a = np.pad(a, ((0, a.shape[0] % 2), (0, a.shape[1] % 2), (0, 0)))
+        levels.append(a[::2, ::2] + a[1::2, ::2] + a[::2, 1::2] + a[1::2, 1::2])
     tiny = np.float32(1e-12)
-    filled = sums[-1] / np.maximum(weights[-1], tiny)  # the 1×1 level holds a visible pixel
-    for s, w in zip(reversed(sums[:-1]), reversed(weights[:-1]), strict=True):
-        coarse = filled.repeat(2, axis=0).repeat(2, axis=1)[: s.shape[0], : s.shape[1]]
-        filled = np.where(w > 0, s / np.maximum(w, tiny), coarse)
+    filled = levels[-1][..., :-1] / np.maximum(levels[-1][..., -1:], tiny)  # holds a visible px
+    for a in reversed(levels[:-1]):
+        coarse = filled.repeat(2, axis=0).repeat(2, axis=1)[: a.shape[0], : a.shape[1]]
+        w = a[..., -1:]
+        filled = np.where(w > 0, a[..., :-1] / np.maximum(w, tiny), coarse)
     return np.where(visible, colour, filled).astype(colour.dtype)
 
 
